@@ -1,0 +1,767 @@
+//! The POP3 server session as a pure state machine.
+//!
+//! # Calling order (the async driver in `pobox-server` is the only caller)
+//! 1. [`ServerSession::new`], then send what [`ServerSession::poll_action`]
+//!    yields (the greeting).
+//! 2. While [`ServerSession::wants_input`] is true, split input into lines
+//!    and hand each to [`ServerSession::handle_line`] (or
+//!    [`ServerSession::handle_line_too_long`]). After each line, drain
+//!    [`ServerSession::poll_action`] until it returns `None`, performing each
+//!    action in order:
+//!    - [`Action::Send`]: write the bytes (they may be batched until the
+//!      input buffer holds no complete line, which is how pipelined commands
+//!      get one write for many replies);
+//!    - [`Action::Authenticate`]: verify the credentials and, on success, lock
+//!      and snapshot the maildrop, then call [`ServerSession::handle_login`];
+//!    - [`Action::SendMessage`]: write `+OK`, then the message through
+//!      [`crate::dot::WireEncoder`];
+//!    - [`Action::StartTls`]: flush, **discard all buffered input**, run the
+//!      TLS handshake, then call [`ServerSession::handle_tls_established`];
+//!    - [`Action::Update`]: remove the given messages and release the lock,
+//!      then call [`ServerSession::handle_update_result`];
+//!    - [`Action::Close`]: flush and close the connection.
+//! 3. On a dropped connection or an idle timeout the driver simply drops the
+//!    session: nothing is ever deleted without QUIT (RFC 1939 §6).
+//!
+//! While an `Authenticate` or `Update` is outstanding, `wants_input` is
+//! false: pipelined commands wait in the driver's buffer and are answered in
+//! order once the result is in.
+//!
+//! Phases are enum variants that own their data; the TRANSACTION phase can
+//! only be entered through `handle_login` with a maildrop, so no command can
+//! reach a maildrop before authentication.
+
+use std::collections::VecDeque;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
+
+use super::command::{Command, CommandError, Sensitive};
+use super::maildrop::{Maildrop, MessageMeta};
+use super::response::{RespCode, Status};
+
+/// After this many unknown or malformed commands the session is closed
+/// (RFC 1939 does not say; Dovecot uses 20). Protects against a peer that
+/// is not speaking POP3 at all, e.g. an HTTP client or a scanner.
+pub const MAX_BAD_COMMANDS: u32 = 20;
+
+/// After this many failed logins on one connection the session is closed.
+pub const MAX_AUTH_FAILURES: u32 = 3;
+
+/// Fixed, per-connection facts the session needs. Built by the driver.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// The greeting text after `+OK`.
+    pub greeting: String,
+    /// The connection is already TLS (port 995, or after STLS).
+    pub secure: bool,
+    /// STLS can be offered (a certificate is loaded and we are not on TLS).
+    pub stls_available: bool,
+    /// USER/PASS and AUTH PLAIN/LOGIN may be used on this connection:
+    /// true on TLS, on loopback, or when the admin allowed plaintext auth.
+    pub plaintext_auth_allowed: bool,
+    /// The APOP timestamp (`<pid.clock@host>`), only when APOP is enabled.
+    pub apop_timestamp: Option<String>,
+    /// RFC 2449 EXPIRE value advertised in CAPA.
+    pub expire: Expire,
+    /// RFC 2449 IMPLEMENTATION text; `None` to not advertise one.
+    pub implementation: Option<String>,
+}
+
+/// RFC 2449 §6.7 EXPIRE: how long the server keeps retrieved messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expire {
+    /// Messages are kept until the client deletes them.
+    Never,
+    /// Retrieved messages may be removed after this many days.
+    Days(u32),
+}
+
+/// Credentials collected by the session, to be verified by the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// USER/PASS, AUTH PLAIN or AUTH LOGIN.
+    Password {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: Sensitive,
+        /// Which command carried it, for logs.
+        mechanism: &'static str,
+    },
+    /// APOP (RFC 1939 §7): MD5 of the greeting timestamp and the secret.
+    Apop {
+        /// The user name.
+        user: String,
+        /// The lowercase hex digest the client sent.
+        digest: String,
+        /// The timestamp from our greeting.
+        timestamp: String,
+    },
+}
+
+impl Credentials {
+    /// The user name the client claims.
+    pub fn user(&self) -> &str {
+        match self {
+            Credentials::Password { user, .. } | Credentials::Apop { user, .. } => user,
+        }
+    }
+}
+
+/// Why a login failed, as the driver reports it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LoginFailure {
+    /// Wrong password or unknown user (indistinguishable on purpose).
+    BadCredentials,
+    /// The maildrop is locked by another session (RFC 2449 `[IN-USE]`).
+    InUse,
+    /// A transient server problem (`[SYS/TEMP]`), e.g. the user db is unreadable.
+    Temporary(String),
+    /// A permanent server problem (`[SYS/PERM]`).
+    Permanent(String),
+}
+
+/// The result of UPDATE, as the driver reports it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpdateResult {
+    /// Every marked message was removed.
+    Removed(usize),
+    /// Some marked messages could not be removed (RFC 1939 §6 "-ERR some
+    /// deleted messages not removed").
+    Partial {
+        /// How many were removed.
+        removed: usize,
+        /// How many were not.
+        failed: usize,
+    },
+    /// UPDATE failed as a whole; nothing is known to be removed.
+    Failed(String),
+}
+
+/// Something the driver must do, in order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Write these bytes (complete reply lines).
+    Send(Vec<u8>),
+    /// Verify credentials, lock and snapshot the maildrop, then call
+    /// [`ServerSession::handle_login`].
+    Authenticate(Credentials),
+    /// Send message `index` (0-based into the snapshot): `+OK`, the
+    /// byte-stuffed content (only the TOP cut when `top_lines` is set), and
+    /// `.CRLF`. If the message cannot be opened, send `-ERR [SYS/TEMP] ...`
+    /// instead; the session stays usable.
+    SendMessage {
+        /// 0-based index into the snapshot.
+        index: usize,
+        /// Its size, for the `+OK` line.
+        size: u64,
+        /// `Some(n)` for `TOP msg n`.
+        top_lines: Option<u64>,
+    },
+    /// Flush, drop buffered input, start the TLS handshake, then call
+    /// [`ServerSession::handle_tls_established`].
+    StartTls,
+    /// UPDATE: remove these 0-based indices, release the lock, then call
+    /// [`ServerSession::handle_update_result`].
+    Update(Vec<usize>),
+    /// Flush and close the connection.
+    Close,
+}
+
+/// Which idle timeout applies now (RFC 1939 §3: at least 10 minutes once
+/// logged in; before login a shorter one keeps idle sockets from piling up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdleClass {
+    /// AUTHORIZATION state.
+    BeforeLogin,
+    /// TRANSACTION state.
+    LoggedIn,
+}
+
+/// A SASL exchange in progress (RFC 5034 §4).
+#[derive(Debug)]
+enum SaslStep {
+    /// `AUTH PLAIN` sent without initial response; waiting for it.
+    Plain,
+    /// `AUTH LOGIN`: waiting for the user name.
+    LoginUser,
+    /// `AUTH LOGIN`: waiting for the password of this user.
+    LoginPassword(String),
+}
+
+#[derive(Debug)]
+enum Phase {
+    /// RFC 1939 AUTHORIZATION.
+    Authorization {
+        /// The name given by USER, if PASS may follow.
+        user: Option<String>,
+        sasl: Option<SaslStep>,
+        /// An Authenticate action is outstanding.
+        awaiting_login: bool,
+        auth_failures: u32,
+    },
+    /// RFC 1939 TRANSACTION.
+    Transaction { user: String, maildrop: Maildrop },
+    /// QUIT received; UPDATE is outstanding.
+    Update,
+    /// STLS accepted; waiting for the handshake.
+    TlsHandshake,
+    /// The session is over.
+    Closed,
+}
+
+/// The POP3 server session. See the module docs for the calling order.
+#[derive(Debug)]
+pub struct ServerSession {
+    config: SessionConfig,
+    phase: Phase,
+    actions: VecDeque<Action>,
+    bad_commands: u32,
+    utf8: bool,
+}
+
+impl ServerSession {
+    /// A new session; the greeting is the first action.
+    pub fn new(config: SessionConfig) -> ServerSession {
+        let mut session = ServerSession {
+            phase: Phase::Authorization {
+                user: None,
+                sasl: None,
+                awaiting_login: false,
+                auth_failures: 0,
+            },
+            actions: VecDeque::new(),
+            bad_commands: 0,
+            utf8: false,
+            config,
+        };
+        let greeting = match &session.config.apop_timestamp {
+            Some(ts) => format!("{} {}", session.config.greeting, ts),
+            None => session.config.greeting.clone(),
+        };
+        session.reply(Status::ok(greeting));
+        session
+    }
+
+    /// The next action for the driver, if any.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// True when the session can take another input line now.
+    pub fn wants_input(&self) -> bool {
+        match &self.phase {
+            Phase::Authorization { awaiting_login, .. } => !awaiting_login,
+            Phase::Transaction { .. } => true,
+            Phase::Update | Phase::TlsHandshake | Phase::Closed => false,
+        }
+    }
+
+    /// Which idle timeout applies now.
+    pub fn idle_class(&self) -> IdleClass {
+        match self.phase {
+            Phase::Transaction { .. } | Phase::Update => IdleClass::LoggedIn,
+            _ => IdleClass::BeforeLogin,
+        }
+    }
+
+    /// The logged-in user, if any (for logs).
+    pub fn user(&self) -> Option<&str> {
+        match &self.phase {
+            Phase::Transaction { user, .. } => Some(user),
+            _ => None,
+        }
+    }
+
+    /// True if the client switched to UTF-8 mode (RFC 6856 §2).
+    pub fn utf8_enabled(&self) -> bool {
+        self.utf8
+    }
+
+    /// True while a SASL exchange waits for a continuation line: the driver
+    /// must not log the next line.
+    pub fn in_sasl_exchange(&self) -> bool {
+        matches!(&self.phase, Phase::Authorization { sasl: Some(_), .. })
+    }
+
+    /// The driver's input line was longer than [`crate::MAX_COMMAND_LINE`].
+    pub fn handle_line_too_long(&mut self) {
+        if let Phase::Authorization { sasl: sasl @ Some(_), .. } = &mut self.phase {
+            // A SASL response that does not fit: abort the exchange.
+            *sasl = None;
+        }
+        self.reply(Status::err("line too long"));
+        self.count_bad_command();
+    }
+
+    /// Handles one complete input line (without CRLF).
+    pub fn handle_line(&mut self, line: &[u8]) {
+        if !self.wants_input() {
+            // A driver bug would land here; refusing is safer than guessing.
+            return;
+        }
+        if let Phase::Authorization { sasl: Some(_), .. } = &self.phase {
+            self.handle_sasl_line(line);
+            return;
+        }
+        match Command::parse(line) {
+            Ok(cmd) => self.handle_command(cmd),
+            Err(err) => {
+                self.reply(Status::err(match err {
+                    CommandError::Unknown => "unknown command",
+                    CommandError::Empty => "empty command",
+                    CommandError::MissingArgument => "missing argument",
+                    CommandError::TooManyArguments => "too many arguments",
+                    CommandError::BadNumber => "invalid message number",
+                    _ => "invalid argument",
+                }));
+                self.count_bad_command();
+            }
+        }
+    }
+
+    fn count_bad_command(&mut self) {
+        self.bad_commands += 1;
+        if self.bad_commands >= MAX_BAD_COMMANDS {
+            self.reply(Status::err("too many invalid commands, closing connection"));
+            self.close();
+        }
+    }
+
+    fn handle_command(&mut self, cmd: Command) {
+        // Commands valid in every state.
+        match cmd {
+            Command::Capa => return self.send_capa(),
+            Command::Noop if matches!(self.phase, Phase::Transaction { .. }) => {
+                return self.reply(Status::ok(""));
+            }
+            _ => {}
+        }
+        match &mut self.phase {
+            Phase::Authorization { .. } => self.handle_authorization(cmd),
+            Phase::Transaction { .. } => self.handle_transaction(cmd),
+            // wants_input() is false in the other phases.
+            Phase::Update | Phase::TlsHandshake | Phase::Closed => {}
+        }
+    }
+
+    // --- AUTHORIZATION ---------------------------------------------------
+
+    fn handle_authorization(&mut self, cmd: Command) {
+        match cmd {
+            Command::User(name) => {
+                if !self.config.plaintext_auth_allowed {
+                    return self.refuse_plaintext();
+                }
+                self.set_pending_user(Some(name));
+                self.reply(Status::ok(""));
+            }
+            Command::Pass(password) => {
+                let user = match &mut self.phase {
+                    Phase::Authorization { user, .. } => user.take(),
+                    _ => None,
+                };
+                match user {
+                    // Checked again here: a USER accepted before is no excuse.
+                    _ if !self.config.plaintext_auth_allowed => self.refuse_plaintext(),
+                    None => self.reply(Status::err("USER first")),
+                    Some(user) => self.authenticate(Credentials::Password {
+                        user,
+                        password,
+                        mechanism: "USER",
+                    }),
+                }
+            }
+            Command::Apop(user, digest) => match self.config.apop_timestamp.clone() {
+                Some(timestamp) => {
+                    self.authenticate(Credentials::Apop { user, digest, timestamp })
+                }
+                None => self.reply(Status::err("APOP not enabled")),
+            },
+            Command::Auth(None, _) => {
+                // RFC 1734-era probe: list mechanisms as a multi-line reply.
+                let mut lines = Vec::new();
+                if self.config.plaintext_auth_allowed {
+                    lines.push("PLAIN".to_string());
+                    lines.push("LOGIN".to_string());
+                }
+                self.reply_multi(Status::ok("supported mechanisms"), &lines);
+            }
+            Command::Auth(Some(mech), initial) => self.start_sasl(&mech, initial),
+            Command::Stls => {
+                if self.config.secure {
+                    self.reply(Status::err("already using TLS"));
+                } else if !self.config.stls_available {
+                    self.reply(Status::err("STLS not available"));
+                } else {
+                    self.reply(Status::ok("begin TLS negotiation"));
+                    self.phase = Phase::TlsHandshake;
+                    self.actions.push_back(Action::StartTls);
+                }
+            }
+            Command::Utf8 => {
+                self.utf8 = true;
+                self.reply(Status::ok("UTF8 enabled"));
+            }
+            Command::Quit => {
+                self.reply(Status::ok("pobox signing off"));
+                self.close();
+            }
+            _ => {
+                self.reply(Status::err("not valid before login"));
+                self.count_bad_command();
+            }
+        }
+    }
+
+    fn refuse_plaintext(&mut self) {
+        // RFC 2595 §2.1 / RFC 8314: no cleartext passwords on an unprotected
+        // link. [AUTH] tells the client this is about credentials.
+        let hint = if self.config.stls_available { " (use STLS or port 995)" } else { "" };
+        self.reply(Status::err_code(
+            RespCode::Auth,
+            format!("plaintext authentication disallowed on non-secure connections{hint}"),
+        ));
+    }
+
+    fn set_pending_user(&mut self, name: Option<String>) {
+        if let Phase::Authorization { user, .. } = &mut self.phase {
+            *user = name;
+        }
+    }
+
+    fn start_sasl(&mut self, mech: &str, initial: Option<Sensitive>) {
+        if !self.config.plaintext_auth_allowed {
+            return self.refuse_plaintext();
+        }
+        let step = match mech {
+            "PLAIN" => SaslStep::Plain,
+            "LOGIN" => SaslStep::LoginUser,
+            _ => return self.reply(Status::err("unsupported authentication mechanism")),
+        };
+        self.set_pending_user(None);
+        if let Phase::Authorization { sasl, .. } = &mut self.phase {
+            *sasl = Some(step);
+        }
+        match initial {
+            Some(response) => self.handle_sasl_line(&response.0),
+            None => self.send_challenge(),
+        }
+    }
+
+    fn send_challenge(&mut self) {
+        let challenge = match &self.phase {
+            Phase::Authorization { sasl: Some(SaslStep::LoginUser), .. } => "+ VXNlcm5hbWU6\r\n",
+            Phase::Authorization { sasl: Some(SaslStep::LoginPassword(_)), .. } => {
+                "+ UGFzc3dvcmQ6\r\n"
+            }
+            _ => "+ \r\n",
+        };
+        self.send(challenge.as_bytes());
+    }
+
+    fn handle_sasl_line(&mut self, line: &[u8]) {
+        let Phase::Authorization { sasl, .. } = &mut self.phase else { return };
+        let Some(step) = sasl.take() else { return };
+        if line == b"*" {
+            return self.reply(Status::err("authentication cancelled"));
+        }
+        // RFC 5034 §4: "=" is an empty response.
+        let decoded = if line == b"=" { Ok(Vec::new()) } else { BASE64.decode(line) };
+        let Ok(decoded) = decoded.map(Sensitive) else {
+            return self.reply(Status::err("invalid base64 in SASL response"));
+        };
+        match step {
+            SaslStep::Plain => match decode_plain(&decoded.0) {
+                Some((user, password)) => self.authenticate(Credentials::Password {
+                    user,
+                    password,
+                    mechanism: "PLAIN",
+                }),
+                None => self.reply(Status::err("malformed PLAIN response")),
+            },
+            SaslStep::LoginUser => match String::from_utf8(decoded.0.clone()) {
+                Ok(user) if !user.is_empty() => {
+                    if let Phase::Authorization { sasl, .. } = &mut self.phase {
+                        *sasl = Some(SaslStep::LoginPassword(user));
+                    }
+                    self.send_challenge();
+                }
+                _ => self.reply(Status::err("malformed LOGIN user name")),
+            },
+            SaslStep::LoginPassword(user) => self.authenticate(Credentials::Password {
+                user,
+                password: decoded,
+                mechanism: "LOGIN",
+            }),
+        }
+    }
+
+    fn authenticate(&mut self, credentials: Credentials) {
+        if let Phase::Authorization { awaiting_login, .. } = &mut self.phase {
+            *awaiting_login = true;
+        }
+        self.actions.push_back(Action::Authenticate(credentials));
+    }
+
+    /// The driver's answer to [`Action::Authenticate`]: the maildrop snapshot
+    /// on success (the lock is held by the driver from now until UPDATE or
+    /// the end of the connection).
+    pub fn handle_login(&mut self, result: Result<(String, Vec<MessageMeta>), LoginFailure>) {
+        let Phase::Authorization { awaiting_login: true, auth_failures, .. } = &mut self.phase
+        else {
+            return;
+        };
+        match result {
+            Ok((user, messages)) => {
+                let maildrop = Maildrop::new(messages);
+                let (count, octets) = maildrop.stat();
+                self.phase = Phase::Transaction { user, maildrop };
+                self.reply(Status::ok(format!(
+                    "logged in, maildrop has {count} messages ({octets} octets)"
+                )));
+            }
+            Err(failure) => {
+                let failures = *auth_failures + 1;
+                self.phase = Phase::Authorization {
+                    user: None,
+                    sasl: None,
+                    awaiting_login: false,
+                    auth_failures: failures,
+                };
+                match failure {
+                    LoginFailure::BadCredentials => {
+                        self.reply(Status::err_code(RespCode::Auth, "authentication failed"));
+                        if failures >= MAX_AUTH_FAILURES {
+                            self.reply(Status::err("too many authentication failures"));
+                            self.close();
+                        }
+                    }
+                    LoginFailure::InUse => self.reply(Status::err_code(
+                        RespCode::InUse,
+                        "maildrop is locked by another session",
+                    )),
+                    LoginFailure::Temporary(text) => {
+                        self.reply(Status::err_code(RespCode::SysTemp, text))
+                    }
+                    LoginFailure::Permanent(text) => {
+                        self.reply(Status::err_code(RespCode::SysPerm, text))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The driver finished the TLS handshake after STLS. The session starts
+    /// AUTHORIZATION afresh (RFC 2595 §4: the client must re-issue CAPA; any
+    /// state from before the handshake is forgotten).
+    pub fn handle_tls_established(&mut self) {
+        if let Phase::TlsHandshake = self.phase {
+            self.config.secure = true;
+            self.config.stls_available = false;
+            self.config.plaintext_auth_allowed = true;
+            self.phase = Phase::Authorization {
+                user: None,
+                sasl: None,
+                awaiting_login: false,
+                auth_failures: 0,
+            };
+        }
+    }
+
+    // --- TRANSACTION -----------------------------------------------------
+
+    fn handle_transaction(&mut self, cmd: Command) {
+        let Phase::Transaction { maildrop, .. } = &mut self.phase else { return };
+        match cmd {
+            Command::Stat => {
+                let (count, octets) = maildrop.stat();
+                self.reply(Status::ok(format!("{count} {octets}")));
+            }
+            Command::List(None) => {
+                let (count, octets) = maildrop.stat();
+                let mut out = Vec::with_capacity(16 + count * 12);
+                Status::ok(format!("{count} messages ({octets} octets)")).encode(&mut out);
+                for (n, m) in maildrop.iter_live() {
+                    out.extend_from_slice(format!("{n} {}\r\n", m.size).as_bytes());
+                }
+                out.extend_from_slice(b".\r\n");
+                self.send(&out);
+            }
+            Command::List(Some(n)) => match maildrop.live(n) {
+                Some((_, m)) => {
+                    let status = Status::ok(format!("{n} {}", m.size));
+                    self.reply(status);
+                }
+                None => self.reply(Status::err("no such message")),
+            },
+            Command::Uidl(None) => {
+                let mut out = Vec::new();
+                Status::ok("").encode(&mut out);
+                for (n, m) in maildrop.iter_live() {
+                    out.extend_from_slice(format!("{n} {}\r\n", m.uidl).as_bytes());
+                }
+                out.extend_from_slice(b".\r\n");
+                self.send(&out);
+            }
+            Command::Uidl(Some(n)) => match maildrop.live(n) {
+                Some((_, m)) => {
+                    let status = Status::ok(format!("{n} {}", m.uidl));
+                    self.reply(status);
+                }
+                None => self.reply(Status::err("no such message")),
+            },
+            Command::Retr(n) => match maildrop.live(n) {
+                Some((index, m)) => {
+                    let size = m.size;
+                    self.actions.push_back(Action::SendMessage { index, size, top_lines: None })
+                }
+                None => self.reply(Status::err("no such message")),
+            },
+            Command::Top(n, lines) => match maildrop.live(n) {
+                Some((index, m)) => {
+                    let size = m.size;
+                    self.actions.push_back(Action::SendMessage {
+                        index,
+                        size,
+                        top_lines: Some(lines),
+                    })
+                }
+                None => self.reply(Status::err("no such message")),
+            },
+            Command::Dele(n) => {
+                if maildrop.mark_deleted(n) {
+                    self.reply(Status::ok(format!("message {n} deleted")));
+                } else {
+                    self.reply(Status::err("no such message"));
+                }
+            }
+            Command::Rset => {
+                maildrop.unmark_all();
+                let (count, octets) = maildrop.stat();
+                self.reply(Status::ok(format!("maildrop has {count} messages ({octets} octets)")));
+            }
+            Command::Quit => {
+                let deleted = maildrop.deleted_indices();
+                self.phase = Phase::Update;
+                self.actions.push_back(Action::Update(deleted));
+            }
+            Command::User(_)
+            | Command::Pass(_)
+            | Command::Apop(..)
+            | Command::Auth(..)
+            | Command::Stls
+            | Command::Utf8 => self.reply(Status::err("already logged in")),
+            Command::Capa | Command::Noop => {}
+        }
+    }
+
+    /// The driver's answer to [`Action::Update`]. The session then closes.
+    pub fn handle_update_result(&mut self, result: UpdateResult) {
+        if !matches!(self.phase, Phase::Update) {
+            return;
+        }
+        match result {
+            UpdateResult::Removed(n) => {
+                self.reply(Status::ok(format!("pobox signing off ({n} messages deleted)")))
+            }
+            UpdateResult::Partial { removed, failed } => self.reply(Status::err_code(
+                RespCode::SysTemp,
+                format!("some deleted messages not removed ({removed} removed, {failed} failed)"),
+            )),
+            UpdateResult::Failed(text) => self.reply(Status::err_code(
+                RespCode::SysTemp,
+                format!("some deleted messages not removed: {text}"),
+            )),
+        }
+        self.close();
+    }
+
+    // --- CAPA and output ---------------------------------------------------
+
+    fn send_capa(&mut self) {
+        let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into(), "RESP-CODES".into()];
+        caps.push("AUTH-RESP-CODE".into());
+        caps.push("PIPELINING".into());
+        caps.push(match self.config.expire {
+            Expire::Never => "EXPIRE NEVER".into(),
+            Expire::Days(d) => format!("EXPIRE {d}"),
+        });
+        caps.push("UTF8".into());
+        if matches!(self.phase, Phase::Authorization { .. }) {
+            if self.config.stls_available && !self.config.secure {
+                caps.push("STLS".into());
+            }
+            if self.config.plaintext_auth_allowed {
+                caps.push("USER".into());
+                caps.push("SASL PLAIN LOGIN".into());
+            }
+        }
+        if let Some(imp) = &self.config.implementation {
+            caps.push(format!("IMPLEMENTATION {imp}"));
+        }
+        self.reply_multi(Status::ok("capability list follows"), &caps);
+    }
+
+    fn reply(&mut self, status: Status) {
+        let mut out = Vec::with_capacity(64);
+        status.encode(&mut out);
+        self.send(&out);
+    }
+
+    fn reply_multi(&mut self, status: Status, lines: &[String]) {
+        let mut out = Vec::new();
+        status.encode(&mut out);
+        for line in lines {
+            out.extend_from_slice(line.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        self.send(&out);
+    }
+
+    fn send(&mut self, bytes: &[u8]) {
+        // Coalesce consecutive writes so pipelined replies leave in one write.
+        if let Some(Action::Send(buf)) = self.actions.back_mut() {
+            buf.extend_from_slice(bytes);
+        } else {
+            self.actions.push_back(Action::Send(bytes.to_vec()));
+        }
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.actions.push_back(Action::Close);
+    }
+}
+
+/// The `+OK` line that precedes a message: RETR announces the octet count
+/// (RFC 1939 §10 example), TOP only says that the cut follows, because the
+/// count of a TOP cut is not known before it is sent.
+pub fn retr_status_line(size: u64, top_lines: Option<u64>) -> String {
+    match top_lines {
+        None => format!("+OK {size} octets\r\n"),
+        Some(_) => "+OK top of message follows\r\n".to_string(),
+    }
+}
+
+/// RFC 4616 PLAIN: `[authzid] NUL authcid NUL passwd`. Proxy authorization
+/// (an authzid different from authcid) is not supported and fails.
+fn decode_plain(msg: &[u8]) -> Option<(String, Sensitive)> {
+    let mut parts = msg.splitn(3, |&b| b == 0);
+    let authzid = parts.next()?;
+    let authcid = parts.next()?;
+    let password = parts.next()?;
+    if authcid.is_empty() || password.contains(&0) {
+        return None;
+    }
+    let authcid = String::from_utf8(authcid.to_vec()).ok()?;
+    if !authzid.is_empty() && authzid != authcid.as_bytes() {
+        return None;
+    }
+    Some((authcid, Sensitive(password.to_vec())))
+}
+
+#[cfg(test)]
+mod tests;

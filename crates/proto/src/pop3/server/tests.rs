@@ -1,0 +1,446 @@
+//! Session tests: a tiny in-memory driver runs the state machine exactly as
+//! the async driver does, so whole dialogues (RFC 1939 §10 and the edge
+//! cases of the RFC checklist) can be replayed at every chunk size.
+
+use super::*;
+use crate::dot::WireEncoder;
+use crate::line::{LineSplitter, Split};
+
+struct Harness {
+    session: ServerSession,
+    splitter: LineSplitter,
+    inbuf: Vec<u8>,
+    out: Vec<u8>,
+    messages: Vec<Vec<u8>>,
+    in_use: bool,
+    closed: bool,
+    updates: Vec<Vec<usize>>,
+    tls_started: usize,
+}
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        greeting: "POP3 server ready".into(),
+        secure: false,
+        stls_available: true,
+        plaintext_auth_allowed: true,
+        apop_timestamp: Some("<1896.697170952@dbc.mtview.ca.us>".into()),
+        expire: Expire::Never,
+        implementation: Some("pobox".into()),
+    }
+}
+
+impl Harness {
+    fn new(config: SessionConfig, messages: &[&[u8]]) -> Harness {
+        let mut h = Harness {
+            session: ServerSession::new(config),
+            splitter: LineSplitter::new(crate::MAX_COMMAND_LINE),
+            inbuf: Vec::new(),
+            out: Vec::new(),
+            messages: messages.iter().map(|m| m.to_vec()).collect(),
+            in_use: false,
+            closed: false,
+            updates: Vec::new(),
+            tls_started: 0,
+        };
+        h.drain();
+        h
+    }
+
+    /// Feeds `input` in chunks of `chunk` bytes and returns all output.
+    fn feed(&mut self, input: &[u8], chunk: usize) -> String {
+        for piece in input.chunks(chunk) {
+            self.inbuf.extend_from_slice(piece);
+            self.process();
+        }
+        String::from_utf8(std::mem::take(&mut self.out)).unwrap()
+    }
+
+    fn process(&mut self) {
+        while !self.closed && self.session.wants_input() {
+            match self.splitter.split(&self.inbuf) {
+                Split::NeedMoreData { consumed } => {
+                    self.inbuf.drain(..consumed);
+                    if consumed == 0 || self.inbuf.is_empty() {
+                        return;
+                    }
+                }
+                Split::Line { line, consumed } => {
+                    let line = line.to_vec();
+                    self.inbuf.drain(..consumed);
+                    self.session.handle_line(&line);
+                    self.drain();
+                }
+                Split::TooLong { consumed } => {
+                    self.inbuf.drain(..consumed);
+                    self.session.handle_line_too_long();
+                    self.drain();
+                }
+            }
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Send(bytes) => self.out.extend_from_slice(&bytes),
+                Action::Authenticate(creds) => {
+                    let ok = match &creds {
+                        Credentials::Password { user, password, .. } => {
+                            user == "mrose" && password.0 == b"secret"
+                        }
+                        Credentials::Apop { user, digest, timestamp } => {
+                            user == "mrose"
+                                && digest == "c4c9334bac560ecc979e58001b3e22fb"
+                                && timestamp == "<1896.697170952@dbc.mtview.ca.us>"
+                        }
+                    };
+                    let result = if !ok {
+                        Err(LoginFailure::BadCredentials)
+                    } else if self.in_use {
+                        Err(LoginFailure::InUse)
+                    } else {
+                        let metas = self
+                            .messages
+                            .iter()
+                            .enumerate()
+                            .map(|(i, m)| MessageMeta {
+                                size: crate::dot::wire_size(m),
+                                uidl: format!("uid{}", i + 1),
+                            })
+                            .collect();
+                        Ok((creds.user().to_string(), metas))
+                    };
+                    self.session.handle_login(result);
+                }
+                Action::SendMessage { index, size, top_lines } => {
+                    self.out.extend_from_slice(retr_status_line(size, top_lines).as_bytes());
+                    let mut enc = match top_lines {
+                        Some(n) => WireEncoder::top(n),
+                        None => WireEncoder::new(),
+                    };
+                    enc.encode(&self.messages[index], &mut self.out);
+                    enc.finish(&mut self.out);
+                }
+                Action::StartTls => {
+                    // Rule 8: the driver discards whatever was pipelined.
+                    self.inbuf.clear();
+                    self.tls_started += 1;
+                    self.session.handle_tls_established();
+                }
+                Action::Update(deleted) => {
+                    let n = deleted.len();
+                    self.updates.push(deleted);
+                    self.session.handle_update_result(UpdateResult::Removed(n));
+                }
+                Action::Close => self.closed = true,
+            }
+        }
+    }
+}
+
+const MSG1: &[u8] = b"From: a@example.org\r\nSubject: one\r\n\r\nHello\r\n.dot line\r\n";
+const MSG2: &[u8] = b"From: b@example.org\nSubject: two\n\nbare LF body\nline 2\n";
+
+/// RFC 1939 §10, the example session, with pobox's reply texts.
+const RFC1939_CLIENT: &[u8] = b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\nSTAT\r\nLIST\r\n\
+RETR 1\r\nDELE 1\r\nRETR 2\r\nDELE 2\r\nQUIT\r\n";
+
+fn rfc1939_expected() -> String {
+    let s1 = crate::dot::wire_size(MSG1);
+    let s2 = crate::dot::wire_size(MSG2);
+    let total = s1 + s2;
+    format!(
+        "+OK logged in, maildrop has 2 messages ({total} octets)\r\n\
+         +OK 2 {total}\r\n\
+         +OK 2 messages ({total} octets)\r\n1 {s1}\r\n2 {s2}\r\n.\r\n\
+         +OK {s1} octets\r\nFrom: a@example.org\r\nSubject: one\r\n\r\nHello\r\n..dot line\r\n.\r\n\
+         +OK message 1 deleted\r\n\
+         +OK {s2} octets\r\nFrom: b@example.org\r\nSubject: two\r\n\r\nbare LF body\r\nline 2\r\n.\r\n\
+         +OK message 2 deleted\r\n\
+         +OK pobox signing off (2 messages deleted)\r\n"
+    )
+}
+
+#[test]
+fn greeting_carries_the_apop_timestamp() {
+    let mut h = Harness::new(config(), &[]);
+    assert_eq!(
+        h.feed(b"", 1),
+        "+OK POP3 server ready <1896.697170952@dbc.mtview.ca.us>\r\n"
+    );
+}
+
+#[test]
+fn rfc1939_example_session_at_every_chunk_size() {
+    for chunk in 1..=512 {
+        let mut h = Harness::new(config(), &[MSG1, MSG2]);
+        h.out.clear();
+        assert_eq!(h.feed(RFC1939_CLIENT, chunk), rfc1939_expected(), "chunk size {chunk}");
+        assert!(h.closed);
+        assert_eq!(h.updates, vec![vec![0, 1]]);
+    }
+}
+
+fn logged_in(messages: &[&[u8]]) -> Harness {
+    let mut h = Harness::new(config(), messages);
+    h.out.clear();
+    let out = h.feed(b"USER mrose\r\nPASS secret\r\n", 512);
+    assert!(out.ends_with("octets)\r\n"), "{out}");
+    h
+}
+
+#[test]
+fn deleted_messages_vanish_and_numbers_are_not_reused() {
+    let mut h = logged_in(&[MSG1, MSG2]);
+    let s2 = crate::dot::wire_size(MSG2);
+    let out = h.feed(b"DELE 1\r\nSTAT\r\nLIST\r\nUIDL\r\nLIST 1\r\nRETR 1\r\nDELE 1\r\nUIDL 1\r\nTOP 1 0\r\nLIST 2\r\n", 512);
+    assert_eq!(
+        out,
+        format!(
+            "+OK message 1 deleted\r\n+OK 1 {s2}\r\n+OK 1 messages ({s2} octets)\r\n2 {s2}\r\n.\r\n\
+             +OK\r\n2 uid2\r\n.\r\n-ERR no such message\r\n-ERR no such message\r\n\
+             -ERR no such message\r\n-ERR no such message\r\n-ERR no such message\r\n+OK 2 {s2}\r\n"
+        )
+    );
+}
+
+#[test]
+fn rset_unmarks_and_quit_commits_only_marked() {
+    let mut h = logged_in(&[MSG1, MSG2]);
+    h.feed(b"DELE 1\r\nRSET\r\nDELE 2\r\nQUIT\r\n", 3);
+    assert_eq!(h.updates, vec![vec![1]]);
+}
+
+#[test]
+fn no_update_without_quit() {
+    let mut h = logged_in(&[MSG1]);
+    h.feed(b"DELE 1\r\n", 512);
+    // The connection drops here: the driver drops the session.
+    assert!(h.updates.is_empty());
+    assert!(!h.closed);
+}
+
+#[test]
+fn top_zero_is_headers_only_and_stuffed() {
+    let mut h = logged_in(&[b".From: x\r\n\r\nbody\r\n"]);
+    let out = h.feed(b"TOP 1 0\r\nTOP 1 5\r\n", 512);
+    assert_eq!(
+        out,
+        "+OK top of message follows\r\n..From: x\r\n\r\n.\r\n\
+         +OK top of message follows\r\n..From: x\r\n\r\nbody\r\n.\r\n"
+    );
+}
+
+#[test]
+fn in_use_is_reported_with_its_code() {
+    let mut h = Harness::new(config(), &[MSG1]);
+    h.in_use = true;
+    h.out.clear();
+    let out = h.feed(b"USER mrose\r\nPASS secret\r\nSTAT\r\n", 512);
+    assert_eq!(
+        out,
+        "+OK\r\n-ERR [IN-USE] maildrop is locked by another session\r\n-ERR not valid before login\r\n"
+    );
+}
+
+#[test]
+fn wrong_password_gets_auth_code_and_three_failures_close() {
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let out = h.feed(b"USER mrose\r\nPASS nope\r\nUSER mrose\r\nPASS nope\r\nUSER x\r\nPASS y\r\nNOOP\r\n", 512);
+    assert_eq!(
+        out,
+        "+OK\r\n-ERR [AUTH] authentication failed\r\n+OK\r\n-ERR [AUTH] authentication failed\r\n\
+         +OK\r\n-ERR [AUTH] authentication failed\r\n-ERR too many authentication failures\r\n"
+    );
+    assert!(h.closed);
+}
+
+#[test]
+fn pass_without_user_and_state_errors() {
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let out = h.feed(b"PASS secret\r\nSTAT\r\nRETR 1\r\n", 512);
+    assert_eq!(out, "-ERR USER first\r\n-ERR not valid before login\r\n-ERR not valid before login\r\n");
+}
+
+#[test]
+fn plaintext_refused_without_tls_but_capa_tells_the_truth() {
+    let mut cfg = config();
+    cfg.plaintext_auth_allowed = false;
+    let mut h = Harness::new(cfg, &[]);
+    h.out.clear();
+    let out = h.feed(b"CAPA\r\nUSER mrose\r\nPASS secret\r\nAUTH PLAIN AG1yb3NlAHNlY3JldA==\r\n", 512);
+    assert!(out.contains("STLS\r\n"));
+    assert!(!out.contains("USER\r\n") && !out.contains("SASL"), "{out}");
+    assert_eq!(
+        out.matches("-ERR [AUTH] plaintext authentication disallowed").count(),
+        3,
+        "{out}"
+    );
+}
+
+#[test]
+fn stls_resets_the_session_and_drops_pipelined_input() {
+    let mut cfg = config();
+    cfg.plaintext_auth_allowed = false;
+    let mut h = Harness::new(cfg, &[MSG1]);
+    h.out.clear();
+    // The injected USER/PASS after STLS arrive in the same packet as STLS:
+    // the CVE-2011-0411 class. They must never be executed.
+    let out = h.feed(b"USER mrose\r\nSTLS\r\nUSER mrose\r\nPASS secret\r\n", 512);
+    assert!(out.ends_with("+OK begin TLS negotiation\r\n"), "{out}");
+    assert_eq!(h.tls_started, 1);
+    // Now on "TLS": a PASS without USER proves the earlier USER was forgotten.
+    let out = h.feed(b"PASS secret\r\nCAPA\r\nSTLS\r\n", 512);
+    assert!(out.starts_with("-ERR USER first\r\n"), "{out}");
+    assert!(!out.contains("STLS\r\n") && out.contains("USER\r\n"), "{out}");
+    assert!(out.ends_with("-ERR already using TLS\r\n"), "{out}");
+}
+
+#[test]
+fn capa_before_and_after_login() {
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let before = h.feed(b"CAPA\r\n", 512);
+    assert_eq!(
+        before,
+        "+OK capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n\
+         EXPIRE NEVER\r\nUTF8\r\nSTLS\r\nUSER\r\nSASL PLAIN LOGIN\r\nIMPLEMENTATION pobox\r\n.\r\n"
+    );
+    let after = h.feed(b"USER mrose\r\nPASS secret\r\nCAPA\r\n", 512);
+    assert!(after.contains("TOP\r\nUIDL\r\nRESP-CODES"));
+    assert!(!after.contains("STLS") && !after.contains("SASL") && !after.contains("\r\nUSER\r\n"));
+}
+
+#[test]
+fn auth_plain_with_initial_response_continuation_and_cancel() {
+    // "\0mrose\0secret"
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let out = h.feed(b"AUTH PLAIN AG1yb3NlAHNlY3JldA==\r\n", 512);
+    assert!(out.starts_with("+OK logged in"), "{out}");
+
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let out = h.feed(b"AUTH PLAIN\r\nAG1yb3NlAHNlY3JldA==\r\n", 1);
+    assert!(out.starts_with("+ \r\n+OK logged in"), "{out}");
+
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let out = h.feed(b"AUTH PLAIN\r\n*\r\nAUTH PLAIN\r\n!!!\r\nAUTH PLAIN =\r\n", 512);
+    assert_eq!(
+        out,
+        "+ \r\n-ERR authentication cancelled\r\n+ \r\n-ERR invalid base64 in SASL response\r\n\
+         -ERR malformed PLAIN response\r\n"
+    );
+}
+
+#[test]
+fn auth_login_two_step() {
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    // "mrose", "secret"
+    let out = h.feed(b"AUTH LOGIN\r\nbXJvc2U=\r\nc2VjcmV0\r\n", 512);
+    assert!(out.starts_with("+ VXNlcm5hbWU6\r\n+ UGFzc3dvcmQ6\r\n+OK logged in"), "{out}");
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let out = h.feed(b"AUTH LOGIN bXJvc2U=\r\nc2VjcmV0\r\n", 512);
+    assert!(out.starts_with("+ UGFzc3dvcmQ6\r\n+OK logged in"), "{out}");
+}
+
+#[test]
+fn plain_with_foreign_authzid_is_refused() {
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    // "admin\0mrose\0secret"
+    let out = h.feed(b"AUTH PLAIN YWRtaW4AbXJvc2UAc2VjcmV0\r\nAUTH XOAUTH9\r\nAUTH\r\n", 512);
+    assert_eq!(
+        out,
+        "-ERR malformed PLAIN response\r\n-ERR unsupported authentication mechanism\r\n\
+         +OK supported mechanisms\r\nPLAIN\r\nLOGIN\r\n.\r\n"
+    );
+}
+
+#[test]
+fn fifty_pipelined_commands_are_answered_in_order() {
+    let mut h = logged_in(&[MSG1, MSG2]);
+    let mut input = Vec::new();
+    for i in 0..50 {
+        input.extend_from_slice(if i % 2 == 0 { b"STAT\r\n" } else { b"NOOP\r\n" });
+    }
+    let out = h.feed(&input, 512);
+    let lines: Vec<&str> = out.split("\r\n").filter(|l| !l.is_empty()).collect();
+    assert_eq!(lines.len(), 50);
+    for (i, l) in lines.iter().enumerate() {
+        if i % 2 == 0 {
+            assert!(l.starts_with("+OK 2 "), "{i}: {l}");
+        } else {
+            assert_eq!(*l, "+OK", "{i}");
+        }
+    }
+}
+
+#[test]
+fn garbage_gets_errors_then_disconnect() {
+    let mut h = Harness::new(config(), &[]);
+    h.out.clear();
+    let mut input = Vec::new();
+    for _ in 0..30 {
+        input.extend_from_slice(b"\x16\x03\x01\x02\x00GET / HTTP/1.1\r\n");
+    }
+    let out = h.feed(&input, 512);
+    assert_eq!(out.matches("-ERR").count(), MAX_BAD_COMMANDS as usize + 1);
+    assert!(out.ends_with("-ERR too many invalid commands, closing connection\r\n"));
+    assert!(h.closed);
+}
+
+#[test]
+fn overlong_line_gets_an_error_and_the_session_continues() {
+    let mut h = logged_in(&[MSG1]);
+    let mut input = vec![b'X'; crate::MAX_COMMAND_LINE * 3];
+    input.extend_from_slice(b"\r\nSTAT\r\n");
+    for chunk in [1, 100, 4096, 100_000] {
+        let mut h2 = logged_in(&[MSG1]);
+        let out = h2.feed(&input, chunk);
+        assert_eq!(out, format!("-ERR line too long\r\n+OK 1 {}\r\n", crate::dot::wire_size(MSG1)));
+    }
+    let _ = h.feed(b"", 1);
+}
+
+#[test]
+fn apop_only_when_enabled() {
+    let mut cfg = config();
+    cfg.apop_timestamp = None;
+    let mut h = Harness::new(cfg, &[]);
+    assert_eq!(h.out, b"+OK POP3 server ready\r\n");
+    h.out.clear();
+    let out = h.feed(b"APOP mrose c4c9334bac560ecc979e58001b3e22fb\r\n", 512);
+    assert_eq!(out, "-ERR APOP not enabled\r\n");
+}
+
+#[test]
+fn quit_in_authorization_closes_without_update() {
+    let mut h = Harness::new(config(), &[MSG1]);
+    h.out.clear();
+    assert_eq!(h.feed(b"QUIT\r\nSTAT\r\n", 512), "+OK pobox signing off\r\n");
+    assert!(h.closed && h.updates.is_empty());
+}
+
+#[test]
+fn partial_update_reports_sys_temp() {
+    let mut h = logged_in(&[MSG1]);
+    h.session.handle_line(b"DELE 1");
+    h.session.handle_line(b"QUIT");
+    let mut out = Vec::new();
+    while let Some(a) = h.session.poll_action() {
+        match a {
+            Action::Send(b) => out.extend(b),
+            Action::Update(_) => h.session.handle_update_result(UpdateResult::Partial { removed: 0, failed: 1 }),
+            _ => {}
+        }
+    }
+    let out = String::from_utf8(out).unwrap();
+    assert!(out.ends_with("-ERR [SYS/TEMP] some deleted messages not removed (0 removed, 1 failed)\r\n"), "{out}");
+}
