@@ -1,0 +1,135 @@
+//! `pobox serve`: bind, load keys, then serve until SIGTERM/SIGINT.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::Args;
+use pobox_server::{ListenAddr, Protocol, Services};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{Settings, parse_listen};
+
+/// Arguments of `pobox serve`. Each address flag replaces the configured
+/// list; `none` disables that listener.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// POP3 address (cleartext + STLS), or `none`. Default 0.0.0.0:110.
+    #[arg(long, value_name = "ADDR")]
+    pop3: Option<String>,
+    /// POP3S address (implicit TLS), or `none`. Default 0.0.0.0:995.
+    #[arg(long, value_name = "ADDR")]
+    pop3s: Option<String>,
+    /// LMTP address (IP:PORT or unix:/path), or `none`. Default 127.0.0.1:24.
+    #[arg(long, value_name = "ADDR")]
+    lmtp: Option<String>,
+}
+
+fn override_addr(list: &mut Vec<ListenAddr>, flag: &str, value: Option<String>) -> anyhow::Result<()> {
+    if let Some(v) = value {
+        *list = if v == "none" {
+            Vec::new()
+        } else {
+            vec![parse_listen(&v).with_context(|| format!("--{flag} {v}"))?]
+        };
+    }
+    Ok(())
+}
+
+/// Runs the server until a signal stops it.
+///
+/// # Errors
+/// Configuration, TLS or bind failures, each with the fix in the message.
+pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
+    let mut settings = Settings::load(data, config)?;
+    override_addr(&mut settings.pop3, "pop3", args.pop3)?;
+    override_addr(&mut settings.pop3s, "pop3s", args.pop3s)?;
+    override_addr(&mut settings.lmtp, "lmtp", args.lmtp)?;
+    init_logging(&settings.log);
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings))
+}
+
+async fn serve(settings: Settings) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    let users = super::open_users(&settings);
+    let store = super::open_store(&settings)?;
+    let needs_tls = !settings.pop3.is_empty() || !settings.pop3s.is_empty();
+    let tls = if needs_tls {
+        Some(
+            pobox_server::tls::load_or_generate(
+                &settings.data_dir.join("tls"),
+                settings.tls_cert.as_deref(),
+                settings.tls_key.as_deref(),
+                &settings.server.hostname,
+            )
+            .context("TLS setup failed")?,
+        )
+    } else {
+        None
+    };
+
+    // Bind everything before serving anything: a port that cannot be bound
+    // is a startup error, not a half-running server.
+    let mut listeners = Vec::new();
+    for (protocol, addrs) in [
+        (Protocol::Pop3, &settings.pop3),
+        (Protocol::Pop3s, &settings.pop3s),
+        (Protocol::Lmtp, &settings.lmtp),
+    ] {
+        for addr in addrs {
+            listeners.push(pobox_server::bind(protocol, addr).await?);
+        }
+    }
+    if listeners.is_empty() {
+        anyhow::bail!("every listener is disabled; enable at least one of --pop3, --pop3s, --lmtp");
+    }
+
+    println!("pobox {} serving from {}", env!("CARGO_PKG_VERSION"), settings.data_dir.display());
+    for l in &listeners {
+        let what = match l.protocol {
+            Protocol::Pop3 => "POP3 (STLS)",
+            Protocol::Pop3s => "POP3S (TLS)",
+            Protocol::Lmtp => "LMTP",
+        };
+        println!("  {what:<12} {}", l.local);
+    }
+    println!("  users        {} ({} users)", settings.passwd_file.display(), users.list().map(|u| u.len()).unwrap_or(0));
+    println!("  maildrops    {}", settings.mail_location);
+    if let Some(tls) = &tls {
+        let origin = if tls.generated { "generated now, self-signed" } else { "loaded" };
+        println!("  certificate  {} ({origin})", tls.cert_path.display());
+        println!("  SHA-256      {}", tls.fingerprint);
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    let svc = Arc::new(Services::new(settings.server, users, Arc::new(store), tls));
+    pobox_server::run(svc, listeners, stop_signal()).await;
+    println!("pobox stopped");
+    Ok(())
+}
+
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process still dies on SIGTERM.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn init_logging(filter: &str) {
+    let filter = EnvFilter::try_from_env("POBOX_LOG")
+        .or_else(|_| EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

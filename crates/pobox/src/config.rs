@@ -1,0 +1,252 @@
+//! The configuration file (TOML) and its defaults, turned into the
+//! server's validated [`pobox_server::Config`].
+//!
+//! Unknown keys are errors (a typo must not silently fall back to a
+//! default), and every value is checked here, once, with a message that
+//! names the key.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use pobox_proto::pop3::server::Expire;
+use pobox_server::{Config, ListenAddr};
+use serde::Deserialize;
+
+/// The file as written by the admin. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Host name for greetings and trace headers (default: the system's).
+    pub hostname: Option<String>,
+    /// POP3 (cleartext + STLS) addresses; `[]` disables.
+    pub pop3: Option<Vec<String>>,
+    /// POP3S (implicit TLS) addresses; `[]` disables.
+    pub pop3s: Option<Vec<String>>,
+    /// LMTP addresses (`host:port` or `unix:/path`); `[]` disables.
+    pub lmtp: Option<Vec<String>>,
+    /// Where maildrops live; must contain `{user}`.
+    pub mail_location: Option<String>,
+    /// The Dovecot-format passwd-file.
+    pub passwd_file: Option<PathBuf>,
+    /// TLS certificate chain (PEM). With `tls_key`; otherwise self-signed.
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Allow cleartext passwords on unencrypted non-loopback connections.
+    pub allow_plaintext_auth: Option<bool>,
+    /// Offer APOP.
+    pub apop: Option<bool>,
+    /// Domains LMTP accepts (empty: any).
+    pub domains: Option<Vec<String>>,
+    /// Idle timeout before login, seconds.
+    pub login_timeout_secs: Option<u64>,
+    /// Idle timeout after login, seconds (at least 600, RFC 1939 §3).
+    pub session_timeout_secs: Option<u64>,
+    /// Delay before answering a failed login, milliseconds.
+    pub auth_failure_delay_ms: Option<u64>,
+    /// Maximum concurrent connections.
+    pub max_connections: Option<usize>,
+    /// Largest message LMTP and `pobox deliver` accept, bytes.
+    pub max_message_size: Option<u64>,
+    /// Most recipients per LMTP transaction.
+    pub lmtp_max_recipients: Option<usize>,
+    /// Seconds SIGTERM waits for open sessions.
+    pub shutdown_grace_secs: Option<u64>,
+    /// Log filter, e.g. `info` or `pobox_server=debug`.
+    pub log: Option<String>,
+}
+
+/// Everything a subcommand needs, resolved against the data dir.
+#[derive(Debug)]
+pub struct Settings {
+    /// The data directory (absolute).
+    pub data_dir: PathBuf,
+    /// The passwd-file.
+    pub passwd_file: PathBuf,
+    /// The mail location template.
+    pub mail_location: String,
+    /// TLS certificate and key, if configured.
+    pub tls_cert: Option<PathBuf>,
+    /// See `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Listener addresses.
+    pub pop3: Vec<ListenAddr>,
+    /// See `pop3`.
+    pub pop3s: Vec<ListenAddr>,
+    /// See `pop3`.
+    pub lmtp: Vec<ListenAddr>,
+    /// The server's settings.
+    pub server: Config,
+    /// Log filter.
+    pub log: String,
+}
+
+/// The minimum RFC 1939 §3 allows for the logged-in inactivity timer.
+const MIN_SESSION_TIMEOUT: u64 = 600;
+
+impl Settings {
+    /// Reads `config` (if any) and applies defaults relative to `data_dir`.
+    ///
+    /// # Errors
+    /// An unreadable file, a TOML error (with line and column), an unknown
+    /// key, or a value out of range, each naming the key.
+    pub fn load(data_dir: &Path, config: Option<&Path>) -> anyhow::Result<Settings> {
+        let raw = match config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read config file {}", path.display()))?;
+                toml::from_str::<RawConfig>(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?
+            }
+            None => RawConfig::default(),
+        };
+        Settings::from_raw(data_dir, raw)
+    }
+
+    fn from_raw(data_dir: &Path, raw: RawConfig) -> anyhow::Result<Settings> {
+        let data_dir = std::path::absolute(data_dir)
+            .with_context(|| format!("invalid data dir {}", data_dir.display()))?;
+        let defaults = Config::default();
+        let hostname = raw.hostname.unwrap_or_else(system_hostname);
+        if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            bail!("hostname: {hostname:?} is not a valid host name");
+        }
+        let session_timeout = raw.session_timeout_secs.unwrap_or(MIN_SESSION_TIMEOUT);
+        if session_timeout < MIN_SESSION_TIMEOUT {
+            bail!(
+                "session_timeout_secs: {session_timeout} is below 600; RFC 1939 §3 requires the \
+                 inactivity timer to be at least 10 minutes"
+            );
+        }
+        let login_timeout = raw.login_timeout_secs.unwrap_or(defaults.login_timeout.as_secs());
+        if login_timeout == 0 {
+            bail!("login_timeout_secs: must be at least 1");
+        }
+        let max_connections = raw.max_connections.unwrap_or(defaults.max_connections);
+        if max_connections == 0 {
+            bail!("max_connections: must be at least 1");
+        }
+        let mail_location = match raw.mail_location {
+            Some(loc) => {
+                if !loc.contains("{user}") {
+                    bail!("mail_location: {loc:?} must contain {{user}}, e.g. /srv/mail/{{user}}/Maildir");
+                }
+                loc
+            }
+            None => format!("{}/mail/{{user}}", data_dir.display()),
+        };
+        if raw.tls_cert.is_some() != raw.tls_key.is_some() {
+            bail!("tls_cert and tls_key: set both, or neither (a self-signed certificate is then generated)");
+        }
+        let server = Config {
+            hostname,
+            login_timeout: Duration::from_secs(login_timeout),
+            session_timeout: Duration::from_secs(session_timeout),
+            allow_plaintext_auth: raw.allow_plaintext_auth.unwrap_or(false),
+            apop: raw.apop.unwrap_or(false),
+            expire: Expire::Never,
+            auth_failure_delay: raw
+                .auth_failure_delay_ms
+                .map_or(defaults.auth_failure_delay, Duration::from_millis),
+            max_connections,
+            lmtp_max_message_size: raw.max_message_size.unwrap_or(defaults.lmtp_max_message_size),
+            lmtp_max_recipients: raw.lmtp_max_recipients.unwrap_or(defaults.lmtp_max_recipients),
+            domains: raw.domains.unwrap_or_default(),
+            shutdown_grace: raw.shutdown_grace_secs.map_or(defaults.shutdown_grace, Duration::from_secs),
+            advertise_implementation: true,
+        };
+        let addrs = |key: &str, v: Option<Vec<String>>, default: &[&str]| -> anyhow::Result<Vec<ListenAddr>> {
+            let list = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
+            list.iter().map(|a| parse_listen(a).with_context(|| format!("{key}: {a:?}"))).collect()
+        };
+        Ok(Settings {
+            passwd_file: resolve(&data_dir, raw.passwd_file.unwrap_or_else(|| "users".into())),
+            tls_cert: raw.tls_cert.map(|p| resolve(&data_dir, p)),
+            tls_key: raw.tls_key.map(|p| resolve(&data_dir, p)),
+            pop3: addrs("pop3", raw.pop3, &["0.0.0.0:110"])?,
+            pop3s: addrs("pop3s", raw.pop3s, &["0.0.0.0:995"])?,
+            lmtp: addrs("lmtp", raw.lmtp, &["127.0.0.1:24"])?,
+            mail_location,
+            log: raw.log.unwrap_or_else(|| "info".into()),
+            server,
+            data_dir,
+        })
+    }
+}
+
+/// `host:port`, `[v6]:port`, or `unix:/path`.
+///
+/// # Errors
+/// When the text is neither.
+pub fn parse_listen(s: &str) -> anyhow::Result<ListenAddr> {
+    if let Some(path) = s.strip_prefix("unix:") {
+        if path.is_empty() {
+            bail!("a unix socket needs a path, e.g. unix:/run/pobox/lmtp");
+        }
+        return Ok(ListenAddr::Unix(PathBuf::from(path)));
+    }
+    let addr: SocketAddr = s
+        .parse()
+        .map_err(|_| anyhow::anyhow!("not an address: use IP:PORT (e.g. 127.0.0.1:24, [::]:110) or unix:/path"))?;
+    Ok(ListenAddr::Tcp(addr))
+}
+
+fn resolve(data_dir: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() { p } else { data_dir.join(p) }
+}
+
+fn system_hostname() -> String {
+    let uname = rustix::system::uname();
+    let name = uname.nodename().to_string_lossy().into_owned();
+    if name.is_empty() { "localhost".into() } else { name }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Settings> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Settings::from_raw(Path::new("/tmp/pobox-test"), raw)
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let s = parse("").unwrap();
+        assert_eq!(s.pop3, vec![ListenAddr::Tcp("0.0.0.0:110".parse().unwrap())]);
+        assert_eq!(s.pop3s, vec![ListenAddr::Tcp("0.0.0.0:995".parse().unwrap())]);
+        assert_eq!(s.lmtp, vec![ListenAddr::Tcp("127.0.0.1:24".parse().unwrap())]);
+        assert_eq!(s.passwd_file, PathBuf::from("/tmp/pobox-test/users"));
+        assert_eq!(s.mail_location, "/tmp/pobox-test/mail/{user}");
+        assert_eq!(s.server.session_timeout, Duration::from_secs(600));
+        assert!(!s.server.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let err = parse("pop3_listen = []").err().unwrap();
+        assert!(format!("{err:#}").contains("unknown field `pop3_listen`"), "{err:#}");
+    }
+
+    #[test]
+    fn values_are_checked_with_the_key_named() {
+        let err = parse("session_timeout_secs = 60").err().unwrap();
+        assert!(err.to_string().contains("session_timeout_secs"), "{err}");
+        let err = parse("mail_location = \"/srv/mail\"").err().unwrap();
+        assert!(err.to_string().contains("{user}"), "{err}");
+        let err = parse("lmtp = [\"localhost\"]").err().unwrap();
+        assert!(format!("{err:#}").contains("lmtp"), "{err:#}");
+        let err = parse("tls_cert = \"c.pem\"").err().unwrap();
+        assert!(err.to_string().contains("tls_key"), "{err}");
+    }
+
+    #[test]
+    fn listen_forms() {
+        assert_eq!(parse_listen("unix:/run/x").unwrap(), ListenAddr::Unix("/run/x".into()));
+        assert!(parse_listen("[::1]:110").is_ok());
+        assert!(parse_listen("unix:").is_err());
+        assert!(parse_listen("110").is_err());
+    }
+}

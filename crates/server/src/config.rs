@@ -1,0 +1,81 @@
+//! The validated configuration the server runs with: plain structs, no
+//! serde. The `pobox` binary turns its TOML file and command line into this
+//! (and is where unknown keys and bad values are rejected).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use pobox_proto::pop3::server::Expire;
+
+/// Where a listener listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenAddr {
+    /// A TCP address.
+    Tcp(SocketAddr),
+    /// A unix socket path (LMTP from a local MTA).
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "{a}"),
+            ListenAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Everything `pobox serve` needs beyond its listeners.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The name in the greeting, the APOP timestamp and Received lines.
+    pub hostname: String,
+    /// Idle timeout before login.
+    pub login_timeout: Duration,
+    /// Idle timeout after login (RFC 1939 §3: at least 10 minutes; the
+    /// binary refuses less).
+    pub session_timeout: Duration,
+    /// Allow USER/PASS and AUTH PLAIN/LOGIN on unencrypted non-loopback
+    /// connections. Off by default (RFC 8314).
+    pub allow_plaintext_auth: bool,
+    /// Offer APOP (needs {PLAIN} secrets in the passwd-file).
+    pub apop: bool,
+    /// The EXPIRE value advertised in CAPA.
+    pub expire: Expire,
+    /// Delay before answering a failed login: slows password guessing
+    /// without blocking other sessions.
+    pub auth_failure_delay: Duration,
+    /// At most this many concurrent connections per listener kind.
+    pub max_connections: usize,
+    /// LMTP: largest message accepted (SIZE, RFC 1870).
+    pub lmtp_max_message_size: u64,
+    /// LMTP: most recipients per transaction.
+    pub lmtp_max_recipients: usize,
+    /// Domains LMTP accepts; empty = any domain (local part = user).
+    pub domains: Vec<String>,
+    /// How long SIGTERM waits for sessions before closing them without UPDATE.
+    pub shutdown_grace: Duration,
+    /// Advertise `IMPLEMENTATION pobox` in CAPA.
+    pub advertise_implementation: bool,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            hostname: "localhost".into(),
+            login_timeout: Duration::from_secs(120),
+            session_timeout: Duration::from_secs(600),
+            allow_plaintext_auth: false,
+            apop: false,
+            expire: Expire::Never,
+            auth_failure_delay: Duration::from_secs(2),
+            max_connections: 10_000,
+            lmtp_max_message_size: 64 * 1024 * 1024,
+            lmtp_max_recipients: 100,
+            domains: Vec::new(),
+            shutdown_grace: Duration::from_secs(10),
+            advertise_implementation: true,
+        }
+    }
+}

@@ -1,0 +1,275 @@
+//! The pobox daemon's async core: accept loops for POP3 (110, STLS), POP3S
+//! (995) and LMTP (TCP or unix socket), each connection driven on tokio.
+//!
+//! What it does not do: parse configuration files or command lines (the
+//! `pobox` binary does, and hands over a validated [`Config`]), speak the
+//! POP3 protocol itself (`pobox-proto` decides every reply), or touch files
+//! directly (`pobox-store` and `pobox-auth` do, on the blocking pool).
+//!
+//! # Layout
+//! - [`config`]: the validated settings.
+//! - [`tls`]: certificate loading/generation and the rustls config.
+//! - `listener` (in this file): binding and accept loops with limits.
+//! - `pop3`: the POP3 connection driver.
+//! - `lmtp`: the LMTP session loop.
+//! - [`shutdown`]: the two-step graceful shutdown.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod config;
+mod conn;
+mod date;
+mod lmtp;
+mod pop3;
+pub mod shutdown;
+pub mod tls;
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pobox_auth::UserDb;
+use pobox_store::Mailstore;
+use tokio::net::{TcpListener, UnixListener};
+use tokio::sync::Semaphore;
+use tracing::{error, info, warn};
+
+pub use config::{Config, ListenAddr};
+use shutdown::{Phase, Shutdown, Trigger};
+pub use tls::Tls;
+
+/// What every connection shares: configuration, users, storage, TLS.
+pub struct Services {
+    /// Validated settings.
+    pub config: Config,
+    /// The user database.
+    pub users: Arc<UserDb>,
+    /// The mail store.
+    pub store: Arc<dyn Mailstore>,
+    /// TLS, if a certificate is loaded.
+    pub tls: Option<Tls>,
+    /// Bounds concurrent password verifications.
+    auth_slots: Arc<Semaphore>,
+}
+
+impl Services {
+    /// Bundles the services. Password verification runs at most one per CPU
+    /// at a time.
+    pub fn new(config: Config, users: Arc<UserDb>, store: Arc<dyn Mailstore>, tls: Option<Tls>) -> Services {
+        let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        Services { config, users, store, tls, auth_slots: Arc::new(Semaphore::new(cpus)) }
+    }
+}
+
+/// Which protocol a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// POP3 on a cleartext port, with STLS.
+    Pop3,
+    /// POP3 over implicit TLS.
+    Pop3s,
+    /// LMTP.
+    Lmtp,
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Protocol::Pop3 => "pop3",
+            Protocol::Pop3s => "pop3s",
+            Protocol::Lmtp => "lmtp",
+        })
+    }
+}
+
+/// A bound listening socket.
+#[derive(Debug)]
+pub enum Bound {
+    /// TCP.
+    Tcp(TcpListener),
+    /// Unix socket.
+    Unix(UnixListener),
+}
+
+/// A listener ready to serve.
+#[derive(Debug)]
+pub struct Listener {
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// The socket.
+    pub bound: Bound,
+    /// The address actually bound (port 0 resolved).
+    pub local: String,
+}
+
+/// Why a listener could not be bound, with the address and the fix.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for {protocol} on {addr}: {source}{hint}")]
+pub struct BindError {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The address.
+    pub addr: String,
+    /// The OS error.
+    #[source]
+    pub source: io::Error,
+    /// What to do about it.
+    pub hint: String,
+}
+
+/// Binds one listener. Call before dropping privileges.
+///
+/// # Errors
+/// A [`BindError`] whose message names the address and suggests the fix.
+pub async fn bind(protocol: Protocol, addr: &ListenAddr) -> Result<Listener, BindError> {
+    let fail = |source: io::Error| {
+        let flag = match protocol {
+            Protocol::Pop3 => "--pop3",
+            Protocol::Pop3s => "--pop3s",
+            Protocol::Lmtp => "--lmtp",
+        };
+        let hint = match source.kind() {
+            io::ErrorKind::PermissionDenied => format!(
+                " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or pick another port with {flag} ADDR, or {flag} none)"
+            ),
+            io::ErrorKind::AddrInUse => format!(
+                " (another program is listening there; stop it, or pick another address with {flag} ADDR, or {flag} none)"
+            ),
+            _ => format!(" (choose another address with {flag} ADDR, or {flag} none)"),
+        };
+        BindError { protocol, addr: addr.to_string(), source, hint }
+    };
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let l = TcpListener::bind(a).await.map_err(fail)?;
+            let local = l.local_addr().map_err(fail)?.to_string();
+            Ok(Listener { protocol, bound: Bound::Tcp(l), local })
+        }
+        ListenAddr::Unix(p) => {
+            // A stale socket file from a previous run blocks bind(); a live
+            // one means another server owns it.
+            if p.exists() {
+                if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                    return Err(fail(io::Error::new(io::ErrorKind::AddrInUse, "socket is in use")));
+                }
+                let _ = std::fs::remove_file(p);
+            }
+            let l = UnixListener::bind(p).map_err(fail)?;
+            Ok(Listener { protocol, bound: Bound::Unix(l), local: format!("unix:{}", p.display()) })
+        }
+    }
+}
+
+/// Runs every listener until `stop` completes, then shuts down gracefully:
+/// stop accepting, give sessions `shutdown_grace` to finish, then close the
+/// rest without UPDATE.
+pub async fn run(svc: Arc<Services>, listeners: Vec<Listener>, stop: impl std::future::Future<Output = ()>) {
+    let (trigger, shutdown) = shutdown::channel();
+    let connections = Arc::new(Semaphore::new(svc.config.max_connections));
+    let mut accept_loops = Vec::new();
+    for listener in listeners {
+        let svc = svc.clone();
+        let shutdown = shutdown.clone();
+        let connections = connections.clone();
+        accept_loops.push(tokio::spawn(accept_loop(listener, svc, shutdown, connections)));
+    }
+    stop.await;
+    drain(&trigger, &connections, svc.config.max_connections, svc.config.shutdown_grace).await;
+    for l in accept_loops {
+        l.abort();
+    }
+}
+
+async fn drain(trigger: &Trigger, connections: &Arc<Semaphore>, max: usize, grace: Duration) {
+    trigger.set(Phase::Draining);
+    let all = u32::try_from(max).unwrap_or(u32::MAX);
+    let open = max - connections.available_permits();
+    info!(open_sessions = open, grace_secs = grace.as_secs(), "shutting down: no new connections");
+    if tokio::time::timeout(grace, connections.acquire_many(all)).await.is_ok() {
+        return;
+    }
+    warn!("grace period over; closing remaining sessions without UPDATE");
+    trigger.set(Phase::Forced);
+    let _ = tokio::time::timeout(Duration::from_secs(5), connections.acquire_many(all)).await;
+}
+
+async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown, connections: Arc<Semaphore>) {
+    let mut backoff = Duration::from_millis(10);
+    let protocol = listener.protocol;
+    loop {
+        let mut draining = shutdown.clone();
+        let accepted = tokio::select! {
+            a = accept(&listener.bound) => a,
+            () = draining.draining() => return,
+        };
+        let (conn, peer) = match accepted {
+            Ok(x) => {
+                backoff = Duration::from_millis(10);
+                x
+            }
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                error!(%protocol, error = %e, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            warn!(%protocol, %peer, "connection limit reached");
+            tokio::spawn(refuse_busy(conn, protocol));
+            continue;
+        };
+        let svc = svc.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            match (protocol, conn) {
+                (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, false, svc, shutdown).await,
+                (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, true, svc, shutdown).await,
+                (Protocol::Lmtp, Accepted::Tcp(tcp, addr)) => {
+                    lmtp::serve(tcp, addr.to_string(), svc, shutdown).await
+                }
+                (Protocol::Lmtp, Accepted::Unix(s)) => lmtp::serve(s, "unix".into(), svc, shutdown).await,
+                (_, Accepted::Unix(_)) => {}
+            }
+        });
+    }
+}
+
+enum Accepted {
+    Tcp(tokio::net::TcpStream, SocketAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(bound: &Bound) -> io::Result<(Accepted, String)> {
+    match bound {
+        Bound::Tcp(l) => {
+            let (s, a) = l.accept().await?;
+            Ok((Accepted::Tcp(s, a), a.to_string()))
+        }
+        Bound::Unix(l) => {
+            let (s, _) = l.accept().await?;
+            Ok((Accepted::Unix(s), "unix".into()))
+        }
+    }
+}
+
+async fn refuse_busy(conn: Accepted, protocol: Protocol) {
+    use tokio::io::AsyncWriteExt;
+    let msg: &[u8] = match protocol {
+        Protocol::Lmtp => b"421 4.3.2 too many connections, try again later\r\n",
+        Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
+        // No TLS handshake for a refused client: just close.
+        Protocol::Pop3s => b"",
+    };
+    let fut = async {
+        match conn {
+            Accepted::Tcp(mut s, _) => s.write_all(msg).await,
+            Accepted::Unix(mut s) => s.write_all(msg).await,
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), fut).await;
+}

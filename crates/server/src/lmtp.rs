@@ -1,0 +1,338 @@
+//! LMTP intake (RFC 2033): how Postfix, Exim and OpenSMTPD hand mail to a
+//! mailbox server. Parsing is smtp-proto's (sans-IO, fuzzed upstream); this
+//! file is the session loop around it.
+//!
+//! The promise: a recipient's `250` is written only after the message is
+//! durable in that recipient's Maildir (file fsynced, renamed into `new/`,
+//! `new/` fsynced). Anything that fails before that is a `4xx` and leaves no
+//! file in `new/`.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use smtp_proto::{Error as SmtpError, Request};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tracing::{debug, info, warn};
+
+use crate::Services;
+use crate::shutdown::Shutdown;
+use pobox_store::StoreError;
+
+/// RFC 5321 §4.5.3.2: the server waits at least 5 minutes for a command,
+/// and 3 minutes for each block of DATA. We use 5 minutes for both.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+struct Recipient {
+    address: String,
+    user: String,
+}
+
+enum DataSink {
+    Collect(DataReceiver),
+    /// The message exceeded SIZE: swallow the rest and refuse it.
+    Discard(DummyDataReceiver),
+}
+
+struct Session {
+    lhlo: Option<String>,
+    from: Option<String>,
+    recipients: Vec<Recipient>,
+    data: Option<DataSink>,
+    message: Vec<u8>,
+    peer: String,
+}
+
+/// Serves one LMTP connection (TCP or unix socket) to the end.
+pub(crate) async fn serve<S>(mut stream: S, peer: String, svc: Arc<Services>, mut shutdown: Shutdown)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut out = format!("220 {} LMTP pobox ready\r\n", svc.config.hostname).into_bytes();
+    let mut receiver = RequestReceiver::default();
+    let mut session = Session {
+        lhlo: None,
+        from: None,
+        recipients: Vec::new(),
+        data: None,
+        message: Vec::new(),
+        peer,
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout(COMMAND_TIMEOUT, stream.read(&mut buf)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    if session.data.is_some() {
+                        // RFC 5321 §4.1.1.4: no final dot, no message.
+                        info!(peer = %session.peer, "connection lost during DATA; nothing delivered");
+                    }
+                    return;
+                }
+                Ok(Ok(n)) => n,
+                Err(_) => {
+                    let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
+                    return;
+                }
+            },
+            () = shutdown.draining() => {
+                // LMTP transactions are short; an MTA retries a 421.
+                if session.data.is_none() {
+                    let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
+                    return;
+                }
+                continue;
+            }
+        };
+        let mut bytes = buf[..n].iter();
+        while !bytes.as_slice().is_empty() {
+            if session.data.is_some() {
+                if !session.ingest_data(&mut bytes, svc.config.lmtp_max_message_size) {
+                    break;
+                }
+                // End of DATA: deliver, one reply per recipient.
+                session.finish_data(&svc, &mut out).await;
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                continue;
+            }
+            match receiver.ingest(&mut bytes) {
+                Ok(request) => {
+                    let request = request.into_owned();
+                    if session.handle(request, &svc, &mut out).await {
+                        let _ = stream.write_all(&out).await;
+                        return;
+                    }
+                }
+                Err(SmtpError::NeedsMoreData { .. }) => break,
+                Err(e) => out.extend_from_slice(error_reply(&e).as_bytes()),
+            }
+        }
+    }
+}
+
+fn error_reply(e: &SmtpError) -> String {
+    match e {
+        SmtpError::UnknownCommand => "500 5.5.2 unknown command\r\n".into(),
+        SmtpError::ResponseTooLong => "500 5.5.2 line too long\r\n".into(),
+        SmtpError::InvalidSenderAddress => "501 5.1.7 invalid sender address\r\n".into(),
+        SmtpError::InvalidRecipientAddress => "501 5.1.3 invalid recipient address\r\n".into(),
+        SmtpError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}\r\n"),
+        SmtpError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}\r\n"),
+        SmtpError::UnsupportedParameter { param } => {
+            format!("504 5.5.4 unsupported parameter {}\r\n", sanitize(param))
+        }
+        _ => "500 5.5.2 syntax error\r\n".into(),
+    }
+}
+
+impl Session {
+    /// Handles one command; returns true when the connection must close.
+    async fn handle(&mut self, request: Request<String>, svc: &Arc<Services>, out: &mut Vec<u8>) -> bool {
+        let reply = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
+        match request {
+            Request::Lhlo { host } => {
+                self.reset();
+                self.lhlo = Some(host);
+                out.extend_from_slice(
+                    format!(
+                        "250-{}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
+                         250-SMTPUTF8\r\n250 SIZE {}\r\n",
+                        svc.config.hostname, svc.config.lmtp_max_message_size
+                    )
+                    .as_bytes(),
+                );
+            }
+            Request::Ehlo { .. } | Request::Helo { .. } => {
+                reply(out, "500 5.5.1 this is LMTP: use LHLO\r\n")
+            }
+            Request::Mail { from } => {
+                if self.lhlo.is_none() {
+                    reply(out, "503 5.5.1 LHLO first\r\n");
+                } else if self.from.is_some() {
+                    reply(out, "503 5.5.1 nested MAIL command\r\n");
+                } else if from.size as u64 > svc.config.lmtp_max_message_size {
+                    reply(out, "552 5.3.4 message size exceeds fixed maximum message size\r\n");
+                } else {
+                    self.from = Some(from.address);
+                    reply(out, "250 2.1.0 sender ok\r\n");
+                }
+            }
+            Request::Rcpt { to } => {
+                if self.from.is_none() {
+                    reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.recipients.len() >= svc.config.lmtp_max_recipients {
+                    reply(out, "452 4.5.3 too many recipients\r\n");
+                } else {
+                    match self.check_recipient(&to.address, svc).await {
+                        Ok(user) => {
+                            self.recipients.push(Recipient { address: to.address, user });
+                            reply(out, "250 2.1.5 recipient ok\r\n");
+                        }
+                        Err(text) => reply(out, &text),
+                    }
+                }
+            }
+            Request::Data => {
+                if self.from.is_none() {
+                    reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.recipients.is_empty() {
+                    reply(out, "503 5.5.1 no valid recipients\r\n");
+                } else {
+                    let mut data = DataReceiver::new();
+                    // smtp-proto's receiver starts as if mid-line; prime it
+                    // with a line end so a dot on the very first line (an
+                    // empty message, or a stuffed "..") is seen as such.
+                    let mut scratch = Vec::new();
+                    data.ingest(&mut b"\r\n".iter(), &mut scratch);
+                    self.data = Some(DataSink::Collect(data));
+                    self.message.clear();
+                    reply(out, "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n");
+                }
+            }
+            Request::Bdat { .. } => reply(out, "502 5.5.1 BDAT not supported\r\n"),
+            Request::Rset => {
+                self.reset();
+                reply(out, "250 2.0.0 ok\r\n");
+            }
+            Request::Noop { .. } => reply(out, "250 2.0.0 ok\r\n"),
+            Request::Vrfy { .. } => reply(out, "252 2.5.0 cannot verify, but will accept\r\n"),
+            Request::Quit => {
+                reply(out, "221 2.0.0 bye\r\n");
+                return true;
+            }
+            Request::StartTls => reply(out, "502 5.5.1 STARTTLS not offered on LMTP\r\n"),
+            Request::Auth { .. } => reply(out, "502 5.5.1 AUTH not offered on LMTP\r\n"),
+            _ => reply(out, "502 5.5.1 command not implemented\r\n"),
+        }
+        false
+    }
+
+    fn reset(&mut self) {
+        self.from = None;
+        self.recipients.clear();
+        self.data = None;
+        self.message = Vec::new();
+    }
+
+    /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user.
+    async fn check_recipient(&self, address: &str, svc: &Arc<Services>) -> Result<String, String> {
+        let (local, domain) = match address.rsplit_once('@') {
+            Some((l, d)) => (l, Some(d)),
+            None => (address, None),
+        };
+        if let Some(domain) = domain {
+            if !svc.config.domains.is_empty()
+                && !svc.config.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+            {
+                return Err(format!("550 5.1.2 domain {} is not served here\r\n", sanitize(domain)));
+            }
+        }
+        let user = local.split_once('+').map_or(local, |(u, _)| u).to_string();
+        if !pobox_auth::userdb::valid_username(&user) {
+            return Err("550 5.1.1 no such user\r\n".into());
+        }
+        let users = svc.users.clone();
+        let lookup = user.clone();
+        match tokio::task::spawn_blocking(move || users.exists(&lookup)).await {
+            Ok(Ok(true)) => Ok(user),
+            Ok(Ok(false)) => Err("550 5.1.1 no such user\r\n".into()),
+            _ => Err("451 4.3.0 user database unavailable\r\n".into()),
+        }
+    }
+
+    /// Feeds DATA bytes; true when the final dot was seen.
+    fn ingest_data(&mut self, bytes: &mut std::slice::Iter<'_, u8>, max: u64) -> bool {
+        match self.data.as_mut() {
+            Some(DataSink::Collect(receiver)) => {
+                let done = receiver.ingest(bytes, &mut self.message);
+                if !done && self.message.len() as u64 > max {
+                    // Keep scanning for the end, but stop storing.
+                    let dummy = DummyDataReceiver::new_data(receiver);
+                    self.data = Some(DataSink::Discard(dummy));
+                    self.message = Vec::new();
+                }
+                done
+            }
+            Some(DataSink::Discard(receiver)) => receiver.ingest(bytes),
+            None => true,
+        }
+    }
+
+    async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
+        let oversized = matches!(self.data, Some(DataSink::Discard(_)))
+            || self.message.len() as u64 > svc.config.lmtp_max_message_size;
+        self.data = None;
+        let recipients = std::mem::take(&mut self.recipients);
+        let from = self.from.take().unwrap_or_default();
+        let message = std::mem::take(&mut self.message);
+        if oversized {
+            for _ in &recipients {
+                out.extend_from_slice(b"552 5.3.4 message too big\r\n");
+            }
+            return;
+        }
+        let message = Arc::new(message);
+        for rcpt in recipients {
+            let header = trace_headers(&from, &rcpt.address, self.lhlo.as_deref(), &self.peer, &svc.config.hostname);
+            let store = svc.store.clone();
+            let body = message.clone();
+            let user = rcpt.user.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let mut reader = std::io::Read::chain(header.as_bytes(), &body[..]);
+                store.deliver(&user, &mut reader)
+            })
+            .await;
+            let line = match result {
+                Ok(Ok(delivered)) => {
+                    info!(peer = %self.peer, user = %rcpt.user, uidl = %delivered.uidl.as_str(),
+                          size = delivered.size, "delivered");
+                    format!("250 2.0.0 <{}> delivered as {}\r\n", sanitize(&rcpt.address), delivered.uidl.as_str())
+                }
+                Ok(Err(StoreError::DiskFull(reason))) => {
+                    warn!(user = %rcpt.user, %reason, "delivery failed: disk full");
+                    format!("452 4.3.1 <{}> insufficient system storage\r\n", sanitize(&rcpt.address))
+                }
+                Ok(Err(StoreError::TooLarge { .. })) => {
+                    format!("552 5.3.4 <{}> message too big\r\n", sanitize(&rcpt.address))
+                }
+                Ok(Err(e)) => {
+                    warn!(user = %rcpt.user, error = %e, "delivery failed");
+                    format!("451 4.3.0 <{}> temporary delivery failure\r\n", sanitize(&rcpt.address))
+                }
+                Err(e) => {
+                    warn!(error = %e, "delivery task failed");
+                    format!("451 4.3.0 <{}> temporary delivery failure\r\n", sanitize(&rcpt.address))
+                }
+            };
+            out.extend_from_slice(line.as_bytes());
+        }
+        debug!(peer = %self.peer, "transaction done");
+    }
+}
+
+/// `Return-Path:` (RFC 5321 §4.4, added at final delivery) and `Received:`.
+fn trace_headers(from: &str, rcpt: &str, lhlo: Option<&str>, peer: &str, hostname: &str) -> String {
+    format!(
+        "Return-Path: <{}>\r\nReceived: from {} ({})\r\n\tby {} (pobox) with LMTP\r\n\tfor <{}>; {}\r\n",
+        sanitize(from),
+        sanitize(lhlo.unwrap_or("unknown")),
+        sanitize(peer),
+        hostname,
+        sanitize(rcpt),
+        crate::date::rfc5322(SystemTime::now()),
+    )
+}
+
+/// Keeps peer-supplied text from breaking a header or reply line.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(256).collect()
+}

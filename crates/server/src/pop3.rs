@@ -1,0 +1,524 @@
+//! The POP3 connection driver: runs one [`ServerSession`] over a socket,
+//! doing the I/O, authentication and storage calls the session asks for.
+//!
+//! All protocol decisions live in `pobox_proto::pop3::server`; this file
+//! only moves bytes and calls services. Storage and password verification
+//! are blocking work and run on tokio's blocking pool, so a slow disk or an
+//! argon2 verification never stalls other sessions.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use pobox_auth::AuthError;
+use pobox_proto::dot::WireEncoder;
+use pobox_proto::line::{LineSplitter, Split};
+use pobox_proto::pop3::maildrop::MessageMeta;
+use pobox_proto::pop3::server::{
+    Action, Credentials, IdleClass, LoginFailure, ServerSession, SessionConfig, UpdateResult,
+    retr_status_line,
+};
+use pobox_proto::pop3::{RespCode, Status};
+use pobox_store::{Mailbox, StoreError};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::Services;
+use crate::conn::Stream;
+use crate::shutdown::Shutdown;
+
+/// Flush the output buffer once it holds this much, even mid-pipeline.
+const OUT_HIGH_WATER: usize = 64 * 1024;
+/// Read size for message files.
+const FILE_CHUNK: usize = 64 * 1024;
+
+/// Why a connection ended early. Only logged.
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error("TLS handshake timed out")]
+    HandshakeTimeout,
+    #[error("message {0} became unreadable while being sent: {1}")]
+    MessageBroken(usize, String),
+}
+
+/// Serves one POP3 connection to the end. `implicit_tls` is true on 995.
+pub(crate) async fn serve(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    implicit_tls: bool,
+    svc: Arc<Services>,
+    shutdown: Shutdown,
+) {
+    let _ = tcp.set_nodelay(true);
+    let stream = if implicit_tls {
+        let Some(tls) = &svc.tls else { return };
+        match tokio::time::timeout(svc.config.login_timeout, tls.acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => Stream::Tls(Box::new(s)),
+            Ok(Err(e)) => {
+                // Plaintext on 995, a scanner, or a broken client: nothing to answer.
+                debug!(%peer, error = %e, "pop3s handshake failed");
+                return;
+            }
+            Err(_) => {
+                debug!(%peer, "pop3s handshake timed out");
+                return;
+            }
+        }
+    } else {
+        Stream::Plain(tcp)
+    };
+    let secure = stream.is_tls();
+    let config = SessionConfig {
+        greeting: "pobox POP3 server ready".into(),
+        secure,
+        stls_available: !secure && svc.tls.is_some(),
+        plaintext_auth_allowed: secure
+            || peer.ip().is_loopback()
+            || svc.config.allow_plaintext_auth,
+        apop_timestamp: svc.config.apop.then(|| apop_timestamp(&svc.config.hostname)),
+        expire: svc.config.expire,
+        implementation: svc.config.advertise_implementation.then(|| "pobox".to_string()),
+    };
+    let mut driver = Driver {
+        stream: Some(stream),
+        session: ServerSession::new(config),
+        splitter: LineSplitter::new(pobox_proto::MAX_COMMAND_LINE),
+        inbuf: Vec::with_capacity(1024),
+        pos: 0,
+        outbuf: Vec::with_capacity(1024),
+        mailbox: None,
+        svc,
+        peer,
+        closed: false,
+        stats: Stats::default(),
+    };
+    match driver.run(shutdown).await {
+        Ok(()) => {}
+        Err(e) => debug!(%peer, error = %e, "pop3 connection ended"),
+    }
+    if let Some(user) = driver.session.user() {
+        info!(
+            %peer, user, retrieved = driver.stats.retrieved, bytes = driver.stats.bytes,
+            "pop3 session ended without QUIT; nothing deleted"
+        );
+    }
+    // Dropping the driver drops the mailbox: the lock is released at once and
+    // nothing is deleted (RFC 1939 §6: no UPDATE without QUIT).
+}
+
+#[derive(Debug, Default)]
+struct Stats {
+    retrieved: u64,
+    bytes: u64,
+}
+
+struct Driver {
+    /// `None` only for the instant of a TLS upgrade.
+    stream: Option<Stream>,
+    session: ServerSession,
+    splitter: LineSplitter,
+    inbuf: Vec<u8>,
+    /// Start of unconsumed input in `inbuf`.
+    pos: usize,
+    outbuf: Vec<u8>,
+    /// The locked maildrop, from login until UPDATE or the end.
+    mailbox: Option<Arc<Mutex<Box<dyn Mailbox>>>>,
+    svc: Arc<Services>,
+    peer: SocketAddr,
+    closed: bool,
+    stats: Stats,
+}
+
+impl Driver {
+    async fn run(&mut self, mut shutdown: Shutdown) -> Result<(), ConnError> {
+        self.run_actions().await?;
+        let mut readbuf = vec![0u8; 8192];
+        loop {
+            self.process_input().await?;
+            self.flush().await?;
+            if self.closed {
+                let _ = self.stream_mut().shutdown().await;
+                return Ok(());
+            }
+            let timeout = match self.session.idle_class() {
+                IdleClass::BeforeLogin => self.svc.config.login_timeout,
+                IdleClass::LoggedIn => self.svc.config.session_timeout,
+            };
+            let stream = self.stream.as_mut().expect("stream present outside STLS");
+            let event = tokio::select! {
+                read = tokio::time::timeout(timeout, stream.read(&mut readbuf)) => match read {
+                    Err(_) => Event::IdleTimeout,
+                    Ok(Ok(0)) => Event::Eof,
+                    Ok(Ok(n)) => Event::Data(n),
+                    Ok(Err(e)) => return Err(e.into()),
+                },
+                () = shutdown.forced() => Event::Shutdown,
+            };
+            match event {
+                Event::Data(n) => {
+                    if self.pos > 0 {
+                        self.inbuf.drain(..self.pos);
+                        self.pos = 0;
+                    }
+                    self.inbuf.extend_from_slice(&readbuf[..n]);
+                }
+                Event::Eof => return Ok(()),
+                // RFC 1939 §3: on the inactivity timer, close without a
+                // response and without UPDATE.
+                Event::IdleTimeout => {
+                    debug!(peer = %self.peer, "idle timeout");
+                    return Ok(());
+                }
+                Event::Shutdown => {
+                    Status::err_code(RespCode::SysTemp, "server shutting down, nothing was deleted")
+                        .encode(&mut self.outbuf);
+                    let _ = self.flush().await;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    fn stream_mut(&mut self) -> &mut Stream {
+        self.stream.as_mut().expect("stream present outside STLS")
+    }
+
+    /// Feeds every complete buffered line to the session, in order.
+    async fn process_input(&mut self) -> Result<(), ConnError> {
+        while !self.closed && self.session.wants_input() {
+            match self.splitter.split(&self.inbuf[self.pos..]) {
+                Split::NeedMoreData { consumed } => {
+                    self.pos += consumed;
+                    if consumed == 0 || self.pos == self.inbuf.len() {
+                        break;
+                    }
+                }
+                Split::Line { line, consumed } => {
+                    if !self.session.in_sasl_exchange() {
+                        // Only the keyword: arguments may be passwords.
+                        debug!(peer = %self.peer, cmd = %keyword(line), "command");
+                    }
+                    self.session.handle_line(line);
+                    self.pos += consumed;
+                    self.run_actions().await?;
+                }
+                Split::TooLong { consumed } => {
+                    self.pos += consumed;
+                    self.session.handle_line_too_long();
+                    self.run_actions().await?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn run_actions(&mut self) -> Result<(), ConnError> {
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::Send(bytes) => {
+                    self.outbuf.extend_from_slice(&bytes);
+                    if self.outbuf.len() >= OUT_HIGH_WATER {
+                        self.flush().await?;
+                    }
+                }
+                Action::Authenticate(credentials) => {
+                    let result = self.login(credentials).await;
+                    self.session.handle_login(result);
+                }
+                Action::SendMessage { index, size, top_lines } => {
+                    self.send_message(index, size, top_lines).await?;
+                }
+                Action::StartTls => self.start_tls().await?,
+                Action::Update(deleted) => {
+                    let result = self.update(deleted).await;
+                    self.session.handle_update_result(result);
+                }
+                Action::Close => self.closed = true,
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<(), ConnError> {
+        if !self.outbuf.is_empty() {
+            let stream = self.stream.as_mut().expect("stream present outside STLS");
+            stream.write_all(&self.outbuf).await?;
+            stream.flush().await?;
+            self.outbuf.clear();
+        }
+        Ok(())
+    }
+
+    async fn start_tls(&mut self) -> Result<(), ConnError> {
+        self.flush().await?;
+        // RFC 2595 §4 / CVE-2011-0411: anything the client pipelined after
+        // STLS arrived in cleartext and must not be executed after the
+        // handshake. Drop it, and start a fresh line splitter.
+        self.inbuf.clear();
+        self.pos = 0;
+        self.splitter = LineSplitter::new(pobox_proto::MAX_COMMAND_LINE);
+        let Some(Stream::Plain(tcp)) = self.stream.take() else {
+            return Err(ConnError::Handshake(std::io::Error::other("STLS on a TLS stream")));
+        };
+        let tls = self.svc.tls.as_ref().expect("STLS is offered only with a certificate");
+        match tokio::time::timeout(self.svc.config.login_timeout, tls.acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => {
+                self.stream = Some(Stream::Tls(Box::new(s)));
+                self.session.handle_tls_established();
+                Ok(())
+            }
+            Ok(Err(e)) => Err(ConnError::Handshake(e)),
+            Err(_) => Err(ConnError::HandshakeTimeout),
+        }
+    }
+
+    async fn login(
+        &mut self,
+        credentials: Credentials,
+    ) -> Result<(String, Vec<MessageMeta>), LoginFailure> {
+        let svc = self.svc.clone();
+        let user = credentials.user().to_string();
+        let mechanism = match &credentials {
+            Credentials::Password { mechanism, .. } => *mechanism,
+            Credentials::Apop { .. } => "APOP",
+        };
+        // Bound concurrent password verifications: argon2 is deliberately
+        // expensive, and an attacker must not be able to fill the pool.
+        let permit = svc.auth_slots.clone().acquire_owned().await;
+        let result = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let verified = match &credentials {
+                Credentials::Password { user, password, .. } => svc.users.verify(user, &password.0),
+                Credentials::Apop { user, digest, timestamp } => {
+                    svc.users.verify_apop(user, timestamp, digest)
+                }
+            };
+            let authenticated = match verified {
+                Ok(a) => a,
+                Err(AuthError::InvalidCredentials | AuthError::Unsupported(_)) => {
+                    return Err(LoginFailure::BadCredentials);
+                }
+                Err(e) => {
+                    warn!(error = %e, "user database unavailable");
+                    return Err(LoginFailure::Temporary("authentication temporarily unavailable".into()));
+                }
+            };
+            match svc.store.open(authenticated.user()) {
+                Ok(mailbox) => Ok((authenticated.user().to_string(), mailbox)),
+                Err(StoreError::InUse) => Err(LoginFailure::InUse),
+                Err(e) => {
+                    warn!(user = authenticated.user(), error = %e, "cannot open maildrop");
+                    Err(LoginFailure::Temporary("cannot open maildrop, try again later".into()))
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(LoginFailure::Temporary(format!("internal error: {e}"))));
+
+        match result {
+            Ok((user, mailbox)) => {
+                let metas = mailbox
+                    .messages()
+                    .iter()
+                    .map(|m| MessageMeta { size: m.size, uidl: m.uidl.as_str().to_string() })
+                    .collect();
+                let tls = self.stream.as_ref().is_some_and(Stream::is_tls);
+                info!(peer = %self.peer, %user, mechanism, tls,
+                      messages = mailbox.messages().len(), "login");
+                self.mailbox = Some(Arc::new(Mutex::new(mailbox)));
+                Ok((user, metas))
+            }
+            Err(failure) => {
+                match &failure {
+                    LoginFailure::BadCredentials => {
+                        // The format fail2ban's filter in contrib/ matches.
+                        warn!(peer = %self.peer, ip = %self.peer.ip(), %user, mechanism,
+                              "authentication failed");
+                        // Answer later, never block others: slows guessing.
+                        tokio::time::sleep(self.svc.config.auth_failure_delay).await;
+                    }
+                    LoginFailure::InUse => {
+                        info!(peer = %self.peer, %user, "maildrop in use");
+                    }
+                    _ => {}
+                }
+                Err(failure)
+            }
+        }
+    }
+
+    async fn send_message(
+        &mut self,
+        index: usize,
+        size: u64,
+        top_lines: Option<u64>,
+    ) -> Result<(), ConnError> {
+        let mailbox = self.mailbox.clone().expect("TRANSACTION has a mailbox");
+        let (tx, mut rx) = mpsc::channel::<Chunk>(4);
+        // The file is read on the blocking pool and encoded there; the async
+        // side only writes. A bounded channel keeps memory constant for any
+        // message size.
+        tokio::task::spawn_blocking(move || read_and_encode(&mailbox, index, top_lines, &tx));
+        match rx.recv().await {
+            Some(Chunk::Opened) => {
+                self.outbuf.extend_from_slice(retr_status_line(size, top_lines).as_bytes());
+            }
+            Some(Chunk::Failed(reason)) | Some(Chunk::Broken(reason)) => {
+                warn!(peer = %self.peer, index, %reason, "cannot open message");
+                let mut out = Vec::new();
+                Status::err_code(RespCode::SysTemp, "message cannot be read now").encode(&mut out);
+                self.outbuf.extend_from_slice(&out);
+                return Ok(());
+            }
+            _ => return Err(ConnError::MessageBroken(index, "reader vanished".into())),
+        }
+        loop {
+            match rx.recv().await {
+                Some(Chunk::Data(bytes)) => {
+                    self.stats.bytes += bytes.len() as u64;
+                    if self.outbuf.is_empty() && bytes.len() >= OUT_HIGH_WATER {
+                        self.stream_mut().write_all(&bytes).await?;
+                    } else {
+                        self.outbuf.extend_from_slice(&bytes);
+                        if self.outbuf.len() >= OUT_HIGH_WATER {
+                            self.flush().await?;
+                        }
+                    }
+                }
+                Some(Chunk::End { unstuffed }) => {
+                    if top_lines.is_none() {
+                        self.stats.retrieved += 1;
+                        if unstuffed != size {
+                            // LIST promised `size`; the file changed under us or
+                            // the size in its name is wrong. Say so loudly.
+                            warn!(peer = %self.peer, index, announced = size, sent = unstuffed,
+                                  "message size differs from the size listed");
+                        }
+                    }
+                    return Ok(());
+                }
+                // After +OK there is no way to signal an error in-band: the
+                // only honest thing is to drop the connection (no UPDATE).
+                Some(Chunk::Broken(reason)) => return Err(ConnError::MessageBroken(index, reason)),
+                Some(Chunk::Opened) | Some(Chunk::Failed(_)) | None => {
+                    return Err(ConnError::MessageBroken(index, "reader vanished".into()));
+                }
+            }
+        }
+    }
+
+    async fn update(&mut self, deleted: Vec<usize>) -> UpdateResult {
+        let Some(mailbox) = self.mailbox.take() else {
+            return UpdateResult::Failed("no maildrop".into());
+        };
+        let Ok(mailbox) = Arc::try_unwrap(mailbox) else {
+            return UpdateResult::Failed("maildrop busy".into());
+        };
+        let mailbox = mailbox.into_inner().unwrap_or_else(|p| p.into_inner());
+        let user = mailbox.user().to_string();
+        let requested = deleted.len();
+        let result =
+            tokio::task::spawn_blocking(move || mailbox.commit(&deleted)).await.map_err(|e| e.to_string());
+        let outcome = match result {
+            Ok(Ok(report)) if report.failed == 0 => UpdateResult::Removed(report.removed),
+            Ok(Ok(report)) => UpdateResult::Partial { removed: report.removed, failed: report.failed },
+            Ok(Err(e)) => {
+                warn!(%user, error = %e, "update failed");
+                UpdateResult::Failed("storage error".into())
+            }
+            Err(e) => UpdateResult::Failed(e),
+        };
+        info!(peer = %self.peer, %user, requested, retrieved = self.stats.retrieved,
+              bytes = self.stats.bytes, result = ?outcome, "logout");
+        outcome
+    }
+}
+
+/// What woke the connection up.
+enum Event {
+    Data(usize),
+    Eof,
+    IdleTimeout,
+    Shutdown,
+}
+
+/// What the blocking reader sends to the connection.
+enum Chunk {
+    Opened,
+    Data(Vec<u8>),
+    End { unstuffed: u64 },
+    /// Could not open: the session continues with `-ERR [SYS/TEMP]`.
+    Failed(String),
+    /// Failed mid-message: the connection must be dropped.
+    Broken(String),
+}
+
+fn read_and_encode(
+    mailbox: &Mutex<Box<dyn Mailbox>>,
+    index: usize,
+    top_lines: Option<u64>,
+    tx: &mpsc::Sender<Chunk>,
+) {
+    let reader = mailbox.lock().unwrap_or_else(|p| p.into_inner()).open_message(index);
+    let mut reader = match reader {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.blocking_send(Chunk::Failed(e.to_string()));
+            return;
+        }
+    };
+    if tx.blocking_send(Chunk::Opened).is_err() {
+        return;
+    }
+    let mut encoder = match top_lines {
+        Some(n) => WireEncoder::top(n),
+        None => WireEncoder::new(),
+    };
+    let mut buf = vec![0u8; FILE_CHUNK];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = tx.blocking_send(Chunk::Broken(e.to_string()));
+                return;
+            }
+        };
+        let mut out = Vec::with_capacity(n + n / 16 + 8);
+        encoder.encode(&buf[..n], &mut out);
+        if !out.is_empty() && tx.blocking_send(Chunk::Data(out)).is_err() {
+            return;
+        }
+        if encoder.is_done() {
+            break;
+        }
+    }
+    let mut out = Vec::with_capacity(8);
+    encoder.finish(&mut out);
+    let unstuffed = encoder.unstuffed_octets();
+    if tx.blocking_send(Chunk::Data(out)).is_ok() {
+        let _ = tx.blocking_send(Chunk::End { unstuffed });
+    }
+}
+
+/// The command keyword of a line, for logs; never its arguments.
+fn keyword(line: &[u8]) -> String {
+    let kw = line.split(|&b| b == b' ').next().unwrap_or_default();
+    String::from_utf8_lossy(&kw[..kw.len().min(8)]).to_ascii_uppercase()
+}
+
+/// RFC 1939 §7: a timestamp in msg-id form, different on every greeting.
+fn apop_timestamp(hostname: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let nonce: u64 = rand::random();
+    format!("<{}.{nanos}.{nonce:016x}@{hostname}>", std::process::id())
+}

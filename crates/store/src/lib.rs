@@ -1,0 +1,465 @@
+//! Mail storage for pobox: the [`Mailstore`] / [`Mailbox`] traits and the
+//! Maildir backend ([`MaildirStore`]).
+//!
+//! # What this crate does
+//!
+//! * Delivers messages into a user's maildrop ([`Mailstore::deliver`]), the
+//!   only code in pobox that creates message files (architecture rule 6).
+//! * Opens a maildrop for one POP3 session ([`Mailstore::open`]): takes the
+//!   RFC 1939 §8 exclusive lock without waiting, snapshots the message list
+//!   with the exact octet counts `LIST` must report (RFC 1939 §5, counted with
+//!   CRLF line endings) and the persistent `UIDL` identifiers (RFC 1939 §7).
+//! * Streams stored messages back ([`Mailbox::open_message`]) and applies the
+//!   POP3 UPDATE state ([`Mailbox::commit`]): removes exactly the messages the
+//!   client marked, nothing else.
+//! * Gives the fetcher an idempotent, name-keyed delivery
+//!   ([`Maildir::deliver_named`]) so re-downloads after a crash do not
+//!   duplicate mail.
+//!
+//! # What this crate does NOT do
+//!
+//! * No network and no protocol: CRLF wire encoding, dot-stuffing and `TOP`
+//!   belong to `pobox-proto`; sessions, timeouts and `[IN-USE]` replies to
+//!   `pobox-server`.
+//! * No authentication: callers pass a user name that `pobox-auth` already
+//!   accepted (the Maildir backend re-checks it only as defence in depth).
+//! * No message parsing: bytes are stored as received, apart from line-ending
+//!   normalisation to LF (the classic Maildir format).
+//! * No async: see below.
+//!
+//! # Why the traits are synchronous
+//!
+//! Every operation here is a handful of blocking filesystem calls (`open`,
+//! `read`, `fsync`, `rename`), and Linux offers no useful async file I/O for
+//! them, so an async trait would only hide a thread hop. The async server
+//! therefore calls this crate inside `tokio::task::spawn_blocking`, and a
+//! message body is read through a plain [`std::io::Read`] in constant memory.
+//! A network backend added later (PostgreSQL, see `rust-deps.md` §6)
+//! implements the *same* synchronous traits on top of a blocking client, or
+//! on an async client driven by its own runtime handle (`Handle::block_on`
+//! from the blocking thread). Keeping the trait sync keeps this crate a leaf
+//! with no tokio dependency, which CI checks with `cargo tree`.
+//!
+//! # Layout
+//!
+//! * `lib.rs`: the traits, the value types and [`StoreError`].
+//! * `maildir/mod.rs`: [`MailLocation`], [`MaildirStore`], [`Maildir`] and
+//!   the one errno table.
+//! * `maildir/deliver.rs`: the single writer (tmp → fsync → new → fsync dir).
+//! * `maildir/name.rs`: unique names, host escaping, UIDL from a file name.
+//! * `maildir/scan.rs`: listing `new/` + `cur/`, sizes, `tmp/` reaping.
+//! * `maildir/commit.rs`: POP3 UPDATE.
+//! * `maildir/lock.rs`: the maildrop lock.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+use std::borrow::Borrow;
+use std::ffi::OsString;
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+pub mod maildir;
+
+pub use maildir::{
+    InvalidMailLocation, MailLocation, Maildir, MaildirStore, NamedDelivery, wire_size_of,
+};
+
+/// A storage backend holding the maildrops of many users.
+///
+/// Implementations are shared by every session of the server (hence
+/// `Send + Sync + 'static`) and are called from blocking threads; see the
+/// crate documentation for why the trait is synchronous.
+pub trait Mailstore: Send + Sync + 'static {
+    /// Opens `user`'s maildrop exclusively for one POP3 session.
+    ///
+    /// Takes the maildrop lock **without waiting** (RFC 1939 §8: the server
+    /// answers `-ERR` at once if it cannot get exclusive access), then
+    /// snapshots the message list. Message numbers, sizes and UIDLs are fixed
+    /// for the rest of the session. The Maildir backend creates the maildrop
+    /// (`tmp/`, `new/`, `cur/`, mode 0700) if it does not exist yet, so a
+    /// user who never received mail sees an empty maildrop.
+    ///
+    /// Dropping the returned [`Mailbox`] without calling
+    /// [`Mailbox::commit`] releases the lock and changes nothing (RFC 1939
+    /// §6: no UPDATE when the connection is lost).
+    ///
+    /// # Errors
+    ///
+    /// * [`StoreError::InUse`] if another session holds the lock.
+    /// * [`StoreError::NoSuchUser`] if the user name cannot name a maildrop.
+    /// * [`StoreError::Io`] / [`StoreError::DiskFull`] on filesystem errors.
+    fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError>;
+
+    /// Delivers one message to `user`'s maildrop.
+    ///
+    /// This is the only way messages enter a store. The message is streamed
+    /// in constant memory; line endings are normalised as the backend
+    /// documents. The message counts as delivered only when this returns
+    /// `Ok`: by then the data and the directory entry are on stable storage
+    /// (`rust-deps.md` §7 trap 11), so an LMTP `250` may be sent.
+    ///
+    /// # Errors
+    ///
+    /// * [`StoreError::TooLarge`] if the message exceeds the configured limit
+    ///   (nothing is left behind).
+    /// * [`StoreError::DiskFull`] on `ENOSPC`/`EDQUOT` (LMTP `452 4.3.1`).
+    /// * [`StoreError::NoSuchUser`] if the user name cannot name a maildrop.
+    /// * [`StoreError::Io`] on any other I/O error, including a read error
+    ///   from `message`.
+    fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError>;
+}
+
+/// One user's maildrop, opened exclusively for a POP3 session.
+///
+/// Obtained from [`Mailstore::open`]. Dropping it without [`commit`]
+/// releases the lock and leaves the maildrop untouched.
+///
+/// [`commit`]: Mailbox::commit
+pub trait Mailbox: Send {
+    /// The user whose maildrop this is.
+    fn user(&self) -> &str;
+
+    /// The snapshot taken at open time, ordered by delivery time (file
+    /// modification time, then name).
+    ///
+    /// Fixed for the whole session: RFC 1939 §4 message numbers are indices
+    /// into this slice plus one, and mail delivered during the session only
+    /// shows up in the next one.
+    fn messages(&self) -> &[MessageInfo];
+
+    /// Opens message `index` (an index into [`messages`](Mailbox::messages))
+    /// for reading its raw stored bytes.
+    ///
+    /// The bytes are as stored (for Maildir: LF line endings); the caller
+    /// applies the RFC 1939 §3 wire encoding (CRLF, dot-stuffing), which
+    /// yields exactly [`MessageInfo::size`] octets before the stuffing.
+    ///
+    /// # Errors
+    ///
+    /// * [`StoreError::NoSuchMessage`] if `index` is out of range.
+    /// * [`StoreError::Vanished`] if the message was removed by another
+    ///   program since the snapshot.
+    /// * [`StoreError::Io`] on other I/O errors.
+    fn open_message(&self, index: usize) -> Result<Box<dyn io::Read + Send>, StoreError>;
+
+    /// Performs the POP3 UPDATE state (RFC 1939 §6) and releases the lock.
+    ///
+    /// Removes the messages at the given indices (duplicates are ignored)
+    /// and nothing else. Backends may also record that the surviving
+    /// messages have been seen (Maildir moves them from `new/` to `cur/`).
+    /// A message that is already gone counts as removed. The lock is
+    /// released whether this succeeds or fails.
+    ///
+    /// # Errors
+    ///
+    /// * [`StoreError::NoSuchMessage`] if an index is out of range; nothing
+    ///   is removed in that case.
+    /// * [`StoreError::Io`] / [`StoreError::DiskFull`] if the removals could
+    ///   not be made durable.
+    ///
+    /// Individual removals that fail are not errors: they are counted in
+    /// [`CommitReport::failed`], and the server then answers
+    /// `-ERR [SYS/TEMP] some deleted messages not removed`.
+    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError>;
+}
+
+/// One message in a maildrop snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    /// The persistent unique identifier (RFC 1939 §7 `UIDL`).
+    pub uidl: Uidl,
+    /// The exact number of octets `RETR` sends before dot-stuffing: stored
+    /// bytes with every bare LF counted as CRLF, and a final CRLF included
+    /// if the message does not end with a line ending (RFC 1939 §5 `LIST`).
+    pub size: u64,
+    /// The backend's handle for the message (for Maildir: the file name
+    /// and whether it lives in `new/` or `cur/`).
+    pub key: MessageKey,
+    /// When the message was delivered (the file's modification time for
+    /// Maildir, as maildir(5) readers use it).
+    pub received: SystemTime,
+}
+
+/// A unique-id listing value (RFC 1939 §7): 1 to 70 characters in the range
+/// 0x21 to 0x7E.
+///
+/// Backends guarantee it is stable across sessions (even ones that end
+/// without UPDATE) and never reused for another message.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Uidl(String);
+
+impl Uidl {
+    /// The longest UIDL RFC 1939 §7 allows.
+    pub const MAX_LEN: usize = 70;
+
+    /// The identifier as a string slice.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Consumes the identifier, returning the inner string.
+    #[must_use]
+    pub fn into_string(self) -> String {
+        self.0
+    }
+
+    /// True if `s` is a valid UIDL: 1..=70 octets, each in 0x21..=0x7E.
+    #[must_use]
+    pub fn is_valid(s: &str) -> bool {
+        is_valid_uidl(s.as_bytes())
+    }
+}
+
+/// True if `b` is 1..=70 octets, each in 0x21..=0x7E (RFC 1939 §7).
+pub(crate) fn is_valid_uidl(b: &[u8]) -> bool {
+    (1..=Uidl::MAX_LEN).contains(&b.len()) && b.iter().all(|c| (0x21..=0x7e).contains(c))
+}
+
+impl fmt::Display for Uidl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl AsRef<str> for Uidl {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Lets a `HashSet<Uidl>` (the fetcher's seen list) be queried with `&str`.
+impl Borrow<str> for Uidl {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<Uidl> for String {
+    fn from(u: Uidl) -> Self {
+        u.0
+    }
+}
+
+impl TryFrom<String> for Uidl {
+    type Error = InvalidUidl;
+
+    /// # Errors
+    ///
+    /// [`InvalidUidl`] unless the string is 1..=70 octets in 0x21..=0x7E.
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        if is_valid_uidl(s.as_bytes()) {
+            Ok(Uidl(s))
+        } else {
+            Err(InvalidUidl(s))
+        }
+    }
+}
+
+impl TryFrom<&str> for Uidl {
+    type Error = InvalidUidl;
+
+    /// # Errors
+    ///
+    /// [`InvalidUidl`] unless the string is 1..=70 octets in 0x21..=0x7E.
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Uidl::try_from(s.to_owned())
+    }
+}
+
+/// A string rejected as a [`Uidl`] (empty, longer than 70 octets, or with an
+/// octet outside 0x21..=0x7E). Carries the rejected string.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid UIDL {0:?}: RFC 1939 requires 1 to 70 characters in 0x21..=0x7E")]
+pub struct InvalidUidl(pub String);
+
+/// An opaque handle to a stored message, meaningful only to the backend that
+/// produced it.
+///
+/// Callers address messages by index ([`Mailbox::open_message`]); the key is
+/// exposed for logging and for tools that want to tell messages apart.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct MessageKey(KeyRepr);
+
+/// The backends' key shapes. A new backend adds a variant.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum KeyRepr {
+    /// A Maildir file: its subdirectory and current file name. The name is
+    /// kept as an `OsString` because maildir(5) tells readers not to assume
+    /// anything about names written by other programs (not even UTF-8).
+    Maildir { sub: maildir::Sub, name: OsString },
+}
+
+impl MessageKey {
+    pub(crate) fn maildir(sub: maildir::Sub, name: OsString) -> Self {
+        MessageKey(KeyRepr::Maildir { sub, name })
+    }
+
+    pub(crate) fn as_maildir(&self) -> (maildir::Sub, &std::ffi::OsStr) {
+        match &self.0 {
+            KeyRepr::Maildir { sub, name } => (*sub, name),
+        }
+    }
+}
+
+impl fmt::Debug for MessageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Shows the key as `new/<name>` or `cur/<name>` (lossy for non-UTF-8 names).
+impl fmt::Display for MessageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            KeyRepr::Maildir { sub, name } => {
+                write!(f, "{}/{}", sub.as_str(), name.to_string_lossy())
+            }
+        }
+    }
+}
+
+/// The result of a successful delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    /// The new message's UIDL, as [`Mailbox::messages`] will report it.
+    pub uidl: Uidl,
+    /// The message's POP3 size, with the same meaning as
+    /// [`MessageInfo::size`] (CRLF octets, final CRLF included).
+    pub size: u64,
+    /// Where the message now lives (for Maildir: the file in `new/`).
+    pub path: PathBuf,
+}
+
+/// What [`Mailbox::commit`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitReport {
+    /// Messages removed, including ones that were already gone.
+    pub removed: usize,
+    /// Messages marked for deletion that could not be removed. If non-zero
+    /// the server answers `-ERR [SYS/TEMP] some deleted messages not removed`
+    /// (RFC 1939 §6 QUIT, RFC 3206).
+    pub failed: usize,
+}
+
+/// Everything that can go wrong in a store operation.
+///
+/// [`Display`](fmt::Display) is for logs: it can contain paths and OS error
+/// text. Send [`StoreError::public_message`] to clients instead.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The maildrop lock is held by another session (RFC 2449 `[IN-USE]`).
+    #[error("maildrop is locked by another session")]
+    InUse,
+    /// The user has no maildrop, or the name cannot name one.
+    #[error("no maildrop for user {0:?}")]
+    NoSuchUser(String),
+    /// The message exceeds the configured maximum size (in POP3 octets).
+    #[error("message exceeds the maximum size of {limit} octets")]
+    TooLarge {
+        /// The configured limit.
+        limit: u64,
+    },
+    /// A message index outside the session's snapshot (a caller bug).
+    #[error("no message at index {index}")]
+    NoSuchMessage {
+        /// The offending index.
+        index: usize,
+    },
+    /// The message file disappeared since the snapshot (removed by another
+    /// program). Carries the message's key for the log.
+    #[error("message {0} has vanished")]
+    Vanished(String),
+    /// A name given to the store is malformed (for example a
+    /// [`Maildir::deliver_named`] base name with forbidden characters).
+    #[error("invalid name {0:?}")]
+    InvalidName(String),
+    /// The filesystem is full or the user is over quota (`ENOSPC`,
+    /// `EDQUOT`); LMTP `452 4.3.1`. Carries the failed operation and path.
+    #[error("out of disk space or quota: {0}")]
+    DiskFull(String),
+    /// Any other I/O error. Treated as temporary.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, and on which path.
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl StoreError {
+    /// True if retrying later may succeed: POP3 `-ERR [SYS/TEMP]` or
+    /// `[IN-USE]`, LMTP `4.x.x`. False means permanent: `[SYS/PERM]`,
+    /// LMTP `5.x.x`.
+    #[must_use]
+    pub fn is_temporary(&self) -> bool {
+        match self {
+            StoreError::InUse | StoreError::DiskFull(_) | StoreError::Io { .. } => true,
+            StoreError::NoSuchUser(_)
+            | StoreError::TooLarge { .. }
+            | StoreError::NoSuchMessage { .. }
+            | StoreError::Vanished(_)
+            | StoreError::InvalidName(_) => false,
+        }
+    }
+
+    /// Text that is safe to show a client: no paths, no OS detail (the
+    /// split Dovecot makes with `MAIL_ERRSTR_CRITICAL_MSG`).
+    #[must_use]
+    pub fn public_message(&self) -> &'static str {
+        match self {
+            StoreError::InUse => "maildrop already locked by another session",
+            StoreError::NoSuchUser(_) => "no such mailbox",
+            StoreError::TooLarge { .. } => "message too large",
+            StoreError::NoSuchMessage { .. } => "no such message",
+            StoreError::Vanished(_) => "message was removed by another program",
+            StoreError::InvalidName(_) => "invalid name",
+            StoreError::DiskFull(_) => "mailbox full, try again later",
+            StoreError::Io { .. } => "internal storage error, try again later",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uidl_accepts_rfc1939_range() {
+        assert!(Uidl::try_from("whqtswO00WBw418f9t5JxYwZ").is_ok());
+        assert!(Uidl::try_from("!").is_ok());
+        assert!(Uidl::try_from("~".repeat(70)).is_ok());
+    }
+
+    #[test]
+    fn uidl_rejects_empty_long_space_and_control() {
+        assert!(Uidl::try_from("").is_err());
+        assert!(Uidl::try_from("a".repeat(71)).is_err());
+        assert!(Uidl::try_from("a b").is_err());
+        assert!(Uidl::try_from("a\x7f").is_err());
+        assert!(Uidl::try_from("é").is_err());
+        let err = Uidl::try_from("a b").unwrap_err();
+        assert_eq!(err.0, "a b");
+    }
+
+    #[test]
+    fn error_classes() {
+        assert!(StoreError::InUse.is_temporary());
+        assert!(StoreError::DiskFull("x".into()).is_temporary());
+        assert!(!StoreError::TooLarge { limit: 1 }.is_temporary());
+        assert!(!StoreError::NoSuchUser("u".into()).is_temporary());
+        assert!(!StoreError::Vanished("k".into()).is_temporary());
+        let io = StoreError::Io {
+            context: "open /x".into(),
+            source: io::Error::other("boom"),
+        };
+        assert!(io.is_temporary());
+        assert!(!io.public_message().contains("/x"));
+    }
+}

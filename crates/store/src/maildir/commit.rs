@@ -1,0 +1,131 @@
+//! POP3 UPDATE (RFC 1939 §6, QUIT in the TRANSACTION state) for a Maildir.
+//!
+//! What qmail-pop3d's `pop3_quit()` does, plus durability: unlink every
+//! message the client marked, move the other `new/` messages of the
+//! snapshot to `cur/` with the maildir(5) info `:2,` (the client has now
+//! seen them; MUAs stop reporting them as new), and fsync each touched
+//! directory once so the removals survive a crash.
+//!
+//! Messages delivered during the session are not in the snapshot and are
+//! left in `new/`: the client never saw them.
+
+use std::ffi::{OsStr, OsString};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+
+use super::{Maildir, Sub, fsync_dir, io_error, name, scan};
+use crate::{CommitReport, MessageInfo, StoreError};
+
+/// Applies UPDATE to `md` for the session snapshot `messages`.
+///
+/// # Errors
+///
+/// [`StoreError::NoSuchMessage`] (before touching anything) if an index is
+/// out of range; [`StoreError::Io`] / [`StoreError::DiskFull`] if a
+/// directory fsync fails, since the removals may then not be durable.
+pub(super) fn commit(
+    md: &Maildir,
+    messages: &[MessageInfo],
+    deleted: &[usize],
+) -> Result<CommitReport, StoreError> {
+    // Validate everything first: a caller bug must not turn into a partial
+    // UPDATE. RFC 1939: never remove a message that was not marked.
+    let mut marked = vec![false; messages.len()];
+    for &index in deleted {
+        *marked
+            .get_mut(index)
+            .ok_or(StoreError::NoSuchMessage { index })? = true;
+    }
+
+    let mut report = CommitReport::default();
+    let mut touched = Touched::default();
+    for (info, &delete) in messages.iter().zip(&marked) {
+        let (sub, file) = info.key.as_maildir();
+        if delete {
+            match remove(md, sub, file) {
+                Ok(Some(dir)) => {
+                    report.removed += 1;
+                    touched.mark(dir);
+                }
+                // Gone already (another session of a MUA, an admin):
+                // the client's wish is fulfilled.
+                Ok(None) => report.removed += 1,
+                Err(e) => {
+                    tracing::warn!(key = %info.key, error = %e, "could not remove deleted message");
+                    report.failed += 1;
+                }
+            }
+        } else if sub == Sub::New && mark_seen(md, file) {
+            touched.mark(Sub::New);
+            touched.mark(Sub::Cur);
+        }
+    }
+
+    if touched.new {
+        fsync_dir(&md.dir(Sub::New))?;
+    }
+    if touched.cur {
+        fsync_dir(&md.dir(Sub::Cur))?;
+    }
+    Ok(report)
+}
+
+/// Unlinks one message. `Ok(Some(dir))`: removed from `dir`; `Ok(None)`:
+/// it was already gone.
+fn remove(md: &Maildir, sub: Sub, file: &OsStr) -> io::Result<Option<Sub>> {
+    match rustix::fs::unlink(md.dir(sub).join(file)) {
+        Ok(()) => return Ok(Some(sub)),
+        Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    // Another program may have moved it new/ -> cur/ or changed its flags;
+    // the base name identifies it (maildir(5)).
+    let cur = md.dir(Sub::Cur);
+    let Some(current) = scan::find_by_base(&cur, name::base_of(file))? else {
+        return Ok(None);
+    };
+    match rustix::fs::unlink(cur.join(current)) {
+        Ok(()) => Ok(Some(Sub::Cur)),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Moves `new/<file>` to `cur/<file>:2,`. True if it moved. Failure is
+/// logged, not reported: the message simply stays new and is served again.
+fn mark_seen(md: &Maildir, file: &OsStr) -> bool {
+    let from = md.dir(Sub::New).join(file);
+    // A name in new/ should carry no info part; if a foreign one does,
+    // keep it rather than produce `x:2,S:2,`.
+    let mut seen = OsString::from(file);
+    if !file.as_bytes().contains(&b':') {
+        seen.push(":2,");
+    }
+    let to = md.dir(Sub::Cur).join(seen);
+    match rustix::fs::rename(&from, &to) {
+        Ok(()) => true,
+        Err(rustix::io::Errno::NOENT) => false,
+        Err(e) => {
+            let err = io_error(format_args!("moving {} to cur/", from.display()), e.into());
+            tracing::warn!(error = %err, "could not mark message seen");
+            false
+        }
+    }
+}
+
+/// Which directories need an fsync.
+#[derive(Debug, Default)]
+struct Touched {
+    new: bool,
+    cur: bool,
+}
+
+impl Touched {
+    fn mark(&mut self, sub: Sub) {
+        match sub {
+            Sub::New => self.new = true,
+            Sub::Cur => self.cur = true,
+            Sub::Tmp => {}
+        }
+    }
+}

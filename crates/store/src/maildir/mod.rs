@@ -1,0 +1,579 @@
+//! The Maildir backend.
+//!
+//! A maildrop is a Maildir as described by maildir(5) (qmail,
+//! `notqmail/maildir.5`), using Dovecot's file-name conventions so that
+//! sizes are known without reading files:
+//!
+//! ```text
+//! <maildir>/tmp/<unique>                          being written (never read)
+//! <maildir>/new/<unique>,S=<stored>,W=<wire>      delivered, not yet seen by POP3
+//! <maildir>/cur/<unique>,S=<stored>,W=<wire>:2,   seen (moved at POP3 UPDATE)
+//! <maildir>/pobox.lock                            the POP3 session lock (flock)
+//! ```
+//!
+//! Messages are stored with LF line endings, so mutt, Dovecot and every
+//! other Maildir tool read them as usual. `W=` is the POP3 size (every LF
+//! counted as CRLF), so `LIST` is answered from names alone; files written
+//! by other programs without `W=` are measured once per session.
+//!
+//! # Invariants
+//!
+//! | state | meaning | who creates it |
+//! |---|---|---|
+//! | `tmp/X` exists | a delivery is in progress, or crashed | `deliver.rs` only |
+//! | `new/X,S=..,W=..` exists | delivered and durable (file + dir fsynced) | `deliver.rs` only |
+//! | `cur/X,..:2,FLAGS` exists | delivered, seen by a POP3 session or a MUA | `commit.rs` (rename), other MUAs |
+//! | `tmp/X` older than 36 h | a crashed delivery; removed by the next `open` | `scan.rs` |
+//!
+//! `X` (the *base name*) never changes once chosen, so the UIDL derived from
+//! it survives `new/` → `cur/` moves and flag changes (RFC 1939 §7).
+
+mod commit;
+mod deliver;
+mod lock;
+mod name;
+mod scan;
+
+use std::fmt;
+use std::fs::{self, DirBuilder, File};
+use std::io;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use rustix::fs::{Mode, OFlags};
+
+use crate::{CommitReport, Delivered, Mailbox, Mailstore, MessageInfo, StoreError};
+
+pub use scan::wire_size_of;
+
+/// Where users' Maildirs live: a path template containing `{user}`, like
+/// Dovecot's `mail_location` (`/srv/mail/{user}/Maildir`, `/data/mail/{user}`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MailLocation(String);
+
+/// The placeholder a [`MailLocation`] template must contain.
+const USER_PLACEHOLDER: &str = "{user}";
+
+impl MailLocation {
+    /// Validates a template.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidMailLocation`] if the template does not contain `{user}` (all
+    /// users would share one maildrop), is not an absolute path (the
+    /// daemon's working directory is not meaningful), or contains a NUL byte.
+    pub fn new(template: impl Into<String>) -> Result<Self, InvalidMailLocation> {
+        let template = template.into();
+        let reason = if !template.contains(USER_PLACEHOLDER) {
+            Some("must contain {user}")
+        } else if !template.starts_with('/') {
+            Some("must be an absolute path")
+        } else if template.contains('\0') {
+            Some("must not contain NUL")
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(InvalidMailLocation { template, reason }),
+            None => Ok(MailLocation(template)),
+        }
+    }
+
+    /// The template as given.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The Maildir path for `user`.
+    ///
+    /// The name is checked before it is substituted, as defence in depth
+    /// (`pobox-auth` validates names too): it must be non-empty, must not
+    /// contain `/` or NUL (no escaping the template's directory), and must
+    /// not start with `.` (no `..`, no hidden directories).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoSuchUser`] if the name fails those checks.
+    pub fn path_for(&self, user: &str) -> Result<PathBuf, StoreError> {
+        if user.is_empty() || user.starts_with('.') || user.contains(['/', '\0']) {
+            return Err(StoreError::NoSuchUser(user.to_owned()));
+        }
+        Ok(PathBuf::from(self.0.replace(USER_PLACEHOLDER, user)))
+    }
+}
+
+impl FromStr for MailLocation {
+    type Err = InvalidMailLocation;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        MailLocation::new(s)
+    }
+}
+
+impl fmt::Display for MailLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A rejected [`MailLocation`] template.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid mail location {template:?}: {reason}")]
+pub struct InvalidMailLocation {
+    template: String,
+    reason: &'static str,
+}
+
+/// The Maildir [`Mailstore`]: one Maildir per user, found through a
+/// [`MailLocation`] template.
+#[derive(Debug, Clone)]
+pub struct MaildirStore {
+    location: MailLocation,
+    max_size: Option<u64>,
+}
+
+impl MaildirStore {
+    /// A store with no message size limit.
+    #[must_use]
+    pub fn new(location: MailLocation) -> Self {
+        MaildirStore {
+            location,
+            max_size: None,
+        }
+    }
+
+    /// Limits delivered messages to `max` POP3 octets (the `W=` size);
+    /// larger ones fail with [`StoreError::TooLarge`].
+    #[must_use]
+    pub fn with_max_size(mut self, max: u64) -> Self {
+        self.max_size = Some(max);
+        self
+    }
+
+    /// The location template.
+    #[must_use]
+    pub fn location(&self) -> &MailLocation {
+        &self.location
+    }
+
+    /// The size limit, if any.
+    #[must_use]
+    pub fn max_size(&self) -> Option<u64> {
+        self.max_size
+    }
+
+    /// Opens (creating if needed) `user`'s Maildir, for admin tools and the
+    /// fetcher. Takes no lock.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::NoSuchUser`] for an unusable name; [`StoreError::Io`]
+    /// or [`StoreError::DiskFull`] if the directories cannot be created.
+    pub fn maildir(&self, user: &str) -> Result<Maildir, StoreError> {
+        Maildir::open_or_create(self.location.path_for(user)?)
+    }
+}
+
+impl Mailstore for MaildirStore {
+    fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError> {
+        let maildir = self.maildir(user)?;
+        // Lock first, then look: the snapshot must be taken under the lock so
+        // that two sessions never both believe they own a message.
+        let lock = lock::MaildropLock::acquire(maildir.path())?;
+        maildir.reap_tmp();
+        let messages = maildir.scan()?;
+        tracing::debug!(user, count = messages.len(), "maildrop opened");
+        Ok(Box::new(MaildirMailbox {
+            user: user.to_owned(),
+            maildir,
+            messages,
+            lock,
+        }))
+    }
+
+    fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
+        self.maildir(user)?.deliver(message, self.max_size)
+    }
+}
+
+/// One Maildir directory (the one containing `tmp/`, `new/` and `cur/`).
+///
+/// Used by [`MaildirStore`] and directly by the fetcher. All writes go
+/// through [`deliver`](Maildir::deliver) and
+/// [`deliver_named`](Maildir::deliver_named), which share one writer.
+#[derive(Debug, Clone)]
+pub struct Maildir {
+    root: PathBuf,
+}
+
+/// Outcome of [`Maildir::deliver_named`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NamedDelivery {
+    /// The message was written.
+    Stored(Delivered),
+    /// A message with this base name already exists (at the given path, in
+    /// `new/` or `cur/`); nothing was written.
+    AlreadyPresent(PathBuf),
+}
+
+impl Maildir {
+    /// Opens the Maildir at `path`, creating it and its `tmp/`, `new/` and
+    /// `cur/` subdirectories (mode 0700, parents included) if missing.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] or [`StoreError::DiskFull`] if a directory cannot
+    /// be created, or if `path` or a subdirectory exists but is not a
+    /// directory.
+    pub fn open_or_create(path: impl Into<PathBuf>) -> Result<Maildir, StoreError> {
+        let root = path.into();
+        let mut created = false;
+        if !is_dir(&root)? {
+            // Remember which ancestors are about to be created: each new
+            // directory's entry must be made durable in its parent, or a
+            // delivery that returned Ok could vanish with its directory in
+            // a crash.
+            let missing: Vec<PathBuf> = root
+                .ancestors()
+                .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+                .map(Path::to_path_buf)
+                .collect();
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&root)
+                .map_err(|e| io_error(format_args!("creating {}", root.display()), e))?;
+            created = true;
+            for dir in missing.iter().rev() {
+                if let Some(parent) = dir.parent() {
+                    fsync_dir(parent)?;
+                }
+            }
+        }
+        for sub in [Sub::Tmp, Sub::New, Sub::Cur] {
+            let dir = root.join(sub.as_str());
+            if is_dir(&dir)? {
+                continue;
+            }
+            match DirBuilder::new().mode(0o700).create(&dir) {
+                Ok(()) => created = true,
+                // A concurrent delivery created it first: fine.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_dir(&dir)? => {}
+                Err(e) => return Err(io_error(format_args!("creating {}", dir.display()), e)),
+            }
+        }
+        if created {
+            fsync_dir(&root)?;
+        }
+        Ok(Maildir { root })
+    }
+
+    /// The Maildir's root directory.
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// Delivers a message under a freshly generated unique name.
+    ///
+    /// CRLF line endings become LF, a final LF is added if missing, and the
+    /// file lands in `new/` as `<unique>,S=<stored>,W=<wire>`. Memory use is
+    /// constant whatever the message size.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::TooLarge`] if the POP3 size would exceed `max`;
+    /// [`StoreError::DiskFull`] / [`StoreError::Io`] on I/O errors (including
+    /// read errors from `msg`). On error no file is left in `tmp/` or `new/`,
+    /// except in one case: if the final fsync of `new/` fails the message
+    /// stays in `new/` (a retry may then duplicate it, which beats losing it).
+    pub fn deliver(
+        &self,
+        msg: &mut dyn io::Read,
+        max: Option<u64>,
+    ) -> Result<Delivered, StoreError> {
+        match deliver::write_message(self, None, msg, max)? {
+            NamedDelivery::Stored(d) => Ok(d),
+            // Generated names are unique; write_message reports a clash on
+            // one as an error rather than as AlreadyPresent.
+            NamedDelivery::AlreadyPresent(p) => Err(io_error(
+                format_args!("delivering to {}", p.display()),
+                io::ErrorKind::AlreadyExists.into(),
+            )),
+        }
+    }
+
+    /// Delivers a message under a caller-chosen base name, unless one with
+    /// that base name is already in `new/` or `cur/`.
+    ///
+    /// The fetcher uses the remote server's UIDL-derived name so that a
+    /// download repeated after a crash is stored once. The base name must be
+    /// 1..=100 bytes of `[A-Za-z0-9._-]` and must not start with `.`
+    /// (maildir(5) readers skip dot-files). The final rename refuses to
+    /// replace an existing file, so two racing writers never overwrite each
+    /// other; the loser gets [`NamedDelivery::AlreadyPresent`]. (Two racers
+    /// with *different* content for the same base would both be stored,
+    /// since their `S=`/`W=` differ; the fetcher never does that.)
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidName`] for a malformed base name; otherwise as
+    /// [`deliver`](Maildir::deliver).
+    pub fn deliver_named(
+        &self,
+        base: &str,
+        msg: &mut dyn io::Read,
+        max: Option<u64>,
+    ) -> Result<NamedDelivery, StoreError> {
+        if !name::is_valid_base(base) {
+            return Err(StoreError::InvalidName(base.to_owned()));
+        }
+        deliver::write_message(self, Some(base), msg, max)
+    }
+
+    /// True if a message with base name `base` is in `new/` or `cur/`.
+    ///
+    /// Reads both directories (names only, no file contents), so a call
+    /// costs O(messages in the Maildir).
+    ///
+    /// # Errors
+    ///
+    /// `InvalidInput` for a malformed base name (see
+    /// [`deliver_named`](Maildir::deliver_named)); otherwise errors from
+    /// reading the directories.
+    pub fn contains_base(&self, base: &str) -> io::Result<bool> {
+        if !name::is_valid_base(base) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid Maildir base name {base:?}"),
+            ));
+        }
+        Ok(self.find_base(base.as_ref())?.is_some())
+    }
+
+    /// Lists `new/` and `cur/` without taking the maildrop lock: the same
+    /// snapshot [`Mailstore::open`] takes, for admin tools.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if a directory cannot be read.
+    pub fn scan(&self) -> Result<Vec<MessageInfo>, StoreError> {
+        scan::scan(self)
+    }
+
+    fn dir(&self, sub: Sub) -> PathBuf {
+        self.root.join(sub.as_str())
+    }
+
+    /// The path of a message with this base name in `new/` or `cur/`.
+    fn find_base(&self, base: &std::ffi::OsStr) -> io::Result<Option<PathBuf>> {
+        for sub in [Sub::New, Sub::Cur] {
+            if let Some(name) = scan::find_by_base(&self.dir(sub), base)? {
+                return Ok(Some(self.dir(sub).join(name)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn reap_tmp(&self) {
+        scan::reap_tmp(&self.dir(Sub::Tmp), std::time::SystemTime::now());
+    }
+}
+
+/// A maildrop opened by [`MaildirStore::open`]. Holds the lock until it is
+/// committed or dropped.
+struct MaildirMailbox {
+    user: String,
+    maildir: Maildir,
+    messages: Vec<MessageInfo>,
+    lock: lock::MaildropLock,
+}
+
+impl Mailbox for MaildirMailbox {
+    fn user(&self) -> &str {
+        &self.user
+    }
+
+    fn messages(&self) -> &[MessageInfo] {
+        &self.messages
+    }
+
+    fn open_message(&self, index: usize) -> Result<Box<dyn io::Read + Send>, StoreError> {
+        let info = self
+            .messages
+            .get(index)
+            .ok_or(StoreError::NoSuchMessage { index })?;
+        let (sub, name) = info.key.as_maildir();
+        match open_read(&self.maildir.dir(sub).join(name)) {
+            Ok(f) => return Ok(Box::new(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error(format_args!("opening {}", info.key), e)),
+        }
+        // Another program (a MUA, another server) may have moved the file
+        // new/ -> cur/ or changed its flags; the base name never changes
+        // (maildir(5)), so look for it in cur/.
+        let base = name::base_of(name);
+        let cur = self.maildir.dir(Sub::Cur);
+        let found = scan::find_by_base(&cur, base)
+            .map_err(|e| io_error(format_args!("reading {}", cur.display()), e))?;
+        let Some(current) = found else {
+            return Err(StoreError::Vanished(info.key.to_string()));
+        };
+        match open_read(&cur.join(current)) {
+            Ok(f) => Ok(Box::new(f)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                Err(StoreError::Vanished(info.key.to_string()))
+            }
+            Err(e) => Err(io_error(format_args!("opening {}", info.key), e)),
+        }
+    }
+
+    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError> {
+        let this = *self;
+        let result = commit::commit(&this.maildir, &this.messages, deleted);
+        // Explicit for the reader: the lock goes only after the removals are
+        // durable (or have failed), never before.
+        drop(this.lock);
+        if let Ok(report) = &result {
+            tracing::debug!(
+                user = this.user,
+                removed = report.removed,
+                failed = report.failed,
+                "maildrop committed"
+            );
+        }
+        result
+    }
+}
+
+/// The Maildir subdirectories.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Sub {
+    Tmp,
+    New,
+    Cur,
+}
+
+impl Sub {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Sub::Tmp => "tmp",
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+/// THE errno table (architecture rule 5): every `io::Error` leaving the
+/// Maildir backend passes through here.
+///
+/// `ENOSPC` and `EDQUOT` become [`StoreError::DiskFull`] so that LMTP can
+/// answer `452 4.3.1` (RFC 3463: mail system full) instead of a generic
+/// temporary failure, as Postfix's `mbox_dsn()` and Dovecot's
+/// `MAIL_ERROR_NOQUOTA` do. Everything else, `EACCES` included, is a
+/// temporary [`StoreError::Io`] carrying what we were doing and where: an
+/// admin can fix permissions and the MTA will retry.
+pub(crate) fn io_error(context: impl fmt::Display, err: io::Error) -> StoreError {
+    match err.kind() {
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => {
+            StoreError::DiskFull(format!("{context}: {err}"))
+        }
+        _ => StoreError::Io {
+            context: context.to_string(),
+            source: err,
+        },
+    }
+}
+
+/// True if `path` is a directory, false if it does not exist. Follows
+/// symlinks on purpose: an admin may symlink a whole Maildir elsewhere.
+fn is_dir(path: &Path) -> Result<bool, StoreError> {
+    match fs::metadata(path) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(io_error(
+            format_args!("{} exists but is not a directory", path.display()),
+            io::ErrorKind::NotADirectory.into(),
+        )),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(io_error(format_args!("checking {}", path.display()), e)),
+    }
+}
+
+/// Opens a message file read-only, refusing symlinks (a file we did not
+/// write must not redirect a session to another user's mail).
+fn open_read(path: &Path) -> io::Result<File> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// Makes a directory's entries durable: after a rename or unlink, the
+/// change is only on disk once the directory itself is fsynced (the step
+/// `staktrace/maildir` misses; Dovecot's `maildir_transaction_fsync_dirs`).
+fn fsync_dir(path: &Path) -> Result<(), StoreError> {
+    let sync = || -> io::Result<()> {
+        let fd = rustix::fs::open(
+            path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::fsync(&fd)?;
+        Ok(())
+    };
+    sync().map_err(|e| io_error(format_args!("fsync {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use rustix::io::Errno;
+
+    use super::*;
+
+    fn os_error(e: Errno) -> io::Error {
+        io::Error::from_raw_os_error(e.raw_os_error())
+    }
+
+    #[test]
+    fn errno_table() {
+        for full in [Errno::NOSPC, Errno::DQUOT] {
+            let err = io_error("writing /m/tmp/x", os_error(full));
+            assert!(
+                matches!(&err, StoreError::DiskFull(c) if c.contains("/m/tmp/x")),
+                "{err:?}"
+            );
+            assert!(err.is_temporary());
+        }
+        let err = io_error("opening /m/new", os_error(Errno::ACCESS));
+        match &err {
+            StoreError::Io { context, source } => {
+                assert_eq!(context, "opening /m/new");
+                assert_eq!(source.kind(), io::ErrorKind::PermissionDenied);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(err.is_temporary());
+    }
+
+    #[test]
+    fn open_or_create_makes_parents_and_refuses_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let deep = dir.path().join("a/b/Maildir");
+        let md = Maildir::open_or_create(&deep).unwrap();
+        assert_eq!(md.path(), deep);
+        assert!(deep.join("cur").is_dir());
+        // Idempotent.
+        Maildir::open_or_create(&deep).unwrap();
+
+        let file = dir.path().join("plain");
+        fs::write(&file, b"").unwrap();
+        assert!(matches!(
+            Maildir::open_or_create(&file),
+            Err(StoreError::Io { .. })
+        ));
+    }
+}
