@@ -1,0 +1,94 @@
+//! Users and credentials for pobox.
+//!
+//! What this crate does:
+//!
+//! * keeps the user database, a Dovecot-compatible passwd-file
+//!   ([`UserDb`]), reloading it when it changes on disk and editing it
+//!   atomically (`pobox user add/passwd/del`);
+//! * verifies passwords in the schemes Dovecot writes ([`hash`]) and hashes
+//!   new ones with Argon2id;
+//! * checks RFC 1939 `APOP` digests ([`UserDb::verify_apop`]);
+//! * decodes SASL PLAIN and LOGIN responses for POP3 `AUTH` ([`sasl`]);
+//! * mints [`Authenticated`], the only proof of a successful login. Its field
+//!   is private, so code outside this crate cannot fabricate one, and the
+//!   server can only open a mailbox for a user who really authenticated.
+//!
+//! What it does not do:
+//!
+//! * no network, no async, no tokio. Every call is blocking and password
+//!   verification is deliberately slow (Argon2: tens of milliseconds in a
+//!   release build); the server calls it inside `spawn_blocking`, behind a
+//!   concurrency limit;
+//! * no rate limiting or lockout after failed logins, and no logging of
+//!   failed attempts: that is the server's job, which knows the peer address;
+//! * no mail storage access and no dependency on other pobox crates;
+//! * no SASL state machine (challenges, `*` cancel): the server drives the
+//!   exchange, this crate decodes the pieces;
+//! * no SCRAM, OAUTHBEARER or proxy authorization (authzid ≠ authcid).
+//!
+//! No error message or `Debug` output of this crate contains a password or a
+//! password hash.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub)]
+
+pub mod hash;
+pub mod sasl;
+pub mod secret;
+pub mod userdb;
+
+pub use secret::Secret;
+pub use userdb::{LoadWarning, UserDb, UserDbError, UserEntry, valid_username};
+
+/// Proof that a user authenticated.
+///
+/// Only this crate creates values of this type (from [`UserDb::verify`] and
+/// [`UserDb::verify_apop`]), so a function that takes `&Authenticated` cannot
+/// be reached without a successful login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    user: String,
+}
+
+impl Authenticated {
+    /// Only for this crate's verifiers.
+    fn new(user: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+        }
+    }
+
+    /// The authenticated user's name, exactly as it appears in the passwd-file.
+    #[must_use]
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+/// Why authentication did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AuthError {
+    /// Wrong password **or** unknown user, indistinguishable on purpose so
+    /// the reply cannot be used to enumerate users. POP3: `-ERR [AUTH]`.
+    #[error("invalid credentials")]
+    InvalidCredentials,
+    /// The user database could not be read (I/O error, permissions). Not the
+    /// client's fault; retrying later may work. POP3: `-ERR [SYS/TEMP]`. The
+    /// text is for the log (it names the file), not for the client.
+    #[error("temporary authentication failure: {0}")]
+    Temporary(String),
+    /// The request cannot be served for this user, e.g. APOP for a user
+    /// whose password is stored hashed. The text is for the log.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+}
+
+impl AuthError {
+    /// True for [`AuthError::Temporary`]: the server should answer with a
+    /// temporary error (`[SYS/TEMP]`, LMTP 4.x.x) rather than a rejection.
+    #[must_use]
+    pub fn is_temporary(&self) -> bool {
+        matches!(self, Self::Temporary(_))
+    }
+}
