@@ -28,6 +28,32 @@
 //!
 //! No error message or `Debug` output of this crate contains a password or a
 //! password hash.
+//!
+//! # Example
+//!
+//! ```
+//! use pobox_auth::{AuthError, UserDb};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = tempfile::tempdir()?;
+//! # let path = dir.path().join("passwd");
+//! let db = UserDb::open(&path); // a missing file is an empty database
+//! db.add("alice", b"correct horse")?; // what `pobox user add` does
+//!
+//! let proof = db.verify("alice", b"correct horse")?;
+//! assert_eq!(proof.user(), "alice");
+//! assert!(matches!(db.verify("alice", b"wrong"), Err(AuthError::InvalidCredentials)));
+//! assert!(matches!(db.verify("bob", b"correct horse"), Err(AuthError::InvalidCredentials)));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! # Layout
+//!
+//! * [`userdb`]: the passwd-file, its reload and atomic edits; the verifiers.
+//! * [`hash`]: `{SCHEME}` parsing, hashing and verification.
+//! * [`sasl`]: base64 and SASL PLAIN/LOGIN decoding.
+//! * [`secret`]: the zeroizing, redacted [`Secret`] buffer.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]

@@ -36,6 +36,8 @@ pub struct RawConfig {
     pub tls_key: Option<PathBuf>,
     /// Allow cleartext passwords on unencrypted non-loopback connections.
     pub allow_plaintext_auth: Option<bool>,
+    /// Treat loopback connections as safe for cleartext passwords.
+    pub plaintext_auth_on_loopback: Option<bool>,
     /// Offer APOP.
     pub apop: Option<bool>,
     /// Domains LMTP accepts (empty: any).
@@ -145,6 +147,7 @@ impl Settings {
             login_timeout: Duration::from_secs(login_timeout),
             session_timeout: Duration::from_secs(session_timeout),
             allow_plaintext_auth: raw.allow_plaintext_auth.unwrap_or(false),
+            plaintext_auth_on_loopback: raw.plaintext_auth_on_loopback.unwrap_or(true),
             apop: raw.apop.unwrap_or(false),
             expire: Expire::Never,
             auth_failure_delay: raw

@@ -39,6 +39,10 @@ pub struct Config {
     /// Allow USER/PASS and AUTH PLAIN/LOGIN on unencrypted non-loopback
     /// connections. Off by default (RFC 8314).
     pub allow_plaintext_auth: bool,
+    /// Treat loopback connections as safe for cleartext passwords (the
+    /// traffic never leaves the machine). On by default; turn off when a
+    /// local proxy forwards outside connections.
+    pub plaintext_auth_on_loopback: bool,
     /// Offer APOP (needs {PLAIN} secrets in the passwd-file).
     pub apop: bool,
     /// The EXPIRE value advertised in CAPA.
@@ -67,6 +71,7 @@ impl Default for Config {
             login_timeout: Duration::from_secs(120),
             session_timeout: Duration::from_secs(600),
             allow_plaintext_auth: false,
+            plaintext_auth_on_loopback: true,
             apop: false,
             expire: Expire::Never,
             auth_failure_delay: Duration::from_secs(2),

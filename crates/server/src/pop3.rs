@@ -78,7 +78,7 @@ pub(crate) async fn serve(
         secure,
         stls_available: !secure && svc.tls.is_some(),
         plaintext_auth_allowed: secure
-            || peer.ip().is_loopback()
+            || (svc.config.plaintext_auth_on_loopback && peer.ip().is_loopback())
             || svc.config.allow_plaintext_auth,
         apop_timestamp: svc.config.apop.then(|| apop_timestamp(&svc.config.hostname)),
         expire: svc.config.expire,
@@ -107,8 +107,11 @@ pub(crate) async fn serve(
             "pop3 session ended without QUIT; nothing deleted"
         );
     }
-    // Dropping the driver drops the mailbox: the lock is released at once and
-    // nothing is deleted (RFC 1939 §6: no UPDATE without QUIT).
+    // Release the maildrop before the socket closes, so a client that sees
+    // the connection end can log in again at once. Dropping the mailbox
+    // deletes nothing (RFC 1939 §6: no UPDATE without QUIT).
+    drop(driver.mailbox.take());
+    drop(driver);
 }
 
 #[derive(Debug, Default)]

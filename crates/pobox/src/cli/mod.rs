@@ -15,7 +15,6 @@ use crate::config::Settings;
 /// line must not take the other users down, but the admin must hear of it.
 pub fn open_users(settings: &Settings) -> Arc<UserDb> {
     let users = UserDb::open(&settings.passwd_file);
-    let _ = users.exists("");
     for w in users.warnings() {
         eprintln!("pobox: warning: {}:{}: {} (line ignored)", settings.passwd_file.display(), w.line, w.reason);
     }

@@ -55,9 +55,8 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: UserCommand) -> anyhow::Resu
             println!("added user {name} to {}", settings.passwd_file.display());
         }
         UserCommand::Passwd { name, password_stdin } => {
-            if !users.exists(&name).unwrap_or(false) {
-                bail!("no such user: {name}");
-            }
+            // No existence pre-check: set_password also repairs a line that
+            // failed to load (e.g. an unsupported hash scheme).
             let password = read_password(password_stdin)?;
             users.set_password(&name, password.as_bytes())?;
             println!("password changed for {name}");
