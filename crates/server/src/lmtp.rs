@@ -229,12 +229,11 @@ impl Session {
             Some((l, d)) => (l, Some(d)),
             None => (address, None),
         };
-        if let Some(domain) = domain {
-            if !svc.config.domains.is_empty()
-                && !svc.config.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-            {
-                return Err(format!("550 5.1.2 domain {} is not served here\r\n", sanitize(domain)));
-            }
+        if let Some(domain) = domain
+            && !svc.config.domains.is_empty()
+            && !svc.config.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+        {
+            return Err(format!("550 5.1.2 domain {} is not served here\r\n", sanitize(domain)));
         }
         let user = local.split_once('+').map_or(local, |(u, _)| u).to_string();
         if !pobox_auth::userdb::valid_username(&user) {
