@@ -62,9 +62,11 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub mod maildir;
+pub mod retention;
 
 pub use maildir::{
-    InvalidMailLocation, MailLocation, Maildir, MaildirStore, NamedDelivery, wire_size_of,
+    ExpireReport, InvalidMailLocation, MailLocation, Maildir, MaildirStore, NamedDelivery,
+    RemovedMessage, wire_size_of,
 };
 
 /// A storage backend holding the maildrops of many users.
@@ -164,6 +166,17 @@ pub trait Mailbox: Send {
     /// [`CommitReport::failed`], and the server then answers
     /// `-ERR [SYS/TEMP] some deleted messages not removed`.
     fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError>;
+
+    /// Durably records that the messages at `indices` were retrieved at
+    /// `when`, for those not recorded before (the first retrieval starts
+    /// the retention clock). Called once at the end of a session, whether
+    /// it ends with QUIT or not.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] / [`StoreError::DiskFull`] if the record could
+    /// not be made durable; the messages are then simply kept longer.
+    fn record_retrievals(&mut self, indices: &[usize], when: SystemTime) -> Result<(), StoreError>;
 }
 
 /// One message in a maildrop snapshot.
@@ -181,6 +194,9 @@ pub struct MessageInfo {
     /// When the message was delivered (the file's modification time for
     /// Maildir, as maildir(5) readers use it).
     pub received: SystemTime,
+    /// When a POP3 session first retrieved it (RETR), if ever; the clock of
+    /// the `retrieved` retention rule. `None` from a plain scan.
+    pub retrieved: Option<SystemTime>,
 }
 
 /// A unique-id listing value (RFC 1939 §7): 1 to 70 characters in the range

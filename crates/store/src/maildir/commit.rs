@@ -13,7 +13,7 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
-use super::{Maildir, Sub, fsync_dir, io_error, name, scan};
+use super::{Maildir, Sub, fsync_dir, io_error, name, retention, scan};
 use crate::{CommitReport, MessageInfo, StoreError};
 
 /// Applies UPDATE to `md` for the session snapshot `messages`.
@@ -23,10 +23,14 @@ use crate::{CommitReport, MessageInfo, StoreError};
 /// [`StoreError::NoSuchMessage`] (before touching anything) if an index is
 /// out of range; [`StoreError::Io`] / [`StoreError::DiskFull`] if a
 /// directory fsync fails, since the removals may then not be durable.
+/// With `aside`, removed messages are moved into the restore area (and the
+/// removals logged with time `now`) instead of being unlinked.
 pub(super) fn commit(
     md: &Maildir,
     messages: &[MessageInfo],
     deleted: &[usize],
+    aside: bool,
+    now: std::time::SystemTime,
 ) -> Result<CommitReport, StoreError> {
     // Validate everything first: a caller bug must not turn into a partial
     // UPDATE. RFC 1939: never remove a message that was not marked.
@@ -39,9 +43,27 @@ pub(super) fn commit(
 
     let mut report = CommitReport::default();
     let mut touched = Touched::default();
+    let mut moved = Vec::new();
     for (info, &delete) in messages.iter().zip(&marked) {
         let (sub, file) = info.key.as_maildir();
-        if delete {
+        if delete && aside {
+            match md.move_aside(sub, file) {
+                Ok(true) => {
+                    report.removed += 1;
+                    touched.mark(sub);
+                    touched.aside = true;
+                    moved.push(retention::Record::Deleted(
+                        info.uidl.as_str().to_owned(),
+                        now,
+                    ));
+                }
+                Ok(false) => report.removed += 1,
+                Err(e) => {
+                    tracing::warn!(key = %info.key, error = %e, "could not move deleted message aside");
+                    report.failed += 1;
+                }
+            }
+        } else if delete {
             match remove(md, sub, file) {
                 Ok(Some(dir)) => {
                     report.removed += 1;
@@ -66,6 +88,10 @@ pub(super) fn commit(
     }
     if touched.cur {
         fsync_dir(&md.dir(Sub::Cur))?;
+    }
+    if touched.aside {
+        fsync_dir(&md.restore_cur())?;
+        md.append_log(&moved)?;
     }
     Ok(report)
 }
@@ -118,6 +144,7 @@ fn mark_seen(md: &Maildir, file: &OsStr) -> bool {
 struct Touched {
     new: bool,
     cur: bool,
+    aside: bool,
 }
 
 impl Touched {

@@ -32,6 +32,7 @@ mod commit;
 mod deliver;
 mod lock;
 mod name;
+mod retention;
 mod scan;
 
 use std::fmt;
@@ -43,6 +44,10 @@ use std::str::FromStr;
 
 use rustix::fs::{Mode, OFlags};
 
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use crate::retention::{self as policy, ExpiryReason, Policy, RetentionConfig};
 use crate::{CommitReport, Delivered, Mailbox, Mailstore, MessageInfo, StoreError};
 
 pub use scan::wire_size_of;
@@ -132,6 +137,7 @@ pub struct InvalidMailLocation {
 pub struct MaildirStore {
     location: MailLocation,
     max_size: Option<u64>,
+    retention: Arc<RetentionConfig>,
 }
 
 impl MaildirStore {
@@ -141,6 +147,7 @@ impl MaildirStore {
         MaildirStore {
             location,
             max_size: None,
+            retention: Arc::new(RetentionConfig::default()),
         }
     }
 
@@ -150,6 +157,20 @@ impl MaildirStore {
     pub fn with_max_size(mut self, max: u64) -> Self {
         self.max_size = Some(max);
         self
+    }
+
+    /// Applies retention policies: whether removed messages go to the
+    /// restore area, and what [`MaildirStore::expire`] removes.
+    #[must_use]
+    pub fn with_retention(mut self, retention: RetentionConfig) -> Self {
+        self.retention = Arc::new(retention);
+        self
+    }
+
+    /// The retention policies.
+    #[must_use]
+    pub fn retention(&self) -> &RetentionConfig {
+        &self.retention
     }
 
     /// The location template.
@@ -183,12 +204,17 @@ impl Mailstore for MaildirStore {
         // that two sessions never both believe they own a message.
         let lock = lock::MaildropLock::acquire(maildir.path())?;
         maildir.reap_tmp();
-        let messages = maildir.scan()?;
+        let mut messages = maildir.scan()?;
+        let log = maildir.load_log()?;
+        for m in &mut messages {
+            m.retrieved = log.retrieved.get(m.uidl.as_str()).copied();
+        }
         tracing::debug!(user, count = messages.len(), "maildrop opened");
         Ok(Box::new(MaildirMailbox {
             user: user.to_owned(),
             maildir,
             messages,
+            policy: self.retention.for_user(user),
             lock,
         }))
     }
@@ -388,6 +414,7 @@ struct MaildirMailbox {
     user: String,
     maildir: Maildir,
     messages: Vec<MessageInfo>,
+    policy: Policy,
     lock: lock::MaildropLock,
 }
 
@@ -432,7 +459,14 @@ impl Mailbox for MaildirMailbox {
 
     fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError> {
         let this = *self;
-        let result = commit::commit(&this.maildir, &this.messages, deleted);
+        let aside = this.policy.restore_days > 0;
+        let result = commit::commit(
+            &this.maildir,
+            &this.messages,
+            deleted,
+            aside,
+            SystemTime::now(),
+        );
         // Explicit for the reader: the lock goes only after the removals are
         // durable (or have failed), never before.
         drop(this.lock);
@@ -445,6 +479,262 @@ impl Mailbox for MaildirMailbox {
             );
         }
         result
+    }
+
+    fn record_retrievals(&mut self, indices: &[usize], when: SystemTime) -> Result<(), StoreError> {
+        let mut records = Vec::new();
+        for &i in indices {
+            let m = self
+                .messages
+                .get_mut(i)
+                .ok_or(StoreError::NoSuchMessage { index: i })?;
+            if m.retrieved.is_none() {
+                m.retrieved = Some(when);
+                records.push(retention::Record::Retrieved(
+                    m.uidl.as_str().to_owned(),
+                    when,
+                ));
+            }
+        }
+        self.maildir.append_log(&records)
+    }
+}
+
+/// What [`MaildirStore::expire`] did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpireReport {
+    /// Messages that expired: UIDL and why.
+    pub expired: Vec<(String, ExpiryReason)>,
+    /// Messages purged from the restore area (their window is over).
+    pub purged: usize,
+    /// True if the maildrop was in use and left alone.
+    pub skipped_in_use: bool,
+}
+
+/// A message in the restore area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedMessage {
+    /// Its UIDL, the same it had before removal.
+    pub uidl: String,
+    /// When it was removed, if the log knows.
+    pub removed_at: Option<SystemTime>,
+}
+
+impl MaildirStore {
+    /// Applies `user`'s retention policy at `now`: expired messages are
+    /// removed (into the restore area when the policy has a window), and
+    /// restore-area messages past their window are purged.
+    ///
+    /// Takes the maildrop lock without waiting: a maildrop held by a POP3
+    /// session is never touched (`skipped_in_use`), so a session's message
+    /// numbers never change under it. With `dry_run` nothing changes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] / [`StoreError::DiskFull`] on filesystem errors.
+    pub fn expire(
+        &self,
+        user: &str,
+        now: SystemTime,
+        dry_run: bool,
+    ) -> Result<ExpireReport, StoreError> {
+        let maildir = self.maildir(user)?;
+        let _lock = match lock::MaildropLock::acquire(maildir.path()) {
+            Ok(l) => l,
+            Err(StoreError::InUse) => {
+                return Ok(ExpireReport {
+                    skipped_in_use: true,
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let policy = self.retention.for_user(user);
+        let messages = maildir.scan()?;
+        let log = maildir.load_log()?;
+        let mut report = ExpireReport::default();
+        let mut expired = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let retrieved = log.retrieved.get(m.uidl.as_str()).copied();
+            if let Some(reason) = policy::expiry(now, &policy, m.received, retrieved) {
+                report.expired.push((m.uidl.as_str().to_owned(), reason));
+                expired.push(i);
+            }
+        }
+        let removed = maildir.list_restore_area()?;
+        let due: Vec<_> = removed
+            .iter()
+            .filter(|(_, uidl)| {
+                // A file without a D record was moved aside by a run that
+                // crashed before logging: its window starts now.
+                log.deleted
+                    .get(uidl)
+                    .is_some_and(|at| policy::purge_due(now, &policy, *at))
+            })
+            .collect();
+        report.purged = due.len();
+        if dry_run {
+            return Ok(report);
+        }
+        if !expired.is_empty() {
+            let commit =
+                commit::commit(&maildir, &messages, &expired, policy.restore_days > 0, now)?;
+            if commit.failed > 0 {
+                tracing::warn!(
+                    user,
+                    failed = commit.failed,
+                    "some expired messages could not be removed"
+                );
+            }
+        }
+        let mut late = Vec::new();
+        for (_, uidl) in &removed {
+            if !log.deleted.contains_key(uidl) {
+                late.push(retention::Record::Deleted(uidl.clone(), now));
+            }
+        }
+        maildir.append_log(&late)?;
+        let restore_cur = maildir.restore_cur();
+        for (file, _) in &due {
+            match fs::remove_file(restore_cur.join(file)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(io_error(
+                        format_args!("purging {}", restore_cur.join(file).display()),
+                        e,
+                    ));
+                }
+            }
+        }
+        if !due.is_empty() {
+            fsync_dir(&restore_cur)?;
+        }
+        // Keep the log small: once it is mostly records of messages that no
+        // longer exist, rewrite it without them.
+        let log = maildir.load_log()?;
+        if log.lines > 64 {
+            let live: std::collections::HashSet<String> = maildir
+                .scan()?
+                .into_iter()
+                .map(|m| m.uidl.into_string())
+                .chain(maildir.list_restore_area()?.into_iter().map(|(_, u)| u))
+                .collect();
+            let live_entries = log
+                .retrieved
+                .keys()
+                .chain(log.deleted.keys())
+                .filter(|u| live.contains(*u))
+                .count();
+            if log.lines > 2 * live_entries {
+                maildir.compact_log(&log, &|u| live.contains(u))?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Brings messages back from the restore area into `cur/`, with their
+    /// original names and so their original UIDLs; only those removed at
+    /// or after `since`, if given. Their retention clock starts afresh.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`] while a session holds the maildrop;
+    /// [`StoreError::Io`] on filesystem errors.
+    pub fn restore(
+        &self,
+        user: &str,
+        since: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let maildir = self.maildir(user)?;
+        let _lock = lock::MaildropLock::acquire(maildir.path())?;
+        let log = maildir.load_log()?;
+        let cur = maildir.dir(Sub::Cur);
+        let mut restored = Vec::new();
+        let mut records = Vec::new();
+        for (file, uidl) in maildir.list_restore_area()? {
+            let removed_at = log.deleted.get(&uidl).copied();
+            if let (Some(since), Some(at)) = (since, removed_at)
+                && at < since
+            {
+                continue;
+            }
+            let from = maildir.restore_cur().join(&file);
+            match rustix::fs::renameat_with(
+                rustix::fs::CWD,
+                &from,
+                rustix::fs::CWD,
+                cur.join(&file),
+                rustix::fs::RenameFlags::NOREPLACE,
+            ) {
+                Ok(()) => {
+                    records.push(retention::Record::Restored(uidl.clone(), now));
+                    restored.push(uidl);
+                }
+                Err(e) => {
+                    return Err(io_error(
+                        format_args!("restoring {}", from.display()),
+                        e.into(),
+                    ));
+                }
+            }
+        }
+        if !restored.is_empty() {
+            fsync_dir(&cur)?;
+            fsync_dir(&maildir.restore_cur())?;
+            maildir.append_log(&records)?;
+        }
+        Ok(restored)
+    }
+
+    /// The messages in `user`'s restore area.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] on filesystem errors.
+    pub fn removed_messages(&self, user: &str) -> Result<Vec<RemovedMessage>, StoreError> {
+        let maildir = self.maildir(user)?;
+        let log = maildir.load_log()?;
+        Ok(maildir
+            .list_restore_area()?
+            .into_iter()
+            .map(|(_, uidl)| RemovedMessage {
+                removed_at: log.deleted.get(&uidl).copied(),
+                uidl,
+            })
+            .collect())
+    }
+
+    /// A lock-free snapshot of `user`'s messages with their retrieval
+    /// times, for admin listings.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] on filesystem errors.
+    pub fn inspect(&self, user: &str) -> Result<Vec<MessageInfo>, StoreError> {
+        let maildir = self.maildir(user)?;
+        let mut messages = maildir.scan()?;
+        let log = maildir.load_log()?;
+        for m in &mut messages {
+            m.retrieved = log.retrieved.get(m.uidl.as_str()).copied();
+        }
+        Ok(messages)
+    }
+
+    /// Removes every message of `user` (into the restore area when the
+    /// policy has a window). Refuses while a session holds the maildrop.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`], or filesystem errors.
+    pub fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
+        let maildir = self.maildir(user)?;
+        let _lock = lock::MaildropLock::acquire(maildir.path())?;
+        let messages = maildir.scan()?;
+        let all: Vec<usize> = (0..messages.len()).collect();
+        let aside = self.retention.for_user(user).restore_days > 0;
+        commit::commit(&maildir, &messages, &all, aside, now)
     }
 }
 

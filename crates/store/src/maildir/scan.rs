@@ -145,6 +145,7 @@ fn message_info(
         size,
         received,
         key: MessageKey::maildir(sub, name),
+        retrieved: None,
     }))
 }
 
