@@ -8,7 +8,8 @@ use libfuzzer_sys::fuzz_target;
 use pobox_proto::line::{LineSplitter, Split};
 use pobox_proto::pop3::maildrop::MessageMeta;
 use pobox_proto::pop3::server::{
-    Action, Credentials, Expire, LoginFailure, ServerSession, SessionConfig, UpdateResult,
+    Action, Credentials, Expire, LoginFailure, LoginGrant, ServerSession, SessionConfig,
+    UpdateResult,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -19,6 +20,8 @@ fuzz_target!(|data: &[u8]| {
         plaintext_auth_allowed: data.first().is_some_and(|b| b & 2 == 2),
         apop_timestamp: Some("<1.2@x>".into()),
         expire: Expire::Never,
+        expire_per_user: false,
+        login_delay: (0, false),
         implementation: None,
     });
     let mut splitter = LineSplitter::new(pobox_proto::MAX_COMMAND_LINE);
@@ -31,10 +34,15 @@ fuzz_target!(|data: &[u8]| {
                 Action::Authenticate(c) => {
                     let ok = matches!(&c, Credentials::Password { password, .. } if password.0 == b"pw");
                     session.handle_login(if ok {
-                        Ok((c.user().to_string(), vec![
-                            MessageMeta { size: 10, uidl: "a".into() },
-                            MessageMeta { size: 20, uidl: "b".into() },
-                        ]))
+                        Ok(LoginGrant {
+                            user: c.user().to_string(),
+                            messages: vec![
+                                MessageMeta { size: 10, uidl: "a".into() },
+                                MessageMeta { size: 20, uidl: "b".into() },
+                            ],
+                            expire: Expire::Days(0),
+                            login_delay: 0,
+                        })
                     } else {
                         Err(LoginFailure::BadCredentials)
                     });

@@ -9,9 +9,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::collections::HashMap;
+
 use anyhow::{Context, bail};
-use pobox_proto::pop3::server::Expire;
 use pobox_server::{Config, ListenAddr};
+use pobox_store::retention::{Days, Policy, RetentionConfig};
 use serde::Deserialize;
 
 /// The file as written by the admin. Every key is optional.
@@ -58,6 +60,88 @@ pub struct RawConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Log filter, e.g. `info` or `pobox_server=debug`.
     pub log: Option<String>,
+    /// Retention policies.
+    pub retention: Option<RawRetention>,
+}
+
+/// `[retention]`: global policy, with `[retention.users.NAME]` overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// The policy keys, global.
+    #[serde(flatten)]
+    pub policy: RawPolicy,
+    /// Count TOP as a retrieval.
+    pub top_counts_as_retrieval: Option<bool>,
+    /// Seconds between background expiry runs (0: only at login and by CLI).
+    pub expire_interval_secs: Option<u64>,
+    /// Per-user overrides; unset keys inherit the global values.
+    pub users: Option<HashMap<String, RawPolicy>>,
+}
+
+/// The keys of one policy.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Days retrieved mail stays (RFC 2449 EXPIRE): a number or "never".
+    pub retrieved_days: Option<DaysValue>,
+    /// Days any message stays after delivery: a number or "never".
+    pub max_age_days: Option<DaysValue>,
+    /// Days removed messages can be restored (0: removal is final).
+    pub restore_days: Option<u32>,
+    /// RFC 2449 LOGIN-DELAY seconds (0: none).
+    pub login_delay_secs: Option<u32>,
+}
+
+/// A number of days or the word "never".
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum DaysValue {
+    /// Days.
+    Number(u32),
+    /// Must be "never".
+    Word(String),
+}
+
+impl DaysValue {
+    fn days(&self, key: &str) -> anyhow::Result<Days> {
+        match self {
+            DaysValue::Number(n) => Ok(Days::After(*n)),
+            DaysValue::Word(w) if w.eq_ignore_ascii_case("never") => Ok(Days::Never),
+            DaysValue::Word(w) => bail!("{key}: {w:?} is neither a number of days nor \"never\""),
+        }
+    }
+}
+
+impl RawPolicy {
+    fn over(&self, base: Policy, prefix: &str) -> anyhow::Result<Policy> {
+        Ok(Policy {
+            retrieved: match &self.retrieved_days {
+                Some(v) => v.days(&format!("{prefix}retrieved_days"))?,
+                None => base.retrieved,
+            },
+            max_age: match &self.max_age_days {
+                Some(v) => v.days(&format!("{prefix}max_age_days"))?,
+                None => base.max_age,
+            },
+            restore_days: self.restore_days.unwrap_or(base.restore_days),
+            login_delay_secs: self.login_delay_secs.unwrap_or(base.login_delay_secs),
+        })
+    }
+}
+
+fn retention(raw: Option<RawRetention>) -> anyhow::Result<(RetentionConfig, bool, Duration)> {
+    let raw = raw.unwrap_or_default();
+    let default = raw.policy.over(Policy::default(), "retention.")?;
+    let mut users = HashMap::new();
+    for (name, p) in raw.users.unwrap_or_default() {
+        users.insert(name.clone(), p.over(default, &format!("retention.users.{name}."))?);
+    }
+    Ok((
+        RetentionConfig { default, users },
+        raw.top_counts_as_retrieval.unwrap_or(false),
+        Duration::from_secs(raw.expire_interval_secs.unwrap_or(3600)),
+    ))
 }
 
 /// Everything a subcommand needs, resolved against the data dir.
@@ -142,6 +226,7 @@ impl Settings {
         if raw.tls_cert.is_some() != raw.tls_key.is_some() {
             bail!("tls_cert and tls_key: set both, or neither (a self-signed certificate is then generated)");
         }
+        let (retention, top_counts_as_retrieval, expire_interval) = retention(raw.retention)?;
         let server = Config {
             hostname,
             login_timeout: Duration::from_secs(login_timeout),
@@ -149,7 +234,10 @@ impl Settings {
             allow_plaintext_auth: raw.allow_plaintext_auth.unwrap_or(false),
             plaintext_auth_on_loopback: raw.plaintext_auth_on_loopback.unwrap_or(true),
             apop: raw.apop.unwrap_or(false),
-            expire: Expire::Never,
+            retention,
+            top_counts_as_retrieval,
+            expire_interval,
+            control_socket: Some(data_dir.join("pobox.sock")),
             auth_failure_delay: raw
                 .auth_failure_delay_ms
                 .map_or(defaults.auth_failure_delay, Duration::from_millis),
@@ -243,6 +331,23 @@ mod tests {
         assert!(format!("{err:#}").contains("lmtp"), "{err:#}");
         let err = parse("tls_cert = \"c.pem\"").err().unwrap();
         assert!(err.to_string().contains("tls_key"), "{err}");
+    }
+
+    #[test]
+    fn retention_with_per_user_overrides() {
+        let s = parse(
+            "[retention]\nretrieved_days = 3\nrestore_days = 7\n\
+             [retention.users.bob]\nretrieved_days = \"never\"\n\
+             [retention.users.carol]\nretrieved_days = 0\nlogin_delay_secs = 900\n",
+        )
+        .unwrap();
+        let r = &s.server.retention;
+        assert_eq!(r.for_user("alice").retrieved, Days::After(3));
+        assert_eq!(r.for_user("bob").retrieved, Days::Never);
+        assert_eq!(r.for_user("bob").restore_days, 7, "unset keys inherit");
+        assert_eq!(r.for_user("carol").login_delay_secs, 900);
+        assert!(parse("[retention]\nretrieved_days = \"soon\"").is_err());
+        assert!(parse("[retention]\nkeep = 1").is_err());
     }
 
     #[test]

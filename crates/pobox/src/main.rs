@@ -25,6 +25,7 @@ struct Args {
     #[arg(long, global = true, env = "POBOX_DATA", default_value = "./pobox-data", value_name = "DIR")]
     data: PathBuf,
     /// Configuration file (TOML). Without one, embedded defaults apply.
+    /// For `pobox fetch` it is the accounts file.
     #[arg(long, global = true, env = "POBOX_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -40,6 +41,22 @@ enum Command {
     User(cli::user::UserCommand),
     /// Deliver one message from stdin to USER (for MTAs that pipe to an MDA).
     Deliver(cli::deliver::DeliverArgs),
+    /// Inspect and maintain maildrops: ls, show, expire, restore, purge.
+    #[command(subcommand)]
+    Mailbox(cli::mailbox::MailboxCommand),
+    /// Download mail from POP3 accounts to local Maildir/mbox/MDA.
+    Fetch(pobox_fetch::FetchArgs),
+    /// List the sessions open in the running server.
+    Who {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Close a user's sessions in the running server (nothing is deleted).
+    Kick {
+        /// The user.
+        user: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -48,6 +65,14 @@ fn main() -> ExitCode {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),
         Command::User(cmd) => cli::user::run(&args.data, args.config.as_deref(), cmd),
         Command::Deliver(d) => return cli::deliver::run(&args.data, args.config.as_deref(), d),
+        Command::Fetch(mut f) => {
+            // For `pobox fetch`, --config names the accounts file.
+            f.config = args.config;
+            return pobox_fetch::run(f);
+        }
+        Command::Mailbox(cmd) => cli::mailbox::run(&args.data, args.config.as_deref(), cmd),
+        Command::Who { json } => cli::mailbox::who(&args.data, args.config.as_deref(), json),
+        Command::Kick { user } => cli::mailbox::kick(&args.data, args.config.as_deref(), &user),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

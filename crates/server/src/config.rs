@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pobox_proto::pop3::server::Expire;
+use pobox_store::retention::RetentionConfig;
 
 /// Where a listener listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,8 +45,16 @@ pub struct Config {
     pub plaintext_auth_on_loopback: bool,
     /// Offer APOP (needs {PLAIN} secrets in the passwd-file).
     pub apop: bool,
-    /// The EXPIRE value advertised in CAPA.
-    pub expire: Expire,
+    /// Retention policies (EXPIRE, max age, restore window, LOGIN-DELAY),
+    /// global and per user. CAPA is derived from them.
+    pub retention: RetentionConfig,
+    /// Count TOP as a retrieval for the EXPIRE clock (RETR always counts).
+    pub top_counts_as_retrieval: bool,
+    /// How often the background expiry runs; zero disables it (expiry then
+    /// still runs at each login, and by `pobox mailbox expire`).
+    pub expire_interval: Duration,
+    /// The admin control socket (`pobox who`, `pobox kick`).
+    pub control_socket: Option<PathBuf>,
     /// Delay before answering a failed login: slows password guessing
     /// without blocking other sessions.
     pub auth_failure_delay: Duration,
@@ -73,7 +81,10 @@ impl Default for Config {
             allow_plaintext_auth: false,
             plaintext_auth_on_loopback: true,
             apop: false,
-            expire: Expire::Never,
+            retention: RetentionConfig::default(),
+            top_counts_as_retrieval: false,
+            expire_interval: Duration::from_secs(3600),
+            control_socket: None,
             auth_failure_delay: Duration::from_secs(2),
             max_connections: 10_000,
             lmtp_max_message_size: 64 * 1024 * 1024,

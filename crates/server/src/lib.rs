@@ -19,9 +19,11 @@
 
 pub mod config;
 mod conn;
-mod date;
+mod control;
+pub mod date;
 mod lmtp;
 mod pop3;
+pub mod sessions;
 pub mod shutdown;
 pub mod tls;
 
@@ -50,6 +52,8 @@ pub struct Services {
     pub store: Arc<dyn Mailstore>,
     /// TLS, if a certificate is loaded.
     pub tls: Option<Tls>,
+    /// Open sessions and recent logins.
+    pub sessions: sessions::Registry,
     /// Bounds concurrent password verifications.
     auth_slots: Arc<Semaphore>,
 }
@@ -59,7 +63,14 @@ impl Services {
     /// at a time.
     pub fn new(config: Config, users: Arc<UserDb>, store: Arc<dyn Mailstore>, tls: Option<Tls>) -> Services {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        Services { config, users, store, tls, auth_slots: Arc::new(Semaphore::new(cpus)) }
+        Services {
+            config,
+            users,
+            store,
+            tls,
+            sessions: sessions::Registry::default(),
+            auth_slots: Arc::new(Semaphore::new(cpus)),
+        }
     }
 }
 
@@ -175,10 +186,71 @@ pub async fn run(svc: Arc<Services>, listeners: Vec<Listener>, stop: impl std::f
         let connections = connections.clone();
         accept_loops.push(tokio::spawn(accept_loop(listener, svc, shutdown, connections)));
     }
+    if let Some(path) = &svc.config.control_socket {
+        match bind_control(path) {
+            Ok(l) => accept_loops.push(tokio::spawn(control::serve(l, svc.clone()))),
+            // Not fatal: the server works without `pobox who`.
+            Err(e) => warn!(path = %path.display(), error = %e, "control socket unavailable"),
+        }
+    }
+    if !svc.config.expire_interval.is_zero() {
+        accept_loops.push(tokio::spawn(expiry_loop(svc.clone())));
+    }
     stop.await;
     drain(&trigger, &connections, svc.config.max_connections, svc.config.shutdown_grace).await;
     for l in accept_loops {
         l.abort();
+    }
+    if let Some(path) = &svc.config.control_socket {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn bind_control(path: &std::path::Path) -> io::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, "another pobox serve owns it"));
+        }
+        std::fs::remove_file(path)?;
+    }
+    let l = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Runs retention for every user at `expire_interval`. Maildrops held by a
+/// session are skipped (the store checks the lock) and caught next time.
+async fn expiry_loop(svc: Arc<Services>) {
+    let mut tick = tokio::time::interval(svc.config.expire_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let svc = svc.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let users = svc.users.list().map_err(|e| e.to_string())?;
+            let now = std::time::SystemTime::now();
+            let (mut expired, mut purged, mut skipped) = (0, 0, 0);
+            for user in users {
+                match svc.store.expire(&user, now, false) {
+                    Ok(r) => {
+                        expired += r.expired.len();
+                        purged += r.purged;
+                        skipped += usize::from(r.skipped_in_use);
+                    }
+                    Err(e) => warn!(%user, error = %e, "expiry failed"),
+                }
+            }
+            Ok::<_, String>((expired, purged, skipped))
+        })
+        .await;
+        match result {
+            Ok(Ok((expired, purged, skipped))) if expired + purged + skipped > 0 => {
+                info!(expired, purged, skipped_in_use = skipped, "expiry run");
+            }
+            Ok(Err(e)) => warn!(error = %e, "expiry run failed: user database unavailable"),
+            _ => {}
+        }
     }
 }
 

@@ -6,18 +6,21 @@
 //! are blocking work and run on tokio's blocking pool, so a slow disk or an
 //! argon2 verification never stalls other sessions.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
 
 use pobox_auth::AuthError;
 use pobox_proto::dot::WireEncoder;
 use pobox_proto::line::{LineSplitter, Split};
 use pobox_proto::pop3::maildrop::MessageMeta;
 use pobox_proto::pop3::server::{
-    Action, Credentials, IdleClass, LoginFailure, ServerSession, SessionConfig, UpdateResult,
-    retr_status_line,
+    Action, Credentials, Expire, IdleClass, LoginFailure, LoginGrant, ServerSession, SessionConfig,
+    UpdateResult, retr_status_line,
 };
 use pobox_proto::pop3::{RespCode, Status};
+use pobox_store::retention::{Days, Policy};
 use pobox_store::{Mailbox, StoreError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -26,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::Services;
 use crate::conn::Stream;
+use crate::sessions::Handle;
 use crate::shutdown::Shutdown;
 
 /// Flush the output buffer once it holds this much, even mid-pipeline.
@@ -73,6 +77,8 @@ pub(crate) async fn serve(
         Stream::Plain(tcp)
     };
     let secure = stream.is_tls();
+    let (expire, expire_per_user) = svc.config.retention.advertised_expire();
+    let login_delay = svc.config.retention.advertised_login_delay();
     let config = SessionConfig {
         greeting: "pobox POP3 server ready".into(),
         secure,
@@ -81,10 +87,17 @@ pub(crate) async fn serve(
             || (svc.config.plaintext_auth_on_loopback && peer.ip().is_loopback())
             || svc.config.allow_plaintext_auth,
         apop_timestamp: svc.config.apop.then(|| apop_timestamp(&svc.config.hostname)),
-        expire: svc.config.expire,
+        expire: to_expire(expire),
+        expire_per_user,
+        login_delay,
         implementation: svc.config.advertise_implementation.then(|| "pobox".to_string()),
     };
+    let registry = svc.clone();
+    let handle = registry.sessions.register(peer.to_string(), secure);
     let mut driver = Driver {
+        handle,
+        retrieved: BTreeSet::new(),
+        policy: Policy::default(),
         stream: Some(stream),
         session: ServerSession::new(config),
         splitter: LineSplitter::new(pobox_proto::MAX_COMMAND_LINE),
@@ -109,9 +122,29 @@ pub(crate) async fn serve(
     }
     // Release the maildrop before the socket closes, so a client that sees
     // the connection end can log in again at once. Dropping the mailbox
-    // deletes nothing (RFC 1939 §6: no UPDATE without QUIT).
-    drop(driver.mailbox.take());
+    // deletes nothing (RFC 1939 §6: no UPDATE without QUIT), but what was
+    // retrieved is recorded: the EXPIRE clock has started.
+    if let Some(mailbox) = driver.mailbox.take() {
+        let retrieved: Vec<usize> = std::mem::take(&mut driver.retrieved).into_iter().collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            if !retrieved.is_empty() {
+                let mut mb = mailbox.lock().unwrap_or_else(|p| p.into_inner());
+                if let Err(e) = mb.record_retrievals(&retrieved, SystemTime::now()) {
+                    warn!(user = mb.user(), error = %e, "cannot record retrievals");
+                }
+            }
+            drop(mailbox);
+        })
+        .await;
+    }
     drop(driver);
+}
+
+fn to_expire(days: Days) -> Expire {
+    match days {
+        Days::Never => Expire::Never,
+        Days::After(d) => Expire::Days(d),
+    }
 }
 
 #[derive(Debug, Default)]
@@ -120,7 +153,13 @@ struct Stats {
     bytes: u64,
 }
 
-struct Driver {
+struct Driver<'r> {
+    /// This connection in the session registry (`pobox who`, kick).
+    handle: Handle<'r>,
+    /// Messages sent by RETR (and TOP, if configured) this session.
+    retrieved: BTreeSet<usize>,
+    /// The logged-in user's retention policy.
+    policy: Policy,
     /// `None` only for the instant of a TLS upgrade.
     stream: Option<Stream>,
     session: ServerSession,
@@ -137,7 +176,7 @@ struct Driver {
     stats: Stats,
 }
 
-impl Driver {
+impl Driver<'_> {
     async fn run(&mut self, mut shutdown: Shutdown) -> Result<(), ConnError> {
         self.run_actions().await?;
         let mut readbuf = vec![0u8; 8192];
@@ -161,6 +200,7 @@ impl Driver {
                     Ok(Err(e)) => return Err(e.into()),
                 },
                 () = shutdown.forced() => Event::Shutdown,
+                _ = self.handle.kicked.wait_for(|k| *k) => Event::Kicked,
             };
             match event {
                 Event::Data(n) => {
@@ -175,6 +215,13 @@ impl Driver {
                 // response and without UPDATE.
                 Event::IdleTimeout => {
                     debug!(peer = %self.peer, "idle timeout");
+                    return Ok(());
+                }
+                Event::Kicked => {
+                    info!(peer = %self.peer, user = ?self.session.user(), "session kicked by admin");
+                    Status::err_code(RespCode::SysTemp, "session closed by the administrator, nothing was deleted")
+                        .encode(&mut self.outbuf);
+                    let _ = self.flush().await;
                     return Ok(());
                 }
                 Event::Shutdown => {
@@ -272,6 +319,7 @@ impl Driver {
         match tokio::time::timeout(self.svc.config.login_timeout, tls.acceptor.accept(tcp)).await {
             Ok(Ok(s)) => {
                 self.stream = Some(Stream::Tls(Box::new(s)));
+                self.handle.set_tls();
                 self.session.handle_tls_established();
                 Ok(())
             }
@@ -280,10 +328,7 @@ impl Driver {
         }
     }
 
-    async fn login(
-        &mut self,
-        credentials: Credentials,
-    ) -> Result<(String, Vec<MessageMeta>), LoginFailure> {
+    async fn login(&mut self, credentials: Credentials) -> Result<LoginGrant, LoginFailure> {
         let svc = self.svc.clone();
         let user = credentials.user().to_string();
         let mechanism = match &credentials {
@@ -311,8 +356,20 @@ impl Driver {
                     return Err(LoginFailure::Temporary("authentication temporarily unavailable".into()));
                 }
             };
-            match svc.store.open(authenticated.user()) {
-                Ok(mailbox) => Ok((authenticated.user().to_string(), mailbox)),
+            let user = authenticated.user();
+            let policy = svc.store.policy(user);
+            let delay = std::time::Duration::from_secs(u64::from(policy.login_delay_secs));
+            if let Err(d) = svc.sessions.check_login_delay(user, delay, Instant::now()) {
+                return Err(LoginFailure::LoginDelay(d.as_secs() as u32));
+            }
+            // Apply retention before the snapshot, so that what has expired
+            // (e.g. mail retrieved under EXPIRE 0 by a session that ended
+            // without QUIT) is not offered again.
+            if let Err(e) = svc.store.expire(user, SystemTime::now(), false) {
+                warn!(user, error = %e, "expiry at login failed");
+            }
+            match svc.store.open(user) {
+                Ok(mailbox) => Ok((user.to_string(), mailbox, policy)),
                 Err(StoreError::InUse) => Err(LoginFailure::InUse),
                 Err(e) => {
                     warn!(user = authenticated.user(), error = %e, "cannot open maildrop");
@@ -324,8 +381,8 @@ impl Driver {
         .unwrap_or_else(|e| Err(LoginFailure::Temporary(format!("internal error: {e}"))));
 
         match result {
-            Ok((user, mailbox)) => {
-                let metas = mailbox
+            Ok((user, mailbox, policy)) => {
+                let messages = mailbox
                     .messages()
                     .iter()
                     .map(|m| MessageMeta { size: m.size, uidl: m.uidl.as_str().to_string() })
@@ -334,7 +391,14 @@ impl Driver {
                 info!(peer = %self.peer, %user, mechanism, tls,
                       messages = mailbox.messages().len(), "login");
                 self.mailbox = Some(Arc::new(Mutex::new(mailbox)));
-                Ok((user, metas))
+                self.handle.set_user(&user);
+                self.policy = policy;
+                Ok(LoginGrant {
+                    user,
+                    messages,
+                    expire: to_expire(policy.advertised_expire()),
+                    login_delay: policy.login_delay_secs,
+                })
             }
             Err(failure) => {
                 match &failure {
@@ -394,6 +458,9 @@ impl Driver {
                     }
                 }
                 Some(Chunk::End { unstuffed }) => {
+                    if top_lines.is_none() || self.svc.config.top_counts_as_retrieval {
+                        self.retrieved.insert(index);
+                    }
                     if top_lines.is_none() {
                         self.stats.retrieved += 1;
                         if unstuffed != size {
@@ -422,11 +489,26 @@ impl Driver {
         let Ok(mailbox) = Arc::try_unwrap(mailbox) else {
             return UpdateResult::Failed("maildrop busy".into());
         };
-        let mailbox = mailbox.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mut mailbox = mailbox.into_inner().unwrap_or_else(|p| p.into_inner());
         let user = mailbox.user().to_string();
         let requested = deleted.len();
-        let result =
-            tokio::task::spawn_blocking(move || mailbox.commit(&deleted)).await.map_err(|e| e.to_string());
+        let retrieved: Vec<usize> = std::mem::take(&mut self.retrieved).into_iter().collect();
+        // RFC 2449 §6.7 EXPIRE 0: what was retrieved in this session is
+        // removed at its end, whether or not the client sent DELE.
+        let mut remove = deleted;
+        if self.policy.retrieved == Days::After(0) {
+            remove.extend(&retrieved);
+            remove.sort_unstable();
+            remove.dedup();
+        }
+        let result = tokio::task::spawn_blocking(move || {
+            if let Err(e) = mailbox.record_retrievals(&retrieved, SystemTime::now()) {
+                warn!(user = mailbox.user(), error = %e, "cannot record retrievals");
+            }
+            mailbox.commit(&remove)
+        })
+        .await
+        .map_err(|e| e.to_string());
         let outcome = match result {
             Ok(Ok(report)) if report.failed == 0 => UpdateResult::Removed(report.removed),
             Ok(Ok(report)) => UpdateResult::Partial { removed: report.removed, failed: report.failed },
@@ -448,6 +530,7 @@ enum Event {
     Eof,
     IdleTimeout,
     Shutdown,
+    Kicked,
 }
 
 /// What the blocking reader sends to the connection.

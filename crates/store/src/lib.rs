@@ -112,6 +112,18 @@ pub trait Mailstore: Send + Sync + 'static {
     /// * [`StoreError::Io`] on any other I/O error, including a read error
     ///   from `message`.
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError>;
+
+    /// Applies `user`'s retention policy at `now` (see [`retention`]):
+    /// removes expired messages and purges the restore area. Never touches
+    /// a maildrop that a session holds.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] / [`StoreError::DiskFull`] on filesystem errors.
+    fn expire(&self, user: &str, now: SystemTime, dry_run: bool) -> Result<ExpireReport, StoreError>;
+
+    /// `user`'s retention policy.
+    fn policy(&self, user: &str) -> retention::Policy;
 }
 
 /// One user's maildrop, opened exclusively for a POP3 session.

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod deliver;
+pub mod mailbox;
 pub mod serve;
 pub mod user;
 
@@ -28,5 +29,7 @@ pub fn open_users(settings: &Settings) -> Arc<UserDb> {
 pub fn open_store(settings: &Settings) -> anyhow::Result<MaildirStore> {
     let location = MailLocation::new(settings.mail_location.clone())
         .map_err(|e| anyhow::anyhow!("mail_location: {e}"))?;
-    Ok(MaildirStore::new(location).with_max_size(settings.server.lmtp_max_message_size))
+    Ok(MaildirStore::new(location)
+        .with_max_size(settings.server.lmtp_max_message_size)
+        .with_retention(settings.server.retention.clone()))
 }

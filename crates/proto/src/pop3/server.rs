@@ -62,8 +62,14 @@ pub struct SessionConfig {
     pub plaintext_auth_allowed: bool,
     /// The APOP timestamp (`<pid.clock@host>`), only when APOP is enabled.
     pub apop_timestamp: Option<String>,
-    /// RFC 2449 EXPIRE value advertised in CAPA.
+    /// RFC 2449 §6.7 EXPIRE advertised before login: the shortest value of
+    /// any user when `expire_per_user` (then shown with `USER`).
     pub expire: Expire,
+    /// Users have different EXPIRE values.
+    pub expire_per_user: bool,
+    /// RFC 2449 §6.6 LOGIN-DELAY advertised before login, in seconds
+    /// (0 = not advertised), and whether it varies per user.
+    pub login_delay: (u32, bool),
     /// RFC 2449 IMPLEMENTATION text; `None` to not advertise one.
     pub implementation: Option<String>,
 }
@@ -109,6 +115,19 @@ impl Credentials {
     }
 }
 
+/// A successful login, as the driver reports it back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginGrant {
+    /// The authenticated user.
+    pub user: String,
+    /// The maildrop snapshot, numbered 1..=n in this order.
+    pub messages: Vec<MessageMeta>,
+    /// This user's EXPIRE value, for CAPA after login.
+    pub expire: Expire,
+    /// This user's LOGIN-DELAY in seconds (0 = none), for CAPA after login.
+    pub login_delay: u32,
+}
+
 /// Why a login failed, as the driver reports it back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LoginFailure {
@@ -116,6 +135,9 @@ pub enum LoginFailure {
     BadCredentials,
     /// The maildrop is locked by another session (RFC 2449 `[IN-USE]`).
     InUse,
+    /// The user logged in less than this many seconds ago (RFC 2449
+    /// `[LOGIN-DELAY]`).
+    LoginDelay(u32),
     /// A transient server problem (`[SYS/TEMP]`), e.g. the user db is unreadable.
     Temporary(String),
     /// A permanent server problem (`[SYS/PERM]`).
@@ -202,7 +224,7 @@ enum Phase {
         auth_failures: u32,
     },
     /// RFC 1939 TRANSACTION.
-    Transaction { user: String, maildrop: Maildrop },
+    Transaction { user: String, maildrop: Maildrop, expire: Expire, login_delay: u32 },
     /// QUIT received; UPDATE is outstanding.
     Update,
     /// STLS accepted; waiting for the handshake.
@@ -508,16 +530,21 @@ impl ServerSession {
     /// The driver's answer to [`Action::Authenticate`]: the maildrop snapshot
     /// on success (the lock is held by the driver from now until UPDATE or
     /// the end of the connection).
-    pub fn handle_login(&mut self, result: Result<(String, Vec<MessageMeta>), LoginFailure>) {
+    pub fn handle_login(&mut self, result: Result<LoginGrant, LoginFailure>) {
         let Phase::Authorization { awaiting_login: true, auth_failures, .. } = &mut self.phase
         else {
             return;
         };
         match result {
-            Ok((user, messages)) => {
-                let maildrop = Maildrop::new(messages);
+            Ok(grant) => {
+                let maildrop = Maildrop::new(grant.messages);
                 let (count, octets) = maildrop.stat();
-                self.phase = Phase::Transaction { user, maildrop };
+                self.phase = Phase::Transaction {
+                    user: grant.user,
+                    maildrop,
+                    expire: grant.expire,
+                    login_delay: grant.login_delay,
+                };
                 self.reply(Status::ok(format!(
                     "logged in, maildrop has {count} messages ({octets} octets)"
                 )));
@@ -541,6 +568,10 @@ impl ServerSession {
                     LoginFailure::InUse => self.reply(Status::err_code(
                         RespCode::InUse,
                         "maildrop is locked by another session",
+                    )),
+                    LoginFailure::LoginDelay(secs) => self.reply(Status::err_code(
+                        RespCode::LoginDelay,
+                        format!("minimum time between logins is {secs} seconds"),
                     )),
                     LoginFailure::Temporary(text) => {
                         self.reply(Status::err_code(RespCode::SysTemp, text))
@@ -684,10 +715,25 @@ impl ServerSession {
         let mut caps: Vec<String> = vec!["TOP".into(), "UIDL".into(), "RESP-CODES".into()];
         caps.push("AUTH-RESP-CODE".into());
         caps.push("PIPELINING".into());
-        caps.push(match self.config.expire {
-            Expire::Never => "EXPIRE NEVER".into(),
-            Expire::Days(d) => format!("EXPIRE {d}"),
+        // RFC 2449 §6.6/§6.7: before login, per-user values are announced
+        // as the shortest with "USER"; after login, the user's own value.
+        let (expire, expire_user, delay, delay_user) = match &self.phase {
+            Phase::Transaction { expire, login_delay, .. } => (*expire, false, *login_delay, false),
+            _ => (
+                self.config.expire,
+                self.config.expire_per_user,
+                self.config.login_delay.0,
+                self.config.login_delay.1,
+            ),
+        };
+        let user_tag = |per_user: bool| if per_user { " USER" } else { "" };
+        caps.push(match expire {
+            Expire::Never => format!("EXPIRE NEVER{}", user_tag(expire_user)),
+            Expire::Days(d) => format!("EXPIRE {d}{}", user_tag(expire_user)),
         });
+        if delay > 0 || delay_user {
+            caps.push(format!("LOGIN-DELAY {delay}{}", user_tag(delay_user)));
+        }
         caps.push("UTF8".into());
         if matches!(self.phase, Phase::Authorization { .. }) {
             if self.config.stls_available && !self.config.secure {

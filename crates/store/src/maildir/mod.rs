@@ -222,6 +222,14 @@ impl Mailstore for MaildirStore {
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         self.maildir(user)?.deliver(message, self.max_size)
     }
+
+    fn expire(&self, user: &str, now: SystemTime, dry_run: bool) -> Result<ExpireReport, StoreError> {
+        MaildirStore::expire(self, user, now, dry_run)
+    }
+
+    fn policy(&self, user: &str) -> Policy {
+        self.retention.for_user(user)
+    }
 }
 
 /// One Maildir directory (the one containing `tmp/`, `new/` and `cur/`).
@@ -720,6 +728,31 @@ impl MaildirStore {
             m.retrieved = log.retrieved.get(m.uidl.as_str()).copied();
         }
         Ok(messages)
+    }
+
+    /// The first `limit` bytes of a message from [`MaildirStore::inspect`]
+    /// (enough for its header), for admin listings. No lock is taken.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Vanished`] if the file is gone; I/O errors otherwise.
+    pub fn head(&self, user: &str, info: &MessageInfo, limit: usize) -> Result<Vec<u8>, StoreError> {
+        use std::io::Read;
+        let maildir = self.maildir(user)?;
+        let (sub, name) = info.key.as_maildir();
+        let path = maildir.dir(sub).join(name);
+        let file = match open_read(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::Vanished(info.key.to_string()));
+            }
+            Err(e) => return Err(io_error(format_args!("opening {}", path.display()), e)),
+        };
+        let mut buf = Vec::with_capacity(limit.min(64 * 1024));
+        file.take(limit as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| io_error(format_args!("reading {}", path.display()), e))?;
+        Ok(buf)
     }
 
     /// Removes every message of `user` (into the restore area when the

@@ -16,6 +16,8 @@ struct Harness {
     closed: bool,
     updates: Vec<Vec<usize>>,
     tls_started: usize,
+    login_delay: Option<u32>,
+    user_expire: Expire,
 }
 
 fn config() -> SessionConfig {
@@ -26,6 +28,8 @@ fn config() -> SessionConfig {
         plaintext_auth_allowed: true,
         apop_timestamp: Some("<1896.697170952@dbc.mtview.ca.us>".into()),
         expire: Expire::Never,
+        expire_per_user: false,
+        login_delay: (0, false),
         implementation: Some("pobox".into()),
     }
 }
@@ -42,6 +46,8 @@ impl Harness {
             closed: false,
             updates: Vec::new(),
             tls_started: 0,
+            login_delay: None,
+            user_expire: Expire::Never,
         };
         h.drain();
         h
@@ -99,6 +105,8 @@ impl Harness {
                         Err(LoginFailure::BadCredentials)
                     } else if self.in_use {
                         Err(LoginFailure::InUse)
+                    } else if let Some(secs) = self.login_delay {
+                        Err(LoginFailure::LoginDelay(secs))
                     } else {
                         let metas = self
                             .messages
@@ -109,7 +117,12 @@ impl Harness {
                                 uidl: format!("uid{}", i + 1),
                             })
                             .collect();
-                        Ok((creds.user().to_string(), metas))
+                        Ok(LoginGrant {
+                            user: creds.user().to_string(),
+                            messages: metas,
+                            expire: self.user_expire,
+                            login_delay: 0,
+                        })
                     };
                     self.session.handle_login(result);
                 }
@@ -443,4 +456,30 @@ fn partial_update_reports_sys_temp() {
     }
     let out = String::from_utf8(out).unwrap();
     assert!(out.ends_with("-ERR [SYS/TEMP] some deleted messages not removed (0 removed, 1 failed)\r\n"), "{out}");
+}
+
+#[test]
+fn capa_expire_is_per_user_before_login_and_exact_after() {
+    let mut cfg = config();
+    cfg.expire = Expire::Days(0);
+    cfg.expire_per_user = true;
+    cfg.login_delay = (900, false);
+    let mut h = Harness::new(cfg, &[]);
+    h.user_expire = Expire::Days(3);
+    h.out.clear();
+    let before = h.feed(b"CAPA\r\n", 512);
+    assert!(before.contains("\r\nEXPIRE 0 USER\r\n"), "{before}");
+    assert!(before.contains("\r\nLOGIN-DELAY 900\r\n"), "{before}");
+    let after = h.feed(b"USER mrose\r\nPASS secret\r\nCAPA\r\n", 512);
+    assert!(after.contains("\r\nEXPIRE 3\r\n"), "{after}");
+    assert!(!after.contains("LOGIN-DELAY"), "{after}");
+}
+
+#[test]
+fn login_delay_is_refused_with_its_code() {
+    let mut h = Harness::new(config(), &[MSG1]);
+    h.login_delay = Some(900);
+    h.out.clear();
+    let out = h.feed(b"USER mrose\r\nPASS secret\r\n", 512);
+    assert_eq!(out, "+OK\r\n-ERR [LOGIN-DELAY] minimum time between logins is 900 seconds\r\n");
 }

@@ -1,0 +1,178 @@
+//! The scenarios of issue 7 and what they share: the context, the result
+//! record, and a bounded worker runner.
+//!
+//! Every worker loop is bounded twice: by a deadline and by an iteration
+//! cap; every network wait by the client's I/O timeout.
+
+pub mod big;
+pub mod deliver;
+pub mod fetch;
+pub mod idle;
+pub mod login;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::task::JoinSet;
+
+use crate::corpus::Corpus;
+use crate::servers::Server;
+use crate::setup::Users;
+use crate::stats::{Lat, Percentiles, Spread};
+
+/// Run-wide parameters.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub duration: Duration,
+    pub reps: usize,
+    pub login_conc: Vec<usize>,
+    pub fetch_conc: Vec<usize>,
+    pub deliver_conc: Vec<usize>,
+    pub idle_sessions: Vec<usize>,
+    /// Cap on sessions or messages per worker per repetition.
+    pub max_iters: u64,
+}
+
+/// What every scenario needs.
+pub struct Ctx {
+    pub plan: Plan,
+    pub corpus: Arc<Corpus>,
+    pub users: Arc<Users>,
+    pub tls: tokio_rustls::TlsConnector,
+    pub records: Vec<Record>,
+    /// Correctness and protocol failures; any makes the run fail.
+    pub errors: Vec<String>,
+}
+
+impl Ctx {
+    pub fn fail(&mut self, server: &str, scenario: &str, errs: impl IntoIterator<Item = String>) {
+        for e in errs {
+            let msg = format!("[{scenario}/{server}] {e}");
+            eprintln!("ERROR {msg}");
+            if self.errors.len() < 1000 {
+                self.errors.push(msg);
+            }
+        }
+    }
+}
+
+/// One measured configuration (scenario × variant × server).
+#[derive(Debug, Clone, Serialize)]
+pub struct Record {
+    pub scenario: String,
+    pub variant: String,
+    pub server: String,
+    pub metric: String,
+    pub higher_is_better: bool,
+    pub value: Spread,
+    pub reps: Vec<f64>,
+    /// Secondary figures (msgs/s, server CPU per MiB, …), each a spread.
+    pub extra: BTreeMap<String, Spread>,
+    pub latency: BTreeMap<String, Percentiles>,
+}
+
+impl Record {
+    pub fn new(scenario: &str, variant: &str, server: &str, metric: &str, higher_is_better: bool, reps: Vec<f64>) -> Option<Record> {
+        Some(Record {
+            scenario: scenario.into(),
+            variant: variant.into(),
+            server: server.into(),
+            metric: metric.into(),
+            higher_is_better,
+            value: Spread::of(&reps)?,
+            reps,
+            extra: BTreeMap::new(),
+            latency: BTreeMap::new(),
+        })
+    }
+
+    pub fn extra(mut self, key: &str, values: &[f64]) -> Record {
+        if let Some(s) = Spread::of(values) {
+            self.extra.insert(key.into(), s);
+        }
+        self
+    }
+
+    pub fn print(&self) {
+        println!(
+            "  {:<13} {:<16} {:<8} {:>12.2} {:<16} (min {:.2}, max {:.2})",
+            self.scenario, self.variant, self.server, self.value.median, self.metric, self.value.min, self.value.max
+        );
+    }
+}
+
+/// What a worker did.
+#[derive(Debug, Default)]
+pub struct Tally {
+    pub ops: u64,
+    pub msgs: u64,
+    pub bytes: u64,
+    pub lat: Lat,
+    pub errors: Vec<String>,
+}
+
+impl Tally {
+    fn merge(&mut self, o: Tally) {
+        self.ops += o.ops;
+        self.msgs += o.msgs;
+        self.bytes += o.bytes;
+        self.lat.merge(o.lat);
+        self.errors.extend(o.errors);
+    }
+
+    /// Records an error; true when the worker should stop (too many).
+    pub fn error(&mut self, e: anyhow::Error) -> bool {
+        self.errors.push(format!("{e:#}"));
+        self.errors.len() >= 5
+    }
+}
+
+/// One repetition: `conc` workers, wall time and server CPU around them.
+pub struct Rep {
+    pub tally: Tally,
+    pub elapsed: Duration,
+    pub cpu_secs: f64,
+}
+
+impl Rep {
+    pub fn per_sec(&self, n: u64) -> f64 {
+        n as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn mib(&self) -> f64 {
+        self.tally.bytes as f64 / (1024.0 * 1024.0)
+    }
+}
+
+/// Runs `conc` workers to completion and measures the server around them.
+pub async fn run_workers<F, Fut>(server: &Server, conc: usize, f: F) -> Rep
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = Tally> + Send + 'static,
+{
+    let cpu0 = server.cpu_secs();
+    let t = Instant::now();
+    let mut set = JoinSet::new();
+    for w in 0..conc {
+        set.spawn(f(w));
+    }
+    let mut tally = Tally::default();
+    while let Some(r) = set.join_next().await {
+        match r {
+            Ok(t) => tally.merge(t),
+            Err(e) => tally.errors.push(format!("worker panicked: {e}")),
+        }
+    }
+    let elapsed = t.elapsed();
+    Rep { tally, elapsed, cpu_secs: server.cpu_secs() - cpu0 }
+}
+
+/// The user a worker takes on iteration `i`: worker `w` of `conc` only
+/// ever uses users `u` with `u % conc == w`, so no two concurrent sessions
+/// share a maildrop (pobox locks it, RFC 1939 §8).
+pub fn user_for(users: &[String], conc: usize, w: usize, i: u64) -> &str {
+    let per = (users.len() / conc).max(1);
+    &users[(w + (i as usize % per) * conc) % users.len()]
+}

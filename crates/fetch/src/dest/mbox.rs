@@ -1,0 +1,349 @@
+//! mbox destination: appends in mboxrd format (RFC 4155; every line matching
+//! `^>*From ` gains one more `>`, so readers can undo it exactly), under a
+//! dot-lock (`FILE.lock`, holding our pid) and an exclusive `flock`.
+//!
+//! Exactly-once without file names: before appending, the journal records
+//! the offset, length and SHA-256 of the bytes about to be written (the
+//! `From ` line's date is fixed in that record too, so a retry renders the
+//! same bytes). If the process dies after the append but before the
+//! journal's "stored" record, the next run finds those exact bytes at that
+//! offset and does not append again; if it died half-way through the
+//! append, the partial tail is recognised as a prefix of the message and cut
+//! off before the full copy is written.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+use super::{Delivery, DestError};
+use crate::journal::{Journal, PendingAppend};
+use crate::spool::Spool;
+
+/// An mbox file.
+#[derive(Debug)]
+pub struct MboxDest {
+    path: PathBuf,
+}
+
+impl MboxDest {
+    /// Creates the file (mode 0600) if it does not exist.
+    ///
+    /// # Errors
+    /// [`DestError::Mbox`].
+    pub fn open(path: &Path) -> Result<MboxDest, DestError> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|source| DestError::Mbox { path: path.to_owned(), source })?;
+        Ok(MboxDest { path: path.to_owned() })
+    }
+
+    /// Appends the message, or recognises an earlier append of it.
+    ///
+    /// # Errors
+    /// [`DestError`]; on a write error the file is cut back to where the
+    /// append started.
+    pub fn deliver(
+        &self,
+        uidl: Option<&str>,
+        spool: &mut Spool,
+        journal: &mut Journal,
+        now: u64,
+    ) -> Result<Delivery, DestError> {
+        let err = |source| DestError::Mbox { path: self.path.clone(), source };
+        let _dotlock = DotLock::acquire(&self.path).map_err(err)?;
+        let file = OpenOptions::new().read(true).write(true).open(&self.path).map_err(err)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| err(e.into()))?;
+
+        let pending = uidl.and_then(|u| journal.pending(u)).cloned();
+        let ts = pending.as_ref().map_or(now, |p| p.ts);
+        let mut hasher = HashWriter::default();
+        render(&mut spool.reader().map_err(DestError::Spool)?, ts, &mut hasher).map_err(DestError::Spool)?;
+        let (len, sha256) = (hasher.len, <[u8; 32]>::from(hasher.sha.finalize()));
+
+        if let Some(p) = pending.filter(|p| p.len == len && p.sha256 == sha256) {
+            let flen = file.metadata().map_err(err)?.len();
+            if flen >= p.offset + len && hash_range(&file, p.offset, len).map_err(err)? == sha256 {
+                return Ok(Delivery::AlreadyPresent);
+            }
+            if flen > p.offset && flen < p.offset + len {
+                let mut check = PrefixCheck::new(&file, p.offset, flen - p.offset).map_err(err)?;
+                render(&mut spool.reader().map_err(DestError::Spool)?, ts, &mut check).map_err(DestError::Spool)?;
+                if check.matches() {
+                    // Our own torn append: remove it before writing again.
+                    file.set_len(p.offset).map_err(err)?;
+                    file.sync_all().map_err(err)?;
+                }
+            }
+        }
+
+        let offset = file.metadata().map_err(err)?.len();
+        if let Some(u) = uidl {
+            journal.record_pending(u, &PendingAppend { offset, len, sha256, ts })?;
+        }
+        let written = (|| {
+            let mut f = &file;
+            f.seek(SeekFrom::End(0))?;
+            let mut w = BufWriter::with_capacity(64 * 1024, f);
+            render(&mut spool.reader()?, ts, &mut w)?;
+            w.flush()?;
+            drop(w);
+            file.sync_all()
+        })();
+        if let Err(e) = written {
+            let _ = file.set_len(offset);
+            let _ = file.sync_all();
+            return Err(err(e));
+        }
+        Ok(Delivery::Stored)
+    }
+}
+
+/// Writes one mboxrd entry: `From ` line, quoted content, final newline
+/// and the blank separator line.
+fn render(content: &mut dyn Read, ts: u64, out: &mut dyn Write) -> io::Result<()> {
+    out.write_all(format!("From MAILER-DAEMON {}\n", asctime(ts)).as_bytes())?;
+    let mut r = BufReader::with_capacity(64 * 1024, content);
+    let mut line = Vec::new();
+    let mut last = b'\n';
+    loop {
+        line.clear();
+        if r.read_until(b'\n', &mut line)? == 0 {
+            break;
+        }
+        let quoted = line.iter().position(|&b| b != b'>').is_some_and(|p| line[p..].starts_with(b"From "));
+        if quoted {
+            out.write_all(b">")?;
+        }
+        out.write_all(&line)?;
+        last = *line.last().unwrap_or(&b'\n');
+    }
+    if last != b'\n' {
+        out.write_all(b"\n")?;
+    }
+    out.write_all(b"\n")
+}
+
+/// `Thu Nov 27 05:44:00 2026`, UTC, as the `From ` line wants (asctime).
+fn asctime(ts: u64) -> String {
+    let days = (ts / 86400) as i64;
+    let secs = ts % 86400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const DAY: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    format!(
+        "{} {} {:2} {:02}:{:02}:{:02} {}",
+        DAY[days.rem_euclid(7) as usize],
+        MON[(m - 1) as usize],
+        d,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60,
+        y
+    )
+}
+
+#[derive(Default)]
+struct HashWriter {
+    sha: Sha256,
+    len: u64,
+}
+
+impl Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sha.update(buf);
+        self.len += buf.len() as u64;
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+fn hash_range(file: &File, offset: u64, len: u64) -> io::Result<[u8; 32]> {
+    let mut f = file;
+    f.seek(SeekFrom::Start(offset))?;
+    let mut h = HashWriter::default();
+    io::copy(&mut f.take(len), &mut h)?;
+    Ok(h.sha.finalize().into())
+}
+
+/// Compares what is written to it with `len` bytes of a file from `offset`.
+struct PrefixCheck<'a> {
+    file: BufReader<&'a File>,
+    remaining: u64,
+    equal: bool,
+}
+
+impl<'a> PrefixCheck<'a> {
+    fn new(file: &'a File, offset: u64, len: u64) -> io::Result<PrefixCheck<'a>> {
+        let mut f = file;
+        f.seek(SeekFrom::Start(offset))?;
+        Ok(PrefixCheck { file: BufReader::new(file), remaining: len, equal: true })
+    }
+
+    fn matches(&self) -> bool {
+        self.equal && self.remaining == 0
+    }
+}
+
+impl Write for PrefixCheck<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = (buf.len() as u64).min(self.remaining) as usize;
+        if n > 0 && self.equal {
+            let mut theirs = vec![0; n];
+            self.file.read_exact(&mut theirs)?;
+            self.equal = theirs == buf[..n];
+            self.remaining -= n as u64;
+        }
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `FILE.lock`, created with O_EXCL and holding our pid; removed on drop.
+/// A lock whose pid is gone (a killed fetch) or that is older than ten
+/// minutes is stale and taken over. Where the directory is not writable
+/// (a system spool we may not create files in) the flock alone protects.
+struct DotLock {
+    path: Option<PathBuf>,
+}
+
+impl DotLock {
+    fn acquire(mbox: &Path) -> io::Result<DotLock> {
+        let mut name = mbox.as_os_str().to_owned();
+        name.push(".lock");
+        let path = PathBuf::from(name);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
+                Ok(mut f) => {
+                    writeln!(f, "{}", std::process::id())?;
+                    return Ok(DotLock { path: Some(path) });
+                }
+                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(DotLock { path: None }),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    if is_stale(&path) {
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if Instant::now() > deadline {
+                        return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{} is held", path.display())));
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+fn is_stale(lock: &Path) -> bool {
+    let Ok(meta) = std::fs::metadata(lock) else { return false };
+    let age = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64 - meta.mtime())
+        .unwrap_or(0);
+    if age > 600 {
+        return true;
+    }
+    let pid = std::fs::read_to_string(lock).ok().and_then(|s| s.trim().parse::<i32>().ok());
+    match pid.and_then(rustix::process::Pid::from_raw) {
+        Some(pid) => matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH)),
+        // Written by a program that leaves it empty: go by age only.
+        None => false,
+    }
+}
+
+impl Drop for DotLock {
+    fn drop(&mut self) {
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spool_of(data: &[u8]) -> Spool {
+        let mut s = Spool::new(std::env::temp_dir());
+        s.write(data).unwrap();
+        s
+    }
+
+    #[test]
+    fn renders_mboxrd_quoting_and_separator() {
+        let mut out = Vec::new();
+        render(&mut &b"Subject: x\n\nFrom here\n>From there\n>>From  x\nFromage\nno newline"[..], 0, &mut out).unwrap();
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nSubject: x\n\n>From here\n>>From there\n>>>From  x\nFromage\nno newline\n\n"
+        );
+        assert_eq!(asctime(1_795_000_000), "Wed Nov 18 11:06:40 2026");
+    }
+
+    #[test]
+    fn appends_once_even_when_the_journal_record_was_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("mbox");
+        let dest = MboxDest::open(&mbox).unwrap();
+        let mut j = Journal::open(dir.path(), "a@b:1").unwrap();
+        let msg = b"Subject: one\n\nbody\n";
+        assert_eq!(dest.deliver(Some("u1"), &mut spool_of(msg), &mut j, 1000).unwrap(), Delivery::Stored);
+        let first = std::fs::read(&mbox).unwrap();
+        // Crash before "S": the pending record is all the journal has.
+        // A later attempt (different clock) must recognise the append.
+        assert_eq!(dest.deliver(Some("u1"), &mut spool_of(msg), &mut j, 5000).unwrap(), Delivery::AlreadyPresent);
+        assert_eq!(std::fs::read(&mbox).unwrap(), first);
+        assert!(!dir.path().join("mbox.lock").exists(), "dot-lock must be removed");
+    }
+
+    #[test]
+    fn a_torn_append_is_cut_and_rewritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("mbox");
+        std::fs::write(&mbox, b"From x Thu Jan  1 00:00:00 1970\nold\n\n").unwrap();
+        let dest = MboxDest::open(&mbox).unwrap();
+        let mut j = Journal::open(dir.path(), "a@b:1").unwrap();
+        let msg = b"Subject: two\n\nline 1\nline 2\n";
+        dest.deliver(Some("u2"), &mut spool_of(msg), &mut j, 7).unwrap();
+        let full = std::fs::read(&mbox).unwrap();
+        // Simulate a crash half-way through that append.
+        let f = OpenOptions::new().write(true).open(&mbox).unwrap();
+        f.set_len(full.len() as u64 - 9).unwrap();
+        assert_eq!(dest.deliver(Some("u2"), &mut spool_of(msg), &mut j, 99).unwrap(), Delivery::Stored);
+        assert_eq!(std::fs::read(&mbox).unwrap(), full, "exactly one complete copy");
+    }
+
+    #[test]
+    fn stale_dotlock_of_a_dead_process_is_taken_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("mbox");
+        // pid 2^22+1 is above Linux's pid_max default: never alive.
+        std::fs::write(dir.path().join("mbox.lock"), "4194305\n").unwrap();
+        let dest = MboxDest::open(&mbox).unwrap();
+        let mut j = Journal::open(dir.path(), "a@b:1").unwrap();
+        let t = Instant::now();
+        dest.deliver(None, &mut spool_of(b"x\n"), &mut j, 0).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5));
+    }
+}

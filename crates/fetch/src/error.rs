@@ -1,0 +1,104 @@
+//! The fetcher's error type: one enum naming each cause, so the caller can
+//! tell "try again later" from "fix your configuration".
+
+use std::io;
+
+use pobox_proto::pop3::client::{EncodeError, ReplyError};
+
+use crate::config::ConfigError;
+use crate::dest::DestError;
+use crate::journal::JournalError;
+use crate::tls::TlsError;
+
+/// Everything that can stop an account's fetch.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The configuration is invalid.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// TLS setup failed or the server's certificate was refused.
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The TCP connection could not be made.
+    #[error("cannot connect to {server}: {source}")]
+    Connect {
+        /// `host:port`.
+        server: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// Reading from or writing to the server failed.
+    #[error("network error talking to the server: {0}")]
+    Network(#[source] io::Error),
+    /// The server did not answer within the account's timeout.
+    #[error("server did not answer within {0} seconds")]
+    Timeout(u64),
+    /// The server closed the connection where a reply was due.
+    #[error("server closed the connection unexpectedly")]
+    Closed,
+    /// The server's reply broke the protocol (bad framing, a truncated
+    /// message, a line too long).
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ReplyError),
+    /// A command could not be encoded (a user name with a line break…).
+    #[error("cannot send command: {0}")]
+    Encode(#[from] EncodeError),
+    /// The server answered `-ERR` where the fetch cannot go on.
+    #[error("server refused {command}: {text}")]
+    Server {
+        /// The command, secrets redacted.
+        command: String,
+        /// The server's text.
+        text: String,
+    },
+    /// STARTTLS was required but the server does not offer STLS, or the
+    /// upgrade was refused. Nothing secret was sent.
+    #[error("server does not offer STLS; refusing to continue without TLS (nothing was sent)")]
+    NoStls,
+    /// The server sent bytes after its STLS reply, before the handshake:
+    /// a command-injection attempt (CVE-2011-0411 class).
+    #[error("server sent unexpected data before the TLS handshake; refusing")]
+    StlsInjection,
+    /// Authentication was refused.
+    #[error("authentication failed: {0}")]
+    Auth(String),
+    /// No authentication method both sides support.
+    #[error("no usable authentication method: {0}")]
+    NoAuthMethod(String),
+    /// The password or token could not be obtained.
+    #[error("cannot get the password: {0}")]
+    Password(String),
+    /// The journal could not be read or written.
+    #[error(transparent)]
+    Journal(#[from] JournalError),
+    /// Storing a message failed.
+    #[error(transparent)]
+    Dest(#[from] DestError),
+    /// Keep-mode fetching needs UIDL to know what is new.
+    #[error("server does not support UIDL; keep / delete_after_days need it (use delete mode)")]
+    NoUidl,
+    /// A local I/O error outside the destination (spool file).
+    #[error("{context}: {source}")]
+    Local {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        source: io::Error,
+    },
+}
+
+impl FetchError {
+    /// True when the failure is the server's certificate or the user's
+    /// credentials: retrying without a human changes nothing.
+    pub fn needs_attention(&self) -> bool {
+        matches!(
+            self,
+            FetchError::Config(_)
+                | FetchError::Tls(TlsError::Untrusted { .. })
+                | FetchError::Auth(_)
+                | FetchError::NoAuthMethod(_)
+                | FetchError::NoStls
+        )
+    }
+}

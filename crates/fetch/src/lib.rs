@@ -1,0 +1,217 @@
+//! `pobox fetch`: downloads mail from POP3 servers for offline reading,
+//! without ever losing, duplicating or truncating a message.
+//!
+//! What it does: for each configured account (several in parallel) it
+//! connects over TLS or mandatory STARTTLS, verifies the server (web PKI
+//! roots, an extra CA file, or a SHA-256 pin) *before* sending any
+//! credential, logs in (SCRAM-SHA-256, PLAIN, USER/PASS, LOGIN, XOAUTH2,
+//! OAUTHBEARER), lists the maildrop, and downloads what is new into a
+//! Maildir, an mbox, or an MDA command, pipelining when the server offers
+//! PIPELINING and streaming each message in constant memory. Every message
+//! is stored durably, then recorded in a per-account journal (fsync), and
+//! only then deleted on the server (or kept, or kept for N days). A run
+//! killed at any point, or cut off by the network, leaves nothing lost and
+//! nothing stored twice: the next run finishes the job (see [`journal`]).
+//!
+//! What it does not do: IMAP, APOP/CRAM-MD5, client certificates, OAuth
+//! token acquisition (tokens come from `password_command`), filtering
+//! (hand that to an MDA), or daemon mode (run it from cron or a timer).
+//! The POP3 codec is `pobox_proto::pop3::client`; this crate does the I/O.
+//!
+//! # Layout
+//! - [`config`]: the TOML file and its validation.
+//! - [`tls`]: rustls setup, pinning, refusal messages.
+//! - `conn`: one connection: buffering, timeouts, STLS.
+//! - [`auth`]: secrets and SASL client mechanisms.
+//! - [`session`]: one account's run; [`plan`]: the pure policy decisions.
+//! - [`journal`]: the durable record that makes it exactly-once.
+//! - [`spool`], [`dest`]: complete messages into Maildir, mbox or an MDA.
+//! - [`progress`]: terminal progress bars.
+//!
+//! # Exit codes
+//! [`run`] returns [`EXIT_FETCHED`] (0) when new mail was stored,
+//! [`EXIT_NOTHING_NEW`] (1) when every account worked but had nothing new
+//! (fetchmail's convention, so `pobox fetch && notify` works), [`EXIT_USAGE`]
+//! (2) for a bad command line or configuration, [`EXIT_FAILED`] (3) when an
+//! account failed for a reason that may go away (network, server, disk),
+//! and [`EXIT_ATTENTION`] (4) when one failed for a reason that will not go
+//! away by itself (credentials refused, certificate untrusted).
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod auth;
+pub mod config;
+mod conn;
+pub mod dest;
+pub mod error;
+pub mod journal;
+pub mod plan;
+pub mod progress;
+pub mod session;
+pub mod spool;
+pub mod tls;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub use config::{Account, Config};
+pub use error::FetchError;
+pub use session::{fetch_account, Summary};
+
+/// New mail was stored.
+pub const EXIT_FETCHED: u8 = 0;
+/// Every account worked; nothing new.
+pub const EXIT_NOTHING_NEW: u8 = 1;
+/// Bad command line or configuration.
+pub const EXIT_USAGE: u8 = 2;
+/// At least one account failed (network, server, local storage); retrying later may work.
+pub const EXIT_FAILED: u8 = 3;
+/// At least one account failed in a way that needs a human: credentials
+/// refused, server certificate untrusted, STLS missing.
+pub const EXIT_ATTENTION: u8 = 4;
+
+/// Command-line arguments of `pobox fetch`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FetchArgs {
+    /// Accounts to fetch, by their `[accounts.NAME]` (default: all).
+    pub accounts: Vec<String>,
+    /// Configuration file (default: $XDG_CONFIG_HOME/pobox/fetch.toml).
+    /// Set by the front end from the global `--config`, which for
+    /// `pobox fetch` names the accounts file (clap cannot have two).
+    #[arg(skip)]
+    pub config: Option<PathBuf>,
+    /// Show what would be fetched, kept and deleted; change nothing.
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// No progress bars and no summary lines; errors only.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// How many accounts to fetch at the same time.
+    #[arg(long, short = 'j', default_value_t = 4)]
+    pub jobs: usize,
+}
+
+/// Runs `pobox fetch` to completion on its own tokio runtime and returns the
+/// process exit code. Blocking: call it from `main`, not from async code.
+pub fn run(args: FetchArgs) -> ExitCode {
+    let config = args.config.clone().or_else(|| std::env::var_os("POBOX_FETCH_CONFIG").map(PathBuf::from));
+    let path = match &config {
+        Some(p) => p.clone(),
+        None => match Config::default_path() {
+            Ok(p) => p,
+            Err(e) => return fail_usage(&e),
+        },
+    };
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => return fail_usage(&e),
+    };
+    let accounts = match config.select(&args.accounts) {
+        Ok(a) => a,
+        Err(e) => return fail_usage(&e),
+    };
+    // Secrets first, one account after another: prompts must not interleave,
+    // and a failing password_command should not leave half the accounts
+    // fetched.
+    let mut jobs = Vec::new();
+    let mut failed_early = false;
+    for account in accounts {
+        match auth::obtain_secret(&account) {
+            Ok(secret) => jobs.push((account, secret)),
+            Err(e) => {
+                eprintln!("pobox fetch: {}: {e}", account.name);
+                failed_early = true;
+            }
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pobox fetch: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_FAILED);
+        }
+    };
+    let display = progress::Display::new(!args.quiet);
+    let state_dir = Arc::new(config.state_dir.clone());
+    let limit = Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
+    let results = runtime.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for (account, secret) in jobs {
+            let (state_dir, limit, display) = (state_dir.clone(), limit.clone(), display.clone());
+            let dry_run = args.dry_run;
+            set.spawn(async move {
+                let _permit = limit.acquire_owned().await;
+                let bar = display.account(&account.name);
+                let started = Instant::now();
+                let result = fetch_account(&account, secret, &state_dir, dry_run, &bar).await;
+                bar.finish();
+                (account.name, result, started.elapsed().as_secs_f64())
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            match r {
+                Ok(r) => out.push(r),
+                Err(e) => eprintln!("pobox fetch: internal error: {e}"),
+            }
+        }
+        out
+    });
+    let mut worst_failure = failed_early.then_some(EXIT_FAILED);
+    let mut any_mail = false;
+    for (name, result, secs) in results {
+        match result {
+            Ok(s) => {
+                if !args.quiet {
+                    for line in &s.plan {
+                        display.println(&format!("{name}: {line}"));
+                    }
+                    display.println(&summary_line(&name, &s, secs, args.dry_run));
+                }
+                any_mail |= s.got_mail();
+            }
+            Err(e) => {
+                eprintln!("pobox fetch: {name}: {e}");
+                let c = if e.needs_attention() { EXIT_ATTENTION } else { EXIT_FAILED };
+                worst_failure = worst_failure.max(Some(c));
+            }
+        }
+    }
+    ExitCode::from(match worst_failure {
+        Some(c) => c,
+        None if any_mail => EXIT_FETCHED,
+        None => EXIT_NOTHING_NEW,
+    })
+}
+
+fn fail_usage(e: &dyn std::fmt::Display) -> ExitCode {
+    eprintln!("pobox fetch: {e}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// The one line printed per account.
+pub fn summary_line(name: &str, s: &Summary, secs: f64, dry_run: bool) -> String {
+    let mib = s.bytes as f64 / (1024.0 * 1024.0);
+    let mut parts = vec![if dry_run {
+        format!("would fetch {}", s.fetched)
+    } else {
+        format!("{} fetched ({mib:.2} MiB)", s.fetched)
+    }];
+    if s.already_present > 0 {
+        parts.push(format!("{} already stored", s.already_present));
+    }
+    parts.push(format!("{} {}deleted", s.deleted, if dry_run { "to be " } else { "" }));
+    if s.kept > 0 {
+        parts.push(format!("{} kept on server", s.kept));
+    }
+    if s.skipped > 0 {
+        parts.push(format!("{} skipped (over max_size)", s.skipped));
+    }
+    if s.headers_only > 0 {
+        parts.push(format!("{} headers only", s.headers_only));
+    }
+    format!("{name}: {} in {secs:.1}s", parts.join(", "))
+}

@@ -1,0 +1,507 @@
+//! Shared test harness: a private Dovecot on loopback, a `pobox serve`
+//! instance, a fault-injecting proxy, test messages, and a runner for the
+//! `pobox-fetch-dev` binary. Everything binds 127.0.0.1 and has timeouts.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub const USER: &str = "tester";
+pub const PASSWORD: &str = "s3cret pass";
+
+/// A free loopback port (bound then released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn wait_for_port(port: u16, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A self-signed certificate for `localhost` only (no IP SAN, so
+/// connecting as 127.0.0.1 is a name mismatch).
+pub fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
+    let c = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, c.cert.pem()).unwrap();
+    std::fs::write(&key, c.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+fn is_root() -> bool {
+    rustix::process::geteuid().is_root()
+}
+
+/// A private Dovecot 2.3 POP3 server with one user whose Maildir we fill
+/// directly.
+pub struct Dovecot {
+    pub dir: tempfile::TempDir,
+    pub pop3: u16,
+    pub pop3s: u16,
+    pub cert: PathBuf,
+    child: Child,
+    uid: u32,
+    gid: u32,
+    seq: AtomicU64,
+}
+
+impl Dovecot {
+    /// Starts Dovecot, or returns None (printing why) if it is not installed.
+    pub fn start() -> Option<Dovecot> {
+        let bin = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"].into_iter().find(|p| Path::new(p).exists());
+        let Some(bin) = bin else {
+            eprintln!("SKIP: dovecot not installed (apt-get install -y dovecot-pop3d)");
+            return None;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        // Dovecot's unprivileged processes must traverse it.
+        set_mode(dir.path(), 0o755);
+        let (cert, key) = write_cert(dir.path());
+        let (pop3, pop3s) = (free_port(), free_port());
+        let d = dir.path().display();
+        // As root, Dovecot insists on unprivileged login/mail users; as an
+        // ordinary user, everything runs as that user.
+        let (uid, gid, login_user, internal_user, internal_group) = if is_root() {
+            (65534, 65534, "dovenull".to_string(), "dovecot".to_string(), "dovecot".to_string())
+        } else {
+            let me = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+            let grp = String::from_utf8(Command::new("id").arg("-gn").output().unwrap().stdout).unwrap();
+            let (u, g) = (rustix::process::getuid().as_raw(), rustix::process::getgid().as_raw());
+            (u, g, me.trim().to_string(), me.trim().to_string(), grp.trim().to_string())
+        };
+        std::fs::write(
+            dir.path().join("passwd"),
+            format!("{USER}:{{PLAIN}}{PASSWORD}:{uid}:{gid}::{d}/home::\n"),
+        )
+        .unwrap();
+        let conf = format!(
+            r#"protocols = pop3
+listen = 127.0.0.1
+base_dir = {d}/run
+state_dir = {d}/run/state
+log_path = {d}/dovecot.log
+ssl = yes
+ssl_cert = <{cert}
+ssl_key = <{key}
+disable_plaintext_auth = no
+auth_mechanisms = plain login scram-sha-256
+auth_failure_delay = 0
+default_login_user = {login_user}
+default_internal_user = {internal_user}
+default_internal_group = {internal_group}
+first_valid_uid = 1
+mail_location = maildir:~/Maildir
+pop3_uidl_format = %08Xu%08Xv
+passdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+userdb {{
+  driver = passwd-file
+  args = {d}/passwd
+}}
+service pop3-login {{
+  chroot =
+  inet_listener pop3 {{
+    port = {pop3}
+  }}
+  inet_listener pop3s {{
+    port = {pop3s}
+    ssl = yes
+  }}
+}}
+service anvil {{
+  chroot =
+}}
+service imap-login {{
+  chroot =
+}}
+"#,
+            cert = cert.display(),
+            key = key.display(),
+        );
+        std::fs::write(dir.path().join("dovecot.conf"), conf).unwrap();
+        let md = dir.path().join("home/Maildir");
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        let child = Command::new(bin)
+            .arg("-F")
+            .arg("-c")
+            .arg(dir.path().join("dovecot.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let dv = Dovecot { dir, pop3, pop3s, cert, child, uid, gid, seq: AtomicU64::new(0) };
+        dv.chown_home();
+        assert!(wait_for_port(pop3, Duration::from_secs(15)), "dovecot did not start: {}", dv.log());
+        assert!(wait_for_port(pop3s, Duration::from_secs(15)));
+        Some(dv)
+    }
+
+    fn chown_home(&self) {
+        if is_root() {
+            let _ = Command::new("chown").arg("-R").arg(format!("{}:{}", self.uid, self.gid)).arg(self.dir.path().join("home")).status();
+        }
+    }
+
+    pub fn maildir(&self) -> PathBuf {
+        self.dir.path().join("home/Maildir")
+    }
+
+    /// Puts messages into the user's Maildir `new/` (as an MDA would).
+    pub fn deliver(&self, msgs: &[Vec<u8>]) {
+        for m in msgs {
+            let n = self.seq.fetch_add(1, Ordering::Relaxed);
+            let tmp = self.maildir().join(format!("tmp/{n}.test"));
+            std::fs::write(&tmp, m).unwrap();
+            std::fs::rename(&tmp, self.maildir().join(format!("new/{n}.test"))).unwrap();
+        }
+        self.chown_home();
+    }
+
+    /// Messages left in the server's Maildir.
+    pub fn server_count(&self) -> usize {
+        ["new", "cur"].iter().map(|s| std::fs::read_dir(self.maildir().join(s)).unwrap().count()).sum()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("dovecot.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Dovecot {
+    fn drop(&mut self) {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_child(&self.child),
+            rustix::process::Signal::TERM,
+        );
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(5) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn set_mode(p: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// Test messages: LF line endings (what the Maildir on both sides holds),
+/// with the awkward cases in them: lines that need dot-stuffing, a lone
+/// ".", mbox "From " lines, 8-bit bytes, a long line, varied sizes.
+pub fn messages(count: usize, tag: &str) -> Vec<Vec<u8>> {
+    (0..count)
+        .map(|i| {
+            let mut m = format!(
+                "From: sender{i}@example.org\nTo: {USER}@example.org\nSubject: test {tag} {i}\nMessage-ID: <{tag}.{i}@example.org>\n\n"
+            )
+            .into_bytes();
+            m.extend_from_slice(b"Hello.\n.leading dot\n.\n..two dots\nFrom the start of a line\n");
+            m.extend_from_slice("8-bit: gr\u{fc}\u{df}e \u{2603}\n".as_bytes());
+            let filler = (i * 7919) % 20_000;
+            let line: String = (0..filler).map(|k| (b'a' + (k % 26) as u8) as char).collect();
+            m.extend_from_slice(line.as_bytes());
+            m.extend_from_slice(format!("\nend of {tag} {i}\n").as_bytes());
+            m
+        })
+        .collect()
+}
+
+/// All message files of a local Maildir (new/ and cur/).
+pub fn local_messages(maildir: &Path) -> Vec<Vec<u8>> {
+    let mut out = Vec::new();
+    for sub in ["new", "cur"] {
+        if let Ok(rd) = std::fs::read_dir(maildir.join(sub)) {
+            for e in rd {
+                out.push(std::fs::read(e.unwrap().path()).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// [`assert_exactly_once`], plus nothing left in `tmp/` (for runs that
+/// were not SIGKILLed: a killed writer leaves its tmp file for the 36-hour
+/// reaper, by Maildir convention, but never a file in new/ or cur/).
+pub fn assert_exactly_once_clean(maildir: &Path, expected: &[Vec<u8>]) {
+    assert_exactly_once(maildir, expected);
+    let tmp = std::fs::read_dir(maildir.join("tmp")).map(|r| r.count()).unwrap_or(0);
+    assert_eq!(tmp, 0, "files left in tmp/");
+}
+
+/// Asserts every expected message is in the Maildir exactly once, byte for
+/// byte, and nothing else is.
+pub fn assert_exactly_once(maildir: &Path, expected: &[Vec<u8>]) {
+    let local = local_messages(maildir);
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    for m in &local {
+        *counts.entry(m.as_slice()).or_default() += 1;
+    }
+    for (i, m) in expected.iter().enumerate() {
+        let n = counts.get(m.as_slice()).copied().unwrap_or(0);
+        assert_eq!(n, 1, "message {i} is stored {n} times (byte-exact)");
+    }
+    assert_eq!(local.len(), expected.len(), "unexpected extra files in {}", maildir.display());
+}
+
+/// A test account's settings, turned into a config file.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub maildir: PathBuf,
+}
+
+impl Setup {
+    /// Writes a config with one account `acct`; `extra` is appended to the
+    /// account table (security, port, policy…).
+    pub fn new(port: u16, host: &str, extra: &str) -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let maildir = dir.path().join("Mail");
+        let config = dir.path().join("fetch.toml");
+        let text = format!(
+            "state_dir = \"{}\"\n[accounts.acct]\nhost = \"{host}\"\nport = {port}\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\nmaildir = \"{}\"\ntimeout_secs = 20\n{extra}\n",
+            dir.path().join("state").display(),
+            maildir.display()
+        );
+        std::fs::write(&config, text).unwrap();
+        Setup { dir, config, maildir }
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_pobox-fetch-dev"));
+        c.arg("--config").arg(&self.config).args(args);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    /// Runs a fetch to completion (bounded to 120 s).
+    pub fn run(&self, args: &[&str]) -> Output {
+        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        let start = Instant::now();
+        loop {
+            if child.try_wait().unwrap().is_some() {
+                return child.wait_with_output().unwrap();
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                let _ = child.kill();
+                panic!("fetch did not finish in 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+pub fn code(o: &Output) -> i32 {
+    o.status.code().unwrap_or(-1)
+}
+
+pub fn show(o: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// Where the fault-injecting proxy breaks the connection.
+#[derive(Debug, Clone, Copy)]
+pub enum Fault {
+    /// After relaying this many octets from the server (lands inside a
+    /// RETR reply for most values).
+    AfterServerBytes(u64),
+    /// When the client sends its n-th DELE (1-based): forward it, relay no
+    /// reply, close.
+    BeforeDeleOk(u32),
+    /// Forward QUIT, let the server commit, relay no reply, close.
+    BeforeQuitReply,
+}
+
+/// A one-connection loopback proxy in front of `upstream` that injects
+/// `fault`. Returns its port and a flag set once the fault fired.
+pub fn proxy(upstream: u16, fault: Fault) -> (u16, Arc<AtomicBool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let fired = Arc::new(AtomicBool::new(false));
+    let fired2 = fired.clone();
+    std::thread::spawn(move || {
+        let Ok((client, _)) = listener.accept() else { return };
+        let server = TcpStream::connect(("127.0.0.1", upstream)).unwrap();
+        let _ = client.set_read_timeout(Some(Duration::from_secs(60)));
+        let _ = server.set_read_timeout(Some(Duration::from_secs(60)));
+        let mute = Arc::new(AtomicBool::new(false));
+        // server -> client
+        let (mut s_r, mut c_w) = (server.try_clone().unwrap(), client.try_clone().unwrap());
+        let (mute2, fired3) = (mute.clone(), fired2.clone());
+        let down = std::thread::spawn(move || {
+            let mut relayed = 0u64;
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match s_r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => n,
+                };
+                if mute2.load(Ordering::SeqCst) {
+                    continue;
+                }
+                let mut n = n;
+                if let Fault::AfterServerBytes(limit) = fault {
+                    if relayed + n as u64 >= limit {
+                        n = (limit - relayed) as usize;
+                        let _ = c_w.write_all(&buf[..n]);
+                        fired3.store(true, Ordering::SeqCst);
+                        break;
+                    }
+                }
+                if c_w.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                relayed += n as u64;
+            }
+            let _ = c_w.shutdown(Shutdown::Both);
+            let _ = s_r.shutdown(Shutdown::Both);
+        });
+        // client -> server, watching command lines
+        let (mut c_r, mut s_w) = (client, server);
+        let mut line = Vec::new();
+        let mut deles = 0u32;
+        let mut buf = [0u8; 4096];
+        'outer: loop {
+            let n = match c_r.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            for &b in &buf[..n] {
+                line.push(b);
+                if b != b'\n' {
+                    continue;
+                }
+                let upper = String::from_utf8_lossy(&line).to_ascii_uppercase();
+                let trip = match fault {
+                    Fault::BeforeDeleOk(k) if upper.starts_with("DELE ") => {
+                        deles += 1;
+                        deles == k
+                    }
+                    Fault::BeforeQuitReply => upper.starts_with("QUIT"),
+                    _ => false,
+                };
+                if trip {
+                    // Mute first, so no reply to this command gets through.
+                    mute.store(true, Ordering::SeqCst);
+                    fired2.store(true, Ordering::SeqCst);
+                    let _ = s_w.write_all(&line);
+                    if matches!(fault, Fault::BeforeQuitReply) {
+                        // Let the server do its UPDATE and close; the muted
+                        // reader then closes the client side.
+                        break 'outer;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                    let _ = c_r.shutdown(Shutdown::Both);
+                    let _ = s_w.shutdown(Shutdown::Both);
+                    break 'outer;
+                }
+                if s_w.write_all(&line).is_err() {
+                    break 'outer;
+                }
+                line.clear();
+            }
+        }
+        let _ = down.join();
+    });
+    (port, fired)
+}
+
+/// `pobox serve` from `POBOX_BIN`, with one user; None (printing why) if
+/// the variable is unset or the binary missing.
+pub struct PoboxServe {
+    pub dir: tempfile::TempDir,
+    pub pop3: u16,
+    pub pop3s: u16,
+    pub bin: PathBuf,
+    child: Child,
+}
+
+impl PoboxServe {
+    pub fn start() -> Option<PoboxServe> {
+        let Some(bin) = std::env::var_os("POBOX_BIN").map(PathBuf::from) else {
+            eprintln!("SKIP: POBOX_BIN not set (path to the pobox binary)");
+            return None;
+        };
+        if !bin.exists() {
+            eprintln!("SKIP: POBOX_BIN={} does not exist", bin.display());
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut add = Command::new(&bin)
+            .arg("--data")
+            .arg(&data)
+            .args(["user", "add", USER, "--password-stdin"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        add.stdin.take().unwrap().write_all(format!("{PASSWORD}\n").as_bytes()).unwrap();
+        assert!(add.wait().unwrap().success(), "pobox user add failed");
+        let (pop3, pop3s) = (free_port(), free_port());
+        let child = Command::new(&bin)
+            .arg("--data")
+            .arg(&data)
+            .args(["serve", "--pop3", &format!("127.0.0.1:{pop3}"), "--pop3s", &format!("127.0.0.1:{pop3s}"), "--lmtp", "none"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_port(pop3s, Duration::from_secs(15)), "pobox serve did not start");
+        Some(PoboxServe { dir, pop3, pop3s, bin, child })
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.path().join("data/tls/cert.pem")
+    }
+
+    pub fn deliver(&self, msgs: &[Vec<u8>]) {
+        for m in msgs {
+            let mut c = Command::new(&self.bin)
+                .arg("--data")
+                .arg(self.dir.path().join("data"))
+                .args(["deliver", USER])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap();
+            c.stdin.take().unwrap().write_all(m).unwrap();
+            assert!(c.wait().unwrap().success(), "pobox deliver failed");
+        }
+    }
+}
+
+impl Drop for PoboxServe {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,397 @@
+//! `pobox mailbox ls|show|expire|restore|purge`, `pobox who`, `pobox kick`.
+//!
+//! The mailbox commands work offline on the store (they respect a session's
+//! lock); `who` and `kick` ask the running server over its control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use pobox_server::date::{parse_time, rfc3339};
+use pobox_server::sessions::SessionInfo;
+use pobox_store::StoreError;
+use serde::Serialize;
+
+use crate::config::Settings;
+
+/// Mailbox administration.
+#[derive(Debug, Subcommand)]
+pub enum MailboxCommand {
+    /// Per user: messages, bytes, oldest message, removed (restorable) messages.
+    Ls {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// One user's messages: UIDL, size, date, from, subject, retrieved-at.
+    Show {
+        /// The user.
+        user: String,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply retention now (all users, or one).
+    Expire {
+        /// Only this user.
+        user: Option<String>,
+        /// Show what would be removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Judge as if it were TIME (e.g. +3d): with --dry-run, a preview;
+        /// without, it removes what will have expired by then.
+        #[arg(long, value_name = "TIME")]
+        at: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring removed messages back, with their original UIDLs.
+    Restore {
+        /// The user.
+        user: String,
+        /// Only messages removed at or after TIME (2026-11-27, 2026-11-27T10:00:00Z, @unix, or 3d/12h/30m ago).
+        #[arg(long, value_name = "TIME")]
+        since: Option<String>,
+    },
+    /// Remove every message of a user (into the restore area if the policy has one).
+    Purge {
+        /// The user.
+        user: String,
+    },
+}
+
+/// Runs a mailbox subcommand.
+///
+/// # Errors
+/// Configuration and storage errors, with what to do.
+pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::Result<()> {
+    let settings = Settings::load(data, config)?;
+    let store = super::open_store(&settings)?;
+    let users = super::open_users(&settings);
+    let now = SystemTime::now();
+    match cmd {
+        MailboxCommand::Ls { json } => {
+            let mut rows = Vec::new();
+            for user in users.list()? {
+                let messages = store.inspect(&user)?;
+                rows.push(UserRow {
+                    bytes: messages.iter().map(|m| m.size).sum(),
+                    oldest: messages.iter().map(|m| m.received).min().map(rfc3339),
+                    messages: messages.len(),
+                    removed: store.removed_messages(&user)?.len(),
+                    user,
+                });
+            }
+            if json {
+                print_json(&rows)?;
+            } else {
+                table(
+                    &["USER", "MESSAGES", "BYTES", "OLDEST", "REMOVED"],
+                    rows.iter().map(|r| {
+                        vec![
+                            r.user.clone(),
+                            r.messages.to_string(),
+                            r.bytes.to_string(),
+                            r.oldest.clone().unwrap_or_else(|| "-".into()),
+                            r.removed.to_string(),
+                        ]
+                    }),
+                );
+            }
+        }
+        MailboxCommand::Show { user, json } => {
+            ensure_user(&users, &user)?;
+            let mut rows = Vec::new();
+            for (i, m) in store.inspect(&user)?.iter().enumerate() {
+                let head = store.head(&user, m, 64 * 1024).unwrap_or_default();
+                rows.push(MessageRow {
+                    number: i + 1,
+                    uidl: m.uidl.to_string(),
+                    size: m.size,
+                    date: rfc3339(m.received),
+                    from: header(&head, "from").unwrap_or_default(),
+                    subject: header(&head, "subject").unwrap_or_default(),
+                    retrieved: m.retrieved.map(rfc3339),
+                });
+            }
+            if json {
+                print_json(&rows)?;
+            } else {
+                table(
+                    &["#", "UIDL", "SIZE", "DATE", "RETRIEVED", "FROM", "SUBJECT"],
+                    rows.iter().map(|r| {
+                        vec![
+                            r.number.to_string(),
+                            r.uidl.clone(),
+                            r.size.to_string(),
+                            r.date.clone(),
+                            r.retrieved.clone().unwrap_or_else(|| "-".into()),
+                            clip(&r.from, 30),
+                            clip(&r.subject, 40),
+                        ]
+                    }),
+                );
+            }
+        }
+        MailboxCommand::Expire { user, dry_run, at, json } => {
+            let now = match at {
+                Some(text) => parse_time(&text, now)
+                    .with_context(|| format!("--at {text:?}: use +3d, 2026-12-01, @UNIXSECS ..."))?,
+                None => now,
+            };
+            let targets = match user {
+                Some(u) => {
+                    ensure_user(&users, &u)?;
+                    vec![u]
+                }
+                None => users.list()?,
+            };
+            let mut rows = Vec::new();
+            for user in targets {
+                let report = store.expire(&user, now, dry_run)?;
+                rows.push(ExpireRow {
+                    expired: report.expired.iter().map(|(u, r)| format!("{u} ({r})")).collect(),
+                    purged: report.purged,
+                    skipped_in_use: report.skipped_in_use,
+                    user,
+                });
+            }
+            if json {
+                print_json(&rows)?;
+            } else {
+                let verb = if dry_run { "would expire" } else { "expired" };
+                for r in &rows {
+                    if r.skipped_in_use {
+                        println!("{}: skipped (a POP3 session holds the maildrop; retried next run)", r.user);
+                        continue;
+                    }
+                    println!("{}: {verb} {}, purged {} from the restore area", r.user, r.expired.len(), r.purged);
+                    for e in &r.expired {
+                        println!("  {e}");
+                    }
+                }
+            }
+        }
+        MailboxCommand::Restore { user, since } => {
+            ensure_user(&users, &user)?;
+            let since = match since {
+                Some(text) => Some(parse_time(&text, now).with_context(|| {
+                    format!("--since {text:?}: use 2026-11-27, 2026-11-27T10:00:00Z, @UNIXSECS or an age like 3d, 12h, 30m")
+                })?),
+                None => None,
+            };
+            let restored = store.restore(&user, since, now).map_err(in_use_hint)?;
+            println!("restored {} message(s) for {user}", restored.len());
+            for uidl in restored {
+                println!("  {uidl}");
+            }
+        }
+        MailboxCommand::Purge { user } => {
+            ensure_user(&users, &user)?;
+            let report = store.purge(&user, now).map_err(in_use_hint)?;
+            let window = store.retention().for_user(&user).restore_days;
+            println!("removed {} message(s) of {user}", report.removed);
+            if window > 0 {
+                println!("  restorable for {window} days: pobox mailbox restore {user}");
+            }
+            if report.failed > 0 {
+                bail!("{} message(s) could not be removed", report.failed);
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `pobox who`: the sessions open in the running server.
+///
+/// # Errors
+/// When no server runs on this data dir.
+pub fn who(data: &Path, config: Option<&Path>, json: bool) -> anyhow::Result<()> {
+    let settings = Settings::load(data, config)?;
+    let reply = control(&settings, "who")?;
+    let mut sessions = Vec::new();
+    for line in reply.lines().take_while(|l| *l != ".") {
+        let s: SessionInfo = serde_json::from_str(line).context("unexpected reply from the server")?;
+        sessions.push(s);
+    }
+    if json {
+        return print_json(&sessions);
+    }
+    table(
+        &["ID", "USER", "PEER", "SINCE", "TLS"],
+        sessions.iter().map(|s| {
+            vec![
+                s.id.to_string(),
+                s.user.clone().unwrap_or_else(|| "(not logged in)".into()),
+                s.peer.clone(),
+                rfc3339(SystemTime::UNIX_EPOCH + Duration::from_secs(s.since)),
+                if s.tls { "yes" } else { "no" }.into(),
+            ]
+        }),
+    );
+    Ok(())
+}
+
+/// `pobox kick USER`: closes the user's sessions without UPDATE.
+///
+/// # Errors
+/// When no server runs on this data dir.
+pub fn kick(data: &Path, config: Option<&Path>, user: &str) -> anyhow::Result<()> {
+    let settings = Settings::load(data, config)?;
+    let reply = control(&settings, &format!("kick {user}"))?;
+    match reply.trim().strip_prefix("kicked ") {
+        Some(n) => println!("closed {n} session(s) of {user} (nothing was deleted)"),
+        None => bail!("server answered: {}", reply.trim()),
+    }
+    Ok(())
+}
+
+fn control(settings: &Settings, request: &str) -> anyhow::Result<String> {
+    let path = settings.data_dir.join("pobox.sock");
+    let mut stream = UnixStream::connect(&path).with_context(|| {
+        format!("no running `pobox serve` found at {} (is the server started with this --data?)", path.display())
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(format!("{request}\n").as_bytes())?;
+    let mut reply = String::new();
+    for line in BufReader::new(stream).lines() {
+        let line = line?;
+        let end = line == "." || line.starts_with("kicked ") || line.starts_with("error ");
+        reply.push_str(&line);
+        reply.push('\n');
+        if end {
+            break;
+        }
+    }
+    Ok(reply)
+}
+
+fn ensure_user(users: &pobox_auth::UserDb, user: &str) -> anyhow::Result<()> {
+    if !users.exists(user)? {
+        bail!("no such user: {user}");
+    }
+    Ok(())
+}
+
+fn in_use_hint(e: StoreError) -> anyhow::Error {
+    match e {
+        StoreError::InUse => anyhow::anyhow!(
+            "the maildrop is held by a POP3 session; retry when it ends (see `pobox who`, or `pobox kick USER`)"
+        ),
+        other => other.into(),
+    }
+}
+
+#[derive(Serialize)]
+struct UserRow {
+    user: String,
+    messages: usize,
+    bytes: u64,
+    oldest: Option<String>,
+    removed: usize,
+}
+
+#[derive(Serialize)]
+struct MessageRow {
+    number: usize,
+    uidl: String,
+    size: u64,
+    date: String,
+    from: String,
+    subject: String,
+    retrieved: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ExpireRow {
+    user: String,
+    expired: Vec<String>,
+    purged: usize,
+    skipped_in_use: bool,
+}
+
+fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// A header's unfolded value (RFC 5322 §2.2.3), raw (encoded words are
+/// shown as they are).
+fn header(head: &[u8], name: &str) -> Option<String> {
+    let text = String::from_utf8_lossy(head);
+    let mut value: Option<String> = None;
+    for line in text.split('\n') {
+        let line = line.trim_end_matches('\r');
+        if line.is_empty() {
+            break;
+        }
+        if line.starts_with([' ', '\t']) {
+            if let Some(v) = value.as_mut() {
+                v.push(' ');
+                v.push_str(line.trim());
+            }
+            continue;
+        }
+        if value.is_some() {
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':')
+            && n.trim().eq_ignore_ascii_case(name)
+        {
+            value = Some(v.trim().to_string());
+        }
+    }
+    value.map(|v| v.chars().filter(|c| !c.is_control()).collect())
+}
+
+fn clip(s: &str, max: usize) -> String {
+    if s.chars().count() <= max {
+        s.to_string()
+    } else {
+        let mut out: String = s.chars().take(max - 1).collect();
+        out.push('…');
+        out
+    }
+}
+
+fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+    let rows: Vec<Vec<String>> = rows.collect();
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let mut out = String::new();
+        for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(c);
+            } else {
+                out.push_str(&format!("{c:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_unfolds_and_stops_at_the_body() {
+        let head = b"From: Alice\r\n <a@example.org>\r\nSubject: hi\r\n\r\nSubject: body\r\n";
+        assert_eq!(header(head, "from").as_deref(), Some("Alice <a@example.org>"));
+        assert_eq!(header(head, "SUBJECT").as_deref(), Some("hi"));
+        assert_eq!(header(b"X: y\n\nFrom: no\n", "from"), None);
+    }
+}

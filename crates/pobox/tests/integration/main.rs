@@ -1,0 +1,26 @@
+//! Black-box tests of the real `pobox` binary: `pobox serve` on 127.0.0.1
+//! ephemeral ports, driven by real clients and by raw sockets.
+//!
+//! One integration binary (architecture.md rule 10), ripgrep-style:
+//! - `util`: `Dir`, `TestCommand`, `Server` (killed on drop), raw clients.
+//! - `pop3`: RFC 1939/2449 behaviour over the wire, with poplib and raw bytes.
+//! - `tls`: POP3S, STLS, curl, openssl s_client, STARTTLS injection.
+//! - `lmtp`: LMTP intake with smtplib.LMTP, swaks and raw bytes.
+//! - `cli`: `pobox deliver`, `pobox user`, start-up errors, SIGTERM.
+//! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
+//!
+//! Client tools these tests run (Debian packages; `.ci/run` installs them):
+//! `python3` (poplib, smtplib), `curl`, `openssl`, `swaks`. A test whose tool
+//! is missing fails and names the package; none skips silently.
+//!
+//! Test names say what they prove.
+
+// A test binary: `pub` only marks what modules share with each other.
+#![allow(unreachable_pub)]
+
+mod cli;
+mod lmtp;
+mod pop3;
+mod robustness;
+mod tls;
+mod util;
