@@ -434,8 +434,8 @@ pub fn proxy(upstream: u16, fault: Fault) -> (u16, Arc<AtomicBool>) {
     (port, fired)
 }
 
-/// `pobox serve` from `POBOX_BIN`, with one user; None (printing why) if
-/// the variable is unset or the binary missing.
+/// `pobox serve` (from `POBOX_BIN`, or the workspace's target directory),
+/// with one user.
 pub struct PoboxServe {
     pub dir: tempfile::TempDir,
     pub pop3: u16,
@@ -446,14 +446,19 @@ pub struct PoboxServe {
 
 impl PoboxServe {
     pub fn start() -> Option<PoboxServe> {
-        let Some(bin) = std::env::var_os("POBOX_BIN").map(PathBuf::from) else {
-            eprintln!("SKIP: POBOX_BIN not set (path to the pobox binary)");
-            return None;
-        };
-        if !bin.exists() {
-            eprintln!("SKIP: POBOX_BIN={} does not exist", bin.display());
-            return None;
-        }
+        // `cargo test --workspace` builds the pobox binary before running
+        // any test, so by default use it from the shared target directory.
+        let bin = std::env::var_os("POBOX_BIN").map(PathBuf::from).unwrap_or_else(|| {
+            let target = std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+            target.join("debug/pobox")
+        });
+        assert!(
+            bin.exists(),
+            "{} does not exist: run `cargo build -p pobox` first, or set POBOX_BIN",
+            bin.display()
+        );
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let mut add = Command::new(&bin)
