@@ -328,3 +328,17 @@ fn the_log_is_compacted_once_mostly_stale() {
         log.lines().count()
     );
 }
+
+#[test]
+fn unsynced_named_deliveries_are_idempotent_and_synced_in_one_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = pobox_store::Maildir::open_or_create(dir.path().join("local")).unwrap();
+    for i in 0..3 {
+        let r = md.deliver_named_unsynced(&format!("acct-{i}"), &mut &b"Subject: x\n\nbody\n"[..], None).unwrap();
+        assert!(matches!(r, pobox_store::NamedDelivery::Stored(_)));
+    }
+    md.sync_new().unwrap();
+    let again = md.deliver_named_unsynced("acct-1", &mut &b"Subject: x\n\nbody\n"[..], None).unwrap();
+    assert!(matches!(again, pobox_store::NamedDelivery::AlreadyPresent(_)));
+    assert_eq!(std::fs::read_dir(dir.path().join("local/new")).unwrap().count(), 3);
+}

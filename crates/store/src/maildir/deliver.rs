@@ -47,11 +47,15 @@ const TMP_ATTEMPTS: usize = 3;
 /// See [`Maildir::deliver`]. With a generated name, a clash in `new/` is
 /// reported as [`StoreError::Io`]; with `named`, as
 /// [`NamedDelivery::AlreadyPresent`].
+/// With `sync_dir` false the final fsync of `new/` is left to the caller
+/// ([`Maildir::sync_new`]), so a batch of deliveries shares one directory
+/// fsync; each file is still fsynced before its name appears.
 pub(super) fn write_message(
     md: &Maildir,
     named: Option<&str>,
     msg: &mut dyn Read,
     max: Option<u64>,
+    sync_dir: bool,
 ) -> Result<NamedDelivery, StoreError> {
     if let Some(base) = named
         && let Some(existing) = find_base(md, base)?
@@ -92,7 +96,9 @@ pub(super) fn write_message(
             ));
         }
     }
-    fsync_dir(&new_dir)?;
+    if sync_dir {
+        fsync_dir(&new_dir)?;
+    }
 
     tracing::debug!(path = %dst.display(), size = sizes.wire, "message delivered");
     Ok(NamedDelivery::Stored(Delivered {

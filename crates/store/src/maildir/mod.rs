@@ -328,7 +328,7 @@ impl Maildir {
         msg: &mut dyn io::Read,
         max: Option<u64>,
     ) -> Result<Delivered, StoreError> {
-        match deliver::write_message(self, None, msg, max)? {
+        match deliver::write_message(self, None, msg, max, true)? {
             NamedDelivery::Stored(d) => Ok(d),
             // Generated names are unique; write_message reports a clash on
             // one as an error rather than as AlreadyPresent.
@@ -364,7 +364,39 @@ impl Maildir {
         if !name::is_valid_base(base) {
             return Err(StoreError::InvalidName(base.to_owned()));
         }
-        deliver::write_message(self, Some(base), msg, max)
+        deliver::write_message(self, Some(base), msg, max, true)
+    }
+
+    /// [`deliver_named`](Maildir::deliver_named) for batches: the same
+    /// single writer, but the message is **not durable** until
+    /// [`sync_new`](Maildir::sync_new) returns `Ok`. The fetcher stores a
+    /// batch this way, syncs `new/` once, and only then journals and
+    /// deletes the batch on the server.
+    ///
+    /// # Errors
+    ///
+    /// As [`deliver_named`](Maildir::deliver_named).
+    pub fn deliver_named_unsynced(
+        &self,
+        base: &str,
+        msg: &mut dyn io::Read,
+        max: Option<u64>,
+    ) -> Result<NamedDelivery, StoreError> {
+        if !name::is_valid_base(base) {
+            return Err(StoreError::InvalidName(base.to_owned()));
+        }
+        deliver::write_message(self, Some(base), msg, max, false)
+    }
+
+    /// Makes every earlier [`deliver_named_unsynced`](Maildir::deliver_named_unsynced)
+    /// durable: one fsync of `new/`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] / [`StoreError::DiskFull`] if the fsync fails;
+    /// the batch must then be treated as not delivered.
+    pub fn sync_new(&self) -> Result<(), StoreError> {
+        fsync_dir(&self.dir(Sub::New))
     }
 
     /// True if a message with base name `base` is in `new/` or `cur/`.
