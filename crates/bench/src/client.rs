@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use crate::stats::Lat;
 
 /// Any byte stream: plain TCP or TLS.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub(crate) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Longest status or SMTP reply line accepted (RFC 2449 says 512).
@@ -31,14 +31,14 @@ const MAX_MULTILINE: usize = 64 * 1024 * 1024;
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Buffered connection.
-pub struct Conn {
+pub(crate) struct Conn {
     s: Box<dyn Io>,
     buf: Vec<u8>,
     pos: usize,
 }
 
 impl Conn {
-    pub fn new(s: Box<dyn Io>) -> Conn {
+    pub(crate) fn new(s: Box<dyn Io>) -> Conn {
         Conn { s, buf: Vec::with_capacity(64 * 1024), pos: 0 }
     }
 
@@ -59,7 +59,7 @@ impl Conn {
     }
 
     /// One line without its CRLF.
-    pub async fn line(&mut self) -> anyhow::Result<Vec<u8>> {
+    pub(crate) async fn line(&mut self) -> anyhow::Result<Vec<u8>> {
         let mut searched = self.pos;
         for _ in 0..100_000 {
             if let Some(i) = memchr::memchr(b'\n', &self.buf[searched..]) {
@@ -83,7 +83,7 @@ impl Conn {
     /// A POP3 multi-line body after its status line: the wire bytes up to
     /// and including the last CRLF, without the `.CRLF` terminator.
     /// `f` sees the body in place (no copy).
-    pub async fn multiline<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> anyhow::Result<R> {
+    pub(crate) async fn multiline<R>(&mut self, f: impl FnOnce(&[u8]) -> R) -> anyhow::Result<R> {
         let mut from = self.pos;
         for _ in 0..10_000_000 {
             let avail = &self.buf[self.pos..];
@@ -108,19 +108,19 @@ impl Conn {
     }
 
     /// Frees the read buffer when it holds nothing (idle sessions).
-    pub fn shrink(&mut self) {
+    pub(crate) fn shrink(&mut self) {
         if self.pos == self.buf.len() {
             self.buf = Vec::new();
             self.pos = 0;
         }
     }
 
-    pub async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
         tokio::time::timeout(IO_TIMEOUT, self.s.write_all(bytes)).await.context("write timed out")??;
         Ok(())
     }
 
-    pub async fn flush(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn flush(&mut self) -> anyhow::Result<()> {
         tokio::time::timeout(IO_TIMEOUT, self.s.flush()).await.context("flush timed out")??;
         Ok(())
     }
@@ -128,13 +128,13 @@ impl Conn {
 
 /// Where and how to connect.
 #[derive(Clone)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub tls: Option<tokio_rustls::TlsConnector>,
+pub(crate) struct Endpoint {
+    pub(crate) addr: SocketAddr,
+    pub(crate) tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Endpoint {
-    pub async fn connect(&self) -> anyhow::Result<Conn> {
+    pub(crate) async fn connect(&self) -> anyhow::Result<Conn> {
         let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .context("connect timed out")?
@@ -154,9 +154,9 @@ impl Endpoint {
 }
 
 /// A POP3 session.
-pub struct Pop3 {
-    pub conn: Conn,
-    pub lat: Lat,
+pub(crate) struct Pop3 {
+    pub(crate) conn: Conn,
+    pub(crate) lat: Lat,
 }
 
 fn status_ok(line: &[u8], what: &str) -> anyhow::Result<String> {
@@ -169,7 +169,7 @@ fn status_ok(line: &[u8], what: &str) -> anyhow::Result<String> {
 
 impl Pop3 {
     /// Connects and reads the greeting (latency sample `connect`).
-    pub async fn connect(ep: &Endpoint) -> anyhow::Result<Pop3> {
+    pub(crate) async fn connect(ep: &Endpoint) -> anyhow::Result<Pop3> {
         let t = Instant::now();
         let mut conn = ep.connect().await?;
         let g = conn.line().await?;
@@ -189,7 +189,7 @@ impl Pop3 {
     }
 
     /// USER then PASS; sample `login` covers both.
-    pub async fn login(&mut self, user: &str, pass: &str) -> anyhow::Result<()> {
+    pub(crate) async fn login(&mut self, user: &str, pass: &str) -> anyhow::Result<()> {
         let t = Instant::now();
         self.conn.send(format!("USER {user}\r\n").as_bytes()).await?;
         let r = self.conn.line().await?;
@@ -201,7 +201,7 @@ impl Pop3 {
         Ok(())
     }
 
-    pub async fn stat(&mut self) -> anyhow::Result<(u64, u64)> {
+    pub(crate) async fn stat(&mut self) -> anyhow::Result<(u64, u64)> {
         let text = self.simple("STAT", b"STAT\r\n").await?;
         let mut it = text.split_whitespace().map(str::parse::<u64>);
         match (it.next(), it.next()) {
@@ -210,11 +210,11 @@ impl Pop3 {
         }
     }
 
-    pub async fn noop(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn noop(&mut self) -> anyhow::Result<()> {
         self.simple("NOOP", b"NOOP\r\n").await.map(drop)
     }
 
-    pub async fn quit(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn quit(&mut self) -> anyhow::Result<()> {
         self.simple("QUIT", b"QUIT\r\n").await.map(drop)
     }
 
@@ -229,7 +229,7 @@ impl Pop3 {
     }
 
     /// UIDL: the number of listings, after checking each is `n uid`.
-    pub async fn uidl(&mut self) -> anyhow::Result<usize> {
+    pub(crate) async fn uidl(&mut self) -> anyhow::Result<usize> {
         self.multi("UIDL", b"UIDL\r\n", |body| {
             let mut n = 0usize;
             for line in body.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
@@ -247,7 +247,7 @@ impl Pop3 {
     }
 
     /// LIST: `(number, size)` per message.
-    pub async fn list(&mut self) -> anyhow::Result<Vec<(u32, u64)>> {
+    pub(crate) async fn list(&mut self) -> anyhow::Result<Vec<(u32, u64)>> {
         self.multi("LIST", b"LIST\r\n", |body| {
             body.split(|&b| b == b'\n')
                 .filter(|l| !l.trim_ascii().is_empty())
@@ -271,7 +271,7 @@ impl Pop3 {
     }
 
     /// RETR one message at a time; sample `RETR` per message.
-    pub async fn retr<R>(&mut self, n: u32, check: impl FnOnce(&[u8]) -> R) -> anyhow::Result<R> {
+    pub(crate) async fn retr<R>(&mut self, n: u32, check: impl FnOnce(&[u8]) -> R) -> anyhow::Result<R> {
         let t = Instant::now();
         self.conn.send(format!("RETR {n}\r\n").as_bytes()).await?;
         let out = self.read_retr(check).await?;
@@ -281,7 +281,7 @@ impl Pop3 {
 
     /// All RETRs written at once, then the replies read in order; sample
     /// `RETR` is the time from the write to each reply's end.
-    pub async fn retr_pipelined<R>(&mut self, ns: &[u32], mut check: impl FnMut(usize, &[u8]) -> R) -> anyhow::Result<Vec<R>> {
+    pub(crate) async fn retr_pipelined<R>(&mut self, ns: &[u32], mut check: impl FnMut(usize, &[u8]) -> R) -> anyhow::Result<Vec<R>> {
         let mut cmds = Vec::with_capacity(ns.len() * 12);
         for n in ns {
             cmds.extend_from_slice(format!("RETR {n}\r\n").as_bytes());
@@ -298,9 +298,9 @@ impl Pop3 {
 }
 
 /// An LMTP (RFC 2033) sender.
-pub struct Lmtp {
+pub(crate) struct Lmtp {
     conn: Conn,
-    pub lat: Lat,
+    pub(crate) lat: Lat,
 }
 
 impl Lmtp {
@@ -316,7 +316,7 @@ impl Lmtp {
         bail!("LMTP reply with too many lines")
     }
 
-    pub async fn connect(addr: SocketAddr) -> anyhow::Result<Lmtp> {
+    pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Lmtp> {
         let ep = Endpoint { addr, tls: None };
         let mut l = Lmtp { conn: ep.connect().await?, lat: Lat::default() };
         let (c, t) = l.reply().await?;
@@ -330,7 +330,7 @@ impl Lmtp {
     /// One transaction to one recipient, MAIL/RCPT/DATA pipelined (RFC 2920
     /// via RFC 2033 §4.2); `wire` is the dot-stuffed CRLF message. Sample
     /// `deliver` covers MAIL to the final 250.
-    pub async fn deliver(&mut self, rcpt: &str, wire: &[u8]) -> anyhow::Result<()> {
+    pub(crate) async fn deliver(&mut self, rcpt: &str, wire: &[u8]) -> anyhow::Result<()> {
         let t = Instant::now();
         let head = format!("MAIL FROM:<bench@example.org> SIZE={}\r\nRCPT TO:<{rcpt}@bench.invalid>\r\nDATA\r\n", wire.len());
         self.conn.send(head.as_bytes()).await?;
@@ -349,7 +349,7 @@ impl Lmtp {
         Ok(())
     }
 
-    pub async fn quit(&mut self) -> anyhow::Result<()> {
+    pub(crate) async fn quit(&mut self) -> anyhow::Result<()> {
         self.conn.send(b"QUIT\r\n").await?;
         let _ = self.reply().await;
         Ok(())
@@ -358,7 +358,7 @@ impl Lmtp {
 
 /// A TLS connector that accepts the benchmark's self-signed certificate
 /// (loopback only; signatures are still verified).
-pub fn tls_connector() -> tokio_rustls::TlsConnector {
+pub(crate) fn tls_connector() -> tokio_rustls::TlsConnector {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let cfg = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

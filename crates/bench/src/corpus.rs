@@ -17,14 +17,14 @@ use sha2::{Digest, Sha256};
 /// SplitMix64: tiny, deterministic forever (no dependency on a crate's
 /// generator staying the same across versions).
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub(crate) struct Rng(u64);
 
 impl Rng {
-    pub fn new(seed: u64) -> Rng {
+    pub(crate) fn new(seed: u64) -> Rng {
         Rng(seed)
     }
 
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -33,22 +33,22 @@ impl Rng {
     }
 
     /// Uniform in `0..n` (n > 0); the modulo bias is irrelevant here.
-    pub fn below(&mut self, n: u64) -> u64 {
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n
     }
 }
 
 /// One generated message.
 #[derive(Debug)]
-pub struct Msg {
+pub(crate) struct Msg {
     /// As stored in a Maildir: LF line ends.
-    pub stored: Vec<u8>,
+    pub(crate) stored: Vec<u8>,
     /// As sent on the wire (RETR body, LMTP DATA): CRLF, dot-stuffed, no terminator.
-    pub wire: Vec<u8>,
+    pub(crate) wire: Vec<u8>,
     /// POP3 size: CRLF octets before stuffing (Dovecot's `W=`).
-    pub pop3_size: u64,
+    pub(crate) pop3_size: u64,
     /// SHA-256 of `wire`.
-    pub digest: [u8; 32],
+    pub(crate) digest: [u8; 32],
 }
 
 /// The size classes of issue 7: 70% ~4 KiB, 25% ~50 KiB, 5% ~1 MiB.
@@ -102,14 +102,14 @@ fn generate_one(id: u32, seed: u64, rng: &mut Rng) -> Msg {
 
 /// LF → CRLF and RFC 1939 §3 byte-stuffing, as a server sends it.
 /// `stored` must end with LF (generated messages always do).
-pub fn to_wire(stored: &[u8]) -> Vec<u8> {
+pub(crate) fn to_wire(stored: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(stored.len() + stored.len() / 16 + 8);
     encode_lines(stored, &mut out);
     out
 }
 
 /// Appends the wire form of `stored` to `out` (the raw sender uses this too).
-pub fn encode_lines(stored: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn encode_lines(stored: &[u8], out: &mut Vec<u8>) {
     let mut start = 0;
     for nl in memchr::memchr_iter(b'\n', stored) {
         let line = &stored[start..nl];
@@ -133,21 +133,21 @@ pub fn encode_lines(stored: &[u8], out: &mut Vec<u8>) {
 
 /// The fixed-seed corpus.
 #[derive(Debug)]
-pub struct Corpus {
-    pub seed: u64,
-    pub msgs: Vec<Msg>,
+pub(crate) struct Corpus {
+    pub(crate) seed: u64,
+    pub(crate) msgs: Vec<Msg>,
 }
 
 impl Corpus {
     /// `n` messages from `seed`; the same arguments always give the same bytes.
-    pub fn generate(seed: u64, n: usize) -> Corpus {
+    pub(crate) fn generate(seed: u64, n: usize) -> Corpus {
         let mut rng = Rng::new(seed);
         let msgs = (0..n as u32).map(|id| generate_one(id, seed, &mut rng)).collect();
         Corpus { seed, msgs }
     }
 
     /// Corpus indices for a maildrop of `count` messages of user number `user`.
-    pub fn maildrop(&self, user: usize, count: usize) -> Vec<usize> {
+    pub(crate) fn maildrop(&self, user: usize, count: usize) -> Vec<usize> {
         let mut rng = Rng::new(self.seed ^ (0xD1B5_4A32_D192_ED03u64.wrapping_mul(user as u64 + 1)));
         (0..count).map(|_| rng.below(self.msgs.len() as u64) as usize).collect()
     }
@@ -158,7 +158,7 @@ impl Corpus {
     /// # Errors
     /// Any mismatch, with the details: the caller counts it as a
     /// correctness failure.
-    pub fn check_retr(&self, body: &[u8], list_size: u64) -> anyhow::Result<u64> {
+    pub(crate) fn check_retr(&self, body: &[u8], list_size: u64) -> anyhow::Result<u64> {
         // Octets before byte-stuffing: one stuffed dot per line starting with '.'.
         let stuffed = memchr::memmem::find_iter(body, b"\n.").count() as u64
             + u64::from(body.first() == Some(&b'.'));
@@ -198,7 +198,7 @@ fn parse_id(tail: &[u8]) -> Option<usize> {
 ///
 /// # Errors
 /// File-system errors.
-pub fn write_maildir<'a>(dir: &Path, msgs: impl Iterator<Item = &'a [u8]>) -> anyhow::Result<usize> {
+pub(crate) fn write_maildir<'a>(dir: &Path, msgs: impl Iterator<Item = &'a [u8]>) -> anyhow::Result<usize> {
     if dir.exists() {
         fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
     }
@@ -225,7 +225,7 @@ pub fn write_maildir<'a>(dir: &Path, msgs: impl Iterator<Item = &'a [u8]>) -> an
 ///
 /// # Errors
 /// File-system errors.
-pub fn empty_maildir(dir: &Path) -> anyhow::Result<()> {
+pub(crate) fn empty_maildir(dir: &Path) -> anyhow::Result<()> {
     if dir.exists() {
         fs::remove_dir_all(dir)?;
     }

@@ -19,10 +19,10 @@ use anyhow::{Context, bail};
 use crate::servers::{Server, command};
 
 /// The unprivileged mail user Dovecot's mail processes run as.
-pub const MAIL_USER: &str = "pobench";
+pub(crate) const MAIL_USER: &str = "pobench";
 
 /// Why Dovecot cannot be used here, if it cannot.
-pub fn unavailable() -> Option<String> {
+pub(crate) fn unavailable() -> Option<String> {
     let Some(bin) = find_dovecot() else {
         return Some("dovecot is not installed (apt-get install dovecot-pop3d dovecot-lmtpd)".into());
     };
@@ -46,7 +46,7 @@ fn find_dovecot() -> Option<PathBuf> {
 ///
 /// # Errors
 /// useradd failing.
-pub fn mail_user() -> anyhow::Result<(u32, u32)> {
+pub(crate) fn mail_user() -> anyhow::Result<(u32, u32)> {
     let id = |flag: &str| -> Option<u32> {
         let o = Command::new("id").arg(flag).arg(MAIL_USER).output().ok()?;
         if !o.status.success() {
@@ -151,7 +151,7 @@ protocol pop3 {{
 ///
 /// # Errors
 /// Missing binaries, config errors (the log's tail is shown).
-pub fn start(work: &Path, pin: Option<&str>, passwd: &Path, cert: &Path, key: &Path, uid: u32) -> anyhow::Result<Server> {
+pub(crate) fn start(work: &Path, pin: Option<&str>, passwd: &Path, cert: &Path, key: &Path, uid: u32) -> anyhow::Result<Server> {
     let bin = find_dovecot().context("dovecot binary not found")?;
     let d = work.join("dovecot");
     for sub in ["run", "state", "log"] {
@@ -170,7 +170,7 @@ pub fn start(work: &Path, pin: Option<&str>, passwd: &Path, cert: &Path, key: &P
 }
 
 /// Dovecot's version string, for the record.
-pub fn version() -> String {
+pub(crate) fn version() -> String {
     find_dovecot()
         .and_then(|b| Command::new(b).arg("--version").output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())

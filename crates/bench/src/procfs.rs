@@ -9,7 +9,7 @@ use std::fs;
 
 /// Clock ticks per second for /proc times. Linux has used 100 (USER_HZ) on
 /// every architecture we run on; `getconf CLK_TCK` confirms it at start.
-pub fn clk_tck() -> f64 {
+pub(crate) fn clk_tck() -> f64 {
     std::process::Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -20,16 +20,16 @@ pub fn clk_tck() -> f64 {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Stat {
-    pub ppid: u32,
-    pub utime: u64,
-    pub stime: u64,
-    pub cutime: u64,
-    pub cstime: u64,
+pub(crate) struct Stat {
+    pub(crate) ppid: u32,
+    pub(crate) utime: u64,
+    pub(crate) stime: u64,
+    pub(crate) cutime: u64,
+    pub(crate) cstime: u64,
 }
 
 /// Parses /proc/PID/stat; `None` if the process is gone.
-pub fn stat(pid: u32) -> Option<Stat> {
+pub(crate) fn stat(pid: u32) -> Option<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name is in parentheses and may contain spaces.
     let after = &text[text.rfind(')')? + 2..];
@@ -46,7 +46,7 @@ pub fn stat(pid: u32) -> Option<Stat> {
 }
 
 /// Direct children of `parent`.
-pub fn children(parent: u32) -> Vec<u32> {
+pub(crate) fn children(parent: u32) -> Vec<u32> {
     let Ok(dir) = fs::read_dir("/proc") else { return Vec::new() };
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| stat(pid).is_some_and(|s| s.ppid == parent))
@@ -54,14 +54,14 @@ pub fn children(parent: u32) -> Vec<u32> {
 }
 
 /// The process and its direct children.
-pub fn tree(root: u32) -> Vec<u32> {
+pub(crate) fn tree(root: u32) -> Vec<u32> {
     let mut v = vec![root];
     v.extend(children(root));
     v
 }
 
 /// Total CPU ticks used by `root` and its children (live and reaped).
-pub fn cpu_ticks(root: u32) -> u64 {
+pub(crate) fn cpu_ticks(root: u32) -> u64 {
     let mut total = 0;
     if let Some(s) = stat(root) {
         total += s.utime + s.stime + s.cutime + s.cstime;
@@ -76,14 +76,14 @@ pub fn cpu_ticks(root: u32) -> u64 {
 
 /// Memory in KiB, summed over processes.
 #[derive(Debug, Clone, Copy, Default, serde::Serialize)]
-pub struct Mem {
-    pub rss_kib: u64,
-    pub pss_kib: u64,
-    pub processes: usize,
+pub(crate) struct Mem {
+    pub(crate) rss_kib: u64,
+    pub(crate) pss_kib: u64,
+    pub(crate) processes: usize,
 }
 
 /// RSS and PSS of `root` and its children from smaps_rollup.
-pub fn mem(root: u32) -> Mem {
+pub(crate) fn mem(root: u32) -> Mem {
     let mut m = Mem::default();
     for pid in tree(root) {
         let Ok(text) = fs::read_to_string(format!("/proc/{pid}/smaps_rollup")) else { continue };
@@ -103,6 +103,6 @@ pub fn mem(root: u32) -> Mem {
 }
 
 /// The 1-minute load average, for the record.
-pub fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg").unwrap_or_default().trim().to_string()
 }

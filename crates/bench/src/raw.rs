@@ -24,7 +24,7 @@ const MAX_COMMANDS: usize = 10_000_000;
 ///
 /// # Errors
 /// Bind failure or a non-loopback address.
-pub fn serve(listen: &str, mail_root: &Path) -> anyhow::Result<()> {
+pub(crate) fn serve(listen: &str, mail_root: &Path) -> anyhow::Result<()> {
     let l = TcpListener::bind(listen).with_context(|| format!("bind {listen}"))?;
     ensure!(l.local_addr()?.ip().is_loopback(), "the raw sender listens on loopback only");
     let live = Arc::new(AtomicUsize::new(0));

@@ -11,22 +11,22 @@ use serde::Serialize;
 use crate::scenarios::Record;
 
 #[derive(Debug, Serialize)]
-pub struct Meta {
-    pub date: String,
-    pub nproc: usize,
-    pub cpu_model: String,
-    pub kernel: String,
-    pub loadavg_start: String,
-    pub loadavg_end: String,
-    pub dovecot: String,
-    pub command_line: String,
-    pub quick: bool,
-    pub server_cpu: Option<String>,
-    pub client_cpu: Option<String>,
-    pub plan: String,
-    pub skipped: Vec<String>,
-    pub wall_seconds: f64,
-    pub errors: Vec<String>,
+pub(crate) struct Meta {
+    pub(crate) date: String,
+    pub(crate) nproc: usize,
+    pub(crate) cpu_model: String,
+    pub(crate) kernel: String,
+    pub(crate) loadavg_start: String,
+    pub(crate) loadavg_end: String,
+    pub(crate) dovecot: String,
+    pub(crate) command_line: String,
+    pub(crate) quick: bool,
+    pub(crate) server_cpu: Option<String>,
+    pub(crate) client_cpu: Option<String>,
+    pub(crate) plan: String,
+    pub(crate) skipped: Vec<String>,
+    pub(crate) wall_seconds: f64,
+    pub(crate) errors: Vec<String>,
 }
 
 const SERVERS: [&str; 3] = ["pobox", "dovecot", "raw"];
@@ -35,7 +35,7 @@ const SERVERS: [&str; 3] = ["pobox", "dovecot", "raw"];
 ///
 /// # Errors
 /// File-system errors.
-pub fn write_all(out: &Path, meta: &Meta, records: &[Record]) -> anyhow::Result<Vec<String>> {
+pub(crate) fn write_all(out: &Path, meta: &Meta, records: &[Record]) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(out)?;
     let json = serde_json::json!({ "meta": meta, "records": records });
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
@@ -61,7 +61,7 @@ fn group_by_metric(records: &[Record]) -> BTreeMap<(String, String), Vec<&Record
     m
 }
 
-pub fn num(v: f64) -> String {
+pub(crate) fn num(v: f64) -> String {
     let a = v.abs();
     if a >= 100.0 {
         format!("{v:.0}")
@@ -83,7 +83,7 @@ fn spread(r: &Record) -> String {
 }
 
 /// >1 means pobox is better, whichever direction the metric runs.
-pub fn advantage(pobox: &Record, other: &Record) -> f64 {
+pub(crate) fn advantage(pobox: &Record, other: &Record) -> f64 {
     if pobox.higher_is_better { pobox.value.median / other.value.median } else { other.value.median / pobox.value.median }
 }
 
@@ -157,7 +157,7 @@ fn summary(meta: &Meta, records: &[Record], charts: &[String]) -> String {
 }
 
 /// (target, required, measured, met) for each target of issue 7.
-pub fn targets(records: &[Record]) -> Vec<(String, String, String, String)> {
+pub(crate) fn targets(records: &[Record]) -> Vec<(String, String, String, String)> {
     let find = |sc: &str, metric: &str, server: &str| -> Vec<&Record> {
         records.iter().filter(|r| r.scenario == sc && r.metric == metric && r.server == server).collect()
     };

@@ -14,19 +14,19 @@ use anyhow::{Context, bail};
 use crate::procfs;
 
 /// A running server.
-pub struct Server {
-    pub name: &'static str,
-    pub pop3: SocketAddr,
-    pub pop3s: Option<SocketAddr>,
-    pub lmtp: Option<SocketAddr>,
-    pub pid: u32,
+pub(crate) struct Server {
+    pub(crate) name: &'static str,
+    pub(crate) pop3: SocketAddr,
+    pub(crate) pop3s: Option<SocketAddr>,
+    pub(crate) lmtp: Option<SocketAddr>,
+    pub(crate) pid: u32,
     child: Child,
-    pub log: PathBuf,
+    pub(crate) log: PathBuf,
     tck: f64,
 }
 
 /// How to pin: `Some("0")` runs the command under `taskset -c 0`.
-pub fn command(pin: Option<&str>, program: &Path) -> Command {
+pub(crate) fn command(pin: Option<&str>, program: &Path) -> Command {
     match pin {
         Some(cpus) => {
             let mut c = Command::new("taskset");
@@ -43,7 +43,7 @@ impl Server {
     ///
     /// # Errors
     /// Spawn failure, or no greeting within 30 s (the log's tail is shown).
-    pub fn spawn(
+    pub(crate) fn spawn(
         name: &'static str,
         mut cmd: Command,
         log: PathBuf,
@@ -83,23 +83,23 @@ impl Server {
         bail!("{} did not greet on {} within {limit:?}; log:\n{}", self.name, self.pop3, self.log_tail())
     }
 
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
     /// CPU seconds used so far by the server's processes.
-    pub fn cpu_secs(&self) -> f64 {
+    pub(crate) fn cpu_secs(&self) -> f64 {
         procfs::cpu_ticks(self.pid) as f64 / self.tck
     }
 
-    pub fn mem(&self) -> procfs::Mem {
+    pub(crate) fn mem(&self) -> procfs::Mem {
         procfs::mem(self.pid)
     }
 
     /// Errors if the server died.
-    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(st) = self.child.try_wait()? {
             bail!("{} died ({st}); log:\n{}", self.name, self.log_tail());
         }
@@ -107,7 +107,7 @@ impl Server {
     }
 
     /// SIGTERM, then SIGKILL after 15 s.
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {
@@ -122,7 +122,7 @@ impl Server {
 }
 
 /// pobox's config for the benchmark: the shared passwd-file, cert and key.
-pub fn pobox_config(work: &Path, ports: &[u16; 3], passwd: &Path, cert: &Path, key: &Path) -> String {
+pub(crate) fn pobox_config(work: &Path, ports: &[u16; 3], passwd: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "# written by pobox-bench\n\
          pop3 = [\"127.0.0.1:{}\"]\npop3s = [\"127.0.0.1:{}\"]\nlmtp = [\"127.0.0.1:{}\"]\n\
@@ -142,7 +142,7 @@ pub fn pobox_config(work: &Path, ports: &[u16; 3], passwd: &Path, cert: &Path, k
 ///
 /// # Errors
 /// See [`Server::spawn`].
-pub fn start_pobox(work: &Path, bin: &Path, pin: Option<&str>, passwd: &Path, cert: &Path, key: &Path) -> anyhow::Result<Server> {
+pub(crate) fn start_pobox(work: &Path, bin: &Path, pin: Option<&str>, passwd: &Path, cert: &Path, key: &Path) -> anyhow::Result<Server> {
     let p = crate::setup::free_ports(3)?;
     let ports = [p[0], p[1], p[2]];
     let dir = work.join("pobox");
@@ -159,7 +159,7 @@ pub fn start_pobox(work: &Path, bin: &Path, pin: Option<&str>, passwd: &Path, ce
 ///
 /// # Errors
 /// See [`Server::spawn`].
-pub fn start_raw(work: &Path, pin: Option<&str>) -> anyhow::Result<Server> {
+pub(crate) fn start_raw(work: &Path, pin: Option<&str>) -> anyhow::Result<Server> {
     let port = crate::setup::free_ports(1)?[0];
     let me = std::env::current_exe()?;
     let mut cmd = command(pin, &me);

@@ -23,21 +23,21 @@ use crate::corpus::{self, Corpus};
 
 /// Who exists and how much mail they have.
 #[derive(Debug, Clone)]
-pub struct Users {
+pub(crate) struct Users {
     /// `f000`…: maildrops of `fetch_msgs` corpus messages (login, fetch).
-    pub fetch: Vec<String>,
-    pub fetch_msgs: usize,
+    pub(crate) fetch: Vec<String>,
+    pub(crate) fetch_msgs: usize,
     /// `d00`…: empty at start; LMTP targets, one per sender.
-    pub deliver: Vec<String>,
+    pub(crate) deliver: Vec<String>,
     /// `i00000`…: empty; one per idle session (pobox locks maildrops).
-    pub idle: Vec<String>,
+    pub(crate) idle: Vec<String>,
     /// `big`: the big maildrop.
-    pub big: String,
-    pub big_msgs: usize,
+    pub(crate) big: String,
+    pub(crate) big_msgs: usize,
 }
 
 impl Users {
-    pub fn new(fetch: usize, fetch_msgs: usize, deliver: usize, idle: usize, big_msgs: usize) -> Users {
+    pub(crate) fn new(fetch: usize, fetch_msgs: usize, deliver: usize, idle: usize, big_msgs: usize) -> Users {
         Users {
             fetch: (0..fetch).map(|i| format!("f{i:03}")).collect(),
             fetch_msgs,
@@ -48,22 +48,22 @@ impl Users {
         }
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &String> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &String> {
         self.fetch.iter().chain(&self.deliver).chain(&self.idle).chain(std::iter::once(&self.big))
     }
 }
 
 /// Every user's password (distinct, so no two hashes are equal).
-pub fn password(user: &str) -> String {
+pub(crate) fn password(user: &str) -> String {
     format!("pw-{user}")
 }
 
 /// The mail root for one server: `W/<server>/mail`.
-pub fn mail_root(work: &Path, server: &str) -> PathBuf {
+pub(crate) fn mail_root(work: &Path, server: &str) -> PathBuf {
     work.join(server).join("mail")
 }
 
-pub fn maildir(work: &Path, server: &str, user: &str) -> PathBuf {
+pub(crate) fn maildir(work: &Path, server: &str, user: &str) -> PathBuf {
     mail_root(work, server).join(user).join("Maildir")
 }
 
@@ -73,7 +73,7 @@ pub fn maildir(work: &Path, server: &str, user: &str) -> PathBuf {
 ///
 /// # Errors
 /// openssl missing or failing, file errors.
-pub fn passwd_file(work: &Path, users: &Users, uid: u32, gid: u32) -> anyhow::Result<PathBuf> {
+pub(crate) fn passwd_file(work: &Path, users: &Users, uid: u32, gid: u32) -> anyhow::Result<PathBuf> {
     let path = work.join("passwd");
     let stamp_path = work.join("passwd.stamp");
     let names: Vec<&String> = users.all().collect();
@@ -113,7 +113,7 @@ pub fn passwd_file(work: &Path, users: &Users, uid: u32, gid: u32) -> anyhow::Re
 ///
 /// # Errors
 /// openssl missing or failing.
-pub fn tls_cert(work: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub(crate) fn tls_cert(work: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = work.join("tls");
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     if cert.exists() && key.exists() {
@@ -139,7 +139,7 @@ pub fn tls_cert(work: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 ///
 /// # Errors
 /// File-system errors.
-pub fn maildrops(work: &Path, servers: &[&str], users: &Users, corpus: &Corpus) -> anyhow::Result<()> {
+pub(crate) fn maildrops(work: &Path, servers: &[&str], users: &Users, corpus: &Corpus) -> anyhow::Result<()> {
     for server in servers {
         for (i, u) in users.fetch.iter().enumerate() {
             let drop = corpus.maildrop(i, users.fetch_msgs);
@@ -165,7 +165,7 @@ fn big_message() -> Vec<u8> {
 }
 
 /// A free loopback port (bound, then released; the race is harmless here).
-pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+pub(crate) fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
     let listeners: Vec<std::net::TcpListener> =
         (0..n).map(|_| std::net::TcpListener::bind("127.0.0.1:0")).collect::<Result<_, _>>()?;
     listeners.iter().map(|l| Ok(l.local_addr()?.port())).collect()
@@ -176,7 +176,7 @@ pub fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 ///
 /// # Errors
 /// chown failing.
-pub fn chown(path: &Path, owner: &str) -> anyhow::Result<()> {
+pub(crate) fn chown(path: &Path, owner: &str) -> anyhow::Result<()> {
     let st = Command::new("chown").arg("-R").arg(owner).arg(path).status()?;
     if !st.success() {
         bail!("chown -R {owner} {} failed", path.display());

@@ -12,19 +12,19 @@ const MAX_SAMPLES: usize = 200_000;
 
 /// Per-command latency samples in microseconds.
 #[derive(Debug, Default, Clone)]
-pub struct Lat {
+pub(crate) struct Lat {
     samples: BTreeMap<&'static str, Vec<u32>>,
 }
 
 impl Lat {
-    pub fn record(&mut self, cmd: &'static str, d: Duration) {
+    pub(crate) fn record(&mut self, cmd: &'static str, d: Duration) {
         let v = self.samples.entry(cmd).or_default();
         if v.len() < MAX_SAMPLES {
             v.push(u32::try_from(d.as_micros()).unwrap_or(u32::MAX));
         }
     }
 
-    pub fn merge(&mut self, other: Lat) {
+    pub(crate) fn merge(&mut self, other: Lat) {
         for (k, mut v) in other.samples {
             let mine = self.samples.entry(k).or_default();
             let room = (MAX_SAMPLES * 64).saturating_sub(mine.len());
@@ -34,7 +34,7 @@ impl Lat {
     }
 
     /// p50/p99 per command, in milliseconds.
-    pub fn summary(&self) -> BTreeMap<String, Percentiles> {
+    pub(crate) fn summary(&self) -> BTreeMap<String, Percentiles> {
         self.samples
             .iter()
             .filter(|(_, v)| !v.is_empty())
@@ -56,23 +56,23 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
 }
 
 #[derive(Debug, Clone, Serialize)]
-pub struct Percentiles {
-    pub n: usize,
-    pub p50_ms: f64,
-    pub p99_ms: f64,
+pub(crate) struct Percentiles {
+    pub(crate) n: usize,
+    pub(crate) p50_ms: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// Median with min and max over repetitions.
 #[derive(Debug, Clone, Copy, Serialize)]
-pub struct Spread {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
+pub(crate) struct Spread {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
 }
 
 impl Spread {
     /// `None` for no values.
-    pub fn of(values: &[f64]) -> Option<Spread> {
+    pub(crate) fn of(values: &[f64]) -> Option<Spread> {
         if values.is_empty() {
             return None;
         }

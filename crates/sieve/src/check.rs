@@ -534,11 +534,10 @@ impl Checker<'_> {
                 p.expect_count(1, "address")?;
                 let arg = p.next();
                 let address = self.string(arg, "the address", name)?;
-                if let Some(literal) = address.as_literal() {
-                    if !valid_redirect_address(literal) {
+                if let Some(literal) = address.as_literal()
+                    && !valid_redirect_address(literal) {
                         return Err(err(arg.pos(), format!("`redirect`: \"{literal}\" is not a valid address")));
                     }
-                }
                 Ok(Cmd::Redirect { address, copy })
             }
             "reject" | "ereject" => {
@@ -737,7 +736,10 @@ impl Checker<'_> {
         let pos = test.pos;
         let takes_tests = matches!(name.as_str(), "allof" | "anyof" | "not");
         if !takes_tests && !test.tests.is_empty() {
-            return Err(err(test.tests[0].pos, format!("`{name}` takes no nested test")));
+            return Err(err(
+                test.tests[0].pos,
+                format!("`{name}` takes no nested test (found `{}`; missing `,` or `{{`?)", test.tests[0].name),
+            ));
         }
         match name.as_str() {
             "true" | "false" => {

@@ -160,11 +160,10 @@ impl Interp<'_, '_> {
                 self.out.implicit_keep = false;
             }
             Cmd::Vacation(vacation) => {
-                if !self.out.actions.iter().any(|a| matches!(a, Action::Vacation(_))) {
-                    if let Some(reply) = self.vacation(vacation)? {
+                if !self.out.actions.iter().any(|a| matches!(a, Action::Vacation(_)))
+                    && let Some(reply) = self.vacation(vacation)? {
                         self.push(Action::Vacation(Box::new(reply)))?;
                     }
-                }
             }
             Cmd::Set { name, value, modifiers } => {
                 let value = self.expand(value)?;
@@ -426,11 +425,10 @@ impl Interp<'_, '_> {
         // The user's own addresses: the recipient, without its +detail, and :addresses.
         let mut mine: Vec<String> = addresses.iter().map(|a| a.trim().to_ascii_lowercase()).collect();
         let to = self.env.to.trim().trim_start_matches('<').trim_end_matches('>').to_ascii_lowercase();
-        if let Some((local, domain)) = to.rsplit_once('@') {
-            if let Some((user, _)) = local.split_once('+') {
+        if let Some((local, domain)) = to.rsplit_once('@')
+            && let Some((user, _)) = local.split_once('+') {
                 mine.push(format!("{user}@{domain}"));
             }
-        }
         mine.push(to);
         if mine.contains(&sender.to_ascii_lowercase()) {
             return Ok(None);

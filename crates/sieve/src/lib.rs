@@ -199,7 +199,6 @@ impl<'a> Message<'a> {
 /// Bounds on one execution; exceeding one is a runtime error, which ends in
 /// keep.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Limits {
     /// Steps per script: one per command and test, one per comparison, plus
     /// one per KiB of text scanned or produced.

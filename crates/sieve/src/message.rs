@@ -160,8 +160,8 @@ pub(crate) fn decode_rfc2047(value: &str) -> String {
     let mut pending_space = String::new();
     let mut last_was_encoded = false;
     while !rest.is_empty() {
-        if rest.starts_with("=?") {
-            if let Some((decoded, used)) = encoded_word(rest) {
+        if rest.starts_with("=?")
+            && let Some((decoded, used)) = encoded_word(rest) {
                 if !last_was_encoded {
                     out.push_str(&pending_space);
                 }
@@ -171,7 +171,6 @@ pub(crate) fn decode_rfc2047(value: &str) -> String {
                 last_was_encoded = true;
                 continue;
             }
-        }
         let c = rest.chars().next().expect("not empty");
         rest = &rest[c.len_utf8()..];
         if c == ' ' || c == '\t' {
@@ -336,7 +335,7 @@ fn split_unquoted(s: &str, sep: char) -> Vec<String> {
     out
 }
 
-fn header_value<'h>(headers: &'h [RawHeader<'_>], name: &str) -> Option<String> {
+fn header_value(headers: &[RawHeader<'_>], name: &str) -> Option<String> {
     headers.iter().find(|h| h.name.eq_ignore_ascii_case(name.as_bytes())).map(|h| unfold(h.value))
 }
 
@@ -346,15 +345,14 @@ fn collect_parts(headers: &[RawHeader<'_>], body: &[u8], depth: usize, out: &mut
         return;
     }
     let content_type = parse_content_type(header_value(headers, "content-type").as_deref());
-    if content_type.mime_type.starts_with("multipart/") {
-        if let Some(boundary) = content_type.param("boundary").filter(|b| !b.is_empty()) {
+    if content_type.mime_type.starts_with("multipart/")
+        && let Some(boundary) = content_type.param("boundary").filter(|b| !b.is_empty()) {
             for part in split_multipart(body, boundary.as_bytes()) {
                 let (part_headers, part_body) = split_headers(part);
                 collect_parts(&part_headers, part_body, depth + 1, out);
             }
             return;
         }
-    }
     let encoding = header_value(headers, "content-transfer-encoding")
         .map(|e| e.trim().to_ascii_lowercase())
         .unwrap_or_default();
@@ -534,10 +532,11 @@ pub(crate) fn parse_address_list(value: &str) -> Vec<Address> {
             };
             // Unquoted whitespace (left where comments were) is not part of
             // an addr-spec (RFC 5322 §3.4.1 CFWS).
+            // Stray angle brackets (`a@b>`) are not part of it either.
             let spec: String = if spec.contains('"') {
-                spec.trim().to_owned()
+                spec.trim().trim_matches(['<', '>']).to_owned()
             } else {
-                spec.chars().filter(|c| !c.is_whitespace()).collect()
+                spec.chars().filter(|c| !c.is_whitespace() && *c != '<' && *c != '>').collect()
             };
             (!spec.is_empty()).then(|| Address::from_addr_spec(&spec))
         })

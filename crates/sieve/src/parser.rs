@@ -128,8 +128,7 @@ impl Parser<'_> {
     /// `arguments = *argument [ test / test-list ]`
     fn arguments(&mut self, depth: usize) -> Result<(Vec<Argument>, Vec<Test>, bool), CompileError> {
         let mut args = Vec::new();
-        loop {
-            let Some(token) = self.peek().cloned() else { break };
+        while let Some(token) = self.peek().cloned() {
             match token.kind {
                 TokenKind::Tag(tag) => {
                     self.at += 1;
@@ -247,7 +246,9 @@ mod tests {
     fn missing_semicolon_position() {
         let err = parse_str("keep;\n  discard }").unwrap_err();
         assert_eq!((err.line, err.column), (2, 11));
-        assert!(err.message.contains("unexpected `}`"), "{}", err.message);
+        assert!(err.message.contains("missing `;` after `discard` (found `}`)"), "{}", err.message);
+        let err = parse_str("keep;\n}").unwrap_err();
+        assert_eq!((err.line, err.column, err.message.as_str()), (2, 1, "unexpected `}`"));
         let err = parse_str("keep;\nstop").unwrap_err();
         assert_eq!((err.line, err.column), (2, 1));
         assert!(err.message.contains("missing `;`"), "{}", err.message);

@@ -13,7 +13,7 @@ use crate::scenarios::{Ctx, Record};
 use crate::servers::Server;
 use crate::setup::password;
 
-pub async fn run(ctx: &mut Ctx, servers: &[&Server]) {
+pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
     for server in servers {
         let ep = Endpoint { addr: server.pop3, tls: None };
         let (user, n) = (ctx.users.big.clone(), ctx.users.big_msgs);

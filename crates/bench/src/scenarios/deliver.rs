@@ -19,7 +19,7 @@ use crate::setup::password;
 /// Messages fetched back per server for the digest check.
 const VERIFY_SAMPLE: usize = 40;
 
-pub async fn run(ctx: &mut Ctx, servers: &[&Server]) {
+pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
     let mut delivered = vec![0u64; servers.len()];
     for conc in ctx.plan.deliver_conc.clone() {
         if conc > ctx.users.deliver.len() {

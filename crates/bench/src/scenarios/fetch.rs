@@ -14,7 +14,7 @@ use crate::servers::Server;
 use crate::setup::{Users, password};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Plain,
     Pipelined,
     Tls,
@@ -30,7 +30,7 @@ impl Mode {
     }
 }
 
-pub async fn run(ctx: &mut Ctx, mode: Mode, servers: &[&Server]) {
+pub(crate) async fn run(ctx: &mut Ctx, mode: Mode, servers: &[&Server]) {
     let scenario = mode.scenario();
     for conc in ctx.plan.fetch_conc.clone() {
         if conc > ctx.users.fetch.len() {
@@ -113,7 +113,7 @@ async fn worker(
 }
 
 /// One full download; returns (messages, POP3 octets, latencies).
-pub async fn session(
+pub(crate) async fn session(
     ep: &Endpoint,
     user: &str,
     expect: usize,

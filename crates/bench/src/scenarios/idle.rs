@@ -17,7 +17,7 @@ const RAMP_CONCURRENCY: usize = 64;
 /// The whole ramp must finish within this.
 const RAMP_LIMIT: Duration = Duration::from_secs(300);
 
-pub async fn run(ctx: &mut Ctx, servers: &[&Server]) {
+pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
     for k in ctx.plan.idle_sessions.clone() {
         if k > ctx.users.idle.len() {
             ctx.fail("-", "idle", [format!("{k} sessions need {k} idle users")]);

@@ -8,7 +8,7 @@ use crate::scenarios::{Ctx, Record, Tally, run_workers, user_for};
 use crate::servers::Server;
 use crate::setup::password;
 
-pub async fn run(ctx: &mut Ctx, servers: &[&Server]) {
+pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
     for conc in ctx.plan.login_conc.clone() {
         if conc > ctx.users.fetch.len() {
             ctx.fail("-", "login", [format!("concurrency {conc} needs at least {conc} users")]);

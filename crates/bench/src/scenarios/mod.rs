@@ -4,11 +4,11 @@
 //! Every worker loop is bounded twice: by a deadline and by an iteration
 //! cap; every network wait by the client's I/O timeout.
 
-pub mod big;
-pub mod deliver;
-pub mod fetch;
-pub mod idle;
-pub mod login;
+pub(crate) mod big;
+pub(crate) mod deliver;
+pub(crate) mod fetch;
+pub(crate) mod idle;
+pub(crate) mod login;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,30 +25,30 @@ use crate::stats::{Lat, Percentiles, Spread};
 
 /// Run-wide parameters.
 #[derive(Debug, Clone)]
-pub struct Plan {
-    pub duration: Duration,
-    pub reps: usize,
-    pub login_conc: Vec<usize>,
-    pub fetch_conc: Vec<usize>,
-    pub deliver_conc: Vec<usize>,
-    pub idle_sessions: Vec<usize>,
+pub(crate) struct Plan {
+    pub(crate) duration: Duration,
+    pub(crate) reps: usize,
+    pub(crate) login_conc: Vec<usize>,
+    pub(crate) fetch_conc: Vec<usize>,
+    pub(crate) deliver_conc: Vec<usize>,
+    pub(crate) idle_sessions: Vec<usize>,
     /// Cap on sessions or messages per worker per repetition.
-    pub max_iters: u64,
+    pub(crate) max_iters: u64,
 }
 
 /// What every scenario needs.
-pub struct Ctx {
-    pub plan: Plan,
-    pub corpus: Arc<Corpus>,
-    pub users: Arc<Users>,
-    pub tls: tokio_rustls::TlsConnector,
-    pub records: Vec<Record>,
+pub(crate) struct Ctx {
+    pub(crate) plan: Plan,
+    pub(crate) corpus: Arc<Corpus>,
+    pub(crate) users: Arc<Users>,
+    pub(crate) tls: tokio_rustls::TlsConnector,
+    pub(crate) records: Vec<Record>,
     /// Correctness and protocol failures; any makes the run fail.
-    pub errors: Vec<String>,
+    pub(crate) errors: Vec<String>,
 }
 
 impl Ctx {
-    pub fn fail(&mut self, server: &str, scenario: &str, errs: impl IntoIterator<Item = String>) {
+    pub(crate) fn fail(&mut self, server: &str, scenario: &str, errs: impl IntoIterator<Item = String>) {
         for e in errs {
             let msg = format!("[{scenario}/{server}] {e}");
             eprintln!("ERROR {msg}");
@@ -61,21 +61,21 @@ impl Ctx {
 
 /// One measured configuration (scenario × variant × server).
 #[derive(Debug, Clone, Serialize)]
-pub struct Record {
-    pub scenario: String,
-    pub variant: String,
-    pub server: String,
-    pub metric: String,
-    pub higher_is_better: bool,
-    pub value: Spread,
-    pub reps: Vec<f64>,
+pub(crate) struct Record {
+    pub(crate) scenario: String,
+    pub(crate) variant: String,
+    pub(crate) server: String,
+    pub(crate) metric: String,
+    pub(crate) higher_is_better: bool,
+    pub(crate) value: Spread,
+    pub(crate) reps: Vec<f64>,
     /// Secondary figures (msgs/s, server CPU per MiB, …), each a spread.
-    pub extra: BTreeMap<String, Spread>,
-    pub latency: BTreeMap<String, Percentiles>,
+    pub(crate) extra: BTreeMap<String, Spread>,
+    pub(crate) latency: BTreeMap<String, Percentiles>,
 }
 
 impl Record {
-    pub fn new(scenario: &str, variant: &str, server: &str, metric: &str, higher_is_better: bool, reps: Vec<f64>) -> Option<Record> {
+    pub(crate) fn new(scenario: &str, variant: &str, server: &str, metric: &str, higher_is_better: bool, reps: Vec<f64>) -> Option<Record> {
         Some(Record {
             scenario: scenario.into(),
             variant: variant.into(),
@@ -89,14 +89,14 @@ impl Record {
         })
     }
 
-    pub fn extra(mut self, key: &str, values: &[f64]) -> Record {
+    pub(crate) fn extra(mut self, key: &str, values: &[f64]) -> Record {
         if let Some(s) = Spread::of(values) {
             self.extra.insert(key.into(), s);
         }
         self
     }
 
-    pub fn print(&self) {
+    pub(crate) fn print(&self) {
         println!(
             "  {:<13} {:<16} {:<8} {:>12.2} {:<16} (min {:.2}, max {:.2})",
             self.scenario, self.variant, self.server, self.value.median, self.metric, self.value.min, self.value.max
@@ -106,12 +106,12 @@ impl Record {
 
 /// What a worker did.
 #[derive(Debug, Default)]
-pub struct Tally {
-    pub ops: u64,
-    pub msgs: u64,
-    pub bytes: u64,
-    pub lat: Lat,
-    pub errors: Vec<String>,
+pub(crate) struct Tally {
+    pub(crate) ops: u64,
+    pub(crate) msgs: u64,
+    pub(crate) bytes: u64,
+    pub(crate) lat: Lat,
+    pub(crate) errors: Vec<String>,
 }
 
 impl Tally {
@@ -124,30 +124,30 @@ impl Tally {
     }
 
     /// Records an error; true when the worker should stop (too many).
-    pub fn error(&mut self, e: anyhow::Error) -> bool {
+    pub(crate) fn error(&mut self, e: anyhow::Error) -> bool {
         self.errors.push(format!("{e:#}"));
         self.errors.len() >= 5
     }
 }
 
 /// One repetition: `conc` workers, wall time and server CPU around them.
-pub struct Rep {
-    pub tally: Tally,
-    pub elapsed: Duration,
-    pub cpu_secs: f64,
+pub(crate) struct Rep {
+    pub(crate) tally: Tally,
+    pub(crate) elapsed: Duration,
+    pub(crate) cpu_secs: f64,
 }
 
 impl Rep {
-    pub fn per_sec(&self, n: u64) -> f64 {
+    pub(crate) fn per_sec(&self, n: u64) -> f64 {
         n as f64 / self.elapsed.as_secs_f64()
     }
-    pub fn mib(&self) -> f64 {
+    pub(crate) fn mib(&self) -> f64 {
         self.tally.bytes as f64 / (1024.0 * 1024.0)
     }
 }
 
 /// Runs `conc` workers to completion and measures the server around them.
-pub async fn run_workers<F, Fut>(server: &Server, conc: usize, f: F) -> Rep
+pub(crate) async fn run_workers<F, Fut>(server: &Server, conc: usize, f: F) -> Rep
 where
     F: Fn(usize) -> Fut,
     Fut: Future<Output = Tally> + Send + 'static,
@@ -172,7 +172,7 @@ where
 /// The user a worker takes on iteration `i`: worker `w` of `conc` only
 /// ever uses users `u` with `u % conc == w`, so no two concurrent sessions
 /// share a maildrop (pobox locks it, RFC 1939 §8).
-pub fn user_for(users: &[String], conc: usize, w: usize, i: u64) -> &str {
+pub(crate) fn user_for(users: &[String], conc: usize, w: usize, i: u64) -> &str {
     let per = (users.len() / conc).max(1);
     &users[(w + (i as usize % per) * conc) % users.len()]
 }
