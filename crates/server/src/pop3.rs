@@ -430,7 +430,24 @@ impl Driver<'_> {
         // The file is read on the blocking pool and encoded there; the async
         // side only writes. A bounded channel keeps memory constant for any
         // message size.
-        tokio::task::spawn_blocking(move || read_and_encode(&mailbox, index, top_lines, &tx));
+        let reader = tokio::task::spawn_blocking(move || read_and_encode(&mailbox, index, top_lines, &tx));
+        let result = self.stream_message(&mut rx, index, size, top_lines).await;
+        // The reader holds a handle on the maildrop until it returns; wait
+        // for it, so that a QUIT right behind this RETR finds the maildrop
+        // free for UPDATE. Dropping the receiver first unblocks a reader
+        // that is waiting on a full channel after a write error.
+        drop(rx);
+        let _ = reader.await;
+        result
+    }
+
+    async fn stream_message(
+        &mut self,
+        rx: &mut mpsc::Receiver<Chunk>,
+        index: usize,
+        size: u64,
+        top_lines: Option<u64>,
+    ) -> Result<(), ConnError> {
         match rx.recv().await {
             Some(Chunk::Opened) => {
                 self.outbuf.extend_from_slice(retr_status_line(size, top_lines).as_bytes());
