@@ -21,6 +21,7 @@
 mod cli;
 mod lmtp;
 mod pop3;
+mod retention;
 mod robustness;
 mod tls;
 mod util;
