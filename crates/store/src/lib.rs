@@ -62,6 +62,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 pub mod maildir;
+pub mod quota;
 pub mod retention;
 
 pub use maildir::{
@@ -124,6 +125,16 @@ pub trait Mailstore: Send + Sync + 'static {
 
     /// `user`'s retention policy.
     fn policy(&self, user: &str) -> retention::Policy;
+
+    /// Delivers into one of `user`'s folders (Sieve `fileinto`), which POP3
+    /// does not show. The same single writer and durability as
+    /// [`deliver`](Mailstore::deliver).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidFolder`] for an unusable name; otherwise as
+    /// [`deliver`](Mailstore::deliver).
+    fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError>;
 }
 
 /// One user's maildrop, opened exclusively for a POP3 session.
@@ -410,6 +421,12 @@ pub enum StoreError {
     /// `EDQUOT`); LMTP `452 4.3.1`. Carries the failed operation and path.
     #[error("out of disk space or quota: {0}")]
     DiskFull(String),
+    /// The user's quota would be exceeded (Maildir++ `maildirsize`).
+    #[error("quota exceeded: {0}")]
+    OverQuota(String),
+    /// A folder name that cannot be used (Sieve `fileinto`).
+    #[error("invalid folder name {0:?}")]
+    InvalidFolder(String),
     /// Any other I/O error. Treated as temporary.
     #[error("{context}: {source}")]
     Io {
@@ -433,7 +450,9 @@ impl StoreError {
             | StoreError::TooLarge { .. }
             | StoreError::NoSuchMessage { .. }
             | StoreError::Vanished(_)
-            | StoreError::InvalidName(_) => false,
+            | StoreError::InvalidName(_)
+            | StoreError::OverQuota(_)
+            | StoreError::InvalidFolder(_) => false,
         }
     }
 
@@ -449,6 +468,8 @@ impl StoreError {
             StoreError::Vanished(_) => "message was removed by another program",
             StoreError::InvalidName(_) => "invalid name",
             StoreError::DiskFull(_) => "mailbox full, try again later",
+            StoreError::OverQuota(_) => "mailbox over quota",
+            StoreError::InvalidFolder(_) => "invalid folder name",
             StoreError::Io { .. } => "internal storage error, try again later",
         }
     }

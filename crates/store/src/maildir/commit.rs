@@ -89,6 +89,12 @@ pub(super) fn commit(
     if touched.cur {
         fsync_dir(&md.dir(Sub::Cur))?;
     }
+    if report.failed > 0 {
+        md.forget_usage();
+    } else if report.removed > 0 {
+        let bytes: u64 = messages.iter().zip(&marked).filter(|(_, d)| **d).map(|(m, _)| m.size).sum();
+        md.record_usage(-(bytes as i64), -(report.removed as i64));
+    }
     if touched.aside {
         fsync_dir(&md.restore_cur())?;
         md.append_log(&moved)?;

@@ -31,6 +31,7 @@
 mod commit;
 mod deliver;
 mod lock;
+mod quota;
 mod name;
 mod retention;
 mod scan;
@@ -47,6 +48,7 @@ use rustix::fs::{Mode, OFlags};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::quota::{Quota, QuotaConfig, Usage};
 use crate::retention::{self as policy, ExpiryReason, Policy, RetentionConfig};
 use crate::{CommitReport, Delivered, Mailbox, Mailstore, MessageInfo, StoreError};
 
@@ -138,6 +140,7 @@ pub struct MaildirStore {
     location: MailLocation,
     max_size: Option<u64>,
     retention: Arc<RetentionConfig>,
+    quota: Arc<QuotaConfig>,
 }
 
 impl MaildirStore {
@@ -148,6 +151,7 @@ impl MaildirStore {
             location,
             max_size: None,
             retention: Arc::new(RetentionConfig::default()),
+            quota: Arc::new(QuotaConfig::default()),
         }
     }
 
@@ -171,6 +175,67 @@ impl MaildirStore {
     #[must_use]
     pub fn retention(&self) -> &RetentionConfig {
         &self.retention
+    }
+
+    /// Applies quotas to deliveries.
+    #[must_use]
+    pub fn with_quota(mut self, quota: QuotaConfig) -> Self {
+        self.quota = Arc::new(quota);
+        self
+    }
+
+    /// `user`'s usage and quota (usage from `maildirsize`, rescanned only
+    /// when that file cannot be trusted).
+    ///
+    /// # Errors
+    ///
+    /// Filesystem errors.
+    pub fn usage(&self, user: &str) -> Result<(Usage, Quota), StoreError> {
+        let quota = self.quota.for_user(user);
+        Ok((self.maildir(user)?.usage(&quota)?, quota))
+    }
+
+    /// Moves message `uidl` from `folder` (e.g. a Junk quarantine) into the
+    /// inbox's `new/`, byte for byte, under its own name (so its UIDL stays).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidFolder`], [`StoreError::Vanished`] if no such
+    /// message, or filesystem errors.
+    pub fn release(&self, user: &str, folder: &str, uidl: &str) -> Result<PathBuf, StoreError> {
+        let inbox = self.maildir(user)?;
+        let dir = folder_dir(&inbox, folder)?;
+        for sub in ["new", "cur"] {
+            let from_dir = dir.join(sub);
+            let entries = match fs::read_dir(&from_dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error(format_args!("reading {}", from_dir.display()), e)),
+            };
+            for entry in entries.flatten() {
+                let file = entry.file_name();
+                if name::uidl_for(name::base_of(&file)).as_str() != uidl {
+                    continue;
+                }
+                // Drop the flags part: the message is new in the inbox.
+                let bytes = file.as_encoded_bytes();
+                let plain = bytes.split(|&b| b == b':').next().unwrap_or(bytes);
+                let to = inbox.dir(Sub::New).join(std::ffi::OsStr::new(&String::from_utf8_lossy(plain).into_owned()));
+                rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    &from_dir.join(&file),
+                    rustix::fs::CWD,
+                    &to,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .map_err(|e| io_error(format_args!("releasing {}", file.to_string_lossy()), e.into()))?;
+                fsync_dir(&inbox.dir(Sub::New))?;
+                fsync_dir(&from_dir)?;
+                inbox.forget_usage();
+                return Ok(to);
+            }
+        }
+        Err(StoreError::Vanished(format!("{folder}/{uidl}")))
     }
 
     /// The location template.
@@ -220,7 +285,38 @@ impl Mailstore for MaildirStore {
     }
 
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
-        self.maildir(user)?.deliver(message, self.max_size)
+        let maildir = self.maildir(user)?;
+        let quota = self.quota.for_user(user);
+        if quota.is_unlimited() {
+            return maildir.deliver(message, self.max_size);
+        }
+        // No rescan per delivery: usage comes from maildirsize. The byte
+        // limit becomes the writer's size limit, so an over-quota message is
+        // refused while it streams, before anything reaches new/.
+        let usage = maildir.usage(&quota)?;
+        if quota.exceeded_by(usage, 0) {
+            return Err(StoreError::OverQuota(format!("{} messages, {} octets in use", usage.messages, usage.bytes)));
+        }
+        let room = quota.bytes.map(|limit| limit.saturating_sub(usage.bytes));
+        let limit = match (self.max_size, room) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match maildir.deliver(message, limit) {
+            Ok(d) => {
+                maildir.record_usage(d.size as i64, 1);
+                Ok(d)
+            }
+            Err(StoreError::TooLarge { .. }) if room.is_some_and(|r| self.max_size.is_none_or(|m| r < m)) => {
+                Err(StoreError::OverQuota(format!("{} octets free", room.unwrap_or(0))))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
+        let inbox = self.maildir(user)?;
+        Maildir::open_or_create(folder_dir(&inbox, folder)?)?.deliver(message, self.max_size)
     }
 
     fn expire(&self, user: &str, now: SystemTime, dry_run: bool) -> Result<ExpireReport, StoreError> {
@@ -721,6 +817,7 @@ impl MaildirStore {
             }
         }
         if !restored.is_empty() {
+            maildir.forget_usage();
             fsync_dir(&cur)?;
             fsync_dir(&maildir.restore_cur())?;
             maildir.append_log(&records)?;
@@ -801,6 +898,21 @@ impl MaildirStore {
         let aside = self.retention.for_user(user).restore_days > 0;
         commit::commit(&maildir, &messages, &all, aside, now)
     }
+}
+
+/// The Maildir++ folder directory for `folder` (`<inbox>/.<folder>`).
+/// Names are checked strictly: they come from Sieve scripts.
+fn folder_dir(inbox: &Maildir, folder: &str) -> Result<PathBuf, StoreError> {
+    let ok = !folder.is_empty()
+        && folder.len() <= 255
+        && !folder.starts_with('.')
+        && !folder.contains("..")
+        && !folder.eq_ignore_ascii_case("INBOX")
+        && folder.chars().all(|c| c.is_alphanumeric() || " _-+.@".contains(c));
+    if !ok {
+        return Err(StoreError::InvalidFolder(folder.to_owned()));
+    }
+    Ok(inbox.path().join(format!(".{folder}")))
 }
 
 /// The Maildir subdirectories.
