@@ -13,6 +13,7 @@
 //! | `{SSHA512}`, `{SSHA256}` | base64(digest(password ‖ salt) ‖ salt) | `sha2` |
 //! | `{SHA512}`, `{SHA256}` | base64(digest(password)) | `sha2` |
 //! | `{PLAIN}`, `{CLEAR}`, `{CLEARTEXT}` | the password itself | — |
+//! | `{SCRAM-SHA-256}` | `iterations,salt,StoredKey,ServerKey` (RFC 5802; serves SCRAM too) | `ring` |
 //!
 //! Scheme names are case-insensitive. As in Dovecot, the digest schemes and
 //! the plain schemes take an encoding suffix: `{SHA512.HEX}`, `{SSHA512.HEX}`,
@@ -21,7 +22,7 @@
 //!
 //! Not supported (reported as [`HashError::UnknownScheme`] or, under
 //! `{CRYPT}`, as [`HashError::Malformed`]): DES and MD5 crypt, `{MD5}`,
-//! `{SHA}`, `{SSHA}`, `{PLAIN-MD5}`, `{CRAM-MD5}`, `{SCRAM-SHA-*}`,
+//! `{SHA}`, `{SSHA}`, `{PLAIN-MD5}`, `{CRAM-MD5}`, `{SCRAM-SHA-1}`,
 //! `{PBKDF2}`, `{PLAIN-TRUNC}`. All of them are either broken or
 //! need more than a hash to be useful; re-set such passwords with
 //! [`crate::UserDb::set_password`].
@@ -42,6 +43,7 @@ use sha_crypt::ShaCrypt;
 use sha2::{Digest, Sha256, Sha512};
 use subtle::ConstantTimeEq;
 
+use crate::scram::ScramSecret;
 use crate::secret::Secret;
 
 /// Scheme label written by [`hash_password`].
@@ -150,6 +152,9 @@ pub enum Scheme {
     /// Cleartext (`{PLAIN}`, `{CLEAR}`, `{CLEARTEXT}`). The only scheme that
     /// supports APOP.
     Plain,
+    /// Dovecot's `{SCRAM-SHA-256}`: a SCRAM verifier (RFC 5802/7677), which
+    /// also verifies cleartext passwords (PBKDF2-HMAC-SHA-256).
+    ScramSha256,
 }
 
 impl Scheme {
@@ -167,6 +172,7 @@ impl Scheme {
             Self::Ssha256 => "SSHA256",
             Self::Sha256 => "SHA256",
             Self::Plain => "PLAIN",
+            Self::ScramSha256 => "SCRAM-SHA-256",
         }
     }
 }
@@ -210,6 +216,8 @@ enum Value {
     },
     /// Cleartext.
     Plain(Secret),
+    /// A SCRAM-SHA-256 verifier.
+    Scram(ScramSecret),
 }
 
 impl StoredPassword {
@@ -238,6 +246,7 @@ impl StoredPassword {
 
         let value = match base {
             "ARGON2ID" | "ARGON2I" | "SHA512-CRYPT" | "SHA256-CRYPT" | "BLF-CRYPT" | "CRYPT"
+            | "SCRAM-SHA-256"
                 if encoding.is_some() =>
             {
                 return Err(malformed("encoding suffix not allowed for this scheme"));
@@ -252,6 +261,7 @@ impl StoredPassword {
             "SHA512" => parse_digest(body, encoding, Scheme::Sha512).map_err(malformed)?,
             "SSHA256" => parse_digest(body, encoding, Scheme::Ssha256).map_err(malformed)?,
             "SHA256" => parse_digest(body, encoding, Scheme::Sha256).map_err(malformed)?,
+            "SCRAM-SHA-256" => Value::Scram(ScramSecret::parse(body).map_err(malformed)?),
             "PLAIN" | "CLEAR" | "CLEARTEXT" => {
                 let bytes = match encoding {
                     None => body.as_bytes().to_vec(),
@@ -273,6 +283,7 @@ impl StoredPassword {
             | Value::Digest { scheme, .. } => *scheme,
             Value::Bcrypt { .. } => Scheme::BlfCrypt,
             Value::Plain(_) => Scheme::Plain,
+            Value::Scram(_) => Scheme::ScramSha256,
         }
     }
 
@@ -294,6 +305,15 @@ impl StoredPassword {
         }
     }
 
+    /// The SCRAM verifier, when the password field itself is `{SCRAM-SHA-256}`.
+    #[must_use]
+    pub fn scram(&self) -> Option<&ScramSecret> {
+        match &self.value {
+            Value::Scram(secret) => Some(secret),
+            _ => None,
+        }
+    }
+
     /// True when `password` matches.
     ///
     /// The comparison is constant-time; the cost of computing the hash depends
@@ -308,6 +328,7 @@ impl StoredPassword {
             // Any Err is a mismatch: the PHC string and its parameters were
             // validated at parse time, so a format error cannot occur here.
             Value::Argon2 { phc, .. } => {
+                ARGON2_VERIFICATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 Argon2::default().verify_password(password, &**phc).is_ok()
             }
             Value::ShaCrypt { mcf, .. } => ShaCrypt::default()
@@ -339,6 +360,7 @@ impl StoredPassword {
             // Compare digests, not the raw bytes: `ct_eq` on slices returns
             // early on a length mismatch, which would leak the length of the
             // stored cleartext.
+            Value::Scram(secret) => secret.verify_password(password),
             Value::Plain(secret) => Sha512::digest(password)
                 .as_slice()
                 .ct_eq(Sha512::digest(secret.as_bytes()).as_slice())
@@ -360,6 +382,17 @@ impl fmt::Debug for StoredPassword {
 /// result, so that a login for an unknown user costs about as much as one for
 /// a known user with a [`hash_password`] hash. Without it the response time
 /// tells an attacker which user names exist.
+/// Argon2 verifications run by this process (real and dummy).
+static ARGON2_VERIFICATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// How many Argon2 verifications this process has run, the dummy ones for
+/// unknown users included. Lets tests check that an unknown user costs the
+/// same work as a wrong password without measuring time.
+#[must_use]
+pub fn argon2_verifications() -> u64 {
+    ARGON2_VERIFICATIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) fn verify_dummy(password: &[u8]) {
     std::hint::black_box(DUMMY.verify(password));
 }

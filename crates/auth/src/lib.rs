@@ -9,6 +9,9 @@
 //!   new ones with Argon2id;
 //! * checks RFC 1939 `APOP` digests ([`UserDb::verify_apop`]);
 //! * decodes SASL PLAIN and LOGIN responses for POP3 `AUTH` ([`sasl`]);
+//! * runs the server side of SCRAM-SHA-256(-PLUS) as a pure step machine
+//!   ([`scram`]) and validates OAuth 2.0 bearer tokens (JWT against a JWKS
+//!   file) for OAUTHBEARER and XOAUTH2 ([`oauth`]);
 //! * mints [`Authenticated`], the only proof of a successful login. Its field
 //!   is private, so code outside this crate cannot fabricate one, and the
 //!   server can only open a mailbox for a user who really authenticated.
@@ -22,9 +25,11 @@
 //! * no rate limiting or lockout after failed logins, and no logging of
 //!   failed attempts: that is the server's job, which knows the peer address;
 //! * no mail storage access and no dependency on other pobox crates;
-//! * no SASL state machine (challenges, `*` cancel): the server drives the
-//!   exchange, this crate decodes the pieces;
-//! * no SCRAM, OAUTHBEARER or proxy authorization (authzid ≠ authcid).
+//! * no SASL framing (challenges, `*` cancel): the session in `pobox-proto`
+//!   frames the exchange, the server feeds each decoded message to the
+//!   mechanism here;
+//! * no proxy authorization (authzid ≠ authcid), no network (the JWKS is a
+//!   file).
 //!
 //! No error message or `Debug` output of this crate contains a password or a
 //! password hash.
@@ -59,7 +64,9 @@
 #![warn(missing_docs, unreachable_pub)]
 
 pub mod hash;
+pub mod oauth;
 pub mod sasl;
+pub mod scram;
 pub mod secret;
 pub mod userdb;
 

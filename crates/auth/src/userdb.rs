@@ -11,9 +11,31 @@
 //! bob:{SHA512-CRYPT}$6$...:1000:1000::/home/bob::userdb_quota_rule=*:storage=1G
 //! ```
 //!
-//! Only the first two fields (user, `{SCHEME}hash`; see [`crate::hash`]) are
-//! used. Later fields (uid, gid, gecos, home, shell, extra fields) may be
-//! absent; when present they are kept unchanged when a line is rewritten.
+//! The first two fields (user, `{SCHEME}hash`; see [`crate::hash`]) are
+//! used, and one extra field (see below). Later fields (uid, gid, gecos,
+//! home, shell, extra fields) may be absent; when present they are kept
+//! unchanged when a line is rewritten.
+//!
+//! # SCRAM secrets
+//!
+//! A SCRAM-SHA-256 verifier cannot be computed from an Argon2 hash, so
+//! [`UserDb::add`] and [`UserDb::set_password`] store it beside the hash, as
+//! the extra field (8th field, space-separated `key=value` tokens, as in
+//! Dovecot) `scram={SCRAM-SHA-256}iterations,salt,StoredKey,ServerKey`:
+//!
+//! ```text
+//! alice:{ARGON2ID}$argon2id$...::::::scram={SCRAM-SHA-256}10000,c2FsdA==,...,...
+//! ```
+//!
+//! Why an extra field and not a second line or file: the file stays one
+//! line per user and valid for Dovecot, which ignores passdb extra fields
+//! it does not know; the value is Dovecot's own scheme string, so moving it
+//! into the password field gives Dovecot SCRAM too. A password field that is
+//! itself `{SCRAM-SHA-256}` (what Dovecot writes) also serves SCRAM.
+//!
+//! Each user's line also has a fingerprint (SHA-256 of the line,
+//! [`UserDb::fingerprint`]): caches of successful logins compare it to
+//! notice that the user's entry changed.
 //! Blank lines and lines whose first non-blank character is `#` are ignored.
 //! CRLF line endings are tolerated.
 //!
@@ -69,7 +91,10 @@ use md5::{Digest as _, Md5};
 use subtle::ConstantTimeEq as _;
 use zeroize::Zeroize as _;
 
+use sha2::Sha256;
+
 use crate::hash::{self, StoredPassword};
+use crate::scram::ScramSecret;
 use crate::{AuthError, Authenticated};
 
 /// Longest user name [`valid_username`] accepts, in bytes.
@@ -206,6 +231,11 @@ impl FileStamp {
 #[derive(Default)]
 struct Snapshot {
     users: HashMap<String, StoredPassword>,
+    /// SCRAM verifiers, from the `scram=` extra field or a `{SCRAM-SHA-256}`
+    /// password field.
+    scram: HashMap<String, ScramSecret>,
+    /// SHA-256 of each user's line.
+    fingerprints: HashMap<String, [u8; 32]>,
     /// User names in file order, for listing.
     order: Vec<String>,
     warnings: Vec<LoadWarning>,
@@ -310,6 +340,34 @@ impl UserDb {
         }
     }
 
+    /// The SCRAM-SHA-256 verifier of `user`, if the user exists and has one.
+    ///
+    /// # Errors
+    /// [`AuthError::Temporary`] when the passwd-file cannot be read.
+    pub fn scram_secret(&self, user: &str) -> Result<Option<ScramSecret>, AuthError> {
+        Ok(self.snapshot()?.scram.get(user).cloned())
+    }
+
+    /// True when at least one user has a SCRAM verifier, i.e. when offering
+    /// `SASL SCRAM-SHA-256` can succeed for someone.
+    ///
+    /// # Errors
+    /// [`AuthError::Temporary`] when the passwd-file cannot be read.
+    pub fn has_scram(&self) -> Result<bool, AuthError> {
+        Ok(!self.snapshot()?.scram.is_empty())
+    }
+
+    /// SHA-256 of `user`'s line as currently in the file (after reloading
+    /// if it changed), or `None` for an unknown user. It changes whenever
+    /// the line does (new password, new SCRAM secret, removal), so a cache
+    /// of successful logins keyed on it drops stale entries by itself.
+    ///
+    /// # Errors
+    /// [`AuthError::Temporary`] when the passwd-file cannot be read.
+    pub fn fingerprint(&self, user: &str) -> Result<Option<[u8; 32]>, AuthError> {
+        Ok(self.snapshot()?.fingerprints.get(user).copied())
+    }
+
     /// Whether `user` has a usable entry (exact name match). For delivery:
     /// is this a local user?
     ///
@@ -375,7 +433,11 @@ impl UserDb {
     /// Only if the operating system's RNG fails (see [`hash::hash_password`]).
     pub fn add(&self, user: &str, password: &[u8]) -> Result<(), UserDbError> {
         check_args(user, password)?;
-        let entry = format!("{user}:{}", hash::hash_password(password));
+        let entry = format!(
+            "{user}:{}::::::{SCRAM_FIELD}{}",
+            hash::hash_password(password),
+            ScramSecret::derive(password).to_dovecot()
+        );
         self.edit(|lines| {
             if lines
                 .iter()
@@ -407,12 +469,13 @@ impl UserDb {
     pub fn set_password(&self, user: &str, password: &[u8]) -> Result<(), UserDbError> {
         check_args(user, password)?;
         let hashed = hash::hash_password(password);
+        let scram = ScramSecret::derive(password).to_dovecot();
         self.edit(|lines| {
             let line = lines
                 .iter_mut()
                 .find(|line| line_user(line) == Some(user.as_bytes()))
                 .ok_or_else(|| UserDbError::NotFound(user.to_owned()))?;
-            *line = replace_password_field(line, hashed.as_bytes());
+            *line = set_scram_field(&replace_password_field(line, hashed.as_bytes()), &scram);
             Ok(())
         })
     }
@@ -625,6 +688,27 @@ fn parse(content: &[u8]) -> Snapshot {
             ));
             continue;
         }
+        let extra = rest.splitn(7, ':').nth(6).unwrap_or_default();
+        let mut scram = stored.scram().cloned();
+        for token in extra.split(' ') {
+            if let Some(value) = token.strip_prefix(SCRAM_FIELD) {
+                match value
+                    .strip_prefix("{SCRAM-SHA-256}")
+                    .ok_or("not a {SCRAM-SHA-256} value")
+                    .and_then(ScramSecret::parse)
+                {
+                    Ok(secret) => scram = Some(secret),
+                    // The password still works; only SCRAM is off for them.
+                    Err(reason) => warn(format!("user {name}: scram field ignored: {reason}")),
+                }
+            }
+        }
+        if let Some(secret) = scram {
+            snapshot.scram.insert(name.to_owned(), secret);
+        }
+        snapshot
+            .fingerprints
+            .insert(name.to_owned(), Sha256::digest(line.as_bytes()).into());
         first_line.insert(name.to_owned(), line_no);
         snapshot.order.push(name.to_owned());
         snapshot.users.insert(name.to_owned(), stored);
@@ -680,6 +764,31 @@ fn replace_password_field(line: &[u8], new: &[u8]) -> Vec<u8> {
     out.push(b':');
     out.extend_from_slice(new);
     out.extend_from_slice(tail);
+    if had_cr {
+        out.push(b'\r');
+    }
+    out
+}
+
+/// The extra-field key holding the SCRAM verifier.
+const SCRAM_FIELD: &str = "scram=";
+
+/// Sets the `scram=` token in the 8th (extra) field of `line`, adding the
+/// missing empty fields, and keeping every other token and a trailing `\r`.
+fn set_scram_field(line: &[u8], scram: &str) -> Vec<u8> {
+    let had_cr = line.ends_with(b"\r");
+    let body = String::from_utf8_lossy(strip_cr(line)).into_owned();
+    let mut fields: Vec<String> = body.splitn(8, ':').map(str::to_owned).collect();
+    fields.resize(8, String::new());
+    let mut tokens: Vec<&str> = fields[7]
+        .split(' ')
+        .filter(|t| !t.is_empty() && !t.starts_with(SCRAM_FIELD))
+        .collect();
+    let token = format!("{SCRAM_FIELD}{scram}");
+    tokens.push(&token);
+    let extra = tokens.join(" ");
+    fields[7] = extra;
+    let mut out = fields.join(":").into_bytes();
     if had_cr {
         out.push(b'\r');
     }
@@ -1138,11 +1247,13 @@ mod tests {
             "{}",
             lines[1]
         );
+        // Other fields and extra-field tokens kept; the SCRAM secret added.
         assert!(
-            lines[1].ends_with(":1000:1000::/home/alice::userdb_mail=maildir:~/M\r"),
+            lines[1].contains(":1000:1000::/home/alice::userdb_mail=maildir:~/M scram={SCRAM-SHA-256}10000,"),
             "{}",
             lines[1]
         );
+        assert!(lines[1].ends_with('\r'), "{}", lines[1]);
         assert_eq!(lines[2], "this line is broken");
         assert_eq!(lines[3], "");
         assert_eq!(lines[4], format!("{BOB_SHA512}:::"));
@@ -1179,7 +1290,9 @@ mod tests {
         db.set_password("carol", b"fixed").unwrap();
         let text = read(&db);
         assert!(text.starts_with("carol:{ARGON2ID}"), "{text}");
-        assert!(text.lines().next().unwrap().ends_with(":1001"));
+        // uid kept; empty fields filled up to the extra field with the SCRAM secret.
+        assert!(text.lines().next().unwrap().contains(":1001:::::scram={SCRAM-SHA-256}"), "{text}");
+        assert!(db.scram_secret("carol").unwrap().unwrap().verify_password(b"fixed"));
         assert!(db.verify("carol", b"fixed").is_ok());
         assert!(db.verify("carol", b"old").is_err());
 

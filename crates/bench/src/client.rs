@@ -300,17 +300,22 @@ impl Pop3 {
 /// An LMTP (RFC 2033) sender.
 pub(crate) struct Lmtp {
     conn: Conn,
+    /// Whether LHLO advertised SIZE (RFC 1870); Dovecot's LMTP does not.
+    size_ext: bool,
     pub(crate) lat: Lat,
 }
 
 impl Lmtp {
     async fn reply(&mut self) -> anyhow::Result<(u16, String)> {
+        let mut text = String::new();
         for _ in 0..1000 {
             let line = self.conn.line().await?;
             ensure!(line.len() >= 3, "short LMTP reply");
             let code: u16 = std::str::from_utf8(&line[..3])?.parse()?;
+            text.push_str(&String::from_utf8_lossy(&line));
+            text.push('\n');
             if line.get(3) != Some(&b'-') {
-                return Ok((code, String::from_utf8_lossy(&line).into_owned()));
+                return Ok((code, text));
             }
         }
         bail!("LMTP reply with too many lines")
@@ -318,12 +323,13 @@ impl Lmtp {
 
     pub(crate) async fn connect(addr: SocketAddr) -> anyhow::Result<Lmtp> {
         let ep = Endpoint { addr, tls: None };
-        let mut l = Lmtp { conn: ep.connect().await?, lat: Lat::default() };
+        let mut l = Lmtp { conn: ep.connect().await?, size_ext: false, lat: Lat::default() };
         let (c, t) = l.reply().await?;
         ensure!(c == 220, "LMTP greeting: {t}");
         l.conn.send(b"LHLO bench.invalid\r\n").await?;
         let (c, t) = l.reply().await?;
         ensure!(c == 250, "LHLO: {t}");
+        l.size_ext = t.lines().any(|x| x.get(4..).is_some_and(|k| k.eq_ignore_ascii_case("SIZE") || k.to_ascii_uppercase().starts_with("SIZE ")));
         Ok(l)
     }
 
@@ -332,7 +338,8 @@ impl Lmtp {
     /// `deliver` covers MAIL to the final 250.
     pub(crate) async fn deliver(&mut self, rcpt: &str, wire: &[u8]) -> anyhow::Result<()> {
         let t = Instant::now();
-        let head = format!("MAIL FROM:<bench@example.org> SIZE={}\r\nRCPT TO:<{rcpt}@bench.invalid>\r\nDATA\r\n", wire.len());
+        let size = if self.size_ext { format!(" SIZE={}", wire.len()) } else { String::new() };
+        let head = format!("MAIL FROM:<bench@example.org>{size}\r\nRCPT TO:<{rcpt}@bench.invalid>\r\nDATA\r\n");
         self.conn.send(head.as_bytes()).await?;
         for what in ["MAIL", "RCPT"] {
             let (c, t) = self.reply().await?;

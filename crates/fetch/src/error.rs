@@ -34,6 +34,24 @@ pub enum FetchError {
     /// The server did not answer within the account's timeout.
     #[error("server did not answer within {0} seconds")]
     Timeout(u64),
+    /// The server's first line is not a POP3 greeting: the host and port
+    /// lead to something else (an HTTP, SSH or SMTP server, a TLS port
+    /// spoken to in plaintext…). Nothing was sent.
+    #[error("{server} is not a POP3 server: its greeting was {said} (check host, port and security)")]
+    NotPop3 {
+        /// `host:port`.
+        server: String,
+        /// The start of what it sent, quoted and escaped.
+        said: String,
+    },
+    /// The server accepted the connection but sent no greeting in time.
+    #[error("{server} sent no greeting within {secs} seconds (a TLS-only port needs security = \"tls\")")]
+    NoGreeting {
+        /// `host:port`.
+        server: String,
+        /// The timeout.
+        secs: u64,
+    },
     /// The server closed the connection where a reply was due.
     #[error("server closed the connection unexpectedly")]
     Closed,
@@ -99,6 +117,7 @@ impl FetchError {
                 | FetchError::Auth(_)
                 | FetchError::NoAuthMethod(_)
                 | FetchError::NoStls
+                | FetchError::NotPop3 { .. }
         )
     }
 }

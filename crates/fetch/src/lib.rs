@@ -170,6 +170,9 @@ pub fn run(args: FetchArgs) -> ExitCode {
                         display.println(&format!("{name}: {line}"));
                     }
                     display.println(&summary_line(&name, &s, secs, args.dry_run));
+                    for w in &s.warnings {
+                        eprintln!("pobox fetch: {name}: warning: {w}");
+                    }
                 }
                 any_mail |= s.got_mail();
             }

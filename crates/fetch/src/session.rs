@@ -15,8 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use pobox_proto::pop3::client::{
-    body_lines, parse_list_line, parse_uidl_line, Capabilities, LineEnding, Reply, Request,
+    body_lines, parse_list_line, parse_uidl_line, Capabilities, LineEnding, Reply, ReplyError, Request,
 };
+use pobox_proto::pop3::response::StatusError;
 use pobox_proto::pop3::Status;
 use sha2::{Digest, Sha256};
 
@@ -51,6 +52,9 @@ pub struct Summary {
     pub headers_only: u64,
     /// `--dry-run`: the plan, one line per message.
     pub plan: Vec<String>,
+    /// Things the user should know that did not stop the fetch (a refused
+    /// RETR or DELE, LIST sizes that were wrong).
+    pub warnings: Vec<String>,
 }
 
 impl Summary {
@@ -105,7 +109,7 @@ pub async fn fetch_account(
                 Action::SkipOversize => summary.skipped += 1,
             }
         }
-        quit(&mut conn).await?;
+        let _ = quit(&mut conn).await?;
         return Ok(summary);
     }
     let dest = dest.expect("opened when not a dry run");
@@ -114,13 +118,31 @@ pub async fn fetch_account(
     let count = steps.iter().filter(|s| matches!(s.action, Action::Fetch { .. })).count() as u64;
     progress.start(count, total);
 
-    let mut run = Run { account, identity: &identity, state_dir, dest: &dest, journal: &mut journal, summary, now };
-    run.transfer(&mut conn, &steps, depth, progress).await?;
+    let mut run = Run {
+        account,
+        identity: &identity,
+        state_dir,
+        dest: &dest,
+        journal: &mut journal,
+        summary,
+        now,
+        batch: Vec::new(),
+        batch_bytes: 0,
+        batch_started: None,
+        batch_limit: dest.batch_limit(),
+        size_mismatch: (0, None),
+    };
+    let result = run.transfer(&mut conn, &steps, depth, progress).await;
+    run.finish_warnings();
+    result?;
     let Run { mut summary, .. } = run;
     let dele_sent = summary.deleted;
     summary.deleted = 0;
-    if quit(&mut conn).await? {
-        summary.deleted = dele_sent;
+    match quit(&mut conn).await? {
+        Ok(()) => summary.deleted = dele_sent,
+        // RFC 1939 §6: -ERR on QUIT means some deletions failed. The
+        // journal still lists them, so the next run retries.
+        Err(text) => summary.warnings.push(format!("the server could not commit the deletions: {text}")),
     }
     Ok(summary)
 }
@@ -136,7 +158,7 @@ async fn open_session(account: &Account, secret: Secret) -> Result<(Conn, Option
     if account.security == Security::Tls {
         conn = conn.upgrade(tls.as_ref().expect("built for tls"), account).await?;
     }
-    expect_ok(conn.read_reply(false).await?, "greeting")?;
+    greeting(&mut conn, account).await?;
     let mut caps = capa(&mut conn).await?;
     if account.security == Security::Starttls {
         // STLS is mandatory here, never opportunistic: if the server does
@@ -155,6 +177,31 @@ async fn open_session(account: &Account, secret: Secret) -> Result<(Conn, Option
     }
     login(&mut conn, account, caps.as_ref(), secret).await?;
     Ok((conn, caps))
+}
+
+/// Reads the greeting, telling "this is not a POP3 server" apart from a
+/// POP3 server that is refusing service.
+async fn greeting(conn: &mut Conn, account: &Account) -> Result<(), FetchError> {
+    let server = || format!("{}:{}", account.host, account.port);
+    let quote = |line: &str| {
+        let mut q = format!("{:?}", line.trim_end());
+        if q.len() > 80 {
+            q.truncate(q.char_indices().take_while(|(i, _)| *i < 76).last().map_or(0, |(i, c)| i + c.len_utf8()));
+            q.push_str("…\"");
+        }
+        q
+    };
+    match conn.read_reply(false).await {
+        Ok(reply) => expect_ok(reply, "greeting").map(drop),
+        Err(FetchError::Protocol(ReplyError::NotAStatus(StatusError::NotAStatus(line)))) => {
+            Err(FetchError::NotPop3 { server: server(), said: quote(&line) })
+        }
+        Err(FetchError::Protocol(ReplyError::StatusTooLong)) => {
+            Err(FetchError::NotPop3 { server: server(), said: "a line too long for a POP3 status".into() })
+        }
+        Err(FetchError::Timeout(secs)) => Err(FetchError::NoGreeting { server: server(), secs }),
+        Err(e) => Err(e),
+    }
 }
 
 async fn capa(conn: &mut Conn) -> Result<Option<Capabilities>, FetchError> {
@@ -298,20 +345,14 @@ async fn read_uidl(conn: &mut Conn, uidls: &mut std::collections::HashMap<u32, S
     Ok(())
 }
 
-/// Sends QUIT and reads the answer. True when the server confirmed, i.e.
-/// committed the session's DELEs.
-async fn quit(conn: &mut Conn) -> Result<bool, FetchError> {
-    match conn.command(&Request::Quit).await {
-        Ok(Reply::Status(Status::Ok(_))) => Ok(true),
-        Ok(Reply::Status(Status::Err(_, text))) => {
-            // RFC 1939 §6: -ERR on QUIT means some deletions failed. The
-            // journal still lists them, so the next run retries.
-            tracing::warn!("server reported a problem committing deletions: {text}");
-            Ok(false)
-        }
-        Ok(Reply::Continue(_)) => Ok(false),
-        Err(e) => Err(e),
-    }
+/// Sends QUIT and reads the answer: `Ok(Ok(()))` when the server confirmed,
+/// i.e. committed the session's DELEs, `Ok(Err(text))` when it said it
+/// could not.
+async fn quit(conn: &mut Conn) -> Result<Result<(), String>, FetchError> {
+    Ok(match conn.command(&Request::Quit).await? {
+        Reply::Status(Status::Ok(_)) => Ok(()),
+        other => Err(reply_text(&other)),
+    })
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -321,6 +362,23 @@ enum Pending {
     Dele(usize),
 }
 
+impl Pending {
+    fn is_download(self) -> bool {
+        matches!(self, Pending::Retr(_) | Pending::Top(_))
+    }
+}
+
+/// A message stored (not yet durably) in the current group-commit batch.
+#[derive(Debug)]
+struct Uncommitted {
+    step: usize,
+    headers_only: bool,
+}
+
+/// A batch waiting too long for more messages is committed anyway, so a
+/// slow server does not hold back DELEs (and journal records) for long.
+const BATCH_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Run<'a> {
     account: &'a Account,
     identity: &'a str,
@@ -329,12 +387,46 @@ struct Run<'a> {
     journal: &'a mut Journal,
     summary: Summary,
     now: u64,
+    /// Stored, not yet durable/journalled: no DELE for these yet.
+    batch: Vec<Uncommitted>,
+    batch_bytes: u64,
+    batch_started: Option<std::time::Instant>,
+    batch_limit: usize,
+    /// Full downloads whose size differed from LIST: (count, first example).
+    size_mismatch: (u64, Option<String>),
 }
 
 impl Run<'_> {
     /// Sends RETR/TOP/DELE with up to `depth` commands in flight and
     /// handles each reply in order.
+    ///
+    /// Group commit: downloaded messages are stored (each file fsynced)
+    /// into a batch; once per batch (full, [`BATCH_BYTES`] reached, older
+    /// than [`BATCH_MAX_AGE`], or no download left in flight) the
+    /// destination's directory is fsynced once, the journal gets one append
+    /// and one fsync for the whole batch, and only then are the batch's
+    /// DELEs queued. On an error the batch is committed (without DELEs)
+    /// before returning, so the next run does not download it again.
+    ///
+    /// [`BATCH_BYTES`]: crate::dest::BATCH_BYTES
     async fn transfer(
+        &mut self,
+        conn: &mut Conn,
+        steps: &[Step],
+        depth: usize,
+        progress: &AccountProgress,
+    ) -> Result<(), FetchError> {
+        let result = self.transfer_inner(conn, steps, depth, progress).await;
+        if result.is_err() && !self.batch.is_empty() {
+            // Best effort; the transfer's own error is the one to report.
+            if let Err(e) = self.commit(steps, &mut VecDeque::new()) {
+                tracing::warn!("could not commit the last batch after an error: {e}");
+            }
+        }
+        result
+    }
+
+    async fn transfer_inner(
         &mut self,
         conn: &mut Conn,
         steps: &[Step],
@@ -357,8 +449,17 @@ impl Run<'_> {
                 _ => {}
             }
         }
+        let mut downloads_left = to_send.iter().filter(|p| p.is_download()).count();
         let mut in_flight: VecDeque<Pending> = VecDeque::new();
         loop {
+            if !self.batch.is_empty()
+                && (downloads_left == 0
+                    || self.batch.len() >= self.batch_limit
+                    || self.batch_bytes >= crate::dest::BATCH_BYTES
+                    || self.batch_started.is_some_and(|t| t.elapsed() >= BATCH_MAX_AGE))
+            {
+                self.commit(steps, &mut to_send)?;
+            }
             while in_flight.len() < depth {
                 let Some(p) = to_send.pop_front() else { break };
                 let req = match p {
@@ -373,55 +474,95 @@ impl Run<'_> {
             conn.flush().await?;
             match p {
                 Pending::Retr(i) | Pending::Top(i) => {
-                    let step = &steps[i];
-                    let headers_only = matches!(p, Pending::Top(_));
-                    if self.download(conn, step, headers_only, progress).await? {
-                        if let Action::Fetch { then_delete: true, .. } = step.action {
-                            // Stored and journalled: now, and only now, DELE.
-                            to_send.push_front(Pending::Dele(i));
-                        }
-                    }
+                    downloads_left -= 1;
+                    self.download(conn, steps, i, matches!(p, Pending::Top(_)), progress).await?;
                 }
                 Pending::Dele(i) => match conn.read_reply(false).await? {
                     Reply::Status(Status::Ok(_)) => self.summary.deleted += 1,
-                    other => tracing::warn!(msg = steps[i].msg.num, "DELE refused: {other:?}"),
+                    other => self.warn(format!("the server refused DELE {}: {}", steps[i].msg.num, reply_text(&other))),
                 },
+            }
+        }
+        debug_assert!(self.batch.is_empty());
+        Ok(())
+    }
+
+    /// Makes the batch durable (one directory fsync, one journal append
+    /// and fsync), then queues its DELEs, in order, ahead of everything
+    /// else. The batch is taken first: after a failed fsync it must never
+    /// be journalled (a second fsync's success would prove nothing).
+    fn commit(&mut self, steps: &[Step], to_send: &mut VecDeque<Pending>) -> Result<(), FetchError> {
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        self.batch_started = None;
+        let records: Vec<(&str, bool)> =
+            batch.iter().filter_map(|u| steps[u.step].msg.uidl.as_deref().map(|id| (id, u.headers_only))).collect();
+        let (dest, journal, now) = (self.dest, &mut *self.journal, self.now);
+        blocking(|| -> Result<(), FetchError> {
+            dest.make_durable()?;
+            journal.record_stored_batch(&records, now)?;
+            Ok(())
+        })?;
+        // Stored and journalled: now, and only now, DELE; ahead of the
+        // remaining downloads, behind DELEs queued earlier (in order).
+        let mut at = to_send.iter().position(|p| p.is_download()).unwrap_or(to_send.len());
+        for u in &batch {
+            if let Action::Fetch { then_delete: true, .. } = steps[u.step].action {
+                to_send.insert(at, Pending::Dele(u.step));
+                at += 1;
             }
         }
         Ok(())
     }
 
-    /// Reads one RETR/TOP reply into a spool and stores it. Returns false
-    /// when the server refused the command (message gone meanwhile).
+    fn warn(&mut self, text: String) {
+        tracing::warn!("{text}");
+        self.summary.warnings.push(text);
+    }
+
+    /// Reads one RETR/TOP reply into a spool and stores it (not yet
+    /// durably: see [`commit`](Self::commit)). A refused command (message
+    /// gone meanwhile) is a warning, not an error.
     async fn download(
         &mut self,
         conn: &mut Conn,
-        step: &Step,
+        steps: &[Step],
+        i: usize,
         headers_only: bool,
         progress: &AccountProgress,
-    ) -> Result<bool, FetchError> {
+    ) -> Result<(), FetchError> {
+        let step = &steps[i];
         match conn.read_reply(false).await? {
             Reply::Status(Status::Ok(_)) => {}
             other => {
-                tracing::warn!(msg = step.msg.num, "RETR refused: {other:?}");
-                return Ok(false);
+                let cmd = if headers_only { "TOP" } else { "RETR" };
+                self.warn(format!("the server refused {cmd} {}: {}", step.msg.num, reply_text(&other)));
+                return Ok(());
             }
         }
         let mut spool = Spool::new(self.state_dir.to_owned());
+        let mut lines = 0u64;
         conn.read_body(LineEnding::Lf, &mut |chunk| {
             progress.add_bytes(chunk.len() as u64);
+            lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
             spool.write(chunk).map_err(|source| FetchError::Local { context: "writing the spool".into(), source })
         })
         .await?;
         // Only now, with the terminator seen, is this a whole message.
+        // RFC 1939 sizes count CRLF line ends; ours are LF.
+        let wire = spool.len() + lines;
+        if !headers_only && wire != step.msg.size {
+            // Never lose data over it: store what arrived (it was framed
+            // correctly), and say so once per run.
+            self.size_mismatch.0 += 1;
+            self.size_mismatch.1.get_or_insert_with(|| {
+                format!("message {} (uidl {}): LIST said {} octets, RETR sent {wire}", step.msg.num, step.msg.uidl.as_deref().unwrap_or("-"), step.msg.size)
+            });
+        }
         let base = base_name(self.identity, step.msg.uidl.as_deref(), &spool.digest(), headers_only);
         let id = MessageId { base: &base, uidl: step.msg.uidl.as_deref(), account: &self.account.name };
         let (dest, journal, now) = (self.dest, &mut *self.journal, self.now);
-        let delivery = blocking(|| dest.deliver(id, &mut spool, journal, now))?;
-        if let Some(uidl) = step.msg.uidl.as_deref() {
-            let journal = &mut *self.journal;
-            blocking(|| journal.record_stored(uidl, now, headers_only))?;
-        }
+        let delivery = blocking(|| dest.deliver_deferred(id, &mut spool, journal, now))?;
         match (delivery, headers_only) {
             (Delivery::AlreadyPresent, _) => self.summary.already_present += 1,
             (Delivery::Stored, true) => self.summary.headers_only += 1,
@@ -430,8 +571,27 @@ impl Run<'_> {
                 self.summary.bytes += spool.len();
             }
         }
+        self.batch_started.get_or_insert_with(std::time::Instant::now);
+        self.batch_bytes += spool.len();
+        self.batch.push(Uncommitted { step: i, headers_only });
         progress.message_done();
-        Ok(true)
+        Ok(())
+    }
+
+    /// Turns the size-mismatch tally into one warning line.
+    fn finish_warnings(&mut self) {
+        if let (n, Some(first)) = std::mem::take(&mut self.size_mismatch) {
+            let more = if n > 1 { format!(" (and {} more)", n - 1) } else { String::new() };
+            self.warn(format!("the server's LIST size was wrong for {n} message(s), stored as received: {first}{more}"));
+        }
+    }
+}
+
+fn reply_text(r: &Reply) -> String {
+    match r {
+        Reply::Status(Status::Ok(t)) => format!("+OK {t}"),
+        Reply::Status(Status::Err(_, t)) => format!("-ERR {t}"),
+        Reply::Continue(t) => format!("+ {t}"),
     }
 }
 

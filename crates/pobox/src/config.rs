@@ -13,6 +13,7 @@ use std::collections::HashMap;
 
 use anyhow::{Context, bail};
 use pobox_server::{Config, ListenAddr};
+use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
 use serde::Deserialize;
 
@@ -62,6 +63,88 @@ pub struct RawConfig {
     pub log: Option<String>,
     /// Retention policies.
     pub retention: Option<RawRetention>,
+    /// Sieve scripts.
+    pub sieve: Option<RawSieve>,
+    /// Quotas.
+    pub quota: Option<RawQuota>,
+    /// Unprivileged user to switch to when started as root (default: `pobox`
+    /// if it exists; `"root"` keeps root).
+    pub user: Option<String>,
+    /// Maximum concurrent connections from one IP (IPv6: per /64).
+    pub max_connections_per_ip: Option<usize>,
+    /// Cap on the brute-force penalty interval, milliseconds (0: off).
+    pub auth_penalty_max_ms: Option<u64>,
+    /// Seconds a successful password check is cached (0: off).
+    pub credential_cache_secs: Option<u64>,
+    /// Seconds between checks of the certificate files (0: SIGHUP only).
+    pub tls_reload_interval_secs: Option<u64>,
+    /// More certificates, chosen by SNI (`[[tls_certificates]]` with
+    /// `cert` and `key`). The first configured certificate is the default.
+    pub tls_certificates: Option<Vec<RawCertPair>>,
+    /// OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2).
+    pub oauth: Option<RawOAuth>,
+}
+
+/// One `[[tls_certificates]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertPair {
+    /// PEM chain.
+    pub cert: PathBuf,
+    /// PEM key.
+    pub key: PathBuf,
+}
+
+/// `[oauth]`: JWT validation against a local JWKS file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth {
+    /// JWKS file (`{"keys": [...]}`), refreshed by an external job.
+    pub jwks_file: PathBuf,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Required `aud` member.
+    pub audience: String,
+    /// Claim naming the mail user (default `email`).
+    pub username_claim: Option<String>,
+    /// Clock-skew leeway, seconds (default 60).
+    pub leeway_secs: Option<u64>,
+}
+
+/// `[sieve]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSieve {
+    /// Per-user scripts `<dir>/<user>.sieve` (default `DATA/sieve`).
+    pub dir: Option<PathBuf>,
+    /// Global scripts run before the user's.
+    pub before: Option<Vec<PathBuf>>,
+    /// Global scripts run after the user's.
+    pub after: Option<Vec<PathBuf>>,
+}
+
+/// `[quota]`: default limits, `[quota.users.NAME]` overrides.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawQuota {
+    /// Octets.
+    pub bytes: Option<u64>,
+    /// Messages.
+    pub messages: Option<u64>,
+    /// "temporary" (452 4.2.2, default) or "permanent" (552 5.2.2).
+    pub over_quota: Option<String>,
+    /// Per-user limits (a missing key means unlimited for that user).
+    pub users: Option<HashMap<String, RawUserQuota>>,
+}
+
+/// One user's limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUserQuota {
+    /// Octets.
+    pub bytes: Option<u64>,
+    /// Messages.
+    pub messages: Option<u64>,
 }
 
 /// `[retention]`: global policy, with `[retention.users.NAME]` overrides.
@@ -165,8 +248,15 @@ pub struct Settings {
     pub lmtp: Vec<ListenAddr>,
     /// The server's settings.
     pub server: Config,
+    /// Quotas (applied by the store).
+    pub quota: QuotaConfig,
     /// Log filter.
     pub log: String,
+    /// Every certificate/key pair (`tls_cert`/`tls_key` first, then
+    /// `[[tls_certificates]]`); empty: the generated self-signed one.
+    pub tls_pairs: Vec<pobox_server::tls::CertPair>,
+    /// The `user` key.
+    pub user: Option<String>,
 }
 
 /// The minimum RFC 1939 §3 allows for the logged-in inactivity timer.
@@ -227,6 +317,27 @@ impl Settings {
             bail!("tls_cert and tls_key: set both, or neither (a self-signed certificate is then generated)");
         }
         let (retention, top_counts_as_retrieval, expire_interval) = retention(raw.retention)?;
+        let raw_sieve = raw.sieve.unwrap_or_default();
+        let sieve = pobox_server::delivery::SieveConfig {
+            user_dir: Some(resolve(&data_dir, raw_sieve.dir.unwrap_or_else(|| "sieve".into()))),
+            before: raw_sieve.before.unwrap_or_default().into_iter().map(|p| resolve(&data_dir, p)).collect(),
+            after: raw_sieve.after.unwrap_or_default().into_iter().map(|p| resolve(&data_dir, p)).collect(),
+        };
+        let raw_quota = raw.quota.unwrap_or_default();
+        let quota_permanent = match raw_quota.over_quota.as_deref() {
+            None | Some("temporary") => false,
+            Some("permanent") => true,
+            Some(other) => bail!("quota.over_quota: {other:?} must be \"temporary\" or \"permanent\""),
+        };
+        let quota = QuotaConfig {
+            default: Quota { bytes: raw_quota.bytes, messages: raw_quota.messages },
+            users: raw_quota
+                .users
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(u, q)| (u, Quota { bytes: q.bytes, messages: q.messages }))
+                .collect(),
+        };
         let server = Config {
             hostname,
             login_timeout: Duration::from_secs(login_timeout),
@@ -238,6 +349,8 @@ impl Settings {
             top_counts_as_retrieval,
             expire_interval,
             control_socket: Some(data_dir.join("pobox.sock")),
+            sieve,
+            quota_permanent,
             auth_failure_delay: raw
                 .auth_failure_delay_ms
                 .map_or(defaults.auth_failure_delay, Duration::from_millis),
@@ -247,7 +360,46 @@ impl Settings {
             domains: raw.domains.unwrap_or_default(),
             shutdown_grace: raw.shutdown_grace_secs.map_or(defaults.shutdown_grace, Duration::from_secs),
             advertise_implementation: true,
+            max_connections_per_ip: match raw.max_connections_per_ip {
+                Some(0) => bail!("max_connections_per_ip: must be at least 1"),
+                Some(n) => n,
+                None => defaults.max_connections_per_ip,
+            },
+            auth_penalty_max: raw.auth_penalty_max_ms.map_or(defaults.auth_penalty_max, Duration::from_millis),
+            credential_cache_ttl: raw
+                .credential_cache_secs
+                .map_or(defaults.credential_cache_ttl, Duration::from_secs),
+            tls_reload_interval: raw
+                .tls_reload_interval_secs
+                .map_or(defaults.tls_reload_interval, Duration::from_secs),
+            oauth: match raw.oauth {
+                None => None,
+                Some(o) => {
+                    if o.issuer.is_empty() || o.audience.is_empty() {
+                        bail!("oauth: issuer and audience must not be empty");
+                    }
+                    Some(pobox_auth::oauth::OAuthConfig {
+                        jwks_file: resolve(&data_dir, o.jwks_file),
+                        issuer: o.issuer,
+                        audience: o.audience,
+                        username_claim: o.username_claim.unwrap_or_else(|| "email".into()),
+                        leeway: Duration::from_secs(o.leeway_secs.unwrap_or(60)),
+                    })
+                }
+            },
         };
+        let mut tls_pairs = Vec::new();
+        if let (Some(cert), Some(key)) = (&raw.tls_cert, &raw.tls_key) {
+            tls_pairs.push(pobox_server::tls::CertPair { cert: resolve(&data_dir, cert.clone()), key: resolve(&data_dir, key.clone()) });
+        }
+        for p in raw.tls_certificates.unwrap_or_default() {
+            tls_pairs.push(pobox_server::tls::CertPair { cert: resolve(&data_dir, p.cert), key: resolve(&data_dir, p.key) });
+        }
+        if let Some(user) = &raw.user
+            && (user.is_empty() || user.contains(['/', ':', ' ']))
+        {
+            bail!("user: {user:?} is not a valid user name");
+        }
         let addrs = |key: &str, v: Option<Vec<String>>, default: &[&str]| -> anyhow::Result<Vec<ListenAddr>> {
             let list = v.unwrap_or_else(|| default.iter().map(|s| s.to_string()).collect());
             list.iter().map(|a| parse_listen(a).with_context(|| format!("{key}: {a:?}"))).collect()
@@ -261,7 +413,10 @@ impl Settings {
             lmtp: addrs("lmtp", raw.lmtp, &["127.0.0.1:24"])?,
             mail_location,
             log: raw.log.unwrap_or_else(|| "info".into()),
+            tls_pairs,
+            user: raw.user,
             server,
+            quota,
             data_dir,
         })
     }
@@ -356,5 +511,49 @@ mod tests {
         assert!(parse_listen("[::1]:110").is_ok());
         assert!(parse_listen("unix:").is_err());
         assert!(parse_listen("110").is_err());
+    }
+}
+
+#[cfg(test)]
+mod security_tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Settings> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Settings::from_raw(Path::new("/tmp/pobox-test"), raw)
+    }
+
+    #[test]
+    fn security_defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s.user, None);
+        assert_eq!(s.server.max_connections_per_ip, 20);
+        assert_eq!(s.server.auth_penalty_max, Duration::from_secs(15));
+        assert_eq!(s.server.credential_cache_ttl, Duration::from_secs(3600));
+        assert_eq!(s.server.tls_reload_interval, Duration::from_secs(60));
+        assert!(s.server.oauth.is_none());
+        assert!(s.tls_pairs.is_empty());
+    }
+
+    #[test]
+    fn security_keys() {
+        let s = parse(
+            "user = \"mail\"\nmax_connections_per_ip = 5\nauth_penalty_max_ms = 0\n\
+             credential_cache_secs = 0\ntls_cert = \"a.crt\"\ntls_key = \"a.key\"\n\
+             [[tls_certificates]]\ncert = \"/etc/b.crt\"\nkey = \"/etc/b.key\"\n\
+             [oauth]\njwks_file = \"jwks.json\"\nissuer = \"https://idp\"\naudience = \"pop\"\n",
+        )
+        .unwrap();
+        assert_eq!(s.user.as_deref(), Some("mail"));
+        assert_eq!(s.tls_pairs.len(), 2);
+        assert_eq!(s.tls_pairs[0].cert, PathBuf::from("/tmp/pobox-test/a.crt"));
+        assert_eq!(s.tls_pairs[1].key, PathBuf::from("/etc/b.key"));
+        let o = s.server.oauth.unwrap();
+        assert_eq!(o.jwks_file, PathBuf::from("/tmp/pobox-test/jwks.json"));
+        assert_eq!(o.username_claim, "email");
+        assert!(parse("max_connections_per_ip = 0").is_err());
+        assert!(parse("[oauth]\njwks_file = \"j\"\nissuer = \"\"\naudience = \"a\"").is_err());
+        assert!(parse("[oauth]\njwks = \"j\"").is_err(), "unknown keys in [oauth]");
+        assert!(parse("[[tls_certificates]]\ncert = \"x\"").is_err(), "key is required");
     }
 }

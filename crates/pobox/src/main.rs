@@ -36,6 +36,8 @@ struct Args {
 enum Command {
     /// Run the server: POP3 (110, STLS), POP3S (995) and LMTP (127.0.0.1:24).
     Serve(cli::serve::ServeArgs),
+    /// Validate the config, passwd-file, data dir, certificates and JWKS.
+    Check,
     /// Manage users in the passwd-file.
     #[command(subcommand)]
     User(cli::user::UserCommand),
@@ -46,6 +48,9 @@ enum Command {
     Mailbox(cli::mailbox::MailboxCommand),
     /// Download mail from POP3 accounts to local Maildir/mbox/MDA.
     Fetch(pobox_fetch::FetchArgs),
+    /// Check Sieve scripts and try them on a message.
+    #[command(subcommand)]
+    Sieve(cli::sieve::SieveCommand),
     /// List the sessions open in the running server.
     Who {
         /// Machine-readable output.
@@ -63,12 +68,23 @@ fn main() -> ExitCode {
     let args = Args::parse();
     let result = match args.command {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),
+        Command::Check => cli::check::run(&args.data, args.config.as_deref()),
         Command::User(cmd) => cli::user::run(&args.data, args.config.as_deref(), cmd),
         Command::Deliver(d) => return cli::deliver::run(&args.data, args.config.as_deref(), d),
         Command::Fetch(mut f) => {
             // For `pobox fetch`, --config names the accounts file.
             f.config = args.config;
             return pobox_fetch::run(f);
+        }
+        Command::Sieve(cmd) => {
+            return match cli::sieve::run(&args.data, args.config.as_deref(), cmd) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("pobox: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
         }
         Command::Mailbox(cmd) => cli::mailbox::run(&args.data, args.config.as_deref(), cmd),
         Command::Who { json } => cli::mailbox::who(&args.data, args.config.as_deref(), json),

@@ -55,6 +55,11 @@ pub struct Config {
     pub expire_interval: Duration,
     /// The admin control socket (`pobox who`, `pobox kick`).
     pub control_socket: Option<PathBuf>,
+    /// Sieve scripts applied at delivery.
+    pub sieve: crate::delivery::SieveConfig,
+    /// Over quota is a permanent failure (552 5.2.2, bounce) instead of a
+    /// temporary one (452 4.2.2, the MTA retries).
+    pub quota_permanent: bool,
     /// Delay before answering a failed login: slows password guessing
     /// without blocking other sessions.
     pub auth_failure_delay: Duration,
@@ -70,6 +75,21 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Advertise `IMPLEMENTATION pobox` in CAPA.
     pub advertise_implementation: bool,
+    /// At most this many concurrent connections from one client IP (IPv6:
+    /// one /64), across all listeners.
+    pub max_connections_per_ip: usize,
+    /// Cap on the per-IP/per-user brute-force penalty interval (see
+    /// `throttle`); zero disables the penalties (the fixed
+    /// `auth_failure_delay` still applies).
+    pub auth_penalty_max: Duration,
+    /// How long a successful password verification is cached (keyed by a
+    /// MAC, dropped when the user's passwd-file line changes); zero disables.
+    pub credential_cache_ttl: Duration,
+    /// How often certificate files are checked for changes (zero: reload on
+    /// SIGHUP only).
+    pub tls_reload_interval: Duration,
+    /// OAuth 2.0 (OAUTHBEARER, XOAUTH2) token validation; `None`: not offered.
+    pub oauth: Option<pobox_auth::oauth::OAuthConfig>,
 }
 
 impl Default for Config {
@@ -85,6 +105,8 @@ impl Default for Config {
             top_counts_as_retrieval: false,
             expire_interval: Duration::from_secs(3600),
             control_socket: None,
+            sieve: crate::delivery::SieveConfig::default(),
+            quota_permanent: false,
             auth_failure_delay: Duration::from_secs(2),
             max_connections: 10_000,
             lmtp_max_message_size: 64 * 1024 * 1024,
@@ -92,6 +114,11 @@ impl Default for Config {
             domains: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             advertise_implementation: true,
+            max_connections_per_ip: 20,
+            auth_penalty_max: Duration::from_secs(15),
+            credential_cache_ttl: Duration::from_secs(3600),
+            tls_reload_interval: Duration::from_secs(60),
+            oauth: None,
         }
     }
 }

@@ -13,6 +13,9 @@
 //! - `pop3`: the POP3 connection driver.
 //! - `lmtp`: the LMTP session loop.
 //! - [`shutdown`]: the two-step graceful shutdown.
+//! - [`throttle`]: brute-force penalties and per-IP connection limits.
+//! - [`credcache`]: the cache of successful password verifications.
+//! - [`privdrop`]: switching to the unprivileged user.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -20,11 +23,15 @@
 pub mod config;
 mod conn;
 mod control;
+pub mod credcache;
 pub mod date;
+pub mod delivery;
 mod lmtp;
 mod pop3;
+pub mod privdrop;
 pub mod sessions;
 pub mod shutdown;
+pub mod throttle;
 pub mod tls;
 
 use std::io;
@@ -54,8 +61,18 @@ pub struct Services {
     pub tls: Option<Tls>,
     /// Open sessions and recent logins.
     pub sessions: sessions::Registry,
+    /// Sieve + storage, for LMTP.
+    pub pipeline: delivery::Pipeline,
     /// Bounds concurrent password verifications.
     auth_slots: Arc<Semaphore>,
+    /// Brute-force penalties per IP and per user.
+    pub throttle: throttle::Throttle,
+    /// Cache of successful password verifications.
+    pub credcache: credcache::CredCache,
+    /// OAuth token validation, when configured.
+    pub oauth: Option<pobox_auth::oauth::OAuthValidator>,
+    /// Open connections per client IP.
+    per_ip: Arc<throttle::PerIpConnections>,
 }
 
 impl Services {
@@ -63,7 +80,13 @@ impl Services {
     /// at a time.
     pub fn new(config: Config, users: Arc<UserDb>, store: Arc<dyn Mailstore>, tls: Option<Tls>) -> Services {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let pipeline = delivery::Pipeline::new(store.clone(), config.sieve.clone());
         Services {
+            pipeline,
+            throttle: throttle::Throttle::new(config.auth_penalty_max),
+            credcache: credcache::CredCache::new(config.credential_cache_ttl),
+            oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
+            per_ip: Arc::default(),
             config,
             users,
             store,
@@ -128,6 +151,88 @@ pub struct BindError {
     pub source: io::Error,
     /// What to do about it.
     pub hint: String,
+}
+
+/// A socket bound with `std::net` before the async runtime exists, so
+/// that privileges can be dropped while the process has a single thread
+/// (see [`privdrop`]). Becomes a [`Listener`] inside the runtime.
+#[derive(Debug)]
+pub struct PreBound {
+    /// What it speaks.
+    pub protocol: Protocol,
+    /// The address actually bound.
+    pub local: String,
+    socket: StdSocket,
+}
+
+#[derive(Debug)]
+enum StdSocket {
+    Tcp(std::net::TcpListener),
+    Unix(std::os::unix::net::UnixListener),
+}
+
+impl PreBound {
+    /// Registers the socket with the current tokio runtime.
+    ///
+    /// # Errors
+    /// If the socket cannot be made non-blocking or registered.
+    pub fn into_listener(self) -> io::Result<Listener> {
+        let bound = match self.socket {
+            StdSocket::Tcp(l) => {
+                l.set_nonblocking(true)?;
+                Bound::Tcp(TcpListener::from_std(l)?)
+            }
+            StdSocket::Unix(l) => {
+                l.set_nonblocking(true)?;
+                Bound::Unix(UnixListener::from_std(l)?)
+            }
+        };
+        Ok(Listener { protocol: self.protocol, bound, local: self.local })
+    }
+}
+
+/// Like [`bind`], without a runtime (std sockets; SO_REUSEADDR is set by
+/// std on Unix, as tokio does).
+///
+/// # Errors
+/// A [`BindError`] whose message names the address and suggests the fix.
+pub fn bind_std(protocol: Protocol, addr: &ListenAddr) -> Result<PreBound, BindError> {
+    let fail = |source: io::Error| bind_error(protocol, addr, source);
+    match addr {
+        ListenAddr::Tcp(a) => {
+            let l = std::net::TcpListener::bind(a).map_err(fail)?;
+            let local = l.local_addr().map_err(fail)?.to_string();
+            Ok(PreBound { protocol, local, socket: StdSocket::Tcp(l) })
+        }
+        ListenAddr::Unix(p) => {
+            if p.exists() {
+                if std::os::unix::net::UnixStream::connect(p).is_ok() {
+                    return Err(fail(io::Error::new(io::ErrorKind::AddrInUse, "socket is in use")));
+                }
+                let _ = std::fs::remove_file(p);
+            }
+            let l = std::os::unix::net::UnixListener::bind(p).map_err(fail)?;
+            Ok(PreBound { protocol, local: format!("unix:{}", p.display()), socket: StdSocket::Unix(l) })
+        }
+    }
+}
+
+fn bind_error(protocol: Protocol, addr: &ListenAddr, source: io::Error) -> BindError {
+    let flag = match protocol {
+        Protocol::Pop3 => "--pop3",
+        Protocol::Pop3s => "--pop3s",
+        Protocol::Lmtp => "--lmtp",
+    };
+    let hint = match source.kind() {
+        io::ErrorKind::PermissionDenied => format!(
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or pick another port with {flag} ADDR, or {flag} none)"
+        ),
+        io::ErrorKind::AddrInUse => format!(
+            " (another program is listening there; stop it, or pick another address with {flag} ADDR, or {flag} none)"
+        ),
+        _ => format!(" (choose another address with {flag} ADDR, or {flag} none)"),
+    };
+    BindError { protocol, addr: addr.to_string(), source, hint }
 }
 
 /// Binds one listener. Call before dropping privileges.
@@ -195,6 +300,9 @@ pub async fn run(svc: Arc<Services>, listeners: Vec<Listener>, stop: impl std::f
     }
     if !svc.config.expire_interval.is_zero() {
         accept_loops.push(tokio::spawn(expiry_loop(svc.clone())));
+    }
+    if let Some(tls) = &svc.tls {
+        accept_loops.push(tokio::spawn(tls::reload_task(tls.clone(), svc.config.tls_reload_interval)));
     }
     stop.await;
     drain(&trigger, &connections, svc.config.max_connections, svc.config.shutdown_grace).await;
@@ -294,10 +402,26 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
             tokio::spawn(refuse_busy(conn, protocol));
             continue;
         };
+        // Per-IP limit: one host cannot take all the slots (LMTP over a
+        // unix socket has no IP and is not limited).
+        let ip_slot = match &conn {
+            Accepted::Tcp(_, addr) if protocol != Protocol::Lmtp => {
+                match svc.per_ip.try_acquire(addr.ip(), svc.config.max_connections_per_ip) {
+                    Some(slot) => Some(slot),
+                    None => {
+                        warn!(%protocol, %peer, "per-IP connection limit reached");
+                        tokio::spawn(refuse_busy(conn, protocol));
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
         let svc = svc.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _ip_slot = ip_slot;
             match (protocol, conn) {
                 (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, false, svc, shutdown).await,
                 (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, true, svc, shutdown).await,

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::Services;
+use crate::delivery::{Outcome, Rcpt};
 use crate::shutdown::Shutdown;
 use pobox_store::StoreError;
 
@@ -282,34 +283,51 @@ impl Session {
         let message = Arc::new(message);
         for rcpt in recipients {
             let header = trace_headers(&from, &rcpt.address, self.lhlo.as_deref(), &self.peer, &svc.config.hostname);
-            let store = svc.store.clone();
+            let svc2 = svc.clone();
             let body = message.clone();
-            let user = rcpt.user.clone();
+            let (user, address, sender) = (rcpt.user.clone(), rcpt.address.clone(), from.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let mut reader = std::io::Read::chain(header.as_bytes(), &body[..]);
-                store.deliver(&user, &mut reader)
+                let mut full = Vec::with_capacity(header.len() + body.len());
+                full.extend_from_slice(header.as_bytes());
+                full.extend_from_slice(&body);
+                let env = Rcpt { from: &sender, to: &address, user: &user };
+                svc2.pipeline.deliver(&env, &full)
             })
             .await;
+            let addr = sanitize(&rcpt.address);
             let line = match result {
-                Ok(Ok(delivered)) => {
-                    info!(peer = %self.peer, user = %rcpt.user, uidl = %delivered.uidl.as_str(),
-                          size = delivered.size, "delivered");
-                    format!("250 2.0.0 <{}> delivered as {}\r\n", sanitize(&rcpt.address), delivered.uidl.as_str())
+                Ok(Outcome::Stored(copies)) => {
+                    for (folder, d) in &copies {
+                        info!(peer = %self.peer, user = %rcpt.user, uidl = %d.uidl.as_str(), size = d.size,
+                              folder = folder.as_deref().unwrap_or("INBOX"), "delivered");
+                    }
+                    let id = copies.first().map(|(_, d)| d.uidl.as_str().to_string()).unwrap_or_default();
+                    format!("250 2.0.0 <{addr}> delivered as {id}\r\n")
                 }
-                Ok(Err(StoreError::DiskFull(reason))) => {
+                Ok(Outcome::Discarded) => format!("250 2.0.0 <{addr}> accepted and discarded by filter\r\n"),
+                Ok(Outcome::Rejected(reason)) => format!("550 5.7.1 <{addr}> {}\r\n", sanitize(&reason)),
+                Ok(Outcome::Failed(StoreError::OverQuota(detail))) => {
+                    info!(user = %rcpt.user, %detail, "delivery refused: over quota");
+                    if svc.config.quota_permanent {
+                        format!("552 5.2.2 <{addr}> mailbox full\r\n")
+                    } else {
+                        format!("452 4.2.2 <{addr}> mailbox full, try again later\r\n")
+                    }
+                }
+                Ok(Outcome::Failed(StoreError::DiskFull(reason))) => {
                     warn!(user = %rcpt.user, %reason, "delivery failed: disk full");
-                    format!("452 4.3.1 <{}> insufficient system storage\r\n", sanitize(&rcpt.address))
+                    format!("452 4.3.1 <{addr}> insufficient system storage\r\n")
                 }
-                Ok(Err(StoreError::TooLarge { .. })) => {
-                    format!("552 5.3.4 <{}> message too big\r\n", sanitize(&rcpt.address))
+                Ok(Outcome::Failed(StoreError::TooLarge { .. })) => {
+                    format!("552 5.3.4 <{addr}> message too big\r\n")
                 }
-                Ok(Err(e)) => {
+                Ok(Outcome::Failed(e)) => {
                     warn!(user = %rcpt.user, error = %e, "delivery failed");
-                    format!("451 4.3.0 <{}> temporary delivery failure\r\n", sanitize(&rcpt.address))
+                    format!("451 4.3.0 <{addr}> temporary delivery failure\r\n")
                 }
                 Err(e) => {
                     warn!(error = %e, "delivery task failed");
-                    format!("451 4.3.0 <{}> temporary delivery failure\r\n", sanitize(&rcpt.address))
+                    format!("451 4.3.0 <{addr}> temporary delivery failure\r\n")
                 }
             };
             out.extend_from_slice(line.as_bytes());

@@ -11,13 +11,16 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime};
 
-use pobox_auth::AuthError;
+use pobox_auth::oauth;
+use pobox_auth::scram::{ChannelBindings, ScramError, ScramServer, ScramStep};
+use pobox_auth::{AuthError, Authenticated};
+use pobox_proto::pop3::command::Sensitive;
 use pobox_proto::dot::WireEncoder;
 use pobox_proto::line::{LineSplitter, Split};
 use pobox_proto::pop3::maildrop::MessageMeta;
 use pobox_proto::pop3::server::{
-    Action, Credentials, Expire, IdleClass, LoginFailure, LoginGrant, ServerSession, SessionConfig,
-    UpdateResult, retr_status_line,
+    Action, Credentials, Expire, IdleClass, LoginFailure, LoginGrant, OAUTHBEARER, SCRAM_SHA_256,
+    SCRAM_SHA_256_PLUS, ServerSession, SessionConfig, UpdateResult, XOAUTH2, retr_status_line,
 };
 use pobox_proto::pop3::{RespCode, Status};
 use pobox_store::retention::{Days, Policy};
@@ -61,7 +64,7 @@ pub(crate) async fn serve(
     let _ = tcp.set_nodelay(true);
     let stream = if implicit_tls {
         let Some(tls) = &svc.tls else { return };
-        match tokio::time::timeout(svc.config.login_timeout, tls.acceptor.accept(tcp)).await {
+        match tokio::time::timeout(svc.config.login_timeout, tls.accept(tcp)).await {
             Ok(Ok(s)) => Stream::Tls(Box::new(s)),
             Ok(Err(e)) => {
                 // Plaintext on 995, a scanner, or a broken client: nothing to answer.
@@ -109,7 +112,9 @@ pub(crate) async fn serve(
         peer,
         closed: false,
         stats: Stats::default(),
+        mech: None,
     };
+    driver.offer_mechanisms().await;
     match driver.run(shutdown).await {
         Ok(()) => {}
         Err(e) => debug!(%peer, error = %e, "pop3 connection ended"),
@@ -174,6 +179,43 @@ struct Driver<'r> {
     peer: SocketAddr,
     closed: bool,
     stats: Stats,
+    /// The driver-run SASL mechanism in progress, if any.
+    mech: Option<Mech>,
+}
+
+/// State of a driver-run SASL exchange between client messages.
+enum Mech {
+    /// SCRAM, waiting for the client-final message.
+    Scram(ScramServer),
+    /// SCRAM proof verified and server-final sent; waiting for the client's
+    /// empty acknowledgement (RFC 5034 §4).
+    ScramDone(Authenticated),
+    /// OAuth error challenge sent (RFC 7628 §3.2.2); the next message ends
+    /// the exchange with -ERR.
+    BearerFailed(String),
+}
+
+/// What a driver-run SASL step produced.
+enum Step {
+    Challenge(Vec<u8>),
+    Done(Result<Authenticated, (String, LoginFailure)>),
+}
+
+fn temporary(detail: &str) -> LoginFailure {
+    warn!(error = %detail, "user database unavailable");
+    LoginFailure::Temporary("authentication temporarily unavailable".into())
+}
+
+/// A user name as the client sent it, made safe for a log line: valid names
+/// are unchanged; anything else (spaces, control characters, `key=value`
+/// look-alikes that could fool a log parser such as fail2ban) is quoted and
+/// escaped, and cut to 64 characters.
+fn log_safe(user: &str) -> String {
+    if pobox_auth::valid_username(user) || user.is_empty() {
+        return user.to_owned();
+    }
+    let cut: String = user.chars().take(64).collect();
+    format!("{cut:?}")
 }
 
 impl Driver<'_> {
@@ -276,6 +318,9 @@ impl Driver<'_> {
                         self.flush().await?;
                     }
                 }
+                Action::Authenticate(Credentials::SaslStep { mechanism, response, first }) => {
+                    self.sasl_step(mechanism, response, first).await;
+                }
                 Action::Authenticate(credentials) => {
                     let result = self.login(credentials).await;
                     self.session.handle_login(result);
@@ -316,11 +361,13 @@ impl Driver<'_> {
             return Err(ConnError::Handshake(std::io::Error::other("STLS on a TLS stream")));
         };
         let tls = self.svc.tls.as_ref().expect("STLS is offered only with a certificate");
-        match tokio::time::timeout(self.svc.config.login_timeout, tls.acceptor.accept(tcp)).await {
+        match tokio::time::timeout(self.svc.config.login_timeout, tls.accept(tcp)).await {
             Ok(Ok(s)) => {
                 self.stream = Some(Stream::Tls(Box::new(s)));
                 self.handle.set_tls();
                 self.session.handle_tls_established();
+                self.mech = None;
+                self.offer_mechanisms().await;
                 Ok(())
             }
             Ok(Err(e)) => Err(ConnError::Handshake(e)),
@@ -328,34 +375,104 @@ impl Driver<'_> {
         }
     }
 
+    /// Verifies USER/PASS, PLAIN, LOGIN and APOP credentials, then opens the
+    /// maildrop. See [`Driver::authenticate`] for the order of checks.
     async fn login(&mut self, credentials: Credentials) -> Result<LoginGrant, LoginFailure> {
-        let svc = self.svc.clone();
         let user = credentials.user().to_string();
-        let mechanism = match &credentials {
-            Credentials::Password { mechanism, .. } => *mechanism,
-            Credentials::Apop { .. } => "APOP",
-        };
+        let mechanism = credentials.mechanism();
+        match self.authenticate(credentials).await {
+            Ok(proof) => self.open_maildrop(proof, mechanism).await,
+            Err(failure) => Err(self.fail(&user, mechanism, failure).await),
+        }
+    }
+
+    /// Password check: credential cache, then the brute-force throttle, then
+    /// Argon2 (or whatever the scheme is) on the blocking pool.
+    ///
+    /// The order matters: a cache hit (only possible with the right
+    /// password) skips the throttle, so an attacker hammering a user's name
+    /// cannot slow that user's own client down; everything else waits for
+    /// its turn per IP and per user ([`crate::throttle`]) and then pays a
+    /// full verification, unknown users included.
+    async fn authenticate(&mut self, credentials: Credentials) -> Result<Authenticated, LoginFailure> {
+        let svc = self.svc.clone();
+        let ip = self.peer.ip();
+        if let Credentials::Password { user, password, .. } = &credentials {
+            let (svc2, user2, pw) = (svc.clone(), user.clone(), Sensitive(password.0.clone()));
+            let hit = tokio::task::spawn_blocking(move || {
+                svc2.credcache.lookup(&svc2.users, &user2, &pw.0, Instant::now())
+            })
+            .await;
+            match hit {
+                Ok(Ok(Some(proof))) => {
+                    svc.throttle.succeeded(ip, proof.user());
+                    return Ok(proof);
+                }
+                Ok(Err(e)) => return Err(temporary(&e.to_string())),
+                _ => {}
+            }
+        }
+        let wait = svc.throttle.admit(ip, credentials.user(), Instant::now());
+        if !wait.is_zero() {
+            debug!(peer = %self.peer, wait_ms = wait.as_millis() as u64, "auth throttled");
+            tokio::time::sleep(wait).await;
+        }
         // Bound concurrent password verifications: argon2 is deliberately
         // expensive, and an attacker must not be able to fill the pool.
         let permit = svc.auth_slots.clone().acquire_owned().await;
         let result = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let verified = match &credentials {
-                Credentials::Password { user, password, .. } => svc.users.verify(user, &password.0),
+            match &credentials {
+                Credentials::Password { user, password, .. } => {
+                    // Read the line's fingerprint *before* verifying, so a
+                    // password change racing with us leaves a stale entry.
+                    let fingerprint = svc.users.fingerprint(user);
+                    let verified = svc.users.verify(user, &password.0);
+                    if let (Ok(proof), Ok(Some(fp))) = (&verified, fingerprint) {
+                        svc.credcache.insert(user, &password.0, fp, proof.clone(), Instant::now());
+                    }
+                    verified
+                }
                 Credentials::Apop { user, digest, timestamp } => {
                     svc.users.verify_apop(user, timestamp, digest)
                 }
-            };
-            let authenticated = match verified {
-                Ok(a) => a,
-                Err(AuthError::InvalidCredentials | AuthError::Unsupported(_)) => {
-                    return Err(LoginFailure::BadCredentials);
-                }
-                Err(e) => {
-                    warn!(error = %e, "user database unavailable");
-                    return Err(LoginFailure::Temporary("authentication temporarily unavailable".into()));
-                }
-            };
+                Credentials::SaslStep { .. } => Err(AuthError::InvalidCredentials),
+            }
+        })
+        .await
+        .unwrap_or_else(|e| Err(AuthError::Temporary(format!("internal error: {e}"))));
+        match result {
+            Ok(proof) => {
+                self.svc.throttle.succeeded(ip, proof.user());
+                Ok(proof)
+            }
+            Err(AuthError::InvalidCredentials | AuthError::Unsupported(_)) => Err(LoginFailure::BadCredentials),
+            Err(e) => Err(temporary(&e.to_string())),
+        }
+    }
+
+    /// Logs a failed login (the line fail2ban's filter in contrib/ matches;
+    /// keep its format), feeds the throttle, and waits `auth_failure_delay`
+    /// on this session's own task (never blocking other sessions).
+    async fn fail(&mut self, user: &str, mechanism: &str, failure: LoginFailure) -> LoginFailure {
+        match &failure {
+            LoginFailure::BadCredentials => {
+                self.svc.throttle.failed(self.peer.ip(), user, Instant::now());
+                let user = log_safe(user);
+                warn!(peer = %self.peer, ip = %self.peer.ip(), %user, mechanism,
+                      "authentication failed");
+                tokio::time::sleep(self.svc.config.auth_failure_delay).await;
+            }
+            LoginFailure::InUse => info!(peer = %self.peer, user = %log_safe(user), "maildrop in use"),
+            _ => {}
+        }
+        failure
+    }
+
+    /// After authentication: LOGIN-DELAY, retention, lock and snapshot.
+    async fn open_maildrop(&mut self, authenticated: Authenticated, mechanism: &str) -> Result<LoginGrant, LoginFailure> {
+        let svc = self.svc.clone();
+        let result = tokio::task::spawn_blocking(move || {
             let user = authenticated.user();
             let policy = svc.store.policy(user);
             let delay = std::time::Duration::from_secs(u64::from(policy.login_delay_secs));
@@ -400,21 +517,144 @@ impl Driver<'_> {
                     login_delay: policy.login_delay_secs,
                 })
             }
-            Err(failure) => {
-                match &failure {
-                    LoginFailure::BadCredentials => {
-                        // The format fail2ban's filter in contrib/ matches.
-                        warn!(peer = %self.peer, ip = %self.peer.ip(), %user, mechanism,
-                              "authentication failed");
-                        // Answer later, never block others: slows guessing.
-                        tokio::time::sleep(self.svc.config.auth_failure_delay).await;
-                    }
-                    LoginFailure::InUse => {
-                        info!(peer = %self.peer, %user, "maildrop in use");
-                    }
-                    _ => {}
-                }
-                Err(failure)
+            Err(failure) => Err(self.fail("", mechanism, failure).await),
+        }
+    }
+
+    /// The SASL mechanisms the driver can run on this connection now.
+    async fn offer_mechanisms(&mut self) {
+        let svc = self.svc.clone();
+        let scram = tokio::task::spawn_blocking(move || svc.users.has_scram().unwrap_or(false))
+            .await
+            .unwrap_or(false);
+        let mut list = Vec::new();
+        if scram {
+            list.push(SCRAM_SHA_256);
+            if self.bindings().any() {
+                list.push(SCRAM_SHA_256_PLUS);
+            }
+        }
+        if self.svc.oauth.is_some() {
+            list.extend([OAUTHBEARER, XOAUTH2]);
+        }
+        self.session.set_sasl_mechanisms(&list);
+    }
+
+    /// Channel bindings of the TLS session (empty on cleartext).
+    fn bindings(&self) -> ChannelBindings {
+        match (&self.stream, &self.svc.tls) {
+            (Some(Stream::Tls(s)), Some(tls)) => crate::tls::channel_bindings(s.get_ref().1, &tls.store),
+            _ => ChannelBindings::default(),
+        }
+    }
+
+    /// One message of a driver-run SASL mechanism (SCRAM, OAUTHBEARER,
+    /// XOAUTH2): answers with a challenge or ends the exchange.
+    async fn sasl_step(&mut self, mechanism: &'static str, response: Sensitive, first: bool) {
+        if first {
+            self.mech = None;
+        }
+        let outcome = match mechanism {
+            SCRAM_SHA_256 | SCRAM_SHA_256_PLUS => self.scram_step(mechanism, response).await,
+            _ => self.oauth_step(mechanism, response).await,
+        };
+        match outcome {
+            Step::Challenge(c) => self.session.handle_sasl_challenge(&c),
+            Step::Done(Ok(proof)) => {
+                self.svc.throttle.succeeded(self.peer.ip(), proof.user());
+                let result = self.open_maildrop(proof, mechanism).await;
+                self.session.handle_login(result);
+            }
+            Step::Done(Err((user, failure))) => {
+                self.mech = None;
+                let failure = self.fail(&user, mechanism, failure).await;
+                self.session.handle_login(Err(failure));
+            }
+        }
+    }
+
+    async fn scram_step(&mut self, mechanism: &'static str, response: Sensitive) -> Step {
+        let mut server = match self.mech.take() {
+            None => ScramServer::new(mechanism == SCRAM_SHA_256_PLUS, self.bindings()),
+            Some(Mech::Scram(server)) => server,
+            // RFC 5034 §4: the client acknowledges the server-final
+            // challenge with an empty response; then, and only then, +OK.
+            Some(Mech::ScramDone(proof)) if response.0.is_empty() => return Step::Done(Ok(proof)),
+            Some(Mech::ScramDone(proof)) => {
+                return Step::Done(Err((proof.user().to_owned(), LoginFailure::BadCredentials)));
+            }
+            Some(Mech::BearerFailed(user)) => return Step::Done(Err((user, LoginFailure::BadCredentials))),
+        };
+        // The proof step is the password check: throttle it like one.
+        if let Some(user) = server.user() {
+            let wait = self.svc.throttle.admit(self.peer.ip(), user, Instant::now());
+            tokio::time::sleep(wait).await;
+        }
+        let svc = self.svc.clone();
+        let (server, result) = tokio::task::spawn_blocking(move || {
+            let r = server.step(&svc.users, &response.0);
+            (server, r)
+        })
+        .await
+        .expect("SCRAM step does not panic");
+        let user = server.user().unwrap_or_default().to_owned();
+        match result {
+            Ok(ScramStep::Challenge(c)) => {
+                self.mech = Some(Mech::Scram(server));
+                Step::Challenge(c)
+            }
+            Ok(ScramStep::Success { authenticated, server_final }) => {
+                self.mech = Some(Mech::ScramDone(authenticated));
+                Step::Challenge(server_final)
+            }
+            Err(ScramError::Temporary(e)) => Step::Done(Err((user, temporary(&e)))),
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "SCRAM exchange failed");
+                Step::Done(Err((user, LoginFailure::BadCredentials)))
+            }
+        }
+    }
+
+    async fn oauth_step(&mut self, mechanism: &'static str, response: Sensitive) -> Step {
+        if let Some(Mech::BearerFailed(user)) = self.mech.take() {
+            // RFC 7628 §3.2.3: after the error challenge the client sends
+            // %x01 (XOAUTH2 clients send an empty line); either way: -ERR.
+            return Step::Done(Err((user, LoginFailure::BadCredentials)));
+        }
+        let parsed = if mechanism == OAUTHBEARER {
+            oauth::parse_oauthbearer(&response.0)
+        } else {
+            oauth::parse_xoauth2(&response.0)
+        };
+        let bearer = match parsed {
+            Ok(b) => b,
+            Err(reason) => {
+                debug!(peer = %self.peer, reason, "malformed bearer response");
+                return Step::Done(Err((String::new(), LoginFailure::BadCredentials)));
+            }
+        };
+        let user = bearer.user.clone().unwrap_or_default();
+        let wait = self.svc.throttle.admit(self.peer.ip(), &user, Instant::now());
+        tokio::time::sleep(wait).await;
+        let svc = self.svc.clone();
+        let result = tokio::task::spawn_blocking(move || match &svc.oauth {
+            Some(v) => v.authenticate(&svc.users, bearer.user.as_deref(), &bearer.token, SystemTime::now()),
+            None => Err(oauth::OAuthError::User),
+        })
+        .await
+        .unwrap_or(Err(oauth::OAuthError::User));
+        match result {
+            Ok(proof) => Step::Done(Ok(proof)),
+            Err(e) if e.is_temporary() => {
+                warn!(error = %e, "OAuth validation unavailable");
+                Step::Done(Err((user, temporary("authentication temporarily unavailable"))))
+            }
+            Err(e) => {
+                debug!(peer = %self.peer, error = %e, "bearer token refused");
+                // RFC 7628 §3.2.2: the failure is a JSON challenge; the
+                // client answers it, and only then gets -ERR.
+                self.mech = Some(Mech::BearerFailed(user));
+                Step::Challenge(oauth::error_challenge())
             }
         }
     }

@@ -81,14 +81,14 @@ async fn one(ctx: &Ctx, server: &Server, k: usize) -> anyhow::Result<Vec<Record>
     drop(sessions);
     let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / k as f64;
     let variant = format!("K={k}");
-    let rss = Record::new("idle", &variant, server.name, "KiB RSS/session", false, vec![per(m0.rss_kib, m1.rss_kib)])
+    let rss = Record::measured("idle", &variant, server.name, "KiB RSS/session", false, vec![per(m0.rss_kib, m1.rss_kib)])
         .expect("one value")
         .extra("KiB PSS/session", &[per(m0.pss_kib, m1.pss_kib)])
         .extra("server RSS MiB total", &[m1.rss_kib as f64 / 1024.0])
         .extra("server PSS MiB total", &[m1.pss_kib as f64 / 1024.0])
         .extra("processes", &[m1.processes as f64])
         .extra("logins/s during ramp", &[k as f64 / ramp.as_secs_f64()]);
-    let pss = Record::new("idle", &variant, server.name, "KiB PSS/session", false, vec![per(m0.pss_kib, m1.pss_kib)]).expect("one value");
+    let pss = Record::measured("idle", &variant, server.name, "KiB PSS/session", false, vec![per(m0.pss_kib, m1.pss_kib)]).expect("one value");
     Ok(vec![rss, pss])
 }
 

@@ -75,7 +75,17 @@ pub(crate) struct Record {
 }
 
 impl Record {
+    /// `None` when there is nothing to report (no values, or all zero
+    /// because every attempt failed — the errors are reported instead).
     pub(crate) fn new(scenario: &str, variant: &str, server: &str, metric: &str, higher_is_better: bool, reps: Vec<f64>) -> Option<Record> {
+        if reps.iter().all(|&v| v == 0.0) {
+            return None;
+        }
+        Record::measured(scenario, variant, server, metric, higher_is_better, reps)
+    }
+
+    /// Like [`Record::new`], but zero is a valid figure (memory growth).
+    pub(crate) fn measured(scenario: &str, variant: &str, server: &str, metric: &str, higher_is_better: bool, reps: Vec<f64>) -> Option<Record> {
         Some(Record {
             scenario: scenario.into(),
             variant: variant.into(),

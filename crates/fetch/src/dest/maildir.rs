@@ -1,6 +1,7 @@
 //! Maildir destination: a thin layer over `pobox_store::Maildir`, the
 //! project's one Maildir writer (tmp, fsync, link into `new/` without
-//! overwriting, fsync `new/`).
+//! overwriting). The fsync of `new/` is left to [`MaildirDest::sync`], so a
+//! batch of messages shares one (group commit).
 
 use std::path::Path;
 
@@ -25,15 +26,24 @@ impl MaildirDest {
     }
 
     /// Stores the message under `base` unless a file with that base name is
-    /// already in `new/` or `cur/` (a copy stored before a crash).
+    /// already in `new/` or `cur/` (a copy stored before a crash). Not
+    /// durable until [`sync`](Self::sync) returns.
     ///
     /// # Errors
     /// [`DestError::Maildir`] or [`DestError::Spool`].
     pub fn deliver(&self, base: &str, spool: &mut Spool) -> Result<Delivery, DestError> {
         let mut reader = spool.reader().map_err(DestError::Spool)?;
-        match self.maildir.deliver_named(base, &mut reader, None)? {
+        match self.maildir.deliver_named_unsynced(base, &mut reader, None)? {
             NamedDelivery::Stored(_) => Ok(Delivery::Stored),
             NamedDelivery::AlreadyPresent(_) => Ok(Delivery::AlreadyPresent),
         }
+    }
+
+    /// Makes every delivery so far durable: one fsync of `new/`.
+    ///
+    /// # Errors
+    /// [`DestError::Maildir`].
+    pub fn sync(&self) -> Result<(), DestError> {
+        Ok(self.maildir.sync_new()?)
     }
 }

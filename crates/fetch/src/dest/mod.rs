@@ -58,6 +58,12 @@ pub enum DestError {
     Journal(#[from] JournalError),
 }
 
+/// Most messages in one group commit (see [`Dest::batch_limit`]).
+pub const BATCH_MESSAGES: usize = 64;
+/// Most octets in one group commit: past this the batch is committed
+/// even if it has fewer messages.
+pub const BATCH_BYTES: u64 = 8 << 20;
+
 /// What a delivery did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Delivery {
@@ -102,8 +108,9 @@ impl Dest {
         })
     }
 
-    /// Stores a complete message. Blocking (fsync, child processes): call it
-    /// off the async executor's core threads.
+    /// Stores a complete message; durable when this returns. Blocking
+    /// (fsync, child processes): call it off the async executor's core
+    /// threads.
     ///
     /// # Errors
     /// [`DestError`]; nothing is delivered when it fails.
@@ -114,10 +121,58 @@ impl Dest {
         journal: &mut Journal,
         now: u64,
     ) -> Result<Delivery, DestError> {
+        let d = self.deliver_deferred(id, spool, journal, now)?;
+        self.make_durable()?;
+        Ok(d)
+    }
+
+    /// Stores a complete message for a group commit: the message is visible
+    /// but **not durable** until [`make_durable`](Self::make_durable)
+    /// returns `Ok`, so nothing may be journalled or deleted on the server
+    /// before that. For a Maildir the message file itself is already
+    /// fsynced; only its directory entry in `new/` is pending. mbox and MDA
+    /// deliveries are durable at once (their own protocol, see their
+    /// modules).
+    ///
+    /// # Errors
+    /// [`DestError`]; nothing is delivered when it fails.
+    pub fn deliver_deferred(
+        &self,
+        id: MessageId<'_>,
+        spool: &mut Spool,
+        journal: &mut Journal,
+        now: u64,
+    ) -> Result<Delivery, DestError> {
         match self {
             Dest::Maildir(m) => m.deliver(id.base, spool),
             Dest::Mbox(m) => m.deliver(id.uidl, spool, journal, now),
             Dest::Mda(m) => m.deliver(id, spool),
+        }
+    }
+
+    /// Makes every earlier [`deliver_deferred`](Self::deliver_deferred)
+    /// durable (Maildir: one fsync of `new/`, which also covers a copy
+    /// found there by an interrupted earlier run).
+    ///
+    /// # Errors
+    /// [`DestError`]: the batch must then be treated as not stored (never
+    /// journalled, never deleted; do not retry the fsync, whose second
+    /// success would prove nothing).
+    pub fn make_durable(&self) -> Result<(), DestError> {
+        match self {
+            Dest::Maildir(m) => m.sync(),
+            Dest::Mbox(_) | Dest::Mda(_) => Ok(()),
+        }
+    }
+
+    /// Most messages worth storing before one group commit (journal
+    /// fsync, then DELEs). An MDA gets 1: its deliveries cannot be
+    /// recognised when repeated, so the window between its exit 0 and the
+    /// journal record must stay one message wide.
+    pub fn batch_limit(&self) -> usize {
+        match self {
+            Dest::Maildir(_) | Dest::Mbox(_) => BATCH_MESSAGES,
+            Dest::Mda(_) => 1,
         }
     }
 }

@@ -171,6 +171,8 @@ service imap-login {{
             let n = self.seq.fetch_add(1, Ordering::Relaxed);
             let tmp = self.maildir().join(format!("tmp/{n}.test"));
             std::fs::write(&tmp, m).unwrap();
+            // Plays the server side's MDA on Dovecot's Maildir, not ours.
+            #[allow(clippy::disallowed_methods)]
             std::fs::rename(&tmp, self.maildir().join(format!("new/{n}.test"))).unwrap();
         }
         self.chown_home();
@@ -368,13 +370,13 @@ pub fn proxy(upstream: u16, fault: Fault) -> (u16, Arc<AtomicBool>) {
                     continue;
                 }
                 let mut n = n;
-                if let Fault::AfterServerBytes(limit) = fault {
-                    if relayed + n as u64 >= limit {
-                        n = (limit - relayed) as usize;
-                        let _ = c_w.write_all(&buf[..n]);
-                        fired3.store(true, Ordering::SeqCst);
-                        break;
-                    }
+                if let Fault::AfterServerBytes(limit) = fault
+                    && relayed + n as u64 >= limit
+                {
+                    n = (limit - relayed) as usize;
+                    let _ = c_w.write_all(&buf[..n]);
+                    fired3.store(true, Ordering::SeqCst);
+                    break;
                 }
                 if c_w.write_all(&buf[..n]).is_err() {
                     break;

@@ -2,20 +2,26 @@
 //! (Postfix `mailbox_command`, Exim pipe transport, procmail-style).
 //!
 //! Exit codes follow sysexits(3), which every MTA understands: 0 delivered,
-//! 67 unknown user (bounce), 75 temporary failure (retry later), 69 for a
-//! message larger than the configured maximum (bounce).
+//! 67 unknown user (bounce), 75 temporary failure (retry later; also over
+//! quota by default), 77 rejected by a Sieve script or over quota when
+//! quotas are permanent (bounce), 69 for a message larger than the
+//! configured maximum (bounce). Sieve scripts apply as for LMTP.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use pobox_store::{Mailstore, StoreError};
+use std::sync::Arc;
+
+use pobox_server::delivery::{Outcome, Pipeline, Rcpt};
+use pobox_store::StoreError;
 
 use crate::config::Settings;
 
 const EX_NOUSER: u8 = 67;
 const EX_UNAVAILABLE: u8 = 69;
 const EX_TEMPFAIL: u8 = 75;
+const EX_NOPERM: u8 = 77;
 const EX_CONFIG: u8 = 78;
 
 /// Arguments of `pobox deliver`.
@@ -23,6 +29,9 @@ const EX_CONFIG: u8 = 78;
 pub struct DeliverArgs {
     /// The local user (a `+tag` suffix is ignored).
     user: String,
+    /// Envelope sender, for Sieve (`-f` as sendmail-style MTAs pass it).
+    #[arg(long, short = 'f', default_value = "")]
+    from: String,
 }
 
 /// Delivers stdin to the user's maildrop; the exit code tells the MTA what happened.
@@ -54,21 +63,47 @@ pub fn run(data: &Path, config: Option<&Path>, args: DeliverArgs) -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    let mut stdin = std::io::stdin().lock();
-    match store.deliver(user, &mut stdin) {
-        Ok(d) => {
-            eprintln!("pobox deliver: delivered to {user} as {} ({} octets)", d.uidl, d.size);
+    let mut message = Vec::new();
+    if let Err(e) = std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut message) {
+        eprintln!("pobox deliver: cannot read the message: {e}");
+        return ExitCode::from(EX_TEMPFAIL);
+    }
+    let pipeline = Pipeline::new(Arc::new(store), settings.server.sieve.clone());
+    let to = format!("{}@localhost", args.user);
+    let rcpt = Rcpt { from: &args.from, to: &to, user };
+    match pipeline.deliver(&rcpt, &message) {
+        Outcome::Stored(copies) => {
+            for (folder, d) in copies {
+                eprintln!(
+                    "pobox deliver: delivered to {user}{} as {} ({} octets)",
+                    folder.map(|f| format!(" folder {f}")).unwrap_or_default(),
+                    d.uidl,
+                    d.size
+                );
+            }
             ExitCode::SUCCESS
         }
-        Err(StoreError::TooLarge { limit }) => {
+        Outcome::Discarded => {
+            eprintln!("pobox deliver: discarded by a Sieve script");
+            ExitCode::SUCCESS
+        }
+        Outcome::Rejected(reason) => {
+            eprintln!("pobox deliver: rejected by a Sieve script: {reason}");
+            ExitCode::from(EX_NOPERM)
+        }
+        Outcome::Failed(StoreError::TooLarge { limit }) => {
             eprintln!("pobox deliver: message larger than the maximum of {limit} octets");
             ExitCode::from(EX_UNAVAILABLE)
         }
-        Err(StoreError::NoSuchUser(u)) => {
+        Outcome::Failed(StoreError::OverQuota(detail)) => {
+            eprintln!("pobox deliver: {user} is over quota ({detail})");
+            ExitCode::from(if settings.server.quota_permanent { EX_NOPERM } else { EX_TEMPFAIL })
+        }
+        Outcome::Failed(StoreError::NoSuchUser(u)) => {
             eprintln!("pobox deliver: no such user: {u}");
             ExitCode::from(EX_NOUSER)
         }
-        Err(e) => {
+        Outcome::Failed(e) => {
             eprintln!("pobox deliver: temporary failure, nothing delivered: {e}");
             ExitCode::from(EX_TEMPFAIL)
         }

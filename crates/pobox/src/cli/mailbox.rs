@@ -57,6 +57,15 @@ pub enum MailboxCommand {
         #[arg(long, value_name = "TIME")]
         since: Option<String>,
     },
+    /// Move a message from a folder (e.g. the Junk quarantine) into the inbox, intact.
+    Release {
+        /// The user.
+        user: String,
+        /// The folder (as in Sieve `fileinto`).
+        folder: String,
+        /// The message's UIDL: the file name up to the first ',' or ':'.
+        id: String,
+    },
     /// Remove every message of a user (into the restore area if the policy has one).
     Purge {
         /// The user.
@@ -189,6 +198,11 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
             for uidl in restored {
                 println!("  {uidl}");
             }
+        }
+        MailboxCommand::Release { user, folder, id } => {
+            ensure_user(&users, &user)?;
+            let path = store.release(&user, &folder, &id)?;
+            println!("released {id} from {folder} into {user}'s inbox ({})", path.display());
         }
         MailboxCommand::Purge { user } => {
             ensure_user(&users, &user)?;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Args;
-use pobox_server::{ListenAddr, Protocol, Services};
+use pobox_server::{ListenAddr, Protocol, Services, privdrop};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{Settings, parse_listen};
@@ -38,8 +38,15 @@ fn override_addr(list: &mut Vec<ListenAddr>, flag: &str, value: Option<String>) 
 
 /// Runs the server until a signal stops it.
 ///
+/// The privileged prelude runs on the main thread alone (architecture
+/// rule 7): read config, users and keys, bind every socket with `std::net`,
+/// then drop to the unprivileged user and set `no_new_privs`; only then is
+/// the tokio runtime (and its threads) started. See
+/// `pobox_server::privdrop` for why the order matters.
+///
 /// # Errors
-/// Configuration, TLS or bind failures, each with the fix in the message.
+/// Configuration, TLS, bind or privilege-drop failures, each with the fix in
+/// the message.
 pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::load(data, config)?;
     override_addr(&mut settings.pop3, "pop3", args.pop3)?;
@@ -47,47 +54,71 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     override_addr(&mut settings.lmtp, "lmtp", args.lmtp)?;
     init_logging(&settings.log);
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings))
-}
-
-async fn serve(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let users = super::open_users(&settings);
     let store = super::open_store(&settings)?;
     let needs_tls = !settings.pop3.is_empty() || !settings.pop3s.is_empty();
+    let tls_dir = settings.data_dir.join("tls");
     let tls = if needs_tls {
         Some(
-            pobox_server::tls::load_or_generate(
-                &settings.data_dir.join("tls"),
-                settings.tls_cert.as_deref(),
-                settings.tls_key.as_deref(),
-                &settings.server.hostname,
-            )
-            .context("TLS setup failed")?,
+            pobox_server::tls::load_or_generate_many(&tls_dir, settings.tls_pairs.clone(), &settings.server.hostname)
+                .context("TLS setup failed")?,
         )
     } else {
         None
     };
+    if let Some(oauth) = &settings.server.oauth {
+        pobox_auth::oauth::OAuthValidator::new(oauth.clone())
+            .check_jwks()
+            .context("[oauth] setup failed")?;
+    }
 
     // Bind everything before serving anything: a port that cannot be bound
     // is a startup error, not a half-running server.
-    let mut listeners = Vec::new();
+    let mut bound = Vec::new();
     for (protocol, addrs) in [
         (Protocol::Pop3, &settings.pop3),
         (Protocol::Pop3s, &settings.pop3s),
         (Protocol::Lmtp, &settings.lmtp),
     ] {
         for addr in addrs {
-            listeners.push(pobox_server::bind(protocol, addr).await?);
+            bound.push(pobox_server::bind_std(protocol, addr)?);
         }
     }
-    if listeners.is_empty() {
+    if bound.is_empty() {
         anyhow::bail!("every listener is disabled; enable at least one of --pop3, --pop3s, --lmtp");
+    }
+
+    // The self-signed pair we generated as root must stay readable for
+    // reloads after the switch.
+    let own_files = if settings.tls_pairs.is_empty() {
+        vec![tls_dir.clone(), tls_dir.join("cert.pem"), tls_dir.join("key.pem")]
+    } else {
+        Vec::new()
+    };
+    let dropped = privdrop::drop_privileges(settings.user.as_deref(), &settings.data_dir, &own_files)
+        .context("cannot drop privileges")?;
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(serve(settings, users, store, tls, bound, dropped))
+}
+
+async fn serve(
+    settings: Settings,
+    users: Arc<pobox_auth::UserDb>,
+    store: pobox_store::MaildirStore,
+    tls: Option<pobox_server::Tls>,
+    bound: Vec<pobox_server::PreBound>,
+    dropped: privdrop::Outcome,
+) -> anyhow::Result<()> {
+    let mut listeners = Vec::new();
+    for b in bound {
+        let local = b.local.clone();
+        listeners.push(b.into_listener().with_context(|| format!("cannot listen on {local}"))?);
     }
 
     println!("pobox {} serving from {}", env!("CARGO_PKG_VERSION"), settings.data_dir.display());
@@ -105,6 +136,20 @@ async fn serve(settings: Settings) -> anyhow::Result<()> {
         let origin = if tls.generated { "generated now, self-signed" } else { "loaded" };
         println!("  certificate  {} ({origin})", tls.cert_path.display());
         println!("  SHA-256      {}", tls.fingerprint);
+    }
+    match &dropped {
+        privdrop::Outcome::Dropped { user, uid, .. } => println!("  running as   {user} (uid {uid})"),
+        privdrop::Outcome::NotRoot { uid } => println!("  running as   uid {uid}"),
+        privdrop::Outcome::StayedRoot { explicit } => {
+            println!("  running as   root");
+            if !explicit {
+                tracing::warn!(
+                    "running as root: no `user` configured and no `{}` user exists; create one \
+                     (useradd --system pobox) or set `user` in the config",
+                    privdrop::DEFAULT_USER
+                );
+            }
+        }
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

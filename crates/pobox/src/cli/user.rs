@@ -34,6 +34,11 @@ pub enum UserCommand {
     },
     /// List users.
     List,
+    /// Show a user's quota use.
+    Quota {
+        /// The user name.
+        name: String,
+    },
 }
 
 /// Runs a user subcommand.
@@ -64,6 +69,21 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: UserCommand) -> anyhow::Resu
         UserCommand::Del { name } => {
             users.remove(&name)?;
             println!("removed user {name} (maildrop kept)");
+        }
+        UserCommand::Quota { name } => {
+            if !users.exists(&name).unwrap_or(false) {
+                bail!("no such user: {name}");
+            }
+            let store = super::open_store(&settings)?;
+            let (usage, quota) = store.usage(&name)?;
+            let show = |used: u64, limit: Option<u64>| match limit {
+                Some(l) if l > 0 => format!("{used} of {l} ({}%)", used * 100 / l),
+                Some(l) => format!("{used} of {l}"),
+                None => format!("{used} (no limit)"),
+            };
+            println!("{name}");
+            println!("  octets    {}", show(usage.bytes, quota.bytes));
+            println!("  messages  {}", show(usage.messages, quota.messages));
         }
         UserCommand::List => {
             for entry in users.entries()? {

@@ -18,21 +18,6 @@ PW = os.environ["POBOX_TEST_PW"]
 TIMEOUT = 10
 
 
-# WORKAROUND (see util.rs `settle_after_retr`): a QUIT right behind RETR/TOP
-# can fail UPDATE on the server; wait a moment before every poplib QUIT.
-# Remove once pop3::retr_dele_quit_pipelined_always_deletes passes.
-_poplib_quit = poplib.POP3.quit
-
-
-def _settled_quit(self):
-    import time
-    time.sleep(0.1)
-    return _poplib_quit(self)
-
-
-poplib.POP3.quit = _settled_quit
-
-
 def tls_context():
     """Verifies the chain against the server's cert and the host name."""
     ctx = ssl.create_default_context(cafile=CERT)

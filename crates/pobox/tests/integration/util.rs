@@ -571,15 +571,13 @@ pub struct Pop3 {
     pub stream: TcpStream,
     reader: BufReader<TcpStream>,
     pub greeting: String,
-    /// The last command sent with `cmd` was RETR or TOP.
-    after_message: bool,
 }
 
 impl Pop3 {
     pub fn connect(port: u16) -> Pop3 {
         let stream = tcp(port);
         let reader = BufReader::new(stream.try_clone().unwrap());
-        let mut c = Pop3 { stream, reader, greeting: String::new(), after_message: false };
+        let mut c = Pop3 { stream, reader, greeting: String::new() };
         c.greeting = c.line();
         assert!(c.greeting.starts_with("+OK"), "greeting: {}", c.greeting);
         c
@@ -608,8 +606,6 @@ impl Pop3 {
 
     /// Sends a command (CRLF added) and returns the status line.
     pub fn cmd(&mut self, c: &str) -> String {
-        let verb = c.split(' ').next().unwrap_or_default().to_ascii_uppercase();
-        self.after_message = verb == "RETR" || verb == "TOP";
         self.send(format!("{c}\r\n"));
         self.line()
     }
@@ -668,9 +664,6 @@ impl Pop3 {
 
     /// QUIT, expecting `+OK` and the server closing the connection.
     pub fn quit(mut self) {
-        if self.after_message {
-            settle_after_retr();
-        }
         let r = self.cmd("QUIT");
         assert!(r.starts_with("+OK"), "QUIT: {r}");
         let mut rest = Vec::new();
@@ -691,16 +684,6 @@ impl Pop3 {
         out.extend(read_until_closed(&mut s));
         out
     }
-}
-
-/// WORKAROUND for the bug `pop3::retr_dele_quit_pipelined_always_deletes`
-/// proves: a QUIT right behind RETR/TOP can fail UPDATE with "maildrop busy"
-/// because the server's blocking reader still holds the maildrop. Tests
-/// about other things wait a moment before such a QUIT so they do not fail
-/// at random; `clients.py` does the same for poplib. Remove both (grep
-/// `settle_after_retr`) once the bug is fixed.
-pub fn settle_after_retr() {
-    thread::sleep(Duration::from_millis(100));
 }
 
 /// A byte-level LMTP client.

@@ -12,7 +12,12 @@
 //!      input buffer holds no complete line, which is how pipelined commands
 //!      get one write for many replies);
 //!    - [`Action::Authenticate`]: verify the credentials and, on success, lock
-//!      and snapshot the maildrop, then call [`ServerSession::handle_login`];
+//!      and snapshot the maildrop, then call [`ServerSession::handle_login`].
+//!      For [`Credentials::SaslStep`] (SCRAM, OAUTHBEARER, XOAUTH2: the
+//!      mechanisms whose logic needs secrets or crypto and so lives in the
+//!      driver and `pobox-auth`), the driver may instead answer with
+//!      [`ServerSession::handle_sasl_challenge`] to send a `+ ` challenge and
+//!      receive the client's next message as another `SaslStep`;
 //!    - [`Action::SendMessage`]: write `+OK`, then the message through
 //!      [`crate::dot::WireEncoder`];
 //!    - [`Action::StartTls`]: flush, **discard all buffered input**, run the
@@ -47,6 +52,25 @@ pub const MAX_BAD_COMMANDS: u32 = 20;
 
 /// After this many failed logins on one connection the session is closed.
 pub const MAX_AUTH_FAILURES: u32 = 3;
+
+/// RFC 7677 SCRAM-SHA-256.
+pub const SCRAM_SHA_256: &str = "SCRAM-SHA-256";
+/// RFC 7677 SCRAM-SHA-256-PLUS (with TLS channel binding).
+pub const SCRAM_SHA_256_PLUS: &str = "SCRAM-SHA-256-PLUS";
+/// RFC 7628 OAUTHBEARER.
+pub const OAUTHBEARER: &str = "OAUTHBEARER";
+/// Google's/Microsoft's XOAUTH2.
+pub const XOAUTH2: &str = "XOAUTH2";
+
+/// SASL mechanisms the driver runs (see [`Credentials::SaslStep`]), in the
+/// order CAPA lists them.
+pub const DRIVER_MECHANISMS: [&str; 4] = [SCRAM_SHA_256_PLUS, SCRAM_SHA_256, OAUTHBEARER, XOAUTH2];
+
+/// Mechanisms that send a replayable secret (a bearer token) and so are
+/// only allowed where cleartext passwords are (RFC 7628 §5: TLS required).
+fn mechanism_needs_protection(mechanism: &str) -> bool {
+    matches!(mechanism, OAUTHBEARER | XOAUTH2)
+}
 
 /// Fixed, per-connection facts the session needs. Built by the driver.
 #[derive(Debug, Clone)]
@@ -95,6 +119,18 @@ pub enum Credentials {
         /// Which command carried it, for logs.
         mechanism: &'static str,
     },
+    /// One client message of a SASL mechanism the driver runs (one of
+    /// [`DRIVER_MECHANISMS`]). The driver keeps the mechanism's state per
+    /// connection: `first` is true for the first message of an exchange (a
+    /// new exchange after a cancelled one starts with `first` again).
+    SaslStep {
+        /// The mechanism name, e.g. `SCRAM-SHA-256`.
+        mechanism: &'static str,
+        /// The base64-decoded client message (may be empty).
+        response: Sensitive,
+        /// First message of this exchange.
+        first: bool,
+    },
     /// APOP (RFC 1939 §7): MD5 of the greeting timestamp and the secret.
     Apop {
         /// The user name.
@@ -107,10 +143,22 @@ pub enum Credentials {
 }
 
 impl Credentials {
-    /// The user name the client claims.
+    /// The user name the client claims (empty for a SASL step: the driver's
+    /// mechanism knows it).
     pub fn user(&self) -> &str {
         match self {
             Credentials::Password { user, .. } | Credentials::Apop { user, .. } => user,
+            Credentials::SaslStep { .. } => "",
+        }
+    }
+
+    /// The mechanism, for logs: `USER`, `PLAIN`, `LOGIN`, `APOP`, `SCRAM-SHA-256`...
+    pub fn mechanism(&self) -> &'static str {
+        match self {
+            Credentials::Password { mechanism, .. } | Credentials::SaslStep { mechanism, .. } => {
+                mechanism
+            }
+            Credentials::Apop { .. } => "APOP",
         }
     }
 }
@@ -210,6 +258,10 @@ enum SaslStep {
     LoginUser,
     /// `AUTH LOGIN`: waiting for the password of this user.
     LoginPassword(String),
+    /// A driver-run mechanism: waiting for the client's next message
+    /// (`first`: no message of this exchange was sent to the driver yet),
+    /// or, while `awaiting_login`, for the driver's answer.
+    Driver { mechanism: &'static str, first: bool },
 }
 
 #[derive(Debug)]
@@ -241,6 +293,8 @@ pub struct ServerSession {
     actions: VecDeque<Action>,
     bad_commands: u32,
     utf8: bool,
+    /// Driver-run SASL mechanisms usable now (set by the driver).
+    extra_mechanisms: Vec<&'static str>,
 }
 
 impl ServerSession {
@@ -256,6 +310,7 @@ impl ServerSession {
             actions: VecDeque::new(),
             bad_commands: 0,
             utf8: false,
+            extra_mechanisms: Vec::new(),
             config,
         };
         let greeting = match &session.config.apop_timestamp {
@@ -264,6 +319,33 @@ impl ServerSession {
         };
         session.reply(Status::ok(greeting));
         session
+    }
+
+    /// Sets which driver-run SASL mechanisms ([`DRIVER_MECHANISMS`]) are
+    /// offered and accepted: the driver knows whether the user db has SCRAM
+    /// secrets, whether OAuth is configured and whether TLS channel binding
+    /// exists (call again after STLS). Unknown names are ignored. OAUTHBEARER
+    /// and XOAUTH2 are still refused where cleartext passwords are.
+    pub fn set_sasl_mechanisms(&mut self, mechanisms: &[&str]) {
+        self.extra_mechanisms = DRIVER_MECHANISMS
+            .iter()
+            .copied()
+            .filter(|m| mechanisms.contains(m))
+            .collect();
+    }
+
+    /// The SASL mechanisms usable on this connection right now.
+    fn mechanisms(&self) -> Vec<&'static str> {
+        let mut list = Vec::new();
+        if self.config.plaintext_auth_allowed {
+            list.extend(["PLAIN", "LOGIN"]);
+        }
+        for &m in &self.extra_mechanisms {
+            if self.config.plaintext_auth_allowed || !mechanism_needs_protection(m) {
+                list.push(m);
+            }
+        }
+        list
     }
 
     /// The next action for the driver, if any.
@@ -403,11 +485,7 @@ impl ServerSession {
             },
             Command::Auth(None, _) => {
                 // RFC 1734-era probe: list mechanisms as a multi-line reply.
-                let mut lines = Vec::new();
-                if self.config.plaintext_auth_allowed {
-                    lines.push("PLAIN".to_string());
-                    lines.push("LOGIN".to_string());
-                }
+                let lines: Vec<String> = self.mechanisms().iter().map(|m| m.to_string()).collect();
                 self.reply_multi(Status::ok("supported mechanisms"), &lines);
             }
             Command::Auth(Some(mech), initial) => self.start_sasl(&mech, initial),
@@ -454,12 +532,17 @@ impl ServerSession {
     }
 
     fn start_sasl(&mut self, mech: &str, initial: Option<Sensitive>) {
-        if !self.config.plaintext_auth_allowed {
+        // Mechanism names are case-insensitive (RFC 4422 §3.1).
+        let mech = mech.to_ascii_uppercase();
+        let driver = self.extra_mechanisms.iter().copied().find(|m| *m == mech);
+        let protected = driver.is_some_and(|m| !mechanism_needs_protection(m));
+        if !self.config.plaintext_auth_allowed && !protected {
             return self.refuse_plaintext();
         }
-        let step = match mech {
-            "PLAIN" => SaslStep::Plain,
-            "LOGIN" => SaslStep::LoginUser,
+        let step = match (mech.as_str(), driver) {
+            ("PLAIN", _) => SaslStep::Plain,
+            ("LOGIN", _) => SaslStep::LoginUser,
+            (_, Some(mechanism)) => SaslStep::Driver { mechanism, first: true },
             _ => return self.reply(Status::err("unsupported authentication mechanism")),
         };
         self.set_pending_user(None);
@@ -517,7 +600,37 @@ impl ServerSession {
                 password: decoded,
                 mechanism: "LOGIN",
             }),
+            SaslStep::Driver { mechanism, first } => {
+                // Remember the mechanism while the driver works on it, so a
+                // challenge can continue the same exchange.
+                if let Phase::Authorization { sasl, .. } = &mut self.phase {
+                    *sasl = Some(SaslStep::Driver { mechanism, first: false });
+                }
+                self.authenticate(Credentials::SaslStep { mechanism, response: decoded, first })
+            }
         }
+    }
+
+    /// The driver's answer to an [`Action::Authenticate`] carrying a
+    /// [`Credentials::SaslStep`] when the exchange goes on: sends
+    /// `+ base64(challenge)` (RFC 5034 §4) and passes the client's next line
+    /// back as another `SaslStep` (or cancels on `*`). To end the exchange,
+    /// the driver calls [`handle_login`](Self::handle_login) instead. Ignored
+    /// unless such a step is outstanding.
+    pub fn handle_sasl_challenge(&mut self, challenge: &[u8]) {
+        let Phase::Authorization {
+            awaiting_login: awaiting @ true,
+            sasl: Some(SaslStep::Driver { .. }),
+            ..
+        } = &mut self.phase
+        else {
+            return;
+        };
+        *awaiting = false;
+        let mut line = b"+ ".to_vec();
+        line.extend_from_slice(BASE64.encode(challenge).as_bytes());
+        line.extend_from_slice(b"\r\n");
+        self.send(&line);
     }
 
     fn authenticate(&mut self, credentials: Credentials) {
@@ -741,7 +854,10 @@ impl ServerSession {
             }
             if self.config.plaintext_auth_allowed {
                 caps.push("USER".into());
-                caps.push("SASL PLAIN LOGIN".into());
+            }
+            let mechanisms = self.mechanisms();
+            if !mechanisms.is_empty() {
+                caps.push(format!("SASL {}", mechanisms.join(" ")));
             }
         }
         if let Some(imp) = &self.config.implementation {

@@ -18,6 +18,8 @@ struct Harness {
     tls_started: usize,
     login_delay: Option<u32>,
     user_expire: Expire,
+    /// Fake driver-run mechanism: what it has seen so far.
+    sasl_seen: Vec<(Vec<u8>, bool)>,
 }
 
 fn config() -> SessionConfig {
@@ -48,6 +50,7 @@ impl Harness {
             tls_started: 0,
             login_delay: None,
             user_expire: Expire::Never,
+            sasl_seen: Vec::new(),
         };
         h.drain();
         h
@@ -90,6 +93,26 @@ impl Harness {
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::Send(bytes) => self.out.extend_from_slice(&bytes),
+                Action::Authenticate(Credentials::SaslStep { response, first, .. }) => {
+                    // A fake three-round mechanism shaped like SCRAM:
+                    // "hello" → challenge, "proof" → final challenge, "" → ok.
+                    if first {
+                        self.sasl_seen.clear();
+                    }
+                    self.sasl_seen.push((response.0.clone(), first));
+                    let msgs: Vec<&[u8]> = self.sasl_seen.iter().map(|(m, _)| &m[..]).collect();
+                    match msgs.as_slice() {
+                        [b"hello"] => self.session.handle_sasl_challenge(b"server-first"),
+                        [b"hello", b"proof"] => self.session.handle_sasl_challenge(b"v=final"),
+                        [b"hello", b"proof", b""] => self.session.handle_login(Ok(LoginGrant {
+                            user: "mrose".into(),
+                            messages: Vec::new(),
+                            expire: Expire::Never,
+                            login_delay: 0,
+                        })),
+                        _ => self.session.handle_login(Err(LoginFailure::BadCredentials)),
+                    }
+                }
                 Action::Authenticate(creds) => {
                     let ok = match &creds {
                         Credentials::Password { user, password, .. } => {
@@ -100,6 +123,7 @@ impl Harness {
                                 && digest == "c4c9334bac560ecc979e58001b3e22fb"
                                 && timestamp == "<1896.697170952@dbc.mtview.ca.us>"
                         }
+                        Credentials::SaslStep { .. } => unreachable!("handled above"),
                     };
                     let result = if !ok {
                         Err(LoginFailure::BadCredentials)
@@ -482,4 +506,76 @@ fn login_delay_is_refused_with_its_code() {
     h.out.clear();
     let out = h.feed(b"USER mrose\r\nPASS secret\r\n", 512);
     assert_eq!(out, "+OK\r\n-ERR [LOGIN-DELAY] minimum time between logins is 900 seconds\r\n");
+}
+
+fn b64(s: &[u8]) -> String {
+    BASE64.encode(s)
+}
+
+#[test]
+fn driver_mechanisms_are_framed_with_challenges_at_every_chunk_size() {
+    let script = format!(
+        "CAPA\r\nAUTH scram-sha-256 {}\r\n{}\r\n\r\nSTAT\r\n",
+        b64(b"hello"),
+        b64(b"proof")
+    );
+    for chunk in 1..=script.len() {
+        let mut h = Harness::new(config(), &[]);
+        h.session.set_sasl_mechanisms(&[SCRAM_SHA_256, OAUTHBEARER, "BOGUS"]);
+        let out = h.feed(script.as_bytes(), chunk);
+        assert!(out.contains("SASL PLAIN LOGIN SCRAM-SHA-256 OAUTHBEARER\r\n"), "{out}");
+        let expected_tail = format!(
+            "+ {}\r\n+ {}\r\n+OK logged in, maildrop has 0 messages (0 octets)\r\n+OK 0 0\r\n",
+            b64(b"server-first"),
+            b64(b"v=final")
+        );
+        assert!(out.ends_with(&expected_tail), "chunk {chunk}: {out}");
+        let firsts: Vec<bool> = h.sasl_seen.iter().map(|(_, f)| *f).collect();
+        assert_eq!(firsts, [true, false, false]);
+    }
+}
+
+#[test]
+fn driver_mechanism_without_initial_response_cancel_and_failure() {
+    let mut h = Harness::new(config(), &[]);
+    h.session.set_sasl_mechanisms(&[SCRAM_SHA_256]);
+    h.feed(b"", 1); // the greeting
+    // No initial response: empty challenge first (RFC 5034 §4).
+    let out = h.feed(format!("AUTH SCRAM-SHA-256\r\n{}\r\n*\r\n", b64(b"hello")).as_bytes(), 7);
+    assert_eq!(
+        out,
+        format!("+ \r\n+ {}\r\n-ERR authentication cancelled\r\n", b64(b"server-first"))
+    );
+    // A cancelled exchange does not leak into the next: `first` again.
+    let out = h.feed(format!("AUTH SCRAM-SHA-256 {}\r\n{}\r\n", b64(b"hello"), b64(b"bad")).as_bytes(), 5);
+    assert!(out.ends_with("-ERR [AUTH] authentication failed\r\n"), "{out}");
+    assert_eq!(h.sasl_seen.iter().map(|(_, f)| *f).collect::<Vec<_>>(), [true, false]);
+    // Not offered: refused like any unknown mechanism.
+    let out = h.feed(b"AUTH XOAUTH2 =\r\n", 3);
+    assert_eq!(out, "-ERR unsupported authentication mechanism\r\n");
+}
+
+#[test]
+fn scram_works_on_cleartext_but_bearer_tokens_do_not() {
+    let mut cfg = config();
+    cfg.plaintext_auth_allowed = false;
+    let mut h = Harness::new(cfg, &[]);
+    h.session.set_sasl_mechanisms(&[SCRAM_SHA_256, OAUTHBEARER, XOAUTH2]);
+    h.feed(b"", 1); // the greeting
+    let out = h.feed(b"CAPA\r\n", 4);
+    // SCRAM never sends the password; OAuth bearer tokens are replayable.
+    assert!(out.contains("SASL SCRAM-SHA-256\r\n"), "{out}");
+    assert!(!out.contains("USER\r\n") && !out.contains("OAUTHBEARER"), "{out}");
+    let out = h.feed(b"AUTH OAUTHBEARER\r\n", 4);
+    assert!(out.starts_with("-ERR [AUTH] plaintext authentication disallowed"), "{out}");
+    let out = h.feed(format!("AUTH SCRAM-SHA-256 {}\r\n", b64(b"hello")).as_bytes(), 4);
+    assert_eq!(out, format!("+ {}\r\n", b64(b"server-first")));
+}
+
+#[test]
+fn stray_challenge_is_ignored() {
+    let mut h = Harness::new(config(), &[]);
+    h.feed(b"", 1); // the greeting
+    h.session.handle_sasl_challenge(b"nobody asked");
+    assert_eq!(h.feed(b"NOOP\r\n", 1), "-ERR not valid before login\r\n");
 }

@@ -1,0 +1,215 @@
+//! The delivery pipeline shared by LMTP and `pobox deliver`: Sieve filtering
+//! (global before scripts, the user's script, global after scripts), then
+//! storage, with quotas applied by the store.
+//!
+//! Everything here is synchronous (Sieve is pure CPU, the store is blocking
+//! file I/O); async callers run it on the blocking pool.
+//!
+//! Filtering never loses mail: a script that does not compile, fails at run
+//! time or files into an unusable folder ends in keep (the inbox), and the
+//! problem is logged.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use pobox_sieve::{Action, Capabilities, Envelope, Limits, Message, Script};
+use pobox_store::{Delivered, Mailstore, StoreError};
+use tracing::{info, warn};
+
+/// Where Sieve scripts are.
+#[derive(Debug, Clone, Default)]
+pub struct SieveConfig {
+    /// Directory of per-user scripts, `<dir>/<user>.sieve`; `None` disables them.
+    pub user_dir: Option<PathBuf>,
+    /// Global scripts run before the user's.
+    pub before: Vec<PathBuf>,
+    /// Global scripts run after the user's.
+    pub after: Vec<PathBuf>,
+}
+
+/// The envelope of one recipient's copy.
+#[derive(Debug, Clone)]
+pub struct Rcpt<'a> {
+    /// The reverse path (`""` for `<>`).
+    pub from: &'a str,
+    /// The recipient address as given (may carry `+detail`).
+    pub to: &'a str,
+    /// The local user it maps to.
+    pub user: &'a str,
+}
+
+/// What happened to one recipient's copy.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Stored: in the inbox (`folder` `None`) and/or folders.
+    Stored(Vec<(Option<String>, Delivered)>),
+    /// A Sieve `discard`: accepted and dropped on purpose.
+    Discarded,
+    /// A Sieve `reject`/`ereject`: refuse with this reason (LMTP 550 5.7.1).
+    Rejected(String),
+    /// Storing failed; nothing of this copy counts as delivered.
+    Failed(StoreError),
+}
+
+/// Compiled scripts, cached by path until the file changes.
+#[derive(Default)]
+struct Cache {
+    scripts: HashMap<PathBuf, (FileStamp, Option<Arc<Script>>)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    inode: u64,
+}
+
+/// The pipeline: Sieve, then the store.
+pub struct Pipeline {
+    store: Arc<dyn Mailstore>,
+    sieve: SieveConfig,
+    cache: Mutex<Cache>,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline").field("sieve", &self.sieve).finish_non_exhaustive()
+    }
+}
+
+/// What Sieve decides for one copy, before anything is stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Store in the inbox.
+    Inbox,
+    /// Store in this folder.
+    Folder(String),
+    /// Drop.
+    Discard,
+    /// Refuse.
+    Reject(String),
+}
+
+impl Pipeline {
+    /// A pipeline over `store` with these scripts.
+    pub fn new(store: Arc<dyn Mailstore>, sieve: SieveConfig) -> Pipeline {
+        Pipeline { store, sieve, cache: Mutex::new(Cache::default()), limits: Limits::default() }
+    }
+
+    /// The store behind the pipeline.
+    pub fn store(&self) -> &Arc<dyn Mailstore> {
+        &self.store
+    }
+
+    /// Runs the scripts and returns what they decide, storing nothing (for
+    /// `pobox sieve test`, and the first half of [`Pipeline::deliver`]).
+    pub fn plan(&self, rcpt: &Rcpt<'_>, message: &[u8]) -> Vec<Plan> {
+        let scripts = self.scripts_for(rcpt.user);
+        if scripts.is_empty() {
+            return vec![Plan::Inbox];
+        }
+        let refs: Vec<&Script> = scripts.iter().map(|s| s.as_ref()).collect();
+        let env = Envelope { from: rcpt.from, to: rcpt.to, auth: None };
+        let outcome = pobox_sieve::execute(&refs, &env, &Message::new(message), &self.limits);
+        for e in &outcome.errors {
+            warn!(user = rcpt.user, error = %e, "sieve runtime error; the message is kept");
+        }
+        let mut plans = Vec::new();
+        for action in outcome.actions {
+            match action {
+                Action::Keep { .. } => plans.push(Plan::Inbox),
+                Action::FileInto { mailbox, .. } => plans.push(Plan::Folder(mailbox)),
+                Action::Discard => plans.push(Plan::Discard),
+                Action::Reject { reason } | Action::Ereject { reason } => plans.push(Plan::Reject(reason)),
+                other => {
+                    // redirect/vacation compile only with an outbound relay,
+                    // which pobox does not have: keep rather than lose.
+                    warn!(user = rcpt.user, action = ?other, "sieve action not available; the message is kept");
+                    plans.push(Plan::Inbox);
+                }
+            }
+        }
+        if plans.is_empty() {
+            plans.push(Plan::Inbox);
+        }
+        plans.dedup();
+        plans
+    }
+
+    /// Filters and stores one recipient's copy. `message` is the complete
+    /// message including any trace headers the caller added.
+    pub fn deliver(&self, rcpt: &Rcpt<'_>, message: &[u8]) -> Outcome {
+        let plans = self.plan(rcpt, message);
+        if let Some(Plan::Reject(reason)) = plans.iter().find(|p| matches!(p, Plan::Reject(_))) {
+            info!(user = rcpt.user, "sieve rejected the message");
+            return Outcome::Rejected(reason.clone());
+        }
+        if plans.iter().all(|p| *p == Plan::Discard) {
+            info!(user = rcpt.user, "sieve discarded the message");
+            return Outcome::Discarded;
+        }
+        let mut stored = Vec::new();
+        for plan in plans {
+            let result = match &plan {
+                Plan::Inbox => self.store.deliver(rcpt.user, &mut &message[..]).map(|d| (None, d)),
+                Plan::Folder(folder) => match self.store.deliver_to_folder(rcpt.user, folder, &mut &message[..]) {
+                    Err(StoreError::InvalidFolder(name)) => {
+                        warn!(user = rcpt.user, folder = %name, "sieve fileinto an unusable folder; kept in the inbox");
+                        self.store.deliver(rcpt.user, &mut &message[..]).map(|d| (None, d))
+                    }
+                    other => other.map(|d| (Some(folder.clone()), d)),
+                },
+                Plan::Discard | Plan::Reject(_) => continue,
+            };
+            match result {
+                Ok(s) => stored.push(s),
+                // A copy that could not be stored fails the whole recipient:
+                // the sender retries, and a copy already filed elsewhere may
+                // then be stored twice, which is better than losing one.
+                Err(e) => return Outcome::Failed(e),
+            }
+        }
+        Outcome::Stored(stored)
+    }
+
+    /// The compiled scripts that apply to `user`, in order. A script that
+    /// fails to compile is skipped (and logged once per change).
+    fn scripts_for(&self, user: &str) -> Vec<Arc<Script>> {
+        let mut paths: Vec<PathBuf> = self.sieve.before.clone();
+        if let Some(dir) = &self.sieve.user_dir {
+            paths.push(dir.join(format!("{user}.sieve")));
+        }
+        paths.extend(self.sieve.after.iter().cloned());
+        paths.iter().filter_map(|p| self.compiled(p)).collect()
+    }
+
+    fn compiled(&self, path: &Path) -> Option<Arc<Script>> {
+        let meta = std::fs::metadata(path).ok()?;
+        use std::os::unix::fs::MetadataExt;
+        let stamp = FileStamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, script)) = cache.scripts.get(path)
+            && *cached == stamp
+        {
+            return script.clone();
+        }
+        let script = match std::fs::read_to_string(path) {
+            Ok(source) => match pobox_sieve::compile(&source, &Capabilities::default()) {
+                Ok(s) => Some(Arc::new(s)),
+                Err(errors) => {
+                    warn!(path = %path.display(), errors = %errors, "sieve script does not compile; ignored");
+                    None
+                }
+            },
+            Err(e) => {
+                warn!(path = %path.display(), error = %e, "cannot read sieve script; ignored");
+                None
+            }
+        };
+        cache.scripts.insert(path.to_path_buf(), (stamp, script.clone()));
+        script
+    }
+}
