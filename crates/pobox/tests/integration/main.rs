@@ -19,6 +19,7 @@
 #![allow(unreachable_pub)]
 
 mod cli;
+mod filters;
 mod lmtp;
 mod pop3;
 mod retention;
