@@ -457,10 +457,7 @@ impl Maildir {
         msg: &mut dyn io::Read,
         max: Option<u64>,
     ) -> Result<NamedDelivery, StoreError> {
-        if !name::is_valid_base(base) {
-            return Err(StoreError::InvalidName(base.to_owned()));
-        }
-        deliver::write_message(self, Some(base), msg, max, true)
+        self.write_named(base, msg, max, true)
     }
 
     /// [`deliver_named`](Maildir::deliver_named) for batches: the same
@@ -478,10 +475,20 @@ impl Maildir {
         msg: &mut dyn io::Read,
         max: Option<u64>,
     ) -> Result<NamedDelivery, StoreError> {
+        self.write_named(base, msg, max, false)
+    }
+
+    fn write_named(
+        &self,
+        base: &str,
+        msg: &mut dyn io::Read,
+        max: Option<u64>,
+        sync_dir: bool,
+    ) -> Result<NamedDelivery, StoreError> {
         if !name::is_valid_base(base) {
             return Err(StoreError::InvalidName(base.to_owned()));
         }
-        deliver::write_message(self, Some(base), msg, max, false)
+        deliver::write_message(self, Some(base), msg, max, sync_dir)
     }
 
     /// Makes every earlier [`deliver_named_unsynced`](Maildir::deliver_named_unsynced)
