@@ -2,7 +2,10 @@
 //! when. It is what makes the fetch exactly-once.
 //!
 //! A record is appended and `fsync`ed *after* the message is durable in the
-//! destination and *before* its DELE is sent. So at any crash point:
+//! destination and *before* its DELE is sent. Records are written in
+//! batches (one write, one `fsync` for up to 64 messages: group commit), but
+//! each only once its whole batch is durable, so the table holds per
+//! message. At any crash point:
 //!
 //! | crash after…                     | next run sees                    | next run does                  |
 //! |----------------------------------|----------------------------------|--------------------------------|

@@ -134,21 +134,37 @@ pub fn run(args: FetchArgs) -> ExitCode {
             return ExitCode::from(EXIT_FAILED);
         }
     };
-    let display = progress::Display::new(!args.quiet);
+    let display = progress::Display::new(!args.quiet).with_names(jobs.iter().map(|(a, _)| a.name.as_str()));
     let state_dir = Arc::new(config.state_dir.clone());
     let limit = Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1)));
     let results = runtime.block_on(async {
         let mut set = tokio::task::JoinSet::new();
         for (account, secret) in jobs {
             let (state_dir, limit, display) = (state_dir.clone(), limit.clone(), display.clone());
-            let dry_run = args.dry_run;
+            let (dry_run, quiet) = (args.dry_run, args.quiet);
             set.spawn(async move {
                 let _permit = limit.acquire_owned().await;
                 let bar = display.account(&account.name);
                 let started = Instant::now();
                 let result = fetch_account(&account, secret, &state_dir, dry_run, &bar).await;
                 bar.finish();
-                (account.name, result, started.elapsed().as_secs_f64())
+                // Report each account as it finishes, above the bars of the
+                // ones still running.
+                let secs = started.elapsed().as_secs_f64();
+                match &result {
+                    Ok(s) if !quiet => {
+                        for line in &s.plan {
+                            display.println(&format!("{}: {line}", account.name));
+                        }
+                        display.println(&summary_line(&account.name, s, secs, dry_run));
+                        for w in &s.warnings {
+                            display.eprintln(&format!("pobox fetch: {}: warning: {w}", account.name));
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => display.eprintln(&format!("pobox fetch: {}: {e}", account.name)),
+                }
+                result
             });
         }
         let mut out = Vec::new();
@@ -162,22 +178,10 @@ pub fn run(args: FetchArgs) -> ExitCode {
     });
     let mut worst_failure = failed_early.then_some(EXIT_FAILED);
     let mut any_mail = false;
-    for (name, result, secs) in results {
+    for result in results {
         match result {
-            Ok(s) => {
-                if !args.quiet {
-                    for line in &s.plan {
-                        display.println(&format!("{name}: {line}"));
-                    }
-                    display.println(&summary_line(&name, &s, secs, args.dry_run));
-                    for w in &s.warnings {
-                        eprintln!("pobox fetch: {name}: warning: {w}");
-                    }
-                }
-                any_mail |= s.got_mail();
-            }
+            Ok(s) => any_mail |= s.got_mail(),
             Err(e) => {
-                eprintln!("pobox fetch: {name}: {e}");
                 let c = if e.needs_attention() { EXIT_ATTENTION } else { EXIT_FAILED };
                 worst_failure = worst_failure.max(Some(c));
             }

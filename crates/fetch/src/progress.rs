@@ -10,13 +10,23 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Debug, Clone)]
 pub struct Display {
     multi: Option<MultiProgress>,
+    /// Width of the account-name column (the longest name).
+    width: usize,
 }
 
 impl Display {
     /// Bars only if `enabled` and stderr is a terminal.
     pub fn new(enabled: bool) -> Display {
         let on = enabled && std::io::stderr().is_terminal();
-        Display { multi: on.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())) }
+        Display { multi: on.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr())), width: 12 }
+    }
+
+    /// Sizes the name column for these account names, so the bars line up
+    /// and no name is cut.
+    #[must_use]
+    pub fn with_names<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Display {
+        self.width = names.into_iter().map(|n| n.chars().count()).max().unwrap_or(0).clamp(4, 40);
+        self
     }
 
     /// A bar for one account (hidden when the display is off).
@@ -25,11 +35,15 @@ impl Display {
             Some(m) => {
                 let bar = m.add(ProgressBar::new(0));
                 bar.set_style(
-                    ProgressStyle::with_template("{prefix:>12} [{bar:30}] {msg} {bytes}/{total_bytes} {bytes_per_sec}")
+                    ProgressStyle::with_template(&format!(
+                        "{{prefix:>{}}} [{{wide_bar}}] {{msg}}  {{bytes}}/{{total_bytes}}  {{binary_bytes_per_sec}}  {{eta}}",
+                        self.width
+                    ))
                         .unwrap_or_else(|_| ProgressStyle::default_bar())
                         .progress_chars("=> "),
                 );
                 bar.set_prefix(name.to_string());
+                bar.set_message("connecting");
                 bar
             }
             None => ProgressBar::hidden(),
@@ -46,6 +60,17 @@ impl Display {
             None => println!("{line}"),
         }
     }
+
+    /// Prints a line for standard error above the bars (they are drawn on
+    /// standard error too), or plainly when there are none.
+    pub fn eprintln(&self, line: &str) {
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(line);
+            }
+            None => eprintln!("{line}"),
+        }
+    }
 }
 
 /// One account's bar.
@@ -59,7 +84,7 @@ pub struct AccountProgress {
 impl AccountProgress {
     /// A progress that shows nothing (tests, library use).
     pub fn hidden() -> AccountProgress {
-        Display { multi: None }.account("")
+        Display { multi: None, width: 0 }.account("")
     }
 
     pub(crate) fn start(&self, messages: u64, bytes: u64) {
@@ -68,11 +93,17 @@ impl AccountProgress {
         self.bar.set_message(format!("0/{messages} msgs"));
     }
 
+    /// `n` octets of a message arrived, counted as on the wire (CRLF), the
+    /// way LIST sizes (the bar's length) count them.
     pub(crate) fn add_bytes(&self, n: u64) {
         self.bar.inc(n);
     }
 
-    pub(crate) fn message_done(&self) {
+    /// A message is complete. `listed` is its LIST size and `received` the
+    /// octets counted for it: a header-only download (TOP) advances the
+    /// bar by the rest of the listed size, so the bar ends full.
+    pub(crate) fn message_done(&self, listed: u64, received: u64) {
+        self.bar.inc(listed.saturating_sub(received));
         let done = self.done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let count = self.count.load(std::sync::atomic::Ordering::Relaxed);
         self.bar.set_message(format!("{done}/{count} msgs"));

@@ -3,7 +3,10 @@
 //!
 //! The order per message is the whole point (see `journal`): the message is
 //! complete (terminator seen) → stored durably → journalled durably → only
-//! then is its DELE queued. QUIT is sent only after every reply has been
+//! then is its DELE queued. Messages go through that order in batches
+//! (group commit, see `Run::transfer`): each file is fsynced as it is
+//! stored, then one fsync of the Maildir's `new/` and one journal append +
+//! fsync cover the batch, and only then are the batch's DELEs queued. QUIT is sent only after every reply has been
 //! read; any error before that drops the connection without QUIT, so the
 //! server rolls back every DELE of the session (RFC 1939 §6) and the
 //! journal's records turn them into pending deletes for the next run.
@@ -543,8 +546,9 @@ impl Run<'_> {
         let mut spool = Spool::new(self.state_dir.to_owned());
         let mut lines = 0u64;
         conn.read_body(LineEnding::Lf, &mut |chunk| {
-            progress.add_bytes(chunk.len() as u64);
-            lines += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            let nl = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
+            lines += nl;
+            progress.add_bytes(chunk.len() as u64 + nl);
             spool.write(chunk).map_err(|source| FetchError::Local { context: "writing the spool".into(), source })
         })
         .await?;
@@ -574,7 +578,7 @@ impl Run<'_> {
         self.batch_started.get_or_insert_with(std::time::Instant::now);
         self.batch_bytes += spool.len();
         self.batch.push(Uncommitted { step: i, headers_only });
-        progress.message_done();
+        progress.message_done(step.msg.size, wire);
         Ok(())
     }
 

@@ -66,7 +66,7 @@ pub mod quota;
 pub mod retention;
 
 pub use maildir::{
-    ExpireReport, InvalidMailLocation, MailLocation, Maildir, MaildirStore, NamedDelivery,
+    BaseIndex, ExpireReport, InvalidMailLocation, MailLocation, Maildir, MaildirStore, NamedDelivery,
     RemovedMessage, wire_size_of,
 };
 

@@ -342,3 +342,21 @@ fn unsynced_named_deliveries_are_idempotent_and_synced_in_one_step() {
     assert!(matches!(again, pobox_store::NamedDelivery::AlreadyPresent(_)));
     assert_eq!(std::fs::read_dir(dir.path().join("local/new")).unwrap().count(), 3);
 }
+
+#[test]
+fn indexed_named_deliveries_skip_known_bases_without_rescanning() {
+    let dir = tempfile::tempdir().unwrap();
+    let md = pobox_store::Maildir::open_or_create(dir.path().join("local")).unwrap();
+    md.deliver_named("old-1", &mut &b"x\n"[..], None).unwrap();
+    let mut index = md.base_index().unwrap();
+    assert_eq!(index.len(), 1);
+    let again = md.deliver_named_indexed(&mut index, "old-1", &mut &b"x\n"[..], None).unwrap();
+    assert!(matches!(again, pobox_store::NamedDelivery::AlreadyPresent(_)));
+    let new = md.deliver_named_indexed(&mut index, "new-1", &mut &b"y\n"[..], None).unwrap();
+    assert!(matches!(new, pobox_store::NamedDelivery::Stored(_)));
+    assert_eq!(index.len(), 2, "what it stores is recorded");
+    let twice = md.deliver_named_indexed(&mut index, "new-1", &mut &b"y\n"[..], None).unwrap();
+    assert!(matches!(twice, pobox_store::NamedDelivery::AlreadyPresent(_)));
+    md.sync_new().unwrap();
+    assert_eq!(std::fs::read_dir(dir.path().join("local/new")).unwrap().count(), 2);
+}

@@ -5,7 +5,9 @@
 
 use std::path::Path;
 
-use pobox_store::{Maildir, NamedDelivery};
+use std::sync::Mutex;
+
+use pobox_store::{BaseIndex, Maildir, NamedDelivery};
 
 use super::{Delivery, DestError};
 use crate::spool::Spool;
@@ -14,6 +16,10 @@ use crate::spool::Spool;
 #[derive(Debug)]
 pub struct MaildirDest {
     maildir: Maildir,
+    /// Base names already present, read once: checking the directories
+    /// for every message made a fetch into a 30,000-message Maildir 30x
+    /// slower.
+    index: Mutex<BaseIndex>,
 }
 
 impl MaildirDest {
@@ -22,7 +28,9 @@ impl MaildirDest {
     /// # Errors
     /// [`DestError::Maildir`].
     pub fn open(path: &Path) -> Result<MaildirDest, DestError> {
-        Ok(MaildirDest { maildir: Maildir::open_or_create(path)? })
+        let maildir = Maildir::open_or_create(path)?;
+        let index = Mutex::new(maildir.base_index()?);
+        Ok(MaildirDest { maildir, index })
     }
 
     /// Stores the message under `base` unless a file with that base name is
@@ -33,13 +41,14 @@ impl MaildirDest {
     /// [`DestError::Maildir`] or [`DestError::Spool`].
     pub fn deliver(&self, base: &str, spool: &mut Spool) -> Result<Delivery, DestError> {
         let mut reader = spool.reader().map_err(DestError::Spool)?;
-        match self.maildir.deliver_named_unsynced(base, &mut reader, None)? {
+        let mut index = self.index.lock().unwrap_or_else(|p| p.into_inner());
+        match self.maildir.deliver_named_indexed(&mut index, base, &mut reader, None)? {
             NamedDelivery::Stored(_) => Ok(Delivery::Stored),
             NamedDelivery::AlreadyPresent(_) => Ok(Delivery::AlreadyPresent),
         }
     }
 
-    /// Makes every delivery so far durable: one fsync of `new/`.
+    /// Makes every delivery so far durable: one fsync of `new/` (and `cur/`).
     ///
     /// # Errors
     /// [`DestError::Maildir`].

@@ -50,17 +50,26 @@ const TMP_ATTEMPTS: usize = 3;
 /// With `sync_dir` false the final fsync of `new/` is left to the caller
 /// ([`Maildir::sync_new`]), so a batch of deliveries shares one directory
 /// fsync; each file is still fsynced before its name appears.
+///
+/// With `index`, a named delivery consults that set of known base names
+/// instead of reading `new/` and `cur/` (twice) for every message, and adds
+/// the base after storing; the no-replace rename still guards the race.
 pub(super) fn write_message(
     md: &Maildir,
     named: Option<&str>,
     msg: &mut dyn Read,
     max: Option<u64>,
     sync_dir: bool,
+    mut index: Option<&mut super::BaseIndex>,
 ) -> Result<NamedDelivery, StoreError> {
-    if let Some(base) = named
-        && let Some(existing) = find_base(md, base)?
-    {
-        return Ok(NamedDelivery::AlreadyPresent(existing));
+    if let Some(base) = named {
+        let known = match index.as_deref() {
+            Some(ix) => ix.contains(base),
+            None => true, // unknown: look
+        };
+        if known && let Some(existing) = find_base(md, base)? {
+            return Ok(NamedDelivery::AlreadyPresent(existing));
+        }
     }
 
     let tmp_dir = md.dir(Sub::Tmp);
@@ -80,6 +89,7 @@ pub(super) fn write_message(
     // Look again: narrows the window in which a concurrent writer (or a
     // session that moved the first copy to cur/) makes us store a duplicate.
     if let Some(base) = named
+        && index.is_none()
         && let Some(existing) = find_base(md, base)?
     {
         return Ok(NamedDelivery::AlreadyPresent(existing));
@@ -98,6 +108,9 @@ pub(super) fn write_message(
     }
     if sync_dir {
         fsync_dir(&new_dir)?;
+    }
+    if let (Some(ix), Some(base)) = (index.as_deref_mut(), named) {
+        ix.insert(base);
     }
 
     tracing::debug!(path = %dst.display(), size = sizes.wire, "message delivered");

@@ -338,6 +338,30 @@ pub struct Maildir {
     root: PathBuf,
 }
 
+/// Base names known to be in a Maildir; see [`Maildir::base_index`].
+#[derive(Debug, Clone, Default)]
+pub struct BaseIndex(std::collections::HashSet<std::ffi::OsString>);
+
+impl BaseIndex {
+    fn contains(&self, base: &str) -> bool {
+        self.0.contains(std::ffi::OsStr::new(base))
+    }
+
+    fn insert(&mut self, base: &str) {
+        self.0.insert(base.into());
+    }
+
+    /// How many messages it knows.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True if it knows none.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Outcome of [`Maildir::deliver_named`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NamedDelivery {
@@ -424,7 +448,7 @@ impl Maildir {
         msg: &mut dyn io::Read,
         max: Option<u64>,
     ) -> Result<Delivered, StoreError> {
-        match deliver::write_message(self, None, msg, max, true)? {
+        match deliver::write_message(self, None, msg, max, true, None)? {
             NamedDelivery::Stored(d) => Ok(d),
             // Generated names are unique; write_message reports a clash on
             // one as an error rather than as AlreadyPresent.
@@ -488,18 +512,62 @@ impl Maildir {
         if !name::is_valid_base(base) {
             return Err(StoreError::InvalidName(base.to_owned()));
         }
-        deliver::write_message(self, Some(base), msg, max, sync_dir)
+        deliver::write_message(self, Some(base), msg, max, sync_dir, None)
+    }
+
+    /// The base names of every message in `new/` and `cur/`, read once, for
+    /// [`deliver_named_indexed`](Maildir::deliver_named_indexed).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if a directory cannot be read.
+    pub fn base_index(&self) -> Result<BaseIndex, StoreError> {
+        let mut set = std::collections::HashSet::new();
+        for sub in [Sub::New, Sub::Cur] {
+            let dir = self.dir(sub);
+            for entry in fs::read_dir(&dir).map_err(|e| io_error(format_args!("reading {}", dir.display()), e))? {
+                let entry = entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), e))?;
+                set.insert(name::base_of(&entry.file_name()).to_os_string());
+            }
+        }
+        Ok(BaseIndex(set))
+    }
+
+    /// [`deliver_named_unsynced`](Maildir::deliver_named_unsynced) that checks
+    /// `index` (from [`base_index`](Maildir::base_index)) instead of reading
+    /// the directories for every message, and records what it stores. For a
+    /// single writer per Maildir at a time (the fetcher holds its journal
+    /// lock); a racing writer of the same name is still refused by the
+    /// no-replace rename. Not durable until [`sync_new`](Maildir::sync_new).
+    ///
+    /// # Errors
+    ///
+    /// As [`deliver_named`](Maildir::deliver_named).
+    pub fn deliver_named_indexed(
+        &self,
+        index: &mut BaseIndex,
+        base: &str,
+        msg: &mut dyn io::Read,
+        max: Option<u64>,
+    ) -> Result<NamedDelivery, StoreError> {
+        if !name::is_valid_base(base) {
+            return Err(StoreError::InvalidName(base.to_owned()));
+        }
+        deliver::write_message(self, Some(base), msg, max, false, Some(index))
     }
 
     /// Makes every earlier [`deliver_named_unsynced`](Maildir::deliver_named_unsynced)
-    /// durable: one fsync of `new/`.
+    /// durable: one fsync of `new/`, and of `cur/` (where a copy found
+    /// "already present" may have been moved by a mail reader before an
+    /// earlier run's directory fsync).
     ///
     /// # Errors
     ///
     /// [`StoreError::Io`] / [`StoreError::DiskFull`] if the fsync fails;
     /// the batch must then be treated as not delivered.
     pub fn sync_new(&self) -> Result<(), StoreError> {
-        fsync_dir(&self.dir(Sub::New))
+        fsync_dir(&self.dir(Sub::New))?;
+        fsync_dir(&self.dir(Sub::Cur))
     }
 
     /// True if a message with base name `base` is in `new/` or `cur/`.
