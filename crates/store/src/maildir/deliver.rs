@@ -109,7 +109,7 @@ pub(super) fn write_message(
     if sync_dir {
         fsync_dir(&new_dir)?;
     }
-    if let (Some(ix), Some(base)) = (index.as_deref_mut(), named) {
+    if let (Some(ix), Some(base)) = (index, named) {
         ix.insert(base);
     }
 

@@ -223,7 +223,7 @@ impl MaildirStore {
                 let to = inbox.dir(Sub::New).join(std::ffi::OsStr::new(&String::from_utf8_lossy(plain).into_owned()));
                 rustix::fs::renameat_with(
                     rustix::fs::CWD,
-                    &from_dir.join(&file),
+                    from_dir.join(&file),
                     rustix::fs::CWD,
                     &to,
                     rustix::fs::RenameFlags::NOREPLACE,
