@@ -60,7 +60,7 @@ pub(super) fn write_message(
     msg: &mut dyn Read,
     max: Option<u64>,
     sync_dir: bool,
-    mut index: Option<&mut super::BaseIndex>,
+    index: Option<&mut super::BaseIndex>,
 ) -> Result<NamedDelivery, StoreError> {
     if let Some(base) = named {
         let known = match index.as_deref() {
