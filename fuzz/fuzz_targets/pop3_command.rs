@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
                 }
                 rest = &rest[consumed..];
             }
-            Split::TooLong { consumed } | Split::NeedMoreData { consumed } => {
+            Split::TooLong { consumed, .. } | Split::NeedMoreData { consumed } => {
                 if consumed == 0 {
                     break;
                 }

@@ -64,8 +64,12 @@ fuzz_target!(|data: &[u8]| {
                 session.handle_line(line);
                 rest = &rest[consumed..];
             }
-            Split::TooLong { consumed } => {
-                session.handle_line_too_long();
+            Split::TooLong { consumed, continued } => {
+                if continued {
+                    session.handle_garbage();
+                } else {
+                    session.handle_line_too_long();
+                }
                 rest = &rest[consumed..];
             }
             Split::NeedMoreData { consumed } => {

@@ -27,8 +27,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 const MAX_LINE: usize = 8 * 1024;
 /// Largest multi-line body accepted (a 100,000-line UIDL is ~4 MiB).
 const MAX_MULTILINE: usize = 64 * 1024 * 1024;
-/// No single read may stall longer than this.
-const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// No single read or write may stall longer than this. A healthy server
+/// answers in milliseconds even on a loaded machine; a stalled one would
+/// otherwise eat whole repetitions (Dovecot over TLS did, see BENCHMARKS.md).
+const IO_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Buffered connection.
 pub(crate) struct Conn {

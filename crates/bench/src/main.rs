@@ -100,6 +100,13 @@ enum Cmd {
         #[arg(long)]
         mail_root: PathBuf,
     },
+    /// Re-render summary.md and the charts from a results.json.
+    Report {
+        #[arg(long)]
+        results: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +116,15 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("raw-server: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    if let Some(Cmd::Report { results, out }) = &args.cmd {
+        return match report::rerender(results, out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("report: {e:#}");
                 ExitCode::FAILURE
             }
         };
@@ -204,8 +220,10 @@ fn run(args: Args) -> anyhow::Result<usize> {
     if with_dovecot {
         let root = setup::mail_root(&work, "dovecot");
         setup::chown(&root, &format!("{uid}:{gid}"))?;
-        // Dovecot's auth and mail processes must reach W and read the passwd-file.
-        Command::new("chmod").arg("-R").arg("a+rX").arg(&work).status()?;
+        // Dovecot's auth and mail processes must reach W and read the
+        // passwd-file (and nothing else: Dovecot checks its run dir's modes).
+        Command::new("chmod").arg("a+x").arg(&work).status()?;
+        Command::new("chmod").arg("a+r").arg(&passwd).status()?;
     }
     let corpus_mib: f64 = corpus.msgs.iter().map(|m| m.stored.len() as f64).sum::<f64>() / 1048576.0;
     println!(
@@ -236,8 +254,9 @@ fn run(args: Args) -> anyhow::Result<usize> {
         tls: client::tls_connector(),
         records: Vec::new(),
         errors: Vec::new(),
+        warnings: Vec::new(),
     };
-    let result = rt.block_on(async {
+    let result: anyhow::Result<()> = rt.block_on(async {
         warm_up(&mut ctx, &servers, raw.as_ref()).await;
         for name in ALL_SCENARIOS.iter().filter(|s| want(s)) {
             if *name == "idle" {
@@ -265,9 +284,7 @@ fn run(args: Args) -> anyhow::Result<usize> {
                 _ => unreachable!("validated above"),
             }
             for s in servers.iter_mut() {
-                if let Err(e) = s.check_alive() {
-                    return Err(e);
-                }
+                s.check_alive()?;
             }
         }
         Ok(())
@@ -305,6 +322,7 @@ fn run(args: Args) -> anyhow::Result<usize> {
         skipped,
         wall_seconds: started.elapsed().as_secs_f64(),
         errors: ctx.errors.clone(),
+        warnings: ctx.warnings.clone(),
     };
     report::write_all(&out, &meta, &ctx.records)?;
     println!("\nresults: {}/summary.md (+ results.json, charts)", out.display());

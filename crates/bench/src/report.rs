@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use crate::scenarios::Record;
 
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, serde::Deserialize)]
 pub(crate) struct Meta {
     pub(crate) date: String,
     pub(crate) nproc: usize,
@@ -18,6 +18,7 @@ pub(crate) struct Meta {
     pub(crate) kernel: String,
     pub(crate) loadavg_start: String,
     pub(crate) loadavg_end: String,
+    #[serde(default)]
     pub(crate) loadavg_per_scenario: Vec<String>,
     pub(crate) dovecot: String,
     pub(crate) command_line: String,
@@ -28,9 +29,26 @@ pub(crate) struct Meta {
     pub(crate) skipped: Vec<String>,
     pub(crate) wall_seconds: f64,
     pub(crate) errors: Vec<String>,
+    #[serde(default)]
+    pub(crate) warnings: Vec<String>,
 }
 
 const SERVERS: [&str; 3] = ["pobox", "dovecot", "raw"];
+
+/// Re-renders summary.md and the charts from a results.json.
+///
+/// # Errors
+/// Unreadable or malformed file.
+pub(crate) fn rerender(results: &Path, out: &Path) -> anyhow::Result<()> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        meta: Meta,
+        records: Vec<Record>,
+    }
+    let f: File = serde_json::from_str(&std::fs::read_to_string(results)?)?;
+    write_all(out, &f.meta, &f.records)?;
+    Ok(())
+}
 
 /// Writes results.json, summary.md and the charts into `out`.
 ///
@@ -42,6 +60,25 @@ pub(crate) fn write_all(out: &Path, meta: &Meta, records: &[Record]) -> anyhow::
     std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&json)?)?;
     let mut charts = Vec::new();
     for ((scenario, metric), recs) in group_by_metric(records) {
+        let name = format!("{scenario}-{}.svg", slug(&metric));
+        std::fs::write(out.join(&name), chart(&scenario, &metric, &recs))?;
+        charts.push(name);
+    }
+    // Server CPU cost per unit of work: robust against other load on a
+    // shared machine, unlike throughput.
+    let cpu: Vec<Record> = records
+        .iter()
+        .filter(|r| !(r.scenario == "idle" && r.metric.contains("PSS")))
+        .filter_map(|r| {
+            let (k, v) = r.extra.iter().find(|(k, _)| k.starts_with("server CPU"))?;
+            let mut c = r.clone();
+            c.metric = k.clone();
+            c.value = *v;
+            c.higher_is_better = false;
+            Some(c)
+        })
+        .collect();
+    for ((scenario, metric), recs) in group_by_metric(&cpu) {
         let name = format!("{scenario}-{}.svg", slug(&metric));
         std::fs::write(out.join(&name), chart(&scenario, &metric, &recs))?;
         charts.push(name);
@@ -64,7 +101,9 @@ fn group_by_metric(records: &[Record]) -> BTreeMap<(String, String), Vec<&Record
 
 pub(crate) fn num(v: f64) -> String {
     let a = v.abs();
-    if a >= 100.0 {
+    if a == 0.0 {
+        "0".into()
+    } else if a >= 100.0 {
         format!("{v:.0}")
     } else if a >= 10.0 {
         format!("{v:.1}")
@@ -88,18 +127,25 @@ pub(crate) fn advantage(pobox: &Record, other: &Record) -> f64 {
     if pobox.higher_is_better { pobox.value.median / other.value.median } else { other.value.median / pobox.value.median }
 }
 
-/// Rows keyed by (scenario, variant, metric) with the record per server.
-fn rows(records: &[Record]) -> Vec<((String, String, String), BTreeMap<String, &Record>)> {
-    let mut order: Vec<(String, String, String)> = Vec::new();
-    let mut m: BTreeMap<(String, String, String), BTreeMap<String, &Record>> = BTreeMap::new();
+/// One table row: (scenario, variant, metric) and the record per server.
+struct Row<'a> {
+    key: (String, String, String),
+    by: BTreeMap<String, &'a Record>,
+}
+
+/// Rows in first-seen order.
+fn rows(records: &[Record]) -> Vec<Row<'_>> {
+    let mut out: Vec<Row<'_>> = Vec::new();
     for r in records {
-        let k = (r.scenario.clone(), r.variant.clone(), r.metric.clone());
-        if !m.contains_key(&k) {
-            order.push(k.clone());
+        let key = (r.scenario.clone(), r.variant.clone(), r.metric.clone());
+        match out.iter_mut().find(|row| row.key == key) {
+            Some(row) => {
+                row.by.insert(r.server.clone(), r);
+            }
+            None => out.push(Row { key, by: BTreeMap::from([(r.server.clone(), r)]) }),
         }
-        m.entry(k).or_default().insert(r.server.clone(), r);
     }
-    order.into_iter().map(|k| { let v = m.remove(&k).unwrap_or_default(); (k, v) }).collect()
+    out
 }
 
 fn summary(meta: &Meta, records: &[Record], charts: &[String]) -> String {
@@ -112,12 +158,20 @@ fn summary(meta: &Meta, records: &[Record], charts: &[String]) -> String {
     for sk in &meta.skipped {
         let _ = writeln!(s, "- SKIPPED: {sk}");
     }
-    let _ = writeln!(s, "- correctness errors: {}\n", meta.errors.len());
+    let _ = writeln!(s, "- correctness/protocol errors: {}", meta.errors.len());
+    for e in &meta.errors {
+        let _ = writeln!(s, "  - ERROR {e}");
+    }
+    let _ = writeln!(s, "- warnings (Dovecot stalls that hit the client's I/O timeout): {}", meta.warnings.len());
+    for w in &meta.warnings {
+        let _ = writeln!(s, "  - {w}");
+    }
+    s.push('\n');
 
     let _ = writeln!(s, "## Results (median, min–max over repetitions)\n");
     let _ = writeln!(s, "| scenario | variant | metric | pobox | Dovecot | pobox advantage | raw limit | pobox / raw |");
     let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
-    for ((sc, var, metric), by) in rows(records) {
+    for Row { key: (sc, var, metric), by } in rows(records) {
         let cell = |name: &str| by.get(name).map(|r| spread(r)).unwrap_or_else(|| "–".into());
         let adv = match (by.get("pobox"), by.get("dovecot")) {
             (Some(p), Some(d)) => format!("{:.2}×", advantage(p, d)),
@@ -266,7 +320,7 @@ fn chart(scenario: &str, metric: &str, recs: &[&Record]) -> String {
             let (y0, ym) = (y(0.0), y(r.value.median));
             let _ = writeln!(s, r#"<rect x="{x:.1}" y="{ym:.1}" width="{:.1}" height="{:.1}" fill="{}"/>"#, bar - 4.0, (y0 - ym).max(0.5), color(srv));
             let cx = x + (bar - 4.0) / 2.0;
-            if r.reps.len() > 1 {
+            if r.value.min != r.value.max {
                 let _ = writeln!(s, r#"<line x1="{cx:.1}" y1="{:.1}" x2="{cx:.1}" y2="{:.1}" stroke="black"/>"#, y(r.value.min), y(r.value.max));
             }
             let _ = writeln!(s, r#"<text x="{cx:.1}" y="{:.1}" text-anchor="middle" font-size="9">{}</text>"#, y(r.value.max) - 3.0, num(r.value.median));

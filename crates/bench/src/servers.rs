@@ -127,7 +127,7 @@ pub(crate) fn pobox_config(work: &Path, ports: &[u16; 3], passwd: &Path, cert: &
         "# written by pobox-bench\n\
          pop3 = [\"127.0.0.1:{}\"]\npop3s = [\"127.0.0.1:{}\"]\nlmtp = [\"127.0.0.1:{}\"]\n\
          mail_location = \"{}/{{user}}/Maildir\"\npasswd_file = \"{}\"\n\
-         tls_cert = \"{}\"\ntls_key = \"{}\"\nmax_connections = 30000\nlog = \"warn\"\n",
+         tls_cert = \"{}\"\ntls_key = \"{}\"\nmax_connections = 30000\nmax_connections_per_ip = 30000\nlog = \"warn\"\n",
         ports[0],
         ports[1],
         ports[2],

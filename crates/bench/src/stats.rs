@@ -55,7 +55,7 @@ fn pct(sorted: &[u32], p: f64) -> f64 {
     f64::from(sorted[idx.min(sorted.len() - 1)]) / 1000.0
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Percentiles {
     pub(crate) n: usize,
     pub(crate) p50_ms: f64,
@@ -63,7 +63,7 @@ pub(crate) struct Percentiles {
 }
 
 /// Median with min and max over repetitions.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize)]
 pub(crate) struct Spread {
     pub(crate) median: f64,
     pub(crate) min: f64,

@@ -23,11 +23,15 @@ pub enum Split<'a> {
         /// Bytes the caller must remove from the front of its buffer.
         consumed: usize,
     },
-    /// The line at the front exceeds the limit. Reported once per line; the
-    /// rest of it is swallowed by later calls.
+    /// The line at the front exceeds the limit. Reported once when it is
+    /// found (`continued: false`), then again for every further `max`
+    /// octets without a line end (`continued: true`), so that a peer
+    /// streaming endless garbage can be counted and cut off.
     TooLong {
         /// Bytes the caller must remove from the front of its buffer.
         consumed: usize,
+        /// True for the reports after the first, for the same line.
+        continued: bool,
     },
 }
 
@@ -37,6 +41,8 @@ pub enum Split<'a> {
 pub struct LineSplitter {
     max: usize,
     discarding: bool,
+    /// Octets discarded since the last report.
+    discarded: usize,
 }
 
 impl LineSplitter {
@@ -46,7 +52,7 @@ impl LineSplitter {
     /// If `max` is smaller than 3 (no room for a character and CRLF).
     pub fn new(max: usize) -> LineSplitter {
         assert!(max >= 3, "a line limit must leave room for CRLF");
-        LineSplitter { max, discarding: false }
+        LineSplitter { max, discarding: false, discarded: 0 }
     }
 
     /// Looks for the next line at the front of `buf`.
@@ -55,11 +61,20 @@ impl LineSplitter {
             return match memchr_lf(buf) {
                 Some(pos) => {
                     self.discarding = false;
+                    self.discarded = 0;
                     // The overlong line was already reported; drop its tail
                     // and look at what follows on the next call.
                     Split::NeedMoreData { consumed: pos + 1 }
                 }
-                None => Split::NeedMoreData { consumed: buf.len() },
+                None => {
+                    self.discarded += buf.len();
+                    if self.discarded >= self.max {
+                        self.discarded -= self.max;
+                        Split::TooLong { consumed: buf.len(), continued: true }
+                    } else {
+                        Split::NeedMoreData { consumed: buf.len() }
+                    }
+                }
             };
         }
         let window = &buf[..buf.len().min(self.max)];
@@ -73,10 +88,11 @@ impl LineSplitter {
             }
             None if buf.len() >= self.max => match memchr_lf(&buf[self.max..]) {
                 // The whole overlong line is already here: drop exactly it.
-                Some(pos) => Split::TooLong { consumed: self.max + pos + 1 },
+                Some(pos) => Split::TooLong { consumed: self.max + pos + 1, continued: false },
                 None => {
                     self.discarding = true;
-                    Split::TooLong { consumed: buf.len() }
+                    self.discarded = buf.len() - self.max;
+                    Split::TooLong { consumed: buf.len(), continued: false }
                 }
             },
             None => Split::NeedMoreData { consumed: 0 },
@@ -111,8 +127,10 @@ mod tests {
                         out.push(Ok(line.to_vec()));
                         buf.drain(..consumed);
                     }
-                    Split::TooLong { consumed } => {
-                        out.push(Err(()));
+                    Split::TooLong { consumed, continued } => {
+                        if !continued {
+                            out.push(Err(()));
+                        }
                         buf.drain(..consumed);
                     }
                 }
@@ -149,6 +167,35 @@ mod tests {
                 "chunk size {chunk}"
             );
         }
+    }
+
+    #[test]
+    fn endless_garbage_keeps_being_reported() {
+        let mut s = LineSplitter::new(100);
+        let mut buf: Vec<u8> = Vec::new();
+        let (mut first, mut continued) = (0, 0);
+        for _ in 0..100 {
+            buf.extend_from_slice(&[b'x'; 30]);
+            let consumed = match s.split(&buf) {
+                Split::TooLong { consumed, continued: false } => {
+                    first += 1;
+                    consumed
+                }
+                Split::TooLong { consumed, continued: true } => {
+                    continued += 1;
+                    consumed
+                }
+                Split::NeedMoreData { consumed } => consumed,
+                Split::Line { .. } => panic!("no line end was sent"),
+            };
+            buf.drain(..consumed);
+        }
+        // 3,000 octets: one report at the limit, then one per further 100.
+        assert_eq!(first, 1);
+        assert!((28..=29).contains(&continued), "{continued}");
+        buf.extend_from_slice(b"\nNOOP\n");
+        assert_eq!(s.split(&buf), Split::NeedMoreData { consumed: 1 });
+        assert_eq!(s.split(b"NOOP\n"), Split::Line { line: b"NOOP", consumed: 5 });
     }
 
     #[test]

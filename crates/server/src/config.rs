@@ -90,6 +90,54 @@ pub struct Config {
     pub tls_reload_interval: Duration,
     /// OAuth 2.0 (OAUTHBEARER, XOAUTH2) token validation; `None`: not offered.
     pub oauth: Option<pobox_auth::oauth::OAuthConfig>,
+    /// SMTP: largest message accepted (SIZE, RFC 1870).
+    pub smtp_max_message_size: u64,
+    /// SMTP: most recipients per transaction.
+    pub smtp_max_recipients: usize,
+    /// SMTP: at most this many concurrent SMTP connections from one client
+    /// IP (IPv6: one /64), counted apart from `max_connections_per_ip`.
+    pub smtp_max_connections_per_ip: usize,
+    /// SMTP: how long a read may wait, for a command or a DATA block (RFC
+    /// 5321 §4.5.3.2: at least 5 minutes).
+    pub smtp_timeout: Duration,
+    /// SMTP: SPF, DKIM and DMARC checks.
+    pub mail_auth: MailAuthConfig,
+}
+
+/// Which DNS servers the SPF/DKIM/DMARC checks ask.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DnsResolver {
+    /// `/etc/resolv.conf`.
+    System,
+    /// These servers (UDP, then TCP).
+    Servers(Vec<SocketAddr>),
+}
+
+/// SPF, DKIM and DMARC checking of mail received over SMTP, recorded in an
+/// `Authentication-Results` header (RFC 8601).
+#[derive(Debug, Clone)]
+pub struct MailAuthConfig {
+    /// Run the checks (the header is added only when on).
+    pub enabled: bool,
+    /// The DNS servers.
+    pub resolver: DnsResolver,
+    /// TXT records answered locally instead of by DNS (name, value): SPF,
+    /// `_dmarc.` and `._domainkey.` records. For tests, and to pin records.
+    pub static_txt: Vec<(String, String)>,
+    /// Longest time all checks of one message may take; past it the header
+    /// says `none` and the message is delivered anyway.
+    pub timeout: Duration,
+}
+
+impl Default for MailAuthConfig {
+    fn default() -> MailAuthConfig {
+        MailAuthConfig {
+            enabled: true,
+            resolver: DnsResolver::System,
+            static_txt: Vec::new(),
+            timeout: Duration::from_secs(20),
+        }
+    }
 }
 
 impl Default for Config {
@@ -119,6 +167,11 @@ impl Default for Config {
             credential_cache_ttl: Duration::from_secs(3600),
             tls_reload_interval: Duration::from_secs(60),
             oauth: None,
+            smtp_max_message_size: 64 * 1024 * 1024,
+            smtp_max_recipients: 100,
+            smtp_max_connections_per_ip: 10,
+            smtp_timeout: Duration::from_secs(300),
+            mail_auth: MailAuthConfig::default(),
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - `listener` (in this file): binding and accept loops with limits.
 //! - `pop3`: the POP3 connection driver.
 //! - `lmtp`: the LMTP session loop.
+//! - `smtp`: receive-only SMTP (STARTTLS, no relay, SPF/DKIM/DMARC).
 //! - [`shutdown`]: the two-step graceful shutdown.
 //! - [`throttle`]: brute-force penalties and per-IP connection limits.
 //! - [`credcache`]: the cache of successful password verifications.
@@ -28,6 +29,7 @@ pub mod date;
 pub mod delivery;
 mod lmtp;
 mod pop3;
+mod smtp;
 pub mod privdrop;
 pub mod sessions;
 pub mod shutdown;
@@ -73,6 +75,8 @@ pub struct Services {
     pub oauth: Option<pobox_auth::oauth::OAuthValidator>,
     /// Open connections per client IP.
     per_ip: Arc<throttle::PerIpConnections>,
+    /// SMTP state shared by sessions (its own per-IP table, DNS checker).
+    smtp: smtp::Shared,
 }
 
 impl Services {
@@ -87,6 +91,7 @@ impl Services {
             credcache: credcache::CredCache::new(config.credential_cache_ttl),
             oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
             per_ip: Arc::default(),
+            smtp: smtp::Shared::new(),
             config,
             users,
             store,
@@ -106,6 +111,8 @@ pub enum Protocol {
     Pop3s,
     /// LMTP.
     Lmtp,
+    /// SMTP, receive only (port 25, STARTTLS).
+    Smtp,
 }
 
 impl std::fmt::Display for Protocol {
@@ -114,6 +121,7 @@ impl std::fmt::Display for Protocol {
             Protocol::Pop3 => "pop3",
             Protocol::Pop3s => "pop3s",
             Protocol::Lmtp => "lmtp",
+            Protocol::Smtp => "smtp",
         })
     }
 }
@@ -140,15 +148,15 @@ pub struct Listener {
 
 /// Why a listener could not be bound, with the address and the fix.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot listen for {protocol} on {addr}: {source}{hint}")]
+#[error("cannot listen for {protocol} on {addr}: {os_error}{hint}")]
 pub struct BindError {
     /// The protocol.
     pub protocol: Protocol,
     /// The address.
     pub addr: String,
-    /// The OS error.
-    #[source]
-    pub source: io::Error,
+    /// The OS error. Part of the message, deliberately not a `source`: the
+    /// binary prints error chains, and the reason must appear once.
+    pub os_error: io::Error,
     /// What to do about it.
     pub hint: String,
 }
@@ -222,6 +230,7 @@ fn bind_error(protocol: Protocol, addr: &ListenAddr, source: io::Error) -> BindE
         Protocol::Pop3 => "--pop3",
         Protocol::Pop3s => "--pop3s",
         Protocol::Lmtp => "--lmtp",
+        Protocol::Smtp => "--smtp",
     };
     let hint = match source.kind() {
         io::ErrorKind::PermissionDenied => format!(
@@ -232,7 +241,7 @@ fn bind_error(protocol: Protocol, addr: &ListenAddr, source: io::Error) -> BindE
         ),
         _ => format!(" (choose another address with {flag} ADDR, or {flag} none)"),
     };
-    BindError { protocol, addr: addr.to_string(), source, hint }
+    BindError { protocol, addr: addr.to_string(), os_error: source, hint }
 }
 
 /// Binds one listener. Call before dropping privileges.
@@ -240,23 +249,7 @@ fn bind_error(protocol: Protocol, addr: &ListenAddr, source: io::Error) -> BindE
 /// # Errors
 /// A [`BindError`] whose message names the address and suggests the fix.
 pub async fn bind(protocol: Protocol, addr: &ListenAddr) -> Result<Listener, BindError> {
-    let fail = |source: io::Error| {
-        let flag = match protocol {
-            Protocol::Pop3 => "--pop3",
-            Protocol::Pop3s => "--pop3s",
-            Protocol::Lmtp => "--lmtp",
-        };
-        let hint = match source.kind() {
-            io::ErrorKind::PermissionDenied => format!(
-                " (ports below 1024 need root or CAP_NET_BIND_SERVICE; or pick another port with {flag} ADDR, or {flag} none)"
-            ),
-            io::ErrorKind::AddrInUse => format!(
-                " (another program is listening there; stop it, or pick another address with {flag} ADDR, or {flag} none)"
-            ),
-            _ => format!(" (choose another address with {flag} ADDR, or {flag} none)"),
-        };
-        BindError { protocol, addr: addr.to_string(), source, hint }
-    };
+    let fail = |source: io::Error| bind_error(protocol, addr, source);
     match addr {
         ListenAddr::Tcp(a) => {
             let l = TcpListener::bind(a).await.map_err(fail)?;
@@ -330,7 +323,10 @@ fn bind_control(path: &std::path::Path) -> io::Result<UnixListener> {
 /// Runs retention for every user at `expire_interval`. Maildrops held by a
 /// session are skipped (the store checks the lock) and caught next time.
 async fn expiry_loop(svc: Arc<Services>) {
-    let mut tick = tokio::time::interval(svc.config.expire_interval);
+    // The first run comes one interval after start: each login already
+    // applies retention to its own maildrop.
+    let start = tokio::time::Instant::now() + svc.config.expire_interval;
+    let mut tick = tokio::time::interval_at(start, svc.config.expire_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -406,7 +402,12 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
         // unix socket has no IP and is not limited).
         let ip_slot = match &conn {
             Accepted::Tcp(_, addr) if protocol != Protocol::Lmtp => {
-                match svc.per_ip.try_acquire(addr.ip(), svc.config.max_connections_per_ip) {
+                let (table, max) = if protocol == Protocol::Smtp {
+                    (&svc.smtp.per_ip, svc.config.smtp_max_connections_per_ip)
+                } else {
+                    (&svc.per_ip, svc.config.max_connections_per_ip)
+                };
+                match table.try_acquire(addr.ip(), max) {
                     Some(slot) => Some(slot),
                     None => {
                         warn!(%protocol, %peer, "per-IP connection limit reached");
@@ -429,6 +430,7 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                     lmtp::serve(tcp, addr.to_string(), svc, shutdown).await
                 }
                 (Protocol::Lmtp, Accepted::Unix(s)) => lmtp::serve(s, "unix".into(), svc, shutdown).await,
+                (Protocol::Smtp, Accepted::Tcp(tcp, addr)) => smtp::serve(tcp, addr, svc, shutdown).await,
                 (_, Accepted::Unix(_)) => {}
             }
         });
@@ -456,7 +458,7 @@ async fn accept(bound: &Bound) -> io::Result<(Accepted, String)> {
 async fn refuse_busy(conn: Accepted, protocol: Protocol) {
     use tokio::io::AsyncWriteExt;
     let msg: &[u8] = match protocol {
-        Protocol::Lmtp => b"421 4.3.2 too many connections, try again later\r\n",
+        Protocol::Lmtp | Protocol::Smtp => b"421 4.3.2 too many connections, try again later\r\n",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
         // No TLS handshake for a refused client: just close.
         Protocol::Pop3s => b"",

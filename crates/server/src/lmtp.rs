@@ -10,7 +10,8 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use pobox_proto::line::{LineSplitter, Split};
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{Error as SmtpError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
@@ -23,6 +24,10 @@ use pobox_store::StoreError;
 /// RFC 5321 §4.5.3.2: the server waits at least 5 minutes for a command,
 /// and 3 minutes for each block of DATA. We use 5 minutes for both.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// RFC 5321 §4.5.3.1.4 allows 512 octets per command line; extensions make
+/// lines longer, so accept what smtp-proto accepts.
+const MAX_COMMAND_LINE: usize = smtp_proto::request::receiver::MAX_LINE_LENGTH;
 
 struct Recipient {
     address: String,
@@ -50,7 +55,6 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut out = format!("220 {} LMTP pobox ready\r\n", svc.config.hostname).into_bytes();
-    let mut receiver = RequestReceiver::default();
     let mut session = Session {
         lhlo: None,
         from: None,
@@ -60,12 +64,19 @@ where
         peer,
     };
     let mut buf = vec![0u8; 64 * 1024];
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::new(MAX_COMMAND_LINE);
+    let mut draining = false;
     loop {
         if !out.is_empty() {
             if stream.write_all(&out).await.is_err() {
                 return;
             }
             out.clear();
+        }
+        if draining && session.data.is_none() {
+            let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
+            return;
         }
         let n = tokio::select! {
             r = tokio::time::timeout(COMMAND_TIMEOUT, stream.read(&mut buf)) => match r {
@@ -82,19 +93,23 @@ where
                     return;
                 }
             },
-            () = shutdown.draining() => {
-                // LMTP transactions are short; an MTA retries a 421.
-                if session.data.is_none() {
-                    let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
-                    return;
-                }
+            () = shutdown.draining(), if !draining => {
+                // LMTP transactions are short; an MTA retries a 421. A
+                // transaction in DATA may finish first (checked below, once
+                // its replies are out); stop polling the signal meanwhile,
+                // or this loop would spin.
+                draining = true;
                 continue;
             }
         };
-        let mut bytes = buf[..n].iter();
-        while !bytes.as_slice().is_empty() {
+        inbuf.extend_from_slice(&buf[..n]);
+        let mut pos = 0;
+        while pos < inbuf.len() {
             if session.data.is_some() {
-                if !session.ingest_data(&mut bytes, svc.config.lmtp_max_message_size) {
+                let mut bytes = inbuf[pos..].iter();
+                let done = session.ingest_data(&mut bytes, svc.config.lmtp_max_message_size);
+                pos = inbuf.len() - bytes.as_slice().len();
+                if !done {
                     break;
                 }
                 // End of DATA: deliver, one reply per recipient.
@@ -105,24 +120,50 @@ where
                 out.clear();
                 continue;
             }
-            match receiver.ingest(&mut bytes) {
-                Ok(request) => {
-                    let request = request.into_owned();
-                    if session.handle(request, &svc, &mut out).await {
-                        let _ = stream.write_all(&out).await;
-                        return;
+            // Commands are cut into whole lines here and each line is
+            // parsed on its own, so that a malformed command gets exactly
+            // one reply and cannot swallow the next one, however TCP splits
+            // the bytes (found by the lmtp_input fuzz target).
+            match lines.split(&inbuf[pos..]) {
+                Split::Line { line, consumed } => {
+                    let mut command = Vec::with_capacity(line.len() + 2);
+                    command.extend_from_slice(line);
+                    command.extend_from_slice(b"\r\n");
+                    pos += consumed;
+                    match Request::parse(&mut command.iter()) {
+                        Ok(request) => {
+                            if session.handle(request.into_owned(), &svc, &mut out).await {
+                                let _ = stream.write_all(&out).await;
+                                return;
+                            }
+                        }
+                        Err(e) => out.extend_from_slice(error_reply(&e).as_bytes()),
                     }
                 }
-                Err(SmtpError::NeedsMoreData { .. }) => break,
-                Err(e) => out.extend_from_slice(error_reply(&e).as_bytes()),
+                Split::TooLong { consumed, continued } => {
+                    pos += consumed;
+                    if !continued {
+                        out.extend_from_slice(b"500 5.5.2 line too long\r\n");
+                    }
+                }
+                Split::NeedMoreData { consumed } => {
+                    pos += consumed;
+                    if consumed == 0 {
+                        break;
+                    }
+                }
             }
         }
+        inbuf.drain(..pos);
     }
 }
 
 fn error_reply(e: &SmtpError) -> String {
     match e {
         SmtpError::UnknownCommand => "500 5.5.2 unknown command\r\n".into(),
+        // The parser got a whole line and still wants more: the command's
+        // arguments are incomplete (e.g. `MAIL FROM` without `:<...>`).
+        SmtpError::NeedsMoreData { .. } => "501 5.5.4 incomplete command\r\n".into(),
         SmtpError::ResponseTooLong => "500 5.5.2 line too long\r\n".into(),
         SmtpError::InvalidSenderAddress => "501 5.1.7 invalid sender address\r\n".into(),
         SmtpError::InvalidRecipientAddress => "501 5.1.3 invalid recipient address\r\n".into(),

@@ -299,9 +299,13 @@ impl Driver<'_> {
                     self.pos += consumed;
                     self.run_actions().await?;
                 }
-                Split::TooLong { consumed } => {
+                Split::TooLong { consumed, continued } => {
                     self.pos += consumed;
-                    self.session.handle_line_too_long();
+                    if continued {
+                        self.session.handle_garbage();
+                    } else {
+                        self.session.handle_line_too_long();
+                    }
                     self.run_actions().await?;
                 }
             }
@@ -485,7 +489,19 @@ impl Driver<'_> {
             if let Err(e) = svc.store.expire(user, SystemTime::now(), false) {
                 warn!(user, error = %e, "expiry at login failed");
             }
-            match svc.store.open(user) {
+            // The lock may be held for a moment by something that is not a
+            // session: the expiry pass or an admin command. Only a session
+            // of this user means [IN-USE]; otherwise wait briefly (RFC 1939
+            // asks for exclusive access, not for refusing at random).
+            let mut opened = svc.store.open(user);
+            for _ in 0..40 {
+                if !matches!(opened, Err(StoreError::InUse)) || svc.sessions.has_user(user) {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                opened = svc.store.open(user);
+            }
+            match opened {
                 Ok(mailbox) => Ok((user.to_string(), mailbox, policy)),
                 Err(StoreError::InUse) => Err(LoginFailure::InUse),
                 Err(e) => {

@@ -73,6 +73,11 @@ impl Registry {
         v
     }
 
+    /// True if a session of `user` is logged in.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.lock().values().any(|e| e.info.user.as_deref() == Some(user))
+    }
+
     /// Asks every session of `user` to close (without UPDATE). Returns how many.
     pub fn kick(&self, user: &str) -> usize {
         let sessions = self.lock();

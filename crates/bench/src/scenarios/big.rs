@@ -28,6 +28,8 @@ pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
             match session(&ep, &user, n).await {
                 Ok(l) => {
                     let secs = t.elapsed().as_secs_f64();
+                    // See run_workers: let Dovecot reap the session's process.
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                     if i == 0 {
                         cold = Some(secs);
                     } else {

@@ -26,7 +26,14 @@ pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
             ctx.fail("-", "deliver", [format!("{conc} senders need {conc} deliver users")]);
             continue;
         }
-        let mut per: Vec<(Vec<f64>, Vec<f64>, Vec<f64>, Tally)> = servers.iter().map(|_| Default::default()).collect();
+        #[derive(Default)]
+        struct Acc {
+            rates: Vec<f64>,
+            mibs: Vec<f64>,
+            cpu: Vec<f64>,
+            tally: Tally,
+        }
+        let mut per: Vec<Acc> = servers.iter().map(|_| Acc::default()).collect();
         for _ in 0..ctx.plan.reps {
             for (si, server) in servers.iter().enumerate() {
                 let Some(addr) = server.lmtp else { continue };
@@ -38,20 +45,20 @@ pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
                 })
                 .await;
                 delivered[si] += rep.tally.msgs;
-                let (rates, mibs, cpu, tally) = &mut per[si];
-                rates.push(rep.per_sec(rep.tally.msgs));
-                mibs.push(rep.per_sec(rep.tally.bytes) / (1024.0 * 1024.0));
+                let a = &mut per[si];
+                a.rates.push(rep.per_sec(rep.tally.msgs));
+                a.mibs.push(rep.per_sec(rep.tally.bytes) / (1024.0 * 1024.0));
                 if rep.tally.msgs > 0 {
-                    cpu.push(rep.cpu_secs * 1000.0 / rep.tally.msgs as f64);
+                    a.cpu.push(rep.cpu_secs * 1000.0 / rep.tally.msgs as f64);
                 }
-                tally.merge(rep.tally);
+                a.tally.merge(rep.tally);
             }
         }
-        for (server, (rates, mibs, cpu, tally)) in servers.iter().zip(per) {
-            ctx.fail(server.name, "deliver", tally.errors);
-            if let Some(r) = Record::new("deliver", &format!("c{conc}"), server.name, "messages/s", true, rates) {
-                let mut r = r.extra("MiB/s", &mibs).extra("server CPU ms/message", &cpu);
-                r.latency = tally.lat.summary();
+        for (server, a) in servers.iter().zip(per) {
+            ctx.fail(server.name, "deliver", a.tally.errors);
+            if let Some(r) = Record::new("deliver", &format!("c{conc}"), server.name, "messages/s", true, a.rates) {
+                let mut r = r.extra("MiB/s", &a.mibs).extra("server CPU ms/message", &a.cpu);
+                r.latency = a.tally.lat.summary();
                 r.print();
                 ctx.records.push(r);
             }

@@ -42,6 +42,7 @@ pub(crate) async fn run(ctx: &mut Ctx, mode: Mode, servers: &[&Server]) {
             mibs: Vec<f64>,
             msgs: Vec<f64>,
             cpu: Vec<f64>,
+            client: Vec<f64>,
             tally: Tally,
         }
         let mut per: Vec<Acc> = servers.iter().map(|_| Acc::default()).collect();
@@ -62,6 +63,7 @@ pub(crate) async fn run(ctx: &mut Ctx, mode: Mode, servers: &[&Server]) {
                 a.msgs.push(rep.per_sec(rep.tally.msgs));
                 if rep.tally.bytes > 0 {
                     a.cpu.push(rep.cpu_secs * 1000.0 / rep.mib());
+                    a.client.push(rep.client_cpu_secs * 1000.0 / rep.mib());
                 }
                 a.tally.merge(rep.tally);
             }
@@ -69,7 +71,7 @@ pub(crate) async fn run(ctx: &mut Ctx, mode: Mode, servers: &[&Server]) {
         for (server, a) in servers.iter().zip(per) {
             ctx.fail(server.name, scenario, a.tally.errors);
             if let Some(r) = Record::new(scenario, &format!("c{conc}"), server.name, "MiB/s", true, a.mibs) {
-                let mut r = r.extra("messages/s", &a.msgs).extra("server CPU ms/MiB", &a.cpu);
+                let mut r = r.extra("messages/s", &a.msgs).extra("server CPU ms/MiB", &a.cpu).extra("client CPU ms/MiB", &a.client);
                 r.latency = a.tally.lat.summary();
                 r.print();
                 ctx.records.push(r);

@@ -25,11 +25,12 @@ pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
         }
         for server in servers {
             match one(ctx, server, k).await {
-                Ok(recs) => {
+                Ok((recs, failures)) => {
                     for r in recs {
                         r.print();
                         ctx.records.push(r);
                     }
+                    ctx.fail(server.name, "idle", failures);
                 }
                 Err(e) => ctx.fail(server.name, "idle", [format!("K={k}: {e:#}")]),
             }
@@ -38,13 +39,14 @@ pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
     }
 }
 
-async fn one(ctx: &Ctx, server: &Server, k: usize) -> anyhow::Result<Vec<Record>> {
+async fn one(ctx: &Ctx, server: &Server, k: usize) -> anyhow::Result<(Vec<Record>, Vec<String>)> {
     let m0 = server.mem();
     let ep = Endpoint { addr: server.pop3, tls: None };
     let sem = std::sync::Arc::new(Semaphore::new(RAMP_CONCURRENCY));
     let t = Instant::now();
     let mut set = JoinSet::new();
-    for user in ctx.users.idle.iter().take(k).cloned() {
+    for i in 0..k {
+        let user = ctx.users.idle[i].clone();
         let (ep, sem) = (ep.clone(), sem.clone());
         set.spawn(async move {
             let _permit = sem.acquire_owned().await?;
@@ -68,19 +70,28 @@ async fn one(ctx: &Ctx, server: &Server, k: usize) -> anyhow::Result<Vec<Record>
     .await;
     let ramp = t.elapsed();
     anyhow::ensure!(joined.is_ok(), "ramp-up of {k} sessions exceeded {RAMP_LIMIT:?}");
-    anyhow::ensure!(errors.is_empty(), "{} of {k} logins failed, first: {}", errors.len(), errors[0]);
+    let mut failures = Vec::new();
+    if !errors.is_empty() {
+        failures.push(format!("K={k}: {} of {k} logins failed, first: {}", errors.len(), errors[0]));
+    }
+    anyhow::ensure!(!sessions.is_empty(), "no session could log in");
     tokio::time::sleep(Duration::from_secs(1)).await;
     let m1 = server.mem();
+    let held = sessions.len();
     let mut alive = 0;
     for p in &mut sessions {
         if p.noop().await.is_ok() {
             alive += 1;
         }
     }
-    anyhow::ensure!(alive == k, "only {alive} of {k} idle sessions answered NOOP");
+    if alive != held {
+        failures.push(format!("K={k}: only {alive} of {held} idle sessions answered NOOP"));
+    }
     drop(sessions);
-    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / k as f64;
-    let variant = format!("K={k}");
+    // Per session actually held; a shortfall is reported as a failure and
+    // labels the variant, so the 10,000-sessions target is not met by it.
+    let per = |a: u64, b: u64| (b.saturating_sub(a)) as f64 / held as f64;
+    let variant = if held == k { format!("K={k}") } else { format!("K={k} ({held} held)") };
     let rss = Record::measured("idle", &variant, server.name, "KiB RSS/session", false, vec![per(m0.rss_kib, m1.rss_kib)])
         .expect("one value")
         .extra("KiB PSS/session", &[per(m0.pss_kib, m1.pss_kib)])
@@ -89,7 +100,7 @@ async fn one(ctx: &Ctx, server: &Server, k: usize) -> anyhow::Result<Vec<Record>
         .extra("processes", &[m1.processes as f64])
         .extra("logins/s during ramp", &[k as f64 / ramp.as_secs_f64()]);
     let pss = Record::measured("idle", &variant, server.name, "KiB PSS/session", false, vec![per(m0.pss_kib, m1.pss_kib)]).expect("one value");
-    Ok(vec![rss, pss])
+    Ok((vec![rss, pss], failures))
 }
 
 /// Waits (bounded) until the server has cleaned up closed sessions: for

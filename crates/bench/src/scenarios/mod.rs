@@ -45,22 +45,35 @@ pub(crate) struct Ctx {
     pub(crate) records: Vec<Record>,
     /// Correctness and protocol failures; any makes the run fail.
     pub(crate) errors: Vec<String>,
+    /// Dovecot stalls (see [`Ctx::fail`]).
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Ctx {
+    /// Records failures. Every failure of pobox or the raw sender, and
+    /// every wrong answer from anyone, fails the run; a Dovecot session
+    /// that merely stalled into the client's I/O timeout is a warning
+    /// (pobox's CI must not fail on Dovecot's behaviour), reported as such.
     pub(crate) fn fail(&mut self, server: &str, scenario: &str, errs: impl IntoIterator<Item = String>) {
         for e in errs {
             let msg = format!("[{scenario}/{server}] {e}");
-            eprintln!("ERROR {msg}");
-            if self.errors.len() < 1000 {
-                self.errors.push(msg);
+            if server == "dovecot" && e.contains("timed out") {
+                eprintln!("WARNING {msg}");
+                if self.warnings.len() < 1000 {
+                    self.warnings.push(msg);
+                }
+            } else {
+                eprintln!("ERROR {msg}");
+                if self.errors.len() < 1000 {
+                    self.errors.push(msg);
+                }
             }
         }
     }
 }
 
 /// One measured configuration (scenario × variant × server).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub(crate) struct Record {
     pub(crate) scenario: String,
     pub(crate) variant: String,
@@ -145,6 +158,8 @@ pub(crate) struct Rep {
     pub(crate) tally: Tally,
     pub(crate) elapsed: Duration,
     pub(crate) cpu_secs: f64,
+    /// CPU used by the load generator itself (is it the bottleneck?).
+    pub(crate) client_cpu_secs: f64,
 }
 
 impl Rep {
@@ -163,6 +178,9 @@ where
     Fut: Future<Output = Tally> + Send + 'static,
 {
     let cpu0 = server.cpu_secs();
+    let me = std::process::id();
+    let own = || crate::procfs::stat(me).map_or(0, |s| s.utime + s.stime) as f64 / 100.0;
+    let client0 = own();
     let t = Instant::now();
     let mut set = JoinSet::new();
     for w in 0..conc {
@@ -176,7 +194,10 @@ where
         }
     }
     let elapsed = t.elapsed();
-    Rep { tally, elapsed, cpu_secs: server.cpu_secs() - cpu0 }
+    // Let Dovecot reap the per-session processes that just exited, so their
+    // CPU has moved into the master's cutime/cstime when it is read.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    Rep { tally, elapsed, cpu_secs: server.cpu_secs() - cpu0, client_cpu_secs: own() - client0 }
 }
 
 /// The user a worker takes on iteration `i`: worker `w` of `conc` only

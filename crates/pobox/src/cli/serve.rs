@@ -23,6 +23,10 @@ pub struct ServeArgs {
     /// LMTP address (IP:PORT or unix:/path), or `none`. Default 127.0.0.1:24.
     #[arg(long, value_name = "ADDR")]
     lmtp: Option<String>,
+    /// SMTP address (receive only: mail for local users, never relayed), or
+    /// `none`. Default: none yet (0.0.0.0:25 once enabled).
+    #[arg(long, value_name = "ADDR")]
+    smtp: Option<String>,
 }
 
 fn override_addr(list: &mut Vec<ListenAddr>, flag: &str, value: Option<String>) -> anyhow::Result<()> {
@@ -52,13 +56,17 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     override_addr(&mut settings.pop3, "pop3", args.pop3)?;
     override_addr(&mut settings.pop3s, "pop3s", args.pop3s)?;
     override_addr(&mut settings.lmtp, "lmtp", args.lmtp)?;
+    override_addr(&mut settings.smtp, "smtp", args.smtp)?;
+    if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
+        anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
+    }
     init_logging(&settings.log);
 
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let users = super::open_users(&settings);
     let store = super::open_store(&settings)?;
-    let needs_tls = !settings.pop3.is_empty() || !settings.pop3s.is_empty();
+    let needs_tls = !settings.pop3.is_empty() || !settings.pop3s.is_empty() || !settings.smtp.is_empty();
     let tls_dir = settings.data_dir.join("tls");
     let tls = if needs_tls {
         Some(
@@ -81,13 +89,14 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         (Protocol::Pop3, &settings.pop3),
         (Protocol::Pop3s, &settings.pop3s),
         (Protocol::Lmtp, &settings.lmtp),
+        (Protocol::Smtp, &settings.smtp),
     ] {
         for addr in addrs {
             bound.push(pobox_server::bind_std(protocol, addr)?);
         }
     }
     if bound.is_empty() {
-        anyhow::bail!("every listener is disabled; enable at least one of --pop3, --pop3s, --lmtp");
+        anyhow::bail!("every listener is disabled; enable at least one of --pop3, --pop3s, --lmtp, --smtp");
     }
 
     // The self-signed pair we generated as root must stay readable for
@@ -115,6 +124,7 @@ async fn serve(
     bound: Vec<pobox_server::PreBound>,
     dropped: privdrop::Outcome,
 ) -> anyhow::Result<()> {
+    let stop = stop_signal();
     let mut listeners = Vec::new();
     for b in bound {
         let local = b.local.clone();
@@ -127,6 +137,7 @@ async fn serve(
             Protocol::Pop3 => "POP3 (STLS)",
             Protocol::Pop3s => "POP3S (TLS)",
             Protocol::Lmtp => "LMTP",
+            Protocol::Smtp => "SMTP",
         };
         println!("  {what:<12} {}", l.local);
     }
@@ -155,20 +166,26 @@ async fn serve(
     let _ = std::io::stdout().flush();
 
     let svc = Arc::new(Services::new(settings.server, users, Arc::new(store), tls));
-    pobox_server::run(svc, listeners, stop_signal()).await;
+    pobox_server::run(svc, listeners, stop).await;
     println!("pobox stopped");
     Ok(())
 }
 
-async fn stop_signal() {
+/// Installs the SIGTERM/SIGINT handlers now (before anything is served:
+/// a signal that arrives right after the banner must still mean a graceful
+/// shutdown) and returns the future that completes on the first signal.
+fn stop_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        // Without signal handlers the process still dies on SIGTERM.
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    let handlers = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()));
+    async move {
+        let (Ok(mut term), Ok(mut int)) = handlers else {
+            // Without signal handlers the process still dies on SIGTERM.
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
@@ -176,5 +193,12 @@ fn init_logging(filter: &str) {
     let filter = EnvFilter::try_from_env("POBOX_LOG")
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colours only on a terminal: log files and the journal are parsed by
+    // tools (fail2ban's filter in contrib/ expects plain text).
+    use std::io::IsTerminal as _;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -86,7 +86,7 @@ fn broken_or_runaway_scripts_never_lose_mail() {
     assert!(replies.iter().all(|r| r.starts_with("250 2.0.0")), "{replies:?}");
     assert_eq!(dir.message_files("alice").len(), 1);
     assert_eq!(dir.message_files("bob").len(), 1);
-    assert!(server.stderr().contains("sieve"), "the problems are logged: {}", server.stderr());
+    assert!(server.stderr_eventually_contains("sieve"), "the problems are logged: {}", server.stderr());
 }
 
 #[test]

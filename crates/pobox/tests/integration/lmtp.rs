@@ -165,7 +165,7 @@ fn connection_dropped_mid_data_stores_nothing() {
     drop(l);
 
     assert!(
-        eventually(Duration::from_secs(10), || srv.stderr().contains("connection lost during DATA")),
+        srv.stderr_eventually_contains("connection lost during DATA"),
         "the server noticed the drop\n{}",
         srv.dump()
     );
@@ -197,4 +197,61 @@ fn lmtp_dot_stuffed_data_is_stored_unstuffed_and_retrieved_restuffed() {
     let wire = String::from_utf8(c.cmd_multi("RETR 1")).unwrap();
     assert!(wire.ends_with("\r\n..first\r\n...two\r\nSubject: s\r\n\r\n..\r\nend\r\n"), "{wire:?}");
     c.quit();
+}
+
+/// SIGTERM while an LMTP client is in DATA: the transaction may finish
+/// within the grace period (250, durable), then the session gets 421.
+#[test]
+fn sigterm_lets_an_lmtp_transaction_in_data_finish_then_closes_with_421() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    let mut srv = dir.server().config("shutdown_grace_secs", "5").start();
+    let mut l = srv.lmtp();
+    assert!(l.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+    assert!(l.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(l.cmd("DATA").starts_with("354"));
+    l.send("Subject: during shutdown\r\n\r\nfirst half\r\n");
+    srv.sigterm();
+    std::thread::sleep(Duration::from_millis(200));
+    let r = l.cmd("second half\r\n.");
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(dir.files("alice", "new").len(), 1);
+    let r = l.reply();
+    assert!(r.starts_with("421"), "{r}");
+    let status = srv.wait(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+}
+
+/// CPU time (user + system) the process has used, from /proc.
+fn cpu_seconds(pid: rustix::process::Pid) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).unwrap();
+    let fields: Vec<&str> = stat.rsplit_once(')').unwrap().1.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    ticks as f64 / rustix::param::clock_ticks_per_second() as f64
+}
+
+/// While draining, an LMTP session in DATA loops on `shutdown.draining()`,
+/// which completes at once every time: the server spins a core until the
+/// client finishes or the grace period ends.
+#[test]
+fn lmtp_session_in_data_does_not_spin_during_shutdown() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    let mut srv = dir.server().config("shutdown_grace_secs", "10").start();
+    let mut l = srv.lmtp();
+    assert!(l.cmd("MAIL FROM:<s@example.org>").starts_with("250"));
+    assert!(l.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(l.cmd("DATA").starts_with("354"));
+    l.send("Subject: slow client\r\n\r\nfirst half\r\n");
+    let pid = srv.pid();
+    srv.sigterm();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_millis(1500));
+    let used = cpu_seconds(pid) - before;
+    // Finish, so the server can stop.
+    let r = l.cmd(".");
+    assert!(r.starts_with("250"), "{r}");
+    let _ = srv.wait(Duration::from_secs(15));
+    assert!(used < 0.2, "an idle LMTP session used {used:.2} s of CPU in 1.5 s while draining");
 }

@@ -8,6 +8,7 @@
 //! - `lmtp`: LMTP intake with smtplib.LMTP, swaks and raw bytes.
 //! - `cli`: `pobox deliver`, `pobox user`, start-up errors, SIGTERM.
 //! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
+//! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
 //!
 //! Client tools these tests run (Debian packages; `.ci/run` installs them):
 //! `python3` (poplib, smtplib), `curl`, `openssl`, `swaks`. A test whose tool

@@ -540,3 +540,40 @@ fn retr_dele_quit_pipelined_always_deletes() {
     let failures: Vec<String> = workers.into_iter().flat_map(|w| w.join().unwrap()).collect();
     assert!(failures.is_empty(), "{} of {} rounds failed: {failures:#?}", failures.len(), USERS.len() * ROUNDS);
 }
+
+/// `[IN-USE]` means "another POP3 session holds this maildrop" (RFC 2449).
+/// The background retention pass (at start-up, then every
+/// `expire_interval_secs`) takes the same lock while it scans, so a login
+/// that lands in that window is refused with "maildrop is locked by another
+/// session" although no session exists. The window grows with the maildrop.
+#[test]
+fn login_is_never_in_use_because_of_the_background_expiry_pass() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    dir.deliver("alice", b"Subject: seed\n\nbody\n"); // creates the Maildir
+    let cur = dir.maildir("alice", "cur");
+    let body = b"Subject: x\n\nbody\n";
+    for i in 0..3000 {
+        let name = format!("1700000000.M{i}P1.test,S={},W={}:2,", body.len(), crlf(body).len());
+        std::fs::write(cur.join(name), body).unwrap();
+    }
+    let srv = dir.server().config("retention", "{ expire_interval_secs = 1 }").start();
+    let start = std::time::Instant::now();
+    let mut in_use = Vec::new();
+    let mut logins = 0;
+    while start.elapsed() < Duration::from_millis(4500) {
+        let mut c = srv.pop3();
+        assert!(c.cmd("USER alice").starts_with("+OK"));
+        let r = c.cmd(&format!("PASS {PW}"));
+        logins += 1;
+        if r.starts_with("+OK") {
+            c.quit();
+        } else {
+            in_use.push(format!("{:?} after start: {r}", start.elapsed()));
+        }
+        // Leave the maildrop unlocked most of the time, as real clients do,
+        // so the background pass finds it free.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(in_use.is_empty(), "{} of {logins} logins refused: {in_use:#?}", in_use.len());
+}

@@ -276,21 +276,15 @@ fn drain(mut r: impl Read + Send + 'static) -> Arc<Mutex<Vec<u8>>> {
     buf
 }
 
-/// Fails the test if `name` is not on PATH, naming the Debian package.
+/// Fails the test if `name` is not on PATH, naming the Debian package (the
+/// tools used here are packaged under their own names).
 pub fn require_tool(name: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
         .unwrap_or(false);
-    let package = match name {
-        "python3" => "python3",
-        "curl" => "curl",
-        "openssl" => "openssl",
-        "swaks" => "swaks",
-        other => other,
-    };
     assert!(
         found,
-        "required client tool `{name}` is not installed: `apt-get install -y {package}` \
+        "required client tool `{name}` is not installed: `apt-get install -y {name}` \
          (.ci/run installs it; these tests never skip silently)"
     );
 }
@@ -312,6 +306,12 @@ impl<'d> ServerBuilder<'d> {
         config.insert("auth_failure_delay_ms".into(), "0".into());
         // Drop (SIGTERM) never waits long for a session a test left open.
         config.insert("shutdown_grace_secs".into(), "1".into());
+        // No background expiry pass: it locks maildrops at start-up and a
+        // login landing in that window gets [IN-USE] (the bug
+        // `pop3::login_is_never_in_use_because_of_the_background_expiry_pass`
+        // proves). Login-time retention still runs. Tests about retention
+        // set their own `retention` table, replacing this one.
+        config.insert("retention".into(), "{ expire_interval_secs = 0 }".into());
         ServerBuilder { dir, config }
     }
 
@@ -409,6 +409,11 @@ impl Server<'_> {
     pub fn stderr(&self) -> String {
         strip_ansi(&String::from_utf8_lossy(&self.stderr.lock().unwrap()))
     }
+    /// Waits (up to 10 s) until the log contains `needle`: stderr is read
+    /// by a thread, so a line the server wrote may not be here yet.
+    pub fn stderr_eventually_contains(&self, needle: &str) -> bool {
+        eventually(Duration::from_secs(10), || self.stderr().contains(needle))
+    }
     pub fn dump(&self) -> String {
         format!("--- server stdout ---\n{}--- server stderr ---\n{}", self.stdout(), self.stderr())
     }
@@ -417,9 +422,38 @@ impl Server<'_> {
         rustix::process::Pid::from_child(self.child.as_ref().expect("server running"))
     }
 
-    /// Sends SIGTERM.
+    /// Sends SIGTERM, once the server handles it (see
+    /// [`Server::handles_sigterm`]).
     pub fn sigterm(&self) {
+        assert!(
+            eventually(Duration::from_secs(10), || self.handles_sigterm()),
+            "the server never installed its SIGTERM handler\n{}",
+            self.dump()
+        );
+        self.sigterm_now();
+    }
+
+    /// Sends SIGTERM without waiting for the handler.
+    pub fn sigterm_now(&self) {
         rustix::process::kill_process(self.pid(), rustix::process::Signal::TERM).expect("kill -TERM");
+    }
+
+    /// True once the process catches SIGTERM (`SigCgt` in /proc/PID/status).
+    ///
+    /// WORKAROUND for the bug `cli::sigterm_right_after_the_banner_shuts_down_gracefully`
+    /// proves: the handler is installed only after the banner is printed and
+    /// connections are served, so an early SIGTERM kills the process. Tests
+    /// about shutdown wait for the handler; once that bug is fixed this is
+    /// always true at once.
+    pub fn handles_sigterm(&self) -> bool {
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{}/status", self.pid().as_raw_nonzero())) else {
+            return false;
+        };
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("SigCgt:"))
+            .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+            .is_some_and(|mask| mask & (1 << (15 - 1)) != 0)
     }
 
     /// The exit status if the server has exited.
@@ -460,9 +494,11 @@ impl Server<'_> {
         c
     }
 
-    /// Logs in, retrying for up to two seconds while the maildrop is
+    /// Logs in, retrying for up to five seconds while the maildrop is
     /// `[IN-USE]`: the previous test step closed its socket, and the server
-    /// releases the lock as soon as it reads that EOF (a few ms later).
+    /// releases the lock as soon as it reads that EOF (a few ms later; the
+    /// margin is for a loaded CI machine). Far below any server timeout, so
+    /// this still proves the lock is not held until a timeout.
     pub fn login_after_close(&self, user: &str, password: &str) -> Pop3 {
         let start = Instant::now();
         loop {
@@ -473,7 +509,7 @@ impl Server<'_> {
                 return c;
             }
             assert!(r.starts_with("-ERR [IN-USE]"), "login failed: {r}");
-            assert!(start.elapsed() < Duration::from_secs(2), "lock not released within 2 s: {r}");
+            assert!(start.elapsed() < Duration::from_secs(5), "lock not released within 5 s: {r}");
             thread::sleep(Duration::from_millis(20));
         }
     }

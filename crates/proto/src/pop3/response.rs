@@ -141,22 +141,24 @@ impl Status {
     /// [`StatusError::NotAStatus`] when the line is neither.
     pub fn parse(line: &[u8]) -> Result<Status, StatusError> {
         let line = strip_crlf(line);
-        let text = String::from_utf8_lossy(line);
-        let upper4 = text.get(..4).map(|s| s.to_ascii_uppercase());
-        if text.len() >= 3 && text[..3].eq_ignore_ascii_case("+OK") {
-            return Ok(Status::Ok(text[3..].trim_start_matches(' ').to_string()));
+        // Decide on the raw bytes: a lossy UTF-8 view of a hostile reply
+        // may put a multi-byte character where a slice would cut it.
+        let after = |n: usize| String::from_utf8_lossy(&line[n..]).trim_start_matches(' ').to_string();
+        if line.len() >= 3 && line[..3].eq_ignore_ascii_case(b"+OK") {
+            return Ok(Status::Ok(after(3)));
         }
-        if upper4.as_deref() == Some("-ERR") {
-            let rest = text[4..].trim_start_matches(' ');
+        if line.len() >= 4 && line[..4].eq_ignore_ascii_case(b"-ERR") {
+            let rest = after(4);
             if let Some(inner) = rest.strip_prefix('[')
-                && let Some(end) = inner.find(']') {
-                    let code = RespCode::parse(&inner[..end]);
-                    let text = inner[end + 1..].trim_start_matches(' ').to_string();
-                    return Ok(Status::Err(Some(code), text));
-                }
-            return Ok(Status::Err(None, rest.to_string()));
+                && let Some(end) = inner.find(']')
+            {
+                let code = RespCode::parse(&inner[..end]);
+                let text = inner[end + 1..].trim_start_matches(' ').to_string();
+                return Ok(Status::Err(Some(code), text));
+            }
+            return Ok(Status::Err(None, rest));
         }
-        Err(StatusError::NotAStatus(text.into_owned()))
+        Err(StatusError::NotAStatus(String::from_utf8_lossy(line).into_owned()))
     }
 }
 
@@ -243,6 +245,11 @@ mod tests {
             Status::err("[unterminated")
         );
         assert!(Status::parse(b"* OK imap").is_err());
+        // Regression (found by the pop3_response fuzz target): a non-UTF-8
+        // byte inside the indicator must be an error, not a panic.
+        assert!(Status::parse(b"+O\xff\r\n").is_err());
+        assert!(Status::parse(b"-ER\xff").is_err());
+        assert_eq!(Status::parse(b"+OK \xff").unwrap(), Status::ok("\u{fffd}"));
         assert!(Status::parse(b"").is_err());
     }
 }

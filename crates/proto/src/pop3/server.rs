@@ -399,6 +399,13 @@ impl ServerSession {
         self.count_bad_command();
     }
 
+    /// The peer goes on sending an overlong line: `max` more octets without
+    /// a line end. Counted as a bad command, without a reply (the line was
+    /// answered once already), so endless garbage ends in a disconnect.
+    pub fn handle_garbage(&mut self) {
+        self.count_bad_command();
+    }
+
     /// Handles one complete input line (without CRLF).
     pub fn handle_line(&mut self, line: &[u8]) {
         if !self.wants_input() {

@@ -80,9 +80,13 @@ impl Harness {
                     self.session.handle_line(&line);
                     self.drain();
                 }
-                Split::TooLong { consumed } => {
+                Split::TooLong { consumed, continued } => {
                     self.inbuf.drain(..consumed);
-                    self.session.handle_line_too_long();
+                    if continued {
+                        self.session.handle_garbage();
+                    } else {
+                        self.session.handle_line_too_long();
+                    }
                     self.drain();
                 }
             }

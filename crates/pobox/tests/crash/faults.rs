@@ -1,0 +1,220 @@
+//! Disk and I/O faults on a real filesystem (needs root: `mount`).
+//!
+//! - A 2 MiB tmpfs mounted over `DATA/mail`: LMTP answers `452 4.3.1` when
+//!   it fills, nothing half-written is listed, stored mail stays intact,
+//!   `pobox deliver` exits 75 (EX_TEMPFAIL), and once space is freed (by a
+//!   POP3 DELE+QUIT) delivery works again.
+//! - An ext2 loop image over `DATA/mail`, a message made immutable with
+//!   `chattr +i` during a session: UPDATE cannot unlink it, QUIT answers
+//!   `-ERR [SYS/TEMP]`, the lock is released at once, the other deletions
+//!   happened, and the stuck message is still listed and intact.
+//!   Where loop devices are refused, the same test replaces the message file
+//!   by a non-empty directory (unlink fails with EISDIR) instead.
+//!
+//! If `mount` itself is refused (no root / no CAP_SYS_ADMIN), the test says
+//! so loudly on stderr and in its result line rather than passing quietly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::{self, Dir, PW};
+
+/// A mount, unmounted on drop (lazily if busy).
+struct Mount(PathBuf);
+
+impl Mount {
+    fn tmpfs(at: &Path, size: &str) -> Result<Mount, String> {
+        std::fs::create_dir_all(at).unwrap();
+        run(Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(at))?;
+        Ok(Mount(at.to_path_buf()))
+    }
+
+    fn ext2_loop(at: &Path, image: &Path) -> Result<Mount, String> {
+        std::fs::create_dir_all(at).unwrap();
+        run(Command::new("truncate").args(["-s", "16M"]).arg(image))?;
+        run(Command::new("mkfs.ext2").args(["-q", "-F"]).arg(image))?;
+        run(Command::new("mount").args(["-o", "loop"]).arg(image).arg(at))?;
+        Ok(Mount(at.to_path_buf()))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if run(Command::new("umount").arg(&self.0)).is_err() {
+            let _ = run(Command::new("umount").arg("-l").arg(&self.0));
+        }
+    }
+}
+
+fn run(cmd: &mut Command) -> Result<(), String> {
+    match cmd.output() {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!("{cmd:?}: {}", String::from_utf8_lossy(&o.stderr).trim())),
+        Err(e) => Err(format!("{cmd:?}: {e}")),
+    }
+}
+
+fn message(i: usize, size: usize) -> Vec<u8> {
+    let mut m = format!("Message-ID: <{i}@fault.test>\nSubject: fault {i}\n\n").into_bytes();
+    let mut line = 0;
+    while m.len() < size {
+        line += 1;
+        m.extend_from_slice(format!("{i}:{line} .{}\n", "x".repeat(60)).as_bytes());
+    }
+    m
+}
+
+/// Every file in new/ and cur/ ends with one of `sent` (after the trace
+/// headers); returns the indexes found.
+fn stored_ids(dir: &Dir, user: &str, sent: &[Vec<u8>]) -> Vec<usize> {
+    let mut ids = Vec::new();
+    for sub in ["new", "cur"] {
+        for f in dir.files(user, sub) {
+            let c = std::fs::read(dir.maildir(user, sub).join(&f)).unwrap();
+            let i = sent.iter().position(|m| c.ends_with(m));
+            let i = i.unwrap_or_else(|| panic!("{sub}/{f}: not a complete message ({} bytes)", c.len()));
+            ids.push(i);
+        }
+    }
+    ids.sort();
+    ids
+}
+
+fn lmtp_deliver(l: &mut util::Lmtp, user: &str, m: &[u8]) -> String {
+    let r = l.cmd("MAIL FROM:<s@fault.test>");
+    assert!(r.starts_with("250"), "MAIL: {r}");
+    let r = l.cmd(&format!("RCPT TO:<{user}@fault.test>"));
+    assert!(r.starts_with("250"), "RCPT: {r}");
+    let r = l.cmd("DATA");
+    assert!(r.starts_with("354"), "DATA: {r}");
+    let mut body = util::stuff(&util::crlf(m));
+    body.extend_from_slice(b".\r\n");
+    l.send(body);
+    l.reply()
+}
+
+#[test]
+fn disk_full_lmtp_answers_452_4_3_1_and_loses_nothing() {
+    let dir = Dir::new();
+    dir.add_user("full", PW);
+    let mount = match Mount::tmpfs(&dir.data().join("mail"), "2m") {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fault: disk-full SKIPPED LOUDLY: cannot mount a tmpfs ({e}); run as root");
+            return;
+        }
+    };
+    let srv = dir.server().start();
+    let mut l = srv.lmtp();
+    let mut sent = Vec::new();
+    let mut acked = Vec::new();
+    let mut full_reply = None;
+    for i in 0..100 {
+        sent.push(message(i, 150 * 1024));
+        let r = lmtp_deliver(&mut l, "full", &sent[i]);
+        if r.starts_with("250") {
+            acked.push(i);
+        } else {
+            full_reply = Some(r);
+            break;
+        }
+    }
+    let full_reply = full_reply.expect("2 MiB tmpfs never filled up");
+    assert!(full_reply.starts_with("452 4.3.1"), "disk full answered {full_reply:?}\n{}", srv.dump());
+    // Nothing half-written is listed; everything acknowledged is intact.
+    assert_eq!(stored_ids(&dir, "full", &sent), acked, "stored messages differ from acknowledged ones");
+    let tmp_left = dir.files("full", "tmp").len();
+    // `pobox deliver` on a full disk: EX_TEMPFAIL.
+    let out = dir.pobox().args(["deliver", "full"]).stdin(message(999, 150 * 1024)).output();
+    assert_eq!(out.status.code(), Some(75), "pobox deliver on a full disk\n{}", out.dump());
+    assert_eq!(stored_ids(&dir, "full", &sent), acked);
+    // POP3 still lists exactly the acknowledged messages, intact.
+    let mut c = srv.login("full", PW);
+    let (count, _) = c.stat();
+    assert_eq!(count as usize, acked.len());
+    let first = crate::from_wire(&c.cmd_multi("RETR 1"));
+    assert!(sent.iter().any(|m| first.ends_with(m)), "RETR 1 not intact on a full disk");
+    // Free space the way a user does: DELE + QUIT.
+    for n in 1..=3 {
+        assert!(c.cmd(&format!("DELE {n}")).starts_with("+OK"));
+    }
+    let q = c.cmd("QUIT");
+    assert!(q.starts_with("+OK"), "QUIT on a full disk answered {q:?}\n{}", srv.dump());
+    // Delivery works again.
+    let again = message(500, 150 * 1024);
+    sent.push(again);
+    let r = lmtp_deliver(&mut l, "full", sent.last().unwrap());
+    assert!(r.starts_with("250"), "after freeing space: {r}\n{}", srv.dump());
+    let ids = stored_ids(&dir, "full", &sent);
+    assert_eq!(ids.len(), acked.len() - 3 + 1);
+    eprintln!(
+        "fault: disk-full: {} x 150 KiB acknowledged on a 2 MiB tmpfs, then {full_reply:?}; \
+         new/+cur/ held exactly the acknowledged messages, intact; {tmp_left} tmp/ leftovers; \
+         pobox deliver exited 75; POP3 RETR intact and DELE+QUIT +OK while full; delivery OK after freeing space",
+        acked.len()
+    );
+    drop(l);
+    drop(srv);
+    drop(mount);
+}
+
+#[test]
+fn failed_unlink_in_update_answers_sys_temp_and_releases_the_lock() {
+    let dir = Dir::new();
+    dir.add_user("stuck", PW);
+    let image = dir.scratch("mail.ext2");
+    let mail = dir.data().join("mail");
+    let (mount, how) = match Mount::ext2_loop(&mail, &image) {
+        Ok(m) => (Some(m), "chattr +i on ext2 (EPERM)"),
+        Err(e) => {
+            eprintln!("fault: loop mount refused ({e}); using a non-empty directory (EISDIR) instead");
+            (None, "file replaced by a non-empty directory (EISDIR)")
+        }
+    };
+    let srv = dir.server().start();
+    let sent: Vec<Vec<u8>> = (0..3).map(|i| message(i, 2000)).collect();
+    for m in &sent {
+        dir.deliver("stuck", m);
+    }
+    let mut c = srv.login("stuck", PW);
+    assert_eq!(c.stat().0, 3);
+    // Which file is message 2?
+    let body = crate::from_wire(&c.cmd_multi("RETR 2"));
+    let victim = sent.iter().position(|m| body.ends_with(m)).unwrap();
+    let (sub, file) = ["new", "cur"]
+        .iter()
+        .flat_map(|sub| dir.files("stuck", sub).into_iter().map(move |f| (*sub, f)))
+        .find(|(sub, f)| std::fs::read(dir.maildir("stuck", sub).join(f)).unwrap().ends_with(&sent[victim]))
+        .unwrap();
+    let path = dir.maildir("stuck", sub).join(&file);
+    let saved = std::fs::read(&path).unwrap();
+    if mount.is_some() {
+        run(Command::new("chattr").arg("+i").arg(&path)).unwrap();
+    } else {
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("keep"), b"x").unwrap();
+    }
+    for n in 1..=3 {
+        assert!(c.cmd(&format!("DELE {n}")).starts_with("+OK"));
+    }
+    let q = c.cmd("QUIT");
+    // Undo the fault before asserting, so the mount can be cleaned up.
+    if mount.is_some() {
+        run(Command::new("chattr").arg("-i").arg(&path)).unwrap();
+    } else {
+        std::fs::remove_dir_all(&path).unwrap();
+        std::fs::write(&path, &saved).unwrap();
+    }
+    assert!(q.starts_with("-ERR [SYS/TEMP]"), "QUIT with a failing unlink answered {q:?}\n{}", srv.dump());
+    // The lock is released: a new session logs in at once.
+    let mut c = srv.login_after_close("stuck", PW);
+    let uidl = c.uidl();
+    c.quit();
+    let left = stored_ids(&dir, "stuck", &sent);
+    assert_eq!(left, vec![victim], "after the failed UPDATE the maildrop should hold only the stuck message");
+    assert_eq!(uidl.len(), 1, "listing after the failed UPDATE: {uidl:?}");
+    eprintln!("fault: failed unlink in UPDATE ({how}): QUIT answered {q:?}; lock released; the 2 other deletions done; the stuck message still listed and intact");
+    drop(srv);
+    drop(mount);
+}

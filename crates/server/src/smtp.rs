@@ -1,0 +1,934 @@
+//! Receive-only SMTP (RFC 5321): mail from the Internet for local users.
+//!
+//! Parsing is smtp-proto's (as for LMTP, see `lmtp.rs`); this file is the
+//! session loop, the relay policy and the delivery step.
+//!
+//! # Policy
+//! - **Never a relay.** A recipient is accepted only when its domain is one
+//!   of `domains` (zero-config, `domains = []`: any domain, the local part
+//!   is the user) *and* the local part names an existing user (`user+tag`
+//!   → `user`). A foreign domain gets `550 5.7.1 relaying denied`; local
+//!   parts with `%`, `!` or `@` (the old source-routing hacks) likewise; an
+//!   unknown user `550 5.1.1`. There is no AUTH (this is not a submission
+//!   server): `AUTH` is answered `502 5.5.1` and changes nothing.
+//! - **STARTTLS** (RFC 3207) with the POP3 certificates. Whatever the client
+//!   pipelined after `STARTTLS` arrived in cleartext and is discarded; the
+//!   session starts over (EHLO again).
+//! - **Limits**: `smtp_max_recipients` (`452 4.5.3`), message size (SIZE at
+//!   MAIL, and while reading DATA: the rest is read and discarded, nothing
+//!   is stored, `552 5.3.4`), command line length (smtp-proto's 4 KiB,
+//!   `500 5.5.2`, the rest of the line is skipped), per-IP connections
+//!   (`smtp_max_connections_per_ip`, counted apart from POP3's), and one
+//!   idle timeout `smtp_timeout` (default 5 minutes, RFC 5321 §4.5.3.2's
+//!   server timeout) applied to every read, command or DATA block.
+//! - **Durability**: the final `250` after DATA is written only once every
+//!   accepted recipient's copy is durable (the store fsyncs). If any copy
+//!   fails temporarily (disk, quota in its default temporary mode, I/O),
+//!   the whole message gets `451`/`452`, and the sender retries: a copy
+//!   already stored for another recipient of the same message is then
+//!   stored twice (duplicate rather than loss). The store has no quota
+//!   query, so over-quota is found at delivery, not at RCPT.
+//! - **Sieve reject** (RFC 5429 §2.1): with SMTP one reply covers every
+//!   recipient and we have no outbound relay for a DSN. If every recipient
+//!   rejects, the reply is `550 5.7.1 <reason>` (the sender's MTA bounces);
+//!   if only some do, the others are delivered, the reply is `250`, and the
+//!   reject is logged.
+//! - **Trace headers**: `Return-Path`, `Received` (EHLO name, peer IP, our
+//!   host name, ESMTP/ESMTPS/ESMTPSA never, `for <rcpt>`, date) and, when
+//!   checks are on, `Authentication-Results` (RFC 8601) with SPF, DKIM and
+//!   DMARC from the `mail-auth` crate. Incoming `Authentication-Results`
+//!   fields that claim our host name are removed first (RFC 8601 §5).
+//! - **A missing final dot** (disconnect or timeout during DATA): nothing is
+//!   delivered; the message only ever existed in memory.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use mail_auth::common::parse::TxtRecordParser;
+use mail_auth::dmarc::verify::DmarcParameters;
+use mail_auth::hickory_resolver::config::{NameServerConfig, ResolverConfig, ResolverOpts};
+use mail_auth::spf::verify::SpfParameters;
+use mail_auth::{
+    AuthenticatedMessage, AuthenticationResults, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache,
+    Txt,
+};
+use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use smtp_proto::{Error as SmtpError, Request};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tracing::{debug, info, warn};
+
+use crate::Services;
+use crate::config::{DnsResolver, MailAuthConfig};
+use crate::conn::Stream;
+use crate::delivery::{Outcome, Rcpt};
+use crate::shutdown::Shutdown;
+use crate::throttle::PerIpConnections;
+use pobox_store::StoreError;
+
+/// What SMTP sessions share (held by [`Services`]).
+pub(crate) struct Shared {
+    /// Open SMTP connections per client IP (apart from POP3's table, so
+    /// POP3 clients do not use up SMTP slots and the other way round).
+    pub(crate) per_ip: Arc<PerIpConnections>,
+    /// Built on first use, inside the runtime.
+    checker: OnceLock<Option<Checker>>,
+}
+
+impl Shared {
+    pub(crate) fn new() -> Shared {
+        Shared { per_ip: Arc::default(), checker: OnceLock::new() }
+    }
+}
+
+struct Recipient {
+    address: String,
+    user: String,
+}
+
+enum DataSink {
+    Collect(DataReceiver),
+    /// The message exceeded the size limit: swallow the rest and refuse it.
+    Discard(DummyDataReceiver),
+}
+
+struct Session {
+    helo: Option<String>,
+    esmtp: bool,
+    tls: bool,
+    from: Option<String>,
+    recipients: Vec<Recipient>,
+    data: Option<DataSink>,
+    message: Vec<u8>,
+    peer: SocketAddr,
+    /// After an overlong command line: skip to the next LF.
+    skip_line: bool,
+    /// Bytes of the current, unfinished command line seen so far.
+    partial: usize,
+    bad_commands: u32,
+}
+
+/// Longest command line, CRLF included. RFC 5321 §4.5.3.1.4 says 512, and
+/// extensions add to it; smtp-proto buffers up to 4096, and so do we.
+const MAX_COMMAND_LINE: usize = 4096;
+
+/// After this many bad commands the connection is closed.
+const MAX_BAD_COMMANDS: u32 = 20;
+
+/// What a command asks the loop to do next.
+enum Next {
+    Continue,
+    Close,
+    StartTls,
+}
+
+/// Serves one SMTP connection to the end.
+pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, mut shutdown: Shutdown) {
+    // Replies are written whole; don't let Nagle hold the last one back.
+    let _ = tcp.set_nodelay(true);
+    let mut stream = Stream::Plain(tcp);
+    let timeout = svc.config.smtp_timeout;
+    let mut out = format!("220 {} ESMTP pobox ready\r\n", svc.config.hostname).into_bytes();
+    let mut receiver = RequestReceiver::default();
+    let mut session = Session {
+        helo: None,
+        esmtp: false,
+        tls: false,
+        from: None,
+        recipients: Vec::new(),
+        data: None,
+        message: Vec::new(),
+        peer,
+        skip_line: false,
+        partial: 0,
+        bad_commands: 0,
+    };
+    let mut buf = vec![0u8; 64 * 1024];
+    'conn: loop {
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        let n = tokio::select! {
+            r = tokio::time::timeout(timeout, stream.read(&mut buf)) => match r {
+                Ok(Ok(0)) | Ok(Err(_)) => {
+                    if session.data.is_some() {
+                        // RFC 5321 §4.1.1.4: no final dot, no message.
+                        info!(peer = %session.peer, "connection lost during DATA; nothing delivered");
+                    }
+                    return;
+                }
+                Ok(Ok(n)) => n,
+                Err(_) => {
+                    if session.data.is_some() {
+                        info!(peer = %session.peer, "timeout during DATA; nothing delivered");
+                    }
+                    let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
+                    return;
+                }
+            },
+            // A message being received is let finish (within the grace
+            // period); between transactions the client is told to retry.
+            () = async {
+                if session.data.is_some() { std::future::pending::<()>().await } else { shutdown.draining().await }
+            } => {
+                let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
+                return;
+            }
+        };
+        let mut bytes = buf[..n].iter();
+        while !bytes.as_slice().is_empty() {
+            if session.data.is_some() {
+                let max = svc.config.smtp_max_message_size;
+                if !session.ingest_data(&mut bytes, max) {
+                    break;
+                }
+                session.finish_data(&svc, &mut out).await;
+                continue;
+            }
+            if session.skip_line {
+                let rest = bytes.as_slice();
+                match rest.iter().position(|&b| b == b'\n') {
+                    Some(i) => {
+                        bytes = rest[i + 1..].iter();
+                        session.skip_line = false;
+                    }
+                    None => bytes = [].iter(),
+                }
+                continue;
+            }
+            // smtp-proto bounds only lines it has to buffer; a long line
+            // that arrives whole would pass, so count here.
+            let rest = bytes.as_slice();
+            let (seg, has_lf) = match rest.iter().position(|&b| b == b'\n') {
+                Some(i) => (i + 1, true),
+                None => (rest.len(), false),
+            };
+            if session.partial + seg > MAX_COMMAND_LINE {
+                receiver = RequestReceiver::default();
+                session.partial = 0;
+                if has_lf {
+                    bytes = rest[seg..].iter();
+                } else {
+                    bytes = [].iter();
+                    session.skip_line = true;
+                }
+                out.extend_from_slice(b"500 5.5.2 line too long\r\n");
+                if let Next::Close = session.bad_command(&mut out) {
+                    let _ = stream.write_all(&out).await;
+                    return;
+                }
+                continue;
+            }
+            // RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` (no domain) must be
+            // accepted; smtp-proto refuses an address without a domain.
+            if session.partial == 0 && has_lf && is_bare_postmaster(&rest[..seg]) {
+                bytes = rest[seg..].iter();
+                let to = smtp_proto::RcptTo { address: "postmaster".to_string(), orcpt: None, rrvs: 0, flags: 0 };
+                let next = session.handle(Request::Rcpt { to }, &svc, &mut out).await;
+                debug_assert!(matches!(next, Next::Continue));
+                continue;
+            }
+            session.partial = if has_lf { 0 } else { session.partial + seg };
+            let next = match receiver.ingest(&mut bytes) {
+                Ok(request) => {
+                    let request = request.into_owned();
+                    session.handle(request, &svc, &mut out).await
+                }
+                Err(SmtpError::NeedsMoreData { .. }) => break,
+                Err(e) => {
+                    if matches!(e, SmtpError::ResponseTooLong) {
+                        session.skip_line = true;
+                        receiver = RequestReceiver::default();
+                    }
+                    out.extend_from_slice(error_reply(&e).as_bytes());
+                    session.bad_command(&mut out)
+                }
+            };
+            match next {
+                Next::Continue => {}
+                Next::Close => {
+                    let _ = stream.write_all(&out).await;
+                    let _ = stream.shutdown().await;
+                    return;
+                }
+                Next::StartTls => {
+                    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
+                        return;
+                    }
+                    out.clear();
+                    // RFC 3207 §4.2 / CVE-2011-0411: anything pipelined after
+                    // STARTTLS came in cleartext; it must not be executed.
+                    let discarded = bytes.as_slice().len();
+                    if discarded > 0 {
+                        info!(peer = %session.peer, bytes = discarded, "discarded plaintext sent after STARTTLS");
+                    }
+                    receiver = RequestReceiver::default();
+                    session.partial = 0;
+                    session.skip_line = false;
+                    let Stream::Plain(tcp) = stream else { return };
+                    let Some(tls) = svc.tls.as_ref() else { return };
+                    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+                        Ok(Ok(s)) => stream = Stream::Tls(Box::new(s)),
+                        Ok(Err(e)) => {
+                            debug!(peer = %session.peer, error = %e, "STARTTLS handshake failed");
+                            return;
+                        }
+                        Err(_) => return,
+                    }
+                    // RFC 3207 §4.2: forget everything, EHLO again.
+                    session.helo = None;
+                    session.esmtp = false;
+                    session.reset();
+                    session.tls = true;
+                    continue 'conn;
+                }
+            }
+        }
+    }
+}
+
+fn is_bare_postmaster(line: &[u8]) -> bool {
+    let line = line.trim_ascii_end();
+    line.len() == b"RCPT TO:<postmaster>".len() && line.eq_ignore_ascii_case(b"RCPT TO:<postmaster>")
+}
+
+fn error_reply(e: &SmtpError) -> String {
+    match e {
+        SmtpError::UnknownCommand => "500 5.5.2 unknown command\r\n".into(),
+        SmtpError::ResponseTooLong => "500 5.5.2 line too long\r\n".into(),
+        SmtpError::InvalidSenderAddress => "501 5.1.7 invalid sender address\r\n".into(),
+        SmtpError::InvalidRecipientAddress => "501 5.1.3 invalid recipient address\r\n".into(),
+        SmtpError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}\r\n"),
+        SmtpError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}\r\n"),
+        SmtpError::UnsupportedParameter { param } => {
+            format!("504 5.5.4 unsupported parameter {}\r\n", sanitize(param))
+        }
+        _ => "500 5.5.2 syntax error\r\n".into(),
+    }
+}
+
+impl Session {
+    fn bad_command(&mut self, out: &mut Vec<u8>) -> Next {
+        self.bad_commands += 1;
+        if self.bad_commands >= MAX_BAD_COMMANDS {
+            out.extend_from_slice(b"421 4.7.0 too many errors, closing\r\n");
+            return Next::Close;
+        }
+        Next::Continue
+    }
+
+    /// Handles one command.
+    async fn handle(&mut self, request: Request<String>, svc: &Arc<Services>, out: &mut Vec<u8>) -> Next {
+        let reply = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
+        match request {
+            Request::Ehlo { host } => {
+                self.reset();
+                self.helo = Some(host.clone());
+                self.esmtp = true;
+                let starttls = if svc.tls.is_some() && !self.tls { "250-STARTTLS\r\n" } else { "" };
+                out.extend_from_slice(
+                    format!(
+                        "250-{} greets {}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
+                         250-SIZE {}\r\n{starttls}250 ENHANCEDSTATUSCODES\r\n",
+                        svc.config.hostname,
+                        sanitize(&host),
+                        svc.config.smtp_max_message_size
+                    )
+                    .as_bytes(),
+                );
+            }
+            Request::Helo { host } => {
+                self.reset();
+                self.helo = Some(host);
+                self.esmtp = false;
+                reply(out, &format!("250 {}\r\n", svc.config.hostname));
+            }
+            Request::Lhlo { .. } => {
+                reply(out, "500 5.5.1 this is SMTP: use EHLO\r\n");
+                return self.bad_command(out);
+            }
+            Request::Mail { from } => {
+                if self.helo.is_none() {
+                    reply(out, "503 5.5.1 EHLO first\r\n");
+                } else if self.from.is_some() {
+                    reply(out, "503 5.5.1 nested MAIL command\r\n");
+                } else if from.size as u64 > svc.config.smtp_max_message_size {
+                    reply(out, "552 5.3.4 message size exceeds fixed maximum message size\r\n");
+                } else if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
+                    reply(out, "555 5.5.4 BODY=BINARYMIME not supported\r\n");
+                } else if from.address.len() > 256 {
+                    reply(out, "501 5.1.7 sender address too long\r\n");
+                } else {
+                    self.from = Some(from.address);
+                    reply(out, "250 2.1.0 sender ok\r\n");
+                }
+            }
+            Request::Rcpt { to } => {
+                if self.from.is_none() {
+                    reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.recipients.len() >= svc.config.smtp_max_recipients {
+                    reply(out, "452 4.5.3 too many recipients\r\n");
+                } else {
+                    match check_recipient(&to.address, svc).await {
+                        Ok(user) => {
+                            if !self.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&to.address)) {
+                                self.recipients.push(Recipient { address: to.address, user });
+                            }
+                            reply(out, "250 2.1.5 recipient ok\r\n");
+                        }
+                        Err(text) => {
+                            info!(peer = %self.peer, rcpt = %sanitize(&to.address), reply = text.trim_end(), "recipient refused");
+                            reply(out, &text);
+                        }
+                    }
+                }
+            }
+            Request::Data => {
+                if self.from.is_none() {
+                    reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.recipients.is_empty() {
+                    reply(out, "554 5.5.1 no valid recipients\r\n");
+                } else {
+                    let mut data = DataReceiver::new();
+                    // smtp-proto's receiver starts as if mid-line; prime it
+                    // so a dot on the very first line is recognised.
+                    let mut scratch = Vec::new();
+                    data.ingest(&mut b"\r\n".iter(), &mut scratch);
+                    self.data = Some(DataSink::Collect(data));
+                    self.message.clear();
+                    reply(out, "354 start mail input; end with <CRLF>.<CRLF>\r\n");
+                }
+            }
+            Request::Bdat { .. } => {
+                reply(out, "502 5.5.1 BDAT not supported\r\n");
+                return self.bad_command(out);
+            }
+            Request::Rset => {
+                self.reset();
+                reply(out, "250 2.0.0 ok\r\n");
+            }
+            Request::Noop { .. } => reply(out, "250 2.0.0 ok\r\n"),
+            Request::Vrfy { .. } => reply(out, "252 2.5.0 cannot verify, but will try\r\n"),
+            Request::Expn { .. } => reply(out, "502 5.5.1 EXPN not available\r\n"),
+            Request::Help { .. } => reply(out, "214 2.0.0 see RFC 5321\r\n"),
+            Request::Quit => {
+                reply(out, "221 2.0.0 bye\r\n");
+                return Next::Close;
+            }
+            Request::StartTls => {
+                if self.tls {
+                    reply(out, "503 5.5.1 TLS already active\r\n");
+                } else if svc.tls.is_none() {
+                    reply(out, "454 4.7.0 TLS not available\r\n");
+                } else if self.data.is_some() || self.from.is_some() {
+                    reply(out, "503 5.5.1 STARTTLS not allowed inside a transaction\r\n");
+                } else {
+                    reply(out, "220 2.0.0 ready to start TLS\r\n");
+                    return Next::StartTls;
+                }
+            }
+            Request::Auth { .. } => {
+                // Not a submission server: no AUTH, and nothing AUTH-like
+                // ever widens what RCPT accepts.
+                reply(out, "502 5.5.1 AUTH not available: this server only accepts mail for its own users\r\n");
+                return self.bad_command(out);
+            }
+            _ => {
+                reply(out, "502 5.5.1 command not implemented\r\n");
+                return self.bad_command(out);
+            }
+        }
+        Next::Continue
+    }
+
+    fn reset(&mut self) {
+        self.from = None;
+        self.recipients.clear();
+        self.data = None;
+        self.message = Vec::new();
+    }
+
+    /// Feeds DATA bytes; true when the final dot was seen.
+    fn ingest_data(&mut self, bytes: &mut std::slice::Iter<'_, u8>, max: u64) -> bool {
+        match self.data.as_mut() {
+            Some(DataSink::Collect(receiver)) => {
+                let done = receiver.ingest(bytes, &mut self.message);
+                if !done && self.message.len() as u64 > max {
+                    let dummy = DummyDataReceiver::new_data(receiver);
+                    self.data = Some(DataSink::Discard(dummy));
+                    self.message = Vec::new();
+                }
+                done
+            }
+            Some(DataSink::Discard(receiver)) => receiver.ingest(bytes),
+            None => true,
+        }
+    }
+
+    async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
+        let oversized = matches!(self.data, Some(DataSink::Discard(_)))
+            || self.message.len() as u64 > svc.config.smtp_max_message_size;
+        self.data = None;
+        let recipients = std::mem::take(&mut self.recipients);
+        let from = self.from.take().unwrap_or_default();
+        let message = std::mem::take(&mut self.message);
+        if oversized {
+            info!(peer = %self.peer, "message too big; discarded");
+            out.extend_from_slice(b"552 5.3.4 message size exceeds fixed maximum message size\r\n");
+            return;
+        }
+        let helo = self.helo.clone().unwrap_or_default();
+        let hostname = &svc.config.hostname;
+        let auth_results = if svc.config.mail_auth.enabled {
+            Some(authentication_results(svc, self.peer.ip(), &helo, &from, &message).await)
+        } else {
+            None
+        };
+        let message = strip_our_auth_results(&message, hostname);
+        let message = Arc::new(message);
+        let protocol = match (self.esmtp, self.tls) {
+            (false, _) => "SMTP",
+            (true, false) => "ESMTP",
+            (true, true) => "ESMTPS",
+        };
+        let mut delivered = 0usize;
+        let mut rejected: Vec<String> = Vec::new();
+        let mut temporary: Option<&'static str> = None;
+        let mut permanent = 0usize;
+        let total = recipients.len();
+        for rcpt in recipients {
+            let mut header = format!(
+                "Return-Path: <{}>\r\nReceived: from {} ({})\r\n\tby {} (pobox) with {protocol}\r\n\tfor <{}>; {}\r\n",
+                sanitize(&from),
+                sanitize(if helo.is_empty() { "unknown" } else { &helo }),
+                ip_literal(self.peer.ip()),
+                hostname,
+                sanitize(&rcpt.address),
+                crate::date::rfc5322(SystemTime::now()),
+            );
+            if let Some(ar) = &auth_results {
+                header.push_str(ar);
+            }
+            let svc2 = svc.clone();
+            let body = message.clone();
+            let (user, address, sender) = (rcpt.user.clone(), rcpt.address.clone(), from.clone());
+            let result = tokio::task::spawn_blocking(move || {
+                let mut full = Vec::with_capacity(header.len() + body.len());
+                full.extend_from_slice(header.as_bytes());
+                full.extend_from_slice(&body);
+                let env = Rcpt { from: &sender, to: &address, user: &user };
+                svc2.pipeline.deliver(&env, &full)
+            })
+            .await;
+            match result {
+                Ok(Outcome::Stored(copies)) => {
+                    for (folder, d) in &copies {
+                        info!(peer = %self.peer, user = %rcpt.user, uidl = %d.uidl.as_str(), size = d.size,
+                              folder = folder.as_deref().unwrap_or("INBOX"), "delivered (smtp)");
+                    }
+                    delivered += 1;
+                }
+                Ok(Outcome::Discarded) => delivered += 1,
+                Ok(Outcome::Rejected(reason)) => {
+                    info!(peer = %self.peer, user = %rcpt.user, "sieve rejected the message for this recipient");
+                    rejected.push(reason);
+                }
+                Ok(Outcome::Failed(StoreError::OverQuota(detail))) => {
+                    info!(user = %rcpt.user, %detail, "delivery refused: over quota");
+                    if svc.config.quota_permanent {
+                        permanent += 1;
+                    } else {
+                        temporary.get_or_insert("452 4.2.2 mailbox full, try again later\r\n");
+                    }
+                }
+                Ok(Outcome::Failed(StoreError::DiskFull(reason))) => {
+                    warn!(user = %rcpt.user, %reason, "delivery failed: disk full");
+                    temporary = Some("452 4.3.1 insufficient system storage\r\n");
+                }
+                Ok(Outcome::Failed(StoreError::TooLarge { .. })) => permanent += 1,
+                Ok(Outcome::Failed(e)) => {
+                    warn!(user = %rcpt.user, error = %e, "delivery failed");
+                    temporary = Some("451 4.3.0 temporary delivery failure\r\n");
+                }
+                Err(e) => {
+                    warn!(error = %e, "delivery task failed");
+                    temporary = Some("451 4.3.0 temporary delivery failure\r\n");
+                }
+            }
+        }
+        let line = if let Some(t) = temporary {
+            if delivered > 0 {
+                warn!(peer = %self.peer, delivered, "temporary failure for some recipients; the sender will retry all, \
+                       so the others may receive the message twice");
+            }
+            t.to_string()
+        } else if permanent > 0 && delivered == 0 && rejected.len() + permanent == total {
+            if svc.config.quota_permanent {
+                "552 5.2.2 mailbox full\r\n".into()
+            } else {
+                "552 5.3.4 message too big\r\n".into()
+            }
+        } else if permanent > 0 {
+            // Some copies stored, others permanently refused: a retry would
+            // duplicate, a 5xx would lose the stored ones. Ask for a retry
+            // anyway: the refused copies must not vanish silently.
+            warn!(peer = %self.peer, delivered, permanent, "permanent failure for some recipients; asking for a retry");
+            "451 4.3.0 temporary delivery failure for some recipients\r\n".into()
+        } else if delivered == 0 && !rejected.is_empty() {
+            format!("550 5.7.1 {}\r\n", sanitize(&rejected[0]))
+        } else {
+            if !rejected.is_empty() {
+                info!(peer = %self.peer, delivered, rejected = rejected.len(),
+                      "sieve rejected the message for some recipients; delivered to the others");
+            }
+            "250 2.0.0 message accepted for delivery\r\n".into()
+        };
+        out.extend_from_slice(line.as_bytes());
+        debug!(peer = %self.peer, "transaction done");
+    }
+}
+
+/// Maps an RCPT address to a local user, or the reply refusing it.
+async fn check_recipient(address: &str, svc: &Arc<Services>) -> Result<String, String> {
+    const RELAY: &str = "550 5.7.1 relaying denied\r\n";
+    let (local, domain) = match address.rsplit_once('@') {
+        Some((l, d)) => (l, Some(d)),
+        None => (address, None),
+    };
+    // RFC 5321 §4.5.1: "postmaster" without a domain must be accepted.
+    let local = match domain {
+        None if local.eq_ignore_ascii_case("postmaster") => "postmaster",
+        None => return Err("501 5.1.3 recipient address needs a domain\r\n".into()),
+        Some(domain) => {
+            if domain.is_empty() || domain.starts_with('[') {
+                return Err(RELAY.into());
+            }
+            if !svc.config.domains.is_empty() && !svc.config.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)) {
+                return Err(RELAY.into());
+            }
+            local
+        }
+    };
+    // user%host@us and host!user@us: source routing of old; never.
+    if local.contains(['%', '!', '@', '"']) {
+        return Err(RELAY.into());
+    }
+    let user = local.split_once('+').map_or(local, |(u, _)| u).to_string();
+    if !pobox_auth::userdb::valid_username(&user) {
+        return Err("550 5.1.1 no such user here\r\n".into());
+    }
+    let users = svc.users.clone();
+    let lookup = user.clone();
+    match tokio::task::spawn_blocking(move || users.exists(&lookup)).await {
+        Ok(Ok(true)) => Ok(user),
+        Ok(Ok(false)) => Err("550 5.1.1 no such user here\r\n".into()),
+        _ => Err("451 4.3.0 user database unavailable\r\n".into()),
+    }
+}
+
+/// `[192.0.2.1]` / `[IPv6:2001:db8::1]` (RFC 5321 §4.1.3).
+fn ip_literal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => format!("[{v4}]"),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => format!("[{v4}]"),
+            None => format!("[IPv6:{v6}]"),
+        },
+    }
+}
+
+/// Keeps peer-supplied text from breaking a header or reply line.
+fn sanitize(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(256).collect()
+}
+
+/// Removes every `Authentication-Results` field of the header section whose
+/// authserv-id is `hostname` (RFC 8601 §5: a forged claim in our name).
+/// Other fields, the body and line endings are kept byte for byte.
+pub(crate) fn strip_our_auth_results(message: &[u8], hostname: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(message.len());
+    let mut pos = 0;
+    let mut dropping = false;
+    while pos < message.len() {
+        let end = message[pos..].iter().position(|&b| b == b'\n').map_or(message.len(), |i| pos + i + 1);
+        let line = &message[pos..end];
+        let content = line.strip_suffix(b"\n").unwrap_or(line);
+        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        if content.is_empty() {
+            // End of the header section: the rest is body.
+            out.extend_from_slice(&message[pos..]);
+            return out;
+        }
+        let continuation = matches!(line[0], b' ' | b'\t');
+        if !continuation {
+            dropping = is_our_auth_results(content, hostname);
+        }
+        if !dropping {
+            out.extend_from_slice(line);
+        }
+        pos = end;
+    }
+    out
+}
+
+fn is_our_auth_results(field: &[u8], hostname: &str) -> bool {
+    const NAME: &[u8] = b"authentication-results";
+    let Some(colon) = field.iter().position(|&b| b == b':') else { return false };
+    let name = field[..colon].trim_ascii_end();
+    if !name.eq_ignore_ascii_case(NAME) {
+        return false;
+    }
+    let value = &field[colon + 1..];
+    let id_end = value.iter().position(|&b| b == b';').unwrap_or(value.len());
+    // authserv-id, possibly followed by a version; comments are not
+    // expected here, and an unfolded id is what we compare.
+    let id = value[..id_end].trim_ascii();
+    let id = id.split(|b| b.is_ascii_whitespace()).next().unwrap_or_default();
+    id.eq_ignore_ascii_case(hostname.as_bytes())
+}
+
+// ---------------------------------------------------------------------------
+// SPF, DKIM, DMARC
+// ---------------------------------------------------------------------------
+
+struct Checker {
+    auth: MessageAuthenticator,
+    caches: Caches,
+}
+
+/// One DNS cache per record type: bounded, expiring; entries configured in
+/// `mail_auth.static_txt` never expire.
+struct Cache<K, V> {
+    map: Mutex<HashMap<K, (V, Option<Instant>)>>,
+}
+
+const CACHE_MAX: usize = 10_000;
+
+impl<K: Hash + Eq, V: Clone> Cache<K, V> {
+    fn new() -> Self {
+        Cache { map: Mutex::new(HashMap::new()) }
+    }
+    fn pin(&self, key: K, value: V) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (value, None));
+    }
+}
+
+impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for Cache<K, V> {
+    fn get<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        match map.get(name) {
+            Some((v, None)) => Some(v.clone()),
+            Some((v, Some(until))) if *until > Instant::now() => Some(v.clone()),
+            _ => None,
+        }
+    }
+
+    fn remove<Q>(&self, name: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(name).map(|(v, _)| v)
+    }
+
+    fn insert(&self, key: K, value: V, valid_until: Instant) {
+        let mut map = self.map.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= CACHE_MAX {
+            let now = Instant::now();
+            map.retain(|_, (_, until)| until.is_none_or(|u| u > now));
+            if map.len() >= CACHE_MAX {
+                map.retain(|_, (_, until)| until.is_none());
+            }
+        }
+        // Cap positive TTLs at an hour; a resolver error is not cached long.
+        let valid_until = valid_until.min(Instant::now() + Duration::from_secs(3600));
+        map.insert(key, (value, Some(valid_until)));
+    }
+}
+
+struct Caches {
+    txt: Cache<Box<str>, Txt>,
+    mx: Cache<Box<str>, RecordSet<MX>>,
+    ipv4: Cache<Box<str>, RecordSet<Ipv4Addr>>,
+    ipv6: Cache<Box<str>, RecordSet<Ipv6Addr>>,
+    ptr: Cache<IpAddr, RecordSet<Box<str>>>,
+}
+
+impl Checker {
+    fn build(config: &MailAuthConfig) -> Option<Checker> {
+        let mut opts = ResolverOpts::default();
+        opts.timeout = Duration::from_secs(3);
+        opts.attempts = 2;
+        let auth = match &config.resolver {
+            DnsResolver::System => match MessageAuthenticator::new_system_conf() {
+                Ok(a) => Ok(a),
+                Err(_) => {
+                    warn!("cannot read /etc/resolv.conf; SPF/DKIM/DMARC results will be temperror");
+                    MessageAuthenticator::new(ResolverConfig::from_name_servers(Vec::new()), opts.clone())
+                }
+            },
+            DnsResolver::Servers(servers) => {
+                let list = servers
+                    .iter()
+                    .map(|s| {
+                        let mut ns = NameServerConfig::udp_and_tcp(s.ip());
+                        for c in &mut ns.connections {
+                            c.port = s.port();
+                        }
+                        ns
+                    })
+                    .collect();
+                MessageAuthenticator::new(ResolverConfig::from_name_servers(list), opts)
+            }
+        };
+        let auth = match auth {
+            Ok(a) => a,
+            Err(e) => {
+                warn!(error = %e, "DNS resolver unavailable; Authentication-Results will say none");
+                return None;
+            }
+        };
+        let caches = Caches {
+            txt: Cache::new(),
+            mx: Cache::new(),
+            ipv4: Cache::new(),
+            ipv6: Cache::new(),
+            ptr: Cache::new(),
+        };
+        for (name, value) in &config.static_txt {
+            let mut key = name.to_ascii_lowercase();
+            if !key.ends_with('.') {
+                key.push('.');
+            }
+            let parsed: Option<Txt> = if key.contains("._domainkey.") {
+                mail_auth::common::verify::DomainKey::parse(value.as_bytes()).ok().map(Into::into)
+            } else if key.starts_with("_dmarc.") {
+                mail_auth::dmarc::Dmarc::parse(value.as_bytes()).ok().map(Into::into)
+            } else {
+                mail_auth::spf::Spf::parse(value.as_bytes()).ok().map(Into::into)
+            };
+            match parsed {
+                Some(txt) => caches.txt.pin(key.into_boxed_str(), txt),
+                None => warn!(name = %name, "static DNS TXT record does not parse; ignored"),
+            }
+        }
+        Some(Checker { auth, caches })
+    }
+
+    fn params<P>(
+        &self,
+        p: P,
+    ) -> Parameters<
+        '_,
+        P,
+        Cache<Box<str>, Txt>,
+        Cache<Box<str>, RecordSet<MX>>,
+        Cache<Box<str>, RecordSet<Ipv4Addr>>,
+        Cache<Box<str>, RecordSet<Ipv6Addr>>,
+        Cache<IpAddr, RecordSet<Box<str>>>,
+    > {
+        Parameters::new(p)
+            .with_txt_cache(&self.caches.txt)
+            .with_mx_cache(&self.caches.mx)
+            .with_ipv4_cache(&self.caches.ipv4)
+            .with_ipv6_cache(&self.caches.ipv6)
+            .with_ptr_cache(&self.caches.ptr)
+    }
+
+    async fn check(&self, hostname: &str, ip: IpAddr, helo: &str, from: &str, message: &[u8]) -> String {
+        let helo_domain = if helo.is_empty() { "unknown" } else { helo };
+        let spf = if from.is_empty() {
+            self.auth.verify_spf(self.params(SpfParameters::verify_ehlo(ip, helo_domain, hostname))).await
+        } else {
+            self.auth
+                .verify_spf(self.params(SpfParameters::verify_mail_from(ip, helo_domain, hostname, from)))
+                .await
+        };
+        let mut results = AuthenticationResults::new(hostname);
+        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+            results = if from.is_empty() {
+                results.with_spf_ehlo_result(&spf, ip, helo_domain)
+            } else {
+                results.with_spf_mailfrom_result(&spf, ip, from, helo_domain)
+            };
+            return format!("Authentication-Results: {results}\r\n");
+        };
+        let dkim = self.auth.verify_dkim(self.params(&parsed)).await;
+        let mail_from_domain = from.rsplit_once('@').map_or(helo_domain, |(_, d)| d);
+        let dmarc = self
+            .auth
+            .verify_dmarc(self.params(DmarcParameters::new(&parsed, &dkim, mail_from_domain, &spf)))
+            .await;
+        let header_from = parsed.from.first().map(String::as_str).unwrap_or_default();
+        results = results.with_dkim_results(&dkim, header_from);
+        results = if from.is_empty() {
+            results.with_spf_ehlo_result(&spf, ip, helo_domain)
+        } else {
+            results.with_spf_mailfrom_result(&spf, ip, from, helo_domain)
+        };
+        results = results.with_dmarc_result(&dmarc);
+        format!("Authentication-Results: {results}\r\n")
+    }
+}
+
+/// The `Authentication-Results:` field (with CRLF) for this message. DNS
+/// trouble shows as `temperror` results; a check that takes too long as
+/// `none`: never a reason not to deliver.
+async fn authentication_results(svc: &Arc<Services>, ip: IpAddr, helo: &str, from: &str, message: &[u8]) -> String {
+    let hostname = &svc.config.hostname;
+    let checker = svc.smtp.checker.get_or_init(|| Checker::build(&svc.config.mail_auth));
+    let Some(checker) = checker else {
+        return format!("Authentication-Results: {hostname}; none (no DNS resolver)\r\n");
+    };
+    match tokio::time::timeout(svc.config.mail_auth.timeout, checker.check(hostname, ip, helo, from, message)).await {
+        Ok(header) => header,
+        Err(_) => {
+            info!(%ip, "SPF/DKIM/DMARC checks timed out");
+            format!("Authentication-Results: {hostname}; none (checks timed out)\r\n")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_only_our_auth_results_with_continuations() {
+        let m = b"Authentication-Results: mx.example.org; spf=pass\r\n\tsmtp.mailfrom=x\r\n\
+                  Authentication-Results: other.example; dkim=pass\r\n\
+                  authentication-results :MX.EXAMPLE.ORG 1; none\r\n\
+                  Subject: hi\r\n\r\nAuthentication-Results: mx.example.org; body stays\r\n";
+        let s = strip_our_auth_results(m, "mx.example.org");
+        let s = String::from_utf8(s).unwrap();
+        assert_eq!(
+            s,
+            "Authentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\n\
+             Authentication-Results: mx.example.org; body stays\r\n"
+        );
+    }
+
+    #[test]
+    fn strip_keeps_bare_lf_and_8bit() {
+        let m = b"Subject: \xff\xfe junk\nAuthentication-Results: h; x\n\nbody\n";
+        assert_eq!(strip_our_auth_results(m, "h"), b"Subject: \xff\xfe junk\n\nbody\n");
+    }
+
+    #[test]
+    fn ip_literals() {
+        assert_eq!(ip_literal("192.0.2.1".parse().unwrap()), "[192.0.2.1]");
+        assert_eq!(ip_literal("2001:db8::1".parse().unwrap()), "[IPv6:2001:db8::1]");
+        assert_eq!(ip_literal("::ffff:192.0.2.1".parse().unwrap()), "[192.0.2.1]");
+    }
+}

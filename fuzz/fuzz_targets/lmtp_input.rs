@@ -1,0 +1,135 @@
+//! LMTP intake as `crates/server/src/lmtp.rs` drives smtp-proto: a
+//! `RequestReceiver` for commands and, after `DATA`, a `DataReceiver`
+//! primed with a line end (as lmtp.rs does) until the final dot.
+//!
+//! Properties:
+//! 1. No panic on any input.
+//! 2. Chunking does not matter: the input fed in one piece and in pieces
+//!    (sizes from the input itself) yields the same requests and messages,
+//!    since TCP may split anywhere.
+//! 3. Round trip: any message, CRLF-normalised and dot-stuffed as an SMTP
+//!    client sends it, comes out of the DATA receiver unchanged.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
+use smtp_proto::{Error, Request};
+
+#[derive(Debug, PartialEq)]
+enum Event {
+    Request(String),
+    Error(String),
+    Message(Vec<u8>),
+}
+
+/// The lmtp.rs loop, minus I/O and delivery.
+fn drive(chunks: &[&[u8]]) -> Vec<Event> {
+    let mut events = Vec::new();
+    let mut receiver = RequestReceiver::default();
+    let mut data: Option<DataReceiver> = None;
+    let mut message = Vec::new();
+    for chunk in chunks {
+        let mut bytes = chunk.iter();
+        while !bytes.as_slice().is_empty() {
+            if let Some(d) = data.as_mut() {
+                if !d.ingest(&mut bytes, &mut message) {
+                    break;
+                }
+                events.push(Event::Message(std::mem::take(&mut message)));
+                data = None;
+                continue;
+            }
+            match receiver.ingest(&mut bytes) {
+                Ok(request) => {
+                    let request = request.into_owned();
+                    if matches!(request, Request::Data) {
+                        let mut d = DataReceiver::new();
+                        let mut scratch = Vec::new();
+                        d.ingest(&mut b"\r\n".iter(), &mut scratch);
+                        data = Some(d);
+                        message.clear();
+                    }
+                    events.push(Event::Request(format!("{request:?}")));
+                }
+                Err(Error::NeedsMoreData { .. }) => break,
+                Err(e) => events.push(Event::Error(format!("{e:?}"))),
+            }
+        }
+    }
+    events
+}
+
+fn stuff_crlf(m: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at_start = true;
+    let mut prev = 0u8;
+    for &b in m {
+        if b == b'\n' && prev != b'\r' {
+            out.push(b'\r');
+        }
+        if at_start && b == b'.' {
+            out.push(b'.');
+        }
+        out.push(b);
+        at_start = b == b'\n';
+        prev = b;
+    }
+    out
+}
+
+fn unstuff(wire: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut at_start = true;
+    for &b in wire {
+        if at_start && b == b'.' {
+            at_start = false;
+            continue;
+        }
+        at_start = b == b'\n';
+        out.push(b);
+    }
+    out
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    if mode & 1 == 0 {
+        // 2: whole vs. chunked.
+        let whole = drive(&[rest]);
+        let mut chunks = Vec::new();
+        let mut r = rest;
+        let mut k = mode as usize;
+        while !r.is_empty() {
+            k = k.wrapping_mul(31).wrapping_add(7);
+            let n = (k % 17 + 1).min(r.len());
+            chunks.push(&r[..n]);
+            r = &r[n..];
+        }
+        let split = drive(&chunks);
+        assert_eq!(whole, split, "chunking changed the result");
+    } else {
+        // 3: round trip through DATA. No bare CR in the message (SMTP
+        // cannot carry one and lmtp.rs's clients never send one).
+        let msg: Vec<u8> = rest.iter().copied().filter(|&b| b != b'\r').collect();
+        let mut wire = b"DATA\r\n".to_vec();
+        let mut body = stuff_crlf(&msg);
+        if !body.is_empty() && !body.ends_with(b"\r\n") {
+            body.extend_from_slice(b"\r\n");
+        }
+        wire.extend_from_slice(&body);
+        wire.extend_from_slice(b".\r\n");
+        let events = drive(&[&wire]);
+        let got = events.iter().find_map(|e| match e {
+            Event::Message(m) => Some(m.clone()),
+            _ => None,
+        });
+        // What lmtp.rs stores: the CRLF message, un-stuffed, with the final
+        // line end the client had to add.
+        let mut want: Vec<u8> = stuff_crlf(&msg).into_iter().collect();
+        want = unstuff(&want);
+        if !want.is_empty() && !want.ends_with(b"\r\n") {
+            want.extend_from_slice(b"\r\n");
+        }
+        assert_eq!(got.as_deref(), Some(&want[..]), "DATA round trip changed the message; events {events:?}");
+    }
+});
