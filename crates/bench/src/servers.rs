@@ -125,7 +125,7 @@ impl Server {
 pub(crate) fn pobox_config(work: &Path, ports: &[u16; 3], passwd: &Path, cert: &Path, key: &Path) -> String {
     format!(
         "# written by pobox-bench\n\
-         pop3 = [\"127.0.0.1:{}\"]\npop3s = [\"127.0.0.1:{}\"]\nlmtp = [\"127.0.0.1:{}\"]\n\
+         pop3 = [\"127.0.0.1:{}\"]\npop3s = [\"127.0.0.1:{}\"]\nlmtp = [\"127.0.0.1:{}\"]\nsmtp = []\n\
          mail_location = \"{}/{{user}}/Maildir\"\npasswd_file = \"{}\"\n\
          tls_cert = \"{}\"\ntls_key = \"{}\"\nmax_connections = 30000\nmax_connections_per_ip = 30000\nlog = \"warn\"\n",
         ports[0],

@@ -280,12 +280,9 @@ pub struct Settings {
     pub user: Option<String>,
 }
 
-/// Default SMTP listeners. The issue asks for `0.0.0.0:25`; it stays off
-/// until every test that starts `pobox serve` passes `--smtp none` (or a
-/// loopback port), since a default bind of port 25 makes concurrent test
-/// servers collide (and fail where Postfix already owns 25).
-/// TODO(lead): flip to `&["0.0.0.0:25"]` together with that test change.
-const DEFAULT_SMTP: &[&str] = &[];
+/// SMTP listens on port 25 by default (issue 4); `smtp = []` or `--smtp none`
+/// disables it.
+const DEFAULT_SMTP: &[&str] = &["0.0.0.0:25"];
 
 /// The minimum RFC 1939 §3 allows for the logged-in inactivity timer.
 const MIN_SESSION_TIMEOUT: u64 = 600;

@@ -427,6 +427,8 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                 (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, false, svc, shutdown).await,
                 (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, true, svc, shutdown).await,
                 (Protocol::Lmtp, Accepted::Tcp(tcp, addr)) => {
+                    // Replies are small and pipelined; do not let Nagle hold them.
+                    let _ = tcp.set_nodelay(true);
                     lmtp::serve(tcp, addr.to_string(), svc, shutdown).await
                 }
                 (Protocol::Lmtp, Accepted::Unix(s)) => lmtp::serve(s, "unix".into(), svc, shutdown).await,

@@ -757,6 +757,17 @@ impl<K: Hash + Eq, V: Clone> ResolverCache<K, V> for Cache<K, V> {
     }
 }
 
+/// Verifier parameters with our caches.
+type CachedParams<'x, P> = Parameters<
+    'x,
+    P,
+    Cache<Box<str>, Txt>,
+    Cache<Box<str>, RecordSet<MX>>,
+    Cache<Box<str>, RecordSet<Ipv4Addr>>,
+    Cache<Box<str>, RecordSet<Ipv6Addr>>,
+    Cache<IpAddr, RecordSet<Box<str>>>,
+>;
+
 struct Caches {
     txt: Cache<Box<str>, Txt>,
     mx: Cache<Box<str>, RecordSet<MX>>,
@@ -826,18 +837,7 @@ impl Checker {
         Some(Checker { auth, caches })
     }
 
-    fn params<P>(
-        &self,
-        p: P,
-    ) -> Parameters<
-        '_,
-        P,
-        Cache<Box<str>, Txt>,
-        Cache<Box<str>, RecordSet<MX>>,
-        Cache<Box<str>, RecordSet<Ipv4Addr>>,
-        Cache<Box<str>, RecordSet<Ipv6Addr>>,
-        Cache<IpAddr, RecordSet<Box<str>>>,
-    > {
+    fn params<P>(&self, p: P) -> CachedParams<'_, P> {
         Parameters::new(p)
             .with_txt_cache(&self.caches.txt)
             .with_mx_cache(&self.caches.mx)

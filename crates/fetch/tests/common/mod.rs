@@ -477,7 +477,7 @@ impl PoboxServe {
         let child = Command::new(&bin)
             .arg("--data")
             .arg(&data)
-            .args(["serve", "--pop3", &format!("127.0.0.1:{pop3}"), "--pop3s", &format!("127.0.0.1:{pop3s}"), "--lmtp", "none"])
+            .args(["serve", "--pop3", &format!("127.0.0.1:{pop3}"), "--pop3s", &format!("127.0.0.1:{pop3s}"), "--lmtp", "none", "--smtp", "none"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

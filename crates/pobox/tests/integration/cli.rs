@@ -115,7 +115,7 @@ fn bind_failure_is_one_line_naming_the_address_and_exits_quickly() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = dir
         .pobox()
-        .args(["serve", "--pop3", &addr, "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+        .args(["serve", "--pop3", &addr, "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0", "--smtp", "none"])
         .timeout(Duration::from_secs(20))
         .output();
     assert!(!out.status.success(), "{}", out.dump());
@@ -135,7 +135,7 @@ fn bind_failure_message_states_the_os_error_once() {
     let addr = taken.local_addr().unwrap().to_string();
     let out = dir
         .pobox()
-        .args(["serve", "--pop3", &addr, "--pop3s", "none", "--lmtp", "none"])
+        .args(["serve", "--pop3", &addr, "--pop3s", "none", "--lmtp", "none", "--smtp", "none"])
         .timeout(Duration::from_secs(20))
         .output();
     assert!(!out.status.success());
@@ -157,7 +157,7 @@ fn config_errors_name_the_key_and_stop_the_start() {
             .pobox()
             .arg("--config")
             .arg(&config)
-            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0", "--smtp", "none"])
             .timeout(Duration::from_secs(20))
             .output();
         assert!(!out.status.success(), "{text}: {}", out.dump());

@@ -333,7 +333,7 @@ impl<'d> ServerBuilder<'d> {
             .arg(self.dir.data())
             .arg("--config")
             .arg(&config_path)
-            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0"])
+            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0", "--smtp", "none"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
