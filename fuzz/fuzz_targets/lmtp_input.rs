@@ -1,60 +1,88 @@
-//! LMTP intake as `crates/server/src/lmtp.rs` drives smtp-proto: a
-//! `RequestReceiver` for commands and, after `DATA`, a `DataReceiver`
-//! primed with a line end (as lmtp.rs does) until the final dot.
+//! LMTP intake as `crates/server/src/lmtp.rs` drives it: commands are cut
+//! into whole lines by pobox's `LineSplitter` and each line is parsed with
+//! smtp-proto's `Request::parse`; after `DATA`, a `DataReceiver` primed with
+//! a line end (as lmtp.rs does) takes raw bytes until the final dot.
 //!
 //! Properties:
 //! 1. No panic on any input.
 //! 2. Chunking does not matter: the input fed in one piece and in pieces
 //!    (sizes from the input itself) yields the same requests and messages,
-//!    since TCP may split anywhere.
+//!    since TCP may split anywhere. (This target found the bug that made
+//!    lmtp.rs switch from smtp-proto's `RequestReceiver` to whole lines.)
 //! 3. Round trip: any message, CRLF-normalised and dot-stuffed as an SMTP
 //!    client sends it, comes out of the DATA receiver unchanged.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use smtp_proto::request::receiver::{DataReceiver, RequestReceiver};
-use smtp_proto::{Error, Request};
+use pobox_proto::line::{LineSplitter, Split};
+use smtp_proto::Request;
+use smtp_proto::request::receiver::{DataReceiver, MAX_LINE_LENGTH};
 
 #[derive(Debug, PartialEq)]
 enum Event {
     Request(String),
     Error(String),
+    TooLong,
     Message(Vec<u8>),
 }
 
 /// The lmtp.rs loop, minus I/O and delivery.
 fn drive(chunks: &[&[u8]]) -> Vec<Event> {
     let mut events = Vec::new();
-    let mut receiver = RequestReceiver::default();
+    let mut lines = LineSplitter::new(MAX_LINE_LENGTH);
+    let mut inbuf: Vec<u8> = Vec::new();
     let mut data: Option<DataReceiver> = None;
     let mut message = Vec::new();
     for chunk in chunks {
-        let mut bytes = chunk.iter();
-        while !bytes.as_slice().is_empty() {
+        inbuf.extend_from_slice(chunk);
+        let mut pos = 0;
+        while pos < inbuf.len() {
             if let Some(d) = data.as_mut() {
-                if !d.ingest(&mut bytes, &mut message) {
+                let mut bytes = inbuf[pos..].iter();
+                let done = d.ingest(&mut bytes, &mut message);
+                pos = inbuf.len() - bytes.as_slice().len();
+                if !done {
                     break;
                 }
                 events.push(Event::Message(std::mem::take(&mut message)));
                 data = None;
                 continue;
             }
-            match receiver.ingest(&mut bytes) {
-                Ok(request) => {
-                    let request = request.into_owned();
-                    if matches!(request, Request::Data) {
-                        let mut d = DataReceiver::new();
-                        let mut scratch = Vec::new();
-                        d.ingest(&mut b"\r\n".iter(), &mut scratch);
-                        data = Some(d);
-                        message.clear();
+            match lines.split(&inbuf[pos..]) {
+                Split::Line { line, consumed } => {
+                    let mut command = line.to_vec();
+                    command.extend_from_slice(b"\r\n");
+                    pos += consumed;
+                    match Request::parse(&mut command.iter()) {
+                        Ok(request) => {
+                            let request = request.into_owned();
+                            if matches!(request, Request::Data) {
+                                let mut d = DataReceiver::new();
+                                let mut scratch = Vec::new();
+                                d.ingest(&mut b"\r\n".iter(), &mut scratch);
+                                data = Some(d);
+                                message.clear();
+                            }
+                            events.push(Event::Request(format!("{request:?}")));
+                        }
+                        Err(e) => events.push(Event::Error(format!("{e:?}"))),
                     }
-                    events.push(Event::Request(format!("{request:?}")));
                 }
-                Err(Error::NeedsMoreData { .. }) => break,
-                Err(e) => events.push(Event::Error(format!("{e:?}"))),
+                Split::TooLong { consumed, continued } => {
+                    pos += consumed;
+                    if !continued {
+                        events.push(Event::TooLong);
+                    }
+                }
+                Split::NeedMoreData { consumed } => {
+                    pos += consumed;
+                    if consumed == 0 {
+                        break;
+                    }
+                }
             }
         }
+        inbuf.drain(..pos);
     }
     events
 }
