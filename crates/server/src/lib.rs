@@ -27,6 +27,7 @@ mod control;
 pub mod credcache;
 pub mod date;
 pub mod delivery;
+mod intake;
 mod lmtp;
 mod pop3;
 mod smtp;

@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pobox_proto::line::{LineSplitter, Split};
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
 use smtp_proto::{Error as SmtpError, Request};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::Services;
+use crate::intake::{Body, sanitize};
 use crate::delivery::{Outcome, Rcpt};
 use crate::shutdown::Shutdown;
 use pobox_store::StoreError;
@@ -34,18 +34,12 @@ struct Recipient {
     user: String,
 }
 
-enum DataSink {
-    Collect(DataReceiver),
-    /// The message exceeded SIZE: swallow the rest and refuse it.
-    Discard(DummyDataReceiver),
-}
 
 struct Session {
     lhlo: Option<String>,
     from: Option<String>,
     recipients: Vec<Recipient>,
-    data: Option<DataSink>,
-    message: Vec<u8>,
+    data: Option<Body>,
     peer: String,
 }
 
@@ -60,7 +54,6 @@ where
         from: None,
         recipients: Vec::new(),
         data: None,
-        message: Vec::new(),
         peer,
     };
     let mut buf = vec![0u8; 64 * 1024];
@@ -229,14 +222,7 @@ impl Session {
                 } else if self.recipients.is_empty() {
                     reply(out, "503 5.5.1 no valid recipients\r\n");
                 } else {
-                    let mut data = DataReceiver::new();
-                    // smtp-proto's receiver starts as if mid-line; prime it
-                    // with a line end so a dot on the very first line (an
-                    // empty message, or a stuffed "..") is seen as such.
-                    let mut scratch = Vec::new();
-                    data.ingest(&mut b"\r\n".iter(), &mut scratch);
-                    self.data = Some(DataSink::Collect(data));
-                    self.message.clear();
+                    self.data = Some(Body::new());
                     reply(out, "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n");
                 }
             }
@@ -262,7 +248,6 @@ impl Session {
         self.from = None;
         self.recipients.clear();
         self.data = None;
-        self.message = Vec::new();
     }
 
     /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user.
@@ -292,35 +277,19 @@ impl Session {
 
     /// Feeds DATA bytes; true when the final dot was seen.
     fn ingest_data(&mut self, bytes: &mut std::slice::Iter<'_, u8>, max: u64) -> bool {
-        match self.data.as_mut() {
-            Some(DataSink::Collect(receiver)) => {
-                let done = receiver.ingest(bytes, &mut self.message);
-                if !done && self.message.len() as u64 > max {
-                    // Keep scanning for the end, but stop storing.
-                    let dummy = DummyDataReceiver::new_data(receiver);
-                    self.data = Some(DataSink::Discard(dummy));
-                    self.message = Vec::new();
-                }
-                done
-            }
-            Some(DataSink::Discard(receiver)) => receiver.ingest(bytes),
-            None => true,
-        }
+        self.data.as_mut().is_none_or(|body| body.ingest(bytes, max))
     }
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let oversized = matches!(self.data, Some(DataSink::Discard(_)))
-            || self.message.len() as u64 > svc.config.lmtp_max_message_size;
-        self.data = None;
+        let body = self.data.take().and_then(|b| b.finish(svc.config.lmtp_max_message_size));
         let recipients = std::mem::take(&mut self.recipients);
         let from = self.from.take().unwrap_or_default();
-        let message = std::mem::take(&mut self.message);
-        if oversized {
+        let Some(message) = body else {
             for _ in &recipients {
                 out.extend_from_slice(b"552 5.3.4 message too big\r\n");
             }
             return;
-        }
+        };
         let message = Arc::new(message);
         for rcpt in recipients {
             let header = trace_headers(&from, &rcpt.address, self.lhlo.as_deref(), &self.peer, &svc.config.hostname);
@@ -390,7 +359,3 @@ fn trace_headers(from: &str, rcpt: &str, lhlo: Option<&str>, peer: &str, hostnam
     )
 }
 
-/// Keeps peer-supplied text from breaking a header or reply line.
-fn sanitize(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(256).collect()
-}

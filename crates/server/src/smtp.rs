@@ -56,13 +56,14 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache,
     Txt,
 };
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver, RequestReceiver};
+use pobox_proto::line::{LineSplitter, Split};
 use smtp_proto::{Error as SmtpError, Request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::Services;
+use crate::intake::{Body, sanitize};
 use crate::config::{DnsResolver, MailAuthConfig};
 use crate::conn::Stream;
 use crate::delivery::{Outcome, Rcpt};
@@ -90,11 +91,6 @@ struct Recipient {
     user: String,
 }
 
-enum DataSink {
-    Collect(DataReceiver),
-    /// The message exceeded the size limit: swallow the rest and refuse it.
-    Discard(DummyDataReceiver),
-}
 
 struct Session {
     helo: Option<String>,
@@ -102,13 +98,8 @@ struct Session {
     tls: bool,
     from: Option<String>,
     recipients: Vec<Recipient>,
-    data: Option<DataSink>,
-    message: Vec<u8>,
+    data: Option<Body>,
     peer: SocketAddr,
-    /// After an overlong command line: skip to the next LF.
-    skip_line: bool,
-    /// Bytes of the current, unfinished command line seen so far.
-    partial: usize,
     bad_commands: u32,
 }
 
@@ -133,7 +124,8 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
     let mut stream = Stream::Plain(tcp);
     let timeout = svc.config.smtp_timeout;
     let mut out = format!("220 {} ESMTP pobox ready\r\n", svc.config.hostname).into_bytes();
-    let mut receiver = RequestReceiver::default();
+    let mut inbuf: Vec<u8> = Vec::new();
+    let mut lines = LineSplitter::new(MAX_COMMAND_LINE);
     let mut session = Session {
         helo: None,
         esmtp: false,
@@ -141,10 +133,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
         from: None,
         recipients: Vec::new(),
         data: None,
-        message: Vec::new(),
         peer,
-        skip_line: false,
-        partial: 0,
         bad_commands: 0,
     };
     let mut buf = vec![0u8; 64 * 1024];
@@ -182,73 +171,56 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                 return;
             }
         };
-        let mut bytes = buf[..n].iter();
-        while !bytes.as_slice().is_empty() {
+        inbuf.extend_from_slice(&buf[..n]);
+        let mut pos = 0;
+        while pos < inbuf.len() {
             if session.data.is_some() {
-                let max = svc.config.smtp_max_message_size;
-                if !session.ingest_data(&mut bytes, max) {
+                let mut bytes = inbuf[pos..].iter();
+                let done = session.ingest_data(&mut bytes, svc.config.smtp_max_message_size);
+                pos = inbuf.len() - bytes.as_slice().len();
+                if !done {
                     break;
                 }
                 session.finish_data(&svc, &mut out).await;
                 continue;
             }
-            if session.skip_line {
-                let rest = bytes.as_slice();
-                match rest.iter().position(|&b| b == b'\n') {
-                    Some(i) => {
-                        bytes = rest[i + 1..].iter();
-                        session.skip_line = false;
+            // Whole lines, each parsed on its own, as lmtp.rs does: one
+            // reply per command however TCP splits the bytes, and the
+            // splitter bounds the line length.
+            let next = match lines.split(&inbuf[pos..]) {
+                Split::Line { line, consumed } => {
+                    pos += consumed;
+                    if is_bare_postmaster(line) {
+                        // RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` (no domain)
+                        // must be accepted; smtp-proto refuses it.
+                        let to = smtp_proto::RcptTo { address: "postmaster".to_string(), orcpt: None, rrvs: 0, flags: 0 };
+                        session.handle(Request::Rcpt { to }, &svc, &mut out).await
+                    } else {
+                        let mut command = Vec::with_capacity(line.len() + 2);
+                        command.extend_from_slice(line);
+                        command.extend_from_slice(b"\r\n");
+                        match Request::parse(&mut command.iter()) {
+                            Ok(request) => session.handle(request.into_owned(), &svc, &mut out).await,
+                            Err(e) => {
+                                out.extend_from_slice(error_reply(&e).as_bytes());
+                                session.bad_command(&mut out)
+                            }
+                        }
                     }
-                    None => bytes = [].iter(),
                 }
-                continue;
-            }
-            // smtp-proto bounds only lines it has to buffer; a long line
-            // that arrives whole would pass, so count here.
-            let rest = bytes.as_slice();
-            let (seg, has_lf) = match rest.iter().position(|&b| b == b'\n') {
-                Some(i) => (i + 1, true),
-                None => (rest.len(), false),
-            };
-            if session.partial + seg > MAX_COMMAND_LINE {
-                receiver = RequestReceiver::default();
-                session.partial = 0;
-                if has_lf {
-                    bytes = rest[seg..].iter();
-                } else {
-                    bytes = [].iter();
-                    session.skip_line = true;
-                }
-                out.extend_from_slice(b"500 5.5.2 line too long\r\n");
-                if let Next::Close = session.bad_command(&mut out) {
-                    let _ = stream.write_all(&out).await;
-                    return;
-                }
-                continue;
-            }
-            // RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` (no domain) must be
-            // accepted; smtp-proto refuses an address without a domain.
-            if session.partial == 0 && has_lf && is_bare_postmaster(&rest[..seg]) {
-                bytes = rest[seg..].iter();
-                let to = smtp_proto::RcptTo { address: "postmaster".to_string(), orcpt: None, rrvs: 0, flags: 0 };
-                let next = session.handle(Request::Rcpt { to }, &svc, &mut out).await;
-                debug_assert!(matches!(next, Next::Continue));
-                continue;
-            }
-            session.partial = if has_lf { 0 } else { session.partial + seg };
-            let next = match receiver.ingest(&mut bytes) {
-                Ok(request) => {
-                    let request = request.into_owned();
-                    session.handle(request, &svc, &mut out).await
-                }
-                Err(SmtpError::NeedsMoreData { .. }) => break,
-                Err(e) => {
-                    if matches!(e, SmtpError::ResponseTooLong) {
-                        session.skip_line = true;
-                        receiver = RequestReceiver::default();
+                Split::TooLong { consumed, continued } => {
+                    pos += consumed;
+                    if !continued {
+                        out.extend_from_slice(b"500 5.5.2 line too long\r\n");
                     }
-                    out.extend_from_slice(error_reply(&e).as_bytes());
                     session.bad_command(&mut out)
+                }
+                Split::NeedMoreData { consumed } => {
+                    pos += consumed;
+                    if consumed == 0 {
+                        break;
+                    }
+                    Next::Continue
                 }
             };
             match next {
@@ -265,13 +237,12 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                     out.clear();
                     // RFC 3207 §4.2 / CVE-2011-0411: anything pipelined after
                     // STARTTLS came in cleartext; it must not be executed.
-                    let discarded = bytes.as_slice().len();
+                    let discarded = inbuf.len() - pos;
                     if discarded > 0 {
                         info!(peer = %session.peer, bytes = discarded, "discarded plaintext sent after STARTTLS");
                     }
-                    receiver = RequestReceiver::default();
-                    session.partial = 0;
-                    session.skip_line = false;
+                    inbuf.clear();
+                    lines = LineSplitter::new(MAX_COMMAND_LINE);
                     let Stream::Plain(tcp) = stream else { return };
                     let Some(tls) = svc.tls.as_ref() else { return };
                     match tokio::time::timeout(timeout, tls.accept(tcp)).await {
@@ -291,6 +262,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                 }
             }
         }
+        inbuf.drain(..pos);
     }
 }
 
@@ -396,13 +368,7 @@ impl Session {
                 } else if self.recipients.is_empty() {
                     reply(out, "554 5.5.1 no valid recipients\r\n");
                 } else {
-                    let mut data = DataReceiver::new();
-                    // smtp-proto's receiver starts as if mid-line; prime it
-                    // so a dot on the very first line is recognised.
-                    let mut scratch = Vec::new();
-                    data.ingest(&mut b"\r\n".iter(), &mut scratch);
-                    self.data = Some(DataSink::Collect(data));
-                    self.message.clear();
+                    self.data = Some(Body::new());
                     reply(out, "354 start mail input; end with <CRLF>.<CRLF>\r\n");
                 }
             }
@@ -452,38 +418,22 @@ impl Session {
         self.from = None;
         self.recipients.clear();
         self.data = None;
-        self.message = Vec::new();
     }
 
     /// Feeds DATA bytes; true when the final dot was seen.
     fn ingest_data(&mut self, bytes: &mut std::slice::Iter<'_, u8>, max: u64) -> bool {
-        match self.data.as_mut() {
-            Some(DataSink::Collect(receiver)) => {
-                let done = receiver.ingest(bytes, &mut self.message);
-                if !done && self.message.len() as u64 > max {
-                    let dummy = DummyDataReceiver::new_data(receiver);
-                    self.data = Some(DataSink::Discard(dummy));
-                    self.message = Vec::new();
-                }
-                done
-            }
-            Some(DataSink::Discard(receiver)) => receiver.ingest(bytes),
-            None => true,
-        }
+        self.data.as_mut().is_none_or(|body| body.ingest(bytes, max))
     }
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let oversized = matches!(self.data, Some(DataSink::Discard(_)))
-            || self.message.len() as u64 > svc.config.smtp_max_message_size;
-        self.data = None;
+        let body = self.data.take().and_then(|b| b.finish(svc.config.smtp_max_message_size));
         let recipients = std::mem::take(&mut self.recipients);
         let from = self.from.take().unwrap_or_default();
-        let message = std::mem::take(&mut self.message);
-        if oversized {
+        let Some(message) = body else {
             info!(peer = %self.peer, "message too big; discarded");
             out.extend_from_slice(b"552 5.3.4 message size exceeds fixed maximum message size\r\n");
             return;
-        }
+        };
         let helo = self.helo.clone().unwrap_or_default();
         let hostname = &svc.config.hostname;
         let auth_results = if svc.config.mail_auth.enabled {
@@ -644,10 +594,6 @@ fn ip_literal(ip: IpAddr) -> String {
     }
 }
 
-/// Keeps peer-supplied text from breaking a header or reply line.
-fn sanitize(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(256).collect()
-}
 
 /// Removes every `Authentication-Results` field of the header section whose
 /// authserv-id is `hostname` (RFC 8601 §5: a forged claim in our name).
