@@ -486,7 +486,11 @@ impl Driver<'_> {
             // Apply retention before the snapshot, so that what has expired
             // (e.g. mail retrieved under EXPIRE 0 by a session that ended
             // without QUIT) is not offered again.
-            if let Err(e) = svc.store.expire(user, SystemTime::now(), false) {
+            // Only when the policy can expire anything: otherwise it is a
+            // second scan of the maildrop on every login for nothing (the
+            // restore area's purge is left to the timer).
+            let can_expire = policy.retrieved != Days::Never || policy.max_age != Days::Never;
+            if can_expire && let Err(e) = svc.store.expire(user, SystemTime::now(), false) {
                 warn!(user, error = %e, "expiry at login failed");
             }
             // The lock may be held for a moment by something that is not a
