@@ -115,8 +115,11 @@ struct KeySet {
 /// JWKS file when it changed).
 pub struct OAuthValidator {
     config: OAuthConfig,
-    cache: Mutex<Option<((SystemTime, u64), Arc<KeySet>)>>,
+    cache: Mutex<Option<(JwksStamp, Arc<KeySet>)>>,
 }
+
+/// The JWKS file's modification time and length, to notice a change.
+type JwksStamp = (SystemTime, u64);
 
 impl fmt::Debug for OAuthValidator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
