@@ -48,6 +48,7 @@
 //! * `maildir/deliver.rs`: the single writer (tmp → fsync → new → fsync dir).
 //! * `maildir/name.rs`: unique names, host escaping, UIDL from a file name.
 //! * `maildir/scan.rs`: listing `new/` + `cur/`, sizes, `tmp/` reaping.
+//! * `maildir/cache.rs`: big maildrops' listings kept between sessions.
 //! * `maildir/commit.rs`: POP3 UPDATE.
 //! * `maildir/lock.rs`: the maildrop lock.
 
@@ -66,8 +67,8 @@ pub mod quota;
 pub mod retention;
 
 pub use maildir::{
-    BaseIndex, ExpireReport, InvalidMailLocation, MailLocation, Maildir, MaildirStore, NamedDelivery,
-    RemovedMessage, wire_size_of,
+    BaseIndex, ExpireReport, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir, MaildirStore,
+    NamedDelivery, RemovedMessage, wire_size_of,
 };
 
 /// A storage backend holding the maildrops of many users.

@@ -66,6 +66,11 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     let users = super::open_users(&settings);
     let store = super::open_store(&settings)?;
+    // Now, while still root: the directory holding the maildrops may not be
+    // writable by the user the daemon drops to.
+    store
+        .open_lock_file()
+        .with_context(|| format!("cannot open the maildrop lock file {}", store.lock_file().display()))?;
     let needs_tls = !settings.pop3.is_empty() || !settings.pop3s.is_empty() || !settings.smtp.is_empty();
     let tls_dir = settings.data_dir.join("tls");
     let tls = if needs_tls {
@@ -106,6 +111,8 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     } else {
         Vec::new()
     };
+    // Before the switch: only root may raise the hard limit.
+    let open_files = raise_open_files(settings.server.max_connections);
     let dropped = privdrop::drop_privileges(settings.user.as_deref(), &settings.data_dir, &own_files)
         .context("cannot drop privileges")?;
 
@@ -113,7 +120,44 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, users, store, tls, bound, dropped))
+    runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files))
+}
+
+/// The open-files limit the server ended up with, and what it wanted.
+struct OpenFiles {
+    limit: u64,
+    wanted: u64,
+}
+
+/// Descriptors one POP3 session can hold at once: its socket, the maildrop
+/// lock file, and a message file while RETR streams it.
+const FDS_PER_SESSION: u64 = 3;
+/// Listeners, the passwd file, logs, the blocking pool's files, LMTP.
+const FDS_RESERVE: u64 = 1024;
+
+/// Raises RLIMIT_NOFILE so that `max_connections` sessions fit: the soft
+/// limit up to the hard one, and (as root) the hard one up to what is
+/// needed, capped by the kernel's `fs.nr_open`. The usual default soft
+/// limit (1,024) would cap a POP3 server at a few hundred sessions, each
+/// failing with "too many open files" at login. Never lowers anything.
+fn raise_open_files(max_connections: usize) -> OpenFiles {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let wanted = (max_connections as u64).saturating_mul(FDS_PER_SESSION).saturating_add(FDS_RESERVE);
+    let now = getrlimit(Resource::Nofile);
+    let (soft, hard) = (now.current.unwrap_or(u64::MAX), now.maximum.unwrap_or(u64::MAX));
+    if soft >= wanted {
+        return OpenFiles { limit: soft, wanted };
+    }
+    let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(hard);
+    // Try the hard limit too (works as root); fall back to soft = hard.
+    let target = wanted.min(nr_open.max(hard));
+    let raised = setrlimit(Resource::Nofile, Rlimit { current: Some(target), maximum: Some(target.max(hard)) }).is_ok()
+        || setrlimit(Resource::Nofile, Rlimit { current: Some(hard.min(wanted)), maximum: Some(hard) }).is_ok();
+    let limit = if raised { getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX) } else { soft };
+    OpenFiles { limit, wanted }
 }
 
 async fn serve(
@@ -123,6 +167,7 @@ async fn serve(
     tls: Option<pobox_server::Tls>,
     bound: Vec<pobox_server::PreBound>,
     dropped: privdrop::Outcome,
+    open_files: OpenFiles,
 ) -> anyhow::Result<()> {
     let stop = stop_signal();
     let mut listeners = Vec::new();
@@ -161,6 +206,18 @@ async fn serve(
                 );
             }
         }
+    }
+    println!("  open files   {} (max_connections {})", open_files.limit, settings.server.max_connections);
+    if open_files.limit < open_files.wanted {
+        tracing::warn!(
+            limit = open_files.limit,
+            wanted = open_files.wanted,
+            "the open-files limit is below {} per connection for max_connections; sessions beyond \
+             about {} will fail to open their maildrop. Raise it (systemd: LimitNOFILE=) or lower \
+             max_connections",
+            FDS_PER_SESSION,
+            open_files.limit.saturating_sub(FDS_RESERVE) / FDS_PER_SESSION,
+        );
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();

@@ -8,7 +8,6 @@
 //! <maildir>/tmp/<unique>                          being written (never read)
 //! <maildir>/new/<unique>,S=<stored>,W=<wire>      delivered, not yet seen by POP3
 //! <maildir>/cur/<unique>,S=<stored>,W=<wire>:2,   seen (moved at POP3 UPDATE)
-//! <maildir>/pobox.lock                            the POP3 session lock (flock)
 //! ```
 //!
 //! Messages are stored with LF line endings, so mutt, Dovecot and every
@@ -28,6 +27,7 @@
 //! `X` (the *base name*) never changes once chosen, so the UIDL derived from
 //! it survives `new/` → `cur/` moves and flag changes (RFC 1939 §7).
 
+mod cache;
 mod commit;
 mod deliver;
 mod lock;
@@ -52,6 +52,7 @@ use crate::quota::{Quota, QuotaConfig, Usage};
 use crate::retention::{self as policy, ExpiryReason, Policy, RetentionConfig};
 use crate::{CommitReport, Delivered, Mailbox, Mailstore, MessageInfo, StoreError};
 
+pub use cache::{DEFAULT_MAX_MESSAGES as LISTING_CACHE_DEFAULT_MAX, ListingCacheStats, MIN_MESSAGES as LISTING_CACHE_MIN};
 pub use scan::wire_size_of;
 
 /// Where users' Maildirs live: a path template containing `{user}`, like
@@ -91,6 +92,17 @@ impl MailLocation {
     #[must_use]
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// Where the maildrop lock file lives: in the directory above the first
+    /// path component holding `{user}` (`/srv/mail/{user}/Maildir` →
+    /// `/srv/mail/.pobox-maildrops.lock`).
+    #[must_use]
+    pub fn lock_file(&self) -> PathBuf {
+        let first = self.0.find(USER_PLACEHOLDER).unwrap_or(0);
+        let dir_end = self.0[..first].rfind('/').unwrap_or(0);
+        let dir = if dir_end == 0 { "/" } else { &self.0[..dir_end] };
+        Path::new(dir).join(lock::LOCK_FILE)
     }
 
     /// The Maildir path for `user`.
@@ -135,12 +147,20 @@ pub struct InvalidMailLocation {
 
 /// The Maildir [`Mailstore`]: one Maildir per user, found through a
 /// [`MailLocation`] template.
+///
+/// Keeps the listings of big maildrops between sessions while their
+/// directories are unchanged (see [`with_listing_cache_limits`]); clones
+/// share that cache.
+///
+/// [`with_listing_cache_limits`]: MaildirStore::with_listing_cache_limits
 #[derive(Debug, Clone)]
 pub struct MaildirStore {
     location: MailLocation,
     max_size: Option<u64>,
     retention: Arc<RetentionConfig>,
     quota: Arc<QuotaConfig>,
+    listings: Arc<cache::ListingCache>,
+    locks: Arc<lock::LockTable>,
 }
 
 impl MaildirStore {
@@ -148,11 +168,56 @@ impl MaildirStore {
     #[must_use]
     pub fn new(location: MailLocation) -> Self {
         MaildirStore {
-            location,
             max_size: None,
             retention: Arc::new(RetentionConfig::default()),
             quota: Arc::new(QuotaConfig::default()),
+            listings: Arc::new(cache::ListingCache::new(cache::MIN_MESSAGES, cache::DEFAULT_MAX_MESSAGES)),
+            locks: Arc::new(lock::LockTable::new(location.lock_file())),
+            location,
         }
+    }
+
+    /// The file holding every maildrop's session lock (see
+    /// `maildir/lock.rs`): `.pobox-maildrops.lock` in the directory that
+    /// holds the maildrops, so every process using the same mail location
+    /// agrees on it.
+    #[must_use]
+    pub fn lock_file(&self) -> &Path {
+        self.locks.path()
+    }
+
+    /// Opens the lock file now rather than at the first login: the daemon
+    /// does this before dropping root, so the directory that holds the
+    /// maildrops need not be writable by the daemon's user.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] if the file cannot be opened or created.
+    pub fn open_lock_file(&self) -> Result<(), StoreError> {
+        self.locks.open()
+    }
+
+    /// Sets the listing cache's bounds: only maildrops of at least
+    /// `min_messages` messages are cached ([`LISTING_CACHE_MIN`] by
+    /// default: smaller ones scan quickly), and at most `max_messages`
+    /// messages across all maildrops ([`LISTING_CACHE_DEFAULT_MAX`] by
+    /// default, roughly 200 bytes each); `max_messages` 0 turns the cache
+    /// off. Only [`open`] uses the cache: a listing is reused while the
+    /// `new/` and `cur/` directories stat exactly as when it was taken,
+    /// which had then been unchanged for two seconds (the rule is explained
+    /// in `maildir/cache.rs`). Starts with an empty cache.
+    ///
+    /// [`open`]: Mailstore::open
+    #[must_use]
+    pub fn with_listing_cache_limits(mut self, min_messages: usize, max_messages: usize) -> Self {
+        self.listings = Arc::new(cache::ListingCache::new(min_messages, max_messages));
+        self
+    }
+
+    /// Counters of the listing cache, for diagnostics (logs, tests).
+    #[must_use]
+    pub fn listing_cache_stats(&self) -> ListingCacheStats {
+        self.listings.stats()
     }
 
     /// Limits delivered messages to `max` POP3 octets (the `W=` size);
@@ -229,6 +294,7 @@ impl MaildirStore {
                     rustix::fs::RenameFlags::NOREPLACE,
                 )
                 .map_err(|e| io_error(format_args!("releasing {}", file.to_string_lossy()), e.into()))?;
+                self.listings.invalidate(inbox.path());
                 fsync_dir(&inbox.dir(Sub::New))?;
                 fsync_dir(&from_dir)?;
                 inbox.forget_usage();
@@ -267,12 +333,21 @@ impl Mailstore for MaildirStore {
         let maildir = self.maildir(user)?;
         // Lock first, then look: the snapshot must be taken under the lock so
         // that two sessions never both believe they own a message.
-        let lock = lock::MaildropLock::acquire(maildir.path())?;
+        let lock = self.locks.acquire(maildir.path())?;
         maildir.reap_tmp();
-        let mut messages = maildir.scan()?;
+        // Shared with the listing cache (and other sessions' snapshots) as
+        // long as nothing needs changing in it.
+        let mut messages = self.listings.listing(&maildir)?;
         let log = maildir.load_log()?;
-        for m in &mut messages {
-            m.retrieved = log.retrieved.get(m.uidl.as_str()).copied();
+        let first_logged = match log.retrieved.is_empty() {
+            true => None,
+            false => messages.iter().position(|m| log.retrieved.contains_key(m.uidl.as_str())),
+        };
+        if let Some(first) = first_logged {
+            // Copy on write: only sessions with logged retrievals pay.
+            for m in &mut Arc::make_mut(&mut messages)[first..] {
+                m.retrieved = log.retrieved.get(m.uidl.as_str()).copied();
+            }
         }
         tracing::debug!(user, count = messages.len(), "maildrop opened");
         Ok(Box::new(MaildirMailbox {
@@ -281,11 +356,15 @@ impl Mailstore for MaildirStore {
             messages,
             policy: self.retention.for_user(user),
             lock,
+            listings: Arc::clone(&self.listings),
         }))
     }
 
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         let maildir = self.maildir(user)?;
+        // new/ is about to change, which outdates a cached listing; drop it
+        // now rather than at the next open.
+        self.listings.invalidate(maildir.path());
         let quota = self.quota.for_user(user);
         if quota.is_unlimited() {
             return maildir.deliver(message, self.max_size);
@@ -624,9 +703,12 @@ impl Maildir {
 struct MaildirMailbox {
     user: String,
     maildir: Maildir,
-    messages: Vec<MessageInfo>,
+    /// Possibly shared with the listing cache: changed only through
+    /// `Arc::make_mut`.
+    messages: Arc<Vec<MessageInfo>>,
     policy: Policy,
     lock: lock::MaildropLock,
+    listings: Arc<cache::ListingCache>,
 }
 
 impl Mailbox for MaildirMailbox {
@@ -678,6 +760,12 @@ impl Mailbox for MaildirMailbox {
             aside,
             SystemTime::now(),
         );
+        // Removals and new/ -> cur/ moves change the directories' stamps,
+        // which would invalidate the cached listing anyway; say so now,
+        // under the lock. A QUIT that changes nothing keeps it.
+        if !deleted.is_empty() || this.messages.iter().any(|m| m.key.as_maildir().0 == Sub::New) {
+            this.listings.invalidate(this.maildir.path());
+        }
         // Explicit for the reader: the lock goes only after the removals are
         // durable (or have failed), never before.
         drop(this.lock);
@@ -693,12 +781,22 @@ impl Mailbox for MaildirMailbox {
     }
 
     fn record_retrievals(&mut self, indices: &[usize], when: SystemTime) -> Result<(), StoreError> {
-        let mut records = Vec::new();
+        let mut new = false;
         for &i in indices {
             let m = self
                 .messages
-                .get_mut(i)
+                .get(i)
                 .ok_or(StoreError::NoSuchMessage { index: i })?;
+            new |= m.retrieved.is_none();
+        }
+        if !new {
+            return Ok(());
+        }
+        // Copies the snapshot if the listing cache shares it.
+        let messages = Arc::make_mut(&mut self.messages);
+        let mut records = Vec::new();
+        for &i in indices {
+            let m = &mut messages[i];
             if m.retrieved.is_none() {
                 m.retrieved = Some(when);
                 records.push(retention::Record::Retrieved(
@@ -750,7 +848,7 @@ impl MaildirStore {
         dry_run: bool,
     ) -> Result<ExpireReport, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = match lock::MaildropLock::acquire(maildir.path()) {
+        let _lock = match self.locks.acquire(maildir.path()) {
             Ok(l) => l,
             Err(StoreError::InUse) => {
                 return Ok(ExpireReport {
@@ -788,6 +886,7 @@ impl MaildirStore {
             return Ok(report);
         }
         if !expired.is_empty() {
+            self.listings.invalidate(maildir.path());
             let commit =
                 commit::commit(&maildir, &messages, &expired, policy.restore_days > 0, now)?;
             if commit.failed > 0 {
@@ -859,7 +958,7 @@ impl MaildirStore {
         now: SystemTime,
     ) -> Result<Vec<String>, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = lock::MaildropLock::acquire(maildir.path())?;
+        let _lock = self.locks.acquire(maildir.path())?;
         let log = maildir.load_log()?;
         let cur = maildir.dir(Sub::Cur);
         let mut restored = Vec::new();
@@ -892,6 +991,7 @@ impl MaildirStore {
             }
         }
         if !restored.is_empty() {
+            self.listings.invalidate(maildir.path());
             maildir.forget_usage();
             fsync_dir(&cur)?;
             fsync_dir(&maildir.restore_cur())?;
@@ -967,10 +1067,11 @@ impl MaildirStore {
     /// [`StoreError::InUse`], or filesystem errors.
     pub fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = lock::MaildropLock::acquire(maildir.path())?;
+        let _lock = self.locks.acquire(maildir.path())?;
         let messages = maildir.scan()?;
         let all: Vec<usize> = (0..messages.len()).collect();
         let aside = self.retention.for_user(user).restore_days > 0;
+        self.listings.invalidate(maildir.path());
         commit::commit(&maildir, &messages, &all, aside, now)
     }
 }

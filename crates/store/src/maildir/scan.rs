@@ -4,15 +4,18 @@
 //! `.`; never read `tmp/`, only clean files there that have not been touched
 //! for 36 hours.
 
-use std::cmp::Ordering;
-use std::ffi::{OsStr, OsString};
-use std::fs;
+use std::ffi::{CStr, OsStr, OsString};
+use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Maildir, Sub, io_error, name, open_read};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
+use rustix::io::Errno;
+
+use super::{Maildir, Sub, io_error, name};
 use crate::{MessageInfo, MessageKey, StoreError};
 
 /// maildir(5): "When a cleaning program notices a file in tmp that has not
@@ -85,68 +88,207 @@ impl WireCounter {
 
 /// Lists `new/` and `cur/`, ordered by delivery time then name.
 pub(super) fn scan(md: &Maildir) -> Result<Vec<MessageInfo>, StoreError> {
-    let mut messages = Vec::new();
-    for sub in [Sub::New, Sub::Cur] {
-        let dir = md.dir(sub);
-        let entries = fs::read_dir(&dir)
-            .map_err(|e| io_error(format_args!("reading {}", dir.display()), e))?;
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), e))?;
-            if let Some(info) = message_info(&dir, sub, &entry)? {
-                messages.push(info);
-            }
+    Ok(scan_listing(md)?.messages)
+}
+
+/// A scan of `new/` and `cur/` with what the listing cache needs to know
+/// whether it may keep it.
+#[derive(Debug)]
+pub(super) struct Listing {
+    /// The messages, ordered by delivery time then name.
+    pub(super) messages: Vec<MessageInfo>,
+    /// `[new/, cur/]` as stat'ed before each was read, if a second stat
+    /// after both were read found them unchanged; `None` otherwise.
+    pub(super) stamps: Option<[DirStamp; 2]>,
+}
+
+/// What identifies a directory and tells whether its entries changed:
+/// device, inode, size, and modification and change times to the
+/// nanosecond. Any create, unlink or rename in the directory sets both
+/// times to the current (coarse) kernel time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct DirStamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl DirStamp {
+    pub(super) fn of(meta: &fs::Metadata) -> DirStamp {
+        DirStamp {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
         }
     }
-    messages.sort_by(|a, b| match a.received.cmp(&b.received) {
-        Ordering::Equal => a.key.as_maildir().1.cmp(b.key.as_maildir().1),
-        other => other,
+
+    /// True if neither time is later than `at - margin`. False as well
+    /// when `at` is before 1970, which no real clock is.
+    pub(super) fn unchanged_since(&self, at: SystemTime, margin: Duration) -> bool {
+        let nanos = |(secs, nsec): (i64, i64)| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
+        let latest = nanos(self.mtime).max(nanos(self.ctime));
+        at.duration_since(UNIX_EPOCH)
+            .is_ok_and(|at| latest + margin.as_nanos() as i128 <= at.as_nanos() as i128)
+    }
+}
+
+/// The directory entries of `new/` and `cur/` are read with `getdents`
+/// into this buffer, so reading a name allocates nothing; 64 KiB holds
+/// several hundred entries per system call.
+const DIRENT_BUFFER: usize = 64 * 1024;
+
+/// [`scan`], with the directories' stamps.
+pub(super) fn scan_listing(md: &Maildir) -> Result<Listing, StoreError> {
+    let mut messages = Vec::new();
+    let mut buf = Vec::with_capacity(DIRENT_BUFFER);
+    let mut opened = Vec::with_capacity(2);
+    for sub in [Sub::New, Sub::Cur] {
+        let path = md.dir(sub);
+        let read_err = |e: io::Error| io_error(format_args!("reading {}", path.display()), e);
+        // Follows a symlinked new/ or cur/, as read_dir did.
+        let dir = File::from(
+            rustix::fs::open(
+                &path,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| read_err(e.into()))?,
+        );
+        let before = DirStamp::of(&dir.metadata().map_err(read_err)?);
+        read_messages(&dir, &path, sub, &mut buf, &mut messages)?;
+        opened.push((dir, path, before));
+    }
+    // Stat'ed again after both were read: equal stamps mean the listing of
+    // each directory is what it held all along (see cache.rs for why that
+    // needs old timestamps too).
+    let mut unchanged = true;
+    for (dir, path, before) in &opened {
+        let after = dir
+            .metadata()
+            .map_err(|e| io_error(format_args!("reading {}", path.display()), e))?;
+        unchanged &= DirStamp::of(&after) == *before;
+    }
+    // Names are unique within a directory, so only a name present in both
+    // new/ and cur/ with the same mtime can tie on (time, name); new/ first,
+    // as the stable sort of the new/-then-cur/ list did.
+    messages.sort_unstable_by(|a, b| {
+        let (a_sub, a_name) = a.key.as_maildir();
+        let (b_sub, b_name) = b.key.as_maildir();
+        a.received
+            .cmp(&b.received)
+            .then_with(|| a_name.cmp(b_name))
+            .then_with(|| (a_sub == Sub::Cur).cmp(&(b_sub == Sub::Cur)))
     });
-    Ok(messages)
+    Ok(Listing {
+        messages,
+        stamps: unchanged.then(|| [opened[0].2, opened[1].2]),
+    })
+}
+
+/// Appends the messages of one directory. Allocates only what a
+/// [`MessageInfo`] owns (its name and UIDL): names are read into `buf`,
+/// and each file is stat'ed relative to the directory's descriptor.
+fn read_messages(
+    dir: &File,
+    path: &Path,
+    sub: Sub,
+    buf: &mut Vec<u8>,
+    messages: &mut Vec<MessageInfo>,
+) -> Result<(), StoreError> {
+    let mut entries = RawDir::new(dir, buf.spare_capacity_mut());
+    while let Some(entry) = entries.next() {
+        let entry =
+            entry.map_err(|e| io_error(format_args!("reading {}", path.display()), e.into()))?;
+        let name = entry.file_name();
+        // Also skips `.` and `..`, which getdents returns.
+        if is_hidden(OsStr::from_bytes(name.to_bytes())) {
+            continue;
+        }
+        // Not a regular file for sure: skip without a stat. DT_UNKNOWN
+        // (some filesystems) and DT_REG are decided by the stat below.
+        if !matches!(entry.file_type(), FileType::RegularFile | FileType::Unknown) {
+            continue;
+        }
+        if let Some(info) = message_info(dir, path, sub, name)? {
+            messages.push(info);
+        }
+    }
+    Ok(())
 }
 
 /// The snapshot entry for one directory entry, or `None` if it is not a
-/// message (dot-file, directory, symlink) or vanished while we looked.
+/// message (directory, symlink, device...) or vanished while we looked.
 fn message_info(
-    dir: &Path,
+    dir: &File,
+    path: &Path,
     sub: Sub,
-    entry: &fs::DirEntry,
+    name: &CStr,
 ) -> Result<Option<MessageInfo>, StoreError> {
-    let name = entry.file_name();
-    if is_hidden(&name) {
-        return Ok(None);
-    }
-    let path = dir.join(&name);
-    // DirEntry::metadata does not follow symlinks: a symlink is not one of
-    // our messages and could point anywhere.
-    let meta = match entry.metadata() {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(io_error(format_args!("stat {}", path.display()), e)),
+    let file_name = OsStr::from_bytes(name.to_bytes());
+    let context = |what: &str| format!("{what} {}", path.join(file_name).display());
+    // Not following symlinks: a symlink is not one of our messages and
+    // could point anywhere. Relative to the directory's descriptor, so the
+    // kernel resolves one name, not the whole path.
+    let stat = match rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(s) => s,
+        Err(Errno::NOENT) => return Ok(None),
+        Err(e) => return Err(io_error(context("stat"), e.into())),
     };
-    if !meta.file_type().is_file() {
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
         return Ok(None);
     }
-    let size = match name::wire_size_from_name(&name) {
+    let size = match name::wire_size_from_name(file_name) {
         Some(w) => w,
-        // A foreign file without Dovecot's W=: measure it. One read per
-        // session; cheap next to the RETR that usually follows.
-        None => match open_read(&path).and_then(wire_size_of) {
+        // A foreign file without Dovecot's W=: measure it. Once per scan;
+        // cheap next to the RETR that usually follows.
+        None => match open_read_at(dir, name).and_then(wire_size_of) {
             Ok(w) => w,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error(format_args!("measuring {}", path.display()), e)),
+            Err(e) => return Err(io_error(context("measuring"), e)),
         },
     };
-    let received = meta
-        .modified()
-        .map_err(|e| io_error(format_args!("mtime of {}", path.display()), e))?;
+    // The field types differ between targets (i64/u64, u32/u64).
+    #[allow(clippy::unnecessary_cast)]
+    let (secs, nsec) = (stat.st_mtime as i64, stat.st_mtime_nsec as u32);
+    let Some(received) = system_time(secs, nsec) else {
+        return Err(io_error(
+            context("mtime of"),
+            io::Error::new(io::ErrorKind::InvalidData, "timestamp out of range"),
+        ));
+    };
     Ok(Some(MessageInfo {
-        uidl: name::uidl_for(name::base_of(&name)),
+        uidl: name::uidl_for(name::base_of(file_name)),
         size,
         received,
-        key: MessageKey::maildir(sub, name),
+        key: MessageKey::maildir(sub, file_name.to_os_string()),
         retrieved: None,
     }))
+}
+
+/// A `stat` timestamp as a `SystemTime`, the way `Metadata::modified`
+/// converts it (`secs` may be negative; `nsec` always counts forward).
+fn system_time(secs: i64, nsec: u32) -> Option<SystemTime> {
+    let whole = if secs >= 0 {
+        UNIX_EPOCH.checked_add(Duration::from_secs(secs.unsigned_abs()))
+    } else {
+        UNIX_EPOCH.checked_sub(Duration::from_secs(secs.unsigned_abs()))
+    };
+    whole?.checked_add(Duration::from_nanos(u64::from(nsec)))
+}
+
+/// Opens `name` in `dir` read-only, refusing symlinks (as `open_read` does).
+fn open_read_at(dir: &File, name: &CStr) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
 }
 
 /// The current name of the message with base name `base` in `dir`, if any.
