@@ -45,18 +45,18 @@ pub fn parse_time(text: &str, now: SystemTime) -> Option<SystemTime> {
         Some(rest) => (true, rest),
         None => (false, text),
     };
-    if let Some(unit) = age.chars().last().filter(|c| c.is_ascii_alphabetic()) {
-        if let Ok(n) = age[..age.len() - 1].parse::<u64>() {
-            let secs = match unit {
-                'd' => n.checked_mul(86_400)?,
-                'h' => n.checked_mul(3600)?,
-                'm' => n.checked_mul(60)?,
-                's' => n,
-                _ => return None,
-            };
-            let d = Duration::from_secs(secs);
-            return if future { now.checked_add(d) } else { now.checked_sub(d) };
-        }
+    if let Some(unit) = age.chars().last().filter(|c| c.is_ascii_alphabetic())
+        && let Ok(n) = age[..age.len() - 1].parse::<u64>()
+    {
+        let secs = match unit {
+            'd' => n.checked_mul(86_400)?,
+            'h' => n.checked_mul(3600)?,
+            'm' => n.checked_mul(60)?,
+            's' => n,
+            _ => return None,
+        };
+        let d = Duration::from_secs(secs);
+        return if future { now.checked_add(d) } else { now.checked_sub(d) };
     }
     if future {
         return None;

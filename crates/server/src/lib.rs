@@ -421,23 +421,35 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
         };
         let svc = svc.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
-            let _permit = permit;
-            let _ip_slot = ip_slot;
-            match (protocol, conn) {
-                (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, false, svc, shutdown).await,
-                (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => pop3::serve(tcp, addr, true, svc, shutdown).await,
-                (Protocol::Lmtp, Accepted::Tcp(tcp, addr)) => {
-                    // Replies are small and pipelined; do not let Nagle hold them.
-                    let _ = tcp.set_nodelay(true);
-                    lmtp::serve(tcp, addr.to_string(), svc, shutdown).await
-                }
-                (Protocol::Lmtp, Accepted::Unix(s)) => lmtp::serve(s, "unix".into(), svc, shutdown).await,
-                (Protocol::Smtp, Accepted::Tcp(tcp, addr)) => smtp::serve(tcp, addr, svc, shutdown).await,
-                (_, Accepted::Unix(_)) => {}
+        // One spawn per protocol, not one async block matching on it: a
+        // task's memory is its future's size, and a shared block would make
+        // every idle POP3 session as big as the largest SMTP state.
+        let slots = (permit, ip_slot);
+        match (protocol, conn) {
+            (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, pop3::serve(tcp, addr, false, svc, shutdown)),
+            (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, pop3::serve(tcp, addr, true, svc, shutdown)),
+            (Protocol::Lmtp, Accepted::Tcp(tcp, addr)) => {
+                // Replies are small and pipelined; do not let Nagle hold them.
+                let _ = tcp.set_nodelay(true);
+                spawn_holding(slots, lmtp::serve(tcp, addr.to_string(), svc, shutdown));
             }
-        });
+            (Protocol::Lmtp, Accepted::Unix(s)) => spawn_holding(slots, lmtp::serve(s, "unix".into(), svc, shutdown)),
+            (Protocol::Smtp, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, smtp::serve(tcp, addr, svc, shutdown)),
+            (_, Accepted::Unix(_)) => {}
+        }
     }
+}
+
+/// Runs a connection's future as its own task, holding its connection
+/// slots (global and per-IP) until it ends.
+fn spawn_holding<S: Send + 'static>(slots: S, connection: impl std::future::Future<Output = ()> + Send + 'static) {
+    // Boxed: an async block that awaits a future it captured keeps room
+    // for it twice (the capture and the await), which doubled every task.
+    let connection = Box::pin(connection);
+    tokio::spawn(async move {
+        let _slots = slots;
+        connection.await;
+    });
 }
 
 enum Accepted {
