@@ -577,3 +577,25 @@ fn login_is_never_in_use_because_of_the_background_expiry_pass() {
     }
     assert!(in_use.is_empty(), "{} of {logins} logins refused: {in_use:#?}", in_use.len());
 }
+
+/// The maildrop lock is seen across processes: while a POP3 session of the
+/// server holds alice's maildrop, `pobox mailbox restore alice` (another
+/// process, the same lock file) is refused with the hint, and runs once the
+/// session has ended. Guards the lock file shared by every maildrop
+/// (`store/src/maildir/lock.rs`): a lock only the server's own process
+/// could see would let the admin command in.
+#[test]
+fn an_admin_command_in_another_process_waits_for_the_session_lock() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    dir.deliver("alice", b"Subject: held\n\nbody\n");
+    let srv = dir.server().start();
+    let mut session = srv.login("alice", PW);
+    assert_eq!(session.stat().0, 1);
+    let refused = dir.pobox().args(["mailbox", "restore", "alice"]).output();
+    assert_ne!(refused.status.code(), Some(0), "restore ran under a live session\n{}", refused.dump());
+    assert!(refused.stderr().contains("held by a POP3 session"), "{}", refused.dump());
+    session.quit();
+    let ran = dir.pobox().args(["mailbox", "restore", "alice"]).assert_exit(0);
+    assert!(ran.stdout().contains("restored 0"), "{}", ran.dump());
+}
