@@ -106,11 +106,14 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
 
     // The self-signed pair we generated as root must stay readable for
     // reloads after the switch.
-    let own_files = if settings.tls_pairs.is_empty() {
+    let mut own_files = if settings.tls_pairs.is_empty() {
         vec![tls_dir.clone(), tls_dir.join("cert.pem"), tls_dir.join("key.pem")]
     } else {
         Vec::new()
     };
+    // The maildrop lock file, if root just created it: admin commands run
+    // as the service user must be able to open it too.
+    own_files.push(store.lock_file().to_path_buf());
     // Before the switch: only root may raise the hard limit.
     let open_files = raise_open_files(settings.server.max_connections);
     let dropped = privdrop::drop_privileges(settings.user.as_deref(), &settings.data_dir, &own_files)
