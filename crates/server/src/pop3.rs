@@ -706,8 +706,17 @@ impl Driver<'_> {
     ) -> Result<(), ConnError> {
         let mailbox = self.mailbox.clone().expect("TRANSACTION has a mailbox");
         if size <= WHOLE_MESSAGE_MAX {
-            let mb = mailbox.clone();
-            let whole = tokio::task::spawn_blocking(move || read_whole(&mb, index, size, top_lines)).await;
+            // A hot message (name and data in the kernel's caches) is read
+            // right here, without a thread hand-off; anything that could
+            // wait for a disk goes to the blocking pool.
+            let cached = mailbox.lock().unwrap_or_else(|p| p.into_inner()).read_if_cached(index, size);
+            let whole = match cached {
+                Some(stored) => Ok(encode_whole(&stored, size, top_lines)),
+                None => {
+                    let mb = mailbox.clone();
+                    tokio::task::spawn_blocking(move || read_whole(&mb, index, size, top_lines)).await
+                }
+            };
             match whole {
                 Ok(Whole::Encoded { reply, unstuffed }) => {
                     self.stats.bytes += reply.len() as u64;
@@ -938,6 +947,11 @@ fn read_whole(mailbox: &Mutex<Box<dyn Mailbox>>, index: usize, size: u64, top_li
     if let Err(e) = std::io::Read::read_to_end(&mut std::io::Read::take(reader, size + 1), &mut stored) {
         return Whole::Failed(e.to_string());
     }
+    encode_whole(&stored, size, top_lines)
+}
+
+/// The RETR/TOP reply for a message's stored bytes read whole.
+fn encode_whole(stored: &[u8], size: u64, top_lines: Option<u64>) -> Whole {
     if stored.len() as u64 > size {
         return Whole::Larger;
     }
@@ -948,7 +962,7 @@ fn read_whole(mailbox: &Mutex<Box<dyn Mailbox>>, index: usize, size: u64, top_li
     let status = retr_status_line(size, top_lines);
     let mut reply = Vec::with_capacity(status.len() + stored.len() + stored.len() / 16 + 16);
     reply.extend_from_slice(status.as_bytes());
-    encoder.encode(&stored, &mut reply);
+    encoder.encode(stored, &mut reply);
     encoder.finish(&mut reply);
     Whole::Encoded { reply, unstuffed: encoder.unstuffed_octets() }
 }

@@ -171,6 +171,20 @@ pub trait Mailbox: Send {
     /// * [`StoreError::Io`] on other I/O errors.
     fn open_message(&self, index: usize) -> Result<Box<dyn io::Read + Send>, StoreError>;
 
+    /// The stored bytes of message `index`, read whole, but only if that
+    /// cannot wait for a disk: the file's name resolves from the kernel's
+    /// caches and its data is in the page cache. `None` when it would block,
+    /// when the message holds more than `max` bytes, or on any error: the
+    /// caller then reads it with [`open_message`](Mailbox::open_message) on
+    /// a thread that may block. Lets an async server answer a RETR of a hot
+    /// message without a hand-off to another thread.
+    ///
+    /// The default never reads (always `None`).
+    fn read_if_cached(&self, index: usize, max: u64) -> Option<Vec<u8>> {
+        let _ = (index, max);
+        None
+    }
+
     /// Performs the POP3 UPDATE state (RFC 1939 §6) and releases the lock.
     ///
     /// Removes the messages at the given indices (duplicates are ignored)

@@ -770,3 +770,57 @@ fn store_is_usable_as_a_trait_object_across_threads() {
     assert_eq!(mb.commit(&[0]).unwrap().removed, 1);
     assert!(store.open("u").unwrap().messages().is_empty());
 }
+
+/// `read_if_cached` returns a hot message whole, and nothing when reading
+/// would wait for the disk (its pages dropped from the page cache), when
+/// the message is bigger than allowed, or when its file is gone: in each
+/// of those cases the server falls back to `open_message` on a blocking
+/// thread.
+#[test]
+fn read_if_cached_reads_only_what_cannot_block() {
+    // One CPU for this thread: pages enter the LRU through per-CPU batches,
+    // and POSIX_FADV_DONTNEED only drains the local one, so writing and
+    // evicting on the same CPU makes the eviction below reliable.
+    let mut one = nix::sched::CpuSet::new();
+    let cpu = (0..nix::sched::CpuSet::count())
+        .find(|&c| nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap().is_set(c).unwrap_or(false))
+        .unwrap();
+    one.set(cpu).unwrap();
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &one).unwrap();
+    let f = Fixture::new();
+    let body = b"Subject: hot\n\nbody line\n".repeat(100);
+    f.deliver("alice", &body);
+    let mb = f.open("alice");
+    let size = mb.messages()[0].size;
+    let path = {
+        let files = names(&f.maildir("alice").join("new"));
+        f.maildir("alice").join("new").join(&files[0])
+    };
+    // Warm: just written (and read by nothing else yet, but in the cache).
+    let _ = fs::read(&path).unwrap();
+    assert_eq!(mb.read_if_cached(0, size).as_deref(), Some(&body[..]), "a hot message is read whole");
+    assert_eq!(mb.read_if_cached(0, body.len() as u64 - 1), None, "more than max: not read");
+    assert_eq!(mb.read_if_cached(1, size), None, "no such message");
+
+    // Cold: delivery fsynced the file, so its pages are clean and
+    // POSIX_FADV_DONTNEED drops them (on ext4/xfs/btrfs; tmpfs keeps them).
+    // Retried for up to 3 s in case writeback still holds a page.
+    let file = File::open(&path).unwrap();
+    let on_tmpfs = rustix::fs::fstatfs(&file).unwrap().f_type == 0x0102_1994;
+    if !on_tmpfs {
+        let cold = (0..300).any(|_| {
+            rustix::fs::fadvise(&file, 0, None, rustix::fs::Advice::DontNeed).unwrap();
+            let cold = mb.read_if_cached(0, size).is_none();
+            if !cold {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            cold
+        });
+        assert!(cold, "pages dropped from the page cache, but read_if_cached still read the file");
+        assert_eq!(read_all(mb.open_message(0).unwrap()), body, "the blocking path still reads it");
+        assert_eq!(mb.read_if_cached(0, size).as_deref(), Some(&body[..]), "hot again after a read");
+    }
+
+    fs::remove_file(&path).unwrap();
+    assert_eq!(mb.read_if_cached(0, size), None, "a vanished file is left to open_message");
+}
