@@ -509,21 +509,38 @@ impl Driver<'_> {
             // second scan of the maildrop on every login for nothing (the
             // restore area's purge is left to the timer).
             let can_expire = policy.retrieved != Days::Never || policy.max_age != Days::Never;
-            if can_expire && let Err(e) = svc.store.expire(user, SystemTime::now(), false) {
-                warn!(user, error = %e, "expiry at login failed");
-            }
-            // The lock may be held for a moment by something that is not a
-            // session: the expiry pass or an admin command. Only a session
-            // of this user means [IN-USE]; otherwise wait briefly (RFC 1939
-            // asks for exclusive access, not for refusing at random).
-            let mut opened = svc.store.open(user);
-            for _ in 0..40 {
-                if !matches!(opened, Err(StoreError::InUse)) || svc.sessions.has_user(user) {
-                    break;
+            let mut attempts = 0;
+            let opened = loop {
+                attempts += 1;
+                let expiry_skipped = can_expire
+                    && match svc.store.expire(user, SystemTime::now(), false) {
+                        Ok(report) => report.skipped_in_use,
+                        Err(e) => {
+                            warn!(user, error = %e, "expiry at login failed");
+                            false
+                        }
+                    };
+                let opened = svc.store.open(user);
+                let retry = match &opened {
+                    // The lock may be held for a moment by something that
+                    // is not a session: the expiry timer, an admin command.
+                    // Only a session of this user means [IN-USE]; otherwise
+                    // wait briefly (RFC 1939 asks for exclusive access, not
+                    // for refusing at random).
+                    Err(StoreError::InUse) => !svc.sessions.has_user(user),
+                    // The expiry found the maildrop held (say, by a session
+                    // that is ending and recording what it retrieved) and
+                    // the lock came free before the snapshot: expire first,
+                    // or mail retrieved under EXPIRE 0 is offered again.
+                    Ok(_) => expiry_skipped,
+                    Err(_) => false,
+                };
+                if !retry || attempts >= 40 {
+                    break opened;
                 }
+                drop(opened);
                 std::thread::sleep(std::time::Duration::from_millis(50));
-                opened = svc.store.open(user);
-            }
+            };
             match opened {
                 Ok(mailbox) => Ok((user.to_string(), mailbox, policy)),
                 Err(StoreError::InUse) => Err(LoginFailure::InUse),
