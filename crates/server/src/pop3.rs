@@ -728,14 +728,16 @@ impl Driver<'_> {
             // wait for a disk goes to the blocking pool.
             let cached = mailbox.lock().unwrap_or_else(|p| p.into_inner()).read_if_cached(index, size);
             let whole = match cached {
-                Some(stored) => Ok(encode_whole(&stored, size, top_lines)),
+                Some(stored) => encode_whole(&stored, size, top_lines),
                 None => {
                     let mb = mailbox.clone();
-                    tokio::task::spawn_blocking(move || read_whole(&mb, index, size, top_lines)).await
+                    tokio::task::spawn_blocking(move || read_whole(&mb, index, size, top_lines))
+                        .await
+                        .unwrap_or_else(|e| Whole::Failed(format!("reader task: {e}")))
                 }
             };
             match whole {
-                Ok(Whole::Encoded { reply, unstuffed }) => {
+                Whole::Encoded { reply, unstuffed } => {
                     self.stats.bytes += reply.len() as u64;
                     if self.outbuf.is_empty() {
                         self.outbuf = reply;
@@ -748,18 +750,13 @@ impl Driver<'_> {
                     self.message_sent(index, size, top_lines, unstuffed);
                     return Ok(());
                 }
-                Ok(Whole::Failed(reason)) => {
+                Whole::Failed(reason) => {
                     warn!(peer = %self.peer, index, %reason, "cannot read message");
                     Status::err_code(RespCode::SysTemp, "message cannot be read now").encode(&mut self.outbuf);
                     return Ok(());
                 }
-                Err(e) => {
-                    warn!(peer = %self.peer, index, error = %e, "message reader failed");
-                    Status::err_code(RespCode::SysTemp, "message cannot be read now").encode(&mut self.outbuf);
-                    return Ok(());
-                }
                 // The file is larger than its listed size: stream it.
-                Ok(Whole::Larger) => {}
+                Whole::Larger => {}
             }
         }
         let (tx, mut rx) = mpsc::channel::<Chunk>(4);

@@ -137,6 +137,11 @@ impl Throttle {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 
+    /// True when nothing is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     fn interval(&self, failures: f64) -> Duration {
         let over = failures - f64::from(self.free_failures);
         if over < 1.0 {

@@ -183,12 +183,6 @@ impl ListingCache {
         Ok(messages)
     }
 
-    /// Forgets `path`'s listing (after our own changes to the maildrop;
-    /// the stamps would catch them anyway, this frees the memory at once).
-    pub(super) fn invalidate(&self, path: &Path) {
-        self.lock().remove(path);
-    }
-
     pub(super) fn stats(&self) -> ListingCacheStats {
         self.lock().stats
     }

@@ -294,7 +294,6 @@ impl MaildirStore {
                     rustix::fs::RenameFlags::NOREPLACE,
                 )
                 .map_err(|e| io_error(format_args!("releasing {}", file.to_string_lossy()), e.into()))?;
-                self.listings.invalidate(inbox.path());
                 fsync_dir(&inbox.dir(Sub::New))?;
                 fsync_dir(&from_dir)?;
                 inbox.forget_usage();
@@ -356,15 +355,11 @@ impl Mailstore for MaildirStore {
             messages,
             policy: self.retention.for_user(user),
             lock,
-            listings: Arc::clone(&self.listings),
         }))
     }
 
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         let maildir = self.maildir(user)?;
-        // new/ is about to change, which outdates a cached listing; drop it
-        // now rather than at the next open.
-        self.listings.invalidate(maildir.path());
         let quota = self.quota.for_user(user);
         if quota.is_unlimited() {
             return maildir.deliver(message, self.max_size);
@@ -708,7 +703,6 @@ struct MaildirMailbox {
     messages: Arc<Vec<MessageInfo>>,
     policy: Policy,
     lock: lock::MaildropLock,
-    listings: Arc<cache::ListingCache>,
 }
 
 impl Mailbox for MaildirMailbox {
@@ -765,12 +759,6 @@ impl Mailbox for MaildirMailbox {
             aside,
             SystemTime::now(),
         );
-        // Removals and new/ -> cur/ moves change the directories' stamps,
-        // which would invalidate the cached listing anyway; say so now,
-        // under the lock. A QUIT that changes nothing keeps it.
-        if !deleted.is_empty() || this.messages.iter().any(|m| m.key.as_maildir().0 == Sub::New) {
-            this.listings.invalidate(this.maildir.path());
-        }
         // Explicit for the reader: the lock goes only after the removals are
         // durable (or have failed), never before.
         drop(this.lock);
@@ -891,7 +879,6 @@ impl MaildirStore {
             return Ok(report);
         }
         if !expired.is_empty() {
-            self.listings.invalidate(maildir.path());
             let commit =
                 commit::commit(&maildir, &messages, &expired, policy.restore_days > 0, now)?;
             if commit.failed > 0 {
@@ -996,7 +983,6 @@ impl MaildirStore {
             }
         }
         if !restored.is_empty() {
-            self.listings.invalidate(maildir.path());
             maildir.forget_usage();
             fsync_dir(&cur)?;
             fsync_dir(&maildir.restore_cur())?;
@@ -1076,7 +1062,6 @@ impl MaildirStore {
         let messages = maildir.scan()?;
         let all: Vec<usize> = (0..messages.len()).collect();
         let aside = self.retention.for_user(user).restore_days > 0;
-        self.listings.invalidate(maildir.path());
         commit::commit(&maildir, &messages, &all, aside, now)
     }
 }
