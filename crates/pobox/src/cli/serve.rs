@@ -24,7 +24,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     lmtp: Option<String>,
     /// SMTP address (receive only: mail for local users, never relayed), or
-    /// `none`. Default: none yet (0.0.0.0:25 once enabled).
+    /// `none`. Default 0.0.0.0:25.
     #[arg(long, value_name = "ADDR")]
     smtp: Option<String>,
 }
@@ -75,8 +75,13 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     let tls_dir = settings.data_dir.join("tls");
     let tls = if needs_tls {
         Some(
-            pobox_server::tls::load_or_generate_many(&tls_dir, settings.tls_pairs.clone(), &settings.server.hostname)
-                .context("TLS setup failed")?,
+            pobox_server::tls::load_or_generate_many(
+                &tls_dir,
+                settings.tls_pairs.clone(),
+                &settings.server.hostname,
+                &pobox_server::tls::certificate_ips(&tls_listeners(&settings)),
+            )
+            .context("TLS setup failed")?,
         )
     } else {
         None
@@ -124,6 +129,18 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files))
+}
+
+/// The TCP addresses of the listeners that speak TLS.
+fn tls_listeners(settings: &Settings) -> Vec<std::net::SocketAddr> {
+    [&settings.pop3, &settings.pop3s, &settings.smtp]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| match a {
+            ListenAddr::Tcp(sa) => Some(*sa),
+            ListenAddr::Unix(_) => None,
+        })
+        .collect()
 }
 
 /// The open-files limit the server ended up with, and what it wanted.
