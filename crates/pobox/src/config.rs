@@ -96,6 +96,22 @@ pub struct RawConfig {
     pub tls_certificates: Option<Vec<RawCertPair>>,
     /// OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2).
     pub oauth: Option<RawOAuth>,
+    /// Who may connect to LMTP unix sockets (`lmtp = ["unix:/path"]`).
+    pub lmtp_socket: Option<RawSocketAccess>,
+}
+
+/// `[lmtp_socket]`: permissions of LMTP unix sockets, like Dovecot's
+/// `unix_listener { mode user group }`. Postfix's `lmtp` client runs as
+/// `postfix`, so it needs the socket's owner or group (or mode 0666).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSocketAccess {
+    /// Octal file mode as a string, e.g. `"0660"` (default `"0660"`).
+    pub mode: Option<String>,
+    /// Owning user name (default: the user `pobox serve` starts as).
+    pub owner: Option<String>,
+    /// Owning group name (default: that user's group).
+    pub group: Option<String>,
 }
 
 /// `dns_resolver = "system"` or `dns_resolver = ["192.0.2.53", "[2001:db8::53]:53"]`.
@@ -278,6 +294,8 @@ pub struct Settings {
     pub tls_pairs: Vec<pobox_server::tls::CertPair>,
     /// The `user` key.
     pub user: Option<String>,
+    /// `[lmtp_socket]`: mode and owner of LMTP unix sockets.
+    pub lmtp_socket: pobox_server::SocketAccess,
 }
 
 /// SMTP listens on port 25 by default (issue 4); `smtp = []` or `--smtp none`
@@ -468,11 +486,35 @@ impl Settings {
             log: raw.log.unwrap_or_else(|| "info".into()),
             tls_pairs,
             user: raw.user,
+            lmtp_socket: socket_access(raw.lmtp_socket.unwrap_or_default())?,
             server,
             quota,
             data_dir,
         })
     }
+}
+
+/// `[lmtp_socket]`: the mode is an octal permission mode (at most 0777);
+/// owner and group are names, resolved when the socket is created.
+fn socket_access(raw: RawSocketAccess) -> anyhow::Result<pobox_server::SocketAccess> {
+    let mode = match raw.mode.as_deref() {
+        None => 0o660,
+        Some(text) => {
+            let digits = text.strip_prefix("0o").unwrap_or(text);
+            match u32::from_str_radix(digits, 8) {
+                Ok(m) if m <= 0o777 => m,
+                _ => bail!("lmtp_socket.mode: {text:?} is not an octal mode such as \"0660\""),
+            }
+        }
+    };
+    for (key, v) in [("owner", &raw.owner), ("group", &raw.group)] {
+        if let Some(name) = v
+            && (name.is_empty() || name.contains(['/', ':', ' ']))
+        {
+            bail!("lmtp_socket.{key}: {name:?} is not a valid name");
+        }
+    }
+    Ok(pobox_server::SocketAccess { mode, owner: raw.owner, group: raw.group })
 }
 
 /// `dns_resolver`: `"system"`, or DNS server addresses (port 53 unless given).
@@ -561,6 +603,12 @@ mod tests {
         assert!(err.to_string().contains("session_timeout_secs"), "{err}");
         let err = parse("mail_location = \"/srv/mail\"").err().unwrap();
         assert!(err.to_string().contains("{user}"), "{err}");
+        let s = parse("[lmtp_socket]\nmode = \"0666\"\ngroup = \"postfix\"").unwrap();
+        assert_eq!(s.lmtp_socket.mode, 0o666);
+        assert_eq!(s.lmtp_socket.group.as_deref(), Some("postfix"));
+        assert_eq!(parse("").unwrap().lmtp_socket.mode, 0o660);
+        let err = parse("[lmtp_socket]\nmode = \"rw\"").err().unwrap();
+        assert!(format!("{err:#}").contains("lmtp_socket.mode"), "{err:#}");
         let err = parse("lmtp = [\"localhost\"]").err().unwrap();
         assert!(format!("{err:#}").contains("lmtp"), "{err:#}");
         let err = parse("tls_cert = \"c.pem\"").err().unwrap();

@@ -64,6 +64,8 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
 
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    // Held (by this open descriptor) until the process exits.
+    let _instance = claim_data_dir(&settings.data_dir)?;
     let users = super::open_users(&settings);
     let store = super::open_store(&settings)?;
     // Now, while still root: the directory holding the maildrops may not be
@@ -103,6 +105,9 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     ] {
         for addr in addrs {
             bound.push(pobox_server::bind_std(protocol, addr)?);
+            if let ListenAddr::Unix(path) = addr {
+                pobox_server::set_socket_access(path, &settings.lmtp_socket).map_err(anyhow::Error::msg)?;
+            }
         }
     }
     if bound.is_empty() {
@@ -119,6 +124,8 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     // The maildrop lock file, if root just created it: admin commands run
     // as the service user must be able to open it too.
     own_files.push(store.lock_file().to_path_buf());
+    // So that the next start, as the service user, can open it again.
+    own_files.push(settings.data_dir.join(INSTANCE_FILE));
     // Before the switch: only root may raise the hard limit.
     let open_files = raise_open_files(settings.server.max_connections);
     let dropped = privdrop::drop_privileges(settings.user.as_deref(), &settings.data_dir, &own_files)
@@ -129,6 +136,47 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files))
+}
+
+/// The file whose lock marks the data dir as served; it holds the PID.
+const INSTANCE_FILE: &str = "pobox.pid";
+
+/// Makes sure no other `pobox serve` uses `data_dir`: two servers on one
+/// data dir would fight over the control socket (`pobox who` would reach
+/// either), run expiry twice, and each keep its own listing cache. The lock
+/// is an exclusive `flock` on `DATA/pobox.pid`, so it is released by the
+/// kernel however the holder dies; a stale file is harmless.
+fn claim_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(INSTANCE_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let pid = text.trim();
+            let who = if pid.is_empty() { "another pobox serve".to_string() } else { format!("another pobox serve (PID {pid})") };
+            anyhow::bail!(
+                "{who} is already serving {}; stop it first, or give this one its own --data directory",
+                data_dir.display()
+            );
+        }
+        return Err(anyhow::Error::from(std::io::Error::from(e)).context(format!("cannot lock {}", path.display())));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
 }
 
 /// The TCP addresses of the listeners that speak TLS.

@@ -1,0 +1,104 @@
+//! Running pobox as a service: one server per data dir, the LMTP unix
+//! socket's permissions (what Postfix needs to connect).
+
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+#[test]
+fn a_second_serve_on_the_same_data_dir_refuses_and_names_the_running_pid() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    let first = dir.server().start();
+    let pid = first.pid().as_raw_nonzero().get();
+    let out = dir
+        .pobox()
+        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "none", "--lmtp", "none", "--smtp", "none"])
+        .timeout(Duration::from_secs(20))
+        .output();
+    assert!(!out.status.success(), "the second server must not start\n{}", out.dump());
+    let stderr = out.stderr();
+    assert!(stderr.contains(&format!("PID {pid}")), "names the running one: {stderr}");
+    assert!(stderr.contains(&dir.data().display().to_string()), "names the data dir: {stderr}");
+    assert!(!out.stdout().contains("POP3"), "nothing announced as listening: {}", out.stdout());
+    // The first one is untouched.
+    first.login("alice", PW).quit();
+    // Once it stops, the data dir is free again.
+    first.stop();
+    let again = dir.server().start();
+    again.login("alice", PW).quit();
+}
+
+#[test]
+fn lmtp_unix_socket_gets_its_directory_mode_and_group() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    // A parent that does not exist yet, as /run/pobox after a reboot.
+    let sock = dir.scratch("run/pobox/lmtp");
+    let config = dir.scratch("sock.toml");
+    let root = rustix::process::geteuid().is_root();
+    // As root, hand the socket to a group that exists on every Debian
+    // system; otherwise only the mode can be set.
+    let group = if root { "group = \"nogroup\"\n" } else { "" };
+    std::fs::write(&config, format!("[lmtp_socket]\nmode = \"0666\"\n{group}")).unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--data")
+        .arg(dir.data())
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--pop3", "none", "--pop3s", "none", "--smtp", "none", "--lmtp"])
+        .arg(format!("unix:{}", sock.display()))
+        .env("POBOX_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !sock.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let meta = std::fs::symlink_metadata(&sock);
+    let reply = std::os::unix::net::UnixStream::connect(&sock).map(|mut s| {
+        use std::io::Read;
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let _ = rustix::process::kill_process(
+        rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap(),
+        rustix::process::Signal::KILL,
+    );
+    let _ = child.wait();
+    let meta = meta.expect("the socket and its parent directory were created");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o666);
+    if root {
+        let nogroup = std::fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("nogroup:").and_then(|r| r.split(':').nth(1)).map(|g| g.parse::<u32>().unwrap()))
+            .expect("nogroup in /etc/group");
+        assert_eq!(meta.gid(), nogroup);
+    }
+    assert!(reply.expect("connectable").starts_with("220 "), "LMTP greets on the socket");
+}
+
+#[test]
+fn lmtp_socket_with_an_unknown_group_is_a_start_error_naming_it() {
+    let dir = Dir::new();
+    let config = dir.scratch("sock.toml");
+    std::fs::write(&config, "[lmtp_socket]\ngroup = \"no-such-group-x\"\n").unwrap();
+    let sock = dir.scratch("lmtp.sock");
+    let out = dir
+        .pobox()
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--pop3", "none", "--pop3s", "none", "--smtp", "none", "--lmtp"])
+        .arg(format!("unix:{}", sock.display()))
+        .timeout(Duration::from_secs(20))
+        .output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stderr().contains("no-such-group-x"), "{}", out.dump());
+}
