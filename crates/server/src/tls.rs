@@ -490,24 +490,24 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
 #[must_use]
 pub fn certificate_ips(listeners: &[std::net::SocketAddr]) -> Vec<IpAddr> {
     let mut ips: Vec<IpAddr> = listeners.iter().map(std::net::SocketAddr::ip).filter(|ip| !ip.is_unspecified()).collect();
-    if listeners.iter().any(|a| a.ip().is_unspecified()) {
-        if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
-            for ifa in addrs {
-                let Some(sa) = ifa.address else { continue };
-                let ip = if let Some(v4) = sa.as_sockaddr_in() {
-                    IpAddr::V4(v4.ip())
-                } else if let Some(v6) = sa.as_sockaddr_in6() {
-                    // Link-local addresses need a scope id no certificate can name.
-                    let ip = v6.ip();
-                    if ip.segments()[0] & 0xffc0 == 0xfe80 {
-                        continue;
-                    }
-                    IpAddr::V6(ip)
-                } else {
+    if listeners.iter().any(|a| a.ip().is_unspecified())
+        && let Ok(addrs) = nix::ifaddrs::getifaddrs()
+    {
+        for ifa in addrs {
+            let Some(sa) = ifa.address else { continue };
+            let ip = if let Some(v4) = sa.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                // Link-local addresses need a scope id no certificate can name.
+                let ip = v6.ip();
+                if ip.segments()[0] & 0xffc0 == 0xfe80 {
                     continue;
-                };
-                ips.push(ip);
-            }
+                }
+                IpAddr::V6(ip)
+            } else {
+                continue;
+            };
+            ips.push(ip);
         }
     }
     ips.sort();
