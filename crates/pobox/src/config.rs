@@ -17,10 +17,64 @@ use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
 use serde::Deserialize;
 
+/// The system-wide configuration every server-side subcommand reads when
+/// neither `--config` nor `POBOX_CONFIG` names one, so that admin commands
+/// (`pobox mailbox purge`, `pobox user add`) act on the same data and
+/// retention policy as the running server without flags.
+pub const SYSTEM_CONFIG: &str = "/etc/pobox/pobox.toml";
+
+/// The data dir when neither `--data`, `POBOX_DATA` nor the config's
+/// `data_dir` names one.
+pub const DEFAULT_DATA_DIR: &str = "./pobox-data";
+
+/// Where the configuration comes from: the explicit file, else the system
+/// file if it exists, else none. `none` (as `--config none` or
+/// `POBOX_CONFIG=none`) means the embedded defaults even when the system
+/// file exists.
+#[must_use]
+pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    config_path_in(explicit, Path::new(SYSTEM_CONFIG))
+}
+
+fn config_path_in(explicit: Option<&Path>, system: &Path) -> Option<PathBuf> {
+    match explicit {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(system.to_path_buf()).filter(|p| p.exists()),
+    }
+}
+
+/// The data dir: `--data`/`POBOX_DATA`, else the config's `data_dir`
+/// (relative to the config file's directory), else [`DEFAULT_DATA_DIR`].
+///
+/// # Errors
+/// When the config file cannot be read or parsed.
+pub fn data_dir(explicit: Option<&Path>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.to_path_buf());
+    }
+    if let Some(path) = config {
+        let raw = read_raw(path)?;
+        if let Some(d) = raw.data_dir {
+            let base = path.parent().unwrap_or(Path::new("."));
+            return Ok(base.join(d));
+        }
+    }
+    Ok(PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+fn read_raw(path: &Path) -> anyhow::Result<RawConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str::<RawConfig>(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
 /// The file as written by the admin. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The data directory (users, maildrops, certificate) when `--data` and
+    /// `POBOX_DATA` are not given; relative to the config file.
+    pub data_dir: Option<PathBuf>,
     /// Host name for greetings and trace headers (default: the system's).
     pub hostname: Option<String>,
     /// POP3 (cleartext + STLS) addresses; `[]` disables.
@@ -313,12 +367,7 @@ impl Settings {
     /// key, or a value out of range, each naming the key.
     pub fn load(data_dir: &Path, config: Option<&Path>) -> anyhow::Result<Settings> {
         let raw = match config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<RawConfig>(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
-            }
+            Some(path) => read_raw(path)?,
             None => RawConfig::default(),
         };
         Settings::from_raw(data_dir, raw)
@@ -717,5 +766,23 @@ mod security_tests {
         assert!(parse("smtp_timeout_secs = 60").is_err(), "RFC 5321 minimum");
         assert!(parse("smtp_max_recipients = 0").is_err());
         assert!(parse("smtp_relay = true").is_err(), "unknown keys");
+    }
+
+    #[test]
+    fn config_path_prefers_explicit_then_the_system_file_and_none_means_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("pobox.toml");
+        let mine = dir.path().join("mine.toml");
+        assert_eq!(config_path_in(None, &system), None, "no system file: embedded defaults");
+        std::fs::write(&system, "data_dir = \"/srv/pobox\"\n").unwrap();
+        assert_eq!(config_path_in(None, &system), Some(system.clone()));
+        assert_eq!(config_path_in(Some(&mine), &system), Some(mine.clone()));
+        assert_eq!(config_path_in(Some(Path::new("none")), &system), None);
+        // data_dir: the flag wins, then the config's key, then ./pobox-data.
+        assert_eq!(data_dir(None, Some(&system)).unwrap(), PathBuf::from("/srv/pobox"));
+        assert_eq!(data_dir(Some(Path::new("/x")), Some(&system)).unwrap(), PathBuf::from("/x"));
+        assert_eq!(data_dir(None, None).unwrap(), PathBuf::from(DEFAULT_DATA_DIR));
+        std::fs::write(&mine, "data_dir = \"rel\"\n").unwrap();
+        assert_eq!(data_dir(None, Some(&mine)).unwrap(), dir.path().join("rel"), "relative to the config file");
     }
 }

@@ -21,14 +21,23 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "pobox", version, about, propagate_version = true)]
 struct Args {
-    /// Data directory: users, maildrops, TLS certificate.
-    #[arg(long, global = true, env = "POBOX_DATA", default_value = "./pobox-data", value_name = "DIR")]
-    data: PathBuf,
-    /// Configuration file (TOML). Without one, embedded defaults apply.
+    /// Data directory: users, maildrops, TLS certificate. Default: the
+    /// config's `data_dir`, else ./pobox-data.
+    #[arg(long, global = true, env = "POBOX_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Configuration file (TOML). Default: /etc/pobox/pobox.toml if it
+    /// exists, else embedded defaults (`none` forces those).
     /// For `pobox fetch` it is the accounts file.
     #[arg(long, global = true, env = "POBOX_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
+    command: Command,
+}
+
+/// The resolved global options of a server-side subcommand.
+struct ServerArgs {
+    data: PathBuf,
+    config: Option<PathBuf>,
     command: Command,
 }
 
@@ -66,16 +75,29 @@ enum Command {
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Command::Fetch(mut f) = args.command {
+        // For `pobox fetch`, --config names the accounts file (`none`, which
+        // means "no server config", means its default here).
+        f.config = args.config.filter(|p| p.as_os_str() != "none");
+        return pobox_fetch::run(f);
+    }
+    // Every other subcommand is server-side: the same config and data dir
+    // as the running server, found without flags on an installed system.
+    let config = config::config_path(args.config.as_deref());
+    let data = match config::data_dir(args.data.as_deref(), config.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("pobox: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = ServerArgs { data, config, command: args.command };
     let result = match args.command {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),
         Command::Check => cli::check::run(&args.data, args.config.as_deref()),
         Command::User(cmd) => cli::user::run(&args.data, args.config.as_deref(), cmd),
         Command::Deliver(d) => return cli::deliver::run(&args.data, args.config.as_deref(), d),
-        Command::Fetch(mut f) => {
-            // For `pobox fetch`, --config names the accounts file.
-            f.config = args.config;
-            return pobox_fetch::run(f);
-        }
+        Command::Fetch(_) => unreachable!("handled above"),
         Command::Sieve(cmd) => {
             return match cli::sieve::run(&args.data, args.config.as_deref(), cmd) {
                 Ok(true) => ExitCode::SUCCESS,

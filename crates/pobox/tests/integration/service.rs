@@ -102,3 +102,59 @@ fn lmtp_socket_with_an_unknown_group_is_a_start_error_naming_it() {
     assert!(!out.status.success(), "{}", out.dump());
     assert!(out.stderr().contains("no-such-group-x"), "{}", out.dump());
 }
+
+/// `pobox mailbox purge`: looks first with --dry-run, never acts without a
+/// confirmation (none is possible without a terminal: --yes), and says
+/// whether what it removed can be restored.
+#[test]
+fn purge_has_a_dry_run_needs_yes_without_a_terminal_and_says_whether_it_is_final() {
+    let dir = Dir::new();
+    dir.add_user("carol", PW);
+    dir.deliver("carol", b"Subject: one\n\nbody\n");
+    dir.deliver("carol", b"Subject: two\n\nbody\n");
+    let purge = |extra: &[&str]| {
+        let mut c = dir.pobox();
+        c.args(["mailbox", "purge", "carol"]).args(extra.iter().copied());
+        c.output()
+    };
+
+    let out = purge(&["--dry-run"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stdout().contains("would remove 2 message(s)"), "{}", out.dump());
+    assert!(out.stdout().contains("cannot be undone"), "restore_days is 0 by default: {}", out.dump());
+    assert_eq!(dir.message_files("carol").len(), 2, "a dry run changes nothing");
+
+    // stdin is a pipe here, as in a script: no one to ask, so no.
+    let out = purge(&[]);
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stderr().contains("--yes"), "names the flag: {}", out.dump());
+    assert_eq!(dir.message_files("carol").len(), 2, "nothing removed without a confirmation");
+
+    let out = purge(&["--yes"]);
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stdout().contains("removed 2 message(s) of carol, for good"), "{}", out.dump());
+    assert!(dir.message_files("carol").is_empty());
+}
+
+#[test]
+fn purge_with_a_restore_window_from_the_config_says_how_to_restore_and_restore_works() {
+    let dir = Dir::new();
+    dir.add_user("carol", PW);
+    dir.deliver("carol", b"Subject: one\n\nbody\n");
+    let config = dir.scratch("retention.toml");
+    // The data dir comes from the config's `data_dir` here (no --data), as
+    // on an installed system with /etc/pobox/pobox.toml.
+    std::fs::write(&config, format!("data_dir = {:?}\n[retention]\nrestore_days = 3\n", dir.data().display().to_string()))
+        .unwrap();
+    let mut c = TestCommand::new(BIN);
+    c.arg("--config").arg(&config).args(["mailbox", "purge", "carol", "--yes"]);
+    let out = c.output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stdout().contains("restorable for 3 days"), "{}", out.dump());
+    assert!(dir.message_files("carol").is_empty());
+    let mut c = TestCommand::new(BIN);
+    c.arg("--config").arg(&config).args(["mailbox", "restore", "carol"]);
+    let out = c.output();
+    assert!(out.stdout().contains("restored 1 message(s)"), "{}", out.dump());
+    assert_eq!(dir.message_files("carol").len(), 1);
+}

@@ -108,10 +108,12 @@ impl Dir {
         v
     }
 
-    /// `pobox --data <data> ...` as a [`TestCommand`].
+    /// `pobox --data <data> ...` as a [`TestCommand`], on the embedded
+    /// defaults unless the test passes `--config` (never the machine's
+    /// /etc/pobox/pobox.toml).
     pub fn pobox(&self) -> TestCommand {
         let mut c = TestCommand::new(BIN);
-        c.arg("--data").arg(&self.data);
+        c.arg("--data").arg(&self.data).env("POBOX_CONFIG", "none");
         c
     }
 
