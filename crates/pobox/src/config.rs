@@ -327,6 +327,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The passwd-file.
     pub passwd_file: PathBuf,
+    /// Whether `passwd_file` was set in the config (then it must exist: a
+    /// typo would otherwise lock every user out) or is the default
+    /// `DATA/users`, created by the first `pobox user add`.
+    pub passwd_file_configured: bool,
     /// The mail location template.
     pub mail_location: String,
     /// Listener addresses.
@@ -520,6 +524,7 @@ impl Settings {
             list.iter().map(|a| parse_listen(a).with_context(|| format!("{key}: {a:?}"))).collect()
         };
         Ok(Settings {
+            passwd_file_configured: raw.passwd_file.is_some(),
             passwd_file: resolve(&data_dir, raw.passwd_file.unwrap_or_else(|| "users".into())),
             pop3: addrs("pop3", raw.pop3, &["0.0.0.0:110"])?,
             pop3s: addrs("pop3s", raw.pop3s, &["0.0.0.0:995"])?,

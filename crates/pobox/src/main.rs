@@ -92,6 +92,14 @@ fn main() -> ExitCode {
         }
     };
     let args = ServerArgs { data, config, command: args.command };
+    // Admin commands run as root act as the service user (serve drops
+    // privileges itself, after binding its ports).
+    if !matches!(args.command, Command::Serve(_))
+        && let Err(e) = cli::act_as_service_user(&args.data, args.config.as_deref())
+    {
+        eprintln!("pobox: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.command {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),
         Command::Check => cli::check::run(&args.data, args.config.as_deref()),

@@ -66,6 +66,14 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     // Held (by this open descriptor) until the process exits.
     let _instance = claim_data_dir(&settings.data_dir)?;
+    if settings.passwd_file_configured
+        && let Err(e) = std::fs::metadata(&settings.passwd_file)
+    {
+        anyhow::bail!(
+            "passwd_file {}: {e}; every login would fail. Fix the path in the config, or create the file",
+            settings.passwd_file.display()
+        );
+    }
     let users = super::open_users(&settings);
     let store = super::open_store(&settings)?;
     // Now, while still root: the directory holding the maildrops may not be
@@ -128,8 +136,18 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     own_files.push(settings.data_dir.join(INSTANCE_FILE));
     // Before the switch: only root may raise the hard limit.
     let open_files = raise_open_files(settings.server.max_connections);
+    let (must_read, must_write) = super::service_paths(&settings, &store);
     let dropped = privdrop::drop_privileges(settings.user.as_deref(), &settings.data_dir, &own_files)
         .context("cannot drop privileges")?;
+    // Refuse now rather than print a banner and then fail every login.
+    let who = match &dropped {
+        privdrop::Outcome::Dropped { user, .. } => Some(user.clone()),
+        privdrop::Outcome::NotRoot { uid } => Some(format!("uid {uid}")),
+        privdrop::Outcome::StayedRoot { .. } => None,
+    };
+    if let Some(who) = who {
+        privdrop::verify_access(&who, &must_read, &must_write).map_err(anyhow::Error::msg)?;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -158,3 +158,161 @@ fn purge_with_a_restore_window_from_the_config_says_how_to_restore_and_restore_w
     assert!(out.stdout().contains("restored 1 message(s)"), "{}", out.dump());
     assert_eq!(dir.message_files("carol").len(), 1);
 }
+
+/// Root is needed to switch users; CI runs as root. Elsewhere the test
+/// fails unless POBOX_ALLOW_SKIP=1 says skipping is fine.
+fn require_root(test: &str) -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1"),
+        "{test} needs root (it switches to the `nobody` user); run as root or set POBOX_ALLOW_SKIP=1"
+    );
+    eprintln!("{test}: skipped (not root, POBOX_ALLOW_SKIP=1)");
+    false
+}
+
+fn chmod(path: &std::path::Path, mode: u32) {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn owner(path: &std::path::Path) -> u32 {
+    std::fs::metadata(path).unwrap().uid()
+}
+
+/// The privilege model walked as an admin would: `user add`, `deliver` and
+/// `mailbox` run as root next to a server that drops to `nobody`. Nothing
+/// the root commands create may be root-owned, so logins and LMTP keep
+/// working; an unreadable path makes `serve` and `check` fail naming it.
+#[test]
+fn root_admin_commands_act_as_the_service_user_and_serve_checks_its_access() {
+    if !require_root("root_admin_commands_act_as_the_service_user_and_serve_checks_its_access") {
+        return;
+    }
+    let nobody = nix_uid("nobody");
+    let dir = Dir::new();
+    // The temp dir is created 0700; the service user must get through it.
+    let top = dir.data().parent().unwrap().to_path_buf();
+    chmod(&top, 0o755);
+    std::fs::remove_dir(dir.data()).unwrap();
+    // The config where `nobody` can read it (like /etc/pobox/pobox.toml).
+    let etc = tempfile::Builder::new().prefix("pobox-etc-").tempdir().unwrap();
+    chmod(etc.path(), 0o755);
+    let config = etc.path().join("pobox.toml");
+    std::fs::write(&config, "user = \"nobody\"\nauth_failure_delay_ms = 0\n").unwrap();
+    let admin = |args: &[&str], stdin: &[u8]| {
+        let mut c = TestCommand::new(BIN);
+        c.arg("--data").arg(dir.data()).arg("--config").arg(&config).args(args.iter().copied()).stdin(stdin);
+        c.output()
+    };
+
+    // 1. user add as root: the data dir is created for the service user.
+    let out = admin(&["user", "add", "alice", "--password-stdin"], format!("{PW}\n").as_bytes());
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(owner(dir.data()), nobody, "data dir made for the service user");
+    assert_eq!(owner(&dir.users_file()), nobody, "passwd-file not root-owned");
+
+    // 2. deliver and mailbox commands as root, before the server ever ran.
+    let out = admin(&["deliver", "alice"], b"Subject: first\n\nfrom root's deliver\n");
+    assert!(out.status.success(), "{}", out.dump());
+    assert_eq!(owner(&dir.data().join("mail")), nobody, "mail/ is not root-owned");
+    assert_eq!(owner(&dir.maildir("alice", "new")), nobody);
+    let out = admin(&["mailbox", "show", "alice"], b"");
+    assert!(out.stdout().contains("first"), "{}", out.dump());
+
+    // 3. serve drops to nobody; POP3 and LMTP work with what root made.
+    let server = dir.server().config("user", "\"nobody\"").start();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.stdout().contains("running as") && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(server.stdout().contains("running as   nobody"), "{}", server.dump());
+    let mut lmtp = server.lmtp();
+    assert!(lmtp.cmd("MAIL FROM:<bob@example.org>").starts_with("250"));
+    assert!(lmtp.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(lmtp.cmd("DATA").starts_with("354"));
+    assert!(lmtp.cmd("Subject: second\r\n\r\nby LMTP\r\n.").starts_with("250"), "LMTP delivery as nobody");
+    let out = admin(&["deliver", "alice"], b"Subject: third\n\nroot again, server running\n");
+    assert!(out.status.success(), "{}", out.dump());
+    let mut pop = server.login("alice", PW);
+    assert_eq!(pop.stat().0, 3, "all three messages reachable over POP3");
+    pop.quit();
+    drop(server);
+
+    // 4. A path the service user cannot read: serve and check name it.
+    chmod(&top, 0o700);
+    let out = dir
+        .pobox()
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "none", "--lmtp", "none", "--smtp", "none"])
+        .timeout(Duration::from_secs(20))
+        .output();
+    assert!(!out.status.success(), "serve must refuse\n{}", out.dump());
+    assert!(out.stderr().contains("nobody cannot read"), "{}", out.dump());
+    assert!(out.stderr().contains(&dir.users_file().display().to_string()), "names the path: {}", out.dump());
+    assert!(!out.stdout().contains("POP3"), "no banner before the refusal: {}", out.dump());
+    let out = admin(&["check"], b"");
+    assert!(!out.status.success(), "check must fail\n{}", out.dump());
+    assert!(out.stdout().contains(&dir.users_file().display().to_string()), "check names the path: {}", out.dump());
+    chmod(&top, 0o755);
+}
+
+fn nix_uid(name: &str) -> u32 {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.split(':');
+            (f.next()? == name).then_some(())?;
+            f.nth(1)?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("user {name} missing from /etc/passwd"))
+}
+
+#[test]
+fn check_fails_on_a_missing_passwd_file_or_a_global_sieve_script_that_is_missing_or_broken_and_serve_refuses_the_typo() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    chmod(&dir.users_file(), 0o600);
+    let check = |config: &str| {
+        let path = dir.scratch("check.toml");
+        std::fs::write(&path, config).unwrap();
+        let mut c = dir.pobox();
+        c.arg("--config").arg(&path).arg("check");
+        c.output()
+    };
+    let out = check("");
+    assert!(out.status.success(), "the defaults pass: {}", out.dump());
+
+    let out = check("passwd_file = \"/nonexistent/users\"\n");
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stdout().contains("error    passwd-file /nonexistent/users"), "{}", out.dump());
+
+    let out = check("[sieve]\nbefore = [\"missing.sieve\"]\n");
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stdout().contains("missing.sieve"), "{}", out.dump());
+
+    std::fs::write(dir.data().join("broken.sieve"), "require \"fileinto\";\nif header :contains \"subject\" { keep; }\n").unwrap();
+    let out = check("[sieve]\nafter = [\"broken.sieve\"]\n");
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stdout().contains("broken.sieve:2"), "names the line: {}", out.dump());
+
+    std::fs::write(dir.data().join("good.sieve"), "require \"fileinto\";\nif header :contains \"subject\" \"x\" { fileinto \"X\"; }\n").unwrap();
+    let out = check("[sieve]\nbefore = [\"good.sieve\"]\n");
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stdout().contains("good.sieve compiles"), "{}", out.dump());
+
+    let config = dir.scratch("typo.toml");
+    std::fs::write(&config, "passwd_file = \"/nonexistent/users\"\n").unwrap();
+    let out = dir
+        .pobox()
+        .arg("--config")
+        .arg(&config)
+        .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "none", "--lmtp", "none", "--smtp", "none"])
+        .timeout(Duration::from_secs(20))
+        .output();
+    assert!(!out.status.success(), "{}", out.dump());
+    assert!(out.stderr().contains("/nonexistent/users"), "{}", out.dump());
+}
