@@ -182,6 +182,25 @@ enum StdSocket {
 }
 
 impl PreBound {
+    /// A TCP socket someone else bound (systemd socket activation).
+    ///
+    /// # Errors
+    /// If its local address cannot be read.
+    pub fn from_tcp(protocol: Protocol, listener: std::net::TcpListener) -> io::Result<PreBound> {
+        let local = listener.local_addr()?.to_string();
+        Ok(PreBound { protocol, local, socket: StdSocket::Tcp(listener) })
+    }
+
+    /// A unix socket someone else bound (systemd socket activation).
+    ///
+    /// # Errors
+    /// If its local address cannot be read.
+    pub fn from_unix(protocol: Protocol, listener: std::os::unix::net::UnixListener) -> io::Result<PreBound> {
+        let addr = listener.local_addr()?;
+        let local = addr.as_pathname().map_or_else(|| "unix:(unnamed)".to_string(), |p| format!("unix:{}", p.display()));
+        Ok(PreBound { protocol, local, socket: StdSocket::Unix(listener) })
+    }
+
     /// Registers the socket with the current tokio runtime.
     ///
     /// # Errors

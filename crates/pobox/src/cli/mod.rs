@@ -5,6 +5,7 @@ pub mod deliver;
 pub mod mailbox;
 pub mod serve;
 pub mod sieve;
+pub mod systemd;
 pub mod user;
 
 use std::sync::Arc;

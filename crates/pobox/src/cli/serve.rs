@@ -104,13 +104,19 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
 
     // Bind everything before serving anything: a port that cannot be bound
     // is a startup error, not a half-running server.
-    let mut bound = Vec::new();
+    // Sockets systemd passed (pobox.socket) replace the configured
+    // addresses of their protocol.
+    let mut bound = super::systemd::activated_listeners()?;
+    let activated: Vec<Protocol> = bound.iter().map(|b| b.protocol).collect();
     for (protocol, addrs) in [
         (Protocol::Pop3, &settings.pop3),
         (Protocol::Pop3s, &settings.pop3s),
         (Protocol::Lmtp, &settings.lmtp),
         (Protocol::Smtp, &settings.smtp),
     ] {
+        if activated.contains(&protocol) {
+            continue;
+        }
         for addr in addrs {
             bound.push(pobox_server::bind_std(protocol, addr)?);
             if let ListenAddr::Unix(path) = addr {
@@ -309,6 +315,12 @@ async fn serve(
     let _ = std::io::stdout().flush();
 
     let svc = Arc::new(Services::new(settings.server, users, Arc::new(store), tls));
+    super::systemd::ready();
+    super::systemd::spawn_watchdog();
+    let stop = async {
+        stop.await;
+        super::systemd::stopping();
+    };
     pobox_server::run(svc, listeners, stop).await;
     println!("pobox stopped");
     Ok(())

@@ -316,3 +316,94 @@ fn check_fails_on_a_missing_passwd_file_or_a_global_sieve_script_that_is_missing
     assert!(!out.status.success(), "{}", out.dump());
     assert!(out.stderr().contains("/nonexistent/users"), "{}", out.dump());
 }
+
+/// The shipped unit files, with ExecStart pointing at the binary under
+/// test, pass `systemd-analyze verify` (Debian's `systemd` package).
+#[test]
+fn systemd_units_pass_systemd_analyze_verify() {
+    require_tool("systemd-analyze");
+    let dir = Dir::new();
+    let units = concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/systemd");
+    for unit in ["pobox.service", "pobox.socket"] {
+        let text = std::fs::read_to_string(format!("{units}/{unit}")).unwrap().replace("/usr/bin/pobox", BIN);
+        std::fs::write(dir.scratch(unit), text).unwrap();
+    }
+    let mut c = TestCommand::new("systemd-analyze");
+    c.args(["verify", "--man=no"]).arg(dir.scratch("pobox.service")).arg(dir.scratch("pobox.socket"));
+    let out = c.output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(out.stderr().trim().is_empty(), "no warnings: {}", out.dump());
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Socket activation as systemd does it, with `systemd-socket-activate`:
+/// the POP3 and LMTP sockets are bound by it and passed by name; pobox
+/// serves on them, tells NOTIFY_SOCKET it is ready, and stopping.
+#[test]
+fn socket_activation_serves_pop3_and_lmtp_and_notifies_readiness() {
+    require_tool("systemd-socket-activate");
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    dir.deliver("alice", b"Subject: hi\n\nactivated\n");
+    let notify_path = dir.scratch("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (pop3, lmtp) = (free_port(), free_port());
+    let mut child = std::process::Command::new("systemd-socket-activate")
+        .arg(format!("--listen=127.0.0.1:{pop3}"))
+        .arg(format!("--listen=127.0.0.1:{lmtp}"))
+        .arg("--fdname=pop3:lmtp")
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("--setenv=POBOX_CONFIG=none")
+        .arg("--")
+        .arg(BIN)
+        .arg("--data")
+        .arg(dir.data())
+        // The activated protocols need no flag; the others are off.
+        .args(["serve", "--pop3s", "none", "--smtp", "none"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.id()).unwrap()).unwrap();
+    // systemd-socket-activate starts pobox on the first connection.
+    let mut lmtp_conn = None;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while lmtp_conn.is_none() && Instant::now() < deadline {
+        match std::net::TcpStream::connect(("127.0.0.1", lmtp)) {
+            Ok(s) => lmtp_conn = Some(s),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+    let result = std::panic::catch_unwind(|| {
+        let mut ready = [0u8; 256];
+        let n = notify.recv(&mut ready).expect("a READY notification");
+        assert!(String::from_utf8_lossy(&ready[..n]).contains("READY=1"), "{:?}", String::from_utf8_lossy(&ready[..n]));
+        {
+            use std::io::{BufRead, BufReader};
+            let conn = lmtp_conn.expect("LMTP socket accepts");
+            conn.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            let mut line = String::new();
+            BufReader::new(&conn).read_line(&mut line).unwrap();
+            assert!(line.starts_with("220 "), "LMTP greeting on the activated socket: {line:?}");
+        }
+        // The activated POP3 socket: a real login sees the message.
+        let server_pop3 = Pop3::connect(pop3);
+        let mut s = server_pop3;
+        s.login("alice", PW);
+        assert_eq!(s.stat().0, 1);
+        s.quit();
+        rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+        let mut stopping = [0u8; 256];
+        let n = notify.recv(&mut stopping).expect("a STOPPING notification");
+        assert!(String::from_utf8_lossy(&stopping[..n]).contains("STOPPING=1"));
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
