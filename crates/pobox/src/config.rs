@@ -128,6 +128,8 @@ pub struct RawConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Log filter, e.g. `info` or `pobox_server=debug`.
     pub log: Option<String>,
+    /// `"text"` (key=value lines, the default) or `"json"` (one object per line).
+    pub log_format: Option<String>,
     /// Retention policies.
     pub retention: Option<RawRetention>,
     /// Sieve scripts.
@@ -347,6 +349,8 @@ pub struct Settings {
     pub quota: QuotaConfig,
     /// Log filter.
     pub log: String,
+    /// One JSON object per log line instead of text.
+    pub log_json: bool,
     /// Every certificate/key pair (`tls_cert`/`tls_key` first, then
     /// `[[tls_certificates]]`); empty: the generated self-signed one.
     pub tls_pairs: Vec<pobox_server::tls::CertPair>,
@@ -538,6 +542,11 @@ impl Settings {
             },
             mail_location,
             log: raw.log.unwrap_or_else(|| "info".into()),
+            log_json: match raw.log_format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => bail!("log_format: {other:?} is neither \"text\" nor \"json\""),
+            },
             tls_pairs,
             user: raw.user,
             lmtp_socket: socket_access(raw.lmtp_socket.unwrap_or_default())?,

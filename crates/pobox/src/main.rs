@@ -71,10 +71,54 @@ enum Command {
         /// The user.
         user: String,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (pobox.1 and one per subcommand) into DIR,
+    /// or print pobox(1) without --dir.
+    Man {
+        /// Target directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `pobox completions` and `pobox man`: generated from the clap
+/// definitions, so they cannot drift from the real options.
+fn generated_docs(command: &Command) -> Option<ExitCode> {
+    use clap::CommandFactory;
+    let result = match command {
+        Command::Completions { shell } => {
+            use clap_complete::Generator as _;
+            use std::io::Write as _;
+            let mut cmd = Args::command();
+            cmd.set_bin_name("pobox");
+            cmd.build();
+            let mut script = Vec::new();
+            shell.try_generate(&cmd, &mut script).and_then(|()| std::io::stdout().write_all(&script))
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Args::command(), dir))
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pobox: {e}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(code) = generated_docs(&args.command) {
+        return code;
+    }
     if let Command::Fetch(mut f) = args.command {
         // For `pobox fetch`, --config names the accounts file (`none`, which
         // means "no server config", means its default here).
@@ -94,7 +138,7 @@ fn main() -> ExitCode {
     let args = ServerArgs { data, config, command: args.command };
     // Admin commands run as root act as the service user (serve drops
     // privileges itself, after binding its ports).
-    if !matches!(args.command, Command::Serve(_))
+    if !matches!(args.command, Command::Serve(_) | Command::Who { .. } | Command::Kick { .. })
         && let Err(e) = cli::act_as_service_user(&args.data, args.config.as_deref())
     {
         eprintln!("pobox: {e:#}");
@@ -105,7 +149,7 @@ fn main() -> ExitCode {
         Command::Check => cli::check::run(&args.data, args.config.as_deref()),
         Command::User(cmd) => cli::user::run(&args.data, args.config.as_deref(), cmd),
         Command::Deliver(d) => return cli::deliver::run(&args.data, args.config.as_deref(), d),
-        Command::Fetch(_) => unreachable!("handled above"),
+        Command::Fetch(_) | Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Sieve(cmd) => {
             return match cli::sieve::run(&args.data, args.config.as_deref(), cmd) {
                 Ok(true) => ExitCode::SUCCESS,

@@ -60,7 +60,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
     }
-    init_logging(&settings.log);
+    init_logging(&settings.log, settings.log_json);
 
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
@@ -344,16 +344,18 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, json: bool) {
     let filter = EnvFilter::try_from_env("POBOX_LOG")
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and the journal are parsed by
     // tools (fail2ban's filter in contrib/ expects plain text).
     use std::io::IsTerminal as _;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        // For log shippers (Loki, Elasticsearch): fields as JSON members.
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }

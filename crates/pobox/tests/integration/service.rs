@@ -407,3 +407,48 @@ fn socket_activation_serves_pop3_and_lmtp_and_notifies_readiness() {
         std::panic::resume_unwind(e);
     }
 }
+
+/// No password or SASL payload reaches the log, at the most verbose level,
+/// in either format; and `log_format = "json"` writes one JSON object per
+/// line.
+#[test]
+fn no_secret_in_the_logs_at_trace_level_in_text_or_json() {
+    use base64::Engine as _;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let plain = b64("\0alice\0Pw-Plain-5521");
+    let login_pw = b64("Pw-Login-6643");
+    let secrets = ["Pw-Right-7781", "Pw-Wrong-3319", "Pw-Plain-5521", plain.as_str(), "Pw-Login-6643", login_pw.as_str()];
+    for format in ["text", "json"] {
+        let dir = Dir::new();
+        dir.add_user("alice", "Pw-Right-7781");
+        let mut server = dir.server().config("log_format", &format!("{format:?}")).log("trace").start();
+        let mut s = server.pop3();
+        s.cmd("USER alice");
+        assert!(s.cmd("PASS Pw-Wrong-3319").starts_with("-ERR"));
+        let mut s = server.pop3();
+        assert!(s.cmd(&format!("AUTH PLAIN {plain}")).starts_with("-ERR"));
+        let mut s = server.pop3();
+        s.cmd("AUTH LOGIN");
+        s.cmd(&b64("alice"));
+        assert!(s.cmd(&login_pw).starts_with("-ERR"));
+        let mut s = server.pop3();
+        s.cmd("USER alice");
+        assert!(s.cmd("PASS Pw-Right-7781").starts_with("+OK"));
+        s.quit();
+        server.sigterm();
+        server.wait(Duration::from_secs(20));
+        let log = server.stderr();
+        assert!(log.contains("DEBUG") && log.contains("PASS"), "{format}: debug logging of commands is on: {log}");
+        assert!(log.matches("authentication failed").count() >= 3, "{format}: the failures are logged: {log}");
+        for secret in secrets {
+            assert!(!log.contains(secret), "{format}: {secret:?} leaked into the log:\n{log}");
+        }
+        if format == "json" {
+            for line in log.lines().filter(|l| !l.trim().is_empty()) {
+                let v: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+                assert!(v.get("timestamp").is_some() && v.get("level").is_some(), "{line}");
+            }
+        }
+    }
+}
