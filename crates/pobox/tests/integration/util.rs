@@ -108,10 +108,12 @@ impl Dir {
         v
     }
 
-    /// `pobox --data <data> ...` as a [`TestCommand`].
+    /// `pobox --data <data> ...` as a [`TestCommand`], on the embedded
+    /// defaults unless the test passes `--config` (never the machine's
+    /// /etc/pobox/pobox.toml).
     pub fn pobox(&self) -> TestCommand {
         let mut c = TestCommand::new(BIN);
-        c.arg("--data").arg(&self.data);
+        c.arg("--data").arg(&self.data).env("POBOX_CONFIG", "none");
         c
     }
 
@@ -297,6 +299,7 @@ pub fn require_tool(name: &str) {
 pub struct ServerBuilder<'d> {
     dir: &'d Dir,
     config: BTreeMap<String, String>,
+    log: &'static str,
 }
 
 impl<'d> ServerBuilder<'d> {
@@ -312,12 +315,18 @@ impl<'d> ServerBuilder<'d> {
         // proves). Login-time retention still runs. Tests about retention
         // set their own `retention` table, replacing this one.
         config.insert("retention".into(), "{ expire_interval_secs = 0 }".into());
-        ServerBuilder { dir, config }
+        ServerBuilder { dir, config, log: "info" }
     }
 
     /// Sets a config key; `value` is TOML (`"false"`, `"1000"`, `"\"text\""`).
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.config.insert(key.into(), value.into());
+        self
+    }
+
+    /// The log filter (`POBOX_LOG`), `info` unless set.
+    pub fn log(mut self, filter: &'static str) -> Self {
+        self.log = filter;
         self
     }
 
@@ -328,7 +337,7 @@ impl<'d> ServerBuilder<'d> {
         let text: String = self.config.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         std::fs::write(&config_path, text).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.env_remove("POBOX_DATA").env_remove("POBOX_CONFIG").env("POBOX_LOG", "info");
+        cmd.env_remove("POBOX_DATA").env_remove("POBOX_CONFIG").env("POBOX_LOG", self.log);
         cmd.arg("--data")
             .arg(self.dir.data())
             .arg("--config")
