@@ -393,7 +393,7 @@ fn validate(name: String, a: RawAccount) -> Result<Account, ConfigError> {
     if a.security == Security::None && (a.ca_file.is_some() || a.fingerprint.is_some()) {
         return Err(invalid("ca_file/fingerprint make no sense with security = \"none\"".into()));
     }
-    let oauth = a.oauth.map(|o| o.validate()).transpose().map_err(|e| invalid(e))?;
+    let oauth = a.oauth.map(|o| o.validate()).transpose().map_err(invalid)?;
     let auth = match (a.auth, &oauth) {
         (AuthMethod::Auto | AuthMethod::Oauth2, Some(_)) => AuthMethod::Oauth2,
         (AuthMethod::Xoauth2 | AuthMethod::Oauthbearer, Some(_)) => a.auth,
