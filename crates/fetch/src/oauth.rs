@@ -343,7 +343,14 @@ pub fn access_token(name: &str, s: &OAuthSettings, force: bool) -> Result<Secret
     let mut tokens = match read_tokens(&s.token_file) {
         Ok(Some(t)) => t,
         Ok(None) => return Err(OAuthError::NotLoggedIn { account: name.into() }),
-        Err(e) => return Err(local(e)),
+        Err(TokenFileError::Io(e)) => return Err(local(e)),
+        // Waiting will not repair it; a new login rewrites it.
+        Err(TokenFileError::Garbled) => {
+            return Err(OAuthError::LoginAgain {
+                account: name.into(),
+                reason: format!("{} is not a pobox token file", s.token_file.display()),
+            });
+        }
     };
     if tokens.token_url != s.token_url || tokens.client_id != s.client_id {
         return Err(OAuthError::LoginAgain {
@@ -444,7 +451,8 @@ fn device_flow(name: &str, s: &OAuthSettings, out: &mut dyn Write) -> Result<Tok
     let mut interval = v.get("interval").and_then(serde_json::Value::as_u64).unwrap_or(5).max(1);
     let _ = writeln!(
         out,
-        "To authorize pobox to read {name}'s mail, open {verify}\nand enter the code {} (valid for {} minutes). Waiting…",
+        "To authorize pobox to read {name}'s mail, open {}\nand enter the code {} (valid for {} minutes). Waiting…",
+        printable(&verify),
         printable(&user_code),
         expires_in.div_ceil(60)
     );
@@ -691,14 +699,19 @@ fn printable(s: &str) -> String {
     s.chars().flat_map(|c| if c.is_control() { c.escape_default().collect::<Vec<_>>() } else { vec![c] }).collect()
 }
 
-fn read_tokens(path: &Path) -> Result<Option<TokenFile>, String> {
+enum TokenFileError {
+    Io(String),
+    Garbled,
+}
+
+fn read_tokens(path: &Path) -> Result<Option<TokenFile>, TokenFileError> {
     let mut text = Zeroizing::new(String::new());
     match File::open(path) {
-        Ok(mut f) => f.read_to_string(&mut text).map_err(|e| e.to_string())?,
+        Ok(mut f) => f.read_to_string(&mut text).map_err(|e| TokenFileError::Io(e.to_string()))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.to_string()),
+        Err(e) => return Err(TokenFileError::Io(e.to_string())),
     };
-    serde_json::from_str(&text).map(Some).map_err(|_| "not a pobox token file (run the login again)".to_string())
+    serde_json::from_str(&text).map(Some).map_err(|_| TokenFileError::Garbled)
 }
 
 /// Replaces the token file atomically, 0600, in a 0700 directory.

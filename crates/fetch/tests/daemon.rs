@@ -8,6 +8,7 @@
 //! Polling below a minute needs the hidden `--min-poll-interval`.
 
 mod common;
+mod serve_with_config;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -210,15 +211,33 @@ fn three_accounts_two_servers_reload_and_notify() {
     notify.expect("READY=1");
     wait_until("the new account's mail", Duration::from_secs(15), || count(&md("c")) == 3);
 
+    // SIGHUP without account b: it stops; a and c go on.
+    std::fs::write(
+        &config,
+        format!("{head}{}{}", account("a", &a, USER, PASSWORD, &md("a")), account("c", &a, "bob", "bob pass", &md("c"))),
+    )
+    .unwrap();
+    signal(&daemon, rustix::process::Signal::HUP);
+    notify.expect("RELOADING=1");
+    notify.expect("READY=1");
+    wait_until("b to be stopped", Duration::from_secs(10), || log().contains("stopped [b]"));
+    let (b3, c3) = (messages(1, "b3"), messages(1, "c3"));
+    deliver_to(&b, USER, &b3);
+    deliver_to(&a, "bob", &c3);
+    wait_until("c's mail after the second reload", Duration::from_secs(15), || count(&md("c")) == 4);
+
     signal(&daemon, rustix::process::Signal::TERM);
     notify.expect("STOPPING=1");
     assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0, "{}", log());
 
     assert_exactly_once_clean(&md("a"), &[a1, a2].concat());
     assert_exactly_once_clean(&md("b"), &[b1, b2].concat());
-    assert_exactly_once_clean(&md("c"), &bob1);
+    assert_exactly_once_clean(&md("c"), &[bob1, c3].concat());
+    // b stopped at the second reload: its new message stayed on the server
+    // (c's arrival above came after at least one of b's old intervals).
+    assert_eq!(count(&md("b")), 6, "a removed account is no longer polled");
     let hooks = hook_counts(&hook_log);
-    assert_eq!((hooks.get("a"), hooks.get("b"), hooks.get("c")), (Some(&8), Some(&6), Some(&3)), "{hooks:?}\n{}", log());
+    assert_eq!((hooks.get("a"), hooks.get("b"), hooks.get("c")), (Some(&8), Some(&6), Some(&4)), "{hooks:?}\n{}", log());
     assert!(log().contains("started [c]"), "{}", log());
     assert!(started.elapsed() < Duration::from_secs(60), "the test must stay under a minute");
 }
@@ -357,4 +376,62 @@ fn sigterm_mid_message_loses_and_duplicates_nothing() {
     assert_exactly_once(&maildir, &msgs);
     let o = Command::new(env!("CARGO_BIN_EXE_pobox-fetch-dev")).arg("--config").arg(&config).arg("--dry-run").output().unwrap();
     assert!(String::from_utf8_lossy(&o.stdout).contains("would fetch 0"), "server empty: {}", show(&o));
+}
+
+#[test]
+fn login_delay_is_honoured_and_failures_back_off() {
+    // The server refuses a second login within 3 s (RFC 2449 LOGIN-DELAY,
+    // announced in CAPA); the account asks to be polled every second.
+    let srv = serve_with_config::Serve::start("[retention]\nlogin_delay_secs = 3\n", &[(USER, PASSWORD)]);
+    let dir = tempfile::tempdir().unwrap();
+    let maildir = dir.path().join("Mail");
+    let dead_port = free_port();
+    let config = dir.path().join("fetch.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\npoll_interval = 1\n[accounts.delayed]\nhost = \"localhost\"\nport = {}\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\nfingerprint = \"{}\"\nmaildir = \"{}\"\n[accounts.down]\nhost = \"127.0.0.1\"\nport = {dead_port}\nuser = \"x\"\npassword = \"y\"\nmaildir = \"{}\"\n",
+            dir.path().join("state").display(),
+            srv.pop3s,
+            srv.pin(),
+            maildir.display(),
+            dir.path().join("Mail-down").display(),
+        ),
+    )
+    .unwrap();
+    let err_file = dir.path().join("daemon.err");
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_pobox-fetch-dev"))
+        .arg("--config")
+        .arg(&config)
+        .args(["--daemon", "--min-poll-interval", "1"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let err = || std::fs::read_to_string(&err_file).unwrap_or_default();
+    // Mail delivered one message at a time arrives, poll after poll, and
+    // no poll runs into the server's LOGIN-DELAY.
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        let m = messages(1, &format!("delay-{round}"));
+        srv.deliver(USER, &m);
+        expected.extend(m);
+        wait_until("the next poll", Duration::from_secs(20), || count(&maildir) == expected.len());
+    }
+    // Meanwhile the unreachable account backed off: 2 s, 4 s, 8 s.
+    wait_until("three failures of the unreachable account", Duration::from_secs(20), || {
+        err().lines().filter(|l| l.starts_with("pobox fetch: down: ")).count() >= 3
+    });
+    signal(&daemon, rustix::process::Signal::TERM);
+    assert_eq!(wait_exit(&mut daemon, Duration::from_secs(20)), 0, "{}", err());
+    let text = err();
+    let waits: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("pobox fetch: down: "))
+        .filter_map(|l| l.rsplit_once("(next try in ").map(|(_, w)| w.trim_end_matches(')')))
+        .collect();
+    assert_eq!(&waits[..3], ["2 s", "4 s", "8 s"], "{text}");
+    assert!(!text.contains("delayed:"), "the delayed account never failed (no LOGIN-DELAY refusal): {text}");
+    assert_exactly_once_clean(&maildir, &expected);
 }

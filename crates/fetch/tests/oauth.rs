@@ -9,13 +9,14 @@
 //! Needs `target/debug/pobox` (`cargo build -p pobox`) or `POBOX_BIN`.
 
 mod common;
+mod serve_with_config;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Child, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -23,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use common::*;
+use serve_with_config::Serve;
 use ring::signature::{self, KeyPair as _};
 use sha2::{Digest, Sha256};
 
@@ -287,85 +289,9 @@ fn rand_bytes() -> [u8; 12] {
 
 // --- pobox serve with OAuth ----------------------------------------------------
 
-struct Serve {
-    dir: tempfile::TempDir,
-    pop3s: u16,
-    bin: PathBuf,
-    child: Child,
-}
-
-impl Serve {
-    fn start(jwks: &Path) -> Serve {
-        let bin = pobox_bin();
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        let mut add = Command::new(&bin)
-            .arg("--data")
-            .arg(&data)
-            .args(["user", "add", USER, "--password-stdin"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        add.stdin.take().unwrap().write_all(b"unused password\n").unwrap();
-        assert!(add.wait().unwrap().success());
-        let config = dir.path().join("pobox.toml");
-        std::fs::write(
-            &config,
-            format!("[oauth]\njwks_file = \"{}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n", jwks.display()),
-        )
-        .unwrap();
-        let (pop3, pop3s) = (free_port(), free_port());
-        let child = Command::new(&bin)
-            .arg("--data")
-            .arg(&data)
-            .arg("--config")
-            .arg(&config)
-            .args(["serve", "--pop3", &format!("127.0.0.1:{pop3}"), "--pop3s", &format!("127.0.0.1:{pop3s}"), "--lmtp", "none", "--smtp", "none"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        assert!(wait_for_port(pop3s, Duration::from_secs(15)), "pobox serve did not start");
-        Serve { dir, pop3s, bin, child }
-    }
-
-    fn deliver(&self, msgs: &[Vec<u8>]) {
-        for m in msgs {
-            let mut c = Command::new(&self.bin)
-                .arg("--data")
-                .arg(self.dir.path().join("data"))
-                .args(["deliver", USER])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap();
-            c.stdin.take().unwrap().write_all(m).unwrap();
-            assert!(c.wait().unwrap().success());
-        }
-    }
-
-    fn pin(&self) -> String {
-        use rustls_pki_types::pem::PemObject;
-        let der = rustls_pki_types::CertificateDer::from_pem_file(self.dir.path().join("data/tls/cert.pem")).unwrap();
-        pobox_fetch::config::format_fingerprint(&pobox_fetch::tls::fingerprint(&der))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn pobox_bin() -> PathBuf {
-    std::env::var_os("POBOX_BIN").map(PathBuf::from).unwrap_or_else(|| {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-        target.join("debug/pobox")
-    })
+fn serve(idp: &Idp) -> Serve {
+    let config = format!("[oauth]\njwks_file = \"{}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n", idp.jwks.display());
+    Serve::start(&config, &[(USER, "unused password")])
 }
 
 // --- the fetcher side ----------------------------------------------------------
@@ -482,9 +408,9 @@ fn assert_private(s: &Setup) {
 #[test]
 fn device_flow_login_then_fetch_with_cached_token() {
     let idp = Idp::start();
-    let srv = Serve::start(&idp.jwks);
+    let srv = serve(&idp);
     let msgs = messages(5, "oauth-device");
-    srv.deliver(&msgs);
+    srv.deliver(USER, &msgs);
     let s = setup(&srv, &idp, &format!("device_url = \"{}\"\n", idp.url("/device")), "oauth2");
     device_login(&s, &idp);
     assert!(idp.grants("urn:ietf:params:oauth:grant-type:device_code") >= 2, "polled while pending, then got the token");
@@ -500,9 +426,9 @@ fn device_flow_login_then_fetch_with_cached_token() {
 #[test]
 fn code_flow_with_pkce_and_loopback_redirect() {
     let idp = Idp::start();
-    let srv = Serve::start(&idp.jwks);
+    let srv = serve(&idp);
     let msgs = messages(3, "oauth-pkce");
-    srv.deliver(&msgs);
+    srv.deliver(USER, &msgs);
     let s = setup(&srv, &idp, &format!("auth_url = \"{}\"\n", idp.url("/authorize")), "xoauth2");
     let mut login = Login::start(&s);
     let prefix = idp.url("/authorize?");
@@ -538,7 +464,7 @@ fn code_flow_with_pkce_and_loopback_redirect() {
 #[test]
 fn refresh_before_expiry_with_rotation_and_cache() {
     let idp = Idp::start();
-    let srv = Serve::start(&idp.jwks);
+    let srv = serve(&idp);
     let s = setup(&srv, &idp, &format!("device_url = \"{}\"\n", idp.url("/device")), "oauth2");
     // Tokens that live 60 s are inside the refresh margin: every run refreshes.
     idp.state.lock().unwrap().access_lifetime = 60;
@@ -546,7 +472,7 @@ fn refresh_before_expiry_with_rotation_and_cache() {
     let mut seen_refresh = HashSet::new();
     for round in 1..=2u32 {
         let msgs = messages(2, &format!("refresh-{round}"));
-        srv.deliver(&msgs);
+        srv.deliver(USER, &msgs);
         let o = s.run(&[]);
         assert_eq!(code(&o), 0, "round {round}: {}", show(&o));
         assert_eq!(idp.grants("refresh_token"), round, "round {round} refreshed");
@@ -579,8 +505,8 @@ fn assert_login_again(o: &std::process::Output, what: &str) {
 #[test]
 fn expired_and_revoked_refresh_tokens_ask_for_a_new_login() {
     let idp = Idp::start();
-    let srv = Serve::start(&idp.jwks);
-    srv.deliver(&messages(1, "expired"));
+    let srv = serve(&idp);
+    srv.deliver(USER, &messages(1, "expired"));
     let s = setup(&srv, &idp, &format!("device_url = \"{}\"\n", idp.url("/device")), "oauth2");
     idp.state.lock().unwrap().access_lifetime = 60;
     device_login(&s, &idp);
@@ -604,9 +530,9 @@ fn expired_and_revoked_refresh_tokens_ask_for_a_new_login() {
 #[test]
 fn a_token_the_pop3_server_refuses_is_refreshed_once() {
     let idp = Idp::start();
-    let srv = Serve::start(&idp.jwks);
+    let srv = serve(&idp);
     let msgs = messages(2, "refused");
-    srv.deliver(&msgs);
+    srv.deliver(USER, &msgs);
     let s = setup(&srv, &idp, &format!("device_url = \"{}\"\n", idp.url("/device")), "oauth2");
     // The login hands out a long-lived token the server will not take
     // (as after an early revocation).
@@ -623,7 +549,7 @@ fn a_token_the_pop3_server_refuses_is_refreshed_once() {
     let mut stored: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(token_file(&s)).unwrap()).unwrap();
     stored["access_token"] = idp.jwt(3600, "someone.else").into();
     std::fs::write(token_file(&s), stored.to_string()).unwrap();
-    srv.deliver(&messages(1, "refused-2"));
+    srv.deliver(USER, &messages(1, "refused-2"));
     let o = s.run(&[]);
     assert_eq!(code(&o), 4, "{}", show(&o));
     assert_eq!(idp.grants("refresh_token"), 2, "one forced refresh per run");
