@@ -341,7 +341,7 @@ impl Config {
                 a.poll_interval = Duration::from_secs(raw.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL));
             }
         }
-        if raw.poll_interval == Some(0) || accounts.iter().any(|a| a.poll_interval.is_zero()) {
+        if raw.poll_interval == Some(0) {
             return Err(ConfigError::Invalid { account: "*".into(), reason: "poll_interval must be at least 1 second".into() });
         }
         if raw.on_new_mail.as_ref().is_some_and(Vec::is_empty) {
@@ -405,6 +405,9 @@ fn validate(name: String, a: RawAccount) -> Result<Account, ConfigError> {
     };
     if a.on_new_mail.as_ref().is_some_and(Vec::is_empty) {
         return Err(invalid("on_new_mail is an empty command".into()));
+    }
+    if a.poll_interval == Some(0) {
+        return Err(invalid("poll_interval must be at least 1 second".into()));
     }
     let password = match (a.password, a.password_command) {
         (Some(_), _) | (_, Some(_)) if oauth.is_some() => {

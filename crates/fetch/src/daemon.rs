@@ -40,6 +40,7 @@ use crate::config::{Account, Config, ConfigError, PasswordSource};
 use crate::error::FetchError;
 use crate::progress::{AccountProgress, Display};
 use crate::session::{fetch_account_until, Summary};
+use crate::oauth::OAuthError;
 use crate::{auth, oauth, summary_line, FetchArgs, EXIT_ATTENTION, EXIT_FAILED, EXIT_FETCHED, EXIT_USAGE};
 
 /// The shortest poll interval in normal use. Gmail announces LOGIN-DELAY
@@ -183,6 +184,8 @@ struct Daemon {
     quiet: bool,
     state_dir: PathBuf,
     workers: BTreeMap<String, Worker>,
+    /// `--jobs`: how many accounts fetch at the same time.
+    jobs: Arc<tokio::sync::Semaphore>,
 }
 
 /// `pobox fetch --daemon`. Returns when SIGTERM or SIGINT arrives and every
@@ -214,6 +217,7 @@ pub(crate) fn run(args: FetchArgs) -> ExitCode {
         quiet: args.quiet,
         state_dir: config.state_dir.clone(),
         workers: BTreeMap::new(),
+        jobs: Arc::new(tokio::sync::Semaphore::new(args.jobs.max(1))),
     };
     runtime.block_on(async move {
         let (mut term, mut int, mut hup) =
@@ -288,7 +292,14 @@ impl Daemon {
             );
         }
         let stop = Arc::new(Stop::default());
-        let handle = tokio::spawn(poll(account.clone(), self.state_dir.clone(), interval, stop.clone(), self.quiet));
+        let handle = tokio::spawn(poll(
+            account.clone(),
+            self.state_dir.clone(),
+            interval,
+            stop.clone(),
+            self.jobs.clone(),
+            self.quiet,
+        ));
         self.workers.insert(account.name.clone(), Worker { account, stop, handle });
     }
 
@@ -336,10 +347,22 @@ impl Daemon {
 }
 
 /// One account's polling loop.
-async fn poll(account: Account, state_dir: PathBuf, interval: Duration, stop: Arc<Stop>, quiet: bool) {
+async fn poll(
+    account: Account,
+    state_dir: PathBuf,
+    interval: Duration,
+    stop: Arc<Stop>,
+    jobs: Arc<tokio::sync::Semaphore>,
+    quiet: bool,
+) {
     let display = Display::new(false);
     let mut failures = 0u32;
     while !stop.flag.load(Ordering::SeqCst) {
+        // Waiting for a turn must not delay a SIGTERM.
+        let permit = tokio::select! {
+            p = jobs.clone().acquire_owned() => p,
+            () = stop.wake.notified() => break,
+        };
         let bar = display.account(&account.name);
         let started = std::time::Instant::now();
         let for_secret = account.clone();
@@ -348,6 +371,7 @@ async fn poll(account: Account, state_dir: PathBuf, interval: Duration, stop: Ar
             Ok(Err(e)) => Err(e),
             Err(e) => Err(FetchError::Password(format!("secret task failed: {e}"))),
         };
+        drop(permit);
         let delay = match result {
             Ok(s) => {
                 failures = 0;
@@ -363,6 +387,13 @@ async fn poll(account: Account, state_dir: PathBuf, interval: Duration, stop: Ar
                 next_delay(interval, s.login_delay, 0)
             }
             Err(FetchError::Interrupted) => break,
+            // Waiting for `pobox fetch login`: no server was contacted, and
+            // the new token should be picked up at the next regular poll,
+            // not hours later.
+            Err(e @ FetchError::OAuth(OAuthError::NotLoggedIn { .. } | OAuthError::LoginAgain { .. })) => {
+                eprintln!("pobox fetch: {}: {e} (next try in {} s)", account.name, interval.as_secs());
+                interval
+            }
             Err(e) => {
                 failures = failures.saturating_add(1);
                 let delay = next_delay(interval, None, failures);

@@ -100,7 +100,7 @@ pub struct FetchArgs {
     /// Keep running: poll each account every `poll_interval` seconds
     /// (default 300, at least 60); SIGHUP re-reads the file, SIGTERM stops
     /// after the message in progress.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "dry_run")]
     pub daemon: bool,
     /// Lowest poll interval `--daemon` accepts, in seconds. For tests only:
     /// real servers throttle or lock out clients that poll faster than a

@@ -824,6 +824,35 @@ mod tests {
     }
 
     #[test]
+    fn account_config_with_oauth() {
+        use crate::config::{AuthMethod, Config, PasswordSource};
+        let base = "state_dir = \"/st\"\npoll_interval = 120\n[accounts.o]\nhost = \"h\"\nuser = \"u@x\"\nmaildir = \"/m\"\n";
+        let table = "[accounts.o.oauth]\nprovider = \"google\"\nclient_id = \"c\"\n";
+        let c = Config::parse(&format!("{base}auth = \"oauth2\"\n{table}")).unwrap();
+        let a = &c.accounts[0];
+        assert_eq!(a.auth, AuthMethod::Oauth2);
+        assert_eq!(a.password, PasswordSource::OAuth2);
+        assert_eq!(a.oauth.as_ref().unwrap().token_file, PathBuf::from("/st/oauth/o.json"));
+        assert_eq!(a.poll_interval, Duration::from_secs(120), "top-level default");
+        // auth left at auto becomes oauth2; xoauth2 may be forced.
+        assert_eq!(Config::parse(&format!("{base}{table}")).unwrap().accounts[0].auth, AuthMethod::Oauth2);
+        assert_eq!(Config::parse(&format!("{base}auth = \"xoauth2\"\n{table}")).unwrap().accounts[0].auth, AuthMethod::Xoauth2);
+        for bad in [
+            format!("{base}auth = \"oauth2\"\n"),
+            format!("{base}auth = \"plain\"\n{table}"),
+            format!("{base}password = \"p\"\n{table}"),
+            format!("{base}on_new_mail = []\n{table}"),
+            format!("{base}poll_interval = 0\n{table}"),
+            format!("{base}{table}token_url = \"http://idp.example/t\"\n"),
+            format!("{base}{table}colour = \"blue\"\n"),
+        ] {
+            assert!(Config::parse(&bad).is_err(), "accepted {bad}");
+        }
+        let c = Config::parse("state_dir = \"/st\"\n[accounts.p]\nhost = \"h\"\nuser = \"u\"\npassword = \"x\"\nmaildir = \"/m\"\n").unwrap();
+        assert_eq!(c.accounts[0].poll_interval, Duration::from_secs(crate::config::DEFAULT_POLL_INTERVAL));
+    }
+
+    #[test]
     fn debug_hides_the_client_secret() {
         let s = RawOAuth { client_secret: Some("hush".into()), ..raw(Provider::Google) }.validate().unwrap();
         assert!(!format!("{s:?}").contains("hush"));

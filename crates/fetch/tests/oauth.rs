@@ -555,3 +555,51 @@ fn a_token_the_pop3_server_refuses_is_refreshed_once() {
     assert_eq!(idp.grants("refresh_token"), 2, "one forced refresh per run");
     assert!(String::from_utf8_lossy(&o.stderr).starts_with("pobox fetch: acct: authentication failed: "), "{}", show(&o));
 }
+
+#[test]
+fn daemon_waits_for_the_login_then_refreshes_on_its_own() {
+    let idp = Idp::start();
+    let srv = serve(&idp);
+    let s = setup(&srv, &idp, &format!("device_url = \"{}\"\n", idp.url("/device")), "oauth2");
+    // poll_interval belongs in the account table, before [accounts.acct.oauth].
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, text.replace("timeout_secs = 20\n", "timeout_secs = 20\npoll_interval = 1\n")).unwrap();
+    // Short-lived tokens: every poll has to refresh.
+    idp.state.lock().unwrap().access_lifetime = 60;
+    let err_file = s.dir.path().join("daemon.err");
+    let mut daemon = s
+        .command(&["--daemon", "--min-poll-interval", "1"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&err_file).unwrap())
+        .spawn()
+        .unwrap();
+    let err = || std::fs::read_to_string(&err_file).unwrap_or_default();
+    let wait = |what: &str, f: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !f() {
+            assert!(start.elapsed() < Duration::from_secs(20), "timed out waiting for {what}: {}", err());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("the not-logged-in error", &|| err().contains("not logged in yet: run `pobox fetch login acct`"));
+    let first = messages(2, "daemon-oauth-1");
+    srv.deliver(USER, &first);
+    device_login(&s, &idp);
+    wait("mail after the login", &|| local_messages(&s.maildir).len() == 2);
+    let second = messages(2, "daemon-oauth-2");
+    srv.deliver(USER, &second);
+    wait("mail on a later poll", &|| local_messages(&s.maildir).len() == 4);
+    assert!(idp.grants("refresh_token") >= 2, "each poll refreshed the short-lived token");
+    rustix::process::kill_process(rustix::process::Pid::from_child(&daemon), rustix::process::Signal::TERM).unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = daemon.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "daemon did not stop");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(0), "{}", err());
+    assert_exactly_once_clean(&s.maildir, &[first, second].concat());
+    assert!(!err().contains("rt-"), "no token in the log: {}", err());
+}
