@@ -10,7 +10,7 @@
 //! allow_insecure = false         # "none" needs this set to true
 //! user = "me"
 //! password_command = "pass show mail/work"   # or password = "...", or neither: prompt
-//! auth = "auto"                  # auto | user | plain | login | scram-sha-256 | xoauth2 | oauthbearer
+//! auth = "auto"                  # auto | user | plain | login | scram-sha-256 | xoauth2 | oauthbearer | oauth2
 //! ca_file = "/etc/ssl/my-ca.pem" # extra trust anchors (PEM)
 //! fingerprint = "sha256:AB:CD:…" # pin the server certificate instead of trusting CAs
 //! maildir = "~/Mail/work"        # default ~/Mail/<account>; or mbox = "…" or mda = "…"

@@ -853,6 +853,21 @@ mod tests {
     }
 
     #[test]
+    fn oauth2_takes_oauthbearer_when_offered_else_xoauth2() {
+        use crate::auth::{choose, Login, Mechanism};
+        use crate::config::AuthMethod;
+        use pobox_proto::pop3::client::{body_lines, Capabilities};
+        let caps = |s: &[u8]| Capabilities::parse(body_lines(s));
+        let both = caps(b"USER\r\nSASL PLAIN OAUTHBEARER XOAUTH2\r\n");
+        assert_eq!(choose(AuthMethod::Oauth2, Some(&both)).unwrap(), Login::Sasl(Mechanism::Oauthbearer));
+        let gmail_like = caps(b"USER\r\nSASL PLAIN XOAUTH2\r\n");
+        assert_eq!(choose(AuthMethod::Oauth2, Some(&gmail_like)).unwrap(), Login::Sasl(Mechanism::Xoauth2));
+        // Outlook does not always list it; XOAUTH2 is what it takes.
+        assert_eq!(choose(AuthMethod::Oauth2, Some(&caps(b"USER\r\n"))).unwrap(), Login::Sasl(Mechanism::Xoauth2));
+        assert_eq!(choose(AuthMethod::Oauth2, None).unwrap(), Login::Sasl(Mechanism::Xoauth2));
+    }
+
+    #[test]
     fn debug_hides_the_client_secret() {
         let s = RawOAuth { client_secret: Some("hush".into()), ..raw(Provider::Google) }.validate().unwrap();
         assert!(!format!("{s:?}").contains("hush"));
