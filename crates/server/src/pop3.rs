@@ -126,21 +126,14 @@ pub(crate) async fn serve(
         );
     }
     // Release the maildrop before the socket closes, so a client that sees
-    // the connection end can log in again at once. Dropping the mailbox
-    // deletes nothing (RFC 1939 §6: no UPDATE without QUIT), but what was
-    // retrieved is recorded: the EXPIRE clock has started.
+    // the connection end can log in again at once. A session that did not
+    // reach UPDATE changes nothing (RFC 1939 §6): no message is removed and
+    // no retrieval is recorded, so neither EXPIRE 0 nor a retention clock
+    // acts on what it sent. The client may never have received it (a reset
+    // right after RETR), and RFC 2449's EXPIRE 0 removes at UPDATE too.
     if let Some(mailbox) = driver.mailbox.take() {
-        let retrieved: Vec<usize> = std::mem::take(&mut driver.retrieved).into_iter().collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            if !retrieved.is_empty() {
-                let mut mb = mailbox.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = mb.record_retrievals(&retrieved, SystemTime::now()) {
-                    warn!(user = mb.user(), error = %e, "cannot record retrievals");
-                }
-            }
-            drop(mailbox);
-        })
-        .await;
+        // Unlocking may touch the disk: not on the async worker.
+        let _ = tokio::task::spawn_blocking(move || drop(mailbox)).await;
     }
     drop(driver);
 }
@@ -161,7 +154,9 @@ struct Stats {
 struct Driver<'r> {
     /// This connection in the session registry (`pobox who`, kick).
     handle: Handle<'r>,
-    /// Messages sent by RETR (and TOP, if configured) this session.
+    /// Messages sent by RETR (and TOP, if configured) this session. Only
+    /// recorded (and, under EXPIRE 0, removed) if the session reaches
+    /// UPDATE; dropped otherwise.
     retrieved: BTreeSet<usize>,
     /// The logged-in user's retention policy.
     policy: Policy,
@@ -503,8 +498,8 @@ impl Driver<'_> {
                 return Err(LoginFailure::LoginDelay(d.as_secs() as u32));
             }
             // Apply retention before the snapshot, so that what has expired
-            // (e.g. mail retrieved under EXPIRE 0 by a session that ended
-            // without QUIT) is not offered again.
+            // (mail retrieved N days ago, or older than max_age) is not
+            // offered again.
             // Only when the policy can expire anything: otherwise it is a
             // second scan of the maildrop on every login for nothing (the
             // restore area's purge is left to the timer).
@@ -529,9 +524,9 @@ impl Driver<'_> {
                     // for refusing at random).
                     Err(StoreError::InUse) => !svc.sessions.has_user(user),
                     // The expiry found the maildrop held (say, by a session
-                    // that is ending and recording what it retrieved) and
-                    // the lock came free before the snapshot: expire first,
-                    // or mail retrieved under EXPIRE 0 is offered again.
+                    // that is still in UPDATE) and the lock came free before
+                    // the snapshot: expire first, or expired mail is offered
+                    // again.
                     Ok(_) => expiry_skipped,
                     Err(_) => false,
                 };
