@@ -60,6 +60,9 @@ pub struct RawConfig {
     pub domains: Option<Vec<String>>,
     /// Idle timeout before login, seconds.
     pub login_timeout_secs: Option<u64>,
+    /// Time from connect to a successful POP3 login, seconds, however busy
+    /// the client is.
+    pub login_deadline_secs: Option<u64>,
     /// Idle timeout after login, seconds (at least 600, RFC 1939 §3).
     pub session_timeout_secs: Option<u64>,
     /// Delay before answering a failed login, milliseconds.
@@ -325,6 +328,10 @@ impl Settings {
         if login_timeout == 0 {
             bail!("login_timeout_secs: must be at least 1");
         }
+        let login_deadline = raw.login_deadline_secs.unwrap_or(defaults.login_deadline.as_secs());
+        if login_deadline == 0 {
+            bail!("login_deadline_secs: must be at least 1");
+        }
         let max_connections = raw.max_connections.unwrap_or(defaults.max_connections);
         if max_connections == 0 {
             bail!("max_connections: must be at least 1");
@@ -366,6 +373,7 @@ impl Settings {
         let server = Config {
             hostname,
             login_timeout: Duration::from_secs(login_timeout),
+            login_deadline: Duration::from_secs(login_deadline),
             session_timeout: Duration::from_secs(session_timeout),
             allow_plaintext_auth: raw.allow_plaintext_auth.unwrap_or(false),
             plaintext_auth_on_loopback: raw.plaintext_auth_on_loopback.unwrap_or(true),
@@ -547,6 +555,15 @@ mod tests {
         assert_eq!(s.mail_location, "/tmp/pobox-test/mail/{user}");
         assert_eq!(s.server.session_timeout, Duration::from_secs(600));
         assert!(!s.server.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn login_deadline_key() {
+        assert_eq!(parse("").unwrap().server.login_deadline, Duration::from_secs(180));
+        let s = parse("login_deadline_secs = 30").unwrap();
+        assert_eq!(s.server.login_deadline, Duration::from_secs(30));
+        let err = parse("login_deadline_secs = 0").err().unwrap();
+        assert!(err.to_string().contains("login_deadline_secs"), "{err}");
     }
 
     #[test]

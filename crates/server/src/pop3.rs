@@ -62,6 +62,9 @@ pub(crate) async fn serve(
     shutdown: Shutdown,
 ) {
     let _ = tcp.set_nodelay(true);
+    // The whole AUTHORIZATION phase, TLS handshakes included, must end by
+    // then (see `Config::login_deadline`).
+    let login_deadline = tokio::time::Instant::now() + svc.config.login_deadline;
     let stream = if implicit_tls {
         let Some(tls) = &svc.tls else { return };
         match Box::pin(tokio::time::timeout(svc.config.login_timeout, tls.accept(tcp))).await {
@@ -115,7 +118,7 @@ pub(crate) async fn serve(
         mech: None,
     };
     driver.offer_mechanisms().await;
-    match driver.run(shutdown).await {
+    match driver.run(shutdown, login_deadline).await {
         Ok(()) => {}
         Err(e) => debug!(%peer, error = %e, "pop3 connection ended"),
     }
@@ -216,7 +219,7 @@ fn log_safe(user: &str) -> String {
 }
 
 impl Driver<'_> {
-    async fn run(&mut self, mut shutdown: Shutdown) -> Result<(), ConnError> {
+    async fn run(&mut self, mut shutdown: Shutdown, login_deadline: tokio::time::Instant) -> Result<(), ConnError> {
         self.run_actions().await?;
         loop {
             self.process_input().await?;
@@ -226,21 +229,35 @@ impl Driver<'_> {
                 return Ok(());
             }
             self.release_idle_buffers();
-            let timeout = match self.session.idle_class() {
-                IdleClass::BeforeLogin => self.svc.config.login_timeout,
-                IdleClass::LoggedIn => self.svc.config.session_timeout,
+            // Before login, the idle timer is reset by every command, so
+            // it alone would let a client that keeps talking (200 failed
+            // AUTHs, or NOOPs) stay unauthenticated forever: the login
+            // deadline bounds the phase as a whole. It is checked before
+            // waiting, too, since a client that always has input ready
+            // would otherwise never let a timer fire.
+            let before_login = self.session.idle_class() == IdleClass::BeforeLogin;
+            let left = login_deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (timeout, deadline_first) = if before_login {
+                (left.min(self.svc.config.login_timeout), left <= self.svc.config.login_timeout)
+            } else {
+                (self.svc.config.session_timeout, false)
             };
             let stream = self.stream.as_mut().expect("stream present outside STLS");
             let inbuf = &mut self.inbuf;
-            let event = tokio::select! {
-                read = tokio::time::timeout(timeout, read_input(stream, inbuf)) => match read {
-                    Err(_) => Event::IdleTimeout,
-                    Ok(Ok(0)) => Event::Eof,
-                    Ok(Ok(_)) => Event::Data,
-                    Ok(Err(e)) => return Err(e.into()),
-                },
-                () = shutdown.forced() => Event::Shutdown,
-                _ = self.handle.kicked.wait_for(|k| *k) => Event::Kicked,
+            let event = if before_login && left.is_zero() {
+                Event::LoginDeadline
+            } else {
+                tokio::select! {
+                    read = tokio::time::timeout(timeout, read_input(stream, inbuf)) => match read {
+                        Err(_) if deadline_first => Event::LoginDeadline,
+                        Err(_) => Event::IdleTimeout,
+                        Ok(Ok(0)) => Event::Eof,
+                        Ok(Ok(_)) => Event::Data,
+                        Ok(Err(e)) => return Err(e.into()),
+                    },
+                    () = shutdown.forced() => Event::Shutdown,
+                    _ = self.handle.kicked.wait_for(|k| *k) => Event::Kicked,
+                }
             };
             match event {
                 Event::Data => {}
@@ -249,6 +266,12 @@ impl Driver<'_> {
                 // response and without UPDATE.
                 Event::IdleTimeout => {
                     debug!(peer = %self.peer, "idle timeout");
+                    return Ok(());
+                }
+                Event::LoginDeadline => {
+                    info!(peer = %self.peer, ip = %self.peer.ip(), "no login within the login deadline; closing");
+                    Status::err("login took too long, closing connection").encode(&mut self.outbuf);
+                    let _ = self.flush().await;
                     return Ok(());
                 }
                 Event::Kicked => {
@@ -911,6 +934,8 @@ enum Event {
     Data,
     Eof,
     IdleTimeout,
+    /// Still not logged in at the login deadline.
+    LoginDeadline,
     Shutdown,
     Kicked,
 }

@@ -583,3 +583,62 @@ fn stray_challenge_is_ignored() {
     h.session.handle_sasl_challenge(b"nobody asked");
     assert_eq!(h.feed(b"NOOP\r\n", 1), "-ERR not valid before login\r\n");
 }
+
+/// Issue 17, finding 5: `AUTH PLAIN =` and `AUTH LOGIN` with bad base64 drew
+/// an error each, forever. Every error reply counts, SASL ones included, and
+/// a valid command in between (CAPA) does not wipe the slate: an attacker
+/// could interleave one otherwise.
+#[test]
+fn sasl_errors_count_toward_the_bad_command_limit_at_every_chunk_size() {
+    let mut script = Vec::new();
+    for i in 0..100 {
+        script.extend_from_slice(b"AUTH PLAIN =\r\nAUTH LOGIN\r\n!!!\r\n");
+        if i % 3 == 0 {
+            script.extend_from_slice(b"CAPA\r\n");
+        }
+    }
+    for chunk in (1..=64).chain([512, script.len()]) {
+        let mut h = Harness::new(config(), &[]);
+        h.out.clear();
+        let out = h.feed(&script, chunk);
+        assert_eq!(out.matches("-ERR").count(), MAX_BAD_COMMANDS as usize + 1, "chunk {chunk}: {out}");
+        assert!(out.ends_with("-ERR too many invalid commands, closing connection\r\n"), "chunk {chunk}: {out}");
+        assert!(h.closed, "chunk {chunk}");
+    }
+}
+
+/// Every other error reply before login counts too: refused plaintext,
+/// PASS without USER, unknown mechanisms, STLS where there is none.
+#[test]
+fn every_error_reply_before_login_counts() {
+    let mut cfg = config();
+    cfg.plaintext_auth_allowed = false;
+    cfg.stls_available = false;
+    cfg.apop_timestamp = None;
+    let lines: [&[u8]; 5] = [b"USER a\r\n", b"PASS b\r\n", b"AUTH FOO\r\n", b"STLS\r\n", b"APOP a b\r\n"];
+    let mut h = Harness::new(cfg, &[]);
+    h.out.clear();
+    let mut out = String::new();
+    for i in 0..100 {
+        out.push_str(&h.feed(lines[i % lines.len()], 512));
+        if h.closed {
+            break;
+        }
+    }
+    assert!(h.closed, "{out}");
+    assert_eq!(out.matches("-ERR").count(), MAX_BAD_COMMANDS as usize + 1, "{out}");
+}
+
+/// After login too: a peer that only draws errors is cut off, without UPDATE.
+#[test]
+fn errors_after_login_count_and_closing_never_enters_update() {
+    let mut h = logged_in(&[MSG1]);
+    let mut input = b"DELE 1\r\n".to_vec();
+    for _ in 0..40 {
+        input.extend_from_slice(b"RETR 9\r\nUSER x\r\n");
+    }
+    let out = h.feed(&input, 7);
+    assert_eq!(out.matches("-ERR").count(), MAX_BAD_COMMANDS as usize + 1, "{out}");
+    assert!(h.closed);
+    assert!(h.updates.is_empty(), "no UPDATE without QUIT");
+}
