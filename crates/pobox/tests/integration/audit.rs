@@ -5,6 +5,7 @@
 //!   RETR) changes nothing, not even the retention clocks;
 //! - finding 5: error replies, SASL ones included, count toward the
 //!   bad-command limit, and an unauthenticated connection has a deadline;
+//! - finding 8: CAPA after login announces what CAPA before login did.
 
 use std::time::Duration;
 
@@ -182,3 +183,28 @@ fn an_unauthenticated_connection_has_a_deadline_even_while_busy() {
     c.quit();
 }
 
+#[test]
+fn capa_after_login_announces_the_authorization_capabilities() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    let server = dir.server().start();
+    // Cleartext loopback with a certificate: STLS, USER and SASL on offer.
+    let mut c = server.pop3();
+    let before = c.cmd_lines("CAPA");
+    for cap in ["STLS", "USER"] {
+        assert!(before.contains(&cap.to_string()), "{before:?}");
+    }
+    assert!(before.iter().any(|l| l.starts_with("SASL ")), "{before:?}");
+    c.login("alice", PW);
+    let after = c.cmd_lines("CAPA");
+    assert_eq!(after, before, "RFC 2449 §5: announced in both states");
+    c.quit();
+
+    // And through python's poplib, which parses CAPA after login.
+    let out = server.python_ok(
+        "c = pop3()\nc.user('alice')\nc.pass_(PW)\ncaps = c.capa()\nprint(sorted(caps))\nc.quit()\n",
+    );
+    for cap in ["'STLS'", "'USER'", "'SASL'"] {
+        assert!(out.contains(cap), "{out}");
+    }
+}

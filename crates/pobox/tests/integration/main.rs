@@ -10,7 +10,7 @@
 //! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
 //! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
-//!   error limits and the login deadline).
+//!   error limits and the login deadline, CAPA in both states).
 //!
 //! Client tools these tests run (Debian packages; `.ci/run` installs them):
 //! `python3` (poplib, smtplib), `curl`, `openssl`, `swaks`. A test whose tool

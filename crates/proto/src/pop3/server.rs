@@ -871,17 +871,23 @@ impl ServerSession {
             caps.push(format!("LOGIN-DELAY {delay}{}", user_tag(delay_user)));
         }
         caps.push("UTF8".into());
-        if matches!(self.phase, Phase::Authorization { .. }) {
-            if self.config.stls_available && !self.config.secure {
-                caps.push("STLS".into());
-            }
-            if self.config.plaintext_auth_allowed {
-                caps.push("USER".into());
-            }
-            let mechanisms = self.mechanisms();
-            if !mechanisms.is_empty() {
-                caps.push(format!("SASL {}", mechanisms.join(" ")));
-            }
+        // RFC 2449 §5: "Capabilities available in the AUTHORIZATION state
+        // MUST be announced in both states", and the IANA registry lists
+        // USER, SASL and STLS (RFC 2595) as announced in both states with no
+        // differences. So after login CAPA still says what this connection
+        // offers before login: the same USER, the same mechanism list, and
+        // STLS while the link is cleartext with a certificate. They describe
+        // the connection; the commands themselves stay AUTHORIZATION-only
+        // and get "-ERR already logged in" in TRANSACTION.
+        if self.config.stls_available && !self.config.secure {
+            caps.push("STLS".into());
+        }
+        if self.config.plaintext_auth_allowed {
+            caps.push("USER".into());
+        }
+        let mechanisms = self.mechanisms();
+        if !mechanisms.is_empty() {
+            caps.push(format!("SASL {}", mechanisms.join(" ")));
         }
         if let Some(imp) = &self.config.implementation {
             caps.push(format!("IMPLEMENTATION {imp}"));
