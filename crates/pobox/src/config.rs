@@ -131,7 +131,8 @@ pub struct RawOAuth {
     pub issuer: String,
     /// Required `aud` member.
     pub audience: String,
-    /// Claim naming the mail user (default `email`).
+    /// Claim identifying the mail user (default `sub`, mapped through the
+    /// passwd-file's `oauth_sub=`; `email` needs `email_verified` true).
     pub username_claim: Option<String>,
     /// Clock-skew leeway, seconds (default 60).
     pub leeway_secs: Option<u64>,
@@ -438,7 +439,9 @@ impl Settings {
                         jwks_file: resolve(&data_dir, o.jwks_file),
                         issuer: o.issuer,
                         audience: o.audience,
-                        username_claim: o.username_claim.unwrap_or_else(|| "email".into()),
+                        username_claim: o
+                            .username_claim
+                            .unwrap_or_else(|| pobox_auth::oauth::OAuthConfig::DEFAULT_USERNAME_CLAIM.into()),
                         leeway: Duration::from_secs(o.leeway_secs.unwrap_or(60)),
                     })
                 }
@@ -646,7 +649,8 @@ mod security_tests {
         assert_eq!(s.tls_pairs[1].key, PathBuf::from("/etc/b.key"));
         let o = s.server.oauth.unwrap();
         assert_eq!(o.jwks_file, PathBuf::from("/tmp/pobox-test/jwks.json"));
-        assert_eq!(o.username_claim, "email");
+        // Issue 17, finding 7: the default is the provider-assigned subject.
+        assert_eq!(o.username_claim, "sub");
         assert!(parse("max_connections_per_ip = 0").is_err());
         assert!(parse("[oauth]\njwks_file = \"j\"\nissuer = \"\"\naudience = \"a\"").is_err());
         assert!(parse("[oauth]\njwks = \"j\"").is_err(), "unknown keys in [oauth]");
