@@ -101,10 +101,10 @@ pub enum OAuthError {
     /// no user in the passwd-file.
     #[error("token does not name this user")]
     User,
-    /// The token's `sub` is mapped to no user (no `oauth_sub=` for it in
-    /// the passwd-file).
-    #[error("token subject is mapped to no user (add oauth_sub=<sub> to the user's passwd-file line)")]
-    UnmappedSubject,
+    /// The token's `sub` (here, from a validly signed token) is mapped to
+    /// no user: no `oauth_sub=` for it in the passwd-file.
+    #[error("token subject {0:?} is mapped to no user (add oauth_sub=<subject> to the user's passwd-file line)")]
+    UnmappedSubject(String),
     /// The identity claim is `email` but the token does not say
     /// `"email_verified": true`.
     #[error("token email address is not verified by the identity provider")]
@@ -219,7 +219,7 @@ impl OAuthValidator {
             "sub" => users
                 .user_for_oauth_subject(value)
                 .map_err(|e| OAuthError::Temporary(e.to_string()))?
-                .ok_or(OAuthError::UnmappedSubject),
+                .ok_or_else(|| OAuthError::UnmappedSubject(value.chars().take(256).collect())),
             "email" => match claims.get("email_verified") {
                 // Only the boolean: a string "true" is not what OpenID
                 // Connect Core §5.1 defines, and guessing is not safe here.

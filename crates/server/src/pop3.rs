@@ -724,7 +724,14 @@ impl Driver<'_> {
                 Step::Done(Err((user, temporary("authentication temporarily unavailable"))))
             }
             Err(e) => {
-                debug!(peer = %self.peer, error = %e, "bearer token refused");
+                // A valid token for no known user is most likely a missing
+                // oauth_sub= mapping (or an unverified email): the admin
+                // needs to see it without debug logging.
+                if matches!(e, oauth::OAuthError::UnmappedSubject(_) | oauth::OAuthError::EmailNotVerified) {
+                    info!(peer = %self.peer, error = %e, "bearer token refused");
+                } else {
+                    debug!(peer = %self.peer, error = %e, "bearer token refused");
+                }
                 // RFC 7628 §3.2.2: the failure is a JSON challenge; the
                 // client answers it, and only then gets -ERR.
                 self.mech = Some(Box::new(Mech::BearerFailed(user)));
