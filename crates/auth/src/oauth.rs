@@ -11,10 +11,26 @@
 //! Claims checked (RFC 7519 §4.1): `iss` equals the configured issuer,
 //! `aud` (string or array) contains the configured audience, `exp` is
 //! required and in the future, `nbf` (if present) is in the past, each with
-//! a small leeway for clock skew. The user is the configured claim (default
-//! `email`, else `preferred_username`/`sub` as configured); it must equal the
-//! name the client asked for (OAUTHBEARER `a=`, XOAUTH2 `user=`) when one was
-//! given, and exist in the passwd-file.
+//! a small leeway for clock skew.
+//!
+//! # Which user a token names
+//!
+//! Only a claim the identity provider guarantees may pick the mail user, or
+//! anyone who can set their own profile fields at the provider logs in as
+//! someone else (the "nOAuth" class of account takeovers). So:
+//!
+//! - `username_claim = "sub"` (the default): the subject, which the provider
+//!   assigns and never reassigns (OpenID Connect Core §2), is looked up in
+//!   the passwd-file: the user whose line carries `oauth_sub=<sub>` in its
+//!   extra field ([`UserDb::user_for_oauth_subject`]). A `sub` that merely
+//!   equals a user name maps to no one.
+//! - `username_claim = "email"`: the address is the user name only if the
+//!   token also says `"email_verified": true` (the JSON boolean).
+//! - any other claim (`preferred_username`, `upn`...): its value is the user
+//!   name, as configured; only for a provider where users cannot change it.
+//!
+//! The user must exist in the passwd-file and equal the name the client
+//! asked for (OAUTHBEARER `a=`, XOAUTH2 `user=`) when one was given.
 //!
 //! The JWKS file is re-read when its mtime or size changes, so key rotation
 //! needs no restart. No network access: fetching the JWKS from the issuer
@@ -41,11 +57,19 @@ pub struct OAuthConfig {
     pub issuer: String,
     /// Required member of `aud`.
     pub audience: String,
-    /// The claim that names the mail user (`email`, `preferred_username`,
-    /// `sub`...). Its value must be a user in the passwd-file.
+    /// The claim that identifies the mail user: `sub` (mapped through the
+    /// passwd-file's `oauth_sub=`), `email` (only with `email_verified`
+    /// true), or another claim whose value is the user name. See the
+    /// module docs.
     pub username_claim: String,
     /// Tolerated clock skew for `exp`/`nbf`.
     pub leeway: Duration,
+}
+
+impl OAuthConfig {
+    /// The default [`username_claim`](Self::username_claim): the subject,
+    /// which the provider guarantees (see the module docs).
+    pub const DEFAULT_USERNAME_CLAIM: &'static str = "sub";
 }
 
 /// Why a token was refused. The text is for logs and never contains the token.
@@ -77,6 +101,14 @@ pub enum OAuthError {
     /// no user in the passwd-file.
     #[error("token does not name this user")]
     User,
+    /// The token's `sub` (here, from a validly signed token) is mapped to
+    /// no user: no `oauth_sub=` for it in the passwd-file.
+    #[error("token subject {0:?} is mapped to no user (add oauth_sub=<subject> to the user's passwd-file line)")]
+    UnmappedSubject(String),
+    /// The identity claim is `email` but the token does not say
+    /// `"email_verified": true`.
+    #[error("token email address is not verified by the identity provider")]
+    EmailNotVerified,
     /// The JWKS file cannot be read or parsed (server's fault).
     #[error("JWKS {path}: {reason}")]
     Jwks {
@@ -161,17 +193,40 @@ impl OAuthValidator {
         now: SystemTime,
     ) -> Result<Authenticated, OAuthError> {
         let claims = self.validate(token, now)?;
-        let user = claims
-            .get(&self.config.username_claim)
-            .and_then(|v| v.as_str())
-            .ok_or(OAuthError::User)?;
+        let user = self.identity(users, &claims)?;
         if requested_user.is_some_and(|r| r != user) {
             return Err(OAuthError::User);
         }
-        match users.exists(user) {
-            Ok(true) => Ok(Authenticated::new(user)),
+        match users.exists(&user) {
+            Ok(true) => Ok(Authenticated::new(&user)),
             Ok(false) => Err(OAuthError::User),
             Err(e) => Err(OAuthError::Temporary(e.to_string())),
+        }
+    }
+
+    /// The user name the validated `claims` identify (see the module docs).
+    fn identity(
+        &self,
+        users: &UserDb,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, OAuthError> {
+        let claim = self.config.username_claim.as_str();
+        let value = claims
+            .get(claim)
+            .and_then(|v| v.as_str())
+            .ok_or(OAuthError::User)?;
+        match claim {
+            "sub" => users
+                .user_for_oauth_subject(value)
+                .map_err(|e| OAuthError::Temporary(e.to_string()))?
+                .ok_or_else(|| OAuthError::UnmappedSubject(value.chars().take(256).collect())),
+            "email" => match claims.get("email_verified") {
+                // Only the boolean: a string "true" is not what OpenID
+                // Connect Core §5.1 defines, and guessing is not safe here.
+                Some(serde_json::Value::Bool(true)) => Ok(value.to_owned()),
+                _ => Err(OAuthError::EmailNotVerified),
+            },
+            _ => Ok(value.to_owned()),
         }
     }
 
@@ -440,6 +495,120 @@ mod tests {
         assert_eq!(r.token.as_bytes(), b"ya29.vF9dft4");
         assert!(parse_xoauth2(b"auth=Bearer x\x01\x01").is_err());
         assert!(!format!("{r:?}").contains("ya29"));
+    }
+
+    /// An ES256 key, its JWKS file and a passwd-file, for end-to-end
+    /// token checks.
+    struct Idp {
+        key: signature::EcdsaKeyPair,
+        dir: tempfile::TempDir,
+    }
+
+    const ISS: &str = "https://idp.example";
+    const AUD: &str = "pop.example";
+
+    impl Idp {
+        fn new(passwd: &str) -> Idp {
+            let rng = ring::rand::SystemRandom::new();
+            let alg = &signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+            let pkcs8 = signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+            let key = signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+            let point = signature::KeyPair::public_key(&key).as_ref().to_vec();
+            let dir = tempfile::tempdir().unwrap();
+            let jwks = serde_json::json!({"keys": [{
+                "kty": "EC", "crv": "P-256", "kid": "k1", "use": "sig",
+                "x": B64URL.encode(&point[1..33]), "y": B64URL.encode(&point[33..65]),
+            }]});
+            std::fs::write(dir.path().join("jwks.json"), jwks.to_string()).unwrap();
+            std::fs::write(dir.path().join("passwd"), passwd).unwrap();
+            Idp { key, dir }
+        }
+
+        fn validator(&self, username_claim: &str) -> OAuthValidator {
+            OAuthValidator::new(OAuthConfig {
+                jwks_file: self.dir.path().join("jwks.json"),
+                issuer: ISS.into(),
+                audience: AUD.into(),
+                username_claim: username_claim.into(),
+                leeway: Duration::from_secs(60),
+            })
+        }
+
+        fn users(&self) -> UserDb {
+            UserDb::open(self.dir.path().join("passwd"))
+        }
+
+        /// A signed token with the registered claims plus `extra`.
+        fn token(&self, extra: serde_json::Value) -> Secret {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+            let mut claims = serde_json::json!({"iss": ISS, "aud": AUD, "exp": now + 300});
+            for (k, v) in extra.as_object().unwrap() {
+                claims[k] = v.clone();
+            }
+            let header = serde_json::json!({"alg": "ES256", "kid": "k1"});
+            let signed = format!(
+                "{}.{}",
+                B64URL.encode(header.to_string()),
+                B64URL.encode(claims.to_string())
+            );
+            let rng = ring::rand::SystemRandom::new();
+            let sig = self.key.sign(&rng, signed.as_bytes()).unwrap();
+            Secret::from(format!("{signed}.{}", B64URL.encode(sig.as_ref())).as_str())
+        }
+
+        fn login(&self, claim: &str, requested: Option<&str>, extra: serde_json::Value) -> Result<String, String> {
+            self.validator(claim)
+                .authenticate(&self.users(), requested, &self.token(extra), SystemTime::now())
+                .map(|a| a.user().to_owned())
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Issue 17, finding 7 ("nOAuth"): with an identity provider where users
+    /// set their own address, an `email` claim proves nothing unless the
+    /// provider says it verified it.
+    #[test]
+    fn the_email_claim_counts_only_when_the_provider_verified_it() {
+        let idp = Idp::new("alice:{PLAIN}x\n");
+        let refused = [
+            serde_json::json!({"email": "alice"}),
+            serde_json::json!({"email": "alice", "email_verified": false}),
+            serde_json::json!({"email": "alice", "email_verified": "false"}),
+            serde_json::json!({"email": "alice", "email_verified": null}),
+        ];
+        for claims in refused {
+            assert!(idp.login("email", Some("alice"), claims.clone()).is_err(), "{claims}");
+            assert!(idp.login("email", None, claims.clone()).is_err(), "{claims}");
+        }
+        let verified = serde_json::json!({"email": "alice", "email_verified": true});
+        assert_eq!(idp.login("email", Some("alice"), verified.clone()), Ok("alice".into()));
+        assert_eq!(idp.login("email", None, verified), Ok("alice".into()));
+    }
+
+    /// The default identity is `sub`, which the provider assigns and never
+    /// reassigns (OIDC Core §2), mapped to a mail user by an `oauth_sub=`
+    /// token in the passwd-file line's extra field. Mail-looking claims the
+    /// user can edit do not matter, and a `sub` that happens to equal a user
+    /// name logs in as no one.
+    #[test]
+    fn the_default_identity_is_sub_mapped_through_the_passwd_file() {
+        let idp = Idp::new(
+            "alice:{PLAIN}x::::::oauth_sub=248289761001\n\
+             bob:{PLAIN}y::::::scram=ignored oauth_sub=auth0|5f1c\n\
+             carol:{PLAIN}z\n",
+        );
+        let claim = OAuthConfig::DEFAULT_USERNAME_CLAIM;
+        assert_eq!(claim, "sub");
+        let alice = serde_json::json!({"sub": "248289761001", "email": "bob", "email_verified": true});
+        assert_eq!(idp.login(claim, None, alice.clone()), Ok("alice".into()));
+        assert_eq!(idp.login(claim, Some("alice"), alice.clone()), Ok("alice".into()));
+        assert!(idp.login(claim, Some("bob"), alice).is_err(), "the client may not pick another user");
+        assert_eq!(idp.login(claim, Some("bob"), serde_json::json!({"sub": "auth0|5f1c"})), Ok("bob".into()));
+        for sub in ["carol", "alice", "unknown", "24828976100", ""] {
+            assert!(idp.login(claim, None, serde_json::json!({"sub": sub})).is_err(), "sub {sub:?} maps to no one");
+        }
+        assert!(idp.login(claim, None, serde_json::json!({"sub": 248289761001u64})).is_err(), "sub is a string");
+        assert!(idp.login(claim, None, serde_json::json!({"email": "alice", "email_verified": true})).is_err());
     }
 
     #[test]

@@ -33,6 +33,19 @@
 //! into the password field gives Dovecot SCRAM too. A password field that is
 //! itself `{SCRAM-SHA-256}` (what Dovecot writes) also serves SCRAM.
 //!
+//! # OAuth subjects
+//!
+//! An `oauth_sub=<subject>` token in the same extra field maps a token's
+//! `sub` claim (the identifier the identity provider assigns and never
+//! reassigns) to this user, for OAUTHBEARER/XOAUTH2 logins
+//! ([`UserDb::user_for_oauth_subject`], used by [`crate::oauth`]). A user
+//! may have several; a subject claimed by two lines belongs to the first
+//! (the second is reported as a [`LoadWarning`]). Dovecot ignores the token.
+//!
+//! ```text
+//! alice:{ARGON2ID}$argon2id$...::::::oauth_sub=248289761001
+//! ```
+//!
 //! Each user's line also has a fingerprint (SHA-256 of the line,
 //! [`UserDb::fingerprint`]): caches of successful logins compare it to
 //! notice that the user's entry changed.
@@ -236,6 +249,8 @@ struct Snapshot {
     scram: HashMap<String, ScramSecret>,
     /// SHA-256 of each user's line.
     fingerprints: HashMap<String, [u8; 32]>,
+    /// OAuth `sub` → user, from `oauth_sub=` extra-field tokens.
+    oauth_subjects: HashMap<String, String>,
     /// User names in file order, for listing.
     order: Vec<String>,
     warnings: Vec<LoadWarning>,
@@ -346,6 +361,15 @@ impl UserDb {
     /// [`AuthError::Temporary`] when the passwd-file cannot be read.
     pub fn scram_secret(&self, user: &str) -> Result<Option<ScramSecret>, AuthError> {
         Ok(self.snapshot()?.scram.get(user).cloned())
+    }
+
+    /// The user whose line maps the OAuth subject `subject` (an
+    /// `oauth_sub=` extra-field token, compared exactly), if any.
+    ///
+    /// # Errors
+    /// [`AuthError::Temporary`] when the passwd-file cannot be read.
+    pub fn user_for_oauth_subject(&self, subject: &str) -> Result<Option<String>, AuthError> {
+        Ok(self.snapshot()?.oauth_subjects.get(subject).cloned())
     }
 
     /// True when at least one user has a SCRAM verifier, i.e. when offering
@@ -701,6 +725,16 @@ fn parse(content: &[u8]) -> Snapshot {
                     // The password still works; only SCRAM is off for them.
                     Err(reason) => warn(format!("user {name}: scram field ignored: {reason}")),
                 }
+            } else if let Some(subject) = token.strip_prefix(OAUTH_SUB_FIELD) {
+                match snapshot.oauth_subjects.get(subject) {
+                    _ if subject.is_empty() => warn(format!("user {name}: empty oauth_sub ignored")),
+                    Some(owner) if owner != name => warn(format!(
+                        "user {name}: oauth_sub {subject:?} already belongs to user {owner}; ignored"
+                    )),
+                    _ => {
+                        snapshot.oauth_subjects.insert(subject.to_owned(), name.to_owned());
+                    }
+                }
             }
         }
         if let Some(secret) = scram {
@@ -772,6 +806,9 @@ fn replace_password_field(line: &[u8], new: &[u8]) -> Vec<u8> {
 
 /// The extra-field key holding the SCRAM verifier.
 const SCRAM_FIELD: &str = "scram=";
+
+/// The extra-field key mapping an OAuth `sub` claim to the user.
+const OAUTH_SUB_FIELD: &str = "oauth_sub=";
 
 /// Sets the `scram=` token in the 8th (extra) field of `line`, adding the
 /// missing empty fields, and keeping every other token and a trailing `\r`.
@@ -984,6 +1021,27 @@ mod tests {
                 },
             ]
         );
+    }
+
+    #[test]
+    fn oauth_subjects_map_to_their_first_line() {
+        let (_dir, db) = db_with(&format!(
+            "{ALICE}::::::userdb_x=1 oauth_sub=248289761001 oauth_sub=auth0|5f1c\n\
+             {BOB_SHA512}::::::oauth_sub=248289761001 oauth_sub= oauth_sub=b-42\n\
+             carol:{{PLAIN}}x\n"
+        ));
+        let map = |s: &str| db.user_for_oauth_subject(s).unwrap();
+        assert_eq!(map("248289761001").as_deref(), Some("alice"));
+        assert_eq!(map("auth0|5f1c").as_deref(), Some("alice"));
+        assert_eq!(map("b-42").as_deref(), Some("bob"));
+        for none in ["carol", "alice", "", "24828976100"] {
+            assert_eq!(map(none), None, "{none:?}");
+        }
+        let warnings = db.warnings();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].reason.contains("already belongs to user alice"), "{warnings:?}");
+        assert!(warnings[1].reason.contains("empty oauth_sub"), "{warnings:?}");
+        assert!(db.verify("bob", PW).is_ok(), "the line itself still works");
     }
 
     #[test]

@@ -114,6 +114,9 @@ pub struct RawConfig {
     pub domains: Option<Vec<String>>,
     /// Idle timeout before login, seconds.
     pub login_timeout_secs: Option<u64>,
+    /// Time from connect to a successful POP3 login, seconds, however busy
+    /// the client is.
+    pub login_deadline_secs: Option<u64>,
     /// Idle timeout after login, seconds (at least 600, RFC 1939 §3).
     pub session_timeout_secs: Option<u64>,
     /// Delay before answering a failed login, milliseconds.
@@ -200,7 +203,8 @@ pub struct RawOAuth {
     pub issuer: String,
     /// Required `aud` member.
     pub audience: String,
-    /// Claim naming the mail user (default `email`).
+    /// Claim identifying the mail user (default `sub`, mapped through the
+    /// passwd-file's `oauth_sub=`; `email` needs `email_verified` true).
     pub username_claim: Option<String>,
     /// Clock-skew leeway, seconds (default 60).
     pub leeway_secs: Option<u64>,
@@ -400,6 +404,10 @@ impl Settings {
         if login_timeout == 0 {
             bail!("login_timeout_secs: must be at least 1");
         }
+        let login_deadline = raw.login_deadline_secs.unwrap_or(defaults.login_deadline.as_secs());
+        if login_deadline == 0 {
+            bail!("login_deadline_secs: must be at least 1");
+        }
         let max_connections = raw.max_connections.unwrap_or(defaults.max_connections);
         if max_connections == 0 {
             bail!("max_connections: must be at least 1");
@@ -441,6 +449,7 @@ impl Settings {
         let server = Config {
             hostname,
             login_timeout: Duration::from_secs(login_timeout),
+            login_deadline: Duration::from_secs(login_deadline),
             session_timeout: Duration::from_secs(session_timeout),
             allow_plaintext_auth: raw.allow_plaintext_auth.unwrap_or(false),
             plaintext_auth_on_loopback: raw.plaintext_auth_on_loopback.unwrap_or(true),
@@ -505,7 +514,9 @@ impl Settings {
                         jwks_file: resolve(&data_dir, o.jwks_file),
                         issuer: o.issuer,
                         audience: o.audience,
-                        username_claim: o.username_claim.unwrap_or_else(|| "email".into()),
+                        username_claim: o
+                            .username_claim
+                            .unwrap_or_else(|| pobox_auth::oauth::OAuthConfig::DEFAULT_USERNAME_CLAIM.into()),
                         leeway: Duration::from_secs(o.leeway_secs.unwrap_or(60)),
                     })
                 }
@@ -655,6 +666,15 @@ mod tests {
     }
 
     #[test]
+    fn login_deadline_key() {
+        assert_eq!(parse("").unwrap().server.login_deadline, Duration::from_secs(180));
+        let s = parse("login_deadline_secs = 30").unwrap();
+        assert_eq!(s.server.login_deadline, Duration::from_secs(30));
+        let err = parse("login_deadline_secs = 0").err().unwrap();
+        assert!(err.to_string().contains("login_deadline_secs"), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = parse("pop3_listen = []").err().unwrap();
         assert!(format!("{err:#}").contains("unknown field `pop3_listen`"), "{err:#}");
@@ -740,7 +760,8 @@ mod security_tests {
         assert_eq!(s.tls_pairs[1].key, PathBuf::from("/etc/b.key"));
         let o = s.server.oauth.unwrap();
         assert_eq!(o.jwks_file, PathBuf::from("/tmp/pobox-test/jwks.json"));
-        assert_eq!(o.username_claim, "email");
+        // Issue 17, finding 7: the default is the provider-assigned subject.
+        assert_eq!(o.username_claim, "sub");
         assert!(parse("max_connections_per_ip = 0").is_err());
         assert!(parse("[oauth]\njwks_file = \"j\"\nissuer = \"\"\naudience = \"a\"").is_err());
         assert!(parse("[oauth]\njwks = \"j\"").is_err(), "unknown keys in [oauth]");

@@ -33,6 +33,11 @@ pub struct Config {
     pub hostname: String,
     /// Idle timeout before login.
     pub login_timeout: Duration,
+    /// How long a POP3 connection may stay unauthenticated in all, counted
+    /// from connect and not reset by commands (Dovecot's login processes
+    /// use 3 minutes the same way): without it, a client that keeps sending
+    /// anything keeps its connection forever.
+    pub login_deadline: Duration,
     /// Idle timeout after login (RFC 1939 §3: at least 10 minutes; the
     /// binary refuses less).
     pub session_timeout: Duration,
@@ -145,6 +150,7 @@ impl Default for Config {
         Config {
             hostname: "localhost".into(),
             login_timeout: Duration::from_secs(120),
+            login_deadline: Duration::from_secs(180),
             session_timeout: Duration::from_secs(600),
             allow_plaintext_auth: false,
             plaintext_auth_on_loopback: true,

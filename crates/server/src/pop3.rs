@@ -62,6 +62,9 @@ pub(crate) async fn serve(
     shutdown: Shutdown,
 ) {
     let _ = tcp.set_nodelay(true);
+    // The whole AUTHORIZATION phase, TLS handshakes included, must end by
+    // then (see `Config::login_deadline`).
+    let login_deadline = tokio::time::Instant::now() + svc.config.login_deadline;
     let stream = if implicit_tls {
         let Some(tls) = &svc.tls else { return };
         match Box::pin(tokio::time::timeout(svc.config.login_timeout, tls.accept(tcp))).await {
@@ -115,7 +118,7 @@ pub(crate) async fn serve(
         mech: None,
     };
     driver.offer_mechanisms().await;
-    match driver.run(shutdown).await {
+    match driver.run(shutdown, login_deadline).await {
         Ok(()) => {}
         Err(e) => debug!(%peer, error = %e, "pop3 connection ended"),
     }
@@ -126,21 +129,14 @@ pub(crate) async fn serve(
         );
     }
     // Release the maildrop before the socket closes, so a client that sees
-    // the connection end can log in again at once. Dropping the mailbox
-    // deletes nothing (RFC 1939 §6: no UPDATE without QUIT), but what was
-    // retrieved is recorded: the EXPIRE clock has started.
+    // the connection end can log in again at once. A session that did not
+    // reach UPDATE changes nothing (RFC 1939 §6): no message is removed and
+    // no retrieval is recorded, so neither EXPIRE 0 nor a retention clock
+    // acts on what it sent. The client may never have received it (a reset
+    // right after RETR), and RFC 2449's EXPIRE 0 removes at UPDATE too.
     if let Some(mailbox) = driver.mailbox.take() {
-        let retrieved: Vec<usize> = std::mem::take(&mut driver.retrieved).into_iter().collect();
-        let _ = tokio::task::spawn_blocking(move || {
-            if !retrieved.is_empty() {
-                let mut mb = mailbox.lock().unwrap_or_else(|p| p.into_inner());
-                if let Err(e) = mb.record_retrievals(&retrieved, SystemTime::now()) {
-                    warn!(user = mb.user(), error = %e, "cannot record retrievals");
-                }
-            }
-            drop(mailbox);
-        })
-        .await;
+        // Unlocking may touch the disk: not on the async worker.
+        let _ = tokio::task::spawn_blocking(move || drop(mailbox)).await;
     }
     drop(driver);
 }
@@ -161,7 +157,9 @@ struct Stats {
 struct Driver<'r> {
     /// This connection in the session registry (`pobox who`, kick).
     handle: Handle<'r>,
-    /// Messages sent by RETR (and TOP, if configured) this session.
+    /// Messages sent by RETR (and TOP, if configured) this session. Only
+    /// recorded (and, under EXPIRE 0, removed) if the session reaches
+    /// UPDATE; dropped otherwise.
     retrieved: BTreeSet<usize>,
     /// The logged-in user's retention policy.
     policy: Policy,
@@ -221,7 +219,7 @@ fn log_safe(user: &str) -> String {
 }
 
 impl Driver<'_> {
-    async fn run(&mut self, mut shutdown: Shutdown) -> Result<(), ConnError> {
+    async fn run(&mut self, mut shutdown: Shutdown, login_deadline: tokio::time::Instant) -> Result<(), ConnError> {
         self.run_actions().await?;
         loop {
             self.process_input().await?;
@@ -231,21 +229,35 @@ impl Driver<'_> {
                 return Ok(());
             }
             self.release_idle_buffers();
-            let timeout = match self.session.idle_class() {
-                IdleClass::BeforeLogin => self.svc.config.login_timeout,
-                IdleClass::LoggedIn => self.svc.config.session_timeout,
+            // Before login, the idle timer is reset by every command, so
+            // it alone would let a client that keeps talking (200 failed
+            // AUTHs, or NOOPs) stay unauthenticated forever: the login
+            // deadline bounds the phase as a whole. It is checked before
+            // waiting, too, since a client that always has input ready
+            // would otherwise never let a timer fire.
+            let before_login = self.session.idle_class() == IdleClass::BeforeLogin;
+            let left = login_deadline.saturating_duration_since(tokio::time::Instant::now());
+            let (timeout, deadline_first) = if before_login {
+                (left.min(self.svc.config.login_timeout), left <= self.svc.config.login_timeout)
+            } else {
+                (self.svc.config.session_timeout, false)
             };
             let stream = self.stream.as_mut().expect("stream present outside STLS");
             let inbuf = &mut self.inbuf;
-            let event = tokio::select! {
-                read = tokio::time::timeout(timeout, read_input(stream, inbuf)) => match read {
-                    Err(_) => Event::IdleTimeout,
-                    Ok(Ok(0)) => Event::Eof,
-                    Ok(Ok(_)) => Event::Data,
-                    Ok(Err(e)) => return Err(e.into()),
-                },
-                () = shutdown.forced() => Event::Shutdown,
-                _ = self.handle.kicked.wait_for(|k| *k) => Event::Kicked,
+            let event = if before_login && left.is_zero() {
+                Event::LoginDeadline
+            } else {
+                tokio::select! {
+                    read = tokio::time::timeout(timeout, read_input(stream, inbuf)) => match read {
+                        Err(_) if deadline_first => Event::LoginDeadline,
+                        Err(_) => Event::IdleTimeout,
+                        Ok(Ok(0)) => Event::Eof,
+                        Ok(Ok(_)) => Event::Data,
+                        Ok(Err(e)) => return Err(e.into()),
+                    },
+                    () = shutdown.forced() => Event::Shutdown,
+                    _ = self.handle.kicked.wait_for(|k| *k) => Event::Kicked,
+                }
             };
             match event {
                 Event::Data => {}
@@ -254,6 +266,12 @@ impl Driver<'_> {
                 // response and without UPDATE.
                 Event::IdleTimeout => {
                     debug!(peer = %self.peer, "idle timeout");
+                    return Ok(());
+                }
+                Event::LoginDeadline => {
+                    info!(peer = %self.peer, ip = %self.peer.ip(), "no login within the login deadline; closing");
+                    Status::err("login took too long, closing connection").encode(&mut self.outbuf);
+                    let _ = self.flush().await;
                     return Ok(());
                 }
                 Event::Kicked => {
@@ -503,8 +521,8 @@ impl Driver<'_> {
                 return Err(LoginFailure::LoginDelay(d.as_secs() as u32));
             }
             // Apply retention before the snapshot, so that what has expired
-            // (e.g. mail retrieved under EXPIRE 0 by a session that ended
-            // without QUIT) is not offered again.
+            // (mail retrieved N days ago, or older than max_age) is not
+            // offered again.
             // Only when the policy can expire anything: otherwise it is a
             // second scan of the maildrop on every login for nothing (the
             // restore area's purge is left to the timer).
@@ -529,9 +547,9 @@ impl Driver<'_> {
                     // for refusing at random).
                     Err(StoreError::InUse) => !svc.sessions.has_user(user),
                     // The expiry found the maildrop held (say, by a session
-                    // that is ending and recording what it retrieved) and
-                    // the lock came free before the snapshot: expire first,
-                    // or mail retrieved under EXPIRE 0 is offered again.
+                    // that is still in UPDATE) and the lock came free before
+                    // the snapshot: expire first, or expired mail is offered
+                    // again.
                     Ok(_) => expiry_skipped,
                     Err(_) => false,
                 };
@@ -706,7 +724,14 @@ impl Driver<'_> {
                 Step::Done(Err((user, temporary("authentication temporarily unavailable"))))
             }
             Err(e) => {
-                debug!(peer = %self.peer, error = %e, "bearer token refused");
+                // A valid token for no known user is most likely a missing
+                // oauth_sub= mapping (or an unverified email): the admin
+                // needs to see it without debug logging.
+                if matches!(e, oauth::OAuthError::UnmappedSubject(_) | oauth::OAuthError::EmailNotVerified) {
+                    info!(peer = %self.peer, error = %e, "bearer token refused");
+                } else {
+                    debug!(peer = %self.peer, error = %e, "bearer token refused");
+                }
                 // RFC 7628 §3.2.2: the failure is a JSON challenge; the
                 // client answers it, and only then gets -ERR.
                 self.mech = Some(Box::new(Mech::BearerFailed(user)));
@@ -916,6 +941,8 @@ enum Event {
     Data,
     Eof,
     IdleTimeout,
+    /// Still not logged in at the login deadline.
+    LoginDeadline,
     Shutdown,
     Kicked,
 }

@@ -257,7 +257,7 @@ fn jwt(keys: &Keys, alg: &str, claims: serde_json::Value) -> String {
 
 fn claims(user: &str, aud: &str, exp_from_now: i64) -> serde_json::Value {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64;
-    serde_json::json!({"iss": ISSUER, "aud": [aud, "other"], "exp": now + exp_from_now, "iat": now, "email": user})
+    serde_json::json!({"iss": ISSUER, "aud": [aud, "other"], "exp": now + exp_from_now, "iat": now, "email": user, "email_verified": true})
 }
 
 fn oauth_server() -> (Server, Keys, tempfile::TempDir) {

@@ -9,6 +9,8 @@
 //! - `cli`: `pobox deliver`, `pobox user`, start-up errors, SIGTERM.
 //! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
 //! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
+//! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
+//!   error limits and the login deadline, CAPA in both states).
 //!
 //! Client tools these tests run (Debian packages; `.ci/run` installs them):
 //! `python3` (poplib, smtplib), `curl`, `openssl`, `swaks`. A test whose tool
@@ -19,6 +21,7 @@
 // A test binary: `pub` only marks what modules share with each other.
 #![allow(unreachable_pub)]
 
+mod audit;
 mod cli;
 mod filters;
 mod lmtp;

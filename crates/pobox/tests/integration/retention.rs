@@ -35,8 +35,12 @@ fn expire_zero_removes_retrieved_mail_at_quit_even_without_dele() {
     c.quit();
 }
 
+/// Issue 17, finding 3: this test used to assert the opposite (that the
+/// retrieval was recorded at the lost connection and the message expired at
+/// the next login). RFC 1939 §6 removes nothing without UPDATE, and EXPIRE 0
+/// removes at UPDATE too, so a session without QUIT changes nothing.
 #[test]
-fn expire_zero_also_applies_when_the_session_ends_without_quit() {
+fn expire_zero_changes_nothing_when_the_session_ends_without_quit() {
     let dir = Dir::new();
     dir.add_user("alice", PW);
     dir.deliver("alice", ALICE_MSG);
@@ -45,9 +49,9 @@ fn expire_zero_also_applies_when_the_session_ends_without_quit() {
     let server = dir.server().config(k, &v).start();
     let mut c = server.login("alice", PW);
     c.cmd_multi("RETR 2");
-    drop(c); // connection lost: no UPDATE, but the retrieval is recorded
+    drop(c); // connection lost: no UPDATE, so nothing is recorded or removed
     let mut c = server.login_after_close("alice", PW);
-    assert_eq!(c.stat().0, 1, "the message retrieved last time expired at this login");
+    assert_eq!(c.stat().0, 2, "the message retrieved by the lost session is still there");
     c.quit();
 }
 

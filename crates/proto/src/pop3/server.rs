@@ -45,9 +45,14 @@ use super::command::{Command, CommandError, Sensitive};
 use super::maildrop::{Maildrop, MessageMeta};
 use super::response::{RespCode, Status};
 
-/// After this many unknown or malformed commands the session is closed
-/// (RFC 1939 does not say; Dovecot uses 20). Protects against a peer that
-/// is not speaking POP3 at all, e.g. an HTTP client or a scanner.
+/// After this many error replies the session is closed (RFC 1939 does not
+/// say; Dovecot uses 20). Every `-ERR` the session sends counts, in either
+/// state and for the whole connection: unknown or malformed commands,
+/// commands in the wrong state, failed SASL exchanges (bad base64, a
+/// malformed PLAIN response, a cancel), refused logins. Protects against a
+/// peer that is not speaking POP3 at all (an HTTP client, a scanner) and one
+/// that only wants replies (probing, holding a connection open). A success
+/// does not reset the count: otherwise a `CAPA` between failures would.
 pub const MAX_BAD_COMMANDS: u32 = 20;
 
 /// After this many failed logins on one connection the session is closed.
@@ -396,7 +401,6 @@ impl ServerSession {
             *sasl = None;
         }
         self.reply(Status::err("line too long"));
-        self.count_bad_command();
     }
 
     /// The peer goes on sending an overlong line: `max` more octets without
@@ -427,16 +431,20 @@ impl ServerSession {
                     CommandError::BadNumber => "invalid message number",
                     _ => "invalid argument",
                 }));
-                self.count_bad_command();
             }
         }
     }
 
+    /// Counts one error toward [`MAX_BAD_COMMANDS`]; at the limit the
+    /// session says so and closes (without UPDATE).
     fn count_bad_command(&mut self) {
+        // UPDATE's own -ERR is the last reply anyway.
+        if matches!(self.phase, Phase::Closed | Phase::Update) {
+            return;
+        }
         self.bad_commands += 1;
         if self.bad_commands >= MAX_BAD_COMMANDS {
-            self.reply(Status::err("too many invalid commands, closing connection"));
-            self.close();
+            self.close_with(Status::err("too many invalid commands, closing connection"));
         }
     }
 
@@ -515,10 +523,7 @@ impl ServerSession {
                 self.reply(Status::ok("pobox signing off"));
                 self.close();
             }
-            _ => {
-                self.reply(Status::err("not valid before login"));
-                self.count_bad_command();
-            }
+            _ => self.reply(Status::err("not valid before login")),
         }
     }
 
@@ -680,9 +685,10 @@ impl ServerSession {
                 match failure {
                     LoginFailure::BadCredentials => {
                         self.reply(Status::err_code(RespCode::Auth, "authentication failed"));
-                        if failures >= MAX_AUTH_FAILURES {
-                            self.reply(Status::err("too many authentication failures"));
-                            self.close();
+                        // Unless that reply reached the error limit and
+                        // closed the session already.
+                        if failures >= MAX_AUTH_FAILURES && !matches!(self.phase, Phase::Closed) {
+                            self.close_with(Status::err("too many authentication failures"));
                         }
                     }
                     LoginFailure::InUse => self.reply(Status::err_code(
@@ -865,17 +871,23 @@ impl ServerSession {
             caps.push(format!("LOGIN-DELAY {delay}{}", user_tag(delay_user)));
         }
         caps.push("UTF8".into());
-        if matches!(self.phase, Phase::Authorization { .. }) {
-            if self.config.stls_available && !self.config.secure {
-                caps.push("STLS".into());
-            }
-            if self.config.plaintext_auth_allowed {
-                caps.push("USER".into());
-            }
-            let mechanisms = self.mechanisms();
-            if !mechanisms.is_empty() {
-                caps.push(format!("SASL {}", mechanisms.join(" ")));
-            }
+        // RFC 2449 §5: "Capabilities available in the AUTHORIZATION state
+        // MUST be announced in both states", and the IANA registry lists
+        // USER, SASL and STLS (RFC 2595) as announced in both states with no
+        // differences. So after login CAPA still says what this connection
+        // offers before login: the same USER, the same mechanism list, and
+        // STLS while the link is cleartext with a certificate. They describe
+        // the connection; the commands themselves stay AUTHORIZATION-only
+        // and get "-ERR already logged in" in TRANSACTION.
+        if self.config.stls_available && !self.config.secure {
+            caps.push("STLS".into());
+        }
+        if self.config.plaintext_auth_allowed {
+            caps.push("USER".into());
+        }
+        let mechanisms = self.mechanisms();
+        if !mechanisms.is_empty() {
+            caps.push(format!("SASL {}", mechanisms.join(" ")));
         }
         if let Some(imp) = &self.config.implementation {
             caps.push(format!("IMPLEMENTATION {imp}"));
@@ -883,10 +895,26 @@ impl ServerSession {
         self.reply_multi(Status::ok("capability list follows"), &caps);
     }
 
+    /// Sends a status line; an `-ERR` counts toward [`MAX_BAD_COMMANDS`].
+    /// Every error reply goes through here, so none can be drawn forever.
     fn reply(&mut self, status: Status) {
+        let failed = matches!(status, Status::Err(..));
+        self.send_status(status);
+        if failed {
+            self.count_bad_command();
+        }
+    }
+
+    fn send_status(&mut self, status: Status) {
         let mut out = Vec::with_capacity(64);
         status.encode(&mut out);
         self.send_owned(out);
+    }
+
+    /// The last reply of a session that ends here (not counted: it ends).
+    fn close_with(&mut self, status: Status) {
+        self.send_status(status);
+        self.close();
     }
 
     fn reply_multi(&mut self, status: Status, lines: &[String]) {

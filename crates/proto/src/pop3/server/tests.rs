@@ -350,9 +350,10 @@ fn capa_before_and_after_login() {
         "+OK capability list follows\r\nTOP\r\nUIDL\r\nRESP-CODES\r\nAUTH-RESP-CODE\r\nPIPELINING\r\n\
          EXPIRE NEVER\r\nUTF8\r\nSTLS\r\nUSER\r\nSASL PLAIN LOGIN\r\nIMPLEMENTATION pobox\r\n.\r\n"
     );
+    // RFC 2449 §5: the AUTHORIZATION capabilities are announced after login
+    // too (this test used to assert that STLS, USER and SASL vanished).
     let after = h.feed(b"USER mrose\r\nPASS secret\r\nCAPA\r\n", 512);
-    assert!(after.contains("TOP\r\nUIDL\r\nRESP-CODES"));
-    assert!(!after.contains("STLS") && !after.contains("SASL") && !after.contains("\r\nUSER\r\n"));
+    assert!(after.ends_with(&before), "{after}");
 }
 
 #[test]
@@ -582,4 +583,103 @@ fn stray_challenge_is_ignored() {
     h.feed(b"", 1); // the greeting
     h.session.handle_sasl_challenge(b"nobody asked");
     assert_eq!(h.feed(b"NOOP\r\n", 1), "-ERR not valid before login\r\n");
+}
+
+/// Issue 17, finding 5: `AUTH PLAIN =` and `AUTH LOGIN` with bad base64 drew
+/// an error each, forever. Every error reply counts, SASL ones included, and
+/// a valid command in between (CAPA) does not wipe the slate: an attacker
+/// could interleave one otherwise.
+#[test]
+fn sasl_errors_count_toward_the_bad_command_limit_at_every_chunk_size() {
+    let mut script = Vec::new();
+    for i in 0..100 {
+        script.extend_from_slice(b"AUTH PLAIN =\r\nAUTH LOGIN\r\n!!!\r\n");
+        if i % 3 == 0 {
+            script.extend_from_slice(b"CAPA\r\n");
+        }
+    }
+    for chunk in (1..=64).chain([512, script.len()]) {
+        let mut h = Harness::new(config(), &[]);
+        h.out.clear();
+        let out = h.feed(&script, chunk);
+        assert_eq!(out.matches("-ERR").count(), MAX_BAD_COMMANDS as usize + 1, "chunk {chunk}: {out}");
+        assert!(out.ends_with("-ERR too many invalid commands, closing connection\r\n"), "chunk {chunk}: {out}");
+        assert!(h.closed, "chunk {chunk}");
+    }
+}
+
+/// Every other error reply before login counts too: refused plaintext,
+/// PASS without USER, unknown mechanisms, STLS where there is none.
+#[test]
+fn every_error_reply_before_login_counts() {
+    let mut cfg = config();
+    cfg.plaintext_auth_allowed = false;
+    cfg.stls_available = false;
+    cfg.apop_timestamp = None;
+    let lines: [&[u8]; 5] = [b"USER a\r\n", b"PASS b\r\n", b"AUTH FOO\r\n", b"STLS\r\n", b"APOP a b\r\n"];
+    let mut h = Harness::new(cfg, &[]);
+    h.out.clear();
+    let mut out = String::new();
+    for i in 0..100 {
+        out.push_str(&h.feed(lines[i % lines.len()], 512));
+        if h.closed {
+            break;
+        }
+    }
+    assert!(h.closed, "{out}");
+    assert_eq!(out.matches("-ERR").count(), MAX_BAD_COMMANDS as usize + 1, "{out}");
+}
+
+/// After login too: a peer that only draws errors is cut off, without UPDATE.
+#[test]
+fn errors_after_login_count_and_closing_never_enters_update() {
+    let mut h = logged_in(&[MSG1]);
+    let mut input = b"DELE 1\r\n".to_vec();
+    for _ in 0..40 {
+        input.extend_from_slice(b"RETR 9\r\nUSER x\r\n");
+    }
+    let out = h.feed(&input, 7);
+    assert_eq!(out.matches("-ERR").count(), MAX_BAD_COMMANDS as usize + 1, "{out}");
+    assert!(h.closed);
+    assert!(h.updates.is_empty(), "no UPDATE without QUIT");
+}
+
+/// Issue 17, finding 8 (RFC 2449 §5: "Capabilities available in the
+/// AUTHORIZATION state MUST be announced in both states"; the IANA registry
+/// lists USER, SASL, STLS and UTF8 as announced in both states with no
+/// differences). EXPIRE and LOGIN-DELAY may differ and do not here.
+#[test]
+fn capa_after_login_announces_every_authorization_capability_at_every_chunk_size() {
+    let script = b"CAPA\r\nUSER mrose\r\nPASS secret\r\nCAPA\r\n";
+    for chunk in 1..=script.len() {
+        let mut h = Harness::new(config(), &[MSG1]);
+        h.session.set_sasl_mechanisms(&[SCRAM_SHA_256, OAUTHBEARER]);
+        h.out.clear();
+        let out = h.feed(script, chunk);
+        let lists: Vec<&str> = out.split("+OK capability list follows\r\n").skip(1).collect();
+        assert_eq!(lists.len(), 2, "{out}");
+        let before = lists[0].split(".\r\n").next().unwrap();
+        let after = lists[1].split(".\r\n").next().unwrap();
+        assert!(before.contains("STLS\r\nUSER\r\nSASL PLAIN LOGIN SCRAM-SHA-256 OAUTHBEARER\r\n"), "{before}");
+        assert_eq!(after, before, "chunk {chunk}");
+    }
+}
+
+/// The same rule where cleartext passwords are refused: after a SCRAM login
+/// on a cleartext link, CAPA still says what the AUTHORIZATION state said
+/// (STLS and SCRAM, no USER, no bearer mechanisms).
+#[test]
+fn capa_after_a_scram_login_on_cleartext_matches_the_capa_before() {
+    let mut cfg = config();
+    cfg.plaintext_auth_allowed = false;
+    let mut h = Harness::new(cfg, &[]);
+    h.session.set_sasl_mechanisms(&[SCRAM_SHA_256, XOAUTH2]);
+    h.out.clear();
+    let before = h.feed(b"CAPA\r\n", 512);
+    let login = format!("AUTH SCRAM-SHA-256 {}\r\n{}\r\n\r\n", b64(b"hello"), b64(b"proof"));
+    let out = h.feed(login.as_bytes(), 512);
+    assert!(out.ends_with("+OK logged in, maildrop has 0 messages (0 octets)\r\n"), "{out}");
+    let after = h.feed(b"CAPA\r\n", 512);
+    assert_eq!(after, before);
+    assert!(after.contains("STLS\r\nSASL SCRAM-SHA-256\r\n") && !after.contains("USER\r\n"), "{after}");
 }
