@@ -289,6 +289,19 @@ pub fn require_tool(name: &str) {
     );
 }
 
+/// For a test that cannot run here (a tool, privilege or kernel feature is
+/// missing): fails the test naming `requirement` (the Debian package, or
+/// "root"), unless `POBOX_ALLOW_SKIP=1` is set; then it says why on stderr
+/// and returns, and the caller returns too. CI sets no opt-out, so nothing
+/// skips silently there (RELIABILITY.md).
+pub fn cannot_run(test: &str, requirement: &str) {
+    if std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: needs {requirement} (POBOX_ALLOW_SKIP=1)");
+        return;
+    }
+    panic!("{test} cannot run: needs {requirement}; install it, or set POBOX_ALLOW_SKIP=1 to skip it explicitly");
+}
+
 // ---------------------------------------------------------------------------
 // Server
 // ---------------------------------------------------------------------------
@@ -297,6 +310,7 @@ pub fn require_tool(name: &str) {
 pub struct ServerBuilder<'d> {
     dir: &'d Dir,
     config: BTreeMap<String, String>,
+    env: Vec<(String, std::ffi::OsString)>,
 }
 
 impl<'d> ServerBuilder<'d> {
@@ -312,12 +326,19 @@ impl<'d> ServerBuilder<'d> {
         // proves). Login-time retention still runs. Tests about retention
         // set their own `retention` table, replacing this one.
         config.insert("retention".into(), "{ expire_interval_secs = 0 }".into());
-        ServerBuilder { dir, config }
+        ServerBuilder { dir, config, env: Vec::new() }
     }
 
     /// Sets a config key; `value` is TOML (`"false"`, `"1000"`, `"\"text\""`).
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.config.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets an environment variable of the server process (the disk-full
+    /// fallback preloads an ENOSPC injector).
+    pub fn env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -329,6 +350,7 @@ impl<'d> ServerBuilder<'d> {
         std::fs::write(&config_path, text).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.env_remove("POBOX_DATA").env_remove("POBOX_CONFIG").env("POBOX_LOG", "info");
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--data")
             .arg(self.dir.data())
             .arg("--config")
