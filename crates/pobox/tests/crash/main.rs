@@ -31,6 +31,7 @@
 #[allow(dead_code)]
 mod util;
 
+mod durability;
 mod faults;
 
 use std::collections::{HashMap, HashSet};

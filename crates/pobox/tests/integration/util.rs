@@ -294,6 +294,7 @@ pub fn require_tool(name: &str) {
 /// "root"), unless `POBOX_ALLOW_SKIP=1` is set; then it says why on stderr
 /// and returns, and the caller returns too. CI sets no opt-out, so nothing
 /// skips silently there (RELIABILITY.md).
+#[allow(dead_code)] // used by the crash and security binaries
 pub fn cannot_run(test: &str, requirement: &str) {
     if std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1") {
         eprintln!("SKIPPED {test}: needs {requirement} (POBOX_ALLOW_SKIP=1)");
@@ -337,6 +338,7 @@ impl<'d> ServerBuilder<'d> {
 
     /// Sets an environment variable of the server process (the disk-full
     /// fallback preloads an ENOSPC injector).
+    #[allow(dead_code)] // used by the crash binary
     pub fn env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
         self.env.push((key.into(), value.into()));
         self
