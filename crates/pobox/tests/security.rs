@@ -1,4 +1,10 @@
-//! End-to-end privilege drop: `pobox serve` started as root with
+//! Security end to end, through the real `pobox serve`:
+//! - `wiring`: the failure delay, penalties, credential-cache order and the
+//!   fail2ban line (SECURITY.md "Password guessing");
+//! - `oauth`: the OAuth refusal matrix and JWKS reload;
+//! - here: the privilege drop.
+//!
+//! Privilege drop: `pobox serve` started as root with
 //! `user = "nobody"` must serve with every thread running as nobody, with
 //! `no_new_privs` set, and must refuse a data dir that nobody does not own
 //! or that is world-writable. Needs root: without it the tests fail
@@ -9,6 +15,11 @@
 #[path = "integration/util.rs"]
 #[allow(dead_code)]
 mod util;
+
+#[path = "security/oauth.rs"]
+mod oauth;
+#[path = "security/wiring.rs"]
+mod wiring;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt as _;
