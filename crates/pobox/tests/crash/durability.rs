@@ -39,6 +39,9 @@ fn strace_args(out: &Path) -> Vec<std::ffi::OsString> {
     v
 }
 
+/// What attaching to a running server needs.
+const PTRACE: &str = "ptrace of a child process (root with CAP_SYS_PTRACE, or kernel.yama.ptrace_scope <= 1)";
+
 fn have_strace() -> bool {
     Command::new("strace").arg("-V").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
 }
@@ -88,8 +91,10 @@ fn parse_trace(text: &str) -> Vec<(Call, Op)> {
     let mut pending: HashMap<u32, (usize, String)> = HashMap::new();
     let mut calls = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let mut parts = line.splitn(3, ' ');
-        let (Some(pid), Some(_time), Some(rest)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        // "PID TIME CALL": strace pads the pid column, so split on runs of
+        // spaces (a 4-digit pid is followed by two).
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else { continue };
+        let Some((_time, rest)) = rest.trim_start().split_once(' ') else { continue };
         let Ok(pid) = pid.parse::<u32>() else { continue };
         if let Some(status) = rest.strip_prefix("+++ exited with ").and_then(|r| r.strip_suffix(" +++")) {
             let call = Call { start: i, end: i, pid, name: "exit".into(), args: vec![], ret: status.into() };
@@ -341,7 +346,8 @@ struct Tracer {
 }
 
 impl Tracer {
-    fn attach(pid: rustix::process::Pid, out: PathBuf) -> Tracer {
+    /// None when strace could not attach (ptrace not permitted here).
+    fn attach(pid: rustix::process::Pid, out: PathBuf) -> Option<Tracer> {
         let raw = pid.as_raw_nonzero().get();
         let child = Command::new("strace")
             .args(strace_args(&out))
@@ -354,6 +360,7 @@ impl Tracer {
             .expect("spawn strace");
         // Wait until every thread of the server is traced, else the first
         // deliveries could run untraced.
+        let mut child = child;
         let traced = util::eventually(Duration::from_secs(20), || {
             let Ok(tasks) = std::fs::read_dir(format!("/proc/{raw}/task")) else { return false };
             tasks.filter_map(Result::ok).all(|t| {
@@ -362,8 +369,13 @@ impl Tracer {
                 })
             })
         });
-        assert!(traced, "strace did not attach to every thread of pid {raw} (ptrace refused?)");
-        Tracer { child, out }
+        if !traced {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            eprintln!("strace did not attach to pid {raw}: {}", String::from_utf8_lossy(&out.stderr));
+            return None;
+        }
+        Some(Tracer { child, out })
     }
 
     /// Waits for strace to exit (the traced server has been stopped) and
@@ -417,7 +429,9 @@ fn lmtp_250_comes_after_file_fsync_rename_and_new_dir_fsync() {
     dir.add_user("dur1", PW);
     let srv = dir.server().start();
     let lmtp_port = srv.lmtp;
-    let tracer = Tracer::attach(srv.pid(), dir.scratch("serve.trace"));
+    let Some(tracer) = Tracer::attach(srv.pid(), dir.scratch("serve.trace")) else {
+        return util::cannot_run("lmtp_250_comes_after_file_fsync_rename_and_new_dir_fsync", PTRACE);
+    };
 
     let mut l = srv.lmtp();
     let mut replies = Vec::new();
@@ -537,7 +551,9 @@ fn pop3_quit_ok_comes_after_the_removals_and_their_directory_fsync() {
     c.cmd_multi("RETR 2");
     c.quit();
     let pop3_port = srv.pop3;
-    let tracer = Tracer::attach(srv.pid(), dir.scratch("update.trace"));
+    let Some(tracer) = Tracer::attach(srv.pid(), dir.scratch("update.trace")) else {
+        return util::cannot_run("pop3_quit_ok_comes_after_the_removals_and_their_directory_fsync", PTRACE);
+    };
     let mut c = srv.login_after_close("upd", PW);
     for n in 1..=3 {
         assert!(c.cmd(&format!("DELE {n}")).starts_with("+OK"));
@@ -577,7 +593,7 @@ fn the_trace_checker_reads_path_and_fd_relative_calls() {
 10 10:00:00.000006 fsync(6</d/m/u/new>) = 0
 12 10:00:00.000007 sendto(9<TCP:[127.0.0.1:24->127.0.0.1:5000]>, "250 2.0.0 <u@x> delivered as 1.M1\r\n", 35, MSG_NOSIGNAL, NULL, 0) = 35
 "#;
-    let good_path = r#"10 10:00:00.000001 write(7</d/m/u/tmp/1.M1>, "Subject: x\n", 11) = 11
+    let good_path = r#"10    10:00:00.000001 write(7</d/m/u/tmp/1.M1>, "Subject: x\n", 11) = 11
 10 10:00:00.000002 fsync(7</d/m/u/tmp/1.M1>) = 0
 10 10:00:00.000005 rename("/d/m/u/tmp/1.M1", "/d/m/u/new/1.M1,S=11") = 0
 10 10:00:00.000006 fsync(8</d/m/u/new>) = 0
