@@ -626,3 +626,143 @@ fn the_trace_checker_reads_path_and_fd_relative_calls() {
     check_window(&ops, 0, &exit, "early", &mut failures);
     assert_eq!(failures.len(), 1, "{failures:?}");
 }
+
+/// `pobox fetch` (the real entry point, `pobox --config FILE fetch`)
+/// against `pobox serve`: before each `DELE` it sends, the messages it
+/// covers are durable in the destination (file fsync → move into `new/` →
+/// fsync of `new/`), and then journalled (a journal record written after
+/// that and the journal fsynced), as README's "never loses" promise says.
+/// Counted, not matched by name: before the k-th DELE, k messages must have
+/// gone through the whole chain.
+#[test]
+fn pobox_fetch_sends_dele_only_after_the_message_is_stored_and_journalled() {
+    if !have_strace() {
+        return util::cannot_run(
+            "pobox_fetch_sends_dele_only_after_the_message_is_stored_and_journalled",
+            "strace (Debian `strace`)",
+        );
+    }
+    let dir = Dir::new();
+    dir.add_user("remote", PW);
+    const N: usize = 6;
+    for i in 0..N {
+        dir.deliver("remote", &message(100 + i, 500 + i * 9000));
+    }
+    let srv = dir.server().start();
+    let dest = dir.scratch("fetched");
+    let state = dir.scratch("fetch-state");
+    let config = dir.scratch("fetch.toml");
+    // Plain POP3 on loopback, so the trace shows the commands.
+    std::fs::write(
+        &config,
+        format!(
+            "state_dir = \"{}\"\n[accounts.remote]\nhost = \"127.0.0.1\"\nport = {}\nuser = \"remote\"\n\
+             password = \"{PW}\"\nmaildir = \"{}\"\nsecurity = \"none\"\nallow_insecure = true\ntimeout_secs = 20\n",
+            state.display(),
+            srv.pop3,
+            dest.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.scratch("fetch.trace");
+    let mut args = strace_args(&out);
+    // Journal batches can exceed the default string size: keep them whole.
+    let s = args.iter().position(|a| a == "-s").unwrap();
+    args[s + 1] = "65536".into();
+    let mut cmd = TestCommand::new("strace");
+    cmd.args(args).arg(util::BIN).arg("--config").arg(&config).arg("fetch");
+    let o = cmd.output();
+    assert_eq!(o.status.code(), Some(0), "pobox fetch: new mail expected\n{}\n{}", o.dump(), srv.dump());
+    let trace = std::fs::read_to_string(&out).unwrap();
+    let ops = parse_trace(&trace);
+    let port = format!("->127.0.0.1:{}]", srv.pop3);
+
+    let in_dest = |p: &Path| p.starts_with(&dest);
+    let mut failures = Vec::new();
+    let mut deles = 0;
+    let mut saw_dele = false;
+    for (w, op) in &ops {
+        let Op::SocketWrite { socket, data } = op else { continue };
+        if !socket.contains(&port) {
+            continue;
+        }
+        let n = data.lines().filter(|l| l.starts_with("DELE ")).count();
+        if n == 0 {
+            continue;
+        }
+        saw_dele = true;
+        deles += n;
+        // Messages made durable in the destination before this write.
+        let mut durable: Vec<usize> = Vec::new(); // the end of each one's directory fsync
+        for (m, op) in ops.iter().filter(|(m, _)| m.end < w.start) {
+            let Op::Move { from, to } = op else { continue };
+            if !in_dest(to) || maildir_sub(to) != Some("new") {
+                continue;
+            }
+            let last_write = ops
+                .iter()
+                .filter(|(c, op)| matches!(op, Op::FileWrite(p) if p == from) && c.end < m.start)
+                .map(|(c, _)| c.end)
+                .max()
+                .unwrap_or(0);
+            let file_synced =
+                ops.iter().any(|(c, op)| matches!(op, Op::Sync(p) if p == from) && c.start > last_write && c.end < m.start);
+            let dir_sync = ops
+                .iter()
+                .filter(|(c, op)| matches!(op, Op::Sync(p) if p == to.parent().unwrap()) && c.start > m.end && c.end < w.start)
+                .map(|(c, _)| c.end)
+                .min();
+            match (file_synced, dir_sync) {
+                (true, Some(end)) => durable.push(end),
+                _ => failures.push(format!(
+                    "before DELE #{deles}: {} moved into new/ without {}",
+                    to.display(),
+                    if file_synced { "an fsync of new/ before the DELE" } else { "an fsync of the file first" }
+                )),
+            }
+        }
+        durable.sort_unstable();
+        if durable.len() < deles {
+            failures.push(format!("{deles} DELEs sent, only {} messages durable in the destination", durable.len()));
+            continue;
+        }
+        // The journal: its records (one "S …" line per message) are written
+        // after the messages they cover are durable, and fsynced before DELE.
+        let journal: Vec<(&Call, &PathBuf)> = ops
+            .iter()
+            .filter(|(c, _)| c.end < w.start)
+            .filter_map(|(c, op)| match op {
+                Op::FileWrite(p) if p.to_string_lossy().ends_with(".journal") => Some((c, p)),
+                _ => None,
+            })
+            .collect();
+        let mut records = 0;
+        let mut last_record_write = None;
+        for (c, path) in &journal {
+            let text = trace.lines().nth(c.start).unwrap_or_default();
+            let n = text.matches("\\nS ").count() + usize::from(text.contains("\"S "));
+            if n == 0 {
+                continue;
+            }
+            // Every message this write records must already be durable.
+            if durable.get(records + n - 1).is_none_or(|&end| end >= c.start) {
+                failures.push(format!("journal records {}..{} written before their messages were durable", records + 1, records + n));
+            }
+            records += n;
+            last_record_write = Some((c.end, (*path).clone()));
+        }
+        match last_record_write {
+            Some((end, path)) if records >= deles => {
+                if !ops.iter().any(|(c, op)| matches!(op, Op::Sync(p) if *p == path) && c.start > end && c.end < w.start) {
+                    failures.push(format!("DELE #{deles}: the journal {} was not fsynced after its last record", path.display()));
+                }
+            }
+            _ => failures.push(format!("DELE #{deles}: only {records} journal records written before it")),
+        }
+    }
+    assert!(saw_dele, "no DELE in the trace\n{}", excerpt(&trace));
+    assert!(failures.is_empty(), "fetcher durability order broken:\n{}\n{}", failures.join("\n"), excerpt(&trace));
+    assert_eq!(deles, N, "one DELE per message");
+    assert_eq!(std::fs::read_dir(dest.join("new")).unwrap().count(), N);
+    drop(srv);
+}
