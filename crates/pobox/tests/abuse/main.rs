@@ -559,7 +559,9 @@ fn abuse_measurements() {
     let per_conn = (r1 as f64 - r0 as f64) / 10_000.0;
     assert!(per_conn < 64.0, "{per_conn:.1} KiB of RSS per idle connection (claim: ~17 KiB in a debug build)");
     assert_eq!(kept, 1000, "all 1,000 slow senders still open at the end (none dropped for being slow)");
-    assert!(made >= 1000, "the flood made only {made} connections");
+    // The flood lasts as long as the honest sessions (a few seconds with
+    // POBOX_ABUSE_SAMPLES=50): a floor that shows it ran alongside them.
+    assert!(made >= 100, "the flood made only {made} connections");
     assert_eq!(res, (10_000, 0), "all 10,000 garbage connections closed by the server");
     assert_eq!((ended, not_ended), (300, 0), "all 300 huge AUTH connections ended by the server");
     // Bounded by open connections, not by bytes sent: 2.4 GiB of garbage
