@@ -50,6 +50,10 @@ pub fn obtain_secret(account: &Account) -> Result<Secret, FetchError> {
         PasswordSource::Inline(p) => Ok(Secret::new(p.clone())),
         PasswordSource::Command(cmd) => run_password_command(cmd),
         PasswordSource::Prompt => prompt(&format!("Password for {}: ", account.identity())),
+        PasswordSource::OAuth2 => match &account.oauth {
+            Some(o) => Ok(crate::oauth::access_token(&account.name, o, false)?),
+            None => Err(FetchError::Password("auth = \"oauth2\" without OAuth settings".into())),
+        },
     }
 }
 
@@ -152,6 +156,10 @@ pub fn choose(method: AuthMethod, caps: Option<&Capabilities>) -> Result<Login, 
         AuthMethod::ScramSha256 => need(Mechanism::ScramSha256),
         AuthMethod::Xoauth2 => need(Mechanism::Xoauth2),
         AuthMethod::Oauthbearer => need(Mechanism::Oauthbearer),
+        // The standard mechanism when offered; else XOAUTH2, which Gmail
+        // and Outlook accept (Outlook's CAPA does not always list it).
+        AuthMethod::Oauth2 if offered(Mechanism::Oauthbearer) => Ok(Login::Sasl(Mechanism::Oauthbearer)),
+        AuthMethod::Oauth2 => Ok(Login::Sasl(Mechanism::Xoauth2)),
         AuthMethod::Auto => {
             // Strongest first: SCRAM never sends the password, PLAIN and
             // USER send it once inside TLS, LOGIN likewise in two pieces.

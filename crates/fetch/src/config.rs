@@ -10,7 +10,7 @@
 //! allow_insecure = false         # "none" needs this set to true
 //! user = "me"
 //! password_command = "pass show mail/work"   # or password = "...", or neither: prompt
-//! auth = "auto"                  # auto | user | plain | login | scram-sha-256 | xoauth2 | oauthbearer
+//! auth = "auto"                  # auto | user | plain | login | scram-sha-256 | xoauth2 | oauthbearer | oauth2
 //! ca_file = "/etc/ssl/my-ca.pem" # extra trust anchors (PEM)
 //! fingerprint = "sha256:AB:CD:…" # pin the server certificate instead of trusting CAs
 //! maildir = "~/Mail/work"        # default ~/Mail/<account>; or mbox = "…" or mda = "…"
@@ -18,6 +18,12 @@
 //! delete_after_days = 14         # keep on the server this long after download
 //! max_size = 10485760            # octets; larger messages are skipped…
 //! oversize = "skip"              # …or only their headers fetched ("headers")
+//! poll_interval = 300            # --daemon: seconds between polls (also top-level)
+//! on_new_mail = ["notify-send", "mail"]  # argv run after new mail (also top-level)
+//!
+//! [accounts.outlook.oauth]       # built-in OAuth2 (auth = "oauth2"), see `oauth`
+//! provider = "microsoft"         # microsoft | google | custom
+//! client_id = "…"
 //! ```
 //!
 //! The raw serde structs are turned into validated [`Account`]s here, so the
@@ -73,6 +79,10 @@ pub enum ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     state_dir: Option<PathBuf>,
+    /// Default `poll_interval` for `--daemon` (seconds).
+    poll_interval: Option<u64>,
+    /// Default `on_new_mail` command (argv, no shell).
+    on_new_mail: Option<Vec<String>>,
     #[serde(default)]
     accounts: BTreeMap<String, RawAccount>,
 }
@@ -105,6 +115,10 @@ struct RawAccount {
     oversize: Oversize,
     timeout_secs: Option<u64>,
     pipeline_depth: Option<usize>,
+    /// `[accounts.NAME.oauth]`: built-in OAuth2 (see `oauth`).
+    oauth: Option<crate::oauth::RawOAuth>,
+    poll_interval: Option<u64>,
+    on_new_mail: Option<Vec<String>>,
 }
 
 /// How the connection is protected.
@@ -142,6 +156,10 @@ pub enum AuthMethod {
     Xoauth2,
     /// OAUTHBEARER (RFC 7628), the token coming from `password_command`.
     Oauthbearer,
+    /// OAUTHBEARER if the server offers it, else XOAUTH2; the token comes
+    /// from the built-in OAuth client (`[accounts.NAME.oauth]`).
+    #[serde(rename = "oauth2")]
+    Oauth2,
 }
 
 /// What to do with a message larger than `max_size`.
@@ -175,6 +193,8 @@ pub enum PasswordSource {
     Command(String),
     /// Asked on the terminal.
     Prompt,
+    /// An access token from the built-in OAuth client (`Account::oauth`).
+    OAuth2,
 }
 
 impl std::fmt::Debug for PasswordSource {
@@ -183,6 +203,7 @@ impl std::fmt::Debug for PasswordSource {
             PasswordSource::Inline(_) => f.write_str("Inline([redacted])"),
             PasswordSource::Command(c) => f.debug_tuple("Command").field(c).finish(),
             PasswordSource::Prompt => f.write_str("Prompt"),
+            PasswordSource::OAuth2 => f.write_str("OAuth2"),
         }
     }
 }
@@ -199,7 +220,7 @@ pub enum Retention {
 }
 
 /// A validated account.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Account {
     /// The table name, `[accounts.NAME]`.
     pub name: String,
@@ -233,6 +254,13 @@ pub struct Account {
     pub timeout: Duration,
     /// Most commands in flight when the server offers PIPELINING.
     pub pipeline_depth: usize,
+    /// Built-in OAuth2 settings (with `auth = "oauth2"`).
+    pub oauth: Option<crate::oauth::OAuthSettings>,
+    /// `--daemon`: time between polls of this account (before the daemon's
+    /// minimum is applied).
+    pub poll_interval: Duration,
+    /// Command run (argv, no shell) after a run that stored new mail.
+    pub on_new_mail: Option<Vec<String>>,
 }
 
 impl Account {
@@ -295,11 +323,30 @@ impl Config {
             Some(p) => expand_tilde(&p)?,
             None => default_state_dir()?,
         };
-        let accounts = raw
+        let mut accounts = raw
             .accounts
             .into_iter()
             .map(|(name, a)| validate(name, a))
             .collect::<Result<Vec<_>, _>>()?;
+        // Defaults from the top level, and the per-account token file under
+        // the state dir (`validate` does not know it).
+        for a in &mut accounts {
+            if let Some(o) = &mut a.oauth {
+                o.token_file = state_dir.join("oauth").join(format!("{}.json", a.name));
+            }
+            if a.on_new_mail.is_none() {
+                a.on_new_mail.clone_from(&raw.on_new_mail);
+            }
+            if a.poll_interval.is_zero() {
+                a.poll_interval = Duration::from_secs(raw.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL));
+            }
+        }
+        if raw.poll_interval == Some(0) {
+            return Err(ConfigError::Invalid { account: "*".into(), reason: "poll_interval must be at least 1 second".into() });
+        }
+        if raw.on_new_mail.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ConfigError::Invalid { account: "*".into(), reason: "on_new_mail is an empty command".into() });
+        }
         Ok(Config { state_dir, accounts })
     }
 
@@ -346,16 +393,36 @@ fn validate(name: String, a: RawAccount) -> Result<Account, ConfigError> {
     if a.security == Security::None && (a.ca_file.is_some() || a.fingerprint.is_some()) {
         return Err(invalid("ca_file/fingerprint make no sense with security = \"none\"".into()));
     }
+    let oauth = a.oauth.map(|o| o.validate()).transpose().map_err(invalid)?;
+    let auth = match (a.auth, &oauth) {
+        (AuthMethod::Auto | AuthMethod::Oauth2, Some(_)) => AuthMethod::Oauth2,
+        (AuthMethod::Xoauth2 | AuthMethod::Oauthbearer, Some(_)) => a.auth,
+        (_, Some(_)) => return Err(invalid("an [oauth] table needs auth = \"oauth2\" (or xoauth2/oauthbearer)".into())),
+        (AuthMethod::Oauth2, None) => {
+            return Err(invalid("auth = \"oauth2\" needs an [accounts.NAME.oauth] table (provider, client_id)".into()));
+        }
+        (m, None) => m,
+    };
+    if a.on_new_mail.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid("on_new_mail is an empty command".into()));
+    }
+    if a.poll_interval == Some(0) {
+        return Err(invalid("poll_interval must be at least 1 second".into()));
+    }
     let password = match (a.password, a.password_command) {
+        (Some(_), _) | (_, Some(_)) if oauth.is_some() => {
+            return Err(invalid("with an [oauth] table the token comes from `pobox fetch login`: drop password/password_command".into()));
+        }
+        (None, None) if oauth.is_some() => PasswordSource::OAuth2,
         (Some(_), Some(_)) => return Err(invalid("set password or password_command, not both".into())),
         (Some(p), None) => PasswordSource::Inline(p),
         (None, Some(c)) => PasswordSource::Command(c),
         (None, None) => PasswordSource::Prompt,
     };
-    if matches!(a.auth, AuthMethod::Xoauth2 | AuthMethod::Oauthbearer)
-        && !matches!(password, PasswordSource::Command(_))
+    if matches!(auth, AuthMethod::Xoauth2 | AuthMethod::Oauthbearer)
+        && !matches!(password, PasswordSource::Command(_) | PasswordSource::OAuth2)
     {
-        return Err(invalid("OAuth tokens expire: xoauth2/oauthbearer need password_command".into()));
+        return Err(invalid("OAuth tokens expire: xoauth2/oauthbearer need password_command or an [oauth] table".into()));
     }
     let fingerprint = a.fingerprint.as_deref().map(parse_fingerprint).transpose().map_err(invalid)?;
     let destination = match (a.maildir, a.mbox, a.mda) {
@@ -387,7 +454,7 @@ fn validate(name: String, a: RawAccount) -> Result<Account, ConfigError> {
         security: a.security,
         user: a.user,
         password,
-        auth: a.auth,
+        auth,
         ca_file: a.ca_file.map(|p| expand_tilde(&p)).transpose()?,
         fingerprint,
         tls_server_name: a.tls_server_name,
@@ -397,6 +464,10 @@ fn validate(name: String, a: RawAccount) -> Result<Account, ConfigError> {
         oversize: a.oversize,
         timeout: Duration::from_secs(a.timeout_secs.unwrap_or(120).max(1)),
         pipeline_depth,
+        oauth,
+        // 0: the file's default, filled in by `Config::parse`.
+        poll_interval: Duration::from_secs(a.poll_interval.unwrap_or(0)),
+        on_new_mail: a.on_new_mail,
         name,
     })
 }
@@ -424,6 +495,9 @@ pub fn format_fingerprint(fp: &[u8; 32]) -> String {
     let pairs: Vec<String> = fp.iter().map(|b| format!("{b:02X}")).collect();
     format!("sha256:{}", pairs.join(":"))
 }
+
+/// `poll_interval` when neither the account nor the file sets one.
+pub const DEFAULT_POLL_INTERVAL: u64 = 300;
 
 fn home() -> Result<PathBuf, ConfigError> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).ok_or(ConfigError::NoHome)

@@ -84,6 +84,13 @@ pub enum FetchError {
     /// No authentication method both sides support.
     #[error("no usable authentication method: {0}")]
     NoAuthMethod(String),
+    /// The built-in OAuth client could not get an access token.
+    #[error(transparent)]
+    OAuth(#[from] crate::oauth::OAuthError),
+    /// The daemon was told to stop (SIGTERM) between two messages; what
+    /// was stored is journalled, the rest waits for the next run.
+    #[error("stopped by a signal")]
+    Interrupted,
     /// The password or token could not be obtained.
     #[error("cannot get the password: {0}")]
     Password(String),
@@ -110,6 +117,9 @@ impl FetchError {
     /// True when the failure is the server's certificate or the user's
     /// credentials: retrying without a human changes nothing.
     pub fn needs_attention(&self) -> bool {
+        if let FetchError::OAuth(e) = self {
+            return e.needs_attention();
+        }
         matches!(
             self,
             FetchError::Config(_)

@@ -13,9 +13,12 @@
 //! killed at any point, or cut off by the network, leaves nothing lost and
 //! nothing stored twice: the next run finishes the job (see [`journal`]).
 //!
-//! What it does not do: IMAP, APOP/CRAM-MD5, client certificates, OAuth
-//! token acquisition (tokens come from `password_command`), filtering
-//! (hand that to an MDA), or daemon mode (run it from cron or a timer).
+//! OAuth2 is built in ([`oauth`]: `pobox fetch login ACCOUNT`, device or
+//! browser flow, refresh before expiry), and `--daemon` ([`daemon`]) polls
+//! every account in one process.
+//!
+//! What it does not do: IMAP, APOP/CRAM-MD5, client certificates,
+//! filtering (hand that to an MDA), or a system keyring for tokens.
 //! The POP3 codec is `pobox_proto::pop3::client`; this crate does the I/O.
 //!
 //! # Layout
@@ -43,9 +46,11 @@
 pub mod auth;
 pub mod config;
 mod conn;
+pub mod daemon;
 pub mod dest;
 pub mod error;
 pub mod journal;
+pub mod oauth;
 pub mod plan;
 pub mod progress;
 pub mod session;
@@ -92,11 +97,41 @@ pub struct FetchArgs {
     /// How many accounts to fetch at the same time.
     #[arg(long, short = 'j', default_value_t = 4)]
     pub jobs: usize,
+    /// Keep running: poll each account every `poll_interval` seconds
+    /// (default 300, at least 60); SIGHUP re-reads the file, SIGTERM stops
+    /// after the message in progress.
+    #[arg(long, conflicts_with = "dry_run")]
+    pub daemon: bool,
+    /// Lowest poll interval `--daemon` accepts, in seconds. For tests only:
+    /// real servers throttle or lock out clients that poll faster than a
+    /// minute.
+    #[arg(long, hide = true, default_value_t = daemon::MIN_POLL_INTERVAL, value_name = "SECS")]
+    pub min_poll_interval: u64,
+    /// `login ACCOUNT`.
+    #[command(subcommand)]
+    pub command: Option<FetchCommand>,
+}
+
+/// Subcommands of `pobox fetch`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum FetchCommand {
+    /// Sign in to an `auth = "oauth2"` account (device code or browser) and
+    /// store its refresh token under the state dir (mode 0600).
+    Login {
+        /// The account, by its `[accounts.NAME]`.
+        account: String,
+    },
 }
 
 /// Runs `pobox fetch` to completion on its own tokio runtime and returns the
 /// process exit code. Blocking: call it from `main`, not from async code.
 pub fn run(args: FetchArgs) -> ExitCode {
+    if let Some(FetchCommand::Login { account }) = &args.command {
+        return daemon::login(&args, account);
+    }
+    if args.daemon {
+        return daemon::run(args);
+    }
     let config = args.config.clone().or_else(|| std::env::var_os("POBOX_FETCH_CONFIG").map(PathBuf::from));
     let path = match &config {
         Some(p) => p.clone(),
@@ -117,13 +152,14 @@ pub fn run(args: FetchArgs) -> ExitCode {
     // and a failing password_command should not leave half the accounts
     // fetched.
     let mut jobs = Vec::new();
-    let mut failed_early = false;
+    let mut failed_early: Option<u8> = None;
     for account in accounts {
         match auth::obtain_secret(&account) {
             Ok(secret) => jobs.push((account, secret)),
             Err(e) => {
                 eprintln!("pobox fetch: {}: {e}", account.name);
-                failed_early = true;
+                // A dead OAuth refresh token needs a new login (exit 4).
+                failed_early = failed_early.max(Some(if e.needs_attention() { EXIT_ATTENTION } else { EXIT_FAILED }));
             }
         }
     }
@@ -146,7 +182,13 @@ pub fn run(args: FetchArgs) -> ExitCode {
                 let _permit = limit.acquire_owned().await;
                 let bar = display.account(&account.name);
                 let started = Instant::now();
-                let result = fetch_account(&account, secret, &state_dir, dry_run, &bar).await;
+                let result = daemon::fetch_once(&account, secret, &state_dir, dry_run, &bar, None).await;
+                if let Ok(s) = &result
+                    && s.got_mail()
+                    && !dry_run
+                {
+                    daemon::run_hook(&account, s).await;
+                }
                 bar.finish();
                 // Report each account as it finishes, above the bars of the
                 // ones still running.
@@ -176,7 +218,7 @@ pub fn run(args: FetchArgs) -> ExitCode {
         }
         out
     });
-    let mut worst_failure = failed_early.then_some(EXIT_FAILED);
+    let mut worst_failure = failed_early;
     let mut any_mail = false;
     for result in results {
         match result {

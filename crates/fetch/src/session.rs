@@ -13,6 +13,7 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -58,6 +59,9 @@ pub struct Summary {
     /// Things the user should know that did not stop the fetch (a refused
     /// RETR or DELE, LIST sizes that were wrong).
     pub warnings: Vec<String>,
+    /// The server's CAPA `LOGIN-DELAY` (RFC 2449 §6.8), in seconds: the
+    /// daemon waits at least this long before the next login.
+    pub login_delay: Option<u64>,
 }
 
 impl Summary {
@@ -79,6 +83,28 @@ pub async fn fetch_account(
     dry_run: bool,
     progress: &AccountProgress,
 ) -> Result<Summary, FetchError> {
+    fetch_account_until(account, secret, state_dir, dry_run, progress, None).await
+}
+
+/// [`fetch_account`] that stops early once `stop` is set (the daemon's
+/// SIGTERM): the message being downloaded is finished, stored and
+/// journalled; no RETR or DELE is sent after that, and the connection is
+/// closed without QUIT when downloads were still in flight, so the server
+/// keeps everything not yet journalled ([`FetchError::Interrupted`]).
+///
+/// # Errors
+/// As [`fetch_account`], plus [`FetchError::Interrupted`].
+pub async fn fetch_account_until(
+    account: &Account,
+    secret: Secret,
+    state_dir: &Path,
+    dry_run: bool,
+    progress: &AccountProgress,
+    stop: Option<&AtomicBool>,
+) -> Result<Summary, FetchError> {
+    if stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+        return Err(FetchError::Interrupted);
+    }
     let identity = account.identity();
     let mut journal =
         if dry_run { Journal::peek(state_dir, &identity)? } else { Journal::open(state_dir, &identity)? };
@@ -100,7 +126,7 @@ pub async fn fetch_account(
     let policy = Policy { retention: account.retention, max_size: account.max_size, oversize: account.oversize };
     let steps = plan(&listed, &journal, policy, now);
 
-    let mut summary = Summary::default();
+    let mut summary = Summary { login_delay: caps.as_ref().and_then(|c| c.login_delay), ..Summary::default() };
     if dry_run {
         summary.plan = steps.iter().map(describe).collect();
         for s in &steps {
@@ -134,6 +160,7 @@ pub async fn fetch_account(
         batch_started: None,
         batch_limit: dest.batch_limit(),
         size_mismatch: (0, None),
+        stop,
     };
     let result = run.transfer(&mut conn, &steps, depth, progress).await;
     run.finish_warnings();
@@ -397,6 +424,8 @@ struct Run<'a> {
     batch_limit: usize,
     /// Full downloads whose size differed from LIST: (count, first example).
     size_mismatch: (u64, Option<String>),
+    /// Set by the daemon on SIGTERM.
+    stop: Option<&'a AtomicBool>,
 }
 
 impl Run<'_> {
@@ -455,6 +484,20 @@ impl Run<'_> {
         let mut downloads_left = to_send.iter().filter(|p| p.is_download()).count();
         let mut in_flight: VecDeque<Pending> = VecDeque::new();
         loop {
+            if self.stop.is_some_and(|s| s.load(Ordering::SeqCst)) {
+                // No new RETR/DELE from here on. What was downloaded is made
+                // durable and journalled (its DELE waits for the next run).
+                if !self.batch.is_empty() {
+                    self.commit(steps, &mut VecDeque::new())?;
+                }
+                // Pipelined downloads cannot be abandoned mid-stream: drop
+                // the connection; the server rolls this session back.
+                if in_flight.iter().any(|p| p.is_download()) {
+                    return Err(FetchError::Interrupted);
+                }
+                // Only DELE replies outstanding: read them, then QUIT.
+                to_send.clear();
+            }
             if !self.batch.is_empty()
                 && (downloads_left == 0
                     || self.batch.len() >= self.batch_limit

@@ -17,10 +17,64 @@ use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
 use serde::Deserialize;
 
+/// The system-wide configuration every server-side subcommand reads when
+/// neither `--config` nor `POBOX_CONFIG` names one, so that admin commands
+/// (`pobox mailbox purge`, `pobox user add`) act on the same data and
+/// retention policy as the running server without flags.
+pub const SYSTEM_CONFIG: &str = "/etc/pobox/pobox.toml";
+
+/// The data dir when neither `--data`, `POBOX_DATA` nor the config's
+/// `data_dir` names one.
+pub const DEFAULT_DATA_DIR: &str = "./pobox-data";
+
+/// Where the configuration comes from: the explicit file, else the system
+/// file if it exists, else none. `none` (as `--config none` or
+/// `POBOX_CONFIG=none`) means the embedded defaults even when the system
+/// file exists.
+#[must_use]
+pub fn config_path(explicit: Option<&Path>) -> Option<PathBuf> {
+    config_path_in(explicit, Path::new(SYSTEM_CONFIG))
+}
+
+fn config_path_in(explicit: Option<&Path>, system: &Path) -> Option<PathBuf> {
+    match explicit {
+        Some(p) if p.as_os_str() == "none" => None,
+        Some(p) => Some(p.to_path_buf()),
+        None => Some(system.to_path_buf()).filter(|p| p.exists()),
+    }
+}
+
+/// The data dir: `--data`/`POBOX_DATA`, else the config's `data_dir`
+/// (relative to the config file's directory), else [`DEFAULT_DATA_DIR`].
+///
+/// # Errors
+/// When the config file cannot be read or parsed.
+pub fn data_dir(explicit: Option<&Path>, config: Option<&Path>) -> anyhow::Result<PathBuf> {
+    if let Some(d) = explicit {
+        return Ok(d.to_path_buf());
+    }
+    if let Some(path) = config {
+        let raw = read_raw(path)?;
+        if let Some(d) = raw.data_dir {
+            let base = path.parent().unwrap_or(Path::new("."));
+            return Ok(base.join(d));
+        }
+    }
+    Ok(PathBuf::from(DEFAULT_DATA_DIR))
+}
+
+fn read_raw(path: &Path) -> anyhow::Result<RawConfig> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str::<RawConfig>(&text).with_context(|| format!("invalid config file {}", path.display()))
+}
+
 /// The file as written by the admin. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConfig {
+    /// The data directory (users, maildrops, certificate) when `--data` and
+    /// `POBOX_DATA` are not given; relative to the config file.
+    pub data_dir: Option<PathBuf>,
     /// Host name for greetings and trace headers (default: the system's).
     pub hostname: Option<String>,
     /// POP3 (cleartext + STLS) addresses; `[]` disables.
@@ -74,6 +128,8 @@ pub struct RawConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// Log filter, e.g. `info` or `pobox_server=debug`.
     pub log: Option<String>,
+    /// `"text"` (key=value lines, the default) or `"json"` (one object per line).
+    pub log_format: Option<String>,
     /// Retention policies.
     pub retention: Option<RawRetention>,
     /// Sieve scripts.
@@ -96,6 +152,22 @@ pub struct RawConfig {
     pub tls_certificates: Option<Vec<RawCertPair>>,
     /// OAuth 2.0 bearer tokens (OAUTHBEARER, XOAUTH2).
     pub oauth: Option<RawOAuth>,
+    /// Who may connect to LMTP unix sockets (`lmtp = ["unix:/path"]`).
+    pub lmtp_socket: Option<RawSocketAccess>,
+}
+
+/// `[lmtp_socket]`: permissions of LMTP unix sockets, like Dovecot's
+/// `unix_listener { mode user group }`. Postfix's `lmtp` client runs as
+/// `postfix`, so it needs the socket's owner or group (or mode 0666).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSocketAccess {
+    /// Octal file mode as a string, e.g. `"0660"` (default `"0660"`).
+    pub mode: Option<String>,
+    /// Owning user name (default: the user `pobox serve` starts as).
+    pub owner: Option<String>,
+    /// Owning group name (default: that user's group).
+    pub group: Option<String>,
 }
 
 /// `dns_resolver = "system"` or `dns_resolver = ["192.0.2.53", "[2001:db8::53]:53"]`.
@@ -257,6 +329,10 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// The passwd-file.
     pub passwd_file: PathBuf,
+    /// Whether `passwd_file` was set in the config (then it must exist: a
+    /// typo would otherwise lock every user out) or is the default
+    /// `DATA/users`, created by the first `pobox user add`.
+    pub passwd_file_configured: bool,
     /// The mail location template.
     pub mail_location: String,
     /// Listener addresses.
@@ -273,11 +349,15 @@ pub struct Settings {
     pub quota: QuotaConfig,
     /// Log filter.
     pub log: String,
+    /// One JSON object per log line instead of text.
+    pub log_json: bool,
     /// Every certificate/key pair (`tls_cert`/`tls_key` first, then
     /// `[[tls_certificates]]`); empty: the generated self-signed one.
     pub tls_pairs: Vec<pobox_server::tls::CertPair>,
     /// The `user` key.
     pub user: Option<String>,
+    /// `[lmtp_socket]`: mode and owner of LMTP unix sockets.
+    pub lmtp_socket: pobox_server::SocketAccess,
 }
 
 /// SMTP listens on port 25 by default (issue 4); `smtp = []` or `--smtp none`
@@ -295,12 +375,7 @@ impl Settings {
     /// key, or a value out of range, each naming the key.
     pub fn load(data_dir: &Path, config: Option<&Path>) -> anyhow::Result<Settings> {
         let raw = match config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read config file {}", path.display()))?;
-                toml::from_str::<RawConfig>(&text)
-                    .with_context(|| format!("invalid config file {}", path.display()))?
-            }
+            Some(path) => read_raw(path)?,
             None => RawConfig::default(),
         };
         Settings::from_raw(data_dir, raw)
@@ -453,6 +528,7 @@ impl Settings {
             list.iter().map(|a| parse_listen(a).with_context(|| format!("{key}: {a:?}"))).collect()
         };
         Ok(Settings {
+            passwd_file_configured: raw.passwd_file.is_some(),
             passwd_file: resolve(&data_dir, raw.passwd_file.unwrap_or_else(|| "users".into())),
             pop3: addrs("pop3", raw.pop3, &["0.0.0.0:110"])?,
             pop3s: addrs("pop3s", raw.pop3s, &["0.0.0.0:995"])?,
@@ -466,13 +542,42 @@ impl Settings {
             },
             mail_location,
             log: raw.log.unwrap_or_else(|| "info".into()),
+            log_json: match raw.log_format.as_deref() {
+                None | Some("text") => false,
+                Some("json") => true,
+                Some(other) => bail!("log_format: {other:?} is neither \"text\" nor \"json\""),
+            },
             tls_pairs,
             user: raw.user,
+            lmtp_socket: socket_access(raw.lmtp_socket.unwrap_or_default())?,
             server,
             quota,
             data_dir,
         })
     }
+}
+
+/// `[lmtp_socket]`: the mode is an octal permission mode (at most 0777);
+/// owner and group are names, resolved when the socket is created.
+fn socket_access(raw: RawSocketAccess) -> anyhow::Result<pobox_server::SocketAccess> {
+    let mode = match raw.mode.as_deref() {
+        None => 0o660,
+        Some(text) => {
+            let digits = text.strip_prefix("0o").unwrap_or(text);
+            match u32::from_str_radix(digits, 8) {
+                Ok(m) if m <= 0o777 => m,
+                _ => bail!("lmtp_socket.mode: {text:?} is not an octal mode such as \"0660\""),
+            }
+        }
+    };
+    for (key, v) in [("owner", &raw.owner), ("group", &raw.group)] {
+        if let Some(name) = v
+            && (name.is_empty() || name.contains(['/', ':', ' ']))
+        {
+            bail!("lmtp_socket.{key}: {name:?} is not a valid name");
+        }
+    }
+    Ok(pobox_server::SocketAccess { mode, owner: raw.owner, group: raw.group })
 }
 
 /// `dns_resolver`: `"system"`, or DNS server addresses (port 53 unless given).
@@ -561,6 +666,12 @@ mod tests {
         assert!(err.to_string().contains("session_timeout_secs"), "{err}");
         let err = parse("mail_location = \"/srv/mail\"").err().unwrap();
         assert!(err.to_string().contains("{user}"), "{err}");
+        let s = parse("[lmtp_socket]\nmode = \"0666\"\ngroup = \"postfix\"").unwrap();
+        assert_eq!(s.lmtp_socket.mode, 0o666);
+        assert_eq!(s.lmtp_socket.group.as_deref(), Some("postfix"));
+        assert_eq!(parse("").unwrap().lmtp_socket.mode, 0o660);
+        let err = parse("[lmtp_socket]\nmode = \"rw\"").err().unwrap();
+        assert!(format!("{err:#}").contains("lmtp_socket.mode"), "{err:#}");
         let err = parse("lmtp = [\"localhost\"]").err().unwrap();
         assert!(format!("{err:#}").contains("lmtp"), "{err:#}");
         let err = parse("tls_cert = \"c.pem\"").err().unwrap();
@@ -669,5 +780,23 @@ mod security_tests {
         assert!(parse("smtp_timeout_secs = 60").is_err(), "RFC 5321 minimum");
         assert!(parse("smtp_max_recipients = 0").is_err());
         assert!(parse("smtp_relay = true").is_err(), "unknown keys");
+    }
+
+    #[test]
+    fn config_path_prefers_explicit_then_the_system_file_and_none_means_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let system = dir.path().join("pobox.toml");
+        let mine = dir.path().join("mine.toml");
+        assert_eq!(config_path_in(None, &system), None, "no system file: embedded defaults");
+        std::fs::write(&system, "data_dir = \"/srv/pobox\"\n").unwrap();
+        assert_eq!(config_path_in(None, &system), Some(system.clone()));
+        assert_eq!(config_path_in(Some(&mine), &system), Some(mine.clone()));
+        assert_eq!(config_path_in(Some(Path::new("none")), &system), None);
+        // data_dir: the flag wins, then the config's key, then ./pobox-data.
+        assert_eq!(data_dir(None, Some(&system)).unwrap(), PathBuf::from("/srv/pobox"));
+        assert_eq!(data_dir(Some(Path::new("/x")), Some(&system)).unwrap(), PathBuf::from("/x"));
+        assert_eq!(data_dir(None, None).unwrap(), PathBuf::from(DEFAULT_DATA_DIR));
+        std::fs::write(&mine, "data_dir = \"rel\"\n").unwrap();
+        assert_eq!(data_dir(None, Some(&mine)).unwrap(), dir.path().join("rel"), "relative to the config file");
     }
 }

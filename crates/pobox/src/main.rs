@@ -21,14 +21,23 @@ use clap::{Parser, Subcommand};
 #[derive(Debug, Parser)]
 #[command(name = "pobox", version, about, propagate_version = true)]
 struct Args {
-    /// Data directory: users, maildrops, TLS certificate.
-    #[arg(long, global = true, env = "POBOX_DATA", default_value = "./pobox-data", value_name = "DIR")]
-    data: PathBuf,
-    /// Configuration file (TOML). Without one, embedded defaults apply.
+    /// Data directory: users, maildrops, TLS certificate. Default: the
+    /// config's `data_dir`, else ./pobox-data.
+    #[arg(long, global = true, env = "POBOX_DATA", value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// Configuration file (TOML). Default: /etc/pobox/pobox.toml if it
+    /// exists, else embedded defaults (`none` forces those).
     /// For `pobox fetch` it is the accounts file.
     #[arg(long, global = true, env = "POBOX_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
+    command: Command,
+}
+
+/// The resolved global options of a server-side subcommand.
+struct ServerArgs {
+    data: PathBuf,
+    config: Option<PathBuf>,
     command: Command,
 }
 
@@ -62,20 +71,85 @@ enum Command {
         /// The user.
         user: String,
     },
+    /// Print the shell completion script for SHELL (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (pobox.1 and one per subcommand) into DIR,
+    /// or print pobox(1) without --dir.
+    Man {
+        /// Target directory.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `pobox completions` and `pobox man`: generated from the clap
+/// definitions, so they cannot drift from the real options.
+fn generated_docs(command: &Command) -> Option<ExitCode> {
+    use clap::CommandFactory;
+    let result = match command {
+        Command::Completions { shell } => {
+            use clap_complete::Generator as _;
+            use std::io::Write as _;
+            let mut cmd = Args::command();
+            cmd.set_bin_name("pobox");
+            cmd.build();
+            let mut script = Vec::new();
+            shell.try_generate(&cmd, &mut script).and_then(|()| std::io::stdout().write_all(&script))
+        }
+        Command::Man { dir: Some(dir) } => {
+            std::fs::create_dir_all(dir).and_then(|()| clap_mangen::generate_to(Args::command(), dir))
+        }
+        Command::Man { dir: None } => clap_mangen::Man::new(Args::command()).render(&mut std::io::stdout()),
+        _ => return None,
+    };
+    Some(match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pobox: {e}");
+            ExitCode::FAILURE
+        }
+    })
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(code) = generated_docs(&args.command) {
+        return code;
+    }
+    if let Command::Fetch(mut f) = args.command {
+        // For `pobox fetch`, --config names the accounts file (`none`, which
+        // means "no server config", means its default here).
+        f.config = args.config.filter(|p| p.as_os_str() != "none");
+        return pobox_fetch::run(f);
+    }
+    // Every other subcommand is server-side: the same config and data dir
+    // as the running server, found without flags on an installed system.
+    let config = config::config_path(args.config.as_deref());
+    let data = match config::data_dir(args.data.as_deref(), config.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("pobox: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let args = ServerArgs { data, config, command: args.command };
+    // Admin commands run as root act as the service user (serve drops
+    // privileges itself, after binding its ports).
+    if !matches!(args.command, Command::Serve(_) | Command::Who { .. } | Command::Kick { .. })
+        && let Err(e) = cli::act_as_service_user(&args.data, args.config.as_deref())
+    {
+        eprintln!("pobox: {e:#}");
+        return ExitCode::FAILURE;
+    }
     let result = match args.command {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),
         Command::Check => cli::check::run(&args.data, args.config.as_deref()),
         Command::User(cmd) => cli::user::run(&args.data, args.config.as_deref(), cmd),
         Command::Deliver(d) => return cli::deliver::run(&args.data, args.config.as_deref(), d),
-        Command::Fetch(mut f) => {
-            // For `pobox fetch`, --config names the accounts file.
-            f.config = args.config;
-            return pobox_fetch::run(f);
-        }
+        Command::Fetch(_) | Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),
         Command::Sieve(cmd) => {
             return match cli::sieve::run(&args.data, args.config.as_deref(), cmd) {
                 Ok(true) => ExitCode::SUCCESS,

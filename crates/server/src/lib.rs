@@ -39,6 +39,7 @@ pub mod tls;
 
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,6 +182,25 @@ enum StdSocket {
 }
 
 impl PreBound {
+    /// A TCP socket someone else bound (systemd socket activation).
+    ///
+    /// # Errors
+    /// If its local address cannot be read.
+    pub fn from_tcp(protocol: Protocol, listener: std::net::TcpListener) -> io::Result<PreBound> {
+        let local = listener.local_addr()?.to_string();
+        Ok(PreBound { protocol, local, socket: StdSocket::Tcp(listener) })
+    }
+
+    /// A unix socket someone else bound (systemd socket activation).
+    ///
+    /// # Errors
+    /// If its local address cannot be read.
+    pub fn from_unix(protocol: Protocol, listener: std::os::unix::net::UnixListener) -> io::Result<PreBound> {
+        let addr = listener.local_addr()?;
+        let local = addr.as_pathname().map_or_else(|| "unix:(unnamed)".to_string(), |p| format!("unix:{}", p.display()));
+        Ok(PreBound { protocol, local, socket: StdSocket::Unix(listener) })
+    }
+
     /// Registers the socket with the current tokio runtime.
     ///
     /// # Errors
@@ -220,10 +240,62 @@ pub fn bind_std(protocol: Protocol, addr: &ListenAddr) -> Result<PreBound, BindE
                 }
                 let _ = std::fs::remove_file(p);
             }
+            // /run/pobox does not survive a reboot: create it (0755, so that
+            // the socket's own mode decides who may connect).
+            if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(fail)?;
+            }
             let l = std::os::unix::net::UnixListener::bind(p).map_err(fail)?;
             Ok(PreBound { protocol, local: format!("unix:{}", p.display()), socket: StdSocket::Unix(l) })
         }
     }
+}
+
+/// Who may connect to a unix socket listener: its mode and owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SocketAccess {
+    /// Permission bits, e.g. 0o660.
+    pub mode: u32,
+    /// Owning user name; `None` keeps the creating user.
+    pub owner: Option<String>,
+    /// Owning group name; `None` keeps the creating user's group.
+    pub group: Option<String>,
+}
+
+impl Default for SocketAccess {
+    fn default() -> Self {
+        SocketAccess { mode: 0o660, owner: None, group: None }
+    }
+}
+
+/// Applies `access` to the socket file at `path`. Call right after binding
+/// and before dropping privileges (only root may give a file away).
+///
+/// # Errors
+/// A message naming the socket and the user, group or mode that failed.
+pub fn set_socket_access(path: &Path, access: &SocketAccess) -> Result<(), String> {
+    use nix::unistd::{Group, User, chown};
+    use std::os::unix::fs::PermissionsExt;
+    let uid = match &access.owner {
+        None => None,
+        Some(name) => match User::from_name(name) {
+            Ok(Some(u)) => Some(u.uid),
+            _ => return Err(format!("lmtp_socket.owner: no user {name:?} on this system")),
+        },
+    };
+    let gid = match &access.group {
+        None => None,
+        Some(name) => match Group::from_name(name) {
+            Ok(Some(g)) => Some(g.gid),
+            _ => return Err(format!("lmtp_socket.group: no group {name:?} on this system")),
+        },
+    };
+    if uid.is_some() || gid.is_some() {
+        chown(path, uid, gid).map_err(|e| format!("cannot chown the LMTP socket {}: {e}", path.display()))?;
+    }
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(access.mode))
+        .map_err(|e| format!("cannot chmod the LMTP socket {}: {e}", path.display()))
 }
 
 fn bind_error(protocol: Protocol, addr: &ListenAddr, source: io::Error) -> BindError {

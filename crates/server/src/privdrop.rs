@@ -202,6 +202,91 @@ pub fn check_data_dir(path: &Path, user: &str, uid: u32) -> Result<(), PrivDropE
     Ok(())
 }
 
+/// Who an admin subcommand (`pobox user`, `deliver`, `mailbox`, `check`,
+/// ...) started as root acts as, so that nothing it creates is root-owned
+/// and unreadable by the server:
+///
+/// * the data dir exists and is owned by someone other than root: its
+///   owner (with that user's primary group, or the directory's group);
+/// * the data dir does not exist yet: the service user `pobox serve` would
+///   drop to (`user`, else `pobox` if it exists); the data dir is created
+///   for it (0750) first;
+/// * otherwise (a root-owned data dir, or no service user): stay root,
+///   like `pobox serve` does in that case.
+///
+/// Not root: nothing to do. Returns the user switched to.
+///
+/// # Errors
+/// A failed lookup, chown or switch.
+pub fn act_as_service_user(user: Option<&str>, data_dir: &Path) -> Result<Option<String>, PrivDropError> {
+    if !Uid::effective().is_root() || user == Some("root") {
+        return Ok(None);
+    }
+    let threads = thread_count();
+    if threads > 1 {
+        return Err(PrivDropError::Threads(threads));
+    }
+    let (uid, gid, name) = match std::fs::metadata(data_dir) {
+        Ok(meta) if meta.uid() == 0 => return Ok(None),
+        Ok(meta) => {
+            let uid = Uid::from_raw(meta.uid());
+            match User::from_uid(uid).map_err(sys("getpwuid"))? {
+                Some(u) => (u.uid, u.gid, u.name),
+                None => (uid, Gid::from_raw(meta.gid()), format!("uid {}", meta.uid())),
+            }
+        }
+        Err(_) => {
+            let found = match user {
+                Some(name) => Some(User::from_name(name).map_err(sys("getpwnam"))?.ok_or_else(|| PrivDropError::NoSuchUser(name.to_owned()))?),
+                None => User::from_name(DEFAULT_USER).map_err(sys("getpwnam"))?,
+            };
+            let Some(u) = found else { return Ok(None) };
+            {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new().recursive(true).mode(0o750).create(data_dir).map_err(|e| PrivDropError::Sys {
+                    what: "create data dir",
+                    errno: nix::Error::from_raw(e.raw_os_error().unwrap_or(0)),
+                })?;
+            }
+            nix::unistd::chown(data_dir, Some(u.uid), Some(u.gid)).map_err(sys("chown data dir"))?;
+            (u.uid, u.gid, u.name)
+        }
+    };
+    switch(uid, gid)?;
+    nix::sys::prctl::set_no_new_privs().map_err(sys("prctl(PR_SET_NO_NEW_PRIVS)"))?;
+    Ok(Some(name))
+}
+
+/// After the switch: can this process really use what it must? Each of
+/// `readable` must open for reading and each of `writable` (directories)
+/// must allow creating files (list only paths that exist: decide that
+/// before the switch, when a missing permission cannot hide them), else the error names the first path that
+/// fails and the fix. Catches a data dir under a 0700 parent, a passwd-file
+/// or key readable only by root, a root-owned `mail/` left by an admin
+/// command run as root: without this check the server would start and then
+/// fail every login.
+///
+/// # Errors
+/// One line naming the path, the user and the fix.
+pub fn verify_access(who: &str, readable: &[PathBuf], writable: &[PathBuf]) -> Result<(), String> {
+    use nix::unistd::{AccessFlags, access};
+    for path in readable {
+        if let Err(e) = std::fs::File::open(path) {
+            return Err(format!(
+                "{who} cannot read {}: {e}; give it access (chown {who} {0}, or a group it is in with chmod g+r) \
+                 and make sure every parent directory lets {who} through",
+                path.display(),
+            ));
+        }
+    }
+    for dir in writable {
+        if let Err(e) = access(dir.as_path(), AccessFlags::W_OK | AccessFlags::X_OK) {
+            return Err(format!("{who} cannot write to {}: {}; fix with: chown -R {who}: {0}", dir.display(), e.desc()));
+        }
+    }
+    Ok(())
+}
+
 /// Threads of this process, from `/proc/self/status` (1 if unknown).
 fn thread_count() -> usize {
     std::fs::read_to_string("/proc/self/status")

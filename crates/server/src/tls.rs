@@ -29,6 +29,7 @@
 //! hash of the certificate the connection's SNI selects.
 
 use std::io;
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -413,15 +414,21 @@ pub fn load_or_generate(
         (Some(c), Some(k)) => vec![CertPair { cert: c.to_path_buf(), key: k.to_path_buf() }],
         _ => Vec::new(),
     };
-    load_or_generate_many(tls_dir, extra, hostname)
+    load_or_generate_many(tls_dir, extra, hostname, &[])
 }
 
 /// Like [`load_or_generate`] with a list of pairs: an empty list means the
-/// generated self-signed certificate.
+/// generated self-signed certificate, which names `hostname`, `localhost`,
+/// the loopback addresses and `listen_ips` (see [`generated_names`]).
 ///
 /// # Errors
 /// A [`TlsError`] naming the file that could not be used.
-pub fn load_or_generate_many(tls_dir: &Path, pairs: Vec<CertPair>, hostname: &str) -> Result<Tls, TlsError> {
+pub fn load_or_generate_many(
+    tls_dir: &Path,
+    pairs: Vec<CertPair>,
+    hostname: &str,
+    listen_ips: &[IpAddr],
+) -> Result<Tls, TlsError> {
     if !pairs.is_empty() {
         return Tls::load(pairs);
     }
@@ -430,7 +437,7 @@ pub fn load_or_generate_many(tls_dir: &Path, pairs: Vec<CertPair>, hostname: &st
     let generated = if c.exists() && k.exists() {
         false
     } else {
-        generate(tls_dir, &c, &k, hostname)?;
+        generate(tls_dir, &c, &k, hostname, listen_ips)?;
         true
     };
     let mut tls = Tls::load(vec![CertPair { cert: c, key: k }])?;
@@ -476,31 +483,92 @@ pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     digest.iter().map(|b| format!("{b:02X}")).collect::<Vec<_>>().join(":")
 }
 
-fn generate(dir: &Path, cert_path: &Path, key_path: &Path, hostname: &str) -> Result<(), TlsError> {
-    let mut names = vec![hostname.to_string()];
-    if hostname != "localhost" {
-        names.push("localhost".into());
+/// The addresses the generated certificate should name for `listeners`:
+/// each specified one, and for a wildcard (0.0.0.0 or ::) the addresses of
+/// the machine's interfaces, since clients reach a wildcard listener by any
+/// of them.
+#[must_use]
+pub fn certificate_ips(listeners: &[std::net::SocketAddr]) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = listeners.iter().map(std::net::SocketAddr::ip).filter(|ip| !ip.is_unspecified()).collect();
+    if listeners.iter().any(|a| a.ip().is_unspecified())
+        && let Ok(addrs) = nix::ifaddrs::getifaddrs()
+    {
+        for ifa in addrs {
+            let Some(sa) = ifa.address else { continue };
+            let ip = if let Some(v4) = sa.as_sockaddr_in() {
+                IpAddr::V4(v4.ip())
+            } else if let Some(v6) = sa.as_sockaddr_in6() {
+                // Link-local addresses need a scope id no certificate can name.
+                let ip = v6.ip();
+                if ip.segments()[0] & 0xffc0 == 0xfe80 {
+                    continue;
+                }
+                IpAddr::V6(ip)
+            } else {
+                continue;
+            };
+            ips.push(ip);
+        }
     }
-    let certified = rcgen::generate_simple_self_signed(names)
-        .map_err(|e| TlsError::Generate(e.to_string()))?;
+    ips.sort();
+    ips.dedup();
+    ips
+}
+
+/// What the generated certificate is valid for: `hostname` (also its
+/// subject CN, which is what Thunderbird and Outlook show the user),
+/// `localhost`, 127.0.0.1, ::1, and every address a listener is bound to
+/// (an unspecified listener address stands for the machine's own
+/// addresses, which the caller expands). Clients that connect by IP then
+/// see a name match instead of a second warning.
+#[must_use]
+pub fn generated_names(hostname: &str, listen_ips: &[IpAddr]) -> (Vec<String>, Vec<IpAddr>) {
+    let mut dns = vec![hostname.to_ascii_lowercase()];
+    if !dns.iter().any(|n| n == "localhost") {
+        dns.push("localhost".into());
+    }
+    let mut ips: Vec<IpAddr> = vec![IpAddr::from([127, 0, 0, 1]), IpAddr::from(std::net::Ipv6Addr::LOCALHOST)];
+    for ip in listen_ips {
+        if !ip.is_unspecified() && !ips.contains(ip) {
+            ips.push(*ip);
+        }
+    }
+    (dns, ips)
+}
+
+fn generate(dir: &Path, cert_path: &Path, key_path: &Path, hostname: &str, listen_ips: &[IpAddr]) -> Result<(), TlsError> {
+    let gen_err = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let (dns, ips) = generated_names(hostname, listen_ips);
+    let mut params = rcgen::CertificateParams::new(dns).map_err(gen_err)?;
+    params.subject_alt_names.extend(ips.into_iter().map(rcgen::SanType::IpAddress));
+    let mut subject = rcgen::DistinguishedName::new();
+    subject.push(rcgen::DnType::CommonName, hostname);
+    subject.push(rcgen::DnType::OrganizationName, "pobox (self-signed)");
+    params.distinguished_name = subject;
+    let signing_key = rcgen::KeyPair::generate().map_err(gen_err)?;
+    let cert = params.self_signed(&signing_key).map_err(gen_err)?;
     let write_err = |source| TlsError::Write { path: dir.to_path_buf(), source };
     std::fs::create_dir_all(dir).map_err(write_err)?;
-    write_private(key_path, certified.signing_key.serialize_pem().as_bytes()).map_err(write_err)?;
-    write_private(cert_path, certified.cert.pem().as_bytes()).map_err(write_err)?;
+    write_mode(key_path, signing_key.serialize_pem().as_bytes(), 0o600).map_err(write_err)?;
+    // The certificate is public: anyone may pass it to `curl --cacert` or
+    // import it into a client.
+    write_mode(cert_path, cert.pem().as_bytes(), 0o644).map_err(write_err)?;
     Ok(())
 }
 
-/// Writes a file readable by its owner only (0600): the key must never be
-/// world-readable, even for an instant.
-fn write_private(path: &Path, data: &[u8]) -> io::Result<()> {
+/// Writes a file created with `mode` from the start: the key must never be
+/// group- or world-readable, even for an instant.
+fn write_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
         .truncate(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
+    // The umask may have narrowed a public file's mode; set it exactly.
+    f.set_permissions(std::fs::Permissions::from_mode(mode))?;
     f.write_all(data)?;
     f.sync_all()
 }
@@ -529,6 +597,38 @@ mod tests {
         use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join("key.pem")).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "key must not be group/world readable");
+        let mode = std::fs::metadata(dir.path().join("cert.pem")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o644, "the certificate is public");
+    }
+
+    #[test]
+    fn generated_certificate_names_host_loopback_and_listeners() {
+        use x509_parser::extensions::GeneralName;
+        let dir = tempfile::tempdir().unwrap();
+        let listen: [IpAddr; 3] = ["0.0.0.0".parse().unwrap(), "192.0.2.10".parse().unwrap(), "2001:db8::5".parse().unwrap()];
+        let tls = load_or_generate_many(dir.path(), Vec::new(), "Mail.Example.org", &listen).unwrap();
+        assert!(tls.generated);
+        let pem = std::fs::read(dir.path().join("cert.pem")).unwrap();
+        let der = CertificateDer::from_pem_slice(&pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        let cn: Vec<_> = cert.subject().iter_common_name().map(|a| a.as_str().unwrap().to_owned()).collect();
+        assert_eq!(cn, ["Mail.Example.org"]);
+        let san = cert.subject_alternative_name().unwrap().unwrap();
+        let mut dns = Vec::new();
+        let mut ips = Vec::new();
+        for name in &san.value.general_names {
+            match name {
+                GeneralName::DNSName(d) => dns.push((*d).to_owned()),
+                GeneralName::IPAddress(b) => ips.push(match b.len() {
+                    4 => IpAddr::from(<[u8; 4]>::try_from(*b).unwrap()),
+                    _ => IpAddr::from(<[u8; 16]>::try_from(*b).unwrap()),
+                }),
+                _ => {}
+            }
+        }
+        assert_eq!(dns, ["mail.example.org", "localhost"]);
+        let want: Vec<IpAddr> = ["127.0.0.1", "::1", "192.0.2.10", "2001:db8::5"].iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(ips, want, "loopback and every specified listener address, never 0.0.0.0");
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn start_with(mut config: Config, setup: impl FnOnce(&Path)) -> TestServer {
     config.sieve.user_dir = Some(dir.path().join("sieve"));
     let location = MailLocation::new(format!("{}/mail/{{user}}", dir.path().display())).unwrap();
     let store = MaildirStore::new(location);
-    let tls = pobox_server::tls::load_or_generate_many(&dir.path().join("tls"), Vec::new(), HOST).unwrap();
+    let tls = pobox_server::tls::load_or_generate_many(&dir.path().join("tls"), Vec::new(), HOST, &[]).unwrap();
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store), Some(tls)));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();

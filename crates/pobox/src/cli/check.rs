@@ -67,15 +67,31 @@ pub fn run(data: &Path, config: Option<&Path>) -> anyhow::Result<()> {
         r.error(&format!("user {wanted:?} (config key `user`) does not exist"));
     }
     match std::fs::metadata(&settings.data_dir) {
-        Err(e) => r.warn(&format!("data dir {}: {e} (created at first start)", settings.data_dir.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            r.warn(&format!("data dir {}: {e} (created at first start)", settings.data_dir.display()));
+        }
+        Err(e) => r.error(&format!("data dir {}: {e}", settings.data_dir.display())),
         Ok(_) => match privdrop::check_data_dir(&settings.data_dir, &name, uid) {
             Ok(()) => r.ok(&format!("data dir {} owned by {name}, not world-writable", settings.data_dir.display())),
             Err(e) => r.error(&e.to_string()),
         },
     }
 
+    // The same access check `pobox serve` makes after dropping privileges
+    // (admin commands run as root have already switched to the service
+    // user, see main.rs).
+    let euid = rustix::process::geteuid();
+    if !euid.is_root() {
+        let store = super::open_store(&settings)?;
+        let (read, write) = super::service_paths(&settings, &store);
+        match privdrop::verify_access(&format!("uid {}", euid.as_raw()), &read, &write) {
+            Ok(()) => r.ok(&format!("uid {} can read the users, keys and scripts and write the data dir", euid.as_raw())),
+            Err(e) => r.error(&e),
+        }
+    }
     check_passwd(&settings, &mut r);
     check_tls(&settings, &mut r, uid);
+    check_sieve(&settings, &mut r);
 
     if let Some(o) = &settings.server.oauth {
         match pobox_auth::oauth::OAuthValidator::new(o.clone()).check_jwks() {
@@ -105,6 +121,10 @@ fn nix_user(name: &str) -> Option<(u32, String)> {
 fn check_passwd(settings: &Settings, r: &mut Report) {
     let path = &settings.passwd_file;
     match std::fs::metadata(path) {
+        Err(e) if settings.passwd_file_configured || e.kind() != std::io::ErrorKind::NotFound => r.error(&format!(
+            "passwd-file {} (config key passwd_file): {e}; every login would fail",
+            path.display()
+        )),
         Err(e) => r.warn(&format!("passwd-file {}: {e} (no users yet)", path.display())),
         Ok(meta) => {
             if meta.mode() & 0o004 != 0 {
@@ -122,6 +142,46 @@ fn check_passwd(settings: &Settings, r: &mut Report) {
                 Err(e) => r.error(&e.to_string()),
             }
         }
+    }
+}
+
+/// Compiles every Sieve script delivery would run. A global (`before`,
+/// `after`) script that is missing or does not compile is an error: the
+/// admin's filtering silently does nothing (delivery keeps the message).
+/// A user's own script that does not compile is a warning: that user's
+/// mail is kept unfiltered, as at delivery.
+fn check_sieve(settings: &Settings, r: &mut Report) {
+    let sieve = &settings.server.sieve;
+    let compile = |path: &Path| -> Result<(), String> {
+        let source = std::fs::read_to_string(path).map_err(|e| format!("sieve script {}: {e}", path.display()))?;
+        pobox_sieve::compile(&source, &pobox_sieve::Capabilities::default()).map(|_| ()).map_err(|errors| {
+            let first: Vec<String> = errors.errors().iter().take(3).map(|e| format!("{}:{e}", path.display())).collect();
+            format!("sieve script does not compile: {}", first.join("; "))
+        })
+    };
+    for path in sieve.before.iter().chain(&sieve.after) {
+        match compile(path) {
+            Ok(()) => r.ok(&format!("sieve script {} compiles", path.display())),
+            Err(e) => r.error(&e),
+        }
+    }
+    let Some(dir) = &sieve.user_dir else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let mut scripts: Vec<_> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sieve"))
+        .collect();
+    scripts.sort();
+    let (mut good, total) = (0, scripts.len());
+    for path in scripts {
+        match compile(&path) {
+            Ok(()) => good += 1,
+            Err(e) => r.warn(&format!("{e} (that user's mail is delivered unfiltered)")),
+        }
+    }
+    if total > 0 {
+        r.ok(&format!("{good} of {total} per-user sieve script(s) in {} compile", dir.display()));
     }
 }
 

@@ -66,10 +66,17 @@ pub enum MailboxCommand {
         /// The message's UIDL: the file name up to the first ',' or ':'.
         id: String,
     },
-    /// Remove every message of a user (into the restore area if the policy has one).
+    /// Remove every message of a user (into the restore area if the policy
+    /// has one; otherwise for good). Asks first on a terminal.
     Purge {
         /// The user.
         user: String,
+        /// Say what would be removed, change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Do not ask (for scripts; required when stdin is not a terminal).
+        #[arg(long, short = 'y')]
+        yes: bool,
     },
 }
 
@@ -204,20 +211,52 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
             let path = store.release(&user, &folder, &id)?;
             println!("released {id} from {folder} into {user}'s inbox ({})", path.display());
         }
-        MailboxCommand::Purge { user } => {
+        MailboxCommand::Purge { user, dry_run, yes } => {
             ensure_user(&users, &user)?;
-            let report = store.purge(&user, now).map_err(in_use_hint)?;
             let window = store.retention().for_user(&user).restore_days;
-            println!("removed {} message(s) of {user}", report.removed);
-            if window > 0 {
-                println!("  restorable for {window} days: pobox mailbox restore {user}");
+            let messages = store.inspect(&user)?;
+            let bytes: u64 = messages.iter().map(|m| m.size).sum();
+            let fate = if window > 0 {
+                format!("restorable for {window} days with: pobox mailbox restore {user}")
+            } else {
+                "for good: restore_days is 0, this cannot be undone".to_string()
+            };
+            if dry_run {
+                println!("would remove {} message(s) ({bytes} bytes) of {user}, {fate}", messages.len());
+                return Ok(());
             }
+            if messages.is_empty() {
+                println!("{user} has no messages; nothing removed");
+                return Ok(());
+            }
+            if !yes {
+                confirm(&format!("remove {} message(s) ({bytes} bytes) of {user}, {fate}?", messages.len()))?;
+            }
+            let report = store.purge(&user, now).map_err(in_use_hint)?;
+            println!("removed {} message(s) of {user}, {fate}", report.removed);
             if report.failed > 0 {
                 bail!("{} message(s) could not be removed", report.failed);
             }
         }
     }
     Ok(())
+}
+
+/// Asks `question` on the terminal; anything but y/yes stops the command.
+/// Without a terminal there is no one to ask: the command needs `--yes`.
+fn confirm(question: &str) -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        bail!("{question}\nnot asked: stdin is not a terminal; add --yes to confirm (or --dry-run to look first)");
+    }
+    print!("{question} [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    match answer.trim().to_ascii_lowercase().as_str() {
+        "y" | "yes" => Ok(()),
+        _ => bail!("nothing removed"),
+    }
 }
 
 /// `pobox who`: the sessions open in the running server.

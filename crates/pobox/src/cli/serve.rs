@@ -24,7 +24,7 @@ pub struct ServeArgs {
     #[arg(long, value_name = "ADDR")]
     lmtp: Option<String>,
     /// SMTP address (receive only: mail for local users, never relayed), or
-    /// `none`. Default: none yet (0.0.0.0:25 once enabled).
+    /// `none`. Default 0.0.0.0:25.
     #[arg(long, value_name = "ADDR")]
     smtp: Option<String>,
 }
@@ -60,10 +60,20 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
     }
-    init_logging(&settings.log);
+    init_logging(&settings.log, settings.log_json);
 
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
+    // Held (by this open descriptor) until the process exits.
+    let _instance = claim_data_dir(&settings.data_dir)?;
+    if settings.passwd_file_configured
+        && let Err(e) = std::fs::metadata(&settings.passwd_file)
+    {
+        anyhow::bail!(
+            "passwd_file {}: {e}; every login would fail. Fix the path in the config, or create the file",
+            settings.passwd_file.display()
+        );
+    }
     let users = super::open_users(&settings);
     let store = super::open_store(&settings)?;
     // Now, while still root: the directory holding the maildrops may not be
@@ -75,8 +85,13 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     let tls_dir = settings.data_dir.join("tls");
     let tls = if needs_tls {
         Some(
-            pobox_server::tls::load_or_generate_many(&tls_dir, settings.tls_pairs.clone(), &settings.server.hostname)
-                .context("TLS setup failed")?,
+            pobox_server::tls::load_or_generate_many(
+                &tls_dir,
+                settings.tls_pairs.clone(),
+                &settings.server.hostname,
+                &pobox_server::tls::certificate_ips(&tls_listeners(&settings)),
+            )
+            .context("TLS setup failed")?,
         )
     } else {
         None
@@ -89,15 +104,24 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
 
     // Bind everything before serving anything: a port that cannot be bound
     // is a startup error, not a half-running server.
-    let mut bound = Vec::new();
+    // Sockets systemd passed (pobox.socket) replace the configured
+    // addresses of their protocol.
+    let mut bound = super::systemd::activated_listeners()?;
+    let activated: Vec<Protocol> = bound.iter().map(|b| b.protocol).collect();
     for (protocol, addrs) in [
         (Protocol::Pop3, &settings.pop3),
         (Protocol::Pop3s, &settings.pop3s),
         (Protocol::Lmtp, &settings.lmtp),
         (Protocol::Smtp, &settings.smtp),
     ] {
+        if activated.contains(&protocol) {
+            continue;
+        }
         for addr in addrs {
             bound.push(pobox_server::bind_std(protocol, addr)?);
+            if let ListenAddr::Unix(path) = addr {
+                pobox_server::set_socket_access(path, &settings.lmtp_socket).map_err(anyhow::Error::msg)?;
+            }
         }
     }
     if bound.is_empty() {
@@ -114,16 +138,81 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     // The maildrop lock file, if root just created it: admin commands run
     // as the service user must be able to open it too.
     own_files.push(store.lock_file().to_path_buf());
+    // So that the next start, as the service user, can open it again.
+    own_files.push(settings.data_dir.join(INSTANCE_FILE));
     // Before the switch: only root may raise the hard limit.
     let open_files = raise_open_files(settings.server.max_connections);
+    let (must_read, must_write) = super::service_paths(&settings, &store);
     let dropped = privdrop::drop_privileges(settings.user.as_deref(), &settings.data_dir, &own_files)
         .context("cannot drop privileges")?;
+    // Refuse now rather than print a banner and then fail every login.
+    let who = match &dropped {
+        privdrop::Outcome::Dropped { user, .. } => Some(user.clone()),
+        privdrop::Outcome::NotRoot { uid } => Some(format!("uid {uid}")),
+        privdrop::Outcome::StayedRoot { .. } => None,
+    };
+    if let Some(who) = who {
+        privdrop::verify_access(&who, &must_read, &must_write).map_err(anyhow::Error::msg)?;
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files))
+}
+
+/// The file whose lock marks the data dir as served; it holds the PID.
+const INSTANCE_FILE: &str = "pobox.pid";
+
+/// Makes sure no other `pobox serve` uses `data_dir`: two servers on one
+/// data dir would fight over the control socket (`pobox who` would reach
+/// either), run expiry twice, and each keep its own listing cache. The lock
+/// is an exclusive `flock` on `DATA/pobox.pid`, so it is released by the
+/// kernel however the holder dies; a stale file is harmless.
+fn claim_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
+    use rustix::fs::{FlockOperation, flock};
+    use std::io::{Read, Seek, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = data_dir.join(INSTANCE_FILE);
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    if let Err(e) = flock(&file, FlockOperation::NonBlockingLockExclusive) {
+        if e == rustix::io::Errno::WOULDBLOCK {
+            let mut text = String::new();
+            let _ = file.read_to_string(&mut text);
+            let pid = text.trim();
+            let who = if pid.is_empty() { "another pobox serve".to_string() } else { format!("another pobox serve (PID {pid})") };
+            anyhow::bail!(
+                "{who} is already serving {}; stop it first, or give this one its own --data directory",
+                data_dir.display()
+            );
+        }
+        return Err(anyhow::Error::from(std::io::Error::from(e)).context(format!("cannot lock {}", path.display())));
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    writeln!(file, "{}", std::process::id())?;
+    Ok(file)
+}
+
+/// The TCP addresses of the listeners that speak TLS.
+fn tls_listeners(settings: &Settings) -> Vec<std::net::SocketAddr> {
+    [&settings.pop3, &settings.pop3s, &settings.smtp]
+        .into_iter()
+        .flatten()
+        .filter_map(|a| match a {
+            ListenAddr::Tcp(sa) => Some(*sa),
+            ListenAddr::Unix(_) => None,
+        })
+        .collect()
 }
 
 /// The open-files limit the server ended up with, and what it wanted.
@@ -226,6 +315,12 @@ async fn serve(
     let _ = std::io::stdout().flush();
 
     let svc = Arc::new(Services::new(settings.server, users, Arc::new(store), tls));
+    super::systemd::ready();
+    super::systemd::spawn_watchdog();
+    let stop = async {
+        stop.await;
+        super::systemd::stopping();
+    };
     pobox_server::run(svc, listeners, stop).await;
     println!("pobox stopped");
     Ok(())
@@ -249,16 +344,18 @@ fn stop_signal() -> impl std::future::Future<Output = ()> {
     }
 }
 
-fn init_logging(filter: &str) {
+fn init_logging(filter: &str, json: bool) {
     let filter = EnvFilter::try_from_env("POBOX_LOG")
         .or_else(|_| EnvFilter::try_new(filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours only on a terminal: log files and the journal are parsed by
     // tools (fail2ban's filter in contrib/ expects plain text).
     use std::io::IsTerminal as _;
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        // For log shippers (Loki, Elasticsearch): fields as JSON members.
+        builder.json().flatten_event(true).with_current_span(false).try_init()
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).try_init()
+    };
 }

@@ -25,5 +25,6 @@ mod lmtp;
 mod pop3;
 mod retention;
 mod robustness;
+mod service;
 mod tls;
 mod util;

@@ -108,10 +108,12 @@ impl Dir {
         v
     }
 
-    /// `pobox --data <data> ...` as a [`TestCommand`].
+    /// `pobox --data <data> ...` as a [`TestCommand`], on the embedded
+    /// defaults unless the test passes `--config` (never the machine's
+    /// /etc/pobox/pobox.toml).
     pub fn pobox(&self) -> TestCommand {
         let mut c = TestCommand::new(BIN);
-        c.arg("--data").arg(&self.data);
+        c.arg("--data").arg(&self.data).env("POBOX_CONFIG", "none");
         c
     }
 
@@ -312,6 +314,7 @@ pub struct ServerBuilder<'d> {
     dir: &'d Dir,
     config: BTreeMap<String, String>,
     env: Vec<(String, std::ffi::OsString)>,
+    log: &'static str,
 }
 
 impl<'d> ServerBuilder<'d> {
@@ -327,7 +330,7 @@ impl<'d> ServerBuilder<'d> {
         // proves). Login-time retention still runs. Tests about retention
         // set their own `retention` table, replacing this one.
         config.insert("retention".into(), "{ expire_interval_secs = 0 }".into());
-        ServerBuilder { dir, config, env: Vec::new() }
+        ServerBuilder { dir, config, env: Vec::new(), log: "info" }
     }
 
     /// Sets a config key; `value` is TOML (`"false"`, `"1000"`, `"\"text\""`).
@@ -344,6 +347,12 @@ impl<'d> ServerBuilder<'d> {
         self
     }
 
+    /// The log filter (`POBOX_LOG`), `info` unless set.
+    pub fn log(mut self, filter: &'static str) -> Self {
+        self.log = filter;
+        self
+    }
+
     /// Writes the config file and starts the server; waits until it has
     /// printed its addresses.
     pub fn start(self) -> Server<'d> {
@@ -351,7 +360,7 @@ impl<'d> ServerBuilder<'d> {
         let text: String = self.config.iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
         std::fs::write(&config_path, text).unwrap();
         let mut cmd = Command::new(BIN);
-        cmd.env_remove("POBOX_DATA").env_remove("POBOX_CONFIG").env("POBOX_LOG", "info");
+        cmd.env_remove("POBOX_DATA").env_remove("POBOX_CONFIG").env("POBOX_LOG", self.log);
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--data")
             .arg(self.dir.data())
