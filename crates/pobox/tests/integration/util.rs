@@ -296,7 +296,7 @@ pub fn require_tool(name: &str) {
 /// "root"), unless `POBOX_ALLOW_SKIP=1` is set; then it says why on stderr
 /// and returns, and the caller returns too. CI sets no opt-out, so nothing
 /// skips silently there (RELIABILITY.md).
-#[allow(dead_code)] // used by the crash and security binaries
+#[allow(dead_code)] // not every binary that includes util.rs has a test that may not run
 pub fn cannot_run(test: &str, requirement: &str) {
     if std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1") {
         eprintln!("SKIPPED {test}: needs {requirement} (POBOX_ALLOW_SKIP=1)");
