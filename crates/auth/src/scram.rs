@@ -274,6 +274,8 @@ pub struct ScramServer {
 }
 
 enum State {
+    /// The RNG failed when the exchange was created: no nonce to offer.
+    NoNonce,
     First,
     Final {
         user: String,
@@ -301,11 +303,34 @@ impl ScramServer {
     /// are the TLS channel bindings of this connection (empty on cleartext).
     /// `advertised_plus` tells whether `-PLUS` was offered, which decides
     /// how a client flag `y` is judged (RFC 5802 §6).
+    ///
+    /// If the operating system's RNG fails, the exchange is created anyway
+    /// (the driver has nothing useful to do with the error before the
+    /// client's first message) but its first [`step`](Self::step) returns
+    /// [`ScramError::Temporary`]: a predictable (all-zero) nonce would let
+    /// a recorded exchange be replayed (RFC 5802 §9), so none is ever sent.
     #[must_use]
     pub fn new(plus: bool, bindings: ChannelBindings) -> Self {
+        Self::with_random(plus, bindings, |buf| {
+            ring::rand::SecureRandom::fill(&ring_rand::SystemRandom::new(), buf)
+        })
+    }
+
+    /// [`new`](Self::new) with the nonce bytes drawn by `fill` (the tests
+    /// inject a failing RNG here; ring's `SecureRandom` is sealed).
+    fn with_random(
+        plus: bool,
+        bindings: ChannelBindings,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), ring::error::Unspecified>,
+    ) -> Self {
         let mut raw = [0u8; 18];
-        let _ = ring::rand::SecureRandom::fill(&ring_rand::SystemRandom::new(), &mut raw);
-        Self::with_nonce(plus, bindings, &BASE64.encode(raw))
+        match fill(&mut raw) {
+            Ok(()) => Self::with_nonce(plus, bindings, &BASE64.encode(raw)),
+            Err(_) => Self {
+                state: State::NoNonce,
+                ..Self::with_nonce(plus, bindings, "")
+            },
+        }
     }
 
     /// Like [`new`](Self::new) with a fixed server nonce part (tests only:
@@ -335,6 +360,9 @@ impl ScramServer {
     /// `-ERR [AUTH]`.
     pub fn step(&mut self, users: &UserDb, message: &[u8]) -> Result<ScramStep, ScramError> {
         match std::mem::replace(&mut self.state, State::Done) {
+            State::NoNonce => Err(ScramError::Temporary(
+                "operating system RNG failed: no SCRAM server nonce".to_owned(),
+            )),
             State::First => self.client_first(users, message),
             State::Final {
                 user,
@@ -814,5 +842,49 @@ mod tests {
             assert!(s.step(&db, bad).is_err(), "{bad:?}");
         }
         assert_eq!(decode_saslname("a=2Cb=3Dc").unwrap(), "a,b=c");
+    }
+    /// A failing RNG must end the exchange with a temporary error before
+    /// any challenge is sent, never offer a predictable (zero) nonce.
+    #[test]
+    fn rng_failure_is_a_temporary_error_never_a_zero_nonce() {
+        let (_dir, db) = rfc_db();
+        let mut server = ScramServer::with_random(false, ChannelBindings::default(), |_| {
+            Err(ring::error::Unspecified)
+        });
+        match server.step(&db, RFC_CLIENT_FIRST.as_bytes()) {
+            Err(ScramError::Temporary(why)) => assert!(why.contains("RNG"), "{why}"),
+            other => panic!("expected a temporary error, got {other:?}"),
+        }
+        // The exchange is over: nothing more is answered.
+        assert!(matches!(
+            server.step(&db, RFC_CLIENT_FIRST.as_bytes()),
+            Err(ScramError::Finished)
+        ));
+    }
+
+    /// The nonce `new` offers comes from the RNG: 18 random bytes, base64,
+    /// different every time (a zero or constant nonce fails this).
+    #[test]
+    fn server_nonces_are_random() {
+        let (_dir, db) = rfc_db();
+        let zero = BASE64.encode([0u8; 18]);
+        let mut seen = std::collections::HashSet::new();
+        for _ in 0..8 {
+            let mut server = ScramServer::new(false, ChannelBindings::default());
+            let Ok(ScramStep::Challenge(first)) = server.step(&db, RFC_CLIENT_FIRST.as_bytes())
+            else {
+                panic!("challenge")
+            };
+            let first = String::from_utf8(first).unwrap();
+            let nonce = first
+                .strip_prefix("r=rOprNGfwEbeRWgbNEkqO")
+                .and_then(|r| r.split(',').next())
+                .unwrap()
+                .to_owned();
+            assert_eq!(nonce.len(), 24, "{first}");
+            assert_ne!(nonce, zero);
+            seen.insert(nonce);
+        }
+        assert_eq!(seen.len(), 8, "server nonces repeat");
     }
 }

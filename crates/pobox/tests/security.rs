@@ -1,7 +1,25 @@
-//! End-to-end privilege drop: `pobox serve` started as root with
+//! Security end to end, through the real `pobox serve`:
+//! - `wiring`: the failure delay, penalties, credential-cache order and the
+//!   fail2ban line (SECURITY.md "Password guessing");
+//! - `oauth`: the OAuth refusal matrix and JWKS reload;
+//! - here: the privilege drop.
+//!
+//! Privilege drop: `pobox serve` started as root with
 //! `user = "nobody"` must serve with every thread running as nobody, with
 //! `no_new_privs` set, and must refuse a data dir that nobody does not own
-//! or that is world-writable. Skipped (with a message) when not run as root.
+//! or that is world-writable. Needs root: without it the tests fail
+//! (`POBOX_ALLOW_SKIP=1` turns that into an explicit skip).
+
+#![allow(unreachable_pub)]
+
+#[path = "integration/util.rs"]
+#[allow(dead_code)]
+mod util;
+
+#[path = "security/oauth.rs"]
+mod oauth;
+#[path = "security/wiring.rs"]
+mod wiring;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt as _;
@@ -50,8 +68,7 @@ fn status_field(path: &str, key: &str) -> String {
 #[test]
 fn serve_runs_as_the_unprivileged_user_with_no_new_privs() {
     if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
+        return util::cannot_run("serve_runs_as_the_unprivileged_user_with_no_new_privs", "root (setuid to nobody)");
     }
     let dir = setup(0o750, NOBODY);
     let mut child = serve(&dir);
@@ -112,8 +129,7 @@ fn refused(dir: &tempfile::TempDir) -> String {
 #[test]
 fn serve_refuses_a_data_dir_it_cannot_trust() {
     if !is_root() {
-        eprintln!("skipped: needs root");
-        return;
+        return util::cannot_run("serve_refuses_a_data_dir_it_cannot_trust", "root (chown to nobody)");
     }
     let err = refused(&setup(0o750, 0));
     assert!(err.contains("is owned by uid 0, but pobox runs as nobody"), "{err}");

@@ -3,15 +3,17 @@
 //! and huge AUTH continuations, while an honest client (its own source
 //! address, 127.0.0.2) logs in, STATs, RETRs and QUITs.
 //!
-//! - `abuse_quick_bounded` (CI): 1,000 garbage connections, 1,000 idle
-//!   connections held open, 200 huge AUTH continuations, a short
-//!   connect/close flood; asserts only bounded behaviour: the honest client
-//!   is still served during and after each, and the server's RSS did not
-//!   grow past a generous bound. No timing assertions.
-//! - `abuse_measurements` (`#[ignore]`, run explicitly, see RELIABILITY.md):
-//!   10,000 connections, slow senders, and the rest at full size, with the
-//!   honest client's latency (p50/p99/max) and the server's RSS per attack.
-//!   Writes `target/abuse-report.txt`.
+//! - `abuse_quick_bounded` (the test command): 1,000 garbage connections,
+//!   1,000 idle connections held open, 200 huge AUTH continuations, a short
+//!   connect/close flood; asserts what RELIABILITY.md claims: every attack
+//!   connection ended by the server, every idle one accepted, the honest
+//!   client served during and after each within a generous latency bound
+//!   (not a speed figure), and the server's RSS within a generous bound.
+//! - `abuse_measurements` (`#[ignore]`d from the test command; `.ci/run`
+//!   runs it with `POBOX_ABUSE_SAMPLES=50`): 10,000 connections, slow
+//!   senders, and the rest at full size, with the honest client's latency
+//!   (p50/p99/max) and the server's RSS per attack, RELIABILITY.md's claims
+//!   asserted. Writes `target/abuse-report.txt`.
 //!
 //! Attack connections come from many loopback source addresses (127.1.x.y),
 //! as a botnet would, so the per-address limit (20) does not simply refuse
@@ -280,14 +282,16 @@ fn garbage(port: u16, n: usize, threads: usize, bytes: usize) -> (u64, u64) {
 }
 
 /// `n` connections sending `AUTH PLAIN` and then a continuation of `size`
-/// bytes of base64 without a line end, then CRLF. Returns how many the
-/// server closed or answered.
-fn huge_auth(port: u16, n: usize, threads: usize, size: usize) -> u64 {
+/// bytes of base64 without a line end, then CRLF. Returns (ended by the
+/// server: it closed the connection, or reset it; not ended: the client's
+/// read timed out or failed otherwise, or it could not connect).
+fn huge_auth(port: u16, n: usize, threads: usize, size: usize) -> (u64, u64) {
     let done = Arc::new(AtomicU64::new(0));
+    let not_done = Arc::new(AtomicU64::new(0));
     let next = Arc::new(AtomicU64::new(0));
     std::thread::scope(|s| {
         for _ in 0..threads {
-            let (done, next) = (done.clone(), next.clone());
+            let (done, not_done, next) = (done.clone(), not_done.clone(), next.clone());
             s.spawn(move || {
                 let chunk = vec![b'A'; 64 * 1024];
                 loop {
@@ -295,7 +299,10 @@ fn huge_auth(port: u16, n: usize, threads: usize, size: usize) -> u64 {
                     if k >= n {
                         break;
                     }
-                    let Ok(mut c) = connect_from(attacker_addr(k % 5000, 1), port, true) else { continue };
+                    let Ok(mut c) = connect_from(attacker_addr(k % 5000, 1), port, true) else {
+                        not_done.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    };
                     let _ = read_line(&mut c);
                     let _ = c.write_all(b"AUTH PLAIN\r\n");
                     let mut sent = 0;
@@ -307,20 +314,28 @@ fn huge_auth(port: u16, n: usize, threads: usize, size: usize) -> u64 {
                     }
                     let _ = c.write_all(b"\r\n");
                     let _ = c.shutdown(std::net::Shutdown::Write);
+                    // Ended means the server ended it: EOF or a reset. A
+                    // read that times out (15 s) is a connection the server
+                    // kept, and is counted as such.
                     let mut sink = Vec::new();
-                    let _ = c.read_to_end(&mut sink);
-                    done.fetch_add(1, Ordering::Relaxed);
+                    match c.read_to_end(&mut sink) {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                            done.fetch_add(1, Ordering::Relaxed)
+                        }
+                        Err(_) => not_done.fetch_add(1, Ordering::Relaxed),
+                    };
                 }
             });
         }
     });
-    done.load(Ordering::Relaxed)
+    (done.load(Ordering::Relaxed), not_done.load(Ordering::Relaxed))
 }
 
 /// Connect/close from 127.0.0.1 alone, `threads` in parallel, until `stop`
-/// or `max` connections. Returns the number of connections made.
-fn flood(port: u16, threads: usize, max: u64, stop: &AtomicBool) -> u64 {
-    let count = AtomicU64::new(0);
+/// or `max` connections, counting them in `count`. Returns the number of
+/// connections made.
+fn flood(port: u16, threads: usize, max: u64, stop: &AtomicBool, count: &AtomicU64) -> u64 {
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
@@ -358,42 +373,70 @@ fn slow_senders(port: u16, n: usize, every: Duration, duration: Duration, stop: 
 // Tests
 // ---------------------------------------------------------------------------
 
-/// CI: bounded behaviour only (no timing assertions).
+/// Generous bound on one honest session (login, STAT, RETR, QUIT) while
+/// under attack, for a debug build on a loaded 2-core CI machine: measured
+/// worst cases are ~0.5 s (quick) and 2.7 s (full-size attacks). It catches
+/// an honest client queued behind the attackers (seconds to minutes), not
+/// a slow machine.
+const HONEST_BOUND: Duration = Duration::from_secs(10);
+
+/// The same bound for the measurement run's full-size attacks (which saw
+/// a 2.7 s worst case).
+const MEASURE_BOUND: Duration = Duration::from_secs(15);
+
+/// The honest client was served every time, each session within `bound`.
+fn assert_served(what: &str, l: &Latency, n: usize, bound: Duration, srv: &Server<'_>) {
+    assert_eq!((l.ok, l.failed), (n, 0), "honest client {what}: {l}\n{}", srv.dump());
+    assert!(l.max <= bound, "honest session {what} took {:?} (bound {bound:?}): {l}", l.max);
+}
+
+/// CI: what RELIABILITY.md claims for the quick variant: every garbage and
+/// huge-AUTH connection ended by the server, every idle connection
+/// accepted, the honest client served during and after each attack within
+/// [`HONEST_BOUND`], RSS bounded.
 #[test]
 fn abuse_quick_bounded() {
     let dir = setup();
     let srv = start(&dir, &[]);
     let port = srv.pop3;
     let base = measure(port, 5, Duration::ZERO);
-    assert_eq!(base.failed, 0, "baseline: {base}\n{}", srv.dump());
+    assert_served("at baseline", &base, 5, HONEST_BOUND, &srv);
     let (rss0, _) = rss(&srv);
 
     let (closed, errors) = garbage(port, 1000, 16, 64 * 1024);
     let after = measure(port, 5, Duration::ZERO);
     eprintln!("abuse-quick: 1000 garbage connections: {closed} closed by the server, {errors} errors; {after}");
-    assert_eq!(after.failed, 0, "honest client after garbage: {after}\n{}", srv.dump());
+    assert_eq!((closed, errors), (1000, 0), "every garbage connection is closed by the server\n{}", srv.dump());
+    assert_served("after garbage", &after, 5, HONEST_BOUND, &srv);
 
-    let n = huge_auth(port, 200, 8, 1 << 20);
+    let (ended, kept) = huge_auth(port, 200, 8, 1 << 20);
     let after = measure(port, 5, Duration::ZERO);
-    eprintln!("abuse-quick: 200 AUTH continuations of 1 MiB: {n} ended; {after}");
-    assert_eq!(after.failed, 0, "honest client after huge AUTH: {after}\n{}", srv.dump());
+    eprintln!("abuse-quick: 200 AUTH continuations of 1 MiB: {ended} ended by the server, {kept} not; {after}");
+    assert_eq!((ended, kept), (200, 0), "every huge AUTH connection is ended by the server\n{}", srv.dump());
+    assert_served("after huge AUTH", &after, 5, HONEST_BOUND, &srv);
 
     let (idle, refused) = open_idle(port, 1000);
     let during = measure(port, 5, Duration::ZERO);
     let (rss_held, _) = rss(&srv);
     eprintln!("abuse-quick: 1000 idle connections held ({refused} refused); {during}; RSS {rss_held} KiB");
-    assert_eq!(during.failed, 0, "honest client with 1000 idle connections: {during}\n{}", srv.dump());
+    assert_eq!((idle.len(), refused), (1000, 0), "1000 idle connections from 50 addresses fit the limits");
+    assert_served("with 1000 idle connections", &during, 5, HONEST_BOUND, &srv);
     drop(idle);
 
     let stop = AtomicBool::new(false);
+    let count = AtomicU64::new(0);
     let (made, during) = std::thread::scope(|s| {
-        let f = s.spawn(|| flood(port, 4, 5000, &stop));
+        let f = s.spawn(|| flood(port, 4, 5000, &stop, &count));
+        // Let the flood get going (bounded wait), so the honest sessions
+        // run inside it.
+        util::eventually(Duration::from_secs(10), || count.load(Ordering::Relaxed) >= 50);
         let during = measure(port, 5, Duration::from_millis(20));
         stop.store(true, Ordering::Relaxed);
         (f.join().unwrap(), during)
     });
     eprintln!("abuse-quick: connect/close flood from 127.0.0.1: {made} connections; {during}");
-    assert_eq!(during.failed, 0, "honest client during a flood from another address: {during}\n{}", srv.dump());
+    assert!(made >= 50, "the flood made only {made} connections: it did not run alongside the honest client");
+    assert_served("during a flood from another address", &during, 5, HONEST_BOUND, &srv);
 
     std::thread::sleep(Duration::from_millis(500));
     let (rss1, hwm) = rss(&srv);
@@ -402,10 +445,10 @@ fn abuse_quick_bounded() {
     assert!(hwm < 1024 * 1024, "peak RSS {hwm} KiB over 1 GiB");
 }
 
-/// The measurement run behind RELIABILITY.md (several minutes):
+/// The measurement run behind RELIABILITY.md (minutes at 200 samples):
 /// `cargo test -p pobox --release --test abuse -- --ignored --nocapture`.
 #[test]
-#[ignore = "measurement run, several minutes: see RELIABILITY.md"]
+#[ignore = "measurement run, loads the machine: .ci/run runs it with POBOX_ABUSE_SAMPLES=50 (RELIABILITY.md)"]
 fn abuse_measurements() {
     let samples: usize = std::env::var("POBOX_ABUSE_SAMPLES").ok().and_then(|v| v.parse().ok()).unwrap_or(200);
     let dir = setup();
@@ -428,7 +471,9 @@ fn abuse_measurements() {
     let (idle, refused) = open_idle(port, 10_000);
     let opened = t0.elapsed();
     let (r1, _) = rss(&srv);
-    let m = measure(port, samples, gap);
+    let m_idle = measure(port, samples, gap);
+    let m = &m_idle;
+    let idle_open = idle.len();
     line(format!(
         "10,000 idle connections ({} open, {refused} refused, opened in {:.1} s): {m}; RSS {r1} KiB ({:+} KiB, {:.1} KiB/conn)",
         idle.len(),
@@ -442,7 +487,7 @@ fn abuse_measurements() {
     line(format!("  after closing them: RSS {r2} KiB"));
 
     let stop = AtomicBool::new(false);
-    let (kept, m) = std::thread::scope(|s| {
+    let (kept, m_slow) = std::thread::scope(|s| {
         let h = s.spawn(|| slow_senders(port, 1000, Duration::from_secs(3), Duration::from_secs(60), &stop));
         std::thread::sleep(Duration::from_secs(3));
         let m = measure(port, samples, gap);
@@ -450,12 +495,13 @@ fn abuse_measurements() {
         (h.join().unwrap(), m)
     });
     let (r3, _) = rss(&srv);
-    line(format!("1,000 slow senders (1 byte / 3 s, {kept} still open at the end): {m}; RSS {r3} KiB"));
+    line(format!("1,000 slow senders (1 byte / 3 s, {kept} still open at the end): {m_slow}; RSS {r3} KiB"));
 
     let stop = AtomicBool::new(false);
     let t0 = Instant::now();
-    let (made, m) = std::thread::scope(|s| {
-        let f = s.spawn(|| flood(port, 8, u64::MAX, &stop));
+    let count = AtomicU64::new(0);
+    let (made, m_flood) = std::thread::scope(|s| {
+        let f = s.spawn(|| flood(port, 8, u64::MAX, &stop, &count));
         std::thread::sleep(Duration::from_millis(500));
         let m = measure(port, samples, gap);
         stop.store(true, Ordering::Relaxed);
@@ -463,13 +509,13 @@ fn abuse_measurements() {
     });
     let (r4, _) = rss(&srv);
     line(format!(
-        "connect/close flood from 127.0.0.1 ({made} connections in {:.1} s, {:.0}/s): {m}; RSS {r4} KiB",
+        "connect/close flood from 127.0.0.1 ({made} connections in {:.1} s, {:.0}/s): {m_flood}; RSS {r4} KiB",
         t0.elapsed().as_secs_f64(),
         made as f64 / t0.elapsed().as_secs_f64()
     ));
 
     let done = AtomicBool::new(false);
-    let (res, m) = std::thread::scope(|s| {
+    let (res, m_garbage) = std::thread::scope(|s| {
         let g = s.spawn(|| {
             let r = garbage(port, 10_000, 32, 256 * 1024);
             done.store(true, Ordering::Relaxed);
@@ -480,20 +526,49 @@ fn abuse_measurements() {
     });
     let (r5, _) = rss(&srv);
     line(format!(
-        "pipelined garbage (10,000 connections x 256 KiB, 32 parallel; {} closed by the server, {} errors): {m}; RSS {r5} KiB",
+        "pipelined garbage (10,000 connections x 256 KiB, 32 parallel; {} closed by the server, {} errors): {m_garbage}; RSS {r5} KiB",
         res.0, res.1
     ));
 
-    let (n, m) = std::thread::scope(|s| {
+    let ((ended, not_ended), m_auth) = std::thread::scope(|s| {
         let g = s.spawn(|| huge_auth(port, 300, 32, 8 << 20));
         let m = measure(port, samples, gap);
         (g.join().unwrap(), m)
     });
     let (r6, hwm) = rss(&srv);
-    line(format!("huge AUTH continuations (300 x 8 MiB, 32 parallel; {n} ended): {m}; RSS {r6} KiB"));
+    line(format!(
+        "huge AUTH continuations (300 x 8 MiB, 32 parallel; {ended} ended by the server, {not_ended} not): {m_auth}; RSS {r6} KiB"
+    ));
     std::thread::sleep(Duration::from_secs(2));
     let (r7, _) = rss(&srv);
     line(format!("end: RSS {r7} KiB, peak (VmHWM) {hwm} KiB"));
     let path = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("abuse-report.txt");
     std::fs::write(&path, report.join("\n") + "\n").unwrap();
+
+    // What RELIABILITY.md §4 says about this run, asserted (the figures
+    // themselves vary with the machine; these are its claims, with margins).
+    for (what, m) in [
+        ("at baseline", &base),
+        ("with 10,000 idle connections", &m_idle),
+        ("with 1,000 slow senders", &m_slow),
+        ("during the connect/close flood", &m_flood),
+        ("during pipelined garbage", &m_garbage),
+        ("during huge AUTH continuations", &m_auth),
+    ] {
+        assert_served(what, m, samples, MEASURE_BOUND, &srv);
+    }
+    assert_eq!((idle_open, refused), (10_000, 0), "10,000 idle connections all accepted");
+    let per_conn = (r1 as f64 - r0 as f64) / 10_000.0;
+    assert!(per_conn < 64.0, "{per_conn:.1} KiB of RSS per idle connection (claim: ~17 KiB in a debug build)");
+    assert_eq!(kept, 1000, "all 1,000 slow senders still open at the end (none dropped for being slow)");
+    // The flood lasts as long as the honest sessions (a few seconds with
+    // POBOX_ABUSE_SAMPLES=50): a floor that shows it ran alongside them.
+    assert!(made >= 100, "the flood made only {made} connections");
+    assert_eq!(res, (10_000, 0), "all 10,000 garbage connections closed by the server");
+    assert_eq!((ended, not_ended), (300, 0), "all 300 huge AUTH connections ended by the server");
+    // Bounded by open connections, not by bytes sent: 2.4 GiB of garbage
+    // and of AUTH continuations must not grow RSS beyond noise, and the
+    // peak is the 10,000 idle connections'.
+    assert!(r6 < r4 + 64 * 1024, "RSS grew from {r4} to {r6} KiB under byte-heavy attacks");
+    assert!(hwm < r1 + 128 * 1024, "peak RSS {hwm} KiB well above the 10,000-connection level {r1} KiB");
 }

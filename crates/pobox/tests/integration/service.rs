@@ -165,11 +165,8 @@ fn require_root(test: &str) -> bool {
     if rustix::process::geteuid().is_root() {
         return true;
     }
-    assert!(
-        std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1"),
-        "{test} needs root (it switches to the `nobody` user); run as root or set POBOX_ALLOW_SKIP=1"
-    );
-    eprintln!("{test}: skipped (not root, POBOX_ALLOW_SKIP=1)");
+    // The one skip rule (util::cannot_run): fail, unless POBOX_ALLOW_SKIP=1.
+    crate::util::cannot_run(test, "root (it switches to the `nobody` user)");
     false
 }
 

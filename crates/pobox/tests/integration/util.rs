@@ -291,6 +291,20 @@ pub fn require_tool(name: &str) {
     );
 }
 
+/// For a test that cannot run here (a tool, privilege or kernel feature is
+/// missing): fails the test naming `requirement` (the Debian package, or
+/// "root"), unless `POBOX_ALLOW_SKIP=1` is set; then it says why on stderr
+/// and returns, and the caller returns too. CI sets no opt-out, so nothing
+/// skips silently there (RELIABILITY.md).
+#[allow(dead_code)] // not every binary that includes util.rs has a test that may not run
+pub fn cannot_run(test: &str, requirement: &str) {
+    if std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIPPED {test}: needs {requirement} (POBOX_ALLOW_SKIP=1)");
+        return;
+    }
+    panic!("{test} cannot run: needs {requirement}; install it, or set POBOX_ALLOW_SKIP=1 to skip it explicitly");
+}
+
 // ---------------------------------------------------------------------------
 // Server
 // ---------------------------------------------------------------------------
@@ -299,6 +313,7 @@ pub fn require_tool(name: &str) {
 pub struct ServerBuilder<'d> {
     dir: &'d Dir,
     config: BTreeMap<String, String>,
+    env: Vec<(String, std::ffi::OsString)>,
     log: &'static str,
 }
 
@@ -315,12 +330,20 @@ impl<'d> ServerBuilder<'d> {
         // proves). Login-time retention still runs. Tests about retention
         // set their own `retention` table, replacing this one.
         config.insert("retention".into(), "{ expire_interval_secs = 0 }".into());
-        ServerBuilder { dir, config, log: "info" }
+        ServerBuilder { dir, config, env: Vec::new(), log: "info" }
     }
 
     /// Sets a config key; `value` is TOML (`"false"`, `"1000"`, `"\"text\""`).
     pub fn config(mut self, key: &str, value: &str) -> Self {
         self.config.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets an environment variable of the server process (the disk-full
+    /// fallback preloads an ENOSPC injector).
+    #[allow(dead_code)] // used by the crash binary
+    pub fn env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
+        self.env.push((key.into(), value.into()));
         self
     }
 
@@ -338,6 +361,7 @@ impl<'d> ServerBuilder<'d> {
         std::fs::write(&config_path, text).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.env_remove("POBOX_DATA").env_remove("POBOX_CONFIG").env("POBOX_LOG", self.log);
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         cmd.arg("--data")
             .arg(self.dir.data())
             .arg("--config")
