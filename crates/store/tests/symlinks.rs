@@ -392,3 +392,57 @@ fn a_link_above_the_user_component_is_followed() {
     let err = nested.open("bob").map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("bob/Maildir"), "{err}");
 }
+
+/// A link planted *during* a session (after the snapshot): `new/` renamed
+/// away and replaced by a link to a directory holding a file of the same
+/// name. RETR must not read it, UPDATE must not unlink or move it.
+#[test]
+fn a_link_planted_during_the_session_is_not_followed() {
+    let top = tempfile::tempdir().unwrap();
+    let mail = top.path().join("mail");
+    let eve = maildir(&mail, "eve");
+    let store = MaildirStore::new(location(&mail));
+    let mb = store.open("eve").unwrap();
+    let names: Vec<String> = fs::read_dir(eve.join("new")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let decoy = top.path().join("decoy");
+    fs::create_dir(&decoy).unwrap();
+    for n in &names {
+        write_private(&decoy.join(n), SECRET);
+    }
+    fs::rename(eve.join("new"), eve.join("new.moved")).unwrap();
+    symlink(&decoy, eve.join("new")).unwrap();
+    let before = snapshot(&decoy);
+
+    for i in 0..mb.messages().len() {
+        assert!(mb.read_if_cached(i, 1 << 20).is_none_or(|b| !b.windows(SECRET.len()).any(|w| w == SECRET)));
+        if let Ok(mut r) = mb.open_message(i) {
+            let mut got = Vec::new();
+            r.read_to_end(&mut got).unwrap();
+            assert!(!got.windows(SECRET.len()).any(|w| w == SECRET), "RETR read through the new link");
+        }
+    }
+    let all: Vec<usize> = (0..mb.messages().len()).collect();
+    let _ = mb.commit(&all);
+    assert_unchanged(&before, &snapshot(&decoy), "link planted during the session");
+}
+
+/// A session keeps one directory handle (its Maildir root) between
+/// commands, not one per part: `pobox serve` budgets three descriptors
+/// per session (socket, message file, this).
+#[test]
+fn a_session_holds_one_directory_handle() {
+    let top = tempfile::tempdir().unwrap();
+    let mail = top.path().join("mail");
+    let store = MaildirStore::new(location(&mail));
+    for i in 0..50 {
+        maildir(&mail, &format!("u{i}"));
+    }
+    let count = || fs::read_dir("/proc/self/fd").unwrap().count();
+    let before = count();
+    let sessions: Vec<_> = (0..50).map(|i| store.open(&format!("u{i}")).unwrap()).collect();
+    let after = count();
+    // 50 root handles and the shared lock file; other tests of this binary
+    // run in parallel threads and may hold a few files meanwhile.
+    assert!(after <= before + 50 + 12, "{before} -> {after} descriptors for 50 sessions");
+    drop(sessions);
+}

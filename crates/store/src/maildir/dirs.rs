@@ -213,10 +213,17 @@ pub(super) fn open_maildir(
             ));
         }
     };
+    Ok(open_parts(dir, &path, owner, create)?.map(|dirs| (path, dirs)))
+}
+
+/// Opens (creating if `create` is set) the `tmp/`, `new/` and `cur/` of the
+/// Maildir whose root is the already checked `root` (at `path`, owned by
+/// `owner`). `Ok(None)` if one is missing and `create` is not set.
+pub(super) fn open_parts(root: OwnedFd, path: &Path, owner: u32, create: bool) -> Result<Option<Dirs>, StoreError> {
     let mut parts = Vec::with_capacity(3);
     for sub in [Sub::Tmp, Sub::New, Sub::Cur] {
         let sub_path = path.join(sub.as_str());
-        let Some(fd) = open_or_make_at(dir.as_fd(), OsStr::new(sub.as_str()), &sub_path, create)? else {
+        let Some(fd) = open_or_make_at(root.as_fd(), OsStr::new(sub.as_str()), &sub_path, create)? else {
             return Ok(None);
         };
         check_part_owner(fd.as_fd(), &sub_path, owner)?;
@@ -226,16 +233,45 @@ pub(super) fn open_maildir(
     let (Some(tmp), Some(new), Some(cur)) = (parts.next(), parts.next(), parts.next()) else {
         unreachable!("three parts were pushed");
     };
-    Ok(Some((
-        path,
-        Dirs {
-            root: dir,
-            tmp,
-            new,
-            cur,
-            owner,
-        },
-    )))
+    Ok(Some(Dirs {
+        root,
+        tmp,
+        new,
+        cur,
+        owner,
+    }))
+}
+
+/// Opens the file `sub/name` below the Maildir root `root` read-only,
+/// through no link at all: `openat2` with `RESOLVE_BENEATH|
+/// RESOLVE_NO_SYMLINKS` (and `RESOLVE_CACHED` when `cached`: fail with
+/// `EAGAIN` rather than wait for a disk). A session holds only its root's
+/// handle between commands, so this is how it reaches a message: one
+/// system call, and `new/` or `cur/` replaced by a link since login fails
+/// with `ELOOP` instead of leading elsewhere. Where the kernel lacks
+/// `openat2` (before Linux 5.6) the same walk is done one `O_NOFOLLOW`
+/// component at a time (not for `cached`: that only ever avoids a wait).
+pub(super) fn open_file_below(root: BorrowedFd<'_>, sub: Sub, name: &OsStr, cached: bool) -> io::Result<OwnedFd> {
+    use rustix::fs::ResolveFlags;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut rel = OsString::from(sub.as_str());
+    rel.push("/");
+    rel.push(name);
+    let mut resolve = ResolveFlags::BENEATH | ResolveFlags::NO_SYMLINKS | ResolveFlags::NO_MAGICLINKS;
+    if cached {
+        resolve |= ResolveFlags::CACHED;
+    }
+    match rustix::fs::openat2(root, &rel, flags, Mode::empty(), resolve) {
+        Err(Errno::NOSYS) if !cached => {}
+        other => return Ok(other?),
+    }
+    let dir = rustix::fs::openat(root, sub.as_str(), DIR_NOFOLLOW, Mode::empty())?;
+    Ok(rustix::fs::openat(&dir, name, flags, Mode::empty())?)
+}
+
+/// Opens `sub/` below the Maildir root `root`, not through a link.
+pub(super) fn open_sub(root: BorrowedFd<'_>, sub: Sub) -> io::Result<OwnedFd> {
+    Ok(rustix::fs::openat(root, sub.as_str(), DIR_NOFOLLOW, Mode::empty())?)
 }
 
 /// Opens the admin's directory `path` following links (see the module

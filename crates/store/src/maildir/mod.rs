@@ -373,7 +373,7 @@ impl Mailstore for MaildirStore {
         tracing::debug!(user, count = messages.len(), "maildrop opened");
         Ok(Box::new(MaildirMailbox {
             user: user.to_owned(),
-            maildir,
+            root: maildir.into_session_root()?,
             messages,
             policy: self.retention.for_user(user),
             lock,
@@ -517,6 +517,22 @@ impl Maildir {
     /// The Maildir++ folder for a Sieve `fileinto` name (`.<folder>`).
     fn folder(&self, folder: &str, create: bool) -> Result<Option<Maildir>, StoreError> {
         self.sub_maildir(&folder_dir_name(folder)?, create)
+    }
+
+    /// Keeps only the root's handle, for a session (the parts' handles
+    /// close here).
+    fn into_session_root(self) -> Result<SessionRoot, StoreError> {
+        let owner = self.dirs.owner;
+        let fd = match Arc::try_unwrap(self.dirs) {
+            Ok(dirs) => dirs.root,
+            // Not shared at this point; if it were, a duplicate of the root
+            // is as good (the other handles close with the last clone).
+            Err(shared) => shared
+                .root
+                .try_clone()
+                .map_err(|e| io_error(format_args!("opening {}", self.root.display()), e))?,
+        };
+        Ok(SessionRoot { path: self.root, fd, owner })
     }
 
     /// The handle of `sub/`.
@@ -745,11 +761,43 @@ impl Maildir {
     }
 }
 
+/// The root handle a session keeps (see [`MaildirMailbox::root`]).
+#[derive(Debug)]
+struct SessionRoot {
+    path: PathBuf,
+    fd: std::os::fd::OwnedFd,
+    owner: u32,
+}
+
+impl SessionRoot {
+    /// The whole Maildir again, its parts opened afresh from the root's
+    /// handle with the same rules as at login (for UPDATE and the log).
+    fn reopen(&self) -> Result<Maildir, StoreError> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| io_error(format_args!("opening {}", self.path.display()), e))?;
+        match dirs::open_parts(fd, &self.path, self.owner, false)? {
+            Some(dirs) => Ok(Maildir { root: self.path.clone(), dirs: Arc::new(dirs) }),
+            None => Err(io_error(
+                format_args!("reopening {}", self.path.display()),
+                io::ErrorKind::NotFound.into(),
+            )),
+        }
+    }
+}
+
 /// A maildrop opened by [`MaildirStore::open`]. Holds the lock until it is
 /// committed or dropped.
 struct MaildirMailbox {
     user: String,
-    maildir: Maildir,
+    /// Only the root's handle is kept for the session: a handle per
+    /// `tmp/`, `new/` and `cur/` for every logged-in session would triple
+    /// the descriptors a server with 10,000 sessions needs (the budget in
+    /// `pobox serve` is three per session: socket, message file, and this).
+    /// Messages are opened below it (`dirs::open_file_below`), and UPDATE
+    /// reopens the parts from it.
+    root: SessionRoot,
     /// Possibly shared with the listing cache: changed only through
     /// `Arc::make_mut`.
     messages: Arc<Vec<MessageInfo>>,
@@ -768,7 +816,7 @@ impl Mailbox for MaildirMailbox {
 
     fn read_if_cached(&self, index: usize, max: u64) -> Option<Vec<u8>> {
         let (sub, name) = self.messages.get(index)?.key.as_maildir();
-        read_if_cached(self.maildir.fd(sub), name, max)
+        read_if_cached(self.root.fd.as_fd(), sub, name, max)
     }
 
     fn open_message(&self, index: usize) -> Result<Box<dyn io::Read + Send>, StoreError> {
@@ -777,8 +825,9 @@ impl Mailbox for MaildirMailbox {
             .get(index)
             .ok_or(StoreError::NoSuchMessage { index })?;
         let (sub, name) = info.key.as_maildir();
-        match open_read(self.maildir.fd(sub), name) {
-            Ok(f) => return Ok(Box::new(f)),
+        let root = self.root.fd.as_fd();
+        match dirs::open_file_below(root, sub, name, false) {
+            Ok(f) => return Ok(Box::new(File::from(f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(format_args!("opening {}", info.key), e)),
         }
@@ -786,14 +835,15 @@ impl Mailbox for MaildirMailbox {
         // new/ -> cur/ or changed its flags; the base name never changes
         // (maildir(5)), so look for it in cur/.
         let base = name::base_of(name);
-        let cur = self.maildir.fd(Sub::Cur);
-        let found = scan::find_by_base(cur, base)
-            .map_err(|e| io_error(format_args!("reading {}", self.maildir.dir(Sub::Cur).display()), e))?;
+        let cur_path = || self.root.path.join(Sub::Cur.as_str());
+        let found = dirs::open_sub(root, Sub::Cur)
+            .and_then(|cur| scan::find_by_base(cur.as_fd(), base))
+            .map_err(|e| io_error(format_args!("reading {}", cur_path().display()), e))?;
         let Some(current) = found else {
             return Err(StoreError::Vanished(info.key.to_string()));
         };
-        match open_read(cur, &current) {
-            Ok(f) => Ok(Box::new(f)),
+        match dirs::open_file_below(root, Sub::Cur, &current, false) {
+            Ok(f) => Ok(Box::new(File::from(f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(StoreError::Vanished(info.key.to_string()))
             }
@@ -804,13 +854,9 @@ impl Mailbox for MaildirMailbox {
     fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError> {
         let this = *self;
         let aside = this.policy.restore_days > 0;
-        let result = commit::commit(
-            &this.maildir,
-            &this.messages,
-            deleted,
-            aside,
-            SystemTime::now(),
-        );
+        let result = this.root.reopen().and_then(|maildir| {
+            commit::commit(&maildir, &this.messages, deleted, aside, SystemTime::now())
+        });
         // Explicit for the reader: the lock goes only after the removals are
         // durable (or have failed), never before.
         drop(this.lock);
@@ -850,7 +896,7 @@ impl Mailbox for MaildirMailbox {
                 ));
             }
         }
-        self.maildir.append_log(&records)
+        self.root.reopen()?.append_log(&records)
     }
 }
 
@@ -1190,25 +1236,17 @@ fn open_read(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// The whole file `name` in `dir` if it is at most `max` bytes and
+/// The whole file `sub/name` if it is at most `max` bytes and
 /// reading it cannot block: `openat2(RESOLVE_CACHED)` fails with `EAGAIN`
 /// unless the name resolves from the dentry cache, `preadv2(RWF_NOWAIT)`
 /// unless the data is in the page cache (Linux 5.12 and 4.14). Anything
 /// else (a moved file, a cold cache, an older kernel: `ENOSYS`/`EINVAL`)
-/// is `None`, and the caller reads on a blocking thread instead. Relative
-/// to the directory's handle, refusing any link and any escape from it
-/// (`RESOLVE_NO_SYMLINKS|RESOLVE_BENEATH`, on top of `O_NOFOLLOW`).
-fn read_if_cached(dir: BorrowedFd<'_>, name: &OsStr, max: u64) -> Option<Vec<u8>> {
-    use rustix::fs::ResolveFlags;
+/// is `None`, and the caller reads on a blocking thread instead. Resolved
+/// below the Maildir root's handle through no link at all
+/// ([`dirs::open_file_below`]).
+fn read_if_cached(root: BorrowedFd<'_>, sub: Sub, name: &OsStr, max: u64) -> Option<Vec<u8>> {
     use rustix::io::ReadWriteFlags;
-    let fd = rustix::fs::openat2(
-        dir,
-        name,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::CACHED | ResolveFlags::NO_SYMLINKS | ResolveFlags::BENEATH,
-    )
-    .ok()?;
+    let fd = dirs::open_file_below(root, sub, name, true).ok()?;
     // One byte more than allowed, to notice a file larger than `max`.
     let limit = usize::try_from(max).ok()?.checked_add(1)?;
     // Sized from fstat (one byte more, to see EOF in the same pass).
