@@ -507,8 +507,12 @@ impl Maildir {
     /// link followed, owned by this Maildir's owner. `Ok(None)` if it does
     /// not exist and `create` is not set.
     pub(crate) fn sub_maildir(&self, name: &str, create: bool) -> Result<Option<Maildir>, StoreError> {
-        let base = rustix::fs::openat(self.dirs.root.as_fd(), c".", rustix::fs::OFlags::RDONLY | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC, rustix::fs::Mode::empty())
-            .map_err(|e| io_error(format_args!("opening {}", self.root.display()), e.into()))?;
+        // A duplicate of the root's handle: the walk consumes its base.
+        let base = self
+            .dirs
+            .root
+            .try_clone()
+            .map_err(|e| io_error(format_args!("opening {}", self.root.display()), e))?;
         let components = [std::ffi::OsString::from(name)];
         Ok(dirs::open_maildir(base, &self.root, &components, create, Some(self.dirs.owner))?
             .map(|(root, dirs)| Maildir { root, dirs: Arc::new(dirs) }))
