@@ -890,6 +890,12 @@ impl Driver<'_> {
         .await
         .map_err(|e| e.to_string());
         let outcome = match result {
+            // What really happened (issue 17, finding 6): messages moved
+            // to the restore area are removed, whether or not the
+            // retention log could record it.
+            Ok(Ok(report)) if report.failed == 0 && report.restorable > 0 => {
+                UpdateResult::RemovedRestorable { removed: report.removed, restorable: report.restorable }
+            }
             Ok(Ok(report)) if report.failed == 0 => UpdateResult::Removed(report.removed),
             Ok(Ok(report)) => UpdateResult::Partial { removed: report.removed, failed: report.failed },
             Ok(Err(e)) => {

@@ -202,7 +202,10 @@ pub trait Mailbox: Send {
     ///
     /// Individual removals that fail are not errors: they are counted in
     /// [`CommitReport::failed`], and the server then answers
-    /// `-ERR [SYS/TEMP] some deleted messages not removed`.
+    /// `-ERR [SYS/TEMP] some deleted messages not removed`. Nor is a
+    /// failure to write the retention log once messages are in the restore
+    /// area: they are removed and restorable all the same (their restore
+    /// window then starts at the next expiry run), and the report says so.
     fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError>;
 
     /// Durably records that the messages at `indices` were retrieved at
@@ -393,6 +396,13 @@ pub struct Delivered {
 pub struct CommitReport {
     /// Messages removed, including ones that were already gone.
     pub removed: usize,
+    /// Of the removed messages, those moved into the restore area (an
+    /// admin can bring them back) rather than deleted.
+    pub restorable: usize,
+    /// True if the retention log could not record that messages went to
+    /// the restore area (a full disk): they stay restorable, and their
+    /// restore window starts at the next expiry run instead of now.
+    pub unlogged: bool,
     /// Messages marked for deletion that could not be removed. If non-zero
     /// the server answers `-ERR [SYS/TEMP] some deleted messages not removed`
     /// (RFC 1939 §6 QUIT, RFC 3206).
@@ -442,6 +452,17 @@ pub enum StoreError {
     /// A folder name that cannot be used (Sieve `fileinto`).
     #[error("invalid folder name {0:?}")]
     InvalidFolder(String),
+    /// A Maildir directory that must not be used: a symbolic link where a
+    /// directory belongs, or one owned by someone else (see the Maildir
+    /// backend's `dirs.rs`). Temporary, like other filesystem problems: an
+    /// admin can fix it and the MTA will retry.
+    #[error("refusing Maildir directory {}: {reason}", path.display())]
+    Unsafe {
+        /// The offending directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// Any other I/O error. Treated as temporary.
     #[error("{context}: {source}")]
     Io {
@@ -460,7 +481,10 @@ impl StoreError {
     #[must_use]
     pub fn is_temporary(&self) -> bool {
         match self {
-            StoreError::InUse | StoreError::DiskFull(_) | StoreError::Io { .. } => true,
+            StoreError::InUse
+            | StoreError::DiskFull(_)
+            | StoreError::Io { .. }
+            | StoreError::Unsafe { .. } => true,
             StoreError::NoSuchUser(_)
             | StoreError::TooLarge { .. }
             | StoreError::NoSuchMessage { .. }
@@ -485,7 +509,9 @@ impl StoreError {
             StoreError::DiskFull(_) => "mailbox full, try again later",
             StoreError::OverQuota(_) => "mailbox over quota",
             StoreError::InvalidFolder(_) => "invalid folder name",
-            StoreError::Io { .. } => "internal storage error, try again later",
+            StoreError::Io { .. } | StoreError::Unsafe { .. } => {
+                "internal storage error, try again later"
+            }
         }
     }
 }

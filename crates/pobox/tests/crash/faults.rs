@@ -334,3 +334,52 @@ fn failed_unlink_in_update_answers_sys_temp_and_releases_the_lock() {
     drop(srv);
     drop(mount);
 }
+
+/// Issue 17, finding 6: with a restore area, UPDATE on a full disk moves
+/// the DELE'd messages aside (renames need no free blocks) but cannot
+/// append to the retention log. Nothing is lost, and the reply must say
+/// so: removed, and restorable, not "-ERR some deleted messages not
+/// removed".
+#[test]
+fn update_on_a_full_disk_says_the_messages_were_removed_and_are_restorable() {
+    use std::io::Write as _;
+    let dir = Dir::new();
+    dir.add_user("full", PW);
+    let mount = match Mount::tmpfs(&dir.data().join("mail"), "512k") {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("fault: full-disk UPDATE SKIPPED LOUDLY: cannot mount a tmpfs ({e}); run as root");
+            return;
+        }
+    };
+    let srv = dir.server().config("retention", "{ expire_interval_secs = 0, restore_days = 7 }").start();
+    let sent: Vec<Vec<u8>> = (0..2).map(|i| message(i, 1000)).collect();
+    for m in &sent {
+        dir.deliver("full", m);
+    }
+    let mut c = srv.login("full", PW);
+    let uidls = c.uidl();
+    assert_eq!(uidls.len(), 2);
+    // Fill the filesystem while the session is open.
+    let filler = dir.data().join("mail/filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let block = vec![b'x'; 4096];
+    let full = (0..10_000).any(|_| matches!(f.write_all(&block), Err(e) if e.raw_os_error() == Some(28)));
+    assert!(full, "the tmpfs never filled up");
+    drop(f);
+    assert!(c.cmd("DELE 1").starts_with("+OK"));
+    assert!(c.cmd("DELE 2").starts_with("+OK"));
+    let q = c.cmd("QUIT");
+    std::fs::remove_file(&filler).unwrap();
+    assert_eq!(q, "+OK pobox signing off (2 messages deleted, 2 restorable)", "QUIT on a full disk\n{}", srv.dump());
+    assert!(dir.message_files("full").is_empty(), "the messages left the maildrop");
+    assert_eq!(dir.files("full", ".pobox-deleted/cur").len(), 2, "both are in the restore area");
+    // And they come back with their UIDLs.
+    dir.pobox().args(["mailbox", "restore", "full"]).assert_exit(0);
+    let mut c = srv.login_after_close("full", PW);
+    assert_eq!(c.uidl(), uidls, "restored under the same UIDLs");
+    c.quit();
+    eprintln!("fault: full-disk UPDATE with a restore area: QUIT answered {q:?}; both restored with their UIDLs");
+    drop(srv);
+    drop(mount);
+}

@@ -202,6 +202,14 @@ pub enum LoginFailure {
 pub enum UpdateResult {
     /// Every marked message was removed.
     Removed(usize),
+    /// Every marked message was removed, `restorable` of them into a
+    /// restore area an administrator can bring them back from.
+    RemovedRestorable {
+        /// How many were removed.
+        removed: usize,
+        /// How many of those can be restored.
+        restorable: usize,
+    },
     /// Some marked messages could not be removed (RFC 1939 §6 "-ERR some
     /// deleted messages not removed").
     Partial {
@@ -833,6 +841,9 @@ impl ServerSession {
             UpdateResult::Removed(n) => {
                 self.reply(Status::ok(format!("pobox signing off ({n} messages deleted)")))
             }
+            UpdateResult::RemovedRestorable { removed, restorable } => self.reply(Status::ok(format!(
+                "pobox signing off ({removed} messages deleted, {restorable} restorable)"
+            ))),
             UpdateResult::Partial { removed, failed } => self.reply(Status::err_code(
                 RespCode::SysTemp,
                 format!("some deleted messages not removed ({removed} removed, {failed} failed)"),

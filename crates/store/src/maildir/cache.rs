@@ -49,7 +49,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -234,10 +233,10 @@ impl Inner {
     }
 }
 
-/// The stamps of `md`'s `new/` and `cur/` now, following symlinks as the
-/// scan does; `None` if either cannot be stat'ed.
+/// The stamps of `md`'s `new/` and `cur/` now, through the handles the
+/// scan reads them by; `None` if either cannot be stat'ed.
 fn current_stamps(md: &Maildir) -> Option<[DirStamp; 2]> {
-    let stamp = |sub: Sub| fs::metadata(md.dir(sub)).ok().map(|m| DirStamp::of(&m));
+    let stamp = |sub: Sub| rustix::fs::fstat(md.fd(sub)).ok().map(|st| DirStamp::of_stat(&st));
     Some([stamp(Sub::New)?, stamp(Sub::Cur)?])
 }
 

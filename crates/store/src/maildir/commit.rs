@@ -13,7 +13,9 @@ use std::ffi::{OsStr, OsString};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 
-use super::{Maildir, Sub, fsync_dir, io_error, name, retention, scan};
+use rustix::fs::AtFlags;
+
+use super::{Maildir, Sub, io_error, name, retention, scan};
 use crate::{CommitReport, MessageInfo, StoreError};
 
 /// Applies UPDATE to `md` for the session snapshot `messages`.
@@ -24,7 +26,11 @@ use crate::{CommitReport, MessageInfo, StoreError};
 /// out of range; [`StoreError::Io`] / [`StoreError::DiskFull`] if a
 /// directory fsync fails, since the removals may then not be durable.
 /// With `aside`, removed messages are moved into the restore area (and the
-/// removals logged with time `now`) instead of being unlinked.
+/// removals logged with time `now`) instead of being unlinked. The
+/// report says what happened: a message in the restore area counts as
+/// removed and restorable even if the log could not record it (a full
+/// disk: renames need no free blocks, an append does), because that is
+/// the truth the client and the admin need (issue 17, finding 6).
 pub(super) fn commit(
     md: &Maildir,
     messages: &[MessageInfo],
@@ -44,12 +50,29 @@ pub(super) fn commit(
     let mut report = CommitReport::default();
     let mut touched = Touched::default();
     let mut moved = Vec::new();
+    // Opened (created) once, and only if something goes there.
+    let area = if aside && marked.iter().any(|&d| d) {
+        match md.restore_area(true) {
+            Ok(area) => area,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot open the restore area");
+                None
+            }
+        }
+    } else {
+        None
+    };
     for (info, &delete) in messages.iter().zip(&marked) {
         let (sub, file) = info.key.as_maildir();
         if delete && aside {
-            match md.move_aside(sub, file) {
+            let Some(area) = &area else {
+                report.failed += 1;
+                continue;
+            };
+            match md.move_aside(area, sub, file) {
                 Ok(true) => {
                     report.removed += 1;
+                    report.restorable += 1;
                     touched.mark(sub);
                     touched.aside = true;
                     moved.push(retention::Record::Deleted(
@@ -84,10 +107,10 @@ pub(super) fn commit(
     }
 
     if touched.new {
-        fsync_dir(&md.dir(Sub::New))?;
+        md.sync(Sub::New)?;
     }
     if touched.cur {
-        fsync_dir(&md.dir(Sub::Cur))?;
+        md.sync(Sub::Cur)?;
     }
     if report.failed > 0 {
         md.forget_usage();
@@ -95,28 +118,40 @@ pub(super) fn commit(
         let bytes: u64 = messages.iter().zip(&marked).filter(|(_, d)| **d).map(|(m, _)| m.size).sum();
         md.record_usage(-(bytes as i64), -(report.removed as i64));
     }
-    if touched.aside {
-        fsync_dir(&md.restore_cur())?;
-        md.append_log(&moved)?;
+    if let Some(area) = &area
+        && touched.aside
+    {
+        area.sync(Sub::Cur)?;
+        // The messages are in the restore area, durably: a log that cannot
+        // grow changes nothing about that. Expiry gives a file without a D
+        // record a fresh window at its next run, so it stays restorable.
+        if let Err(e) = md.append_log(&moved) {
+            tracing::warn!(error = %e, "removed messages are in the restore area, but the retention log could not record it");
+            report.unlogged = true;
+        }
     }
     Ok(report)
 }
 
 /// Unlinks one message. `Ok(Some(dir))`: removed from `dir`; `Ok(None)`:
 /// it was already gone.
+///
+/// `unlinkat` relative to the directory's handle removes the name itself
+/// (a link planted there included), never what a link points to, and
+/// never in a directory that replaced `new/` or `cur/` since they were
+/// opened.
 fn remove(md: &Maildir, sub: Sub, file: &OsStr) -> io::Result<Option<Sub>> {
-    match rustix::fs::unlink(md.dir(sub).join(file)) {
+    match rustix::fs::unlinkat(md.fd(sub), file, AtFlags::empty()) {
         Ok(()) => return Ok(Some(sub)),
         Err(rustix::io::Errno::NOENT) => {}
         Err(e) => return Err(e.into()),
     }
     // Another program may have moved it new/ -> cur/ or changed its flags;
     // the base name identifies it (maildir(5)).
-    let cur = md.dir(Sub::Cur);
-    let Some(current) = scan::find_by_base(&cur, name::base_of(file))? else {
+    let Some(current) = scan::find_by_base(md.fd(Sub::Cur), name::base_of(file))? else {
         return Ok(None);
     };
-    match rustix::fs::unlink(cur.join(current)) {
+    match rustix::fs::unlinkat(md.fd(Sub::Cur), &current, AtFlags::empty()) {
         Ok(()) => Ok(Some(Sub::Cur)),
         Err(rustix::io::Errno::NOENT) => Ok(None),
         Err(e) => Err(e.into()),
@@ -133,8 +168,7 @@ fn mark_seen(md: &Maildir, file: &OsStr) -> bool {
     if !file.as_bytes().contains(&b':') {
         seen.push(":2,");
     }
-    let to = md.dir(Sub::Cur).join(seen);
-    match rustix::fs::rename(&from, &to) {
+    match rustix::fs::renameat(md.fd(Sub::New), file, md.fd(Sub::Cur), &seen) {
         Ok(()) => true,
         Err(rustix::io::Errno::NOENT) => false,
         Err(e) => {

@@ -17,16 +17,17 @@
 //! A guard unlinks the `tmp/` file on every early return, so a failure
 //! never leaves a partial message behind.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 
-use rustix::fs::{CWD, Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 use super::scan::WireCounter;
-use super::{Maildir, NamedDelivery, Sub, fsync_dir, io_error, name};
+use super::{Maildir, NamedDelivery, Sub, io_error, name};
 use crate::{Delivered, StoreError};
 
 /// Read size: large enough for few syscalls, small enough that memory use
@@ -72,8 +73,7 @@ pub(super) fn write_message(
         }
     }
 
-    let tmp_dir = md.dir(Sub::Tmp);
-    let (unique, mut file, guard) = create_tmp(&tmp_dir)?;
+    let (unique, mut file, guard) = create_tmp(md)?;
     let sizes =
         copy_normalised(msg, &mut file, max).map_err(|e| e.into_store_error(guard.path()))?;
     // NFS-write (maildir(5)): the data must be on disk before the name is.
@@ -84,8 +84,8 @@ pub(super) fn write_message(
     drop(file);
 
     let base = named.unwrap_or(&unique);
-    let new_dir = md.dir(Sub::New);
-    let dst = new_dir.join(name::with_sizes(base, sizes.stored, sizes.wire));
+    let dst_name = name::with_sizes(base, sizes.stored, sizes.wire);
+    let dst = md.dir(Sub::New).join(&dst_name);
     // Look again: narrows the window in which a concurrent writer (or a
     // session that moved the first copy to cur/) makes us store a duplicate.
     if let Some(base) = named
@@ -94,7 +94,7 @@ pub(super) fn write_message(
     {
         return Ok(NamedDelivery::AlreadyPresent(existing));
     }
-    match move_noreplace(guard.path(), &dst) {
+    match move_noreplace(md.fd(Sub::Tmp), guard.name(), md.fd(Sub::New), OsStr::new(&dst_name)) {
         Ok(()) => guard.disarm(),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && named.is_some() => {
             return Ok(NamedDelivery::AlreadyPresent(dst));
@@ -107,7 +107,7 @@ pub(super) fn write_message(
         }
     }
     if sync_dir {
-        fsync_dir(&new_dir)?;
+        md.sync(Sub::New)?;
     }
     if let (Some(ix), Some(base)) = (index, named) {
         ix.insert(base);
@@ -132,20 +132,25 @@ fn find_base(md: &Maildir, base: &str) -> Result<Option<PathBuf>, StoreError> {
 
 /// Creates `tmp/<unique>` exclusively; returns the base, the file and its
 /// cleanup guard.
-fn create_tmp(tmp_dir: &Path) -> Result<(String, File, TmpGuard), StoreError> {
+fn create_tmp(md: &Maildir) -> Result<(String, File, TmpGuard<'_>), StoreError> {
     let mut attempt = 1;
     loop {
         let unique = name::unique_base();
-        let path = tmp_dir.join(&unique);
+        let path = md.dir(Sub::Tmp).join(&unique);
         // O_EXCL: never reuse or truncate a file someone else is writing.
-        // O_NOFOLLOW: never write through a planted symlink. 0600: mail is
-        // private to the mail user.
-        match rustix::fs::open(
-            &path,
+        // O_NOFOLLOW: never write through a planted symlink. Relative to
+        // tmp/'s handle: never into a directory tmp/ was replaced by. 0600:
+        // mail is private to the mail user.
+        match rustix::fs::openat(
+            md.fd(Sub::Tmp),
+            unique.as_str(),
             OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         ) {
-            Ok(fd) => return Ok((unique, File::from(fd), TmpGuard::new(path))),
+            Ok(fd) => {
+                let guard = TmpGuard::new(md.fd(Sub::Tmp), OsString::from(&unique), path);
+                return Ok((unique, File::from(fd), guard));
+            }
             Err(Errno::EXIST) if attempt < TMP_ATTEMPTS => attempt += 1,
             Err(e) => {
                 return Err(io_error(
@@ -303,16 +308,25 @@ impl Normaliser {
 /// never-replace property. (Dovecot uses plain `rename()` because its
 /// names are unique; ours are too, but named deliveries deliberately reuse
 /// a base, and racing fetchers must not overwrite each other.)
-fn move_noreplace(from: &Path, to: &Path) -> io::Result<()> {
-    match rustix::fs::renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+///
+/// Both names are single components relative to directory handles.
+fn move_noreplace(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+) -> io::Result<()> {
+    match rustix::fs::renameat_with(from_dir, from, to_dir, to, RenameFlags::NOREPLACE) {
         Ok(()) => return Ok(()),
         Err(Errno::INVAL | Errno::NOSYS | Errno::OPNOTSUPP) => {}
         Err(e) => return Err(e.into()),
     }
-    rustix::fs::link(from, to)?;
-    if let Err(e) = rustix::fs::unlink(from) {
+    // linkat without AT_SYMLINK_FOLLOW links the name itself, never what
+    // a link points to.
+    rustix::fs::linkat(from_dir, from, to_dir, to, AtFlags::empty())?;
+    if let Err(e) = rustix::fs::unlinkat(from_dir, from, AtFlags::empty()) {
         // Delivered all the same; a stale tmp/ file is reaped after 36 h.
-        tracing::warn!(path = %from.display(), error = %e, "could not unlink tmp file after link");
+        tracing::warn!(file = %from.to_string_lossy(), error = %e, "could not unlink tmp file after link");
     }
     Ok(())
 }
@@ -320,18 +334,26 @@ fn move_noreplace(from: &Path, to: &Path) -> io::Result<()> {
 /// Unlinks the `tmp/` file when dropped, unless disarmed after the move
 /// (the `UnlinkOnError` idiom from `staktrace/maildir`).
 #[derive(Debug)]
-struct TmpGuard {
+struct TmpGuard<'a> {
+    /// tmp/'s handle and the file's name in it.
+    dir: BorrowedFd<'a>,
+    name: OsString,
+    /// For messages.
     path: PathBuf,
     armed: bool,
 }
 
-impl TmpGuard {
-    fn new(path: PathBuf) -> Self {
-        TmpGuard { path, armed: true }
+impl<'a> TmpGuard<'a> {
+    fn new(dir: BorrowedFd<'a>, name: OsString, path: PathBuf) -> Self {
+        TmpGuard { dir, name, path, armed: true }
     }
 
     fn path(&self) -> &Path {
         &self.path
+    }
+
+    fn name(&self) -> &OsStr {
+        &self.name
     }
 
     fn disarm(mut self) {
@@ -339,12 +361,12 @@ impl TmpGuard {
     }
 }
 
-impl Drop for TmpGuard {
+impl Drop for TmpGuard<'_> {
     fn drop(&mut self) {
         if !self.armed {
             return;
         }
-        match rustix::fs::unlink(&self.path) {
+        match rustix::fs::unlinkat(self.dir, &self.name, AtFlags::empty()) {
             Ok(()) | Err(Errno::NOENT) => {}
             Err(e) => {
                 tracing::warn!(path = %self.path.display(), error = %e, "could not remove tmp file");

@@ -31,7 +31,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -96,16 +95,25 @@ impl LockTable {
         self.ensure_open(&mut inner).map(|_| ())
     }
 
-    /// Takes the lock on the maildrop directory `maildir` without waiting.
+    /// [`acquire`](LockTable::acquire) by path, for tests.
+    #[cfg(test)]
+    fn acquire_path(self: &Arc<Self>, maildir: &Path) -> Result<MaildropLock, StoreError> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(maildir)
+            .map_err(|e| io_error(format_args!("stat {}", maildir.display()), e))?;
+        self.acquire((meta.dev(), meta.ino()), maildir)
+    }
+
+    /// Takes the lock on the maildrop directory with device and inode
+    /// `key` (from the handle the Maildir was opened through, so the lock
+    /// is on the directory actually used), at `maildir` (for messages),
+    /// without waiting.
     ///
     /// # Errors
     ///
     /// [`StoreError::InUse`] if this process or another one holds it;
-    /// [`StoreError::Io`] if the directory or the lock file cannot be used.
-    pub(super) fn acquire(self: &Arc<Self>, maildir: &Path) -> Result<MaildropLock, StoreError> {
-        let meta = std::fs::metadata(maildir)
-            .map_err(|e| io_error(format_args!("stat {}", maildir.display()), e))?;
-        let key = (meta.dev(), meta.ino());
+    /// [`StoreError::Io`] if the lock file cannot be used.
+    pub(super) fn acquire(self: &Arc<Self>, key: (u64, u64), maildir: &Path) -> Result<MaildropLock, StoreError> {
         let byte = byte_for(key);
         let mut inner = self.lock_inner();
         if inner.held.contains(&key) {
@@ -229,10 +237,10 @@ mod tests {
         let drop_dir = dir.path().join("u");
         std::fs::create_dir(&drop_dir).unwrap();
         let t = table(dir.path());
-        let first = t.acquire(&drop_dir).unwrap();
-        assert!(matches!(t.acquire(&drop_dir), Err(StoreError::InUse)));
+        let first = t.acquire_path(&drop_dir).unwrap();
+        assert!(matches!(t.acquire_path(&drop_dir), Err(StoreError::InUse)));
         drop(first);
-        t.acquire(&drop_dir).expect("released on drop");
+        t.acquire_path(&drop_dir).expect("released on drop");
     }
 
     #[test]
@@ -241,11 +249,11 @@ mod tests {
         let drop_dir = dir.path().join("u");
         std::fs::create_dir(&drop_dir).unwrap();
         let (a, b) = (table(dir.path()), table(dir.path()));
-        let held = a.acquire(&drop_dir).unwrap();
-        assert!(matches!(b.acquire(&drop_dir), Err(StoreError::InUse)));
+        let held = a.acquire_path(&drop_dir).unwrap();
+        assert!(matches!(b.acquire_path(&drop_dir), Err(StoreError::InUse)));
         drop(held);
-        let _again = b.acquire(&drop_dir).expect("the kernel lock was released");
-        assert!(matches!(a.acquire(&drop_dir), Err(StoreError::InUse)));
+        let _again = b.acquire_path(&drop_dir).expect("the kernel lock was released");
+        assert!(matches!(a.acquire_path(&drop_dir), Err(StoreError::InUse)));
     }
 
     #[test]
@@ -256,10 +264,10 @@ mod tests {
         std::fs::create_dir(&v).unwrap();
         std::os::unix::fs::symlink(&u, dir.path().join("u-link")).unwrap();
         let t = table(dir.path());
-        let _u = t.acquire(&u).unwrap();
-        let _v = t.acquire(&v).expect("another maildrop is independent");
+        let _u = t.acquire_path(&u).unwrap();
+        let _v = t.acquire_path(&v).expect("another maildrop is independent");
         assert!(
-            matches!(t.acquire(&dir.path().join("u-link")), Err(StoreError::InUse)),
+            matches!(t.acquire_path(&dir.path().join("u-link")), Err(StoreError::InUse)),
             "a symlink to a locked maildrop is the same maildrop"
         );
     }
@@ -273,7 +281,7 @@ mod tests {
         for i in 0..200 {
             let d = dir.path().join(format!("u{i}"));
             std::fs::create_dir(&d).unwrap();
-            held.push(t.acquire(&d).unwrap());
+            held.push(t.acquire_path(&d).unwrap());
         }
         let fds_after = std::fs::read_dir("/proc/self/fd").unwrap().count();
         // Other tests run in parallel threads and may hold a few files.

@@ -30,16 +30,18 @@
 mod cache;
 mod commit;
 mod deliver;
+mod dirs;
 mod lock;
 mod quota;
 mod name;
 mod retention;
 mod scan;
 
+use std::ffi::OsStr;
 use std::fmt;
-use std::fs::{self, DirBuilder, File};
+use std::fs::File;
 use std::io;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -120,6 +122,21 @@ impl MailLocation {
             return Err(StoreError::NoSuchUser(user.to_owned()));
         }
         Ok(PathBuf::from(self.0.replace(USER_PLACEHOLDER, user)))
+    }
+
+    /// Opens (creating if needed) `user`'s Maildir: the directories above
+    /// the `{user}` component as a normal path, everything from there down
+    /// without following links (see `maildir/dirs.rs`).
+    fn open_maildir(&self, user: &str) -> Result<Maildir, StoreError> {
+        let full = self.path_for(user)?;
+        let (prefix, rest) = dirs::split_at_user(&self.0, &full);
+        let Some(base) = dirs::open_trusted(&prefix, true)? else {
+            unreachable!("open_trusted creates what is missing");
+        };
+        match dirs::open_maildir(base, &prefix, &rest, true, None)? {
+            Some((root, dirs)) => Ok(Maildir { root, dirs: Arc::new(dirs) }),
+            None => unreachable!("open_maildir creates what is missing"),
+        }
     }
 }
 
@@ -269,35 +286,37 @@ impl MaildirStore {
     /// message, or filesystem errors.
     pub fn release(&self, user: &str, folder: &str, uidl: &str) -> Result<PathBuf, StoreError> {
         let inbox = self.maildir(user)?;
-        let dir = folder_dir(&inbox, folder)?;
-        for sub in ["new", "cur"] {
-            let from_dir = dir.join(sub);
-            let entries = match fs::read_dir(&from_dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_error(format_args!("reading {}", from_dir.display()), e)),
-            };
-            for entry in entries.flatten() {
-                let file = entry.file_name();
-                if name::uidl_for(name::base_of(&file)).as_str() != uidl {
+        let Some(dir) = inbox.folder(folder, false)? else {
+            return Err(StoreError::Vanished(format!("{folder}/{uidl}")));
+        };
+        for sub in [Sub::New, Sub::Cur] {
+            let entries = dirs::read_names(dir.fd(sub))
+                .map_err(|e| io_error(format_args!("reading {}", dir.dir(sub).display()), e))?;
+            for (file, kind) in entries {
+                // Only regular files are messages; a link is not followed
+                // (renameat moves the link itself, but it has no business
+                // in the inbox either).
+                if !matches!(kind, rustix::fs::FileType::RegularFile | rustix::fs::FileType::Unknown)
+                    || name::uidl_for(name::base_of(&file)).as_str() != uidl
+                {
                     continue;
                 }
                 // Drop the flags part: the message is new in the inbox.
                 let bytes = file.as_encoded_bytes();
                 let plain = bytes.split(|&b| b == b':').next().unwrap_or(bytes);
-                let to = inbox.dir(Sub::New).join(std::ffi::OsStr::new(&String::from_utf8_lossy(plain).into_owned()));
+                let plain = String::from_utf8_lossy(plain).into_owned();
                 rustix::fs::renameat_with(
-                    rustix::fs::CWD,
-                    from_dir.join(&file),
-                    rustix::fs::CWD,
-                    &to,
+                    dir.fd(sub),
+                    &file,
+                    inbox.fd(Sub::New),
+                    plain.as_str(),
                     rustix::fs::RenameFlags::NOREPLACE,
                 )
                 .map_err(|e| io_error(format_args!("releasing {}", file.to_string_lossy()), e.into()))?;
-                fsync_dir(&inbox.dir(Sub::New))?;
-                fsync_dir(&from_dir)?;
+                inbox.sync(Sub::New)?;
+                dir.sync(sub)?;
                 inbox.forget_usage();
-                return Ok(to);
+                return Ok(inbox.dir(Sub::New).join(plain));
             }
         }
         Err(StoreError::Vanished(format!("{folder}/{uidl}")))
@@ -322,8 +341,11 @@ impl MaildirStore {
     ///
     /// [`StoreError::NoSuchUser`] for an unusable name; [`StoreError::Io`]
     /// or [`StoreError::DiskFull`] if the directories cannot be created.
+    /// The Maildir is opened as `maildir/dirs.rs` describes: a link at or
+    /// below the `{user}` component, or a part owned by someone else, is
+    /// refused with [`StoreError::Unsafe`] naming it.
     pub fn maildir(&self, user: &str) -> Result<Maildir, StoreError> {
-        Maildir::open_or_create(self.location.path_for(user)?)
+        self.location.open_maildir(user)
     }
 }
 
@@ -332,7 +354,7 @@ impl Mailstore for MaildirStore {
         let maildir = self.maildir(user)?;
         // Lock first, then look: the snapshot must be taken under the lock so
         // that two sessions never both believe they own a message.
-        let lock = self.locks.acquire(maildir.path())?;
+        let lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
         maildir.reap_tmp();
         // Shared with the listing cache (and other sessions' snapshots) as
         // long as nothing needs changing in it.
@@ -351,7 +373,7 @@ impl Mailstore for MaildirStore {
         tracing::debug!(user, count = messages.len(), "maildrop opened");
         Ok(Box::new(MaildirMailbox {
             user: user.to_owned(),
-            maildir,
+            root: maildir.into_session_root()?,
             messages,
             policy: self.retention.for_user(user),
             lock,
@@ -390,7 +412,10 @@ impl Mailstore for MaildirStore {
 
     fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         let inbox = self.maildir(user)?;
-        Maildir::open_or_create(folder_dir(&inbox, folder)?)?.deliver(message, self.max_size)
+        match inbox.folder(folder, true)? {
+            Some(dir) => dir.deliver(message, self.max_size),
+            None => unreachable!("folder() creates what is missing"),
+        }
     }
 
     fn expire(&self, user: &str, now: SystemTime, dry_run: bool) -> Result<ExpireReport, StoreError> {
@@ -409,7 +434,10 @@ impl Mailstore for MaildirStore {
 /// [`deliver_named`](Maildir::deliver_named), which share one writer.
 #[derive(Debug, Clone)]
 pub struct Maildir {
+    /// For messages, and the listing cache's key; never resolved again.
     root: PathBuf,
+    /// Every access goes through these handles (see `maildir/dirs.rs`).
+    dirs: Arc<dirs::Dirs>,
 }
 
 /// Base names known to be in a Maildir; see [`Maildir::base_index`].
@@ -450,52 +478,94 @@ impl Maildir {
     /// Opens the Maildir at `path`, creating it and its `tmp/`, `new/` and
     /// `cur/` subdirectories (mode 0700, parents included) if missing.
     ///
+    /// `path` is the caller's own choice (the fetcher's configured
+    /// destination) and is followed as given, links included; `tmp/`,
+    /// `new/`, `cur/` and everything in them are never reached through a
+    /// link (see `maildir/dirs.rs`). Maildrops found through a
+    /// [`MailLocation`] are opened by [`MaildirStore`], which refuses a
+    /// linked root as well.
+    ///
     /// # Errors
     ///
     /// [`StoreError::Io`] or [`StoreError::DiskFull`] if a directory cannot
     /// be created, or if `path` or a subdirectory exists but is not a
-    /// directory.
+    /// directory; [`StoreError::Unsafe`] if a subdirectory is a link or
+    /// owned by someone else.
     pub fn open_or_create(path: impl Into<PathBuf>) -> Result<Maildir, StoreError> {
         let root = path.into();
-        let mut created = false;
-        if !is_dir(&root)? {
-            // Remember which ancestors are about to be created: each new
-            // directory's entry must be made durable in its parent, or a
-            // delivery that returned Ok could vanish with its directory in
-            // a crash.
-            let missing: Vec<PathBuf> = root
-                .ancestors()
-                .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
-                .map(Path::to_path_buf)
-                .collect();
-            DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&root)
-                .map_err(|e| io_error(format_args!("creating {}", root.display()), e))?;
-            created = true;
-            for dir in missing.iter().rev() {
-                if let Some(parent) = dir.parent() {
-                    fsync_dir(parent)?;
-                }
-            }
+        let Some(base) = dirs::open_trusted(&root, true)? else {
+            unreachable!("open_trusted creates what is missing");
+        };
+        match dirs::open_maildir(base, &root, &[], true, None)? {
+            Some((root, dirs)) => Ok(Maildir { root, dirs: Arc::new(dirs) }),
+            None => unreachable!("open_maildir creates what is missing"),
         }
-        for sub in [Sub::Tmp, Sub::New, Sub::Cur] {
-            let dir = root.join(sub.as_str());
-            if is_dir(&dir)? {
-                continue;
-            }
-            match DirBuilder::new().mode(0o700).create(&dir) {
-                Ok(()) => created = true,
-                // A concurrent delivery created it first: fine.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && is_dir(&dir)? => {}
-                Err(e) => return Err(io_error(format_args!("creating {}", dir.display()), e)),
-            }
-        }
-        if created {
-            fsync_dir(&root)?;
-        }
-        Ok(Maildir { root })
+    }
+
+    /// The Maildir++ folder `name` (a directory in this Maildir's root,
+    /// e.g. `.Junk` or the restore area), opened like the root's parts: no
+    /// link followed, owned by this Maildir's owner. `Ok(None)` if it does
+    /// not exist and `create` is not set.
+    pub(crate) fn sub_maildir(&self, name: &str, create: bool) -> Result<Option<Maildir>, StoreError> {
+        // A duplicate of the root's handle: the walk consumes its base.
+        let base = self
+            .dirs
+            .root
+            .try_clone()
+            .map_err(|e| io_error(format_args!("opening {}", self.root.display()), e))?;
+        let components = [std::ffi::OsString::from(name)];
+        Ok(dirs::open_maildir(base, &self.root, &components, create, Some(self.dirs.owner))?
+            .map(|(root, dirs)| Maildir { root, dirs: Arc::new(dirs) }))
+    }
+
+    /// The Maildir++ folder for a Sieve `fileinto` name (`.<folder>`).
+    fn folder(&self, folder: &str, create: bool) -> Result<Option<Maildir>, StoreError> {
+        self.sub_maildir(&folder_dir_name(folder)?, create)
+    }
+
+    /// Keeps only the root's handle, for a session (the parts' handles
+    /// close here).
+    fn into_session_root(self) -> Result<SessionRoot, StoreError> {
+        let owner = self.dirs.owner;
+        let fd = match Arc::try_unwrap(self.dirs) {
+            Ok(dirs) => dirs.root,
+            // Not shared at this point; if it were, a duplicate of the root
+            // is as good (the other handles close with the last clone).
+            Err(shared) => shared
+                .root
+                .try_clone()
+                .map_err(|e| io_error(format_args!("opening {}", self.root.display()), e))?,
+        };
+        Ok(SessionRoot { path: self.root, fd, owner })
+    }
+
+    /// The handle of `sub/`.
+    pub(crate) fn fd(&self, sub: Sub) -> BorrowedFd<'_> {
+        self.dirs.sub(sub)
+    }
+
+    /// The handle of the root.
+    pub(crate) fn root_fd(&self) -> BorrowedFd<'_> {
+        self.dirs.root.as_fd()
+    }
+
+    /// Makes `sub/`'s entries durable.
+    pub(crate) fn sync(&self, sub: Sub) -> Result<(), StoreError> {
+        dirs::fsync_fd(self.fd(sub), &self.dir(sub))
+    }
+
+    /// Makes the root's entries durable.
+    pub(crate) fn sync_root(&self) -> Result<(), StoreError> {
+        dirs::fsync_fd(self.root_fd(), &self.root)
+    }
+
+    /// The maildrop lock's key: the root directory's device and inode.
+    fn lock_key(&self) -> Result<(u64, u64), StoreError> {
+        let st = rustix::fs::fstat(self.root_fd())
+            .map_err(|e| io_error(format_args!("stat {}", self.root.display()), e.into()))?;
+        // The field types differ between targets.
+        #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+        Ok((st.st_dev as u64, st.st_ino as u64))
     }
 
     /// The Maildir's root directory.
@@ -598,10 +668,10 @@ impl Maildir {
     pub fn base_index(&self) -> Result<BaseIndex, StoreError> {
         let mut set = std::collections::HashSet::new();
         for sub in [Sub::New, Sub::Cur] {
-            let dir = self.dir(sub);
-            for entry in fs::read_dir(&dir).map_err(|e| io_error(format_args!("reading {}", dir.display()), e))? {
-                let entry = entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), e))?;
-                set.insert(name::base_of(&entry.file_name()).to_os_string());
+            let entries = dirs::read_names(self.fd(sub))
+                .map_err(|e| io_error(format_args!("reading {}", self.dir(sub).display()), e))?;
+            for (file, _) in entries {
+                set.insert(name::base_of(&file).to_os_string());
             }
         }
         Ok(BaseIndex(set))
@@ -640,8 +710,8 @@ impl Maildir {
     /// [`StoreError::Io`] / [`StoreError::DiskFull`] if the fsync fails;
     /// the batch must then be treated as not delivered.
     pub fn sync_new(&self) -> Result<(), StoreError> {
-        fsync_dir(&self.dir(Sub::New))?;
-        fsync_dir(&self.dir(Sub::Cur))
+        self.sync(Sub::New)?;
+        self.sync(Sub::Cur)
     }
 
     /// True if a message with base name `base` is in `new/` or `cur/`.
@@ -674,14 +744,16 @@ impl Maildir {
         scan::scan(self)
     }
 
+    /// The path of `sub/`, for messages only: every access goes through
+    /// the handles.
     fn dir(&self, sub: Sub) -> PathBuf {
         self.root.join(sub.as_str())
     }
 
     /// The path of a message with this base name in `new/` or `cur/`.
-    fn find_base(&self, base: &std::ffi::OsStr) -> io::Result<Option<PathBuf>> {
+    fn find_base(&self, base: &OsStr) -> io::Result<Option<PathBuf>> {
         for sub in [Sub::New, Sub::Cur] {
-            if let Some(name) = scan::find_by_base(&self.dir(sub), base)? {
+            if let Some(name) = scan::find_by_base(self.fd(sub), base)? {
                 return Ok(Some(self.dir(sub).join(name)));
             }
         }
@@ -689,7 +761,33 @@ impl Maildir {
     }
 
     fn reap_tmp(&self) {
-        scan::reap_tmp(&self.dir(Sub::Tmp), std::time::SystemTime::now());
+        scan::reap_tmp(self.fd(Sub::Tmp), &self.dir(Sub::Tmp), std::time::SystemTime::now());
+    }
+}
+
+/// The root handle a session keeps (see [`MaildirMailbox::root`]).
+#[derive(Debug)]
+struct SessionRoot {
+    path: PathBuf,
+    fd: std::os::fd::OwnedFd,
+    owner: u32,
+}
+
+impl SessionRoot {
+    /// The whole Maildir again, its parts opened afresh from the root's
+    /// handle with the same rules as at login (for UPDATE and the log).
+    fn reopen(&self) -> Result<Maildir, StoreError> {
+        let fd = self
+            .fd
+            .try_clone()
+            .map_err(|e| io_error(format_args!("opening {}", self.path.display()), e))?;
+        match dirs::open_parts(fd, &self.path, self.owner, false)? {
+            Some(dirs) => Ok(Maildir { root: self.path.clone(), dirs: Arc::new(dirs) }),
+            None => Err(io_error(
+                format_args!("reopening {}", self.path.display()),
+                io::ErrorKind::NotFound.into(),
+            )),
+        }
     }
 }
 
@@ -697,7 +795,13 @@ impl Maildir {
 /// committed or dropped.
 struct MaildirMailbox {
     user: String,
-    maildir: Maildir,
+    /// Only the root's handle is kept for the session: a handle per
+    /// `tmp/`, `new/` and `cur/` for every logged-in session would triple
+    /// the descriptors a server with 10,000 sessions needs (the budget in
+    /// `pobox serve` is three per session: socket, message file, and this).
+    /// Messages are opened below it (`dirs::open_file_below`), and UPDATE
+    /// reopens the parts from it.
+    root: SessionRoot,
     /// Possibly shared with the listing cache: changed only through
     /// `Arc::make_mut`.
     messages: Arc<Vec<MessageInfo>>,
@@ -716,7 +820,7 @@ impl Mailbox for MaildirMailbox {
 
     fn read_if_cached(&self, index: usize, max: u64) -> Option<Vec<u8>> {
         let (sub, name) = self.messages.get(index)?.key.as_maildir();
-        read_if_cached(&self.maildir.dir(sub).join(name), max)
+        read_if_cached(self.root.fd.as_fd(), sub, name, max)
     }
 
     fn open_message(&self, index: usize) -> Result<Box<dyn io::Read + Send>, StoreError> {
@@ -725,8 +829,9 @@ impl Mailbox for MaildirMailbox {
             .get(index)
             .ok_or(StoreError::NoSuchMessage { index })?;
         let (sub, name) = info.key.as_maildir();
-        match open_read(&self.maildir.dir(sub).join(name)) {
-            Ok(f) => return Ok(Box::new(f)),
+        let root = self.root.fd.as_fd();
+        match dirs::open_file_below(root, sub, name, false) {
+            Ok(f) => return Ok(Box::new(File::from(f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(io_error(format_args!("opening {}", info.key), e)),
         }
@@ -734,14 +839,15 @@ impl Mailbox for MaildirMailbox {
         // new/ -> cur/ or changed its flags; the base name never changes
         // (maildir(5)), so look for it in cur/.
         let base = name::base_of(name);
-        let cur = self.maildir.dir(Sub::Cur);
-        let found = scan::find_by_base(&cur, base)
-            .map_err(|e| io_error(format_args!("reading {}", cur.display()), e))?;
+        let cur_path = || self.root.path.join(Sub::Cur.as_str());
+        let found = dirs::open_sub(root, Sub::Cur)
+            .and_then(|cur| scan::find_by_base(cur.as_fd(), base))
+            .map_err(|e| io_error(format_args!("reading {}", cur_path().display()), e))?;
         let Some(current) = found else {
             return Err(StoreError::Vanished(info.key.to_string()));
         };
-        match open_read(&cur.join(current)) {
-            Ok(f) => Ok(Box::new(f)),
+        match dirs::open_file_below(root, Sub::Cur, &current, false) {
+            Ok(f) => Ok(Box::new(File::from(f))),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 Err(StoreError::Vanished(info.key.to_string()))
             }
@@ -752,13 +858,9 @@ impl Mailbox for MaildirMailbox {
     fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError> {
         let this = *self;
         let aside = this.policy.restore_days > 0;
-        let result = commit::commit(
-            &this.maildir,
-            &this.messages,
-            deleted,
-            aside,
-            SystemTime::now(),
-        );
+        let result = this.root.reopen().and_then(|maildir| {
+            commit::commit(&maildir, &this.messages, deleted, aside, SystemTime::now())
+        });
         // Explicit for the reader: the lock goes only after the removals are
         // durable (or have failed), never before.
         drop(this.lock);
@@ -798,7 +900,7 @@ impl Mailbox for MaildirMailbox {
                 ));
             }
         }
-        self.maildir.append_log(&records)
+        self.root.reopen()?.append_log(&records)
     }
 }
 
@@ -841,7 +943,7 @@ impl MaildirStore {
         dry_run: bool,
     ) -> Result<ExpireReport, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = match self.locks.acquire(maildir.path()) {
+        let _lock = match self.locks.acquire(maildir.lock_key()?, maildir.path()) {
             Ok(l) => l,
             Err(StoreError::InUse) => {
                 return Ok(ExpireReport {
@@ -881,6 +983,9 @@ impl MaildirStore {
         if !expired.is_empty() {
             let commit =
                 commit::commit(&maildir, &messages, &expired, policy.restore_days > 0, now)?;
+            if commit.unlogged {
+                tracing::warn!(user, "expired messages are in the restore area, but their removal was not logged");
+            }
             if commit.failed > 0 {
                 tracing::warn!(
                     user,
@@ -896,21 +1001,21 @@ impl MaildirStore {
             }
         }
         maildir.append_log(&late)?;
-        let restore_cur = maildir.restore_cur();
-        for (file, _) in &due {
-            match fs::remove_file(restore_cur.join(file)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    return Err(io_error(
-                        format_args!("purging {}", restore_cur.join(file).display()),
-                        e,
-                    ));
+        if let Some(area) = maildir.restore_area(false)?
+            && !due.is_empty()
+        {
+            for (file, _) in &due {
+                match rustix::fs::unlinkat(area.fd(Sub::Cur), file, rustix::fs::AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => {
+                        return Err(io_error(
+                            format_args!("purging {}", area.dir(Sub::Cur).join(file).display()),
+                            e.into(),
+                        ));
+                    }
                 }
             }
-        }
-        if !due.is_empty() {
-            fsync_dir(&restore_cur)?;
+            area.sync(Sub::Cur)?;
         }
         // Keep the log small: once it is mostly records of messages that no
         // longer exist, rewrite it without them.
@@ -950,9 +1055,11 @@ impl MaildirStore {
         now: SystemTime,
     ) -> Result<Vec<String>, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = self.locks.acquire(maildir.path())?;
+        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
         let log = maildir.load_log()?;
-        let cur = maildir.dir(Sub::Cur);
+        let Some(area) = maildir.restore_area(false)? else {
+            return Ok(Vec::new());
+        };
         let mut restored = Vec::new();
         let mut records = Vec::new();
         for (file, uidl) in maildir.list_restore_area()? {
@@ -962,12 +1069,12 @@ impl MaildirStore {
             {
                 continue;
             }
-            let from = maildir.restore_cur().join(&file);
+            let from = area.dir(Sub::Cur).join(&file);
             match rustix::fs::renameat_with(
-                rustix::fs::CWD,
-                &from,
-                rustix::fs::CWD,
-                cur.join(&file),
+                area.fd(Sub::Cur),
+                &file,
+                maildir.fd(Sub::Cur),
+                &file,
                 rustix::fs::RenameFlags::NOREPLACE,
             ) {
                 Ok(()) => {
@@ -984,8 +1091,8 @@ impl MaildirStore {
         }
         if !restored.is_empty() {
             maildir.forget_usage();
-            fsync_dir(&cur)?;
-            fsync_dir(&maildir.restore_cur())?;
+            maildir.sync(Sub::Cur)?;
+            area.sync(Sub::Cur)?;
             maildir.append_log(&records)?;
         }
         Ok(restored)
@@ -1036,7 +1143,7 @@ impl MaildirStore {
         let maildir = self.maildir(user)?;
         let (sub, name) = info.key.as_maildir();
         let path = maildir.dir(sub).join(name);
-        let file = match open_read(&path) {
+        let file = match open_read(maildir.fd(sub), name) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 return Err(StoreError::Vanished(info.key.to_string()));
@@ -1058,7 +1165,7 @@ impl MaildirStore {
     /// [`StoreError::InUse`], or filesystem errors.
     pub fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = self.locks.acquire(maildir.path())?;
+        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
         let messages = maildir.scan()?;
         let all: Vec<usize> = (0..messages.len()).collect();
         let aside = self.retention.for_user(user).restore_days > 0;
@@ -1066,9 +1173,9 @@ impl MaildirStore {
     }
 }
 
-/// The Maildir++ folder directory for `folder` (`<inbox>/.<folder>`).
+/// The Maildir++ folder directory name for `folder` (`.<folder>`).
 /// Names are checked strictly: they come from Sieve scripts.
-fn folder_dir(inbox: &Maildir, folder: &str) -> Result<PathBuf, StoreError> {
+fn folder_dir_name(folder: &str) -> Result<String, StoreError> {
     let ok = !folder.is_empty()
         && folder.len() <= 255
         && !folder.starts_with('.')
@@ -1078,7 +1185,7 @@ fn folder_dir(inbox: &Maildir, folder: &str) -> Result<PathBuf, StoreError> {
     if !ok {
         return Err(StoreError::InvalidFolder(folder.to_owned()));
     }
-    Ok(inbox.path().join(format!(".{folder}")))
+    Ok(format!(".{folder}"))
 }
 
 /// The Maildir subdirectories.
@@ -1120,48 +1227,30 @@ pub(crate) fn io_error(context: impl fmt::Display, err: io::Error) -> StoreError
     }
 }
 
-/// True if `path` is a directory, false if it does not exist. Follows
-/// symlinks on purpose: an admin may symlink a whole Maildir elsewhere.
-fn is_dir(path: &Path) -> Result<bool, StoreError> {
-    match fs::metadata(path) {
-        Ok(m) if m.is_dir() => Ok(true),
-        Ok(_) => Err(io_error(
-            format_args!("{} exists but is not a directory", path.display()),
-            io::ErrorKind::NotADirectory.into(),
-        )),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(io_error(format_args!("checking {}", path.display()), e)),
-    }
-}
-
-/// Opens a message file read-only, refusing symlinks (a file we did not
-/// write must not redirect a session to another user's mail).
-fn open_read(path: &Path) -> io::Result<File> {
-    let fd = rustix::fs::open(
-        path,
+/// Opens the message file `name` in `dir` read-only, refusing symlinks
+/// (a file we did not write must not redirect a session to another
+/// user's mail).
+fn open_read(dir: BorrowedFd<'_>, name: &OsStr) -> io::Result<File> {
+    let fd = rustix::fs::openat(
+        dir,
+        name,
         OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
         Mode::empty(),
     )?;
     Ok(File::from(fd))
 }
 
-/// The whole file at `path` if it is at most `max` bytes and reading it
-/// cannot block: `openat2(RESOLVE_CACHED)` fails with `EAGAIN` unless the
-/// path resolves from the dentry cache, `preadv2(RWF_NOWAIT)` unless the
-/// data is in the page cache (Linux 5.12 and 4.14). Anything else (a moved
-/// file, a cold cache, an older kernel: `ENOSYS`/`EINVAL`) is `None`, and
-/// the caller reads on a blocking thread instead.
-fn read_if_cached(path: &Path, max: u64) -> Option<Vec<u8>> {
-    use rustix::fs::ResolveFlags;
+/// The whole file `sub/name` if it is at most `max` bytes and
+/// reading it cannot block: `openat2(RESOLVE_CACHED)` fails with `EAGAIN`
+/// unless the name resolves from the dentry cache, `preadv2(RWF_NOWAIT)`
+/// unless the data is in the page cache (Linux 5.12 and 4.14). Anything
+/// else (a moved file, a cold cache, an older kernel: `ENOSYS`/`EINVAL`)
+/// is `None`, and the caller reads on a blocking thread instead. Resolved
+/// below the Maildir root's handle through no link at all
+/// ([`dirs::open_file_below`]).
+fn read_if_cached(root: BorrowedFd<'_>, sub: Sub, name: &OsStr, max: u64) -> Option<Vec<u8>> {
     use rustix::io::ReadWriteFlags;
-    let fd = rustix::fs::openat2(
-        rustix::fs::CWD,
-        path,
-        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::CACHED,
-    )
-    .ok()?;
+    let fd = dirs::open_file_below(root, sub, name, true).ok()?;
     // One byte more than allowed, to notice a file larger than `max`.
     let limit = usize::try_from(max).ok()?.checked_add(1)?;
     // Sized from fstat (one byte more, to see EOF in the same pass).
@@ -1244,12 +1333,12 @@ mod tests {
         let deep = dir.path().join("a/b/Maildir");
         let md = Maildir::open_or_create(&deep).unwrap();
         assert_eq!(md.path(), deep);
-        assert!(deep.join("cur").is_dir());
+        assert!(std::fs::metadata(deep.join("cur")).unwrap().is_dir());
         // Idempotent.
         Maildir::open_or_create(&deep).unwrap();
 
         let file = dir.path().join("plain");
-        fs::write(&file, b"").unwrap();
+        std::fs::write(&file, b"").unwrap();
         assert!(matches!(
             Maildir::open_or_create(&file),
             Err(StoreError::Io { .. })

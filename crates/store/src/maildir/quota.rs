@@ -8,9 +8,11 @@
 //! does not match the configured quota, or when it grows past 5120 bytes.
 //! It is bookkeeping, not data: a lost or wrong file costs one rescan.
 
-use std::fs::OpenOptions;
-use std::io::{self, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
+use std::io::{self, Read, Write};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
 
 use super::{Maildir, io_error};
 use crate::StoreError;
@@ -32,11 +34,30 @@ fn definition(q: &Quota) -> String {
 }
 
 impl Maildir {
+    /// Opens `name` in the Maildir root, never through a link (a user who
+    /// owns the Maildir could point `maildirsize` at any file).
+    fn open_quota_file(&self, name: &str, flags: OFlags) -> Result<File, Errno> {
+        rustix::fs::openat(
+            self.root_fd(),
+            name,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map(File::from)
+    }
+
     /// Current usage, from `maildirsize` or, when that cannot be trusted, a
     /// scan (which then rewrites the file).
     pub(crate) fn usage(&self, quota: &Quota) -> Result<Usage, StoreError> {
         let path = self.path().join(FILE);
-        match std::fs::read_to_string(&path) {
+        let read = |mut f: File| -> io::Result<String> {
+            // One byte more than trusted, to see a file that is too big
+            // without reading all of it.
+            let mut text = String::new();
+            (&mut f).take(MAX_FILE as u64 + 1).read_to_string(&mut text)?;
+            Ok(text)
+        };
+        match self.open_quota_file(FILE, OFlags::RDONLY).map_err(io::Error::from).and_then(read) {
             Ok(text) if text.len() <= MAX_FILE => {
                 let mut lines = text.lines();
                 if lines.next() == Some(definition(quota).as_str())
@@ -47,6 +68,9 @@ impl Maildir {
             }
             Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            // A link (ELOOP) or garbage: not to be trusted; the rescan
+            // replaces the name with a real file.
+            Err(e) if e.kind() == io::ErrorKind::InvalidData || e.raw_os_error() == Some(Errno::LOOP.raw_os_error()) => {}
             Err(e) => return Err(io_error(format_args!("reading {}", path.display()), e)),
         }
         self.recalculate(quota)
@@ -55,17 +79,28 @@ impl Maildir {
     fn recalculate(&self, quota: &Quota) -> Result<Usage, StoreError> {
         let messages = self.scan()?;
         let usage = Usage { bytes: messages.iter().map(|m| m.size).sum(), messages: messages.len() as u64 };
-        let path = self.path().join(FILE);
-        let tmp = self.path().join(format!("{FILE}.{}.tmp", std::process::id()));
+        let tmp = format!("{FILE}.{}.tmp", std::process::id());
         let text = format!("{}\n{} {}\n", definition(quota), usage.bytes, usage.messages);
+        // O_EXCL|O_NOFOLLOW: never write through whatever holds that
+        // (predictable) name; a leftover (a crash, a planted link) is
+        // removed first: unlinkat removes the name, not what it points to.
+        let create = || self.open_quota_file(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL);
         let write = || -> io::Result<()> {
-            let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+            let mut f = match create() {
+                Err(Errno::EXIST) => {
+                    rustix::fs::unlinkat(self.root_fd(), tmp.as_str(), AtFlags::empty())?;
+                    create()?
+                }
+                other => other?,
+            };
             f.write_all(text.as_bytes())?;
             Ok(())
         };
         // Best effort: a failure only means the next delivery rescans.
-        if write().is_ok() && rustix::fs::rename(&tmp, &path).is_err() {
-            let _ = std::fs::remove_file(&tmp);
+        // The rename replaces the name `maildirsize` (a link there
+        // included), never the file a link points to.
+        if write().is_ok() && rustix::fs::renameat(self.root_fd(), tmp.as_str(), self.root_fd(), FILE).is_err() {
+            let _ = rustix::fs::unlinkat(self.root_fd(), tmp.as_str(), AtFlags::empty());
         }
         Ok(usage)
     }
@@ -73,18 +108,23 @@ impl Maildir {
     /// Drops `maildirsize`, so the next check rescans (after changes that
     /// are not simple deliveries or removals).
     pub(crate) fn forget_usage(&self) {
-        let _ = std::fs::remove_file(self.path().join(FILE));
+        let _ = rustix::fs::unlinkat(self.root_fd(), FILE, AtFlags::empty());
     }
 
     /// Records a change in usage (a delivery: `+size +1`; a removal:
-    /// `-size -1`). Best effort, see the module docs.
+    /// `-size -1`). Best effort, see the module docs. A missing file stays
+    /// missing (the next usage() call rescans and writes it); a link is
+    /// not written through.
     pub(crate) fn record_usage(&self, bytes: i64, messages: i64) {
-        let path = self.path().join(FILE);
-        if !path.exists() {
-            return; // the next usage() call rescans and writes it
-        }
-        if let Ok(mut f) = OpenOptions::new().append(true).open(&path) {
-            let _ = f.write_all(format!("{bytes} {messages}\n").as_bytes());
+        match self.open_quota_file(FILE, OFlags::WRONLY | OFlags::APPEND) {
+            Ok(mut f) => {
+                let _ = f.write_all(format!("{bytes} {messages}\n").as_bytes());
+            }
+            Err(Errno::NOENT) => {}
+            Err(e) => {
+                tracing::warn!(path = %self.path().join(FILE).display(), error = %e, "cannot update maildirsize; it will be rescanned");
+                self.forget_usage();
+            }
         }
     }
 }

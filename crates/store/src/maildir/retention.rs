@@ -12,19 +12,23 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::OpenOptions;
+use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::{Maildir, Sub, fsync_dir, io_error, name, scan};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
+
+use super::{Maildir, Sub, dirs, io_error, name, scan};
 use crate::StoreError;
 
 /// The log's file name in the Maildir root.
 pub(crate) const LOG_NAME: &str = "pobox-retention.log";
 /// The restore area, a Maildir++ folder in the Maildir root.
 pub(crate) const RESTORE_FOLDER: &str = ".pobox-deleted";
+/// The compacted log is written under this name, then renamed over it.
+const LOG_TMP: &str = "pobox-retention.log.tmp";
 
 /// One log record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,32 +52,48 @@ impl Maildir {
         self.path().join(LOG_NAME)
     }
 
-    /// The restore area's `cur/` (its `new/` and `tmp/` exist so that other
-    /// Maildir tools accept the folder).
-    pub(crate) fn restore_cur(&self) -> PathBuf {
-        self.path().join(RESTORE_FOLDER).join("cur")
+    /// The restore area, a Maildir++ folder opened like every part of the
+    /// Maildir (no link followed, see `dirs.rs`); its `new/` and `tmp/`
+    /// exist so that other Maildir tools accept the folder. `Ok(None)` if
+    /// it does not exist and `create` is not set.
+    pub(crate) fn restore_area(&self, create: bool) -> Result<Option<Maildir>, StoreError> {
+        self.sub_maildir(RESTORE_FOLDER, create)
     }
 
-    fn ensure_restore_area(&self) -> Result<(), StoreError> {
-        let folder = self.path().join(RESTORE_FOLDER);
-        for sub in ["cur", "new", "tmp"] {
-            let dir = folder.join(sub);
-            match std::fs::create_dir_all(&dir) {
-                Ok(()) => {}
-                Err(e) => return Err(io_error(format_args!("creating {}", dir.display()), e)),
-            }
+    /// Opens `name` in the root with `flags`, never through a link.
+    fn open_in_root(&self, name: &str, flags: OFlags) -> Result<File, Errno> {
+        rustix::fs::openat(
+            self.root_fd(),
+            name,
+            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map(File::from)
+    }
+
+    /// The error for the log at `path` failing with `e` while `doing`: a
+    /// link where the log belongs (`ELOOP` under `O_NOFOLLOW`) makes the
+    /// maildrop unusable, as a linked `new/` does; silently ignoring it
+    /// would restart every retention clock, replacing it would discard
+    /// records.
+    fn log_error(path: &std::path::Path, doing: &str, e: Errno) -> StoreError {
+        if e == Errno::LOOP {
+            return StoreError::Unsafe {
+                path: path.to_owned(),
+                reason: "it is a symbolic link".into(),
+            };
         }
-        Ok(())
+        io_error(format_args!("{doing} {}", path.display()), e.into())
     }
 
     /// Reads the retention log. A missing log is empty; a malformed line is
     /// skipped with a warning (never fatal: the log is advisory).
     pub(crate) fn load_log(&self) -> Result<LogState, StoreError> {
         let path = self.log_path();
-        let file = match std::fs::File::open(&path) {
+        let file = match self.open_in_root(LOG_NAME, OFlags::RDONLY) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LogState::default()),
-            Err(e) => return Err(io_error(format_args!("reading {}", path.display()), e)),
+            Err(Errno::NOENT) => return Ok(LogState::default()),
+            Err(e) => return Err(Self::log_error(&path, "reading", e)),
         };
         let mut state = LogState::default();
         for (n, line) in BufReader::new(file).lines().enumerate() {
@@ -104,23 +124,34 @@ impl Maildir {
             return Ok(());
         }
         let path = self.log_path();
-        let err = |e| io_error(format_args!("appending to {}", path.display()), e);
+        let err = |e: io::Error| io_error(format_args!("appending to {}", path.display()), e);
         let mut text = String::new();
         for r in records {
             text.push_str(&format_record(r));
         }
-        let existed = path.exists();
-        let mut file = OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .custom_flags(libc_o_nofollow())
-            .open(&path)
-            .map_err(err)?;
+        // Open the existing log first, so that creating it (and making the
+        // new entry durable) is known to be our doing.
+        let (mut file, created) = match self.open_in_root(LOG_NAME, OFlags::WRONLY | OFlags::APPEND) {
+            Ok(f) => (f, false),
+            Err(Errno::NOENT) => match self.open_in_root(
+                LOG_NAME,
+                OFlags::WRONLY | OFlags::APPEND | OFlags::CREATE | OFlags::EXCL,
+            ) {
+                Ok(f) => (f, true),
+                // Another writer created it meanwhile.
+                Err(Errno::EXIST) => (
+                    self.open_in_root(LOG_NAME, OFlags::WRONLY | OFlags::APPEND)
+                        .map_err(|e| Self::log_error(&path, "appending to", e))?,
+                    false,
+                ),
+                Err(e) => return Err(err(e.into())),
+            },
+            Err(e) => return Err(Self::log_error(&path, "appending to", e)),
+        };
         file.write_all(text.as_bytes()).map_err(err)?;
         file.sync_all().map_err(err)?;
-        if !existed {
-            fsync_dir(self.path())?;
+        if created {
+            self.sync_root()?;
         }
         Ok(())
     }
@@ -134,8 +165,7 @@ impl Maildir {
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<(), StoreError> {
         let path = self.log_path();
-        let tmp = self.path().join(format!("{LOG_NAME}.tmp"));
-        let err = |e| io_error(format_args!("compacting {}", path.display()), e);
+        let err = |e: io::Error| io_error(format_args!("compacting {}", path.display()), e);
         let mut text = String::new();
         for (uidl, at) in &state.retrieved {
             if keep(uidl) {
@@ -147,43 +177,49 @@ impl Maildir {
                 text.push_str(&format_record(&Record::Deleted(uidl.clone(), *at)));
             }
         }
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc_o_nofollow())
-            .open(&tmp)
-            .map_err(err)?;
+        // O_EXCL: never write through whatever is at that name (a planted
+        // link, a leftover of a crash); a leftover is removed first (the
+        // name, not what it may point to). Compaction runs under the
+        // maildrop lock, so no other compaction is writing it.
+        let create = || self.open_in_root(LOG_TMP, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL);
+        let mut file = match create() {
+            Err(Errno::EXIST) => {
+                rustix::fs::unlinkat(self.root_fd(), LOG_TMP, AtFlags::empty()).map_err(|e| err(e.into()))?;
+                create()
+            }
+            other => other,
+        }
+        .map_err(|e| err(e.into()))?;
         file.write_all(text.as_bytes()).map_err(err)?;
         file.sync_all().map_err(err)?;
-        rustix::fs::rename(&tmp, &path).map_err(|e| err(e.into()))?;
-        fsync_dir(self.path())
+        rustix::fs::renameat(self.root_fd(), LOG_TMP, self.root_fd(), LOG_NAME).map_err(|e| err(e.into()))?;
+        self.sync_root()
     }
 
-    /// Moves a message from `sub/` into the restore area under the same
-    /// name. `Ok(false)` if it was already gone.
-    pub(crate) fn move_aside(&self, sub: Sub, file: &OsStr) -> Result<bool, StoreError> {
-        self.ensure_restore_area()?;
-        let dest_dir = self.restore_cur();
-        let mut from = self.dir(sub).join(file);
-        if !from.exists() {
+    /// Moves a message from `sub/` into the restore area `area`'s `cur/`
+    /// under the same name. `Ok(false)` if it was already gone.
+    pub(crate) fn move_aside(&self, area: &Maildir, sub: Sub, file: &OsStr) -> Result<bool, StoreError> {
+        let mut from_sub = sub;
+        let mut from: std::ffi::OsString = file.to_os_string();
+        let present = rustix::fs::statat(self.fd(sub), file, AtFlags::SYMLINK_NOFOLLOW).is_ok();
+        if !present {
             // Another program may have moved it new/ -> cur/ or changed its
             // flags; the base name identifies it (maildir(5)).
-            let cur = self.dir(Sub::Cur);
-            match scan::find_by_base(&cur, name::base_of(file))
-                .map_err(|e| io_error(format_args!("reading {}", cur.display()), e))?
+            match scan::find_by_base(self.fd(Sub::Cur), name::base_of(file))
+                .map_err(|e| io_error(format_args!("reading {}", self.dir(Sub::Cur).display()), e))?
             {
-                Some(current) => from = cur.join(current),
+                Some(current) => {
+                    from_sub = Sub::Cur;
+                    from = current;
+                }
                 None => return Ok(false),
             }
         }
-        let to = dest_dir.join(from.file_name().unwrap_or(file));
-        match rustix::fs::rename(&from, &to) {
+        match rustix::fs::renameat(self.fd(from_sub), &from, area.fd(Sub::Cur), &from) {
             Ok(()) => Ok(true),
-            Err(rustix::io::Errno::NOENT) => Ok(false),
+            Err(Errno::NOENT) => Ok(false),
             Err(e) => Err(io_error(
-                format_args!("moving {} aside", from.display()),
+                format_args!("moving {} aside", self.dir(from_sub).join(&from).display()),
                 e.into(),
             )),
         }
@@ -193,18 +229,17 @@ impl Maildir {
     pub(crate) fn list_restore_area(
         &self,
     ) -> Result<Vec<(std::ffi::OsString, String)>, StoreError> {
-        let dir = self.restore_cur();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_error(format_args!("reading {}", dir.display()), e)),
+        let Some(area) = self.restore_area(false)? else {
+            return Ok(Vec::new());
         };
+        let entries = dirs::read_names(area.fd(Sub::Cur))
+            .map_err(|e| io_error(format_args!("reading {}", area.dir(Sub::Cur).display()), e))?;
         let mut out = Vec::new();
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| io_error(format_args!("reading {}", dir.display()), e))?;
-            let file = entry.file_name();
-            if file.as_encoded_bytes().first() == Some(&b'.') {
+        for (file, kind) in entries {
+            // Only messages: a link or a directory there is not one.
+            if file.as_encoded_bytes().first() == Some(&b'.')
+                || !matches!(kind, FileType::RegularFile | FileType::Unknown)
+            {
                 continue;
             }
             let uidl = name::uidl_for(name::base_of(&file)).into_string();
@@ -212,10 +247,6 @@ impl Maildir {
         }
         Ok(out)
     }
-}
-
-fn libc_o_nofollow() -> i32 {
-    rustix::fs::OFlags::NOFOLLOW.bits() as i32
 }
 
 fn secs(t: SystemTime) -> u64 {

@@ -7,6 +7,7 @@
 use std::ffi::{CStr, OsStr, OsString};
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -15,7 +16,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
-use super::{Maildir, Sub, io_error, name};
+use super::{Maildir, Sub, dirs, io_error, name};
 use crate::{MessageInfo, MessageKey, StoreError};
 
 /// maildir(5): "When a cleaning program notices a file in tmp that has not
@@ -126,6 +127,20 @@ impl DirStamp {
         }
     }
 
+    /// [`of`](DirStamp::of) from an `fstat`, with the same conversions
+    /// `Metadata` makes, so both give equal stamps for one directory.
+    // The field types differ between targets (i64/u64, u32/u64).
+    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+    pub(super) fn of_stat(st: &rustix::fs::Stat) -> DirStamp {
+        DirStamp {
+            dev: st.st_dev as u64,
+            ino: st.st_ino as u64,
+            size: st.st_size as u64,
+            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
+            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
+        }
+    }
+
     /// True if neither time is later than `at - margin`. False as well
     /// when `at` is before 1970, which no real clock is.
     pub(super) fn unchanged_since(&self, at: SystemTime, margin: Duration) -> bool {
@@ -149,15 +164,10 @@ pub(super) fn scan_listing(md: &Maildir) -> Result<Listing, StoreError> {
     for sub in [Sub::New, Sub::Cur] {
         let path = md.dir(sub);
         let read_err = |e: io::Error| io_error(format_args!("reading {}", path.display()), e);
-        // Follows a symlinked new/ or cur/, as read_dir did.
-        let dir = File::from(
-            rustix::fs::open(
-                &path,
-                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                Mode::empty(),
-            )
-            .map_err(|e| read_err(e.into()))?,
-        );
+        // A fresh description of the directory the Maildir was opened
+        // with (never a link, see dirs.rs), so this scan reads from the
+        // start whoever else reads it.
+        let dir = dirs::reopen(md.fd(sub)).map_err(read_err)?;
         let before = DirStamp::of(&dir.metadata().map_err(read_err)?);
         read_messages(&dir, &path, sub, &mut buf, &mut messages)?;
         opened.push((dir, path, before));
@@ -291,15 +301,13 @@ fn open_read_at(dir: &File, name: &CStr) -> io::Result<File> {
     Ok(File::from(fd))
 }
 
-/// The current name of the message with base name `base` in `dir`, if any.
-pub(super) fn find_by_base(dir: &Path, base: &OsStr) -> io::Result<Option<OsString>> {
-    for entry in fs::read_dir(dir)? {
-        let name = entry?.file_name();
-        if !is_hidden(&name) && name::base_of(&name) == base {
-            return Ok(Some(name));
-        }
-    }
-    Ok(None)
+/// The current name of the message with base name `base` in the
+/// directory `dir`, if any.
+pub(super) fn find_by_base(dir: BorrowedFd<'_>, base: &OsStr) -> io::Result<Option<OsString>> {
+    Ok(dirs::read_names(dir)?
+        .into_iter()
+        .map(|(name, _)| name)
+        .find(|name| !is_hidden(name) && name::base_of(name) == base))
 }
 
 /// Removes `tmp/` files untouched for [`TMP_MAX_AGE`]: deliveries that
@@ -309,34 +317,36 @@ pub(super) fn find_by_base(dir: &Path, base: &OsStr) -> io::Result<Option<OsStri
 /// "Untouched" is the later of atime and mtime, as Dovecot's
 /// `maildir_tmp_cleanup` does: atime alone is unreliable on `noatime`
 /// mounts, and a slow delivery keeps bumping mtime.
-pub(super) fn reap_tmp(tmp: &Path, now: SystemTime) {
-    let entries = match fs::read_dir(tmp) {
+pub(super) fn reap_tmp(dir: BorrowedFd<'_>, tmp: &Path, now: SystemTime) {
+    let entries = match dirs::read_names(dir) {
         Ok(entries) => entries,
         Err(e) => {
             tracing::warn!(dir = %tmp.display(), error = %e, "cannot read tmp/ for cleanup");
             return;
         }
     };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
+    for (name, _) in entries {
         if is_hidden(&name) {
             continue;
         }
-        let Ok(meta) = entry.metadata() else { continue };
-        if !meta.file_type().is_file() {
+        // Not following links: a link is not a delivery of ours.
+        let Ok(st) = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
+        if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
             continue;
         }
-        let touched = match (meta.accessed(), meta.modified()) {
-            (Ok(a), Ok(m)) => a.max(m),
-            (Ok(t), Err(_)) | (Err(_), Ok(t)) => t,
-            (Err(_), Err(_)) => continue,
-        };
+        // The field types differ between targets (i64/u64, u32/u64).
+        #[allow(clippy::unnecessary_cast)]
+        let times = [
+            system_time(st.st_atime as i64, st.st_atime_nsec as u32),
+            system_time(st.st_mtime as i64, st.st_mtime_nsec as u32),
+        ];
+        let Some(touched) = times.into_iter().flatten().max() else { continue };
         if now
             .duration_since(touched)
             .is_ok_and(|age| age > TMP_MAX_AGE)
         {
             let path = tmp.join(&name);
-            match rustix::fs::unlink(&path) {
+            match rustix::fs::unlinkat(dir, &name, AtFlags::empty()) {
                 Ok(()) => tracing::info!(path = %path.display(), "removed stale tmp file"),
                 Err(e) => {
                     tracing::warn!(path = %path.display(), error = %e, "cannot remove stale tmp file");
