@@ -45,6 +45,7 @@ pub mod config;
 mod conn;
 pub mod dest;
 pub mod error;
+mod fault;
 pub mod journal;
 pub mod plan;
 pub mod progress;

@@ -503,7 +503,9 @@ impl Run<'_> {
         let (dest, journal, now) = (self.dest, &mut *self.journal, self.now);
         blocking(|| -> Result<(), FetchError> {
             dest.make_durable()?;
+            crate::fault::point("batch-durable");
             journal.record_stored_batch(&records, now)?;
+            crate::fault::point("batch-journalled");
             Ok(())
         })?;
         // Stored and journalled: now, and only now, DELE; ahead of the
@@ -567,6 +569,7 @@ impl Run<'_> {
         let id = MessageId { base: &base, uidl: step.msg.uidl.as_deref(), account: &self.account.name };
         let (dest, journal, now) = (self.dest, &mut *self.journal, self.now);
         let delivery = blocking(|| dest.deliver_deferred(id, &mut spool, journal, now))?;
+        crate::fault::point("message-stored");
         match (delivery, headers_only) {
             (Delivery::AlreadyPresent, _) => self.summary.already_present += 1,
             (Delivery::Stored, true) => self.summary.headers_only += 1,
