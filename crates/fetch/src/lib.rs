@@ -177,7 +177,9 @@ pub fn run(args: FetchArgs) -> ExitCode {
         }
         out
     });
-    let mut worst_failure = failed_early.then_some(EXIT_FAILED);
+    // A password that cannot be had (no terminal, a failing
+    // password_command) does not come back by itself.
+    let mut worst_failure = failed_early.then_some(EXIT_ATTENTION);
     let mut any_mail = false;
     for result in results {
         match result {
@@ -217,6 +219,9 @@ pub fn summary_line(name: &str, s: &Summary, secs: f64, dry_run: bool) -> String
     }
     if s.skipped > 0 {
         parts.push(format!("{} skipped (over max_size)", s.skipped));
+    }
+    if s.oversent > 0 {
+        parts.push(format!("{} skipped (server sent more than it announced)", s.oversent));
     }
     if s.headers_only > 0 {
         parts.push(format!("{} headers only", s.headers_only));
