@@ -78,10 +78,16 @@ pub const EXIT_ATTENTION: u8 = 4;
 #[derive(Debug, Clone, clap::Args)]
 pub struct FetchArgs {
     /// Accounts to fetch, by their `[accounts.NAME]` (default: all).
+    #[arg(value_name = "ACCOUNT")]
     pub accounts: Vec<String>,
-    /// Configuration file (default: $XDG_CONFIG_HOME/pobox/fetch.toml).
-    /// Set by the front end from the global `--config`, which for
-    /// `pobox fetch` names the accounts file (clap cannot have two).
+    /// The accounts file (default: $XDG_CONFIG_HOME/pobox/fetch.toml, else
+    /// ~/.config/pobox/fetch.toml).
+    #[arg(long = "accounts", id = "accounts_file", value_name = "FILE", env = "POBOX_FETCH_CONFIG")]
+    pub accounts_file: Option<PathBuf>,
+    /// The accounts file as the front end's global `--config` gave it, when
+    /// typed on the command line (`pobox --config FILE fetch`, the older
+    /// spelling). `POBOX_CONFIG` from the environment is the server's and
+    /// never reaches the fetcher.
     #[arg(skip)]
     pub config: Option<PathBuf>,
     /// Show what would be fetched, kept and deleted; change nothing.
@@ -98,16 +104,27 @@ pub struct FetchArgs {
 /// Runs `pobox fetch` to completion on its own tokio runtime and returns the
 /// process exit code. Blocking: call it from `main`, not from async code.
 pub fn run(args: FetchArgs) -> ExitCode {
-    let config = args.config.clone().or_else(|| std::env::var_os("POBOX_FETCH_CONFIG").map(PathBuf::from));
-    let path = match &config {
-        Some(p) => p.clone(),
-        None => match Config::default_path() {
+    let path = match (&args.accounts_file, &args.config) {
+        (Some(a), Some(c)) if a != c => {
+            return fail_usage(&"--accounts and --config name different files; give one");
+        }
+        (Some(p), _) | (None, Some(p)) => p.clone(),
+        (None, None) => match Config::default_path() {
             Ok(p) => p,
             Err(e) => return fail_usage(&e),
         },
     };
     let config = match Config::load(&path) {
         Ok(c) => c,
+        Err(config::ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "pobox fetch: no accounts file at {}\n\
+                 Create it (then `chmod 600` it if it holds a password), for example:\n\n{}",
+                path.display(),
+                config::STARTER
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(e) => return fail_usage(&e),
     };
     let accounts = match config.select(&args.accounts) {
@@ -195,6 +212,28 @@ pub fn run(args: FetchArgs) -> ExitCode {
         None if any_mail => EXIT_FETCHED,
         None => EXIT_NOTHING_NEW,
     })
+}
+
+/// The end of `pobox fetch --help`: where the files are (as resolved now,
+/// from the environment) and what the exit codes mean.
+pub fn help_epilogue() -> String {
+    let show = |p: Result<PathBuf, config::ConfigError>| p.map_or_else(|e| e.to_string(), |p| p.display().to_string());
+    format!(
+        "Files:\n  \
+         accounts  {}\n            \
+         (--accounts FILE or POBOX_FETCH_CONFIG; `pobox --config FILE fetch` also works)\n  \
+         state     {}\n            \
+         (journals and locks; `state_dir` in the accounts file changes it)\n\n\
+         Exit codes:\n  \
+         0  new mail was stored\n  \
+         1  every account worked, nothing new\n  \
+         2  bad command line or accounts file\n  \
+         3  an account failed for a reason that may pass (network, server busy, disk); retry later\n  \
+         4  an account needs you: credentials refused, no password, certificate untrusted or\n     \
+         changed, TLS mode that does not fit the port, not a POP3 server",
+        show(Config::default_path()),
+        show(config::default_state_dir()),
+    )
 }
 
 fn fail_usage(e: &dyn std::fmt::Display) -> ExitCode {

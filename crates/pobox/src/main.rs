@@ -15,7 +15,8 @@ mod config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A POP3 mail server and fetcher.
 #[derive(Debug, Parser)]
@@ -25,7 +26,8 @@ struct Args {
     #[arg(long, global = true, env = "POBOX_DATA", default_value = "./pobox-data", value_name = "DIR")]
     data: PathBuf,
     /// Configuration file (TOML). Without one, embedded defaults apply.
-    /// For `pobox fetch` it is the accounts file.
+    /// For `pobox fetch`, when typed on the command line, it is the
+    /// accounts file (`POBOX_CONFIG` is the server's only).
     #[arg(long, global = true, env = "POBOX_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -64,16 +66,41 @@ enum Command {
     },
 }
 
+/// Where a global argument's value came from, looking in the subcommand's
+/// matches first (a global given after the subcommand is recorded there).
+fn subcommand_value_source(matches: &clap::ArgMatches, id: &str) -> Option<ValueSource> {
+    let sub = matches.subcommand().and_then(|(_, m)| m.value_source(id));
+    sub.or_else(|| matches.value_source(id))
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // `pobox fetch --help` shows the fetcher's files and exit codes, not
+    // the server's data directory.
+    // A subcommand that already has an argument of a global's id does not
+    // get the global's copy, so a hidden copy hides it there only.
+    let command = Args::command();
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|a| matches!(a.get_id().as_str(), "data" | "config"))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    let command = command.mut_subcommand("fetch", |c| c.args(hidden).after_help(pobox_fetch::help_epilogue()));
+    let matches = command.get_matches();
+    // The fetcher takes `--config` only from the command line: from the
+    // environment, POBOX_CONFIG names the server's configuration (a user
+    // who sets it for the server must not have it read as accounts).
+    let config_typed = subcommand_value_source(&matches, "config") == Some(ValueSource::CommandLine);
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     let result = match args.command {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),
         Command::Check => cli::check::run(&args.data, args.config.as_deref()),
         Command::User(cmd) => cli::user::run(&args.data, args.config.as_deref(), cmd),
         Command::Deliver(d) => return cli::deliver::run(&args.data, args.config.as_deref(), d),
         Command::Fetch(mut f) => {
-            // For `pobox fetch`, --config names the accounts file.
-            f.config = args.config;
+            f.config = if config_typed { args.config } else { None };
             return pobox_fetch::run(f);
         }
         Command::Sieve(cmd) => {
