@@ -111,10 +111,11 @@ pub enum FetchError {
         /// Where the download stopped.
         limit: u64,
     },
-    /// Plain POP3 spoken to the TLS port: no greeting came.
+    /// Plain POP3 spoken to a TLS port: no greeting came, and the port
+    /// answers a TLS handshake.
     #[error(
-        "{server} sent no greeting within {secs} seconds: port 995 is POP3 over TLS from the first byte; \
-         set security = \"tls\" (STARTTLS is for port 110)"
+        "{server} sent no greeting within {secs} seconds because it speaks TLS from the first byte \
+         (like port 995): set security = \"tls\" (STARTTLS is for the plain port, usually 110)"
     )]
     TlsPort {
         /// `host:port`.

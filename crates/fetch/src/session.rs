@@ -287,12 +287,26 @@ async fn greeting(conn: &mut Conn, account: &Account) -> Result<(), FetchError> 
         Err(FetchError::Protocol(ReplyError::StatusTooLong)) => {
             Err(FetchError::NotPop3 { server: server(), said: "a line too long for a POP3 status".into() })
         }
-        // Plaintext on 995: a TLS server silently waits for our handshake.
-        Err(FetchError::Timeout(secs)) if account.security != Security::Tls && account.port == 995 => {
+        // A TLS port spoken to in plaintext (STARTTLS against 995) waits
+        // silently for our handshake. Ask it for one, on a new connection
+        // that carries nothing else, to say so for sure.
+        Err(FetchError::Timeout(secs)) if account.security != Security::Tls && speaks_tls(account).await => {
             Err(FetchError::TlsPort { server: server(), secs })
         }
         Err(FetchError::Timeout(secs)) => Err(FetchError::NoGreeting { server: server(), secs }),
         Err(e) => Err(e),
+    }
+}
+
+/// True when the account's port answers a TLS handshake (whether or not
+/// its certificate would be trusted). Sends a ClientHello, nothing else.
+async fn speaks_tls(account: &Account) -> bool {
+    let Ok(tls) = AccountTls::new(account) else { return false };
+    let Ok(conn) = Conn::connect(&account.host, account.port, account.timeout).await else { return false };
+    match conn.upgrade(&tls, account).await {
+        Ok(_) => true,
+        Err(FetchError::Tls(e)) => !matches!(e, crate::tls::TlsError::NotTls { .. } | crate::tls::TlsError::Handshake { .. }),
+        Err(_) => false,
     }
 }
 
