@@ -214,3 +214,52 @@ fn ca_file_with_an_openssl_x509_certificate_is_trusted_for_its_names() {
         assert!(err.contains("it is issued for localhost, not for 127.0.0.1"), "{err}");
     }
 }
+
+#[test]
+fn an_empty_dotlock_left_by_a_crash_does_not_block_the_next_run() {
+    let Some(dv) = Dovecot::start() else { return };
+    let msgs = messages(3, "empty-lock");
+    dv.deliver(&msgs);
+    let s = Setup::new(dv.pop3s, "localhost", &tls_extra(&dv));
+    let mbox = s.dir.path().join("inbox.mbox");
+    s.edit(&format!("maildir = \"{}\"", s.maildir.display()), &format!("mbox = \"{}\"", mbox.display()));
+    // What a fetch killed between creating the lock and writing its pid
+    // into it used to leave: every later run waited 30 s, then exit 3.
+    let lock = s.dir.path().join("inbox.mbox.lock");
+    std::fs::write(&lock, "").unwrap();
+    let f = std::fs::File::options().write(true).open(&lock).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(10)).unwrap();
+    let started = std::time::Instant::now();
+    let o = s.run(&[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert!(started.elapsed() < std::time::Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert_each_once(&mbox_messages(&mbox), &msgs, "mbox");
+    assert!(!lock.exists());
+}
+
+#[test]
+fn a_killed_runs_tmp_file_is_removed_and_state_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let Some(dv) = Dovecot::start() else { return };
+    let msgs = messages(2, "tmp-reap");
+    dv.deliver(&msgs);
+    let s = Setup::new(dv.pop3s, "localhost", &tls_extra(&dv));
+    // What the store's writer leaves in tmp/ when the fetch is SIGKILLed
+    // mid-write: its name carries the (now dead) pid and this host.
+    let host = rustix::system::uname().nodename().to_string_lossy().to_string();
+    assert!(host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.'), "unusual host name {host:?}");
+    std::fs::create_dir_all(s.maildir.join("tmp")).unwrap();
+    let leftover = s.maildir.join(format!("tmp/1700000000.M1P4194305Q3R0000abcd.{host}"));
+    std::fs::write(&leftover, "half a message").unwrap();
+    let f = std::fs::File::options().write(true).open(&leftover).unwrap();
+    f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120)).unwrap();
+    let o = s.run(&[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert_exactly_once_clean(&s.maildir, &msgs);
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let state = s.dir.path().join("state");
+    assert_eq!(mode(&state), 0o700, "the state dir names accounts and message ids");
+    for e in std::fs::read_dir(&state).unwrap().flatten() {
+        assert_eq!(mode(&e.path()), 0o600, "{}", e.path().display());
+    }
+}

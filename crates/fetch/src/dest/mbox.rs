@@ -30,7 +30,8 @@ pub struct MboxDest {
 }
 
 impl MboxDest {
-    /// Creates the file (mode 0600) if it does not exist.
+    /// Creates the file (mode 0600) if it does not exist, and removes the
+    /// temporary lock files killed runs left next to it.
     ///
     /// # Errors
     /// [`DestError::Mbox`].
@@ -41,6 +42,12 @@ impl MboxDest {
             .mode(0o600)
             .open(path)
             .map_err(|source| DestError::Mbox { path: path.to_owned(), source })?;
+        // Also here, not only under the lock: a run with nothing to append
+        // still clears what killed runs left.
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            remove_dead_tmp_locks(dir, &name.to_string_lossy());
+        }
         Ok(MboxDest { path: path.to_owned() })
     }
 
