@@ -35,7 +35,8 @@
 //! (2) for a bad command line or configuration, [`EXIT_FAILED`] (3) when an
 //! account failed for a reason that may go away (network, server, disk),
 //! and [`EXIT_ATTENTION`] (4) when one failed for a reason that will not go
-//! away by itself (credentials refused, certificate untrusted).
+//! away by itself (credentials refused, no password to be had, certificate
+//! untrusted or changed, a TLS mode that does not fit the port).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -71,7 +72,9 @@ pub const EXIT_USAGE: u8 = 2;
 /// At least one account failed (network, server, local storage); retrying later may work.
 pub const EXIT_FAILED: u8 = 3;
 /// At least one account failed in a way that needs a human: credentials
-/// refused, server certificate untrusted, STLS missing.
+/// refused, no password (no terminal, a failing `password_command`), server
+/// certificate untrusted or changed, STLS missing, TLS against a plain port
+/// or plaintext against a TLS port.
 pub const EXIT_ATTENTION: u8 = 4;
 
 /// Command-line arguments of `pobox fetch`.
