@@ -97,6 +97,9 @@ pub async fn fetch_account(
             Session { account, identity: &identity, state_dir, dry_run, journal: &mut journal, dest: dest.as_ref() };
         match session.run(secret.clone(), progress, &oversent, &mut summary).await {
             Ok(()) => return Ok(summary),
+            // A server that renumbers or resizes its messages between our
+            // sessions (no UIDL) could dodge the skip list forever.
+            Err(e @ FetchError::Oversent { .. }) if oversent.len() >= MAX_OVERSENT => return Err(e),
             Err(FetchError::Oversent { num, uidl, announced, limit }) => {
                 let what = format!("message {num} (uidl {})", uidl.as_deref().unwrap_or("-"));
                 summary.warnings.push(format!(
@@ -110,6 +113,10 @@ pub async fn fetch_account(
         }
     }
 }
+
+/// Most messages one run abandons for being longer than announced before
+/// it gives up on the server (exit 3).
+const MAX_OVERSENT: usize = 100;
 
 /// Identifies a message to skip in a later session of the same run: by
 /// UIDL, or by number and size where the server has no UIDL (numbers are
