@@ -46,7 +46,7 @@ struct Case {
     min_points: usize,
 }
 
-const DELAYS: &[u64] = &[2, 4, 7, 10, 14, 18, 24, 30, 40, 55, 70, 90, 120, 160, 220, 300, 400, 550, 750];
+const DELAYS: &[u64] = &[2, 4, 6, 8, 10, 12, 14, 16, 18, 21, 24, 27, 30, 35, 40, 50, 60, 75, 90, 120, 160, 220, 300, 400];
 
 fn set_port(s: &Setup, port: u16) {
     let text = std::fs::read_to_string(&s.config).unwrap();
@@ -230,7 +230,7 @@ fn kill_test_maildir_keep_mode() {
         &Case {
             dest: Dest::Maildir,
             keep: true,
-            count: 150,
+            count: 200,
             faults: MAILDIR_FAULTS,
             byte_cuts: MAILDIR_CUTS,
             dele_cuts: &[],
@@ -258,9 +258,13 @@ fn kill_test_mbox_delete_mode() {
                 ("mbox-locked", 8),
                 ("mbox-appended", 6),
                 ("mbox-lock-linked", 20),
+                ("mbox-lock-tmp", 2),
+                ("mbox-locked", 3),
+                ("mbox-appended", 12),
+                ("mbox-lock-linked", 2),
                 ("batch-journalled", 1),
             ],
-            byte_cuts: &[3_000, 9_000, 20_000, 45_000, 80_000, 120_000],
+            byte_cuts: &[3_000, 6_000, 9_000, 14_000, 20_000, 30_000, 45_000, 60_000, 80_000, 120_000],
             dele_cuts: &[1, 3, 6],
             kill_delays_ms: DELAYS,
             min_points: 30,
@@ -277,9 +281,9 @@ fn kill_test_mda_delete_mode() {
             keep: false,
             count: 60,
             faults: &[("message-stored", 1), ("message-stored", 3), ("batch-journalled", 2)],
-            byte_cuts: &[5_000, 20_000, 60_000],
+            byte_cuts: &[5_000, 12_000, 20_000, 40_000, 60_000],
             dele_cuts: &[1, 3],
-            kill_delays_ms: &[5, 15, 30, 60, 100, 200, 400],
+            kill_delays_ms: &[3, 6, 10, 15, 20, 30, 45, 60, 100, 200, 400],
             min_points: 10,
         },
         "kill-mda",
