@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark (not a test): fetch N messages (default 1000) from a private
 # Dovecot on loopback with pobox fetch, mpop and fetchmail, each into an
-# empty local store in delete mode, and print messages/s and MiB/s.
+# empty local store, in delete mode and then in keep mode (MODES, default
+# "delete keep"), and print messages/s and MiB/s.
 #
-#   cargo build --release -p pobox-fetch
-#   bash crates/fetch/bench/fetch-bench.sh [N] [path/to/pobox-fetch-dev or "pobox fetch"]
+#   cargo build --release -p pobox
+#   bash crates/fetch/bench/fetch-bench.sh [N] ["target/release/pobox fetch" or path/to/pobox-fetch-dev] [MODES]
 #
 # Needs: dovecot-pop3d, mpop, fetchmail, python3 (apt-get install -y
 # dovecot-pop3d mpop fetchmail). Plaintext POP3 on 127.0.0.1 for all three,
@@ -12,6 +13,7 @@
 set -euo pipefail
 N=${1:-1000}
 FETCH=${2:-${CARGO_TARGET_DIR:-target}/release/pobox-fetch-dev}
+MODES=${3:-delete keep}
 W=$(mktemp -d /tmp/pobox-bench.XXXXXX)
 chmod 755 "$W"
 trap 'kill $(cat "$W/run/master.pid" 2>/dev/null) 2>/dev/null || true; rm -rf "$W"' EXIT
@@ -81,11 +83,17 @@ left() { ls "$W/home/Maildir/new" "$W/home/Maildir/cur" | grep -c msg || true; }
 report() { # name seconds stored
   python3 -c "import sys; n,s,b,st=sys.argv[1],float(sys.argv[2]),int(sys.argv[3]),int(sys.argv[4]); print(f'| {n} | {st} | {s:.2f} | {st/s:.0f} | {b/s/1048576:.1f} |')" "$1" "$2" "$TOTAL_BYTES" "$3"
 }
+for MODE in $MODES; do
+if [ "$MODE" = keep ]; then POBOX_KEEP="keep = true"; MPOP_KEEP=on; FM_KEEP=keep; WANT_LEFT=$N
+else POBOX_KEEP=""; MPOP_KEEP=off; FM_KEEP="no keep"; WANT_LEFT=0; fi
+echo
+echo "$MODE mode:"
+echo
 echo "| fetcher | messages stored | seconds | messages/s | MiB/s |"
 echo "|---|---|---|---|---|"
 
 fill
-mkdir -p "$W/pobox"
+rm -rf "$W/pobox"; mkdir -p "$W/pobox"
 cat > "$W/pobox/fetch.toml" <<EOF
 state_dir = "$W/pobox/state"
 [accounts.bench]
@@ -96,21 +104,24 @@ allow_insecure = true
 user = "bench"
 password = "secret"
 maildir = "$W/pobox/Maildir"
+$POBOX_KEEP
 EOF
+chmod 600 "$W/pobox/fetch.toml"
 T0=$(date +%s.%N); $FETCH --config "$W/pobox/fetch.toml" --quiet || true; T1=$(date +%s.%N)
 report "pobox fetch" "$(echo "$T1 - $T0" | bc)" "$(ls "$W/pobox/Maildir/new" | wc -l)"
-[ "$(left)" = 0 ] || echo "WARNING: pobox left $(left) on the server"
+[ "$(left)" = "$WANT_LEFT" ] || echo "WARNING: pobox left $(left) on the server"
 
 fill
-mkdir -p "$W/mpop/Maildir"/{new,cur,tmp}
+rm -rf "$W/mpop"; mkdir -p "$W/mpop/Maildir"/{new,cur,tmp}
 T0=$(date +%s.%N)
 mpop --host=127.0.0.1 --port="$PORT" --tls=off --auth=user --user=bench --passwordeval='echo secret' \
-     --delivery=maildir,"$W/mpop/Maildir" --keep=off --only-new=off --uidls-file="$W/mpop/uidls" -q >/dev/null 2>&1 || true
+     --delivery=maildir,"$W/mpop/Maildir" --keep=$MPOP_KEEP --only-new=off --uidls-file="$W/mpop/uidls" -q >/dev/null 2>&1 || true
 T1=$(date +%s.%N)
 report "mpop $(mpop --version | head -1 | awk '{print $3}')" "$(echo "$T1 - $T0" | bc)" "$(find "$W/mpop/Maildir/new" "$W/mpop/Maildir/cur" -type f | wc -l)"
+[ "$(left)" = "$WANT_LEFT" ] || echo "WARNING: mpop left $(left) on the server"
 
 fill
-mkdir -p "$W/fm/Maildir"/{new,cur,tmp}
+rm -rf "$W/fm"; mkdir -p "$W/fm/Maildir"/{new,cur,tmp}
 # fetchmail has no Maildir writer: the usual setup is an MDA; this one
 # writes each message to its own file in new/ (write, fsync via sync -d is
 # not available, so: no fsync; fetchmail's figure is flattered by that).
@@ -118,7 +129,7 @@ cat > "$W/fm/rc" <<EOF
 set no syslog
 poll 127.0.0.1 port $PORT proto pop3 no uidl
   user "bench" password "secret" is "$(id -un)" here
-  no keep fetchall sslproto "" no sslcertck
+  $FM_KEEP fetchall sslproto "" no sslcertck
   mda "sh -c 'cat > $W/fm/Maildir/tmp/\$\$ && mv $W/fm/Maildir/tmp/\$\$ $W/fm/Maildir/new/\$\$'"
 EOF
 chmod 600 "$W/fm/rc"
@@ -126,5 +137,7 @@ T0=$(date +%s.%N)
 HOME="$W/fm" fetchmail -f "$W/fm/rc" --pidfile "$W/fm/pid" -s >/dev/null 2>&1 || true
 T1=$(date +%s.%N)
 report "fetchmail $(fetchmail --version 2>/dev/null | head -1 | awk '{print $5}' | cut -d+ -f1)" "$(echo "$T1 - $T0" | bc)" "$(ls "$W/fm/Maildir/new" | wc -l)"
+[ "$(left)" = "$WANT_LEFT" ] || echo "WARNING: fetchmail left $(left) on the server"
+done
 echo
 echo "$N messages, $TOTAL_BYTES octets ($(python3 -c "print(round($TOTAL_BYTES/1048576,1))") MiB) on the server each time; $(nproc) cores."

@@ -70,10 +70,32 @@ pub enum ConfigError {
     /// The file defines no account.
     #[error("the configuration defines no [accounts.NAME] table")]
     NoAccounts,
+    /// The file holds a password and others may read it.
+    #[error(
+        "{path} holds a password and can be read by others (mode {mode:04o}); \
+         refusing to use it. Fix: chmod 600 {path}"
+    )]
+    Exposed {
+        /// The file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
     /// No home directory to expand `~` or find defaults in.
     #[error("cannot find the home directory (HOME is not set)")]
     NoHome,
 }
+
+/// A starting accounts file, printed when there is none.
+pub const STARTER: &str = r#"# ~/.config/pobox/fetch.toml: one [accounts.NAME] table per mailbox.
+[accounts.work]
+host = "pop.example.com"
+user = "me@example.com"
+password_command = "pass show mail/work"   # or password = "..." (then chmod 600 this file)
+maildir = "~/Mail/work"                    # or mbox = "~/mbox", or mda = "procmail"
+# security = "tls"                         # port 995; "starttls" for port 110
+# keep = true                              # leave mail on the server, fetch only new mail
+"#;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,13 +322,24 @@ impl Config {
     ///
     /// # Errors
     /// [`ConfigError`] naming the file or account at fault.
+    ///
+    /// A file with an inline `password` that group or others may read is
+    /// refused, as mpop refuses one: the fix is one `chmod`, and a
+    /// password already exposed should be changed anyway.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-        Config::parse(&text).map_err(|e| match e {
+        use std::os::unix::fs::PermissionsExt;
+        let read = |source| ConfigError::Read { path: path.to_owned(), source };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let mode = file.metadata().map_err(read)?.permissions().mode();
+        let text = std::io::read_to_string(file).map_err(read)?;
+        let config = Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse { source, .. } => ConfigError::Parse { path: path.to_owned(), source },
             other => other,
-        })
+        })?;
+        if mode & 0o077 != 0 && config.accounts.iter().any(|a| matches!(a.password, PasswordSource::Inline(_))) {
+            return Err(ConfigError::Exposed { path: path.to_owned(), mode: mode & 0o7777 });
+        }
+        Ok(config)
     }
 
     /// Parses and validates config text.
@@ -503,7 +536,12 @@ fn home() -> Result<PathBuf, ConfigError> {
     std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).ok_or(ConfigError::NoHome)
 }
 
-fn default_state_dir() -> Result<PathBuf, ConfigError> {
+/// Where journals and locks go unless `state_dir` says otherwise:
+/// `$XDG_STATE_HOME/pobox/fetch`, else `~/.local/state/pobox/fetch`.
+///
+/// # Errors
+/// [`ConfigError::NoHome`] when neither variable is set.
+pub fn default_state_dir() -> Result<PathBuf, ConfigError> {
     if let Some(x) = std::env::var_os("XDG_STATE_HOME").filter(|x| !x.is_empty()) {
         return Ok(PathBuf::from(x).join("pobox/fetch"));
     }
@@ -576,6 +614,29 @@ mod tests {
         assert_eq!(parse_fingerprint(&s).unwrap(), fp);
         assert_eq!(parse_fingerprint(&hex::encode(fp)).unwrap(), fp);
         assert!(parse_fingerprint("sha256:00:07").is_err());
+    }
+
+    #[test]
+    fn a_password_in_a_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fetch.toml");
+        std::fs::write(&path, BASE).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.contains("mode 0644") && e.ends_with(&format!("chmod 600 {}", path.display())), "{e}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        Config::load(&path).unwrap();
+        // No secret in it: readable is fine.
+        std::fs::write(&path, BASE.replace("password = \"pw\"", "password_command = \"pass x\"")).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        Config::load(&path).unwrap();
+    }
+
+    #[test]
+    fn the_starter_example_parses() {
+        let c = Config::parse(STARTER).unwrap();
+        assert_eq!(c.accounts[0].name, "work");
     }
 
     #[test]

@@ -54,9 +54,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(3600);
 /// How long an `on_new_mail` command may run before it is killed.
 const HOOK_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// The accounts file named by `--config`, `POBOX_FETCH_CONFIG`, or the default.
+/// The accounts file: `--accounts` (or `POBOX_FETCH_CONFIG`), else
+/// `pobox --config FILE fetch` typed on the command line, else the default.
 pub(crate) fn config_path(args: &FetchArgs) -> Result<PathBuf, ConfigError> {
-    match args.config.clone().or_else(|| std::env::var_os("POBOX_FETCH_CONFIG").map(PathBuf::from)) {
+    match args.accounts_file.clone().or_else(|| args.config.clone()) {
         Some(p) => Ok(p),
         None => Config::default_path(),
     }

@@ -103,6 +103,33 @@ pub enum FetchError {
     /// Keep-mode fetching needs UIDL to know what is new.
     #[error("server does not support UIDL; keep / delete_after_days need it (use delete mode)")]
     NoUidl,
+    /// The server sent more of a message than LIST announced, past the
+    /// margin (see `session::download_limit`): the download was abandoned,
+    /// nothing of it stored. Handled inside the account's run, which goes
+    /// on without that message.
+    #[error("the server sent more than {limit} octets of message {num}, announced as {announced}")]
+    Oversent {
+        /// Message number.
+        num: u32,
+        /// Its UIDL, if the server has them.
+        uidl: Option<String>,
+        /// LIST's size.
+        announced: u64,
+        /// Where the download stopped.
+        limit: u64,
+    },
+    /// Plain POP3 spoken to a TLS port: no greeting came, and the port
+    /// answers a TLS handshake.
+    #[error(
+        "{server} sent no greeting within {secs} seconds because it speaks TLS from the first byte \
+         (like port 995): set security = \"tls\" (STARTTLS is for the plain port, usually 110)"
+    )]
+    TlsPort {
+        /// `host:port`.
+        server: String,
+        /// The timeout.
+        secs: u64,
+    },
     /// A local I/O error outside the destination (spool file).
     #[error("{context}: {source}")]
     Local {
@@ -114,20 +141,21 @@ pub enum FetchError {
 }
 
 impl FetchError {
-    /// True when the failure is the server's certificate or the user's
-    /// credentials: retrying without a human changes nothing.
+    /// True when retrying without a human changes nothing: the server's
+    /// certificate, the user's credentials or password source, a security
+    /// mode that does not fit the port, a host that is not a POP3 server.
     pub fn needs_attention(&self) -> bool {
-        if let FetchError::OAuth(e) = self {
-            return e.needs_attention();
-        }
-        matches!(
-            self,
+        match self {
+            FetchError::OAuth(e) => e.needs_attention(),
+            FetchError::Tls(e) => e.needs_attention(),
             FetchError::Config(_)
-                | FetchError::Tls(TlsError::Untrusted { .. })
-                | FetchError::Auth(_)
-                | FetchError::NoAuthMethod(_)
-                | FetchError::NoStls
-                | FetchError::NotPop3 { .. }
-        )
+            | FetchError::Auth(_)
+            | FetchError::NoAuthMethod(_)
+            | FetchError::Password(_)
+            | FetchError::NoStls
+            | FetchError::TlsPort { .. }
+            | FetchError::NotPop3 { .. } => true,
+            _ => false,
+        }
     }
 }

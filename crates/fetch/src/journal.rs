@@ -24,10 +24,16 @@
 //!
 //! A `flock` on a sibling `.lock` file keeps two fetchers off one account;
 //! the kernel drops it when the process dies, so SIGKILL leaves no stale lock.
+//!
+//! The state directory is created 0700 and the journal 0600: they name the
+//! user's accounts and every message id. A rewrite's temporary file is
+//! named after the journal (`.STEM.journal-tmp.*`), so the next holder of
+//! the account's lock knows any such file is a killed run's and removes it.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -99,6 +105,7 @@ impl Journal {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(state_dir.join(format!("{stem}.lock")))
             .map_err(err)?;
         match rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
@@ -106,13 +113,19 @@ impl Journal {
             Err(rustix::io::Errno::WOULDBLOCK) => return Err(JournalError::Busy(identity.to_string())),
             Err(e) => return Err(err(e.into())),
         }
+        remove_dead_rewrites(state_dir, &stem);
         let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .read(true)
             .append(true)
+            .mode(0o600)
             .open(&path)
             .map_err(err)?;
+        // Journals written by earlier versions were 0644.
+        if file.metadata().is_ok_and(|m| m.permissions().mode() & 0o077 != 0) {
+            file.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        }
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(err)?;
         // A crash mid-append leaves a line without its LF: cut it off so the
@@ -309,7 +322,11 @@ impl Journal {
         for (k, p) in &self.pending {
             text.push_str(&format!("P {k} {} {} {} {}\n", p.offset, p.len, hex::encode(p.sha256), p.ts));
         }
-        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(err)?;
+        let stem = self.path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        // 0600 (tempfile's default), named so a killed run's leftover is
+        // recognised by the next run (see `remove_dead_rewrites`).
+        let mut tmp =
+            tempfile::Builder::new().prefix(&format!(".{stem}.journal-tmp.")).tempfile_in(dir).map_err(err)?;
         tmp.write_all(text.as_bytes()).map_err(err)?;
         tmp.as_file().sync_all().map_err(err)?;
         tmp.persist(&self.path).map_err(|e| err(e.error))?;
@@ -320,11 +337,26 @@ impl Journal {
     }
 }
 
+/// Removes the temporary files of a rewrite of this journal that a killed
+/// run left. Called with the account's lock held, so no live run of this
+/// account can be writing one.
+fn remove_dead_rewrites(state_dir: &Path, stem: &str) {
+    let prefix = format!(".{stem}.journal-tmp.");
+    let Ok(entries) = std::fs::read_dir(state_dir) else { return };
+    for e in entries.flatten() {
+        if e.file_name().to_str().is_some_and(|n| n.starts_with(&prefix)) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+}
+
+/// Creates the state directory (and missing parents) 0700. An existing
+/// directory keeps its mode: it may be one the user chose to share.
 fn create_dir_durably(dir: &Path) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::create_dir_all(dir)?;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     if let Some(parent) = dir.parent() {
         File::open(parent)?.sync_all()?;
     }
@@ -406,6 +438,29 @@ mod tests {
         assert_eq!(j.get("m3"), Some(&Entry { stored_at: 42, headers_only: true }));
         assert_eq!(j.pending("m2"), None);
         assert_eq!(j.lines, 5, "header, P, three S");
+    }
+
+    #[test]
+    fn state_dir_and_journal_are_private_and_dead_rewrites_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("a/state");
+        let j = Journal::open(&state, "u@h").unwrap();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&j.path), 0o600);
+        let (stem, _) = Journal::path_for(&state, "u@h");
+        assert_eq!(mode(&state.join(format!("{stem}.lock"))), 0o600);
+        drop(j);
+        let leftover = state.join(format!(".{stem}.journal-tmp.abc123"));
+        let other = state.join(".0123456789abcdef.journal-tmp.abc123");
+        std::fs::write(&leftover, "S 1 F x\n").unwrap();
+        std::fs::write(&other, "S 1 F x\n").unwrap();
+        let (_, path) = Journal::path_for(&state, "u@h");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let _j = Journal::open(&state, "u@h").unwrap();
+        assert!(!leftover.exists(), "a killed rewrite's temp file must go");
+        assert!(other.exists(), "another account's is not ours to remove");
+        assert_eq!(mode(&path), 0o600, "an old 0644 journal is tightened");
     }
 
     #[test]

@@ -38,7 +38,8 @@
 //! (2) for a bad command line or configuration, [`EXIT_FAILED`] (3) when an
 //! account failed for a reason that may go away (network, server, disk),
 //! and [`EXIT_ATTENTION`] (4) when one failed for a reason that will not go
-//! away by itself (credentials refused, certificate untrusted).
+//! away by itself (credentials refused, no password to be had, certificate
+//! untrusted or changed, a TLS mode that does not fit the port).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -49,6 +50,7 @@ mod conn;
 pub mod daemon;
 pub mod dest;
 pub mod error;
+mod fault;
 pub mod journal;
 pub mod oauth;
 pub mod plan;
@@ -75,17 +77,25 @@ pub const EXIT_USAGE: u8 = 2;
 /// At least one account failed (network, server, local storage); retrying later may work.
 pub const EXIT_FAILED: u8 = 3;
 /// At least one account failed in a way that needs a human: credentials
-/// refused, server certificate untrusted, STLS missing.
+/// refused, no password (no terminal, a failing `password_command`), server
+/// certificate untrusted or changed, STLS missing, TLS against a plain port
+/// or plaintext against a TLS port.
 pub const EXIT_ATTENTION: u8 = 4;
 
 /// Command-line arguments of `pobox fetch`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FetchArgs {
     /// Accounts to fetch, by their `[accounts.NAME]` (default: all).
+    #[arg(value_name = "ACCOUNT")]
     pub accounts: Vec<String>,
-    /// Configuration file (default: $XDG_CONFIG_HOME/pobox/fetch.toml).
-    /// Set by the front end from the global `--config`, which for
-    /// `pobox fetch` names the accounts file (clap cannot have two).
+    /// The accounts file (default: $XDG_CONFIG_HOME/pobox/fetch.toml, else
+    /// ~/.config/pobox/fetch.toml).
+    #[arg(long = "accounts", id = "accounts_file", value_name = "FILE", env = "POBOX_FETCH_CONFIG")]
+    pub accounts_file: Option<PathBuf>,
+    /// The accounts file as the front end's global `--config` gave it, when
+    /// typed on the command line (`pobox --config FILE fetch`, the older
+    /// spelling). `POBOX_CONFIG` from the environment is the server's and
+    /// never reaches the fetcher.
     #[arg(skip)]
     pub config: Option<PathBuf>,
     /// Show what would be fetched, kept and deleted; change nothing.
@@ -126,22 +136,32 @@ pub enum FetchCommand {
 /// Runs `pobox fetch` to completion on its own tokio runtime and returns the
 /// process exit code. Blocking: call it from `main`, not from async code.
 pub fn run(args: FetchArgs) -> ExitCode {
+    if let (Some(a), Some(c)) = (&args.accounts_file, &args.config)
+        && a != c
+    {
+        return fail_usage(&"--accounts and --config name different files; give one");
+    }
     if let Some(FetchCommand::Login { account }) = &args.command {
         return daemon::login(&args, account);
     }
     if args.daemon {
         return daemon::run(args);
     }
-    let config = args.config.clone().or_else(|| std::env::var_os("POBOX_FETCH_CONFIG").map(PathBuf::from));
-    let path = match &config {
-        Some(p) => p.clone(),
-        None => match Config::default_path() {
-            Ok(p) => p,
-            Err(e) => return fail_usage(&e),
-        },
+    let path = match daemon::config_path(&args) {
+        Ok(p) => p,
+        Err(e) => return fail_usage(&e),
     };
     let config = match Config::load(&path) {
         Ok(c) => c,
+        Err(config::ConfigError::Read { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!(
+                "pobox fetch: no accounts file at {}\n\
+                 Create it (then `chmod 600` it if it holds a password), for example:\n\n{}",
+                path.display(),
+                config::STARTER
+            );
+            return ExitCode::from(EXIT_USAGE);
+        }
         Err(e) => return fail_usage(&e),
     };
     let accounts = match config.select(&args.accounts) {
@@ -218,6 +238,8 @@ pub fn run(args: FetchArgs) -> ExitCode {
         }
         out
     });
+    // A dead OAuth login, a password that cannot be had (no terminal, a
+    // failing password_command): none comes back by itself (exit 4).
     let mut worst_failure = failed_early;
     let mut any_mail = false;
     for result in results {
@@ -234,6 +256,28 @@ pub fn run(args: FetchArgs) -> ExitCode {
         None if any_mail => EXIT_FETCHED,
         None => EXIT_NOTHING_NEW,
     })
+}
+
+/// The end of `pobox fetch --help`: where the files are (as resolved now,
+/// from the environment) and what the exit codes mean.
+pub fn help_epilogue() -> String {
+    let show = |p: Result<PathBuf, config::ConfigError>| p.map_or_else(|e| e.to_string(), |p| p.display().to_string());
+    format!(
+        "Files:\n  \
+         accounts  {}\n            \
+         (--accounts FILE or POBOX_FETCH_CONFIG; `pobox --config FILE fetch` also works)\n  \
+         state     {}\n            \
+         (journals and locks; `state_dir` in the accounts file changes it)\n\n\
+         Exit codes:\n  \
+         0  new mail was stored\n  \
+         1  every account worked, nothing new\n  \
+         2  bad command line or accounts file\n  \
+         3  an account failed for a reason that may pass (network, server busy, disk); retry later\n  \
+         4  an account needs you: credentials refused, no password, certificate untrusted or\n     \
+         changed, TLS mode that does not fit the port, not a POP3 server",
+        show(Config::default_path()),
+        show(config::default_state_dir()),
+    )
 }
 
 fn fail_usage(e: &dyn std::fmt::Display) -> ExitCode {
@@ -258,6 +302,9 @@ pub fn summary_line(name: &str, s: &Summary, secs: f64, dry_run: bool) -> String
     }
     if s.skipped > 0 {
         parts.push(format!("{} skipped (over max_size)", s.skipped));
+    }
+    if s.oversent > 0 {
+        parts.push(format!("{} skipped (server sent more than it announced)", s.oversent));
     }
     if s.headers_only > 0 {
         parts.push(format!("{} headers only", s.headers_only));

@@ -54,6 +54,9 @@ pub struct Summary {
     pub skipped: u64,
     /// Header-only copies stored.
     pub headers_only: u64,
+    /// Messages abandoned because the server sent more than it announced
+    /// (left on the server, nothing stored).
+    pub oversent: u64,
     /// `--dry-run`: the plan, one line per message.
     pub plan: Vec<String>,
     /// Things the user should know that did not stop the fetch (a refused
@@ -109,72 +112,164 @@ pub async fn fetch_account_until(
     let mut journal =
         if dry_run { Journal::peek(state_dir, &identity)? } else { Journal::open(state_dir, &identity)? };
     let dest = if dry_run { None } else { Some(Dest::open(&account.destination)?) };
-
-    let (mut conn, caps) = open_session(account, secret).await?;
-    let listed = list(&mut conn, caps.as_ref()).await?;
-    let has_uidl = listed.iter().all(|m| m.uidl.is_some());
-    if !has_uidl && account.retention != Retention::Delete {
-        return Err(FetchError::NoUidl);
-    }
-    let now = unix_now();
-    if has_uidl && !dry_run {
-        // UIDLs the server no longer lists were deleted (RFC 1939 §7: never
-        // reused), so their records are done with.
-        let live: std::collections::HashSet<&str> = listed.iter().filter_map(|m| m.uidl.as_deref()).collect();
-        journal.retain(&|u| live.contains(u))?;
-    }
-    let policy = Policy { retention: account.retention, max_size: account.max_size, oversize: account.oversize };
-    let steps = plan(&listed, &journal, policy, now);
-
-    let mut summary = Summary { login_delay: caps.as_ref().and_then(|c| c.login_delay), ..Summary::default() };
-    if dry_run {
-        summary.plan = steps.iter().map(describe).collect();
-        for s in &steps {
-            match s.action {
-                Action::Fetch { headers_only: false, .. } => summary.fetched += 1,
-                Action::Fetch { headers_only: true, .. } => summary.headers_only += 1,
-                Action::Delete => summary.deleted += 1,
-                Action::Keep => summary.kept += 1,
-                Action::SkipOversize => summary.skipped += 1,
+    let mut summary = Summary::default();
+    let mut oversent: Vec<SkipKey> = Vec::new();
+    // A message the server sends more of than it announced is abandoned
+    // mid-reply, and with it the connection (nothing can be sent behind an
+    // unfinished reply). The run goes on in a new session that skips it.
+    // Each round skips one more message, so this ends.
+    loop {
+        let session =
+            Session { account, identity: &identity, state_dir, dry_run, journal: &mut journal, dest: dest.as_ref(), stop };
+        match session.run(secret.clone(), progress, &oversent, &mut summary).await {
+            Ok(()) => return Ok(summary),
+            // A server that renumbers or resizes its messages between our
+            // sessions (no UIDL) could dodge the skip list forever.
+            Err(e @ FetchError::Oversent { .. }) if oversent.len() >= MAX_OVERSENT => return Err(e),
+            Err(FetchError::Oversent { num, uidl, announced, limit }) => {
+                let what = format!("message {num} (uidl {})", uidl.as_deref().unwrap_or("-"));
+                summary.warnings.push(format!(
+                    "{what}: the server sent more than {limit} octets though LIST announced {announced}; \
+                     skipped (nothing of it stored), left on the server"
+                ));
+                summary.oversent += 1;
+                oversent.push(SkipKey { uidl, num, size: announced });
             }
+            Err(e) => return Err(e),
         }
-        let _ = quit(&mut conn).await?;
-        return Ok(summary);
     }
-    let dest = dest.expect("opened when not a dry run");
-    let depth = if caps.as_ref().is_some_and(|c| c.pipelining) { account.pipeline_depth } else { 1 };
-    let total: u64 = steps.iter().filter(|s| matches!(s.action, Action::Fetch { .. })).map(|s| s.msg.size).sum();
-    let count = steps.iter().filter(|s| matches!(s.action, Action::Fetch { .. })).count() as u64;
-    progress.start(count, total);
+}
 
-    let mut run = Run {
-        account,
-        identity: &identity,
-        state_dir,
-        dest: &dest,
-        journal: &mut journal,
-        summary,
-        now,
-        batch: Vec::new(),
-        batch_bytes: 0,
-        batch_started: None,
-        batch_limit: dest.batch_limit(),
-        size_mismatch: (0, None),
-        stop,
-    };
-    let result = run.transfer(&mut conn, &steps, depth, progress).await;
-    run.finish_warnings();
-    result?;
-    let Run { mut summary, .. } = run;
-    let dele_sent = summary.deleted;
-    summary.deleted = 0;
-    match quit(&mut conn).await? {
-        Ok(()) => summary.deleted = dele_sent,
-        // RFC 1939 §6: -ERR on QUIT means some deletions failed. The
-        // journal still lists them, so the next run retries.
-        Err(text) => summary.warnings.push(format!("the server could not commit the deletions: {text}")),
+/// Most messages one run abandons for being longer than announced before
+/// it gives up on the server (exit 3).
+const MAX_OVERSENT: usize = 100;
+
+/// Identifies a message to skip in a later session of the same run: by
+/// UIDL, or by number and size where the server has no UIDL (numbers are
+/// stable between our sessions, which delete nothing without QUIT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SkipKey {
+    uidl: Option<String>,
+    num: u32,
+    size: u64,
+}
+
+impl SkipKey {
+    fn matches(&self, m: &Listed) -> bool {
+        match (&self.uidl, &m.uidl) {
+            (Some(a), Some(b)) => a == b,
+            _ => self.num == m.num && self.size == m.size,
+        }
     }
-    Ok(summary)
+}
+
+/// One connection's worth of an account's run.
+struct Session<'a> {
+    account: &'a Account,
+    identity: &'a str,
+    state_dir: &'a Path,
+    dry_run: bool,
+    journal: &'a mut Journal,
+    dest: Option<&'a Dest>,
+    /// Set by the daemon on SIGTERM.
+    stop: Option<&'a AtomicBool>,
+}
+
+impl Session<'_> {
+    /// Connects, lists, plans and transfers, adding to `summary`. On
+    /// [`FetchError::Oversent`] only what is true whatever happens to this
+    /// connection (stored, journalled) has been added.
+    async fn run(
+        self,
+        secret: Secret,
+        progress: &AccountProgress,
+        skip: &[SkipKey],
+        summary: &mut Summary,
+    ) -> Result<(), FetchError> {
+        let Session { account, identity, state_dir, dry_run, journal, dest, stop } = self;
+        let (mut conn, caps) = open_session(account, secret).await?;
+        summary.login_delay = caps.as_ref().and_then(|c| c.login_delay);
+        let listed = list(&mut conn, caps.as_ref()).await?;
+        let has_uidl = listed.iter().all(|m| m.uidl.is_some());
+        if !has_uidl && account.retention != Retention::Delete {
+            return Err(FetchError::NoUidl);
+        }
+        let now = unix_now();
+        if has_uidl && !dry_run {
+            // UIDLs the server no longer lists were deleted (RFC 1939 §7: never
+            // reused), so their records are done with.
+            let live: std::collections::HashSet<&str> = listed.iter().filter_map(|m| m.uidl.as_deref()).collect();
+            journal.retain(&|u| live.contains(u))?;
+        }
+        let policy = Policy { retention: account.retention, max_size: account.max_size, oversize: account.oversize };
+        let mut steps = plan(&listed, journal, policy, now);
+        steps.retain(|s| !skip.iter().any(|k| k.matches(&s.msg)));
+
+        if dry_run {
+            summary.plan = steps.iter().map(describe).collect();
+            for s in &steps {
+                match s.action {
+                    Action::Fetch { headers_only: false, then_delete } => {
+                        summary.fetched += 1;
+                        summary.deleted += u64::from(then_delete);
+                    }
+                    Action::Fetch { headers_only: true, .. } => summary.headers_only += 1,
+                    Action::Delete => summary.deleted += 1,
+                    Action::Keep => summary.kept += 1,
+                    Action::SkipOversize => summary.skipped += 1,
+                }
+            }
+            let _ = quit(&mut conn).await?;
+            return Ok(());
+        }
+        let dest = dest.expect("opened when not a dry run");
+        let depth = if caps.as_ref().is_some_and(|c| c.pipelining) { account.pipeline_depth } else { 1 };
+        let total: u64 = steps.iter().filter(|s| matches!(s.action, Action::Fetch { .. })).map(|s| s.msg.size).sum();
+        let count = steps.iter().filter(|s| matches!(s.action, Action::Fetch { .. })).count() as u64;
+        progress.start(count, total);
+
+        let mut run = Run {
+            account,
+            identity,
+            state_dir,
+            dest,
+            journal,
+            summary: std::mem::take(summary),
+            now,
+            batch: Vec::new(),
+            batch_bytes: 0,
+            batch_started: None,
+            batch_limit: dest.batch_limit(),
+            size_mismatch: (0, None),
+            stop,
+            deleted_before: 0,
+            kept_before: 0,
+            skipped_before: 0,
+        };
+        (run.deleted_before, run.kept_before, run.skipped_before) =
+            (run.summary.deleted, run.summary.kept, run.summary.skipped);
+        let result = run.transfer(&mut conn, &steps, depth, progress).await;
+        run.finish_warnings();
+        let Run { summary: mut got, deleted_before, kept_before, skipped_before, .. } = run;
+        if let Err(e) = result {
+            // This connection is dropped without QUIT: its DELEs are rolled
+            // back by the server, and what it kept or skipped is planned
+            // again by the next session.
+            (got.deleted, got.kept, got.skipped) = (deleted_before, kept_before, skipped_before);
+            *summary = got;
+            return Err(e);
+        }
+        let dele_sent = got.deleted - deleted_before;
+        got.deleted = deleted_before;
+        *summary = got;
+        match quit(&mut conn).await? {
+            Ok(()) => summary.deleted += dele_sent,
+            // RFC 1939 §6: -ERR on QUIT means some deletions failed. The
+            // journal still lists them, so the next run retries.
+            Err(text) => summary.warnings.push(format!("the server could not commit the deletions: {text}")),
+        }
+        Ok(())
+    }
 }
 
 /// Connects, reads the greeting, secures the connection and logs in.
@@ -229,8 +324,26 @@ async fn greeting(conn: &mut Conn, account: &Account) -> Result<(), FetchError> 
         Err(FetchError::Protocol(ReplyError::StatusTooLong)) => {
             Err(FetchError::NotPop3 { server: server(), said: "a line too long for a POP3 status".into() })
         }
+        // A TLS port spoken to in plaintext (STARTTLS against 995) waits
+        // silently for our handshake. Ask it for one, on a new connection
+        // that carries nothing else, to say so for sure.
+        Err(FetchError::Timeout(secs)) if account.security != Security::Tls && speaks_tls(account).await => {
+            Err(FetchError::TlsPort { server: server(), secs })
+        }
         Err(FetchError::Timeout(secs)) => Err(FetchError::NoGreeting { server: server(), secs }),
         Err(e) => Err(e),
+    }
+}
+
+/// True when the account's port answers a TLS handshake (whether or not
+/// its certificate would be trusted). Sends a ClientHello, nothing else.
+async fn speaks_tls(account: &Account) -> bool {
+    let Ok(tls) = AccountTls::new(account) else { return false };
+    let Ok(conn) = Conn::connect(&account.host, account.port, account.timeout).await else { return false };
+    match conn.upgrade(&tls, account).await {
+        Ok(_) => true,
+        Err(FetchError::Tls(e)) => !matches!(e, crate::tls::TlsError::NotTls { .. } | crate::tls::TlsError::Handshake { .. }),
+        Err(_) => false,
     }
 }
 
@@ -426,6 +539,11 @@ struct Run<'a> {
     size_mismatch: (u64, Option<String>),
     /// Set by the daemon on SIGTERM.
     stop: Option<&'a AtomicBool>,
+    /// Counts from earlier sessions of this run, restored if this one's
+    /// connection is abandoned.
+    deleted_before: u64,
+    kept_before: u64,
+    skipped_before: u64,
 }
 
 impl Run<'_> {
@@ -546,7 +664,9 @@ impl Run<'_> {
         let (dest, journal, now) = (self.dest, &mut *self.journal, self.now);
         blocking(|| -> Result<(), FetchError> {
             dest.make_durable()?;
+            crate::fault::point("batch-durable");
             journal.record_stored_batch(&records, now)?;
+            crate::fault::point("batch-journalled");
             Ok(())
         })?;
         // Stored and journalled: now, and only now, DELE; ahead of the
@@ -588,10 +708,21 @@ impl Run<'_> {
         }
         let mut spool = Spool::new(self.state_dir.to_owned());
         let mut lines = 0u64;
+        let limit = download_limit(step.msg.size, self.account.max_size);
         conn.read_body(LineEnding::Lf, &mut |chunk| {
             let nl = chunk.iter().filter(|&&b| b == b'\n').count() as u64;
             lines += nl;
             progress.add_bytes(chunk.len() as u64 + nl);
+            // A server that announced a size and sends far more (or never
+            // ends the message) must not fill the disk through the spool.
+            if spool.len() + chunk.len() as u64 + lines > limit {
+                return Err(FetchError::Oversent {
+                    num: step.msg.num,
+                    uidl: step.msg.uidl.clone(),
+                    announced: step.msg.size,
+                    limit,
+                });
+            }
             spool.write(chunk).map_err(|source| FetchError::Local { context: "writing the spool".into(), source })
         })
         .await?;
@@ -610,6 +741,7 @@ impl Run<'_> {
         let id = MessageId { base: &base, uidl: step.msg.uidl.as_deref(), account: &self.account.name };
         let (dest, journal, now) = (self.dest, &mut *self.journal, self.now);
         let delivery = blocking(|| dest.deliver_deferred(id, &mut spool, journal, now))?;
+        crate::fault::point("message-stored");
         match (delivery, headers_only) {
             (Delivery::AlreadyPresent, _) => self.summary.already_present += 1,
             (Delivery::Stored, true) => self.summary.headers_only += 1,
@@ -632,6 +764,17 @@ impl Run<'_> {
             self.warn(format!("the server's LIST size was wrong for {n} message(s), stored as received: {first}{more}"));
         }
     }
+}
+
+/// The most octets accepted for one message: the larger of its announced
+/// size and `max_size`, plus a quarter and 64 KiB. The margin lets through
+/// servers that count line ends as LF rather than CRLF (up to half the
+/// octets of a message of empty lines, rarely more than a few percent),
+/// which the run stores with a warning; anything beyond is a server that
+/// lies or never ends its message.
+fn download_limit(announced: u64, max_size: Option<u64>) -> u64 {
+    let base = announced.max(max_size.unwrap_or(0));
+    base.saturating_add(base / 4).saturating_add(64 * 1024)
 }
 
 fn reply_text(r: &Reply) -> String {

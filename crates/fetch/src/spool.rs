@@ -69,6 +69,24 @@ impl Spool {
         self.hasher.clone().finalize().into()
     }
 
+    /// The content as a file (moved out of memory first if it is small),
+    /// positioned at its start: a file descriptor a child process can read
+    /// to the end even if this process dies meanwhile.
+    ///
+    /// # Errors
+    /// I/O errors creating or seeking the file.
+    pub fn as_file(&mut self) -> io::Result<&File> {
+        if self.file.is_none() {
+            let mut f = tempfile::tempfile_in(&self.dir)?;
+            f.write_all(&self.mem)?;
+            self.mem = Vec::new();
+            self.file = Some(f);
+        }
+        let f = self.file.as_mut().expect("just made");
+        f.seek(SeekFrom::Start(0))?;
+        Ok(f)
+    }
+
     /// A reader over the content from its start. May be called repeatedly.
     ///
     /// # Errors

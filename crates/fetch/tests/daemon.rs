@@ -26,6 +26,14 @@ fn signal(child: &Child, sig: rustix::process::Signal) {
     rustix::process::kill_process(rustix::process::Pid::from_child(child), sig).unwrap();
 }
 
+/// Writes an accounts file as a user must: it holds passwords, so 0600
+/// (the fetcher refuses one others can read).
+fn write_private(path: &std::path::Path, text: impl AsRef<[u8]>) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+}
+
 /// Waits (bounded) until `f` is true.
 fn wait_until(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     let start = Instant::now();
@@ -171,7 +179,7 @@ fn three_accounts_two_servers_reload_and_notify() {
     );
     let config = dir.path().join("fetch.toml");
     let two = format!("{head}{}{}", account("a", &a, USER, PASSWORD, &md("a")), account("b", &b, USER, PASSWORD, &md("b")));
-    std::fs::write(&config, &two).unwrap();
+    write_private(&config, &two).unwrap();
 
     let mut notify = NotifySocket::bind(dir.path());
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_pobox-fetch-dev"))
@@ -205,14 +213,14 @@ fn three_accounts_two_servers_reload_and_notify() {
     wait_until("mail delivered while running", Duration::from_secs(15), || count(&md("a")) == 8 && count(&md("b")) == 6);
 
     // SIGHUP with a third account (a second user on server a).
-    std::fs::write(&config, format!("{two}{}", account("c", &a, "bob", "bob pass", &md("c")))).unwrap();
+    write_private(&config, format!("{two}{}", account("c", &a, "bob", "bob pass", &md("c")))).unwrap();
     signal(&daemon, rustix::process::Signal::HUP);
     notify.expect("RELOADING=1");
     notify.expect("READY=1");
     wait_until("the new account's mail", Duration::from_secs(15), || count(&md("c")) == 3);
 
     // SIGHUP without account b: it stops; a and c go on.
-    std::fs::write(
+    write_private(
         &config,
         format!("{head}{}{}", account("a", &a, USER, PASSWORD, &md("a")), account("c", &a, "bob", "bob pass", &md("c"))),
     )
@@ -334,7 +342,7 @@ fn sigterm_mid_message_loses_and_duplicates_nothing() {
             maildir.display()
         )
     };
-    std::fs::write(&config, body(proxy.port)).unwrap();
+    write_private(&config, body(proxy.port)).unwrap();
     let mut daemon = Command::new(env!("CARGO_BIN_EXE_pobox-fetch-dev"))
         .arg("--config")
         .arg(&config)
@@ -370,7 +378,7 @@ fn sigterm_mid_message_loses_and_duplicates_nothing() {
     }
     assert!(err().contains("stopping"), "{}", err());
     // The next run (one-shot, direct) completes the job: each exactly once.
-    std::fs::write(&config, body(srv.pop3)).unwrap();
+    write_private(&config, body(srv.pop3)).unwrap();
     let o = Command::new(env!("CARGO_BIN_EXE_pobox-fetch-dev")).arg("--config").arg(&config).arg("--quiet").output().unwrap();
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));
     assert_exactly_once(&maildir, &msgs);
@@ -387,7 +395,7 @@ fn login_delay_is_honoured_and_failures_back_off() {
     let maildir = dir.path().join("Mail");
     let dead_port = free_port();
     let config = dir.path().join("fetch.toml");
-    std::fs::write(
+    write_private(
         &config,
         format!(
             "state_dir = \"{}\"\npoll_interval = 1\n[accounts.delayed]\nhost = \"localhost\"\nport = {}\nuser = \"{USER}\"\npassword = \"{PASSWORD}\"\nfingerprint = \"{}\"\nmaildir = \"{}\"\n[accounts.down]\nhost = \"127.0.0.1\"\nport = {dead_port}\nuser = \"x\"\npassword = \"y\"\nmaildir = \"{}\"\n",
@@ -417,7 +425,7 @@ fn login_delay_is_honoured_and_failures_back_off() {
         let m = messages(1, &format!("delay-{round}"));
         srv.deliver(USER, &m);
         expected.extend(m);
-        wait_until("the next poll", Duration::from_secs(20), || count(&maildir) == expected.len());
+        wait_until(&format!("the next poll; daemon said:\n{}", err()), Duration::from_secs(20), || count(&maildir) == expected.len());
     }
     // Meanwhile the unreachable account backed off: 2 s, 4 s, 8 s.
     wait_until("three failures of the unreachable account", Duration::from_secs(20), || {

@@ -105,7 +105,7 @@ impl Idp {
     fn jwt(&self, exp_in: u64, audience: &str) -> String {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
         let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "k1"});
-        let claims = serde_json::json!({"iss": ISSUER, "aud": audience, "exp": now + exp_in, "iat": now, "email": USER});
+        let claims = serde_json::json!({"iss": ISSUER, "aud": audience, "exp": now + exp_in, "iat": now, "sub": "idp-subject-1", "email": USER, "email_verified": true});
         let signed = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
         let sig = self.key.sign(&ring::rand::SystemRandom::new(), signed.as_bytes()).unwrap();
         format!("{signed}.{}", B64URL.encode(sig.as_ref()))
@@ -116,7 +116,7 @@ impl Idp {
 fn jwt_with(key: &signature::EcdsaKeyPair, exp_in: u64, audience: &str) -> String {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let header = serde_json::json!({"alg": "ES256", "typ": "JWT", "kid": "k1"});
-    let claims = serde_json::json!({"iss": ISSUER, "aud": audience, "exp": now + exp_in, "iat": now, "email": USER});
+    let claims = serde_json::json!({"iss": ISSUER, "aud": audience, "exp": now + exp_in, "iat": now, "sub": "idp-subject-1", "email": USER, "email_verified": true});
     let signed = format!("{}.{}", B64URL.encode(header.to_string()), B64URL.encode(claims.to_string()));
     let sig = key.sign(&ring::rand::SystemRandom::new(), signed.as_bytes()).unwrap();
     format!("{signed}.{}", B64URL.encode(sig.as_ref()))
@@ -290,7 +290,12 @@ fn rand_bytes() -> [u8; 12] {
 // --- pobox serve with OAuth ----------------------------------------------------
 
 fn serve(idp: &Idp) -> Serve {
-    let config = format!("[oauth]\njwks_file = \"{}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\n", idp.jwks.display());
+    // The user comes from the verified email here; pobox serve's default
+    // (`sub` mapped through the passwd-file) has its own tests.
+    let config = format!(
+        "[oauth]\njwks_file = \"{}\"\nissuer = \"{ISSUER}\"\naudience = \"{AUDIENCE}\"\nusername_claim = \"email\"\n",
+        idp.jwks.display()
+    );
     Serve::start(&config, &[(USER, "unused password")])
 }
 

@@ -1,7 +1,8 @@
 //! `pobox fetch` against `pobox serve` (the binary named by `POBOX_BIN`):
 //! TLS and STARTTLS with the server's self-signed certificate pinned, delete
-//! and keep modes, and the kill test through the fault-injecting proxy.
-//! Skipped, with a message, when `POBOX_BIN` is not set.
+//! and keep modes, a `ca_file` holding an `openssl req -x509` certificate,
+//! and the kill test through the fault-injecting proxy. Uses this
+//! workspace's `pobox` binary (or `POBOX_BIN`) for both sides.
 
 mod common;
 
@@ -61,14 +62,11 @@ fn pobox_serve_kill_test() {
     let Some(srv) = PoboxServe::start() else { return };
     let msgs = messages(200, "pobox-kill");
     srv.deliver(&msgs);
-    // The proxy must see commands: plaintext port; pobox serve may refuse
-    // cleartext logins, in which case that is the answer we test around.
+    // The proxy must see commands: plaintext port, which pobox serve
+    // allows on loopback; a refusal there is a failure, not a reason to skip.
     let s = Setup::new(srv.pop3, "127.0.0.1", "security = \"none\"\nallow_insecure = true\n");
     let probe = s.run(&["--dry-run"]);
-    if code(&probe) > 1 {
-        eprintln!("SKIP: pobox serve refuses plaintext login here: {}", show(&probe));
-        return;
-    }
+    assert_eq!(code(&probe), 0, "plaintext login on loopback must work: {}", show(&probe));
     let mut points = 0;
     for cut in [4_000u64, 15_000, 40_000, 90_000, 200_000] {
         let (port, fired) = proxy(srv.pop3, Fault::AfterServerBytes(cut));
@@ -91,4 +89,26 @@ fn pobox_serve_kill_test() {
     assert!(code(&o) <= 1, "{}", show(&o));
     assert_exactly_once(&s.maildir, &msgs);
     assert_eq!(server_count(&srv), 0);
+}
+
+#[test]
+fn pobox_serve_with_an_openssl_x509_certificate_in_ca_file() {
+    let work = tempfile::tempdir().unwrap();
+    let Some((cert, key)) = openssl_self_signed(work.path()) else { return };
+    let Some(srv) = PoboxServe::start_with(Some((cert.clone(), key))) else { return };
+    let msgs = messages(4, "pobox-x509");
+    srv.deliver(&msgs);
+    let ca = format!("ca_file = \"{}\"\n", cert.display());
+    let s = Setup::new(srv.pop3s, "localhost", &format!("security = \"tls\"\n{ca}keep = true\n"));
+    let o = s.run(&[]);
+    assert_eq!(code(&o), 0, "a CA:TRUE self-signed certificate in ca_file must be accepted: {}", show(&o));
+    assert_exactly_once_clean(&s.maildir, &msgs);
+    let st = Setup::new(srv.pop3, "localhost", &format!("security = \"starttls\"\n{ca}"));
+    let o = st.run(&[]);
+    assert_eq!(code(&o), 0, "{}", show(&o));
+    assert_exactly_once_clean(&st.maildir, &msgs);
+    let by_ip = Setup::new(srv.pop3s, "127.0.0.1", &format!("security = \"tls\"\n{ca}"));
+    let o = by_ip.run(&[]);
+    assert_eq!(code(&o), 4, "{}", show(&o));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("it is issued for localhost, not for 127.0.0.1"), "{}", show(&o));
 }

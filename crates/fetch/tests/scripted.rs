@@ -39,6 +39,9 @@ struct Script {
     drop_at_quit: bool,
     /// Where the fetcher keeps its journal and Maildir: checked at each DELE.
     check_dele: Option<(PathBuf, PathBuf)>,
+    /// This message (1-based) is announced by LIST with `.1` octets and
+    /// RETR sends `.2` octets of body (`None`: never ends), every session.
+    lie: Option<(usize, u64, Option<u64>)>,
 }
 
 impl Default for Script {
@@ -54,6 +57,7 @@ impl Default for Script {
             drop_in_retr: None,
             drop_at_quit: false,
             check_dele: None,
+            lie: None,
         }
     }
 }
@@ -222,7 +226,11 @@ fn serve(conn: TcpStream, s: &Script, sh: &Mutex<Shared>, first: bool) {
                 for (i, m) in msgs.iter().enumerate() {
                     if let Some(m) = m {
                         let lie = if i == 1 { s.list_lie } else { 0 };
-                        c.push_str(&format!("{} {}\r\n", i + 1, wire_size(m) as i64 + lie));
+                        let size = match s.lie {
+                            Some((k, announced, _)) if k == i + 1 => announced as i64,
+                            _ => wire_size(m) as i64 + lie,
+                        };
+                        c.push_str(&format!("{} {size}\r\n", i + 1));
                     }
                 }
                 c.push_str(".\r\n");
@@ -241,6 +249,10 @@ fn serve(conn: TcpStream, s: &Script, sh: &Mutex<Shared>, first: bool) {
             "RETR" => {
                 let n = arg(&mut words);
                 match get(n) {
+                    Some(_) if s.lie.is_some_and(|(k, _, _)| Some(k) == n) => {
+                        let (_, _, sends) = s.lie.unwrap();
+                        send_lie(&mut w, sends)
+                    }
                     Some(m) => {
                         let body = wire(&m);
                         if let Some((k, cut)) = s.drop_in_retr.filter(|(k, _)| first && Some(*k) == n) {
@@ -296,6 +308,27 @@ fn serve(conn: TcpStream, s: &Script, sh: &Mutex<Shared>, first: bool) {
             return;
         }
     }
+}
+
+/// A RETR reply of `sends` octets of body (then the terminator), or one
+/// that never ends. Bounded anyway: it stops when the client goes away, or
+/// after 1 GiB.
+fn send_lie(w: &mut TcpStream, sends: Option<u64>) -> bool {
+    let line = [b"x".repeat(998).as_slice(), b"\r\n"].concat();
+    let mut chunk = b"+OK\r\nSubject: big\r\n\r\n".to_vec();
+    let mut sent = 0u64;
+    let cap = sends.unwrap_or(1 << 30);
+    while sent < cap {
+        while chunk.len() < 64 * 1024 && sent + (chunk.len() as u64) < cap {
+            chunk.extend_from_slice(&line);
+        }
+        if w.write_all(&chunk).is_err() {
+            return false;
+        }
+        sent += chunk.len() as u64;
+        chunk.clear();
+    }
+    sends.is_some() && w.write_all(b".\r\n").is_ok()
 }
 
 /// The group-commit invariant, checked from the server's side: when DELE
@@ -543,4 +576,75 @@ fn a_server_that_is_not_pop3_is_a_clear_error() {
     assert_eq!(code(&o), 3, "{}", show(&o));
     assert!(stderr(&o).contains("no greeting within 1 seconds"), "{}", show(&o));
     drop(silent);
+}
+
+/// Runs a fetch while measuring, every few milliseconds, the octets it
+/// has on disk: files under the test's directory (state and Maildir) and
+/// the regular files the process holds open (the spool is an unnamed file,
+/// invisible in any directory). Returns the output and the largest total.
+fn run_measuring_disk(s: &Setup) -> (std::process::Output, u64) {
+    fn tree_size(p: &std::path::Path) -> u64 {
+        let Ok(rd) = std::fs::read_dir(p) else { return 0 };
+        rd.flatten()
+            .map(|e| match e.metadata() {
+                Ok(m) if m.is_dir() => tree_size(&e.path()),
+                Ok(m) => m.len(),
+                Err(_) => 0,
+            })
+            .sum()
+    }
+    let child = s.command(&[]).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id();
+    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done2, dir) = (done.clone(), s.dir.path().to_owned());
+    let meter = std::thread::spawn(move || {
+        let mut most = 0u64;
+        let start = std::time::Instant::now();
+        while !done2.load(std::sync::atomic::Ordering::SeqCst) && start.elapsed() < Duration::from_secs(120) {
+            let open: u64 = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| std::fs::metadata(e.path()).ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum();
+            most = most.max(tree_size(&dir) + open);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        most
+    });
+    let out = child.wait_with_output().unwrap();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    (out, meter.join().unwrap())
+}
+
+#[test]
+fn a_server_sending_more_than_it_announced_cannot_fill_the_disk() {
+    // (announced, sent, max_size): 10 octets announced and 50 MB sent; a
+    // message that never ends; one announced at 2 MB (past the in-memory
+    // spool) that never ends either.
+    for (announced, sends, max_size) in [(10, Some(50u64 << 20), "max_size = 30000\n"), (10, None, ""), (2 << 20, None, "")] {
+        let msgs = messages(5, "liar");
+        let mock = Mock::start(Script { lie: Some((3, announced, sends)), ..Script::default() }, &msgs);
+        let s = setup(&mock, max_size);
+        let (o, most) = run_measuring_disk(&s);
+        let what = format!("announced {announced}, sends {sends:?}");
+        assert_eq!(code(&o), 0, "{what}: the run goes on: {}", show(&o));
+        let good: Vec<Vec<u8>> = msgs.iter().enumerate().filter(|(i, _)| *i != 2).map(|(_, m)| m.clone()).collect();
+        assert_exactly_once_clean(&s.maildir, &good);
+        assert_eq!(mock.left(), 1, "{what}: the others are deleted, the liar stays on the server");
+        assert!(mock.shared.lock().unwrap().msgs[2].is_some());
+        let err = stderr(&o);
+        assert!(
+            err.contains("message 3 (uidl mock-0003): the server sent more than")
+                && err.contains(&format!("though LIST announced {announced}; skipped (nothing of it stored), left on the server")),
+            "{what}: {err}"
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("1 skipped (server sent more than it announced)"), "{}", show(&o));
+        // Bounded: the announced size plus a quarter and 64 KiB, plus the
+        // four real messages and the journal; never the 50 MB or more.
+        let bound = announced.max(30_000) * 5 / 4 + (64 << 10) + (512 << 10);
+        assert!(most < bound, "{what}: {most} octets on disk at the peak (bound {bound})");
+    }
 }

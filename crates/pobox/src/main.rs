@@ -15,7 +15,8 @@ mod config;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// A POP3 mail server and fetcher.
 #[derive(Debug, Parser)]
@@ -27,7 +28,8 @@ struct Args {
     data: Option<PathBuf>,
     /// Configuration file (TOML). Default: /etc/pobox/pobox.toml if it
     /// exists, else embedded defaults (`none` forces those).
-    /// For `pobox fetch` it is the accounts file.
+    /// For `pobox fetch`, when typed on the command line, it is the
+    /// accounts file (`POBOX_CONFIG` is the server's only).
     #[arg(long, global = true, env = "POBOX_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
     #[command(subcommand)]
@@ -114,15 +116,40 @@ fn generated_docs(command: &Command) -> Option<ExitCode> {
     })
 }
 
+/// Where a global argument's value came from, looking in the subcommand's
+/// matches first (a global given after the subcommand is recorded there).
+fn subcommand_value_source(matches: &clap::ArgMatches, id: &str) -> Option<ValueSource> {
+    let sub = matches.subcommand().and_then(|(_, m)| m.value_source(id));
+    sub.or_else(|| matches.value_source(id))
+}
+
 fn main() -> ExitCode {
-    let args = Args::parse();
+    // `pobox fetch --help` shows the fetcher's files and exit codes, not
+    // the server's data directory.
+    // A subcommand that already has an argument of a global's id does not
+    // get the global's copy, so a hidden copy hides it there only.
+    let command = Args::command();
+    let hidden: Vec<clap::Arg> = command
+        .get_arguments()
+        .filter(|a| matches!(a.get_id().as_str(), "data" | "config"))
+        .map(|a| a.clone().hide(true))
+        .collect();
+    let command = command.mut_subcommand("fetch", |c| c.args(hidden).after_help(pobox_fetch::help_epilogue()));
+    let matches = command.get_matches();
+    // The fetcher takes `--config` only from the command line: from the
+    // environment, POBOX_CONFIG names the server's configuration (a user
+    // who sets it for the server must not have it read as accounts).
+    let config_typed = subcommand_value_source(&matches, "config") == Some(ValueSource::CommandLine);
+    let args = match Args::from_arg_matches(&matches) {
+        Ok(a) => a,
+        Err(e) => e.exit(),
+    };
     if let Some(code) = generated_docs(&args.command) {
         return code;
     }
     if let Command::Fetch(mut f) = args.command {
-        // For `pobox fetch`, --config names the accounts file (`none`, which
-        // means "no server config", means its default here).
-        f.config = args.config.filter(|p| p.as_os_str() != "none");
+        // `none` means "no server config", never an accounts file.
+        f.config = if config_typed { args.config.filter(|p| p.as_os_str() != "none") } else { None };
         return pobox_fetch::run(f);
     }
     // Every other subcommand is server-side: the same config and data dir

@@ -30,7 +30,8 @@ pub struct MboxDest {
 }
 
 impl MboxDest {
-    /// Creates the file (mode 0600) if it does not exist.
+    /// Creates the file (mode 0600) if it does not exist, and removes the
+    /// temporary lock files killed runs left next to it.
     ///
     /// # Errors
     /// [`DestError::Mbox`].
@@ -41,6 +42,12 @@ impl MboxDest {
             .mode(0o600)
             .open(path)
             .map_err(|source| DestError::Mbox { path: path.to_owned(), source })?;
+        // Also here, not only under the lock: a run with nothing to append
+        // still clears what killed runs left.
+        if let (Some(dir), Some(name)) = (path.parent(), path.file_name()) {
+            let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+            remove_dead_tmp_locks(dir, &name.to_string_lossy());
+        }
         Ok(MboxDest { path: path.to_owned() })
     }
 
@@ -58,8 +65,10 @@ impl MboxDest {
     ) -> Result<Delivery, DestError> {
         let err = |source| DestError::Mbox { path: self.path.clone(), source };
         let _dotlock = DotLock::acquire(&self.path).map_err(err)?;
+        crate::fault::point("mbox-lock-linked");
         let file = OpenOptions::new().read(true).write(true).open(&self.path).map_err(err)?;
         rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive).map_err(|e| err(e.into()))?;
+        crate::fault::point("mbox-locked");
 
         let pending = uidl.and_then(|u| journal.pending(u)).cloned();
         let ts = pending.as_ref().map_or(now, |p| p.ts);
@@ -101,6 +110,7 @@ impl MboxDest {
             let _ = file.sync_all();
             return Err(err(e));
         }
+        crate::fault::point("mbox-appended");
         Ok(Delivery::Stored)
     }
 }
@@ -218,57 +228,143 @@ impl Write for PrefixCheck<'_> {
     }
 }
 
-/// `FILE.lock`, created with O_EXCL and holding our pid; removed on drop.
-/// A lock whose pid is gone (a killed fetch) or that is older than ten
-/// minutes is stale and taken over. Where the directory is not writable
-/// (a system spool we may not create files in) the flock alone protects.
+/// `FILE.lock`, holding our pid from the moment it exists; removed on drop.
+///
+/// It is made the way liblockfile makes it: the pid is written into a
+/// unique temporary file first, which is then hard-linked to `FILE.lock`.
+/// `link` fails if the lock exists, so it is as exclusive as `O_EXCL`, and a
+/// crash at any point leaves either no lock or a lock naming a dead
+/// process, never an empty one (an `O_EXCL` create followed by a write left
+/// an empty lock when killed in between, and every later run waited for it).
+///
+/// A lock is stale, and taken over, when its pid is gone, when it is empty
+/// or unreadable (another program's crash) and older than
+/// [`EMPTY_LOCK_STALE`], or when it is older than [`LOCK_STALE`] whatever it
+/// says. Taking over a lock someone still holds is possible in a race
+/// between two takers; that is why the `flock` on the mbox itself stays the
+/// real guard, and the dot-lock is there for the mail readers that only
+/// honour dot-locks. Where the directory is not writable (a system spool we
+/// may not create files in) the flock alone protects.
 struct DotLock {
     path: Option<PathBuf>,
 }
+
+/// An empty or unreadable lock older than this is a crashed writer's: a
+/// live one writes its pid within microseconds of creating the file.
+const EMPTY_LOCK_STALE: Duration = Duration::from_secs(5);
+/// Any lock older than this is stale (mail readers hold theirs for seconds).
+const LOCK_STALE: Duration = Duration::from_secs(600);
+/// How long to wait for a live holder before giving up (exit 3, retry later).
+const LOCK_WAIT: Duration = Duration::from_secs(30);
+/// Our temporary lock files: `.NAME.lock-pobox.<pid>.<random>`.
+const TMP_MARK: &str = ".lock-pobox.";
 
 impl DotLock {
     fn acquire(mbox: &Path) -> io::Result<DotLock> {
         let mut name = mbox.as_os_str().to_owned();
         name.push(".lock");
         let path = PathBuf::from(name);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path) {
-                Ok(mut f) => {
-                    writeln!(f, "{}", std::process::id())?;
-                    return Ok(DotLock { path: Some(path) });
+        let dir = mbox.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let file_name = mbox.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let tmp = dir.join(format!(".{file_name}{TMP_MARK}{}.{:08x}", std::process::id(), rand::random::<u32>()));
+        match OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp) {
+            Ok(mut f) => {
+                if let Err(e) = writeln!(f, "{}", std::process::id()) {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(e);
                 }
-                Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(DotLock { path: None }),
+            }
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(DotLock { path: None }),
+            Err(e) => return Err(e),
+        }
+        crate::fault::point("mbox-lock-tmp");
+        let result = Self::link_loop(&tmp, &path);
+        let _ = std::fs::remove_file(&tmp);
+        if result.is_ok() {
+            // Holding the lock, clear what killed runs left of their own
+            // attempts (never another program's files, never a live one's).
+            remove_dead_tmp_locks(dir, &file_name);
+        }
+        result
+    }
+
+    fn link_loop(tmp: &Path, path: &Path) -> io::Result<DotLock> {
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match std::fs::hard_link(tmp, path) {
+                Ok(()) => return Ok(DotLock { path: Some(path.to_owned()) }),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                    if is_stale(&path) {
-                        let _ = std::fs::remove_file(&path);
+                    if let Some(stale) = stale_lock(path) {
+                        // Remove only the very file judged stale, not a new
+                        // lock someone made meanwhile.
+                        if std::fs::symlink_metadata(path).is_ok_and(|m| (m.dev(), m.ino()) == stale) {
+                            let _ = std::fs::remove_file(path);
+                        }
                         continue;
                     }
                     if Instant::now() > deadline {
-                        return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{} is held", path.display())));
+                        return Err(io::Error::new(
+                            io::ErrorKind::WouldBlock,
+                            format!("{} is held by a running program", path.display()),
+                        ));
                     }
                     std::thread::sleep(Duration::from_millis(100));
                 }
-                Err(e) => return Err(e),
+                // NFS: the link may have worked though its reply was lost
+                // (liblockfile checks the link count the same way).
+                Err(e) => {
+                    if std::fs::metadata(tmp).is_ok_and(|m| m.nlink() == 2) {
+                        return Ok(DotLock { path: Some(path.to_owned()) });
+                    }
+                    return Err(e);
+                }
             }
         }
     }
 }
 
-fn is_stale(lock: &Path) -> bool {
-    let Ok(meta) = std::fs::metadata(lock) else { return false };
-    let age = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64 - meta.mtime())
-        .unwrap_or(0);
-    if age > 600 {
-        return true;
+/// `Some((dev, inode))` of the lock if it is stale.
+fn stale_lock(lock: &Path) -> Option<(u64, u64)> {
+    let meta = std::fs::symlink_metadata(lock).ok()?;
+    let age = age_of(&meta);
+    let id = (meta.dev(), meta.ino());
+    if age > LOCK_STALE {
+        return Some(id);
     }
     let pid = std::fs::read_to_string(lock).ok().and_then(|s| s.trim().parse::<i32>().ok());
     match pid.and_then(rustix::process::Pid::from_raw) {
-        Some(pid) => matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH)),
-        // Written by a program that leaves it empty: go by age only.
-        None => false,
+        Some(pid) => process_is_gone(pid).then_some(id),
+        // Empty, unreadable or not a pid: a program that crashed before
+        // writing it, or one that never does; go by age.
+        None => (age > EMPTY_LOCK_STALE).then_some(id),
+    }
+}
+
+fn process_is_gone(pid: rustix::process::Pid) -> bool {
+    matches!(rustix::process::test_kill_process(pid), Err(rustix::io::Errno::SRCH))
+}
+
+fn age_of(meta: &std::fs::Metadata) -> Duration {
+    meta.modified().ok().and_then(|m| m.elapsed().ok()).unwrap_or_default()
+}
+
+/// Removes `.NAME.lock-pobox.<pid>.<random>` files of dead processes that
+/// have not been touched for [`EMPTY_LOCK_STALE`]: the temporary lock file
+/// of a fetch killed before it could link or remove it.
+fn remove_dead_tmp_locks(dir: &Path, file_name: &str) {
+    let prefix = format!(".{file_name}{TMP_MARK}");
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(&prefix)) else { continue };
+        let Some(raw) = rest.split('.').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        let Some(pid) = rustix::process::Pid::from_raw(raw) else { continue };
+        if i64::from(raw) == i64::from(std::process::id()) || !process_is_gone(pid) {
+            continue;
+        }
+        if e.metadata().is_ok_and(|m| m.is_file() && age_of(&m) > EMPTY_LOCK_STALE) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -345,5 +441,62 @@ mod tests {
         let t = Instant::now();
         dest.deliver(None, &mut spool_of(b"x\n"), &mut j, 0).unwrap();
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    fn age(path: &Path, secs: u64) {
+        let f = File::options().write(true).open(path).unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs)).unwrap();
+    }
+
+    #[test]
+    fn empty_dotlock_left_by_a_crash_is_taken_over_after_seconds() {
+        // What an O_EXCL-then-write lock left when killed in between; it
+        // used to block every run for ten minutes.
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("mbox");
+        let lock = dir.path().join("mbox.lock");
+        std::fs::write(&lock, "").unwrap();
+        assert_eq!(stale_lock(&lock), None, "a fresh empty lock may be a live writer's");
+        age(&lock, 10);
+        assert!(stale_lock(&lock).is_some());
+        let dest = MboxDest::open(&mbox).unwrap();
+        let mut j = Journal::open(dir.path(), "a@b:1").unwrap();
+        let t = Instant::now();
+        dest.deliver(None, &mut spool_of(b"x\n"), &mut j, 0).unwrap();
+        assert!(t.elapsed() < Duration::from_secs(5), "waited {:?}", t.elapsed());
+        assert!(!lock.exists());
+        // A live process's lock is never stale, however fresh.
+        std::fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+        assert_eq!(stale_lock(&lock), None);
+    }
+
+    #[test]
+    fn the_lock_holds_our_pid_and_killed_runs_temp_files_are_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mbox = dir.path().join("mbox");
+        let dead = dir.path().join(".mbox.lock-pobox.4194305.0000abcd");
+        let dead_young = dir.path().join(".mbox.lock-pobox.4194305.0000abce");
+        let live = dir.path().join(format!(".mbox.lock-pobox.{}.0000abcf", std::process::id()));
+        let foreign = dir.path().join(".mbox.lock-other.4194305");
+        for f in [&dead, &dead_young, &live, &foreign] {
+            std::fs::write(f, "1\n").unwrap();
+        }
+        for f in [&dead, &live, &foreign] {
+            age(f, 60);
+        }
+        let held = DotLock::acquire(&mbox).unwrap();
+        let lock = dir.path().join("mbox.lock");
+        assert_eq!(std::fs::read_to_string(&lock).unwrap(), format!("{}\n", std::process::id()));
+        assert!(!dead.exists(), "a dead run's temp lock file must go");
+        assert!(dead_young.exists() && live.exists() && foreign.exists(), "only old files of dead pobox runs go");
+        let ours: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(&format!("pobox.{}.", std::process::id())))
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(ours.len(), 1, "our own temp file is gone once linked: {ours:?}");
+        drop(held);
+        assert!(!lock.exists());
     }
 }

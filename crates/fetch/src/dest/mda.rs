@@ -4,14 +4,17 @@
 //!
 //! Because the whole message is spooled before the command starts, an MDA
 //! never sees a truncated message (fetchmail streams into its MDA and hands
-//! it half a message when the connection drops).
+//! it half a message when the connection drops). Its standard input is the
+//! spool file itself, not a pipe we feed: if `pobox fetch` is killed while
+//! the MDA runs, the MDA still reads the whole message, where a pipe would
+//! end early and look like a short message.
 //!
 //! Exactly-once has one gap here that no file name can close: if the process
 //! dies between the MDA's exit 0 and the journal's fsync, the next run
 //! delivers again. The environment carries `POBOX_MESSAGE_ID` (stable across
 //! runs) so an MDA that cares can drop the duplicate.
 
-use std::io::{self, Read, Write};
+use std::io::Read;
 use std::process::{Command, Stdio};
 
 use super::{Delivery, DestError, MessageId};
@@ -38,43 +41,29 @@ impl MdaDest {
     /// [`DestError::MdaSpawn`] or [`DestError::MdaFailed`].
     pub fn deliver(&self, id: MessageId<'_>, spool: &mut Spool) -> Result<Delivery, DestError> {
         let spawn_err = |source| DestError::MdaSpawn { command: self.command.clone(), source };
+        let input = spool.as_file().and_then(|f| f.try_clone()).map_err(DestError::Spool)?;
         let mut child = Command::new("/bin/sh")
             .arg("-c")
             .arg(&self.command)
             .env("POBOX_MESSAGE_ID", id.base)
             .env("POBOX_ACCOUNT", id.account)
             .env("POBOX_UIDL", id.uidl.unwrap_or(""))
-            .stdin(Stdio::piped())
+            .stdin(Stdio::from(input))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
             .map_err(spawn_err)?;
-        let mut stdin = child.stdin.take().expect("stdin was piped");
         let mut stderr = child.stderr.take().expect("stderr was piped");
-        let mut reader = spool.reader().map_err(DestError::Spool)?;
-        // Feed stdin while draining stderr, so a chatty MDA cannot deadlock
-        // us by filling its stderr pipe while we fill its stdin.
-        let (fed, tail) = std::thread::scope(|s| {
-            let drain = s.spawn(move || {
-                let mut all = Vec::new();
-                let _ = stderr.read_to_end(&mut all);
-                let start = all.len().saturating_sub(STDERR_TAIL);
-                String::from_utf8_lossy(&all[start..]).trim().to_string()
-            });
-            let fed = io::copy(&mut reader, &mut stdin).and_then(|_| stdin.flush());
-            drop(stdin);
-            (fed, drain.join().unwrap_or_default())
-        });
+        let mut all = Vec::new();
+        let _ = stderr.read_to_end(&mut all);
+        let start = all.len().saturating_sub(STDERR_TAIL);
+        let tail = String::from_utf8_lossy(&all[start..]).trim().to_string();
         let status = child.wait().map_err(spawn_err)?;
         if !status.success() {
             return Err(DestError::MdaFailed { command: self.command.clone(), status: status.to_string(), stderr: tail });
         }
-        // Exit 0 is the MDA's word that it delivered, even if it chose not
-        // to read all of stdin (EPIPE here); anything else is an error.
-        match fed {
-            Err(e) if e.kind() != io::ErrorKind::BrokenPipe => Err(spawn_err(e)),
-            _ => Ok(Delivery::Stored),
-        }
+        // Exit 0 is the MDA's word that it delivered.
+        Ok(Delivery::Stored)
     }
 }
 

@@ -1,6 +1,11 @@
 //! Shared test harness: a private Dovecot on loopback, a `pobox serve`
 //! instance, a fault-injecting proxy, test messages, and a runner for the
-//! `pobox-fetch-dev` binary. Everything binds 127.0.0.1 and has timeouts.
+//! real entry point, `pobox --config FILE fetch` (the `pobox` binary of this
+//! workspace). Everything binds 127.0.0.1 and has timeouts.
+//!
+//! A test that cannot run because a tool is missing fails, naming the
+//! Debian package; with `POBOX_ALLOW_SKIP=1` it says why on stderr and
+//! returns instead (see [`require`]).
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -43,6 +48,51 @@ pub fn write_cert(dir: &Path) -> (PathBuf, PathBuf) {
     (cert, key)
 }
 
+/// Whether a test may run: true when `path` exists. Otherwise the test
+/// fails naming `package`, unless `POBOX_ALLOW_SKIP=1` is set, in which
+/// case this prints why and returns false (the caller returns).
+pub fn require(path: &str, package: &str) -> bool {
+    if Path::new(path).exists() {
+        return true;
+    }
+    let why = format!("{path} is missing: apt-get install -y {package}");
+    if std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1") {
+        eprintln!("SKIP (POBOX_ALLOW_SKIP=1): {why}");
+        return false;
+    }
+    panic!("{why} (or set POBOX_ALLOW_SKIP=1 to skip this test)");
+}
+
+/// The workspace's `pobox` binary (or `POBOX_BIN`). `cargo test
+/// --workspace` builds it before any test runs; with `-p pobox-fetch` alone
+/// it may be missing or older than the fetcher's sources, and a test must
+/// not pass against old code, so both are failures.
+pub fn pobox_bin() -> PathBuf {
+    if let Some(b) = std::env::var_os("POBOX_BIN") {
+        return PathBuf::from(b);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+    let bin = target.join("debug/pobox");
+    let built = std::fs::metadata(&bin)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|_| panic!("{} does not exist: run `cargo build -p pobox` first, or set POBOX_BIN", bin.display()));
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    for dir in [root.join("src"), root.join("src/dest"), root.join("../pobox/src"), root.join("../pobox/src/cli")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let changed = e.metadata().and_then(|m| m.modified()).unwrap_or(built);
+            assert!(
+                changed <= built,
+                "{} is older than {}: run `cargo build -p pobox` (or set POBOX_BIN)",
+                bin.display(),
+                e.path().display()
+            );
+        }
+    }
+    bin
+}
+
 fn is_root() -> bool {
     rustix::process::geteuid().is_root()
 }
@@ -61,17 +111,31 @@ pub struct Dovecot {
 }
 
 impl Dovecot {
-    /// Starts Dovecot, or returns None (printing why) if it is not installed.
+    /// Starts Dovecot with a self-signed certificate for `localhost`; see
+    /// [`require`] for when it is not installed.
     pub fn start() -> Option<Dovecot> {
-        let bin = ["/usr/sbin/dovecot", "/usr/local/sbin/dovecot"].into_iter().find(|p| Path::new(p).exists());
-        let Some(bin) = bin else {
-            eprintln!("SKIP: dovecot not installed (apt-get install -y dovecot-pop3d)");
+        Dovecot::start_with(None)
+    }
+
+    /// Starts Dovecot with the given certificate and key (PEM), or a fresh
+    /// self-signed one.
+    pub fn start_with(cert_key: Option<(PathBuf, PathBuf)>) -> Option<Dovecot> {
+        if !require("/usr/sbin/dovecot", "dovecot-pop3d") {
             return None;
-        };
+        }
+        let bin = "/usr/sbin/dovecot";
         let dir = tempfile::tempdir().unwrap();
         // Dovecot's unprivileged processes must traverse it.
         set_mode(dir.path(), 0o755);
-        let (cert, key) = write_cert(dir.path());
+        let (cert, key) = match cert_key {
+            Some((c, k)) => {
+                let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+                std::fs::copy(c, &cert).unwrap();
+                std::fs::copy(k, &key).unwrap();
+                (cert, key)
+            }
+            None => write_cert(dir.path()),
+        };
         let (pop3, pop3s) = (free_port(), free_port());
         let d = dir.path().display();
         // As root, Dovecot insists on unprivileged login/mail users; as an
@@ -206,7 +270,7 @@ impl Drop for Dovecot {
     }
 }
 
-fn set_mode(p: &Path, mode: u32) {
+pub fn set_mode(p: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
 }
@@ -245,9 +309,8 @@ pub fn local_messages(maildir: &Path) -> Vec<Vec<u8>> {
     out
 }
 
-/// [`assert_exactly_once`], plus nothing left in `tmp/` (for runs that
-/// were not SIGKILLed: a killed writer leaves its tmp file for the 36-hour
-/// reaper, by Maildir convention, but never a file in new/ or cur/).
+/// [`assert_exactly_once`], plus nothing left in `tmp/` (a killed writer
+/// leaves its tmp file; the next run removes it once it is a minute old).
 pub fn assert_exactly_once_clean(maildir: &Path, expected: &[Vec<u8>]) {
     assert_exactly_once(maildir, expected);
     let tmp = std::fs::read_dir(maildir.join("tmp")).map(|r| r.count()).unwrap_or(0);
@@ -289,19 +352,38 @@ impl Setup {
             maildir.display()
         );
         std::fs::write(&config, text).unwrap();
+        // It holds a password: anything wider is refused.
+        set_mode(&config, 0o600);
         Setup { dir, config, maildir }
     }
 
+    /// `pobox --config FILE fetch ARGS`, with no `POBOX_*` variables from
+    /// the environment of whoever runs the tests.
     pub fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_pobox-fetch-dev"));
-        c.arg("--config").arg(&self.config).args(args);
+        let mut c = Command::new(pobox_bin());
+        c.arg("--config").arg(&self.config).arg("fetch").args(args);
+        for v in ["POBOX_CONFIG", "POBOX_DATA", "POBOX_FETCH_CONFIG", "POBOX_FETCH_FAULT"] {
+            c.env_remove(v);
+        }
         c.stdin(Stdio::null());
         c
     }
 
+    /// Replaces `from` with `to` in the config file.
+    pub fn edit(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(from), "{from:?} not in the config");
+        std::fs::write(&self.config, text.replace(from, to)).unwrap();
+    }
+
     /// Runs a fetch to completion (bounded to 120 s).
     pub fn run(&self, args: &[&str]) -> Output {
-        let mut child = self.command(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+        self.run_cmd(self.command(args))
+    }
+
+    /// Runs a prepared command to completion (bounded to 120 s).
+    pub fn run_cmd(&self, mut cmd: Command) -> Output {
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
         let start = Instant::now();
         loop {
             if child.try_wait().unwrap().is_some() {
@@ -448,22 +530,23 @@ pub struct PoboxServe {
 
 impl PoboxServe {
     pub fn start() -> Option<PoboxServe> {
-        // `cargo test --workspace` builds the pobox binary before running
-        // any test, so by default use it from the shared target directory.
-        let bin = std::env::var_os("POBOX_BIN").map(PathBuf::from).unwrap_or_else(|| {
-            let target = std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target"));
-            target.join("debug/pobox")
-        });
-        assert!(
-            bin.exists(),
-            "{} does not exist: run `cargo build -p pobox` first, or set POBOX_BIN",
-            bin.display()
-        );
+        PoboxServe::start_with(None)
+    }
+
+    /// `pobox serve` with this certificate and key (PEM) in its data
+    /// directory's `tls/`, or one it generates.
+    pub fn start_with(cert_key: Option<(PathBuf, PathBuf)>) -> Option<PoboxServe> {
+        let bin = pobox_bin();
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
+        if let Some((c, k)) = cert_key {
+            std::fs::create_dir_all(data.join("tls")).unwrap();
+            std::fs::copy(c, data.join("tls/cert.pem")).unwrap();
+            std::fs::copy(k, data.join("tls/key.pem")).unwrap();
+            set_mode(&data.join("tls/key.pem"), 0o600);
+        }
         let mut add = Command::new(&bin)
+            .env_remove("POBOX_CONFIG")
             .arg("--data")
             .arg(&data)
             .args(["user", "add", USER, "--password-stdin"])
@@ -475,6 +558,7 @@ impl PoboxServe {
         assert!(add.wait().unwrap().success(), "pobox user add failed");
         let (pop3, pop3s) = (free_port(), free_port());
         let child = Command::new(&bin)
+            .env_remove("POBOX_CONFIG")
             .arg("--data")
             .arg(&data)
             .args(["serve", "--pop3", &format!("127.0.0.1:{pop3}"), "--pop3s", &format!("127.0.0.1:{pop3s}"), "--lmtp", "none", "--smtp", "none"])
@@ -511,4 +595,63 @@ impl Drop for PoboxServe {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `openssl req -x509`'s self-signed certificate for `localhost`, as a user
+/// makes one: Debian's openssl.cnf marks it `basicConstraints CA:TRUE`.
+/// Returns (cert, key) in `dir`.
+pub fn openssl_self_signed(dir: &Path) -> Option<(PathBuf, PathBuf)> {
+    if !require("/usr/bin/openssl", "openssl") {
+        return None;
+    }
+    let (cert, key) = (dir.join("x509-cert.pem"), dir.join("x509-key.pem"));
+    let o = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "30"])
+        .args(["-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "openssl req failed: {}", String::from_utf8_lossy(&o.stderr));
+    let text = Command::new("openssl").args(["x509", "-noout", "-text", "-in"]).arg(&cert).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("CA:TRUE"),
+        "this openssl made no CA:TRUE certificate, so the test would prove nothing"
+    );
+    Some((cert, key))
+}
+
+/// Parses an mboxrd file into its messages (the `From ` lines removed, one
+/// `>` taken off quoted `From ` lines, the separator line dropped).
+pub fn mbox_messages(path: &Path) -> Vec<Vec<u8>> {
+    let text = std::fs::read(path).unwrap_or_default();
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    for line in text.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b"From ") {
+            out.push(Vec::new());
+            continue;
+        }
+        let cur = out.last_mut().expect("an mbox starts with a From line");
+        let quoted = line.iter().position(|&b| b != b'>').is_some_and(|p| p > 0 && line[p..].starts_with(b"From "));
+        cur.extend_from_slice(if quoted { &line[1..] } else { line });
+    }
+    for m in &mut out {
+        assert_eq!(m.pop(), Some(b'\n'), "each entry ends with a blank separator line");
+    }
+    out
+}
+
+/// Every expected message exactly once, byte for byte, and nothing else.
+pub fn assert_each_once(found: &[Vec<u8>], expected: &[Vec<u8>], what: &str) {
+    let mut counts: HashMap<&[u8], usize> = HashMap::new();
+    for m in found {
+        *counts.entry(m.as_slice()).or_default() += 1;
+    }
+    for (i, m) in expected.iter().enumerate() {
+        let n = counts.get(m.as_slice()).copied().unwrap_or(0);
+        assert_eq!(n, 1, "{what}: message {i} is stored {n} times (byte-exact)");
+    }
+    assert_eq!(found.len(), expected.len(), "{what}: unexpected extra entries");
 }
