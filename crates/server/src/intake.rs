@@ -20,11 +20,13 @@
 //!   the sender sees, never a silent loss.
 //! - **LMTP keeps it as content.** The peer is the local MTA, which has
 //!   already accepted the message: a `5xx` here bounces mail the MTA took
-//!   responsibility for. Postfix's own LMTP client writes every line of its
-//!   queue file with CRLF, so a bare LF never comes from it; but Postfix's
-//!   `smtpd` keeps a bare CR inside a line (only LF ends its lines) and
-//!   passes it on, as other MTAs may. Stored, a bare LF is a line end (the
-//!   Maildir keeps LF endings) and a bare CR stays a byte, as before.
+//!   responsibility for, and the MTA is where Internet-facing policy
+//!   belongs. Postfix sends clean lines anyway: its LMTP client writes every
+//!   queue-file line with CRLF and its cleanup turns a bare CR into a space
+//!   (seen in `tests/postfix_data.rs`), but other MTAs, scripts and
+//!   fetchers speaking LMTP may pass either on. Stored, a bare LF is a line
+//!   end (the Maildir keeps LF endings) and a bare CR stays a byte, as
+//!   before.
 
 use std::ops::Range;
 use std::sync::Arc;
