@@ -1,7 +1,8 @@
-//! End of DATA over real sockets (issue 17, findings 2 and 5): only
+//! End of DATA over real sockets (issue 17, findings 2, 4 and 5): only
 //! `<CRLF>.<CRLF>` ends a message on SMTP and LMTP, whatever CR/LF/dot
-//! combinations the peer sends and however TCP splits them; unknown
-//! recipients count toward the SMTP hard error limit.
+//! combinations the peer sends and however TCP splits them; big messages
+//! go through the spool intact, within the budgets; unknown recipients
+//! count toward the SMTP hard error limit.
 //!
 //! The receiver itself is unit-tested at every split point in
 //! `src/intake.rs`; here the same sequences go through the listeners, the
@@ -52,10 +53,21 @@ fn config() -> Config {
 }
 
 fn start(config: Config) -> TestServer {
+    start_with(config, |_| {})
+}
+
+/// `setup` runs in the data dir before the server starts; Sieve scripts
+/// are in `<dir>/sieve`, the spool is `<dir>/spool`.
+fn start_with(mut config: Config, setup: impl FnOnce(&std::path::Path)) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let users = UserDb::open(dir.path().join("users"));
     for u in ["alice", "bob"] {
         users.add(u, b"pw").unwrap();
+    }
+    setup(dir.path());
+    config.sieve.user_dir = Some(dir.path().join("sieve"));
+    if config.spool_dir.is_none() {
+        config.spool_dir = Some(dir.path().join("spool"));
     }
     let location = MailLocation::new(format!("{}/mail/{{user}}", dir.path().display())).unwrap();
     let store = MaildirStore::new(location);
@@ -407,4 +419,205 @@ fn lmtp_bad_commands_hit_a_limit_but_unknown_recipients_do_not() {
     let last = c.line();
     assert!(last.starts_with("421 4.7.0"), "{last}");
     assert_eq!(c.line(), "", "closed after the 421");
+}
+
+// ---------------------------------------------------------------------------
+// Big messages: spool, budgets, streaming (finding 4)
+// ---------------------------------------------------------------------------
+
+/// A message of about `size` bytes in CRLF lines, some starting with a dot.
+fn big_message(size: usize, headers: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut content = headers.as_bytes().to_vec();
+    content.extend_from_slice(b"\r\n");
+    let mut i = 0u64;
+    while content.len() < size {
+        i += 1;
+        let line = if i % 7 == 0 { format!(".dot line {i}\r\n") } else { format!("line {i} {}\r\n", "x".repeat((i % 90) as usize)) };
+        content.extend_from_slice(line.as_bytes());
+    }
+    // As sent: dots stuffed, final dot.
+    let mut wire = Vec::new();
+    for line in content.split_inclusive(|&b| b == b'\n') {
+        if line.starts_with(b".") {
+            wire.push(b'.');
+        }
+        wire.extend_from_slice(line);
+    }
+    wire.extend_from_slice(b".\r\n");
+    // As stored: LF line ends.
+    let stored = String::from_utf8(content).unwrap().replace("\r\n", "\n").into_bytes();
+    (wire, stored)
+}
+
+fn spool_files(s: &TestServer) -> usize {
+    std::fs::read_dir(s.dir.path().join("spool")).map(|d| d.count()).unwrap_or(0)
+}
+
+#[test]
+fn big_smtp_message_is_spooled_stored_whole_for_every_recipient_and_forged_results_removed() {
+    let s = start(config());
+    let (wire, stored) = big_message(
+        3 * 1024 * 1024,
+        "Authentication-Results: mx.example.org; spf=pass smtp.mailfrom=ceo@example.org\r\n\
+         \tdkim=pass\r\nFrom: a@sender.test\r\nAuthentication-Results: other.example; none\r\nSubject: big",
+    );
+    let mut c = Client::smtp(&s.smtp);
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<bob@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    // Sent in uneven pieces.
+    for piece in wire.chunks(77_777) {
+        c.send(piece);
+    }
+    let r = c.reply();
+    assert!(r.starts_with("250"), "{r}");
+    for user in ["alice", "bob"] {
+        let m = s.messages(user);
+        assert_eq!(m.len(), 1, "{user}");
+        let m = &m[0];
+        let body_start = m.windows(9).position(|w| w == b"From: a@s").expect("message follows the trace fields");
+        let mut want = stored.clone();
+        // The forged field (with its continuation) is gone, the other kept.
+        let forged = b"Authentication-Results: mx.example.org; spf=pass smtp.mailfrom=ceo@example.org\n\tdkim=pass\n";
+        assert!(want.starts_with(forged));
+        want.drain(..forged.len());
+        assert!(m[body_start..] == want[..], "{user}: stored message differs ({} vs {} bytes)", m.len() - body_start, want.len());
+    }
+    assert_eq!(spool_files(&s), 0, "the spool file has no name, nothing left");
+}
+
+#[test]
+fn big_lmtp_message_meets_sieve_with_its_real_size() {
+    let s = start_with(config(), |dir| {
+        std::fs::create_dir_all(dir.join("sieve")).unwrap();
+        std::fs::write(
+            dir.join("sieve/alice.sieve"),
+            "require \"fileinto\";\nif allof (size :over 1M, header :contains \"subject\" \"big\") { fileinto \"Big\"; }\n",
+        )
+        .unwrap();
+    });
+    let (wire, stored) = big_message(2 * 1024 * 1024, "From: a@sender.test\r\nSubject: a big one");
+    let mut c = Client::lmtp(&s.lmtp);
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(&wire);
+    let r = c.reply();
+    assert!(r.starts_with("250"), "{r}");
+    assert!(s.messages("alice").is_empty(), "filed, not in the inbox");
+    let folder = s.dir.path().join("mail/alice/.Big/new");
+    let files: Vec<_> = std::fs::read_dir(&folder).unwrap().map(|e| e.unwrap().path()).collect();
+    assert_eq!(files.len(), 1);
+    assert!(std::fs::read(&files[0]).unwrap().ends_with(&stored));
+}
+
+#[test]
+fn in_flight_budget_answers_452_and_the_next_small_message_goes_through() {
+    let config = Config { data_in_flight_max: 1024 * 1024, ..config() };
+    let s = start(config);
+    let (wire, _) = big_message(2 * 1024 * 1024, "Subject: too much");
+    for (mut c, name) in [(Client::smtp(&s.smtp), "smtp"), (Client::lmtp(&s.lmtp), "lmtp")] {
+        assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(&wire);
+        let r = c.reply();
+        assert!(r.starts_with("452 4.3.1"), "{name}: {r}");
+        assert!(s.messages("alice").is_empty(), "{name}");
+        assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(b"Subject: small\r\n\r\nfits\r\n.\r\n");
+        assert!(c.reply().starts_with("250"), "{name}: the budget was given back");
+        s.clear();
+    }
+}
+
+#[test]
+fn tiny_memory_budget_spills_small_messages_and_an_unusable_spool_refuses_only_big_ones() {
+    // Memory budget smaller than one message: it goes to the spool.
+    let s = start(Config { data_memory_max: 10, ..config() });
+    let mut c = Client::smtp(&s.smtp);
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: small\r\n\r\nspilled\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    assert!(s.messages("alice")[0].ends_with(b"Subject: small\n\nspilled\n"));
+    drop(c);
+    drop(s);
+    // The spool "directory" is a file: small mail still flows, big gets 452.
+    let blocker = tempfile::NamedTempFile::new().unwrap();
+    let s = start(Config { spool_dir: Some(blocker.path().to_path_buf()), ..config() });
+    let mut c = Client::smtp(&s.smtp);
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(b"Subject: small\r\n\r\nin memory\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    let (wire, _) = big_message(300 * 1024, "Subject: big");
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    c.send(&wire);
+    let r = c.reply();
+    assert!(r.starts_with("452 4.3.1"), "{r}");
+    assert_eq!(s.messages("alice").len(), 1);
+}
+
+#[test]
+fn lmtp_data_deadline_cuts_off_a_trickle() {
+    let s = start(Config { data_timeout: Duration::from_secs(2), ..config() });
+    let mut c = Client::lmtp(&s.lmtp);
+    assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+    assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(c.cmd("DATA").starts_with("354"));
+    let started = std::time::Instant::now();
+    c.writer.set_nonblocking(false).unwrap();
+    c.reader.get_ref().set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut reply = String::new();
+    // One byte every 100 ms, at most 100 of them (10 s).
+    for _ in 0..100 {
+        if c.writer.write_all(b"x").is_err() {
+            break;
+        }
+        let mut l = Vec::new();
+        if c.reader.read_until(b'\n', &mut l).is_ok() && !l.is_empty() {
+            reply = String::from_utf8_lossy(&l).into_owned();
+            break;
+        }
+    }
+    assert!(reply.starts_with("421 4.4.2"), "{reply:?} after {:?}", started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(8));
+    assert!(s.messages("alice").is_empty());
+}
+
+#[test]
+fn spooled_message_is_checked_whole_within_the_memory_budget_else_spf_only() {
+    let checks = MailAuthConfig {
+        enabled: true,
+        // Nothing listens there: only the static record answers.
+        resolver: pobox_server::config::DnsResolver::Servers(vec!["127.0.0.1:9".parse().unwrap()]),
+        static_txt: vec![("sender.test".into(), "v=spf1 ip4:127.0.0.1 -all".into())],
+        timeout: Duration::from_secs(10),
+    };
+    for (memory, whole) in [(32 * 1024 * 1024, true), (10, false)] {
+        let s = start(Config { mail_auth: checks.clone(), data_memory_max: memory, ..config() });
+        let (wire, _) = big_message(400 * 1024, "From: a@sender.test\r\nSubject: checked");
+        let mut c = Client::smtp(&s.smtp);
+        assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
+        assert!(c.cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send(&wire);
+        assert!(c.reply().starts_with("250"));
+        let m = s.messages("alice");
+        let text = String::from_utf8_lossy(&m[0]);
+        let ar = text.lines().find(|l| l.starts_with("Authentication-Results: mx.example.org")).expect("our header");
+        assert!(ar.contains("spf=pass") || text.contains("spf=pass"), "{ar}");
+        // A DMARC result (which needs the DKIM check of the whole message)
+        // appears only when the message was loaded; else SPF alone.
+        let head: String = text.lines().take(12).collect::<Vec<_>>().join("\n");
+        assert_eq!(text.contains("dmarc="), whole, "memory budget {memory}: {head}");
+    }
 }
