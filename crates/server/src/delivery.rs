@@ -46,7 +46,8 @@ pub struct Rcpt<'a> {
 /// start of the body. A big message is streamed from its spool file to the
 /// store; loading it whole for Sieve would undo that. `size` tests still
 /// see the real size ([`pobox_sieve::Message::head`]); `body` tests on a
-/// longer message see its first MiB.
+/// longer message see its first MiB (LMTP and SMTP charge it to the DATA
+/// memory budget and give Sieve 64 KiB when the budget has no room).
 pub const SIEVE_HEAD_MAX: usize = 1024 * 1024;
 
 /// A message to deliver, readable once per copy (recipient, folder)

@@ -29,13 +29,18 @@
 //!   before.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pobox_proto::data::DataReceiver;
 
 use crate::delivery::Source;
-use crate::spool::{Budget, Message, Refusal, Sink};
+use crate::spool::{Budget, Charge, Message, Refusal, Sink};
+
+/// What Sieve sees of a copy when the memory budget has no room for its
+/// usual [`crate::delivery::SIEVE_HEAD_MAX`]: enough for the header
+/// section of nearly every message.
+const SMALL_HEAD: usize = 64 * 1024;
 
 /// Keeps peer-supplied text from breaking a header or reply line.
 pub(crate) fn sanitize(s: &str) -> String {
@@ -89,9 +94,19 @@ impl Body {
 /// some byte ranges left out (forged `Authentication-Results`), read from
 /// memory or the spool as the store writes it: never assembled in memory.
 pub(crate) struct Copy<'a> {
-    pub(crate) trace: &'a [u8],
-    pub(crate) message: &'a Message,
-    pub(crate) skip: &'a [Range<u64>],
+    trace: &'a [u8],
+    message: &'a Message,
+    skip: &'a [Range<u64>],
+    budget: &'a Arc<Budget>,
+    /// The memory charge for the head Sieve reads, held until the copy is
+    /// stored (the head lives as long as the delivery).
+    head_charge: Mutex<Option<Charge>>,
+}
+
+impl<'a> Copy<'a> {
+    pub(crate) fn new(trace: &'a [u8], message: &'a Message, skip: &'a [Range<u64>], budget: &'a Arc<Budget>) -> Self {
+        Copy { trace, message, skip, budget, head_charge: Mutex::new(None) }
+    }
 }
 
 impl Source for Copy<'_> {
@@ -102,8 +117,18 @@ impl Source for Copy<'_> {
 
     fn head(&self, max: usize) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
         use std::io::Read;
+        // Charged to the DATA memory budget, so many big deliveries with
+        // Sieve at once cannot add up past it; without room, a small head.
+        let want = (max as u64).min(self.size());
+        let limit = match Charge::memory_for(self.budget, want) {
+            Some(charge) => {
+                *self.head_charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(charge);
+                want
+            }
+            None => want.min(SMALL_HEAD as u64),
+        };
         let mut out = Vec::new();
-        self.reader().take(max as u64).read_to_end(&mut out)?;
+        self.reader().take(limit).read_to_end(&mut out)?;
         Ok(out.into())
     }
 

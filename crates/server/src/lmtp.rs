@@ -348,7 +348,7 @@ impl Session {
             let result = tokio::task::spawn_blocking(move || {
                 // Trace fields, then the message streamed from memory or
                 // the spool: no per-recipient copy of the message.
-                let copy = Copy { trace: header.as_bytes(), message: &body, skip: &[] };
+                let copy = Copy::new(header.as_bytes(), &body, &[], &svc2.intake);
                 let env = Rcpt { from: &sender, to: &address, user: &user };
                 svc2.pipeline.deliver_from(&env, &copy)
             })

@@ -528,7 +528,7 @@ impl Session {
             let result = tokio::task::spawn_blocking(move || {
                 // Trace fields, then the message minus forged fields,
                 // streamed from memory or the spool: never copied whole.
-                let copy = Copy { trace: header.as_bytes(), message: &body, skip: &skip };
+                let copy = Copy::new(header.as_bytes(), &body, &skip, &svc2.intake);
                 let env = Rcpt { from: &sender, to: &address, user: &user };
                 svc2.pipeline.deliver_from(&env, &copy)
             })

@@ -117,6 +117,13 @@ impl Charge {
         Charge { budget: budget.clone(), memory: 0, in_flight: 0 }
     }
 
+    /// `n` bytes of memory for a passing need (Sieve's view of a copy),
+    /// or `None` when the budget has no room.
+    pub(crate) fn memory_for(budget: &Arc<Budget>, n: u64) -> Option<Charge> {
+        let mut c = Charge::new(budget);
+        c.memory(n).then_some(c)
+    }
+
     fn memory(&mut self, n: u64) -> bool {
         let ok = Budget::take(&self.budget.memory, self.budget.memory_max, n);
         if ok {
@@ -293,10 +300,7 @@ impl Message {
     /// The whole message loaded from its spool file, charged to the memory
     /// budget; `None` when the budget has no room (or reading failed).
     pub(crate) fn load(&self, budget: &Arc<Budget>) -> Option<(Vec<u8>, Charge)> {
-        let mut charge = Charge::new(budget);
-        if !charge.memory(self.len) {
-            return None;
-        }
+        let charge = Charge::memory_for(budget, self.len)?;
         let mut out = Vec::with_capacity(usize::try_from(self.len).ok()?);
         self.reader(&[]).read_to_end(&mut out).ok()?;
         Some((out, charge))
