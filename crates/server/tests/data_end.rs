@@ -432,7 +432,7 @@ fn big_message(size: usize, headers: &str) -> (Vec<u8>, Vec<u8>) {
     let mut i = 0u64;
     while content.len() < size {
         i += 1;
-        let line = if i % 7 == 0 { format!(".dot line {i}\r\n") } else { format!("line {i} {}\r\n", "x".repeat((i % 90) as usize)) };
+        let line = if i.is_multiple_of(7) { format!(".dot line {i}\r\n") } else { format!("line {i} {}\r\n", "x".repeat((i % 90) as usize)) };
         content.extend_from_slice(line.as_bytes());
     }
     // As sent: dots stuffed, final dot.
