@@ -1,7 +1,8 @@
 //! LMTP intake as `crates/server/src/lmtp.rs` drives it: commands are cut
 //! into whole lines by pobox's `LineSplitter` and each line is parsed with
-//! smtp-proto's `Request::parse`; after `DATA`, a `DataReceiver` primed with
-//! a line end (as lmtp.rs does) takes raw bytes until the final dot.
+//! smtp-proto's `Request::parse`; after `DATA`, pobox-proto's `DataReceiver`
+//! takes raw bytes until the final dot (the receiver alone has its own
+//! target, `data_receiver`).
 //!
 //! Properties:
 //! 1. No panic on any input.
@@ -16,7 +17,8 @@
 use libfuzzer_sys::fuzz_target;
 use pobox_proto::line::{LineSplitter, Split};
 use smtp_proto::Request;
-use smtp_proto::request::receiver::{DataReceiver, MAX_LINE_LENGTH};
+use pobox_proto::data::DataReceiver;
+use smtp_proto::request::receiver::MAX_LINE_LENGTH;
 
 #[derive(Debug, PartialEq)]
 enum Event {
@@ -38,9 +40,8 @@ fn drive(chunks: &[&[u8]]) -> Vec<Event> {
         let mut pos = 0;
         while pos < inbuf.len() {
             if let Some(d) = data.as_mut() {
-                let mut bytes = inbuf[pos..].iter();
-                let done = d.ingest(&mut bytes, &mut message);
-                pos = inbuf.len() - bytes.as_slice().len();
+                let (consumed, done) = d.ingest(&inbuf[pos..], &mut message);
+                pos += consumed;
                 if !done {
                     break;
                 }
@@ -57,10 +58,7 @@ fn drive(chunks: &[&[u8]]) -> Vec<Event> {
                         Ok(request) => {
                             let request = request.into_owned();
                             if matches!(request, Request::Data) {
-                                let mut d = DataReceiver::new();
-                                let mut scratch = Vec::new();
-                                d.ingest(&mut b"\r\n".iter(), &mut scratch);
-                                data = Some(d);
+                                data = Some(DataReceiver::new());
                                 message.clear();
                             }
                             events.push(Event::Request(format!("{request:?}")));

@@ -91,6 +91,16 @@ pub struct RawConfig {
     pub smtp_max_connections_per_ip: Option<usize>,
     /// SMTP idle timeout (commands and DATA blocks), seconds; at least 300.
     pub smtp_timeout_secs: Option<u64>,
+    /// SMTP: `5xx` replies to commands before `421` and close (default 20).
+    pub smtp_hard_error_limit: Option<u32>,
+    /// SMTP and LMTP: longest time for a whole DATA, seconds (default 600).
+    pub data_timeout_secs: Option<u64>,
+    /// SMTP and LMTP: DATA bytes held in memory by all sessions (default
+    /// 32 MiB); past it messages spill to the spool early.
+    pub data_memory_max: Option<u64>,
+    /// SMTP and LMTP: DATA bytes held by all unanswered transactions,
+    /// memory and spool (default 1 GiB); past it `452 4.3.1`.
+    pub data_in_flight_max: Option<u64>,
     /// Check SPF, DKIM and DMARC on SMTP mail (Authentication-Results).
     pub check_spf_dkim_dmarc: Option<bool>,
     /// DNS servers for those checks: `"system"` (/etc/resolv.conf) or a
@@ -499,6 +509,28 @@ impl Settings {
                 Some(n) => Duration::from_secs(n),
                 None => defaults.smtp_timeout,
             },
+            smtp_hard_error_limit: match raw.smtp_hard_error_limit {
+                Some(0) => bail!("smtp_hard_error_limit: must be at least 1"),
+                Some(n) => n,
+                None => defaults.smtp_hard_error_limit,
+            },
+            data_timeout: match raw.data_timeout_secs {
+                Some(0) => bail!("data_timeout_secs: must be at least 1"),
+                Some(n) => Duration::from_secs(n),
+                None => defaults.data_timeout,
+            },
+            data_memory_max: match raw.data_memory_max {
+                Some(n) if n < 1024 * 1024 => bail!("data_memory_max: {n} is below 1 MiB (1048576)"),
+                Some(n) => n,
+                None => defaults.data_memory_max,
+            },
+            data_in_flight_max: match raw.data_in_flight_max {
+                Some(n) if n < 1024 * 1024 => bail!("data_in_flight_max: {n} is below 1 MiB (1048576)"),
+                Some(n) => n,
+                None => defaults.data_in_flight_max,
+            },
+            // A directory of the service user's own: see server/src/spool.rs.
+            spool_dir: Some(data_dir.join("spool")),
             mail_auth: pobox_server::config::MailAuthConfig {
                 enabled: raw.check_spf_dkim_dmarc.unwrap_or(true),
                 resolver: dns_resolver(raw.dns_resolver)?,
@@ -819,5 +851,28 @@ mod security_tests {
         assert_eq!(data_dir(None, None).unwrap(), PathBuf::from(DEFAULT_DATA_DIR));
         std::fs::write(&mine, "data_dir = \"rel\"\n").unwrap();
         assert_eq!(data_dir(None, Some(&mine)).unwrap(), dir.path().join("rel"), "relative to the config file");
+    }
+
+    #[test]
+    fn data_keys() {
+        let s = parse("").unwrap();
+        assert_eq!(s.server.smtp_hard_error_limit, 20);
+        assert_eq!(s.server.data_timeout, Duration::from_secs(600));
+        assert_eq!(s.server.data_memory_max, 32 * 1024 * 1024);
+        assert_eq!(s.server.data_in_flight_max, 1024 * 1024 * 1024);
+        assert_eq!(s.server.spool_dir.as_deref(), Some(s.data_dir.join("spool").as_path()));
+        let s = parse(
+            "smtp_hard_error_limit = 5\ndata_timeout_secs = 60\ndata_memory_max = 2097152\n\
+             data_in_flight_max = 10485760\n",
+        )
+        .unwrap();
+        assert_eq!(s.server.smtp_hard_error_limit, 5);
+        assert_eq!(s.server.data_timeout, Duration::from_secs(60));
+        assert_eq!(s.server.data_memory_max, 2 * 1024 * 1024);
+        assert_eq!(s.server.data_in_flight_max, 10 * 1024 * 1024);
+        assert!(parse("smtp_hard_error_limit = 0").is_err());
+        assert!(parse("data_timeout_secs = 0").is_err());
+        assert!(parse("data_memory_max = 1000").is_err());
+        assert!(parse("data_in_flight_max = 1000").is_err());
     }
 }

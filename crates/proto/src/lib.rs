@@ -12,6 +12,7 @@
 //! # Layout
 //! - [`line`]: the bounded CRLF line splitter every parser sits on.
 //! - [`dot`]: RFC 1939 §3 byte-stuffing, LF→CRLF normalisation, the TOP cut.
+//! - [`data`]: the SMTP/LMTP DATA receiver (end of data, dot removal).
 //! - [`pop3::command`]: client commands and their parser.
 //! - [`pop3::response`]: `+OK`/`-ERR` status lines and RFC 2449/3206 codes.
 //! - [`pop3::server`]: the server session (AUTHORIZATION → TRANSACTION → UPDATE).
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod data;
 pub mod dot;
 pub mod line;
 pub mod pop3;

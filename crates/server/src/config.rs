@@ -107,6 +107,22 @@ pub struct Config {
     pub smtp_timeout: Duration,
     /// SMTP: SPF, DKIM and DMARC checks.
     pub mail_auth: MailAuthConfig,
+    /// SMTP: after this many `5xx` replies to commands (unknown recipients,
+    /// bad commands) without a delivery in between, `421 4.7.0` and close,
+    /// like Postfix's `smtpd_hard_error_limit` (20).
+    pub smtp_hard_error_limit: u32,
+    /// SMTP and LMTP: the longest a whole DATA may take, from `354` to the
+    /// final dot, on top of the per-read timeout; past it `421 4.4.2`.
+    pub data_timeout: Duration,
+    /// SMTP and LMTP: DATA bytes all sessions may hold in memory; past it
+    /// messages go to their spool file early.
+    pub data_memory_max: u64,
+    /// SMTP and LMTP: DATA bytes all unanswered transactions may hold
+    /// (memory and spool); past it `452 4.3.1`.
+    pub data_in_flight_max: u64,
+    /// Where messages past 128 KiB are spooled while received (created
+    /// 0700, emptied at startup); `None`: the system temporary directory.
+    pub spool_dir: Option<PathBuf>,
 }
 
 /// Which DNS servers the SPF/DKIM/DMARC checks ask.
@@ -178,6 +194,11 @@ impl Default for Config {
             smtp_max_connections_per_ip: 10,
             smtp_timeout: Duration::from_secs(300),
             mail_auth: MailAuthConfig::default(),
+            smtp_hard_error_limit: 20,
+            data_timeout: Duration::from_secs(600),
+            data_memory_max: 32 * 1024 * 1024,
+            data_in_flight_max: 1024 * 1024 * 1024,
+            spool_dir: None,
         }
     }
 }

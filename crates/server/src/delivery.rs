@@ -9,7 +9,9 @@
 //! time or files into an unusable folder ends in keep (the inbox), and the
 //! problem is logged.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -38,6 +40,40 @@ pub struct Rcpt<'a> {
     pub to: &'a str,
     /// The local user it maps to.
     pub user: &'a str,
+}
+
+/// Sieve reads at most this much of a message: the header section and the
+/// start of the body. A big message is streamed from its spool file to the
+/// store; loading it whole for Sieve would undo that. `size` tests still
+/// see the real size ([`pobox_sieve::Message::head`]); `body` tests on a
+/// longer message see its first MiB (LMTP and SMTP charge it to the DATA
+/// memory budget and give Sieve 64 KiB when the budget has no room).
+pub const SIEVE_HEAD_MAX: usize = 1024 * 1024;
+
+/// A message to deliver, readable once per copy (recipient, folder)
+/// without being held whole in memory.
+pub trait Source: Sync {
+    /// Its size in bytes.
+    fn size(&self) -> u64;
+    /// Its first `max` bytes (all of it if shorter).
+    ///
+    /// # Errors
+    /// If the underlying storage cannot be read.
+    fn head(&self, max: usize) -> io::Result<Cow<'_, [u8]>>;
+    /// A reader from its first byte.
+    fn reader(&self) -> Box<dyn io::Read + '_>;
+}
+
+impl Source for &[u8] {
+    fn size(&self) -> u64 {
+        self.len() as u64
+    }
+    fn head(&self, max: usize) -> io::Result<Cow<'_, [u8]>> {
+        Ok(Cow::Borrowed(&self[..self.len().min(max)]))
+    }
+    fn reader(&self) -> Box<dyn io::Read + '_> {
+        Box::new(*self)
+    }
 }
 
 /// What happened to one recipient's copy.
@@ -107,13 +143,27 @@ impl Pipeline {
     /// Runs the scripts and returns what they decide, storing nothing (for
     /// `pobox sieve test`, and the first half of [`Pipeline::deliver`]).
     pub fn plan(&self, rcpt: &Rcpt<'_>, message: &[u8]) -> Vec<Plan> {
+        self.plan_source(rcpt, &message)
+    }
+
+    /// [`Pipeline::plan`] over a [`Source`]: the scripts see its first
+    /// [`SIEVE_HEAD_MAX`] bytes, read only when a script applies.
+    fn plan_source(&self, rcpt: &Rcpt<'_>, source: &dyn Source) -> Vec<Plan> {
         let scripts = self.scripts_for(rcpt.user);
         if scripts.is_empty() {
             return vec![Plan::Inbox];
         }
+        let head = match source.head(SIEVE_HEAD_MAX) {
+            Ok(h) => h,
+            Err(e) => {
+                warn!(user = rcpt.user, error = %e, "cannot read the message for sieve; the message is kept");
+                return vec![Plan::Inbox];
+            }
+        };
         let refs: Vec<&Script> = scripts.iter().map(|s| s.as_ref()).collect();
         let env = Envelope { from: rcpt.from, to: rcpt.to, auth: None };
-        let outcome = pobox_sieve::execute(&refs, &env, &Message::new(message), &self.limits);
+        let message = Message::head(&head, source.size());
+        let outcome = pobox_sieve::execute(&refs, &env, &message, &self.limits);
         for e in &outcome.errors {
             warn!(user = rcpt.user, error = %e, "sieve runtime error; the message is kept");
         }
@@ -142,7 +192,13 @@ impl Pipeline {
     /// Filters and stores one recipient's copy. `message` is the complete
     /// message including any trace headers the caller added.
     pub fn deliver(&self, rcpt: &Rcpt<'_>, message: &[u8]) -> Outcome {
-        let plans = self.plan(rcpt, message);
+        self.deliver_from(rcpt, &message)
+    }
+
+    /// [`Pipeline::deliver`] from a [`Source`]: each copy is streamed from
+    /// it to the store (LMTP and SMTP pass their spooled message this way).
+    pub fn deliver_from(&self, rcpt: &Rcpt<'_>, message: &dyn Source) -> Outcome {
+        let plans = self.plan_source(rcpt, message);
         if let Some(Plan::Reject(reason)) = plans.iter().find(|p| matches!(p, Plan::Reject(_))) {
             info!(user = rcpt.user, "sieve rejected the message");
             return Outcome::Rejected(reason.clone());
@@ -154,11 +210,11 @@ impl Pipeline {
         let mut stored = Vec::new();
         for plan in plans {
             let result = match &plan {
-                Plan::Inbox => self.store.deliver(rcpt.user, &mut &message[..]).map(|d| (None, d)),
-                Plan::Folder(folder) => match self.store.deliver_to_folder(rcpt.user, folder, &mut &message[..]) {
+                Plan::Inbox => self.store.deliver(rcpt.user, &mut message.reader()).map(|d| (None, d)),
+                Plan::Folder(folder) => match self.store.deliver_to_folder(rcpt.user, folder, &mut message.reader()) {
                     Err(StoreError::InvalidFolder(name)) => {
                         warn!(user = rcpt.user, folder = %name, "sieve fileinto an unusable folder; kept in the inbox");
-                        self.store.deliver(rcpt.user, &mut &message[..]).map(|d| (None, d))
+                        self.store.deliver(rcpt.user, &mut message.reader()).map(|d| (None, d))
                     }
                     other => other.map(|d| (Some(folder.clone()), d)),
                 },

@@ -1,61 +1,139 @@
-//! What LMTP and SMTP intake share: the DATA body receiver and the
-//! sanitising of peer text. One copy, so a fix to either reaches both.
+//! What LMTP and SMTP intake share: the DATA body (receiver, spool, size,
+//! deadline), the copy handed to delivery, and the sanitising of peer text.
+//! One copy, so a fix to either reaches both.
+//!
+//! # Bare CR and bare LF in DATA
+//! Only `<CRLF>.<CRLF>` ends a message (`pobox_proto::data`), so no bare CR
+//! or LF can move a message boundary on either listener, whatever happens
+//! to the message afterwards. What a message that *contains* one deserves
+//! differs by peer:
+//! - **SMTP refuses it** after its end, `550 5.6.0`, and the session goes
+//!   on. RFC 5321 §2.3.8 forbids clients to send either except as CRLF; the
+//!   MTAs that send to port 25 (Postfix, Exim, Exchange, Gmail) do not, so
+//!   what does is a broken script or someone probing for smuggling. Keeping
+//!   such mail would hand on bytes that readers split differently: a bare
+//!   CR is a line end to some mail clients and not to the SPF/DKIM/DMARC
+//!   parser or Sieve, so a header could be hidden from the checks that
+//!   produced `Authentication-Results`. Postfix offers the same refusal
+//!   (`smtpd_forbid_bare_newline = yes`, `521 5.5.2`, which also
+//!   disconnects); sendmail 8.18 refuses by default. A refusal is a bounce
+//!   the sender sees, never a silent loss.
+//! - **LMTP keeps it as content.** The peer is the local MTA, which has
+//!   already accepted the message: a `5xx` here bounces mail the MTA took
+//!   responsibility for, and the MTA is where Internet-facing policy
+//!   belongs. Postfix sends clean lines anyway: its LMTP client writes every
+//!   queue-file line with CRLF and its cleanup turns a bare CR into a space
+//!   (seen in `tests/postfix_data.rs`), but other MTAs, scripts and
+//!   fetchers speaking LMTP may pass either on. Stored, a bare LF is a line
+//!   end (the Maildir keeps LF endings) and a bare CR stays a byte, as
+//!   before.
 
-use std::slice::Iter;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use smtp_proto::request::receiver::{DataReceiver, DummyDataReceiver};
+use pobox_proto::data::DataReceiver;
+
+use crate::delivery::Source;
+use crate::spool::{Budget, Charge, Message, Refusal, Sink};
+
+/// What Sieve sees of a copy when the memory budget has no room for its
+/// usual [`crate::delivery::SIEVE_HEAD_MAX`]: enough for the header
+/// section of nearly every message.
+const SMALL_HEAD: usize = 64 * 1024;
 
 /// Keeps peer-supplied text from breaking a header or reply line.
 pub(crate) fn sanitize(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(256).collect()
 }
 
-/// A message being received after `DATA`: un-dot-stuffed by smtp-proto,
-/// bounded by the configured size.
+/// A message being received after `DATA`.
 pub(crate) struct Body {
+    receiver: DataReceiver,
     sink: Sink,
-    message: Vec<u8>,
-}
-
-enum Sink {
-    Collect(DataReceiver),
-    /// The message exceeded SIZE: swallow the rest and refuse it.
-    Discard(DummyDataReceiver),
+    /// The receiver's output for one read, before it goes to the sink.
+    scratch: Vec<u8>,
+    /// The overall DATA deadline (`data_timeout`): a peer trickling one
+    /// byte per read timeout must not hold a connection and its spool
+    /// file forever.
+    pub(crate) deadline: Instant,
 }
 
 impl Body {
-    /// A receiver for a new message.
-    pub(crate) fn new() -> Body {
-        let mut data = DataReceiver::new();
-        // smtp-proto's receiver starts as if mid-line; prime it with a line
-        // end so a dot on the very first line (an empty message, or a
-        // stuffed "..") is seen as such.
-        let mut scratch = Vec::new();
-        data.ingest(&mut b"\r\n".iter(), &mut scratch);
-        Body { sink: Sink::Collect(data), message: Vec::new() }
+    /// A receiver for a new message of at most `max` bytes.
+    pub(crate) fn new(budget: &Arc<Budget>, max: u64, timeout: Duration) -> Body {
+        Body {
+            receiver: DataReceiver::new(),
+            sink: Sink::new(budget, max),
+            scratch: Vec::new(),
+            deadline: Instant::now() + timeout,
+        }
     }
 
-    /// Feeds DATA bytes; true when the final dot was seen. Past `max`
-    /// octets it stops storing and only looks for the end.
-    pub(crate) fn ingest(&mut self, bytes: &mut Iter<'_, u8>, max: u64) -> bool {
-        match &mut self.sink {
-            Sink::Collect(receiver) => {
-                let done = receiver.ingest(bytes, &mut self.message);
-                if !done && self.message.len() as u64 > max {
-                    self.sink = Sink::Discard(DummyDataReceiver::new_data(receiver));
-                    self.message = Vec::new();
-                }
-                done
+    /// Feeds DATA bytes; returns how many were consumed (the rest follows
+    /// the end of data) and whether the end was seen.
+    pub(crate) fn ingest(&mut self, bytes: &[u8]) -> (usize, bool) {
+        self.scratch.clear();
+        let (consumed, done) = self.receiver.ingest(bytes, &mut self.scratch);
+        self.sink.write(&self.scratch);
+        (consumed, done)
+    }
+
+    /// The message held a CR not followed by LF or an LF not preceded by CR.
+    pub(crate) fn saw_bare_line_end(&self) -> bool {
+        self.receiver.saw_bare_cr() || self.receiver.saw_bare_lf()
+    }
+
+    /// The complete message, or why it is not kept.
+    pub(crate) fn finish(self) -> Result<Message, Refusal> {
+        self.sink.finish()
+    }
+}
+
+/// One recipient's copy: our trace header fields, then the message with
+/// some byte ranges left out (forged `Authentication-Results`), read from
+/// memory or the spool as the store writes it: never assembled in memory.
+pub(crate) struct Copy<'a> {
+    trace: &'a [u8],
+    message: &'a Message,
+    skip: &'a [Range<u64>],
+    budget: &'a Arc<Budget>,
+    /// The memory charge for the head Sieve reads, held until the copy is
+    /// stored (the head lives as long as the delivery).
+    head_charge: Mutex<Option<Charge>>,
+}
+
+impl<'a> Copy<'a> {
+    pub(crate) fn new(trace: &'a [u8], message: &'a Message, skip: &'a [Range<u64>], budget: &'a Arc<Budget>) -> Self {
+        Copy { trace, message, skip, budget, head_charge: Mutex::new(None) }
+    }
+}
+
+impl Source for Copy<'_> {
+    fn size(&self) -> u64 {
+        let skipped: u64 = self.skip.iter().map(|r| r.end.min(self.message.len()).saturating_sub(r.start)).sum();
+        self.trace.len() as u64 + self.message.len() - skipped
+    }
+
+    fn head(&self, max: usize) -> std::io::Result<std::borrow::Cow<'_, [u8]>> {
+        use std::io::Read;
+        // Charged to the DATA memory budget, so many big deliveries with
+        // Sieve at once cannot add up past it; without room, a small head.
+        let want = (max as u64).min(self.size());
+        let limit = match Charge::memory_for(self.budget, want) {
+            Some(charge) => {
+                *self.head_charge.lock().unwrap_or_else(|p| p.into_inner()) = Some(charge);
+                want
             }
-            Sink::Discard(receiver) => receiver.ingest(bytes),
-        }
+            None => want.min(SMALL_HEAD as u64),
+        };
+        let mut out = Vec::new();
+        self.reader().take(limit).read_to_end(&mut out)?;
+        Ok(out.into())
     }
 
-    /// The complete message, or `None` if it was larger than `max`.
-    pub(crate) fn finish(self, max: u64) -> Option<Vec<u8>> {
-        match self.sink {
-            Sink::Collect(_) if self.message.len() as u64 <= max => Some(self.message),
-            _ => None,
-        }
+    fn reader(&self) -> Box<dyn std::io::Read + '_> {
+        use std::io::Read;
+        Box::new(self.trace.chain(self.message.reader(self.skip)))
     }
 }

@@ -31,6 +31,7 @@ mod intake;
 mod lmtp;
 mod pop3;
 mod smtp;
+mod spool;
 pub mod privdrop;
 pub mod sessions;
 pub mod shutdown;
@@ -79,6 +80,8 @@ pub struct Services {
     per_ip: Arc<throttle::PerIpConnections>,
     /// SMTP state shared by sessions (its own per-IP table, DNS checker).
     smtp: smtp::Shared,
+    /// SMTP and LMTP DATA: the memory and in-flight budgets, the spool.
+    intake: Arc<spool::Budget>,
 }
 
 impl Services {
@@ -94,6 +97,11 @@ impl Services {
             oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
             per_ip: Arc::default(),
             smtp: smtp::Shared::new(),
+            intake: Arc::new(spool::Budget::new(
+                config.data_memory_max,
+                config.data_in_flight_max,
+                config.spool_dir.clone(),
+            )),
             config,
             users,
             store,
@@ -349,6 +357,11 @@ pub async fn bind(protocol: Protocol, addr: &ListenAddr) -> Result<Listener, Bin
 /// rest without UPDATE.
 pub async fn run(svc: Arc<Services>, listeners: Vec<Listener>, stop: impl std::future::Future<Output = ()>) {
     let (trigger, shutdown) = shutdown::channel();
+    if let Err(e) = svc.intake.prepare() {
+        // Not fatal: small messages need no spool; bigger ones get 452.
+        let dir = svc.config.spool_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
+        error!(%dir, error = %e, "DATA spool directory unusable; messages over 128 KiB will be refused (452)");
+    }
     let connections = Arc::new(Semaphore::new(svc.config.max_connections));
     let mut accept_loops = Vec::new();
     for listener in listeners {

@@ -6,9 +6,20 @@
 //! durable in that recipient's Maildir (file fsynced, renamed into `new/`,
 //! `new/` fsynced). Anything that fails before that is a `4xx` and leaves no
 //! file in `new/`.
+//!
+//! DATA is received by `pobox_proto::data` (only `<CRLF>.<CRLF>` ends it),
+//! held in memory or a spool file (`spool.rs`) and streamed to each copy;
+//! a whole DATA may take at most `data_timeout`. A bare CR or LF in the
+//! message is kept (see `intake.rs` for why LMTP and SMTP differ).
+//!
+//! After [`MAX_BAD_COMMANDS`] protocol errors (`50x` replies: unknown,
+//! malformed or out-of-order commands) the connection is closed with
+//! `421 4.7.0`. Unknown recipients do not count: the peer is the local MTA
+//! handing over its recipient lists, and closing on them would only make it
+//! retry the same list forever.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use pobox_proto::line::{LineSplitter, Split};
 use smtp_proto::{Error as SmtpError, Request};
@@ -16,7 +27,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::intake::{Body, sanitize};
+use crate::intake::{Body, Copy, sanitize};
+use crate::spool::Refusal;
 use crate::delivery::{Outcome, Rcpt};
 use crate::shutdown::Shutdown;
 use pobox_store::StoreError;
@@ -28,6 +40,9 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(300);
 /// RFC 5321 §4.5.3.1.4 allows 512 octets per command line; extensions make
 /// lines longer, so accept what smtp-proto accepts.
 const MAX_COMMAND_LINE: usize = smtp_proto::request::receiver::MAX_LINE_LENGTH;
+
+/// Protocol errors (`50x` replies) before the connection is closed.
+const MAX_BAD_COMMANDS: u32 = 20;
 
 struct Recipient {
     address: String,
@@ -41,6 +56,7 @@ struct Session {
     recipients: Vec<Recipient>,
     data: Option<Body>,
     peer: String,
+    bad_commands: u32,
 }
 
 /// Serves one LMTP connection (TCP or unix socket) to the end.
@@ -55,6 +71,7 @@ where
         recipients: Vec::new(),
         data: None,
         peer,
+        bad_commands: 0,
     };
     let mut buf = vec![0u8; 64 * 1024];
     let mut inbuf: Vec<u8> = Vec::new();
@@ -71,8 +88,12 @@ where
             let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
             return;
         }
+        // In DATA the read also stops at the overall deadline.
+        let limit = session.data.as_ref().map_or(COMMAND_TIMEOUT, |b| {
+            COMMAND_TIMEOUT.min(b.deadline.saturating_duration_since(Instant::now()))
+        });
         let n = tokio::select! {
-            r = tokio::time::timeout(COMMAND_TIMEOUT, stream.read(&mut buf)) => match r {
+            r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     if session.data.is_some() {
                         // RFC 5321 §4.1.1.4: no final dot, no message.
@@ -82,7 +103,12 @@ where
                 }
                 Ok(Ok(n)) => n,
                 Err(_) => {
-                    let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
+                    if session.data.is_some() {
+                        info!(peer = %session.peer, "DATA not finished in time; nothing delivered");
+                        let _ = stream.write_all(b"421 4.4.2 DATA took too long, closing\r\n").await;
+                    } else {
+                        let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
+                    }
                     return;
                 }
             },
@@ -98,10 +124,9 @@ where
         inbuf.extend_from_slice(&buf[..n]);
         let mut pos = 0;
         while pos < inbuf.len() {
-            if session.data.is_some() {
-                let mut bytes = inbuf[pos..].iter();
-                let done = session.ingest_data(&mut bytes, svc.config.lmtp_max_message_size);
-                pos = inbuf.len() - bytes.as_slice().len();
+            if let Some(body) = session.data.as_mut() {
+                let (consumed, done) = body.ingest(&inbuf[pos..]);
+                pos += consumed;
                 if !done {
                     break;
                 }
@@ -123,6 +148,7 @@ where
                     command.extend_from_slice(line);
                     command.extend_from_slice(b"\r\n");
                     pos += consumed;
+                    let before = out.len();
                     match Request::parse(&mut command.iter()) {
                         Ok(request) => {
                             if session.handle(request.into_owned(), &svc, &mut out).await {
@@ -132,11 +158,19 @@ where
                         }
                         Err(e) => out.extend_from_slice(error_reply(&e).as_bytes()),
                     }
+                    if out[before..].starts_with(b"50") && session.too_many_errors(&mut out) {
+                        let _ = stream.write_all(&out).await;
+                        return;
+                    }
                 }
                 Split::TooLong { consumed, continued } => {
                     pos += consumed;
                     if !continued {
                         out.extend_from_slice(b"500 5.5.2 line too long\r\n");
+                    }
+                    if session.too_many_errors(&mut out) {
+                        let _ = stream.write_all(&out).await;
+                        return;
                     }
                 }
                 Split::NeedMoreData { consumed } => {
@@ -170,6 +204,17 @@ fn error_reply(e: &SmtpError) -> String {
 }
 
 impl Session {
+    /// Counts a protocol error; true (with the `421` queued) at the limit.
+    fn too_many_errors(&mut self, out: &mut Vec<u8>) -> bool {
+        self.bad_commands += 1;
+        if self.bad_commands >= MAX_BAD_COMMANDS {
+            info!(peer = %self.peer, "too many protocol errors; closing");
+            out.extend_from_slice(b"421 4.7.0 too many errors, closing\r\n");
+            return true;
+        }
+        false
+    }
+
     /// Handles one command; returns true when the connection must close.
     async fn handle(&mut self, request: Request<String>, svc: &Arc<Services>, out: &mut Vec<u8>) -> bool {
         let reply = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
@@ -221,8 +266,10 @@ impl Session {
                     reply(out, "503 5.5.1 MAIL first\r\n");
                 } else if self.recipients.is_empty() {
                     reply(out, "503 5.5.1 no valid recipients\r\n");
+                } else if svc.intake.in_flight_full() {
+                    reply(out, "452 4.3.1 insufficient system storage, try again later\r\n");
                 } else {
-                    self.data = Some(Body::new());
+                    self.data = Some(Body::new(&svc.intake, svc.config.lmtp_max_message_size, svc.config.data_timeout));
                     reply(out, "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n");
                 }
             }
@@ -275,20 +322,22 @@ impl Session {
         }
     }
 
-    /// Feeds DATA bytes; true when the final dot was seen.
-    fn ingest_data(&mut self, bytes: &mut std::slice::Iter<'_, u8>, max: u64) -> bool {
-        self.data.as_mut().is_none_or(|body| body.ingest(bytes, max))
-    }
-
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let body = self.data.take().and_then(|b| b.finish(svc.config.lmtp_max_message_size));
+        let Some(body) = self.data.take() else { return };
         let recipients = std::mem::take(&mut self.recipients);
         let from = self.from.take().unwrap_or_default();
-        let Some(message) = body else {
-            for _ in &recipients {
-                out.extend_from_slice(b"552 5.3.4 message too big\r\n");
+        let message = match body.finish() {
+            Ok(m) => m,
+            Err(why) => {
+                let line: &[u8] = match why {
+                    Refusal::TooBig => b"552 5.3.4 message too big\r\n",
+                    Refusal::NoRoom => b"452 4.3.1 insufficient system storage, try again later\r\n",
+                };
+                for _ in &recipients {
+                    out.extend_from_slice(line);
+                }
+                return;
             }
-            return;
         };
         let message = Arc::new(message);
         for rcpt in recipients {
@@ -297,11 +346,11 @@ impl Session {
             let body = message.clone();
             let (user, address, sender) = (rcpt.user.clone(), rcpt.address.clone(), from.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let mut full = Vec::with_capacity(header.len() + body.len());
-                full.extend_from_slice(header.as_bytes());
-                full.extend_from_slice(&body);
+                // Trace fields, then the message streamed from memory or
+                // the spool: no per-recipient copy of the message.
+                let copy = Copy::new(header.as_bytes(), &body, &[], &svc2.intake);
                 let env = Rcpt { from: &sender, to: &address, user: &user };
-                svc2.pipeline.deliver(&env, &full)
+                svc2.pipeline.deliver_from(&env, &copy)
             })
             .await;
             let addr = sanitize(&rcpt.address);

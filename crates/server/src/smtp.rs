@@ -18,9 +18,22 @@
 //!   MAIL, and while reading DATA: the rest is read and discarded, nothing
 //!   is stored, `552 5.3.4`), command line length (smtp-proto's 4 KiB,
 //!   `500 5.5.2`, the rest of the line is skipped), per-IP connections
-//!   (`smtp_max_connections_per_ip`, counted apart from POP3's), and one
+//!   (`smtp_max_connections_per_ip`, counted apart from POP3's), one
 //!   idle timeout `smtp_timeout` (default 5 minutes, RFC 5321 §4.5.3.2's
-//!   server timeout) applied to every read, command or DATA block.
+//!   server timeout) applied to every read, command or DATA block, and an
+//!   overall `data_timeout` for a whole DATA (default 10 minutes: the
+//!   per-read timeout alone let a one-byte trickle hold a session forever).
+//! - **Hard error limit** (`smtp_hard_error_limit`, default 20, Postfix's
+//!   `smtpd_hard_error_limit`): every `5xx` reply to a command counts,
+//!   unknown recipients included (else RCPT enumerates users at thousands
+//!   of names per connection); a delivery resets the count. At the limit:
+//!   `421 4.7.0 too many errors` and close.
+//! - **DATA**: only `<CRLF>.<CRLF>` ends it (`pobox_proto::data`); a
+//!   message holding a bare CR or LF is refused after its end with
+//!   `550 5.6.0` (see `intake.rs`). Past 128 KiB it is spooled to an
+//!   unnamed file (`spool.rs`); global budgets bound DATA memory
+//!   (`data_memory_max`) and DATA bytes in flight (`data_in_flight_max`,
+//!   `452 4.3.1` beyond). Every copy is streamed from memory or the spool.
 //! - **Durability**: the final `250` after DATA is written only once every
 //!   accepted recipient's copy is durable (the store fsyncs). If any copy
 //!   fails temporarily (disk, quota in its default temporary mode, I/O),
@@ -39,12 +52,13 @@
 //!   DMARC from the `mail-auth` crate. Incoming `Authentication-Results`
 //!   fields that claim our host name are removed first (RFC 8601 §5).
 //! - **A missing final dot** (disconnect or timeout during DATA): nothing is
-//!   delivered; the message only ever existed in memory.
+//!   delivered; the spool file, unnamed, goes with the connection.
 
 use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::Range;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -63,7 +77,8 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::intake::{Body, sanitize};
+use crate::intake::{Body, Copy, sanitize};
+use crate::spool::Refusal;
 use crate::config::{DnsResolver, MailAuthConfig};
 use crate::conn::Stream;
 use crate::delivery::{Outcome, Rcpt};
@@ -100,15 +115,18 @@ struct Session {
     recipients: Vec<Recipient>,
     data: Option<Body>,
     peer: SocketAddr,
-    bad_commands: u32,
+    /// `5xx` replies to commands since the last delivery.
+    errors: u32,
 }
 
 /// Longest command line, CRLF included. RFC 5321 §4.5.3.1.4 says 512, and
 /// extensions add to it; smtp-proto buffers up to 4096, and so do we.
 const MAX_COMMAND_LINE: usize = 4096;
 
-/// After this many bad commands the connection is closed.
-const MAX_BAD_COMMANDS: u32 = 20;
+/// How much of the header section is searched for forged
+/// `Authentication-Results` fields (a header section is rarely over a few
+/// KiB; fields past this are not removed).
+const HEADER_SCAN_MAX: usize = 256 * 1024;
 
 /// What a command asks the loop to do next.
 enum Next {
@@ -134,7 +152,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
         recipients: Vec::new(),
         data: None,
         peer,
-        bad_commands: 0,
+        errors: 0,
     };
     let mut buf = vec![0u8; 64 * 1024];
     'conn: loop {
@@ -144,8 +162,11 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
             }
             out.clear();
         }
+        // In DATA the read also stops at the overall deadline.
+        let limit =
+            session.data.as_ref().map_or(timeout, |b| timeout.min(b.deadline.saturating_duration_since(Instant::now())));
         let n = tokio::select! {
-            r = tokio::time::timeout(timeout, stream.read(&mut buf)) => match r {
+            r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => {
                     if session.data.is_some() {
                         // RFC 5321 §4.1.1.4: no final dot, no message.
@@ -156,9 +177,11 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                 Ok(Ok(n)) => n,
                 Err(_) => {
                     if session.data.is_some() {
-                        info!(peer = %session.peer, "timeout during DATA; nothing delivered");
+                        info!(peer = %session.peer, "DATA timed out (idle or overall deadline); nothing delivered");
+                        let _ = stream.write_all(b"421 4.4.2 DATA took too long, closing\r\n").await;
+                    } else {
+                        let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
                     }
-                    let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
                     return;
                 }
             },
@@ -174,10 +197,9 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
         inbuf.extend_from_slice(&buf[..n]);
         let mut pos = 0;
         while pos < inbuf.len() {
-            if session.data.is_some() {
-                let mut bytes = inbuf[pos..].iter();
-                let done = session.ingest_data(&mut bytes, svc.config.smtp_max_message_size);
-                pos = inbuf.len() - bytes.as_slice().len();
+            if let Some(body) = session.data.as_mut() {
+                let (consumed, done) = body.ingest(&inbuf[pos..]);
+                pos += consumed;
                 if !done {
                     break;
                 }
@@ -187,6 +209,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
             // Whole lines, each parsed on its own, as lmtp.rs does: one
             // reply per command however TCP splits the bytes, and the
             // splitter bounds the line length.
+            let before = out.len();
             let next = match lines.split(&inbuf[pos..]) {
                 Split::Line { line, consumed } => {
                     pos += consumed;
@@ -203,7 +226,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                             Ok(request) => session.handle(request.into_owned(), &svc, &mut out).await,
                             Err(e) => {
                                 out.extend_from_slice(error_reply(&e).as_bytes());
-                                session.bad_command(&mut out)
+                                Next::Continue
                             }
                         }
                     }
@@ -212,8 +235,12 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                     pos += consumed;
                     if !continued {
                         out.extend_from_slice(b"500 5.5.2 line too long\r\n");
+                    } else {
+                        // Endless input without a line end counts on,
+                        // though only its first piece was answered.
+                        session.errors += 1;
                     }
-                    session.bad_command(&mut out)
+                    Next::Continue
                 }
                 Split::NeedMoreData { consumed } => {
                     pos += consumed;
@@ -222,6 +249,17 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                     }
                     Next::Continue
                 }
+            };
+            // Every 5xx reply to a command counts toward the hard limit.
+            if out[before..].starts_with(b"5") {
+                session.errors += 1;
+            }
+            let next = if session.errors >= svc.config.smtp_hard_error_limit && !matches!(next, Next::Close) {
+                info!(peer = %session.peer, errors = session.errors, "too many errors; closing");
+                out.extend_from_slice(b"421 4.7.0 too many errors, closing\r\n");
+                Next::Close
+            } else {
+                next
             };
             match next {
                 Next::Continue => {}
@@ -287,15 +325,6 @@ fn error_reply(e: &SmtpError) -> String {
 }
 
 impl Session {
-    fn bad_command(&mut self, out: &mut Vec<u8>) -> Next {
-        self.bad_commands += 1;
-        if self.bad_commands >= MAX_BAD_COMMANDS {
-            out.extend_from_slice(b"421 4.7.0 too many errors, closing\r\n");
-            return Next::Close;
-        }
-        Next::Continue
-    }
-
     /// Handles one command.
     async fn handle(&mut self, request: Request<String>, svc: &Arc<Services>, out: &mut Vec<u8>) -> Next {
         let reply = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
@@ -324,7 +353,7 @@ impl Session {
             }
             Request::Lhlo { .. } => {
                 reply(out, "500 5.5.1 this is SMTP: use EHLO\r\n");
-                return self.bad_command(out);
+                return Next::Continue;
             }
             Request::Mail { from } => {
                 if self.helo.is_none() {
@@ -367,14 +396,16 @@ impl Session {
                     reply(out, "503 5.5.1 MAIL first\r\n");
                 } else if self.recipients.is_empty() {
                     reply(out, "554 5.5.1 no valid recipients\r\n");
+                } else if svc.intake.in_flight_full() {
+                    reply(out, "452 4.3.1 insufficient system storage, try again later\r\n");
                 } else {
-                    self.data = Some(Body::new());
+                    self.data = Some(Body::new(&svc.intake, svc.config.smtp_max_message_size, svc.config.data_timeout));
                     reply(out, "354 start mail input; end with <CRLF>.<CRLF>\r\n");
                 }
             }
             Request::Bdat { .. } => {
                 reply(out, "502 5.5.1 BDAT not supported\r\n");
-                return self.bad_command(out);
+                return Next::Continue;
             }
             Request::Rset => {
                 self.reset();
@@ -404,11 +435,11 @@ impl Session {
                 // Not a submission server: no AUTH, and nothing AUTH-like
                 // ever widens what RCPT accepts.
                 reply(out, "502 5.5.1 AUTH not available: this server only accepts mail for its own users\r\n");
-                return self.bad_command(out);
+                return Next::Continue;
             }
             _ => {
                 reply(out, "502 5.5.1 command not implemented\r\n");
-                return self.bad_command(out);
+                return Next::Continue;
             }
         }
         Next::Continue
@@ -420,29 +451,54 @@ impl Session {
         self.data = None;
     }
 
-    /// Feeds DATA bytes; true when the final dot was seen.
-    fn ingest_data(&mut self, bytes: &mut std::slice::Iter<'_, u8>, max: u64) -> bool {
-        self.data.as_mut().is_none_or(|body| body.ingest(bytes, max))
-    }
-
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let body = self.data.take().and_then(|b| b.finish(svc.config.smtp_max_message_size));
+        let Some(body) = self.data.take() else { return };
         let recipients = std::mem::take(&mut self.recipients);
         let from = self.from.take().unwrap_or_default();
-        let Some(message) = body else {
-            info!(peer = %self.peer, "message too big; discarded");
-            out.extend_from_slice(b"552 5.3.4 message size exceeds fixed maximum message size\r\n");
-            return;
+        let bare = body.saw_bare_line_end();
+        let message = match body.finish() {
+            Err(Refusal::TooBig) => {
+                info!(peer = %self.peer, "message too big; discarded");
+                out.extend_from_slice(b"552 5.3.4 message size exceeds fixed maximum message size\r\n");
+                return;
+            }
+            Err(Refusal::NoRoom) => {
+                out.extend_from_slice(b"452 4.3.1 insufficient system storage, try again later\r\n");
+                return;
+            }
+            Ok(_) if bare => {
+                info!(peer = %self.peer, "message with a bare CR or LF refused");
+                out.extend_from_slice(
+                    b"550 5.6.0 bare CR or LF in message data; lines must end with CRLF (RFC 5321 2.3.8)\r\n",
+                );
+                return;
+            }
+            Ok(m) => m,
         };
         let helo = self.helo.clone().unwrap_or_default();
         let hostname = &svc.config.hostname;
         let auth_results = if svc.config.mail_auth.enabled {
-            Some(authentication_results(svc, self.peer.ip(), &helo, &from, &message).await)
+            // DKIM hashes the whole body: a spooled message is loaded for
+            // the checks only within the DATA memory budget; without room
+            // only SPF is checked.
+            let loaded = if message.in_memory().is_none() { message.load(&svc.intake) } else { None };
+            let bytes = message.in_memory().or(loaded.as_ref().map(|(m, _)| &m[..]));
+            let header = authentication_results(svc, self.peer.ip(), &helo, &from, bytes).await;
+            drop(loaded);
+            Some(header)
         } else {
             None
         };
-        let message = strip_our_auth_results(&message, hostname);
+        let skip = match message.head(HEADER_SCAN_MAX) {
+            Ok(head) => our_auth_results(&head, hostname),
+            Err(e) => {
+                warn!(error = %e, "cannot read the DATA spool file");
+                out.extend_from_slice(b"451 4.3.0 temporary local problem\r\n");
+                return;
+            }
+        };
         let message = Arc::new(message);
+        let skip = Arc::new(skip);
         let protocol = match (self.esmtp, self.tls) {
             (false, _) => "SMTP",
             (true, false) => "ESMTP",
@@ -467,14 +523,14 @@ impl Session {
                 header.push_str(ar);
             }
             let svc2 = svc.clone();
-            let body = message.clone();
+            let (body, skip) = (message.clone(), skip.clone());
             let (user, address, sender) = (rcpt.user.clone(), rcpt.address.clone(), from.clone());
             let result = tokio::task::spawn_blocking(move || {
-                let mut full = Vec::with_capacity(header.len() + body.len());
-                full.extend_from_slice(header.as_bytes());
-                full.extend_from_slice(&body);
+                // Trace fields, then the message minus forged fields,
+                // streamed from memory or the spool: never copied whole.
+                let copy = Copy::new(header.as_bytes(), &body, &skip, &svc2.intake);
                 let env = Rcpt { from: &sender, to: &address, user: &user };
-                svc2.pipeline.deliver(&env, &full)
+                svc2.pipeline.deliver_from(&env, &copy)
             })
             .await;
             match result {
@@ -538,6 +594,8 @@ impl Session {
                 info!(peer = %self.peer, delivered, rejected = rejected.len(),
                       "sieve rejected the message for some recipients; delivered to the others");
             }
+            // A delivery resets the hard error count (as Postfix does).
+            self.errors = 0;
             "250 2.0.0 message accepted for delivery\r\n".into()
         };
         out.extend_from_slice(line.as_bytes());
@@ -595,33 +653,39 @@ fn ip_literal(ip: IpAddr) -> String {
 }
 
 
-/// Removes every `Authentication-Results` field of the header section whose
-/// authserv-id is `hostname` (RFC 8601 §5: a forged claim in our name).
-/// Other fields, the body and line endings are kept byte for byte.
-pub(crate) fn strip_our_auth_results(message: &[u8], hostname: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len());
+/// The byte ranges of every `Authentication-Results` field of the header
+/// section whose authserv-id is `hostname` (RFC 8601 §5: a forged claim in
+/// our name), to leave out when the message is stored. `head` is the start
+/// of the message; other fields, the body and line endings are kept byte
+/// for byte.
+pub(crate) fn our_auth_results(head: &[u8], hostname: &str) -> Vec<Range<u64>> {
+    let mut ranges: Vec<Range<u64>> = Vec::new();
     let mut pos = 0;
     let mut dropping = false;
-    while pos < message.len() {
-        let end = message[pos..].iter().position(|&b| b == b'\n').map_or(message.len(), |i| pos + i + 1);
-        let line = &message[pos..end];
+    while pos < head.len() {
+        let Some(end) = head[pos..].iter().position(|&b| b == b'\n').map(|i| pos + i + 1) else {
+            // A line cut by the head's end: not judged.
+            break;
+        };
+        let line = &head[pos..end];
         let content = line.strip_suffix(b"\n").unwrap_or(line);
         let content = content.strip_suffix(b"\r").unwrap_or(content);
         if content.is_empty() {
-            // End of the header section: the rest is body.
-            out.extend_from_slice(&message[pos..]);
-            return out;
+            break; // end of the header section
         }
         let continuation = matches!(line[0], b' ' | b'\t');
         if !continuation {
             dropping = is_our_auth_results(content, hostname);
         }
-        if !dropping {
-            out.extend_from_slice(line);
+        if dropping {
+            match ranges.last_mut() {
+                Some(r) if r.end == pos as u64 => r.end = end as u64,
+                _ => ranges.push(pos as u64..end as u64),
+            }
         }
         pos = end;
     }
-    out
+    ranges
 }
 
 fn is_our_auth_results(field: &[u8], hostname: &str) -> bool {
@@ -792,7 +856,7 @@ impl Checker {
             .with_ptr_cache(&self.caches.ptr)
     }
 
-    async fn check(&self, hostname: &str, ip: IpAddr, helo: &str, from: &str, message: &[u8]) -> String {
+    async fn check(&self, hostname: &str, ip: IpAddr, helo: &str, from: &str, message: Option<&[u8]>) -> String {
         let helo_domain = if helo.is_empty() { "unknown" } else { helo };
         let spf = if from.is_empty() {
             self.auth.verify_spf(self.params(SpfParameters::verify_ehlo(ip, helo_domain, hostname))).await
@@ -802,7 +866,7 @@ impl Checker {
                 .await
         };
         let mut results = AuthenticationResults::new(hostname);
-        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        let Some(parsed) = message.and_then(AuthenticatedMessage::parse) else {
             results = if from.is_empty() {
                 results.with_spf_ehlo_result(&spf, ip, helo_domain)
             } else {
@@ -831,7 +895,13 @@ impl Checker {
 /// The `Authentication-Results:` field (with CRLF) for this message. DNS
 /// trouble shows as `temperror` results; a check that takes too long as
 /// `none`: never a reason not to deliver.
-async fn authentication_results(svc: &Arc<Services>, ip: IpAddr, helo: &str, from: &str, message: &[u8]) -> String {
+async fn authentication_results(
+    svc: &Arc<Services>,
+    ip: IpAddr,
+    helo: &str,
+    from: &str,
+    message: Option<&[u8]>,
+) -> String {
     let hostname = &svc.config.hostname;
     let checker = svc.smtp.checker.get_or_init(|| Checker::build(&svc.config.mail_auth));
     let Some(checker) = checker else {
@@ -849,6 +919,18 @@ async fn authentication_results(svc: &Arc<Services>, ip: IpAddr, helo: &str, fro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The message as stored: `m` without the ranges.
+    fn strip_our_auth_results(m: &[u8], hostname: &str) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut pos = 0;
+        for r in our_auth_results(m, hostname) {
+            out.extend_from_slice(&m[pos..r.start as usize]);
+            pos = r.end as usize;
+        }
+        out.extend_from_slice(&m[pos..]);
+        out
+    }
 
     #[test]
     fn strips_only_our_auth_results_with_continuations() {

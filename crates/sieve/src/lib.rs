@@ -182,12 +182,21 @@ pub struct Envelope<'a> {
 #[derive(Debug, Clone, Copy)]
 pub struct Message<'a> {
     raw: &'a [u8],
+    size: u64,
 }
 
 impl<'a> Message<'a> {
     /// Wraps the raw message. Parsing is lazy and lenient.
     pub fn new(raw: &'a [u8]) -> Message<'a> {
-        Message { raw }
+        Message { raw, size: raw.len() as u64 }
+    }
+
+    /// The first bytes of a bigger message (its header section and the
+    /// start of its body) and the whole message's size: a delivery that
+    /// streams a big message from a spool file bounds what Sieve reads, and
+    /// the `size` test (RFC 5228 §5.9) still sees the real size.
+    pub fn head(raw: &'a [u8], size: u64) -> Message<'a> {
+        Message { raw, size: size.max(raw.len() as u64) }
     }
 
     /// The raw bytes.
@@ -376,7 +385,8 @@ impl Outcome {
 /// # Panics
 /// Never; malformed messages are parsed leniently and every loop is bounded.
 pub fn execute(scripts: &[&Script], env: &Envelope<'_>, msg: &Message<'_>, limits: &Limits) -> Outcome {
-    let parsed = message::ParsedMessage::new(msg.raw);
+    let mut parsed = message::ParsedMessage::new(msg.raw);
+    parsed.size = msg.size;
     let mut actions: Vec<Action> = Vec::new();
     let mut errors = Vec::new();
     let mut keep: Option<Vec<String>> = Some(Vec::new());

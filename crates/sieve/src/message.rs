@@ -27,10 +27,12 @@ const MAX_MIME_DEPTH: usize = 16;
 /// A parsed view of a message, built once per delivery and shared by all
 /// scripts of the chain.
 pub(crate) struct ParsedMessage<'a> {
-    raw: &'a [u8],
     headers: Vec<RawHeader<'a>>,
     body: &'a [u8],
     text_parts: OnceCell<Vec<BodyPart>>,
+    /// The whole message's size (more than the parsed bytes when they are
+    /// only its head, see `Message::head`).
+    pub(crate) size: u64,
 }
 
 /// One header field: its name and raw (still folded) value.
@@ -52,12 +54,12 @@ pub(crate) struct BodyPart {
 impl<'a> ParsedMessage<'a> {
     pub(crate) fn new(raw: &'a [u8]) -> ParsedMessage<'a> {
         let (headers, body) = split_headers(raw);
-        ParsedMessage { raw, headers, body, text_parts: OnceCell::new() }
+        ParsedMessage { headers, body, text_parts: OnceCell::new(), size: raw.len() as u64 }
     }
 
     /// RFC 5228 §5.9: the size of the message in octets.
     pub(crate) fn size(&self) -> u64 {
-        self.raw.len() as u64
+        self.size
     }
 
     /// Raw (unfolded, undecoded, lossily UTF-8) values of every field `name`.

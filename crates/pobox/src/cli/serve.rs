@@ -140,6 +140,8 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     own_files.push(store.lock_file().to_path_buf());
     // So that the next start, as the service user, can open it again.
     own_files.push(settings.data_dir.join(INSTANCE_FILE));
+    // A spool dir left by a run as root: big messages are spooled there.
+    own_files.extend(settings.server.spool_dir.clone());
     // Before the switch: only root may raise the hard limit.
     let open_files = raise_open_files(settings.server.max_connections);
     let (must_read, must_write) = super::service_paths(&settings, &store);
