@@ -664,6 +664,11 @@ fn pobox_fetch_sends_dele_only_after_the_message_is_stored_and_journalled() {
         ),
     )
     .unwrap();
+    // It holds a password: the fetcher refuses it unless only we can read it.
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let out = dir.scratch("fetch.trace");
     let mut args = strace_args(&out);
     // Journal batches can exceed the default string size: keep them whole.
