@@ -549,6 +549,14 @@ impl Maildir {
         self.dirs.root.as_fd()
     }
 
+    /// Opens the bookkeeping file `name` (`maildirsize`, the retention log,
+    /// their temp files) in the root with `flags`, never through a link: a
+    /// user who owns the Maildir could point it at any file.
+    pub(crate) fn open_in_root(&self, name: &str, flags: OFlags) -> Result<File, rustix::io::Errno> {
+        rustix::fs::openat(self.root_fd(), name, flags | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::from_raw_mode(0o600))
+            .map(File::from)
+    }
+
     /// Makes `sub/`'s entries durable.
     pub(crate) fn sync(&self, sub: Sub) -> Result<(), StoreError> {
         dirs::fsync_fd(self.fd(sub), &self.dir(sub))

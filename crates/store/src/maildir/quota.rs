@@ -11,7 +11,7 @@
 use std::fs::File;
 use std::io::{self, Read, Write};
 
-use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::fs::{AtFlags, OFlags};
 use rustix::io::Errno;
 
 use super::{Maildir, io_error};
@@ -34,18 +34,6 @@ fn definition(q: &Quota) -> String {
 }
 
 impl Maildir {
-    /// Opens `name` in the Maildir root, never through a link (a user who
-    /// owns the Maildir could point `maildirsize` at any file).
-    fn open_quota_file(&self, name: &str, flags: OFlags) -> Result<File, Errno> {
-        rustix::fs::openat(
-            self.root_fd(),
-            name,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map(File::from)
-    }
-
     /// Current usage, from `maildirsize` or, when that cannot be trusted, a
     /// scan (which then rewrites the file).
     pub(crate) fn usage(&self, quota: &Quota) -> Result<Usage, StoreError> {
@@ -57,7 +45,7 @@ impl Maildir {
             (&mut f).take(MAX_FILE as u64 + 1).read_to_string(&mut text)?;
             Ok(text)
         };
-        match self.open_quota_file(FILE, OFlags::RDONLY).map_err(io::Error::from).and_then(read) {
+        match self.open_in_root(FILE, OFlags::RDONLY).map_err(io::Error::from).and_then(read) {
             Ok(text) if text.len() <= MAX_FILE => {
                 let mut lines = text.lines();
                 if lines.next() == Some(definition(quota).as_str())
@@ -84,7 +72,7 @@ impl Maildir {
         // O_EXCL|O_NOFOLLOW: never write through whatever holds that
         // (predictable) name; a leftover (a crash, a planted link) is
         // removed first: unlinkat removes the name, not what it points to.
-        let create = || self.open_quota_file(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL);
+        let create = || self.open_in_root(&tmp, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL);
         let write = || -> io::Result<()> {
             let mut f = match create() {
                 Err(Errno::EXIST) => {
@@ -116,7 +104,7 @@ impl Maildir {
     /// missing (the next usage() call rescans and writes it); a link is
     /// not written through.
     pub(crate) fn record_usage(&self, bytes: i64, messages: i64) {
-        match self.open_quota_file(FILE, OFlags::WRONLY | OFlags::APPEND) {
+        match self.open_in_root(FILE, OFlags::WRONLY | OFlags::APPEND) {
             Ok(mut f) => {
                 let _ = f.write_all(format!("{bytes} {messages}\n").as_bytes());
             }

@@ -12,12 +12,11 @@
 
 use std::collections::HashMap;
 use std::ffi::OsStr;
-use std::fs::File;
 use std::io::{self, BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::fs::{AtFlags, FileType, OFlags};
 use rustix::io::Errno;
 
 use super::{Maildir, Sub, dirs, io_error, name, scan};
@@ -58,17 +57,6 @@ impl Maildir {
     /// it does not exist and `create` is not set.
     pub(crate) fn restore_area(&self, create: bool) -> Result<Option<Maildir>, StoreError> {
         self.sub_maildir(RESTORE_FOLDER, create)
-    }
-
-    /// Opens `name` in the root with `flags`, never through a link.
-    fn open_in_root(&self, name: &str, flags: OFlags) -> Result<File, Errno> {
-        rustix::fs::openat(
-            self.root_fd(),
-            name,
-            flags | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::from_raw_mode(0o600),
-        )
-        .map(File::from)
     }
 
     /// The error for the log at `path` failing with `e` while `doing`: a
