@@ -177,7 +177,7 @@ impl Smtp {
             .env_remove("POBOX_CONFIG")
             .env("POBOX_LOG", "info")
             .arg("--data")
-            .arg(dir.data())
+            .arg(dir.scratch("smtp-data"))
             .arg("--config")
             .arg(config)
             .args(["serve", "--pop3", "none", "--pop3s", "none", "--lmtp", "none", "--smtp", "127.0.0.1:0"])
@@ -311,9 +311,16 @@ fn links_in_maildirs_reach_nothing_outside_them() {
     let smtp_config = dir.scratch("smtp.toml");
     fs::write(
         &smtp_config,
+        // A second server cannot share the first one's data dir (one server
+        // per data dir): it gets its own, with the same users, maildrops and
+        // Sieve scripts.
         format!(
             "retention = {retention}\nquota = {{ bytes = 10000000 }}\ndomains = [\"example.test\"]\n\
-             check_spf_dkim_dmarc = false\nauth_failure_delay_ms = 0\n"
+             check_spf_dkim_dmarc = false\nauth_failure_delay_ms = 0\n\
+             passwd_file = {:?}\nmail_location = {:?}\n[sieve]\ndir = {:?}\n",
+            dir.users_file().display().to_string(),
+            format!("{}/mail/{{user}}", dir.data().display()),
+            dir.data().join("sieve").display().to_string(),
         ),
     )
     .unwrap();
