@@ -186,3 +186,30 @@ fn no_debug_forms_in_the_log_of_a_scripted_run() {
         }
     }
 }
+
+/// `tls` in the summary line is the connection's state at its end: true on
+/// 995 and after STLS, with the SASL mechanism the client used.
+#[test]
+fn summary_line_says_tls_for_pop3s_and_stls_sessions() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    dir.deliver("alice", MSG1);
+    let server = dir.server().config("log_format", "\"json\"").start();
+    server.python_ok(
+        r#"
+import base64
+p = pop3s()
+p._shortcmd("AUTH PLAIN " + base64.b64encode(("\0alice\0" + PW).encode()).decode())
+p.quit()
+p = pop3()
+p.stls(tls_context())
+p.user("alice"); p.pass_(PW)
+p.retr(1)
+p.quit()
+"#,
+    );
+    let all = wait_for_summaries(&server, "json", "alice", 2);
+    let (a, b) = (&all[0], &all[1]);
+    assert_eq!((field(a, "tls"), field(a, "mechanism"), field(a, "end")), ("true", "PLAIN", "quit"), "{a:?}");
+    assert_eq!((field(b, "tls"), field(b, "mechanism"), field(b, "retrieved")), ("true", "USER", "1"), "{b:?}");
+}
