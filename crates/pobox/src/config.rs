@@ -152,8 +152,11 @@ pub struct RawConfig {
     /// Unprivileged user to switch to when started as root (default: `pobox`
     /// if it exists; `"root"` keeps root).
     pub user: Option<String>,
-    /// Maximum concurrent connections from one IP (IPv6: per /64).
+    /// POP3: most connections from one IP (IPv6: per /64) that have not
+    /// authenticated yet.
     pub max_connections_per_ip: Option<usize>,
+    /// POP3: most authenticated connections of one user from one IP.
+    pub max_connections_per_user_ip: Option<usize>,
     /// Cap on the brute-force penalty interval, milliseconds (0: off).
     pub auth_penalty_max_ms: Option<u64>,
     /// Seconds a successful password check is cached (0: off).
@@ -484,6 +487,11 @@ impl Settings {
                 Some(n) => n,
                 None => defaults.max_connections_per_ip,
             },
+            max_connections_per_user_ip: match raw.max_connections_per_user_ip {
+                Some(0) => bail!("max_connections_per_user_ip: must be at least 1"),
+                Some(n) => n,
+                None => defaults.max_connections_per_user_ip,
+            },
             auth_penalty_max: raw.auth_penalty_max_ms.map_or(defaults.auth_penalty_max, Duration::from_millis),
             credential_cache_ttl: raw
                 .credential_cache_secs
@@ -769,7 +777,8 @@ mod security_tests {
     fn security_defaults() {
         let s = parse("").unwrap();
         assert_eq!(s.user, None);
-        assert_eq!(s.server.max_connections_per_ip, 20);
+        assert_eq!(s.server.max_connections_per_ip, 100);
+        assert_eq!(s.server.max_connections_per_user_ip, 10);
         assert_eq!(s.server.auth_penalty_max, Duration::from_secs(15));
         assert_eq!(s.server.credential_cache_ttl, Duration::from_secs(3600));
         assert_eq!(s.server.tls_reload_interval, Duration::from_secs(60));
@@ -795,6 +804,8 @@ mod security_tests {
         // Issue 17, finding 7: the default is the provider-assigned subject.
         assert_eq!(o.username_claim, "sub");
         assert!(parse("max_connections_per_ip = 0").is_err());
+        assert!(parse("max_connections_per_user_ip = 0").is_err());
+        assert_eq!(parse("max_connections_per_user_ip = 3").unwrap().server.max_connections_per_user_ip, 3);
         assert!(parse("[oauth]\njwks_file = \"j\"\nissuer = \"\"\naudience = \"a\"").is_err());
         assert!(parse("[oauth]\njwks = \"j\"").is_err(), "unknown keys in [oauth]");
         assert!(parse("[[tls_certificates]]\ncert = \"x\"").is_err(), "key is required");

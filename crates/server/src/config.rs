@@ -80,9 +80,17 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Advertise `IMPLEMENTATION pobox` in CAPA.
     pub advertise_implementation: bool,
-    /// At most this many concurrent connections from one client IP (IPv6:
-    /// one /64), across all listeners.
+    /// POP3: at most this many connections from one client IP (IPv6: one
+    /// /64) that have not authenticated yet, across the POP3 listeners. A
+    /// connection stops counting once it proves a user's credentials, so an
+    /// office behind one NAT address is limited only by
+    /// `max_connections_per_user_ip` per user.
     pub max_connections_per_ip: usize,
+    /// POP3: at most this many connections of one user from one client IP
+    /// that have authenticated (logged in, or refused after proving the
+    /// password, e.g. `[IN-USE]`), like Dovecot's
+    /// `mail_max_userip_connections` (also 10).
+    pub max_connections_per_user_ip: usize,
     /// Cap on the per-IP/per-user brute-force penalty interval (see
     /// `throttle`); zero disables the penalties (the fixed
     /// `auth_failure_delay` still applies).
@@ -184,7 +192,11 @@ impl Default for Config {
             domains: Vec::new(),
             shutdown_grace: Duration::from_secs(10),
             advertise_implementation: true,
-            max_connections_per_ip: 20,
+            // An office NAT: 30+ people whose clients poll at the same
+            // moment, each unauthenticated for a round trip or two. Password
+            // guessing is bounded by the throttle, not by this.
+            max_connections_per_ip: 100,
+            max_connections_per_user_ip: 10,
             auth_penalty_max: Duration::from_secs(15),
             credential_cache_ttl: Duration::from_secs(3600),
             tls_reload_interval: Duration::from_secs(60),

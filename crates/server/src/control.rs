@@ -48,7 +48,7 @@ fn handle(request: &str, svc: &Services) -> String {
         }
         (Some("kick"), Some(user), None) => {
             let n = svc.sessions.kick(user);
-            info!(user, sessions = n, "kick requested by admin");
+            info!(%user, sessions = n, "kick requested by admin");
             format!("kicked {n}\n")
         }
         _ => {

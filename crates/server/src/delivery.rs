@@ -156,7 +156,7 @@ impl Pipeline {
         let head = match source.head(SIEVE_HEAD_MAX) {
             Ok(h) => h,
             Err(e) => {
-                warn!(user = rcpt.user, error = %e, "cannot read the message for sieve; the message is kept");
+                warn!(user = %rcpt.user, error = %e, "cannot read the message for sieve; the message is kept");
                 return vec![Plan::Inbox];
             }
         };
@@ -165,7 +165,7 @@ impl Pipeline {
         let message = Message::head(&head, source.size());
         let outcome = pobox_sieve::execute(&refs, &env, &message, &self.limits);
         for e in &outcome.errors {
-            warn!(user = rcpt.user, error = %e, "sieve runtime error; the message is kept");
+            warn!(user = %rcpt.user, error = %e, "sieve runtime error; the message is kept");
         }
         let mut plans = Vec::new();
         for action in outcome.actions {
@@ -177,7 +177,7 @@ impl Pipeline {
                 other => {
                     // redirect/vacation compile only with an outbound relay,
                     // which pobox does not have: keep rather than lose.
-                    warn!(user = rcpt.user, action = ?other, "sieve action not available; the message is kept");
+                    warn!(user = %rcpt.user, action = %action_name(&other), "sieve action not available; the message is kept");
                     plans.push(Plan::Inbox);
                 }
             }
@@ -200,11 +200,11 @@ impl Pipeline {
     pub fn deliver_from(&self, rcpt: &Rcpt<'_>, message: &dyn Source) -> Outcome {
         let plans = self.plan_source(rcpt, message);
         if let Some(Plan::Reject(reason)) = plans.iter().find(|p| matches!(p, Plan::Reject(_))) {
-            info!(user = rcpt.user, "sieve rejected the message");
+            info!(user = %rcpt.user, "sieve rejected the message");
             return Outcome::Rejected(reason.clone());
         }
         if plans.iter().all(|p| *p == Plan::Discard) {
-            info!(user = rcpt.user, "sieve discarded the message");
+            info!(user = %rcpt.user, "sieve discarded the message");
             return Outcome::Discarded;
         }
         let mut stored = Vec::new();
@@ -213,7 +213,7 @@ impl Pipeline {
                 Plan::Inbox => self.store.deliver(rcpt.user, &mut message.reader()).map(|d| (None, d)),
                 Plan::Folder(folder) => match self.store.deliver_to_folder(rcpt.user, folder, &mut message.reader()) {
                     Err(StoreError::InvalidFolder(name)) => {
-                        warn!(user = rcpt.user, folder = %name, "sieve fileinto an unusable folder; kept in the inbox");
+                        warn!(user = %rcpt.user, folder = %name, "sieve fileinto an unusable folder; kept in the inbox");
                         self.store.deliver(rcpt.user, &mut message.reader()).map(|d| (None, d))
                     }
                     other => other.map(|d| (Some(folder.clone()), d)),
@@ -267,5 +267,21 @@ impl Pipeline {
         };
         cache.scripts.insert(path.to_path_buf(), (stamp, script.clone()));
         script
+    }
+}
+
+/// A Sieve action's name for a log line (its fields may hold addresses and
+/// reply text the log has no use for).
+fn action_name(action: &Action) -> &'static str {
+    match action {
+        Action::Keep { .. } => "keep",
+        Action::FileInto { .. } => "fileinto",
+        Action::Discard => "discard",
+        Action::Reject { .. } => "reject",
+        Action::Ereject { .. } => "ereject",
+        Action::Redirect { .. } => "redirect",
+        Action::Vacation(_) => "vacation",
+        // `Action` is non_exhaustive: a new action is logged as "other".
+        _ => "other",
     }
 }

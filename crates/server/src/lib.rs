@@ -76,8 +76,10 @@ pub struct Services {
     pub credcache: credcache::CredCache,
     /// OAuth token validation, when configured.
     pub oauth: Option<pobox_auth::oauth::OAuthValidator>,
-    /// Open connections per client IP.
+    /// Open POP3 connections per client IP that have not authenticated.
     per_ip: Arc<throttle::PerIpConnections>,
+    /// Authenticated POP3 connections per (user, client IP).
+    per_user_ip: Arc<throttle::PerUserIpConnections>,
     /// SMTP state shared by sessions (its own per-IP table, DNS checker).
     smtp: smtp::Shared,
     /// SMTP and LMTP DATA: the memory and in-flight budgets, the spool.
@@ -96,6 +98,7 @@ impl Services {
             credcache: credcache::CredCache::new(config.credential_cache_ttl),
             oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
             per_ip: Arc::default(),
+            per_user_ip: Arc::default(),
             smtp: smtp::Shared::new(),
             intake: Arc::new(spool::Budget::new(
                 config.data_memory_max,
@@ -480,12 +483,14 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
             }
         };
         let Ok(permit) = connections.clone().try_acquire_owned() else {
-            warn!(%protocol, %peer, "connection limit reached");
+            warn!(%protocol, %peer, limit = svc.config.max_connections, "connection refused: max_connections reached");
             tokio::spawn(refuse_busy(conn, protocol));
             continue;
         };
         // Per-IP limit: one host cannot take all the slots (LMTP over a
-        // unix socket has no IP and is not limited).
+        // unix socket has no IP and is not limited). For POP3 it counts
+        // connections that have not authenticated yet: the driver gives
+        // the slot back once the client proves a user's credentials.
         let ip_slot = match &conn {
             Accepted::Tcp(_, addr) if protocol != Protocol::Lmtp => {
                 let (table, max) = if protocol == Protocol::Smtp {
@@ -496,7 +501,15 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                 match table.try_acquire(addr.ip(), max) {
                     Some(slot) => Some(slot),
                     None => {
-                        warn!(%protocol, %peer, "per-IP connection limit reached");
+                        // The one place a connection is refused for its
+                        // address: before login for POP3, always for SMTP.
+                        let what = if protocol == Protocol::Smtp {
+                            "smtp_max_connections_per_ip"
+                        } else {
+                            "max_connections_per_ip (connections not logged in yet)"
+                        };
+                        warn!(%protocol, %peer, ip = %addr.ip(), limit = max,
+                              "connection refused: {what} reached for this address");
                         tokio::spawn(refuse_busy(conn, protocol));
                         continue;
                     }
@@ -511,8 +524,13 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
         // every idle POP3 session as big as the largest SMTP state.
         let slots = (permit, ip_slot);
         match (protocol, conn) {
-            (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, pop3::serve(tcp, addr, false, svc, shutdown)),
-            (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, pop3::serve(tcp, addr, true, svc, shutdown)),
+            // POP3 holds its per-IP slot itself, to release it at login.
+            (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => {
+                spawn_holding(slots.0, pop3::serve(tcp, addr, false, svc, shutdown, slots.1));
+            }
+            (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => {
+                spawn_holding(slots.0, pop3::serve(tcp, addr, true, svc, shutdown, slots.1));
+            }
             (Protocol::Lmtp, Accepted::Tcp(tcp, addr)) => {
                 // Replies are small and pipelined; do not let Nagle hold them.
                 let _ = tcp.set_nodelay(true);

@@ -358,7 +358,7 @@ impl Session {
                 Ok(Outcome::Stored(copies)) => {
                     for (folder, d) in &copies {
                         info!(peer = %self.peer, user = %rcpt.user, uidl = %d.uidl.as_str(), size = d.size,
-                              folder = folder.as_deref().unwrap_or("INBOX"), "delivered");
+                              folder = %folder.as_deref().unwrap_or("INBOX"), "delivered");
                     }
                     let id = copies.first().map(|(_, d)| d.uidl.as_str().to_string()).unwrap_or_default();
                     format!("250 2.0.0 <{addr}> delivered as {id}\r\n")

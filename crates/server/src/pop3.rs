@@ -9,7 +9,7 @@
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use pobox_auth::oauth;
 use pobox_auth::scram::{ChannelBindings, ScramError, ScramServer, ScramStep};
@@ -25,6 +25,7 @@ use pobox_proto::pop3::server::{
 use pobox_proto::pop3::{RespCode, Status};
 use pobox_store::retention::{Days, Policy};
 use pobox_store::{Mailbox, StoreError};
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -34,6 +35,7 @@ use crate::Services;
 use crate::conn::Stream;
 use crate::sessions::Handle;
 use crate::shutdown::Shutdown;
+use crate::throttle::{IpSlot, UserIpSlot};
 
 /// Flush the output buffer once it holds this much, even mid-pipeline.
 const OUT_HIGH_WATER: usize = 64 * 1024;
@@ -54,13 +56,17 @@ enum ConnError {
 }
 
 /// Serves one POP3 connection to the end. `implicit_tls` is true on 995.
+/// `ip_slot` is the connection's place under `max_connections_per_ip`,
+/// given back once the client authenticates.
 pub(crate) async fn serve(
     tcp: TcpStream,
     peer: SocketAddr,
     implicit_tls: bool,
     svc: Arc<Services>,
     shutdown: Shutdown,
+    ip_slot: Option<IpSlot>,
 ) {
+    let started = Instant::now();
     let _ = tcp.set_nodelay(true);
     // The whole AUTHORIZATION phase, TLS handshakes included, must end by
     // then (see `Config::login_deadline`).
@@ -116,18 +122,17 @@ pub(crate) async fn serve(
         closed: false,
         stats: Stats::default(),
         mech: None,
+        slots: Box::new(Slots { ip: ip_slot, user_ip: None }),
     };
     driver.offer_mechanisms().await;
-    match driver.run(shutdown, login_deadline).await {
-        Ok(()) => {}
-        Err(e) => debug!(%peer, error = %e, "pop3 connection ended"),
-    }
-    if let Some(user) = driver.session.user() {
-        info!(
-            %peer, user, retrieved = driver.stats.retrieved, bytes = driver.stats.bytes,
-            "pop3 session ended without QUIT; nothing deleted"
-        );
-    }
+    let end = match driver.run(shutdown, login_deadline).await {
+        Ok(end) => end,
+        Err(e) => {
+            debug!(%peer, error = %e, "pop3 connection ended");
+            End::Error
+        }
+    };
+    driver.log_summary(end, started.elapsed());
     // Release the maildrop before the socket closes, so a client that sees
     // the connection end can log in again at once. A session that did not
     // reach UPDATE changes nothing (RFC 1939 §6): no message is removed and
@@ -148,10 +153,85 @@ fn to_expire(days: Days) -> Expire {
     }
 }
 
+/// What the session summary line reports (see [`Driver::log_summary`]).
 #[derive(Debug, Default)]
 struct Stats {
+    /// The logged-in user (the session forgets it once closed).
+    user: Option<String>,
+    /// Messages sent whole by RETR.
     retrieved: u64,
+    /// Octets of RETR and TOP replies sent.
     bytes: u64,
+    /// Messages removed at UPDATE.
+    deleted: usize,
+    /// Messages in the maildrop at login.
+    messages: usize,
+    /// Failed logins (wrong password or unknown user) on this connection.
+    auth_failures: u32,
+    /// Logins refused for any other reason: `[IN-USE]`, LOGIN-DELAY, a
+    /// connection limit, a temporary error.
+    refused: u32,
+    /// The mechanism of the successful login.
+    mechanism: Option<&'static str>,
+    /// First 4 bytes of SHA-256 over the UIDL listing seen at login.
+    uidl_hash: Option<[u8; 4]>,
+    /// The last command line fed to the session was QUIT.
+    quit_sent: bool,
+}
+
+/// How a POP3 connection ended, for the summary line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// QUIT (with or without UPDATE: after login it removes what was marked).
+    Quit,
+    /// The client closed the connection.
+    Eof,
+    /// The idle timer or the login deadline.
+    Timeout,
+    /// `pobox kick`.
+    Kicked,
+    /// Server shutdown.
+    Shutdown,
+    /// An I/O or TLS error, or the server closed the connection for
+    /// protocol errors (too many failures or bad commands).
+    Error,
+}
+
+impl End {
+    fn as_str(self) -> &'static str {
+        match self {
+            End::Quit => "quit",
+            End::Eof => "eof",
+            End::Timeout => "timeout",
+            End::Kicked => "kicked",
+            End::Shutdown => "shutdown",
+            End::Error => "error",
+        }
+    }
+}
+
+/// The connection's places under the connection limits.
+#[derive(Debug)]
+struct Slots {
+    /// Under `max_connections_per_ip` until the client authenticates.
+    ip: Option<IpSlot>,
+    /// Under `max_connections_per_user_ip` from then on.
+    user_ip: Option<UserIpSlot>,
+}
+
+/// The UIDL-set hash of the summary line: SHA-256 over every UIDL of the
+/// listing, in message order, each followed by a line feed (so it equals
+/// `sha256sum` of the UIDL column of a `UIDL` reply). Like Dovecot's
+/// `%{uidl_change}`, it shows in the log when the listing a client sees
+/// changed between sessions in ways other than new mail.
+fn uidl_hash<'a>(uidls: impl Iterator<Item = &'a str>) -> [u8; 4] {
+    let mut h = Sha256::new();
+    for u in uidls {
+        h.update(u.as_bytes());
+        h.update(b"\n");
+    }
+    let d = h.finalize();
+    [d[0], d[1], d[2], d[3]]
 }
 
 struct Driver<'r> {
@@ -180,6 +260,8 @@ struct Driver<'r> {
     /// The driver-run SASL mechanism in progress, if any.
     /// Boxed: most sessions never use it, and the task carries its size.
     mech: Option<Box<Mech>>,
+    /// Boxed for the same reason (the task's size): connection limits.
+    slots: Box<Slots>,
 }
 
 /// State of a driver-run SASL exchange between client messages.
@@ -219,14 +301,16 @@ fn log_safe(user: &str) -> String {
 }
 
 impl Driver<'_> {
-    async fn run(&mut self, mut shutdown: Shutdown, login_deadline: tokio::time::Instant) -> Result<(), ConnError> {
+    async fn run(&mut self, mut shutdown: Shutdown, login_deadline: tokio::time::Instant) -> Result<End, ConnError> {
         self.run_actions().await?;
         loop {
             self.process_input().await?;
             self.flush().await?;
             if self.closed {
                 let _ = self.stream_mut().shutdown().await;
-                return Ok(());
+                // Closed by the session: after the client's QUIT, or on its
+                // own (too many failures or bad commands).
+                return Ok(if self.stats.quit_sent { End::Quit } else { End::Error });
             }
             self.release_idle_buffers();
             // Before login, the idle timer is reset by every command, so
@@ -261,31 +345,31 @@ impl Driver<'_> {
             };
             match event {
                 Event::Data => {}
-                Event::Eof => return Ok(()),
+                Event::Eof => return Ok(End::Eof),
                 // RFC 1939 §3: on the inactivity timer, close without a
                 // response and without UPDATE.
                 Event::IdleTimeout => {
                     debug!(peer = %self.peer, "idle timeout");
-                    return Ok(());
+                    return Ok(End::Timeout);
                 }
                 Event::LoginDeadline => {
                     info!(peer = %self.peer, ip = %self.peer.ip(), "no login within the login deadline; closing");
                     Status::err("login took too long, closing connection").encode(&mut self.outbuf);
                     let _ = self.flush().await;
-                    return Ok(());
+                    return Ok(End::Timeout);
                 }
                 Event::Kicked => {
-                    info!(peer = %self.peer, user = ?self.session.user(), "session kicked by admin");
+                    info!(peer = %self.peer, user = %self.session.user().unwrap_or_default(), "session kicked by admin");
                     Status::err_code(RespCode::SysTemp, "session closed by the administrator, nothing was deleted")
                         .encode(&mut self.outbuf);
                     let _ = self.flush().await;
-                    return Ok(());
+                    return Ok(End::Kicked);
                 }
                 Event::Shutdown => {
                     Status::err_code(RespCode::SysTemp, "server shutting down, nothing was deleted")
                         .encode(&mut self.outbuf);
                     let _ = self.flush().await;
-                    return Ok(());
+                    return Ok(End::Shutdown);
                 }
             }
         }
@@ -324,10 +408,12 @@ impl Driver<'_> {
                     }
                 }
                 Split::Line { line, consumed } => {
-                    if !self.session.in_sasl_exchange() {
+                    let command = !self.session.in_sasl_exchange();
+                    if command {
                         // Only the keyword: arguments may be passwords.
                         debug!(peer = %self.peer, cmd = %keyword(line), "command");
                     }
+                    self.stats.quit_sent = command && is_quit(line);
                     self.session.handle_line(line);
                     self.pos += consumed;
                     self.run_actions().await?;
@@ -498,20 +584,28 @@ impl Driver<'_> {
     async fn fail(&mut self, user: &str, mechanism: &str, failure: LoginFailure) -> LoginFailure {
         match &failure {
             LoginFailure::BadCredentials => {
+                self.stats.auth_failures += 1;
                 self.svc.throttle.failed(self.peer.ip(), user, Instant::now());
                 let user = log_safe(user);
-                warn!(peer = %self.peer, ip = %self.peer.ip(), %user, mechanism,
+                warn!(peer = %self.peer, ip = %self.peer.ip(), %user, %mechanism,
                       "authentication failed");
                 tokio::time::sleep(self.svc.config.auth_failure_delay).await;
             }
-            LoginFailure::InUse => info!(peer = %self.peer, user = %log_safe(user), "maildrop in use"),
-            _ => {}
+            LoginFailure::InUse => {
+                self.stats.refused += 1;
+                info!(peer = %self.peer, user = %log_safe(user), "maildrop in use");
+            }
+            _ => self.stats.refused += 1,
         }
         failure
     }
 
     /// After authentication: LOGIN-DELAY, retention, lock and snapshot.
-    async fn open_maildrop(&mut self, authenticated: Authenticated, mechanism: &str) -> Result<LoginGrant, LoginFailure> {
+    async fn open_maildrop(&mut self, authenticated: Authenticated, mechanism: &'static str) -> Result<LoginGrant, LoginFailure> {
+        if let Err(failure) = self.claim_user_ip_slot(authenticated.user()) {
+            let user = authenticated.user().to_owned();
+            return Err(self.fail(&user, mechanism, failure).await);
+        }
         let svc = self.svc.clone();
         let result = tokio::task::spawn_blocking(move || {
             let user = authenticated.user();
@@ -534,7 +628,7 @@ impl Driver<'_> {
                     && match svc.store.expire(user, SystemTime::now(), false) {
                         Ok(report) => report.skipped_in_use,
                         Err(e) => {
-                            warn!(user, error = %e, "expiry at login failed");
+                            warn!(%user, error = %e, "expiry at login failed");
                             false
                         }
                     };
@@ -563,7 +657,7 @@ impl Driver<'_> {
                 Ok(mailbox) => Ok((user.to_string(), mailbox, policy)),
                 Err(StoreError::InUse) => Err(LoginFailure::InUse),
                 Err(e) => {
-                    warn!(user = authenticated.user(), error = %e, "cannot open maildrop");
+                    warn!(user = %authenticated.user(), error = %e, "cannot open maildrop");
                     Err(LoginFailure::Temporary("cannot open maildrop, try again later".into()))
                 }
             }
@@ -579,8 +673,12 @@ impl Driver<'_> {
                     .map(|m| MessageMeta { size: m.size, uidl: m.uidl.as_str().to_string() })
                     .collect();
                 let tls = self.stream.as_ref().is_some_and(Stream::is_tls);
-                info!(peer = %self.peer, %user, mechanism, tls,
+                info!(peer = %self.peer, %user, %mechanism, tls,
                       messages = mailbox.messages().len(), "login");
+                self.stats.user = Some(user.clone());
+                self.stats.mechanism = Some(mechanism);
+                self.stats.messages = mailbox.messages().len();
+                self.stats.uidl_hash = Some(uidl_hash(mailbox.messages().iter().map(|m| m.uidl.as_str())));
                 self.mailbox = Some(Arc::new(Mutex::new(mailbox)));
                 self.handle.set_user(&user);
                 self.policy = policy;
@@ -703,7 +801,7 @@ impl Driver<'_> {
         let bearer = match parsed {
             Ok(b) => b,
             Err(reason) => {
-                debug!(peer = %self.peer, reason, "malformed bearer response");
+                debug!(peer = %self.peer, %reason, "malformed bearer response");
                 return Step::Done(Err((String::new(), LoginFailure::BadCredentials)));
             }
         };
@@ -883,7 +981,7 @@ impl Driver<'_> {
         }
         let result = tokio::task::spawn_blocking(move || {
             if let Err(e) = mailbox.record_retrievals(&retrieved, SystemTime::now()) {
-                warn!(user = mailbox.user(), error = %e, "cannot record retrievals");
+                warn!(user = %mailbox.user(), error = %e, "cannot record retrievals");
             }
             mailbox.commit(&remove)
         })
@@ -904,9 +1002,70 @@ impl Driver<'_> {
             }
             Err(e) => UpdateResult::Failed(e),
         };
-        info!(peer = %self.peer, %user, requested, retrieved = self.stats.retrieved,
-              bytes = self.stats.bytes, result = ?outcome, "logout");
+        self.stats.deleted = match &outcome {
+            UpdateResult::Removed(n) => *n,
+            UpdateResult::RemovedRestorable { removed, .. } | UpdateResult::Partial { removed, .. } => *removed,
+            _ => 0,
+        };
+        debug!(peer = %self.peer, %user, requested, deleted = self.stats.deleted, "update done");
         outcome
+    }
+
+    /// After the credentials are proved, before the maildrop: the
+    /// connection leaves the per-IP count of unauthenticated connections
+    /// and takes a place under `max_connections_per_user_ip`. The only place
+    /// a login is refused for that limit.
+    fn claim_user_ip_slot(&mut self, user: &str) -> Result<(), LoginFailure> {
+        let max = self.svc.config.max_connections_per_user_ip;
+        // A second login on the same connection (after [IN-USE]) gives
+        // back the first one's place before taking its own.
+        self.slots.user_ip = None;
+        match self.svc.per_user_ip.try_acquire(user, self.peer.ip(), max) {
+            Some(slot) => {
+                self.slots.user_ip = Some(slot);
+                self.slots.ip = None;
+                Ok(())
+            }
+            None => {
+                warn!(peer = %self.peer, ip = %self.peer.ip(), %user, limit = max,
+                      "login refused: max_connections_per_user_ip reached for this user and address");
+                Err(LoginFailure::Temporary(format!(
+                    "too many connections of this user from your address (limit {max}), try again later"
+                )))
+            }
+        }
+    }
+
+    /// The one line logged when a connection ends, QUIT or not: what the
+    /// session did, for the admin and for log shippers. Connections that
+    /// never logged in get a shorter line: at info when they tried (so a
+    /// refused or failing client is visible without debug logging), at
+    /// debug when they did not (port scanners and health checks would
+    /// otherwise fill the log on an Internet-facing server).
+    fn log_summary(&self, end: End, duration: Duration) {
+        // A bool like the login line's `tls` (a JSON boolean for shippers).
+        let tls = self.stream.as_ref().is_some_and(Stream::is_tls);
+        let duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX);
+        let s = &self.stats;
+        if let Some(user) = &s.user {
+            let uidl_hash = s.uidl_hash.map(hex::encode).unwrap_or_default();
+            let mechanism = s.mechanism.unwrap_or_default();
+            // Only UPDATE (QUIT after login) removes or records anything.
+            let what = if end == End::Quit {
+                "pop3 session ended"
+            } else {
+                "pop3 session ended without QUIT; nothing deleted"
+            };
+            info!(peer = %self.peer, %user, tls, %mechanism, messages = s.messages, %uidl_hash,
+                  retrieved = s.retrieved, deleted = s.deleted, bytes = s.bytes, duration_ms,
+                  end = %end.as_str(), "{what}");
+        } else if s.auth_failures > 0 || s.refused > 0 {
+            info!(peer = %self.peer, tls, end = %end.as_str(), auth_failures = s.auth_failures,
+                  refused = s.refused, duration_ms, "pop3 connection ended without login");
+        } else {
+            debug!(peer = %self.peer, tls, end = %end.as_str(), auth_failures = 0, refused = 0,
+                   duration_ms, "pop3 connection ended without login");
+        }
     }
 }
 
@@ -1063,6 +1222,12 @@ fn read_and_encode(
     }
 }
 
+/// True for a QUIT command line (any case, no argument).
+fn is_quit(line: &[u8]) -> bool {
+    let line = line.strip_suffix(b"\r\n").or_else(|| line.strip_suffix(b"\n")).unwrap_or(line);
+    line.eq_ignore_ascii_case(b"QUIT")
+}
+
 /// The command keyword of a line, for logs; never its arguments.
 fn keyword(line: &[u8]) -> String {
     let kw = line.split(|&b| b == b' ').next().unwrap_or_default();
@@ -1100,7 +1265,7 @@ mod tests {
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (tcp, peer) = listener.accept().await.unwrap();
         let (_trigger, shutdown) = crate::shutdown::channel();
-        let task = serve(tcp, peer, false, svc, shutdown);
+        let task = serve(tcp, peer, false, svc, shutdown, None);
         let size = std::mem::size_of_val(&task);
         assert!(size <= 2560, "the POP3 connection future is {size} bytes");
         drop((task, client));

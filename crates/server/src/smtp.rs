@@ -385,7 +385,7 @@ impl Session {
                             reply(out, "250 2.1.5 recipient ok\r\n");
                         }
                         Err(text) => {
-                            info!(peer = %self.peer, rcpt = %sanitize(&to.address), reply = text.trim_end(), "recipient refused");
+                            info!(peer = %self.peer, rcpt = %sanitize(&to.address), reply = %text.trim_end(), "recipient refused");
                             reply(out, &text);
                         }
                     }
@@ -537,7 +537,7 @@ impl Session {
                 Ok(Outcome::Stored(copies)) => {
                     for (folder, d) in &copies {
                         info!(peer = %self.peer, user = %rcpt.user, uidl = %d.uidl.as_str(), size = d.size,
-                              folder = folder.as_deref().unwrap_or("INBOX"), "delivered (smtp)");
+                              folder = %folder.as_deref().unwrap_or("INBOX"), "delivered (smtp)");
                     }
                     delivered += 1;
                 }

@@ -190,7 +190,11 @@ pub(crate) fn ip_key(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// Counts open connections per client IP (IPv6 by /64).
+/// Counts open connections per client IP (IPv6 by /64). For POP3 only
+/// connections that have not authenticated yet count: the POP3 driver drops
+/// its slot once the client has proved a user's credentials (see
+/// [`PerUserIpConnections`]), so many users behind one NAT address can all
+/// be logged in at once.
 #[derive(Debug, Default)]
 pub struct PerIpConnections {
     open: Mutex<HashMap<IpAddr, usize>>,
@@ -224,6 +228,52 @@ impl Drop for IpSlot {
             *n -= 1;
             if *n == 0 {
                 open.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Counts connections per (user, client IP) that have proved the user's
+/// credentials: the one logged in and those refused after authenticating
+/// (`[IN-USE]`, LOGIN-DELAY), like Dovecot's `mail_max_userip_connections`.
+/// The maildrop lock already allows one logged-in session per user; what
+/// this bounds is a client (or several devices behind one address) that
+/// keeps opening connections and proving the password while the maildrop
+/// is held, each of which would otherwise linger until its login deadline.
+#[derive(Debug, Default)]
+pub struct PerUserIpConnections {
+    open: Mutex<HashMap<(String, IpAddr), usize>>,
+}
+
+/// Releases a (user, IP) slot when the connection ends.
+#[derive(Debug)]
+pub struct UserIpSlot {
+    owner: std::sync::Arc<PerUserIpConnections>,
+    key: (String, IpAddr),
+}
+
+impl PerUserIpConnections {
+    /// Takes a slot for `user` from `ip`, or `None` when it already has
+    /// `max` open.
+    pub fn try_acquire(self: &std::sync::Arc<Self>, user: &str, ip: IpAddr, max: usize) -> Option<UserIpSlot> {
+        let key = (user.to_owned(), ip_key(ip));
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(key.clone()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UserIpSlot { owner: std::sync::Arc::clone(self), key })
+    }
+}
+
+impl Drop for UserIpSlot {
+    fn drop(&mut self) {
+        let mut open = self.owner.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.key) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.key);
             }
         }
     }
@@ -316,5 +366,17 @@ mod tests {
         assert!(limits.try_acquire(OTHER, 2).is_some());
         drop(a);
         assert!(limits.try_acquire(IP, 2).is_some());
+    }
+
+    #[test]
+    fn per_user_ip_limit_is_per_user_and_per_address() {
+        let limits = std::sync::Arc::new(PerUserIpConnections::default());
+        let a = limits.try_acquire("alice", IP, 2).unwrap();
+        let _b = limits.try_acquire("alice", IP, 2).unwrap();
+        assert!(limits.try_acquire("alice", IP, 2).is_none());
+        assert!(limits.try_acquire("bob", IP, 2).is_some(), "another user from the same address");
+        assert!(limits.try_acquire("alice", OTHER, 2).is_some(), "the same user from another address");
+        drop(a);
+        assert!(limits.try_acquire("alice", IP, 2).is_some(), "a slot comes back when its connection ends");
     }
 }

@@ -280,8 +280,8 @@ pub async fn reload_task(tls: Tls, poll: Duration) {
         };
         let t = tls.clone();
         match tokio::task::spawn_blocking(move || t.reload()).await {
-            Ok(Ok(fp)) => info!(reason = why, fingerprint = %fp, "TLS certificates reloaded"),
-            Ok(Err(e)) => warn!(reason = why, error = %e, "TLS reload failed; keeping the certificates in use"),
+            Ok(Ok(fp)) => info!(reason = %why, fingerprint = %fp, "TLS certificates reloaded"),
+            Ok(Err(e)) => warn!(reason = %why, error = %e, "TLS reload failed; keeping the certificates in use"),
             Err(e) => warn!(error = %e, "TLS reload task failed"),
         }
     }

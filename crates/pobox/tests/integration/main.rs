@@ -9,6 +9,8 @@
 //! - `cli`: `pobox deliver`, `pobox user`, start-up errors, SIGTERM.
 //! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
 //! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
+//! - `logs`, `limits`: session summary lines, plain log values, connection
+//!   limits (issue 12, items 7 and 9).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -24,7 +26,9 @@
 mod audit;
 mod cli;
 mod filters;
+mod limits;
 mod lmtp;
+mod logs;
 mod pop3;
 mod retention;
 mod robustness;

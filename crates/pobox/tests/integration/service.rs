@@ -437,6 +437,10 @@ fn no_secret_in_the_logs_at_trace_level_in_text_or_json() {
         let log = server.stderr();
         assert!(log.contains("DEBUG") && log.contains("PASS"), "{format}: debug logging of commands is on: {log}");
         assert!(log.matches("authentication failed").count() >= 3, "{format}: the failures are logged: {log}");
+        // The per-session summary lines are covered too: the failed
+        // connections' short ones and the logged-in session's.
+        assert!(log.matches("pop3 connection ended without login").count() >= 3, "{format}: {log}");
+        assert!(log.contains("pop3 session ended") && log.contains("uidl_hash"), "{format}: {log}");
         for secret in secrets {
             assert!(!log.contains(secret), "{format}: {secret:?} leaked into the log:\n{log}");
         }

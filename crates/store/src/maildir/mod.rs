@@ -370,7 +370,7 @@ impl Mailstore for MaildirStore {
                 m.retrieved = log.retrieved.get(m.uidl.as_str()).copied();
             }
         }
-        tracing::debug!(user, count = messages.len(), "maildrop opened");
+        tracing::debug!(%user, count = messages.len(), "maildrop opened");
         Ok(Box::new(MaildirMailbox {
             user: user.to_owned(),
             root: maildir.into_session_root()?,
@@ -874,7 +874,7 @@ impl Mailbox for MaildirMailbox {
         drop(this.lock);
         if let Ok(report) = &result {
             tracing::debug!(
-                user = this.user,
+                user = %this.user,
                 removed = report.removed,
                 failed = report.failed,
                 "maildrop committed"
@@ -992,11 +992,11 @@ impl MaildirStore {
             let commit =
                 commit::commit(&maildir, &messages, &expired, policy.restore_days > 0, now)?;
             if commit.unlogged {
-                tracing::warn!(user, "expired messages are in the restore area, but their removal was not logged");
+                tracing::warn!(%user, "expired messages are in the restore area, but their removal was not logged");
             }
             if commit.failed > 0 {
                 tracing::warn!(
-                    user,
+                    %user,
                     failed = commit.failed,
                     "some expired messages could not be removed"
                 );
