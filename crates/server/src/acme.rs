@@ -124,7 +124,16 @@ pub struct AcmeError(String);
 
 impl From<instant_acme::Error> for AcmeError {
     fn from(e: instant_acme::Error) -> Self {
-        AcmeError(format!("ACME server: {e}"))
+        // The causes matter most here ("client error (Connect)" alone does
+        // not say that the certificate was refused or the port was closed).
+        let mut text = format!("ACME server: {e}");
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            text.push_str(": ");
+            text.push_str(&cause.to_string());
+            source = cause.source();
+        }
+        AcmeError(text)
     }
 }
 
