@@ -170,6 +170,42 @@ pub struct RawConfig {
     pub oauth: Option<RawOAuth>,
     /// Who may connect to LMTP unix sockets (`lmtp = ["unix:/path"]`).
     pub lmtp_socket: Option<RawSocketAccess>,
+    /// Automatic certificates (ACME, RFC 8555); present = enabled.
+    pub acme: Option<RawAcme>,
+}
+
+/// `[acme]`: certificates from an ACME CA (Let's Encrypt by default).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// Directory URL (https); default Let's Encrypt production.
+    pub directory: Option<String>,
+    /// Contact e-mail(s) for the account: `"admin@example.org"` or
+    /// `"mailto:admin@example.org"`, or a list of them.
+    pub contact: Option<StringOrList>,
+    /// Names the certificate covers (default: `[hostname]`).
+    pub domains: Option<Vec<String>>,
+    /// `"http-01"` (default) or `"tls-alpn-01"`.
+    pub challenge: Option<String>,
+    /// HTTP-01 listener (default `0.0.0.0:80`).
+    pub http_listen: Option<String>,
+    /// PEM CA certificate the ACME server is verified with instead of the
+    /// system's roots (private CAs, tests).
+    pub ca_file: Option<PathBuf>,
+    /// Renew this many days before expiry (default 30).
+    pub renew_before_days: Option<u32>,
+    /// Seconds between expiry checks (default 86400, a day).
+    pub check_interval_secs: Option<u64>,
+}
+
+/// A string or a list of strings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    /// One.
+    One(String),
+    /// Several.
+    Many(Vec<String>),
 }
 
 /// `[lmtp_socket]`: permissions of LMTP unix sockets, like Dovecot's
@@ -375,6 +411,8 @@ pub struct Settings {
     pub user: Option<String>,
     /// `[lmtp_socket]`: mode and owner of LMTP unix sockets.
     pub lmtp_socket: pobox_server::SocketAccess,
+    /// `[acme]`, validated; `None`: no ACME.
+    pub acme: Option<pobox_server::acme::AcmeConfig>,
 }
 
 /// SMTP listens on port 25 by default (issue 4); `smtp = []` or `--smtp none`
@@ -601,11 +639,84 @@ impl Settings {
             tls_pairs,
             user: raw.user,
             lmtp_socket: socket_access(raw.lmtp_socket.unwrap_or_default())?,
+            acme: match raw.acme {
+                Some(a) => Some(acme(a, &data_dir, &server.hostname)?),
+                None => None,
+            },
             server,
             quota,
             data_dir,
         })
     }
+}
+
+/// `[acme]`: every value checked here, so a typo fails at start, not at
+/// the first renewal months later.
+fn acme(raw: RawAcme, data_dir: &Path, hostname: &str) -> anyhow::Result<pobox_server::acme::AcmeConfig> {
+    use pobox_server::acme::{AcmeConfig, ChallengeKind, LETS_ENCRYPT};
+    let directory = raw.directory.unwrap_or_else(|| LETS_ENCRYPT.to_string());
+    if !directory.starts_with("https://") {
+        bail!("acme.directory: {directory:?} must be an https:// URL (RFC 8555 §6.1)");
+    }
+    let contact = match raw.contact {
+        None => Vec::new(),
+        Some(StringOrList::One(c)) => vec![c],
+        Some(StringOrList::Many(v)) => v,
+    };
+    let contact = contact
+        .into_iter()
+        .map(|c| {
+            let address = c.strip_prefix("mailto:").unwrap_or(&c);
+            if address.is_empty() || !address.contains('@') || address.contains([' ', ',', '<', '>']) {
+                bail!("acme.contact: {c:?} is not an e-mail address");
+            }
+            Ok(format!("mailto:{address}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let domains = raw.domains.unwrap_or_else(|| vec![hostname.to_string()]);
+    if domains.is_empty() {
+        bail!("acme.domains: give at least one name (default: the hostname)");
+    }
+    let domains: Vec<String> = domains.into_iter().map(|d| d.to_ascii_lowercase()).collect();
+    for d in &domains {
+        if d.starts_with("*.") {
+            bail!("acme.domains: {d:?}: wildcards need the dns-01 challenge, which pobox does not do");
+        }
+        let valid = !d.is_empty()
+            && d.len() <= 253
+            && d.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'));
+        if !valid {
+            bail!("acme.domains: {d:?} is not a DNS name");
+        }
+    }
+    let challenge = match raw.challenge.as_deref() {
+        None | Some("http-01") => ChallengeKind::Http01,
+        Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
+        Some(other) => bail!("acme.challenge: {other:?} must be \"http-01\" or \"tls-alpn-01\""),
+    };
+    let http_listen = raw.http_listen.as_deref().unwrap_or("0.0.0.0:80");
+    let http_listen: SocketAddr = http_listen
+        .parse()
+        .map_err(|_| anyhow::anyhow!("acme.http_listen: {http_listen:?} is not IP:PORT"))?;
+    let renew_before_days = raw.renew_before_days.unwrap_or(30);
+    if renew_before_days == 0 {
+        bail!("acme.renew_before_days: must be at least 1");
+    }
+    let check_interval = raw.check_interval_secs.unwrap_or(86_400);
+    if check_interval == 0 {
+        bail!("acme.check_interval_secs: must be at least 1");
+    }
+    Ok(AcmeConfig {
+        directory,
+        contact,
+        domains,
+        challenge,
+        http_listen,
+        ca_file: raw.ca_file.map(|p| resolve(data_dir, p)),
+        renew_before: Duration::from_secs(u64::from(renew_before_days) * 86_400),
+        check_interval: Duration::from_secs(check_interval),
+        dir: data_dir.join("acme"),
+    })
 }
 
 /// `[lmtp_socket]`: the mode is an octal permission mode (at most 0777);
@@ -862,6 +973,46 @@ mod security_tests {
         assert_eq!(data_dir(None, None).unwrap(), PathBuf::from(DEFAULT_DATA_DIR));
         std::fs::write(&mine, "data_dir = \"rel\"\n").unwrap();
         assert_eq!(data_dir(None, Some(&mine)).unwrap(), dir.path().join("rel"), "relative to the config file");
+    }
+
+    #[test]
+    fn acme_keys() {
+        use pobox_server::acme::{ChallengeKind, LETS_ENCRYPT};
+        assert!(parse("").unwrap().acme.is_none(), "off unless [acme] is present");
+        let s = parse("hostname = \"Mail.Example.org\"\n[acme]\ncontact = \"admin@example.org\"\n").unwrap();
+        let a = s.acme.unwrap();
+        assert_eq!(a.directory, LETS_ENCRYPT);
+        assert_eq!(a.contact, ["mailto:admin@example.org"]);
+        assert_eq!(a.domains, ["mail.example.org"], "default: the host name");
+        assert_eq!(a.challenge, ChallengeKind::Http01);
+        assert_eq!(a.http_listen, "0.0.0.0:80".parse().unwrap());
+        assert_eq!(a.renew_before, Duration::from_secs(30 * 86_400));
+        assert_eq!(a.check_interval, Duration::from_secs(86_400));
+        assert_eq!(a.dir, PathBuf::from("/tmp/pobox-test/acme"));
+        let a = parse(
+            "[acme]\ndirectory = \"https://127.0.0.1:14000/dir\"\ndomains = [\"a.example\", \"b.example\"]\n\
+             challenge = \"tls-alpn-01\"\nca_file = \"pebble.pem\"\nrenew_before_days = 10\ncontact = [\"mailto:x@y.z\"]\n",
+        )
+        .unwrap()
+        .acme
+        .unwrap();
+        assert_eq!(a.challenge, ChallengeKind::TlsAlpn01);
+        assert_eq!(a.ca_file, Some(PathBuf::from("/tmp/pobox-test/pebble.pem")));
+        assert_eq!(a.domains, ["a.example", "b.example"]);
+        for bad in [
+            "directory = \"http://x/dir\"",
+            "challenge = \"dns-01\"",
+            "domains = [\"*.example.org\"]",
+            "domains = []",
+            "domains = [\"a b\"]",
+            "contact = \"nobody\"",
+            "http_listen = \"80\"",
+            "renew_before_days = 0",
+            "email = \"x@y.z\"",
+        ] {
+            let err = parse(&format!("[acme]\n{bad}\n")).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(format!("{err:#}").contains("acme") || format!("{err:#}").contains("unknown field"), "{bad}: {err:#}");
+        }
     }
 
     #[test]

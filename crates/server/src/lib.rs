@@ -9,6 +9,7 @@
 //! # Layout
 //! - [`config`]: the validated settings.
 //! - [`tls`]: certificate loading/generation and the rustls config.
+//! - [`acme`]: automatic certificates (RFC 8555), HTTP-01 and TLS-ALPN-01.
 //! - `listener` (in this file): binding and accept loops with limits.
 //! - `pop3`: the POP3 connection driver.
 //! - `lmtp`: the LMTP session loop.
@@ -21,6 +22,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod acme;
 pub mod config;
 mod conn;
 mod control;

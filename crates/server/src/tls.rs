@@ -22,6 +22,16 @@
 //! otherwise abort with `no_application_protocol` and POP3 clients that
 //! send e.g. `http/1.1` by library default would be refused.
 //!
+//! # ACME
+//!
+//! [`CertStore`] also holds the certificate obtained by [`crate::acme`] in
+//! its own `ArcSwap` slot, swapped the same way. It is served when the
+//! client sends no SNI, names one of its domains, or names something no
+//! configured certificate covers; a name only a configured certificate
+//! covers still gets that one. A ClientHello offering ALPN `acme-tls/1`
+//! (RFC 8737) gets the pending challenge certificate for its SNI name and
+//! nothing else; that connection ends after the handshake.
+//!
 //! # Channel binding
 //!
 //! [`channel_bindings`] gives SCRAM-SHA-256-PLUS the RFC 9266
@@ -34,7 +44,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use pobox_auth::scram::ChannelBindings;
 use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert, ServerConnection};
@@ -136,15 +146,19 @@ impl CertSet {
     /// The certificate for `sni` (exact name, then wildcard one label deep),
     /// else the first.
     pub fn select(&self, sni: Option<&str>) -> Option<&LoadedCert> {
-        if let Some(name) = sni.map(str::to_ascii_lowercase) {
-            let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
-            for wanted in std::iter::once(Some(name)).chain(std::iter::once(wildcard)).flatten() {
-                if let Some(c) = self.certs.iter().find(|c| c.names.contains(&wanted)) {
-                    return Some(c);
-                }
+        self.find(sni).or_else(|| self.certs.first())
+    }
+
+    /// The certificate whose names cover `sni` (exact, then wildcard), if any.
+    fn find(&self, sni: Option<&str>) -> Option<&LoadedCert> {
+        let name = sni?.to_ascii_lowercase();
+        let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+        for wanted in std::iter::once(Some(name)).chain(std::iter::once(wildcard)).flatten() {
+            if let Some(c) = self.certs.iter().find(|c| c.names.contains(&wanted)) {
+                return Some(c);
             }
         }
-        self.certs.first()
+        None
     }
 }
 
@@ -152,6 +166,10 @@ impl CertSet {
 #[derive(Debug, Default)]
 pub struct CertStore {
     current: ArcSwap<CertSet>,
+    /// The ACME certificate, once one is obtained (see the module docs).
+    acme: ArcSwapOption<LoadedCert>,
+    /// Pending ACME challenges (TLS-ALPN-01 certificates, HTTP-01 tokens).
+    challenges: Arc<crate::acme::Challenges>,
 }
 
 impl CertStore {
@@ -159,12 +177,48 @@ impl CertStore {
     pub fn current(&self) -> Arc<CertSet> {
         self.current.load_full()
     }
+
+    /// The ACME certificate in use, if any.
+    pub fn acme(&self) -> Option<Arc<LoadedCert>> {
+        self.acme.load_full()
+    }
+
+    /// Swaps in a new ACME certificate for new handshakes; running sessions
+    /// keep theirs.
+    pub fn set_acme(&self, cert: LoadedCert) {
+        self.acme.store(Some(Arc::new(cert)));
+    }
+
+    /// The pending ACME challenges.
+    pub fn challenges(&self) -> Arc<crate::acme::Challenges> {
+        Arc::clone(&self.challenges)
+    }
+
+    /// Applies `f` to the certificate a handshake with `sni` gets.
+    fn with_selected<R>(&self, sni: Option<&str>, f: impl FnOnce(&LoadedCert) -> R) -> Option<R> {
+        let set = self.current.load();
+        if let Some(acme) = self.acme.load().as_deref() {
+            let covers = |name: &str| {
+                let name = name.to_ascii_lowercase();
+                let wildcard = name.split_once('.').map(|(_, rest)| format!("*.{rest}"));
+                acme.names.contains(&name) || wildcard.is_some_and(|w| acme.names.contains(&w))
+            };
+            if sni.is_none_or(|n| covers(n) || set.find(Some(n)).is_none()) {
+                return Some(f(acme));
+            }
+        }
+        set.select(sni).map(f)
+    }
 }
 
 impl ResolvesServerCert for CertStore {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        let set = self.current.load();
-        set.select(hello.server_name()).map(|c| Arc::clone(&c.key))
+        let acme_validation = hello.alpn().is_some_and(|mut p| p.any(|p| p == crate::acme::ALPN_ACME_TLS));
+        if acme_validation {
+            // RFC 8737 §3: only the challenge certificate, never a real one.
+            return hello.server_name().and_then(|name| self.challenges.tls_certificate(name));
+        }
+        self.with_selected(hello.server_name(), |c| Arc::clone(&c.key))
     }
 }
 
@@ -177,6 +231,8 @@ pub struct Tls {
     with_alpn: Arc<ServerConfig>,
     /// Config used otherwise.
     without_alpn: Arc<ServerConfig>,
+    /// Config for ACME TLS-ALPN-01 validation handshakes.
+    acme_validation: Arc<ServerConfig>,
     /// SHA-256 fingerprint of the default certificate at startup.
     pub fingerprint: String,
     /// The default certificate file.
@@ -204,14 +260,17 @@ impl Tls {
         let set = load_set(&pairs)?;
         let fingerprint = set.certs[0].fingerprint.clone();
         let cert_path = pairs[0].cert.clone();
-        let store = Arc::new(CertStore { current: ArcSwap::from_pointee(set) });
+        let store = Arc::new(CertStore { current: ArcSwap::from_pointee(set), ..CertStore::default() });
         let without = server_config_with(store.clone())?;
         let mut with = without.clone();
         with.alpn_protocols = vec![ALPN_POP3.to_vec()];
+        let mut acme_validation = without.clone();
+        acme_validation.alpn_protocols = vec![crate::acme::ALPN_ACME_TLS.to_vec()];
         Ok(Tls {
             store,
             with_alpn: Arc::new(with),
             without_alpn: Arc::new(without),
+            acme_validation: Arc::new(acme_validation),
             fingerprint,
             cert_path,
             generated: false,
@@ -232,11 +291,16 @@ impl Tls {
     pub async fn accept(&self, tcp: TcpStream) -> io::Result<TlsStream<TcpStream>> {
         let start =
             tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), tcp).await?;
-        let offers_pop3 = start
-            .client_hello()
-            .alpn()
-            .is_some_and(|mut protocols| protocols.any(|p| p == ALPN_POP3));
-        let config = if offers_pop3 { &self.with_alpn } else { &self.without_alpn };
+        let offers = |wanted: &[u8]| start.client_hello().alpn().is_some_and(|mut protocols| protocols.any(|p| p == wanted));
+        if offers(crate::acme::ALPN_ACME_TLS) {
+            // An ACME server validating TLS-ALPN-01: the handshake is the
+            // whole answer (RFC 8737 §3); no POP3 follows.
+            use tokio::io::AsyncWriteExt as _;
+            let mut stream = start.into_stream(Arc::clone(&self.acme_validation)).await?;
+            let _ = stream.shutdown().await;
+            return Err(io::Error::other("ACME tls-alpn-01 validation handshake answered"));
+        }
+        let config = if offers(ALPN_POP3) { &self.with_alpn } else { &self.without_alpn };
         start.into_stream(Arc::clone(config)).await
     }
 
@@ -295,8 +359,7 @@ pub fn channel_bindings(conn: &ServerConnection, store: &CertStore) -> ChannelBi
         .then(|| conn.export_keying_material([0u8; 32], b"EXPORTER-Channel-Binding", None).ok())
         .flatten()
         .map(|k| k.to_vec());
-    let set = store.current();
-    let tls_server_end_point = set.select(conn.server_name()).and_then(|c| c.end_point.clone());
+    let tls_server_end_point = store.with_selected(conn.server_name(), |c| c.end_point.clone()).flatten();
     ChannelBindings { tls_exporter, tls_server_end_point }
 }
 
@@ -656,6 +719,23 @@ mod tests {
         assert_eq!(pick(Some("x.y.b.example")), "a.crt", "wildcards cover one label");
         assert_eq!(pick(None), "a.crt");
         assert!(set.certs[0].end_point.as_ref().is_some_and(|h| h.len() == 32));
+    }
+
+    #[test]
+    fn acme_certificate_is_the_default_but_never_shadows_a_configured_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = write_pair(dir.path(), "a", &["mail.a.example"]);
+        let acme = write_pair(dir.path(), "acme", &["mail.b.example"]);
+        let tls = Tls::load(vec![a]).unwrap();
+        let pick = |sni: Option<&str>| {
+            tls.store.with_selected(sni, |c| c.pair.cert.file_name().unwrap().to_str().unwrap().to_owned()).unwrap()
+        };
+        assert_eq!(pick(None), "a.crt");
+        tls.store.set_acme(load_one(&acme).unwrap());
+        assert_eq!(pick(None), "acme.crt", "no SNI: the ACME certificate");
+        assert_eq!(pick(Some("MAIL.B.example")), "acme.crt");
+        assert_eq!(pick(Some("other.example")), "acme.crt", "a name nobody covers");
+        assert_eq!(pick(Some("mail.a.example")), "a.crt", "a configured certificate keeps its names");
     }
 
     #[test]

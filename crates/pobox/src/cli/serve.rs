@@ -96,6 +96,22 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     } else {
         None
     };
+    // ACME: DATA/acme and the HTTP-01 port now, while still root; a
+    // certificate from an earlier run is served from the first handshake.
+    let acme = match (settings.acme.clone(), &tls) {
+        (None, _) => None,
+        (Some(_), None) => anyhow::bail!("[acme] needs a TLS listener (pop3, pop3s or smtp)"),
+        (Some(cfg), Some(tls)) => {
+            if cfg.challenge == pobox_server::acme::ChallengeKind::TlsAlpn01 && settings.pop3s.is_empty() {
+                anyhow::bail!("acme.challenge = \"tls-alpn-01\" is answered on the pop3s listener, and there is none");
+            }
+            let acme = pobox_server::acme::Acme::prepare(cfg).context("[acme] setup failed")?;
+            if let Some(cert) = acme.load_existing() {
+                tls.store.set_acme(cert);
+            }
+            Some(acme)
+        }
+    };
     if let Some(oauth) = &settings.server.oauth {
         pobox_auth::oauth::OAuthValidator::new(oauth.clone())
             .check_jwks()
@@ -135,6 +151,8 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     } else {
         Vec::new()
     };
+    // The ACME account, key and certificate: renewals run after the drop.
+    own_files.extend(acme.iter().flat_map(pobox_server::acme::Acme::files));
     // The maildrop lock file, if root just created it: admin commands run
     // as the service user must be able to open it too.
     own_files.push(store.lock_file().to_path_buf());
@@ -161,7 +179,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files))
+    runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files, acme))
 }
 
 /// The file whose lock marks the data dir as served; it holds the PID.
@@ -254,6 +272,8 @@ fn raise_open_files(max_connections: usize) -> OpenFiles {
     OpenFiles { limit, wanted }
 }
 
+// The prelude hands over everything it prepared while privileged.
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     settings: Settings,
     users: Arc<pobox_auth::UserDb>,
@@ -262,6 +282,7 @@ async fn serve(
     bound: Vec<pobox_server::PreBound>,
     dropped: privdrop::Outcome,
     open_files: OpenFiles,
+    acme: Option<pobox_server::acme::Acme>,
 ) -> anyhow::Result<()> {
     let stop = stop_signal();
     let mut listeners = Vec::new();
@@ -286,6 +307,18 @@ async fn serve(
         let origin = if tls.generated { "generated now, self-signed" } else { "loaded" };
         println!("  certificate  {} ({origin})", tls.cert_path.display());
         println!("  SHA-256      {}", tls.fingerprint);
+    }
+    if let (Some(acme), Some(tls)) = (&acme, &tls) {
+        let cfg = acme.config();
+        let via = match acme.http_local_addr() {
+            Some(addr) => format!("{} on {addr}", cfg.challenge),
+            None => cfg.challenge.to_string(),
+        };
+        let state = match tls.store.acme() {
+            Some(c) => format!("certificate {}", c.fingerprint),
+            None => "requesting a certificate; the one above is served until then".to_string(),
+        };
+        println!("  ACME         {} via {via}: {state}", cfg.domains.join(", "));
     }
     match &dropped {
         privdrop::Outcome::Dropped { user, uid, .. } => println!("  running as   {user} (uid {uid})"),
@@ -317,6 +350,10 @@ async fn serve(
     let _ = std::io::stdout().flush();
 
     let svc = Arc::new(Services::new(settings.server, users, Arc::new(store), tls));
+    // Dropped with the runtime when the server stops.
+    if let (Some(acme), Some(tls)) = (acme, &svc.tls) {
+        tokio::spawn(acme.run(tls.store.clone()));
+    }
     super::systemd::ready();
     super::systemd::spawn_watchdog();
     let stop = async {
