@@ -167,6 +167,9 @@ pub struct RawConfig {
     pub oauth: Option<RawOAuth>,
     /// Who may connect to LMTP unix sockets (`lmtp = ["unix:/path"]`).
     pub lmtp_socket: Option<RawSocketAccess>,
+    /// OpenMetrics endpoint `IP:PORT` (`GET /metrics`, no authentication);
+    /// unset: off.
+    pub metrics: Option<String>,
 }
 
 /// `[lmtp_socket]`: permissions of LMTP unix sockets, like Dovecot's
@@ -531,6 +534,12 @@ impl Settings {
             },
             // A directory of the service user's own: see server/src/spool.rs.
             spool_dir: Some(data_dir.join("spool")),
+            metrics: match raw.metrics {
+                None => None,
+                Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!("metrics: {a:?} is not an IP:PORT address, e.g. \"127.0.0.1:9185\"")
+                })?),
+            },
             mail_auth: pobox_server::config::MailAuthConfig {
                 enabled: raw.check_spf_dkim_dmarc.unwrap_or(true),
                 resolver: dns_resolver(raw.dns_resolver)?,

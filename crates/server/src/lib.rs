@@ -17,6 +17,7 @@
 //! - [`throttle`]: brute-force penalties and per-IP connection limits.
 //! - [`credcache`]: the cache of successful password verifications.
 //! - [`privdrop`]: switching to the unprivileged user.
+//! - [`metrics`]: counters and the OpenMetrics endpoint.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -29,6 +30,7 @@ pub mod date;
 pub mod delivery;
 mod intake;
 mod lmtp;
+pub mod metrics;
 mod pop3;
 mod smtp;
 mod spool;
@@ -424,6 +426,7 @@ async fn expiry_loop(svc: Arc<Services>) {
             for user in users {
                 match svc.store.expire(&user, now, false) {
                     Ok(r) => {
+                        metrics::expiry(r.expired.len(), r.purged);
                         expired += r.expired.len();
                         purged += r.purged;
                         skipped += usize::from(r.skipped_in_use);
@@ -479,7 +482,9 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                 continue;
             }
         };
+        metrics::connection(protocol);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::refused(protocol, metrics::Refusal::MaxConnections);
             warn!(%protocol, %peer, "connection limit reached");
             tokio::spawn(refuse_busy(conn, protocol));
             continue;
@@ -496,6 +501,7 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                 match table.try_acquire(addr.ip(), max) {
                     Some(slot) => Some(slot),
                     None => {
+                        metrics::refused(protocol, metrics::Refusal::PerIp);
                         warn!(%protocol, %peer, "per-IP connection limit reached");
                         tokio::spawn(refuse_busy(conn, protocol));
                         continue;
@@ -509,7 +515,7 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
         // One spawn per protocol, not one async block matching on it: a
         // task's memory is its future's size, and a shared block would make
         // every idle POP3 session as big as the largest SMTP state.
-        let slots = (permit, ip_slot);
+        let slots = (permit, ip_slot, metrics::session(protocol));
         match (protocol, conn) {
             (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, pop3::serve(tcp, addr, false, svc, shutdown)),
             (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, pop3::serve(tcp, addr, true, svc, shutdown)),

@@ -152,6 +152,8 @@ fn to_expire(days: Days) -> Expire {
 struct Stats {
     retrieved: u64,
     bytes: u64,
+    /// Message octets of the last complete RETR (for the metrics).
+    retr_octets: u64,
 }
 
 struct Driver<'r> {
@@ -327,6 +329,7 @@ impl Driver<'_> {
                     if !self.session.in_sasl_exchange() {
                         // Only the keyword: arguments may be passwords.
                         debug!(peer = %self.peer, cmd = %keyword(line), "command");
+                        crate::metrics::pop3_command(line);
                     }
                     self.session.handle_line(line);
                     self.pos += consumed;
@@ -367,7 +370,11 @@ impl Driver<'_> {
                     self.session.handle_login(result);
                 }
                 Action::SendMessage { index, size, top_lines } => {
+                    let (started, sent_before) = (Instant::now(), self.stats.retrieved);
                     Box::pin(self.send_message(index, size, top_lines)).await?;
+                    if self.stats.retrieved > sent_before {
+                        crate::metrics::retr(self.stats.retr_octets, started.elapsed());
+                    }
                 }
                 Action::StartTls => Box::pin(self.start_tls()).await?,
                 Action::Update(deleted) => {
@@ -406,6 +413,7 @@ impl Driver<'_> {
             Ok(Ok(s)) => {
                 self.stream = Some(Stream::Tls(Box::new(s)));
                 self.handle.set_tls();
+                crate::metrics::starttls(crate::Protocol::Pop3);
                 self.session.handle_tls_established();
                 self.mech = None;
                 self.offer_mechanisms().await;
@@ -421,8 +429,9 @@ impl Driver<'_> {
     async fn login(&mut self, credentials: Credentials) -> Result<LoginGrant, LoginFailure> {
         let user = credentials.user().to_string();
         let mechanism = credentials.mechanism();
+        let started = Instant::now();
         match self.authenticate(credentials).await {
-            Ok(proof) => self.open_maildrop(proof, mechanism).await,
+            Ok(proof) => self.open_maildrop(proof, mechanism, started).await,
             Err(failure) => Err(self.fail(&user, mechanism, failure).await),
         }
     }
@@ -495,7 +504,16 @@ impl Driver<'_> {
     /// Logs a failed login (the line fail2ban's filter in contrib/ matches;
     /// keep its format), feeds the throttle, and waits `auth_failure_delay`
     /// on this session's own task (never blocking other sessions).
-    async fn fail(&mut self, user: &str, mechanism: &str, failure: LoginFailure) -> LoginFailure {
+    async fn fail(&mut self, user: &str, mechanism: &'static str, failure: LoginFailure) -> LoginFailure {
+        use crate::metrics::LoginResult;
+        let result = match &failure {
+            LoginFailure::BadCredentials => LoginResult::Failed,
+            LoginFailure::InUse => LoginResult::InUse,
+            LoginFailure::LoginDelay(_) => LoginResult::LoginDelay,
+            LoginFailure::Temporary(_) => LoginResult::Temporary,
+            LoginFailure::Permanent(_) => LoginResult::Permanent,
+        };
+        crate::metrics::login(mechanism, result, None);
         match &failure {
             LoginFailure::BadCredentials => {
                 self.svc.throttle.failed(self.peer.ip(), user, Instant::now());
@@ -511,7 +529,12 @@ impl Driver<'_> {
     }
 
     /// After authentication: LOGIN-DELAY, retention, lock and snapshot.
-    async fn open_maildrop(&mut self, authenticated: Authenticated, mechanism: &str) -> Result<LoginGrant, LoginFailure> {
+    async fn open_maildrop(
+        &mut self,
+        authenticated: Authenticated,
+        mechanism: &'static str,
+        started: Instant,
+    ) -> Result<LoginGrant, LoginFailure> {
         let svc = self.svc.clone();
         let result = tokio::task::spawn_blocking(move || {
             let user = authenticated.user();
@@ -532,7 +555,10 @@ impl Driver<'_> {
                 attempts += 1;
                 let expiry_skipped = can_expire
                     && match svc.store.expire(user, SystemTime::now(), false) {
-                        Ok(report) => report.skipped_in_use,
+                        Ok(report) => {
+                            crate::metrics::expiry(report.expired.len(), report.purged);
+                            report.skipped_in_use
+                        }
                         Err(e) => {
                             warn!(user, error = %e, "expiry at login failed");
                             false
@@ -581,6 +607,7 @@ impl Driver<'_> {
                 let tls = self.stream.as_ref().is_some_and(Stream::is_tls);
                 info!(peer = %self.peer, %user, mechanism, tls,
                       messages = mailbox.messages().len(), "login");
+                crate::metrics::login(mechanism, crate::metrics::LoginResult::Ok, Some(started.elapsed()));
                 self.mailbox = Some(Arc::new(Mutex::new(mailbox)));
                 self.handle.set_user(&user);
                 self.policy = policy;
@@ -625,6 +652,10 @@ impl Driver<'_> {
     /// One message of a driver-run SASL mechanism (SCRAM, OAUTHBEARER,
     /// XOAUTH2): answers with a challenge or ends the exchange.
     async fn sasl_step(&mut self, mechanism: &'static str, response: Sensitive, first: bool) {
+        // The login latency of a SASL exchange: its last step (for SCRAM,
+        // the proof was checked in the step before; client round trips
+        // are not the server's latency).
+        let started = Instant::now();
         if first {
             self.mech = None;
         }
@@ -636,7 +667,7 @@ impl Driver<'_> {
             Step::Challenge(c) => self.session.handle_sasl_challenge(&c),
             Step::Done(Ok(proof)) => {
                 self.svc.throttle.succeeded(self.peer.ip(), proof.user());
-                let result = self.open_maildrop(proof, mechanism).await;
+                let result = self.open_maildrop(proof, mechanism, started).await;
                 self.session.handle_login(result);
             }
             Step::Done(Err((user, failure))) => {
@@ -853,6 +884,7 @@ impl Driver<'_> {
         }
         if top_lines.is_none() {
             self.stats.retrieved += 1;
+            self.stats.retr_octets = unstuffed;
             if unstuffed != size {
                 // LIST promised `size`; the file changed under us or
                 // the size in its name is wrong. Say so loudly.
@@ -889,6 +921,9 @@ impl Driver<'_> {
         })
         .await
         .map_err(|e| e.to_string());
+        if let Ok(Ok(report)) = &result {
+            crate::metrics::pop3_deleted(report.removed);
+        }
         let outcome = match result {
             // What really happened (issue 17, finding 6): messages moved
             // to the restore area are removed, whether or not the

@@ -9,11 +9,13 @@
 //! - `cli`: `pobox deliver`, `pobox user`, start-up errors, SIGTERM.
 //! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
 //! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
+//! - `metrics`: the OpenMetrics endpoint, counters checked against a script.
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
 //! Client tools these tests run (Debian packages; `.ci/run` installs them):
-//! `python3` (poplib, smtplib), `curl`, `openssl`, `swaks`. A test whose tool
+//! `python3` (poplib, smtplib; `python3-prometheus-client` for the
+//! OpenMetrics parser), `curl`, `openssl`, `swaks`. A test whose tool
 //! is missing fails and names the package; none skips silently.
 //!
 //! Test names say what they prove.
@@ -25,6 +27,7 @@ mod audit;
 mod cli;
 mod filters;
 mod lmtp;
+mod metrics;
 mod pop3;
 mod retention;
 mod robustness;
