@@ -707,6 +707,15 @@ mod tests {
     }
 
     #[test]
+    fn metrics_key_is_off_by_default_and_names_itself_when_invalid() {
+        assert_eq!(parse("").unwrap().server.metrics, None);
+        let s = parse("metrics = \"127.0.0.1:9185\"").unwrap();
+        assert_eq!(s.server.metrics, Some("127.0.0.1:9185".parse().unwrap()));
+        let err = format!("{:#}", parse("metrics = \"localhost:9185\"").err().unwrap());
+        assert!(err.contains("metrics") && err.contains("IP:PORT"), "{err}");
+    }
+
+    #[test]
     fn login_deadline_key() {
         assert_eq!(parse("").unwrap().server.login_deadline, Duration::from_secs(180));
         let s = parse("login_deadline_secs = 30").unwrap();

@@ -255,6 +255,19 @@ fn a_scrape_counts_exactly_what_sessions_and_deliveries_did() {
     }
     // Client text never becomes a label value.
     assert!(!m.keys().any(|k| k.contains("XYZZY") || k.contains("secret")), "{m:#?}");
+    // The dashboard in contrib/ queries only series that exist.
+    let dashboard = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../contrib/grafana/pobox.json")).unwrap();
+    let mut queried = 0;
+    for (at, _) in dashboard.match_indices("pobox_") {
+        let name: String =
+            dashboard[at..].chars().take_while(|c| c.is_ascii_lowercase() || *c == '_' || c.is_ascii_digit()).collect();
+        if name == "pobox_" {
+            continue; // the dashboard's own title or tags
+        }
+        queried += 1;
+        assert!(m.keys().any(|k| k.starts_with(&format!("{name}{{"))), "the dashboard queries {name}, not exposed");
+    }
+    assert!(queried > 10, "{queried} series queried by the dashboard");
     // Every histogram's +Inf bucket equals its count.
     for h in ["pobox_login_duration_seconds", "pobox_pop3_retr_duration_seconds", "pobox_delivery_duration_seconds"] {
         assert_eq!(value(&format!("{h}_bucket{{le=\"+Inf\"}}")), value(&format!("{h}_count{{}}")), "{h}");
