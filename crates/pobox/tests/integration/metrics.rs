@@ -207,29 +207,49 @@ fn a_scrape_counts_exactly_what_sessions_and_deliveries_did() {
     c.quit();
     wait_idle(port);
 
+    // TLS with a real client (poplib): an STLS upgrade on the cleartext
+    // port, then a session on the implicit-TLS port.
+    server.python_ok(
+        r#"
+p = pop3()
+p.stls(tls_context())
+p.user("alice"); p.pass_(PW)
+p.quit()
+p = pop3s()
+p.user("alice"); p.pass_(PW)
+check(p.stat()[0] == 1, "alice keeps one message")
+p.quit()
+"#,
+    );
+    wait_idle(port);
+
     let m = scrape(&server, port);
     let value = |key: &str| *m.get(key).unwrap_or_else(|| panic!("no sample {key}\n{m:#?}"));
     let expect = [
-        ("pobox_connections_total{protocol=\"pop3\",tls=\"no\"}", 7.0),
-        ("pobox_connections_total{protocol=\"pop3s\",tls=\"yes\"}", 0.0),
+        ("pobox_connections_total{protocol=\"pop3\",tls=\"no\"}", 8.0),
+        ("pobox_connections_total{protocol=\"pop3s\",tls=\"yes\"}", 1.0),
         ("pobox_connections_total{protocol=\"lmtp\",tls=\"no\"}", 2.0),
         ("pobox_connections_refused_total{protocol=\"pop3\",reason=\"per_ip\"}", 1.0),
         ("pobox_connections_refused_total{protocol=\"pop3\",reason=\"max_connections\"}", 1.0),
         ("pobox_sessions{protocol=\"pop3\"}", 0.0),
         ("pobox_sessions{protocol=\"lmtp\"}", 0.0),
-        ("pobox_starttls_total{protocol=\"pop3\"}", 0.0),
-        ("pobox_logins_total{mechanism=\"USER\",result=\"ok\"}", 3.0),
+        ("pobox_sessions{protocol=\"pop3s\"}", 0.0),
+        ("pobox_starttls_total{protocol=\"pop3\"}", 1.0),
+        ("pobox_starttls_total{protocol=\"smtp\"}", 0.0),
+        ("pobox_logins_total{mechanism=\"USER\",result=\"ok\"}", 5.0),
         ("pobox_logins_total{mechanism=\"USER\",result=\"in_use\"}", 1.0),
         ("pobox_logins_total{mechanism=\"USER\",result=\"failed\"}", 1.0),
         ("pobox_logins_total{mechanism=\"PLAIN\",result=\"ok\"}", 0.0),
-        ("pobox_login_duration_seconds_count{}", 3.0),
-        ("pobox_pop3_commands_total{command=\"USER\"}", 5.0),
-        ("pobox_pop3_commands_total{command=\"PASS\"}", 5.0),
-        ("pobox_pop3_commands_total{command=\"STAT\"}", 3.0),
+        ("pobox_login_duration_seconds_count{}", 5.0),
+        ("pobox_pop3_commands_total{command=\"USER\"}", 7.0),
+        ("pobox_pop3_commands_total{command=\"PASS\"}", 7.0),
+        ("pobox_pop3_commands_total{command=\"STAT\"}", 4.0),
+        ("pobox_pop3_commands_total{command=\"CAPA\"}", 1.0),
+        ("pobox_pop3_commands_total{command=\"STLS\"}", 1.0),
         ("pobox_pop3_commands_total{command=\"LIST\"}", 1.0),
         ("pobox_pop3_commands_total{command=\"RETR\"}", 2.0),
         ("pobox_pop3_commands_total{command=\"DELE\"}", 1.0),
-        ("pobox_pop3_commands_total{command=\"QUIT\"}", 5.0),
+        ("pobox_pop3_commands_total{command=\"QUIT\"}", 7.0),
         ("pobox_pop3_commands_total{command=\"TOP\"}", 0.0),
         ("pobox_pop3_commands_total{command=\"unknown\"}", 1.0),
         ("pobox_pop3_retr_bytes_total{}", (sizes[0] + sizes[1]) as f64),
