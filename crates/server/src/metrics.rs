@@ -617,6 +617,25 @@ mod tests {
     }
 
     #[test]
+    fn throttle_penalties_are_counted_when_an_attempt_must_wait() {
+        use std::net::{IpAddr, Ipv4Addr};
+        let throttle = crate::throttle::Throttle::new(Duration::from_secs(15));
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+        let now = std::time::Instant::now();
+        for _ in 0..6 {
+            throttle.failed(ip, "victim", now);
+        }
+        let before = get().penalties.get();
+        // Same instant, no leak: the first attempt pushes the schedule, the
+        // second must wait for it.
+        assert!(throttle.admit(ip, "victim", now).is_zero());
+        assert!(!throttle.admit(ip, "victim", now).is_zero());
+        // Other tests in this binary may count penalties concurrently.
+        assert!(get().penalties.get() > before);
+        assert!(get().encode_openmetrics().contains("pobox_auth_penalty_seconds_total"));
+    }
+
+    #[test]
     fn client_text_never_becomes_a_label() {
         pop3_command(b"XYZZY\"} 1\nevil 2");
         pop3_command(b"retr 1");
