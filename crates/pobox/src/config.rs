@@ -170,6 +170,9 @@ pub struct RawConfig {
     pub oauth: Option<RawOAuth>,
     /// Who may connect to LMTP unix sockets (`lmtp = ["unix:/path"]`).
     pub lmtp_socket: Option<RawSocketAccess>,
+    /// OpenMetrics endpoint `IP:PORT` (`GET /metrics`, no authentication);
+    /// unset: off.
+    pub metrics: Option<String>,
     /// Automatic certificates (ACME, RFC 8555); present = enabled.
     pub acme: Option<RawAcme>,
 }
@@ -577,6 +580,12 @@ impl Settings {
             },
             // A directory of the service user's own: see server/src/spool.rs.
             spool_dir: Some(data_dir.join("spool")),
+            metrics: match raw.metrics {
+                None => None,
+                Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
+                    anyhow::anyhow!("metrics: {a:?} is not an IP:PORT address, e.g. \"127.0.0.1:9185\"")
+                })?),
+            },
             mail_auth: pobox_server::config::MailAuthConfig {
                 enabled: raw.check_spf_dkim_dmarc.unwrap_or(true),
                 resolver: dns_resolver(raw.dns_resolver)?,
@@ -814,6 +823,15 @@ mod tests {
         assert_eq!(s.mail_location, "/tmp/pobox-test/mail/{user}");
         assert_eq!(s.server.session_timeout, Duration::from_secs(600));
         assert!(!s.server.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn metrics_key_is_off_by_default_and_names_itself_when_invalid() {
+        assert_eq!(parse("").unwrap().server.metrics, None);
+        let s = parse("metrics = \"127.0.0.1:9185\"").unwrap();
+        assert_eq!(s.server.metrics, Some("127.0.0.1:9185".parse().unwrap()));
+        let err = format!("{:#}", parse("metrics = \"localhost:9185\"").err().unwrap());
+        assert!(err.contains("metrics") && err.contains("IP:PORT"), "{err}");
     }
 
     #[test]

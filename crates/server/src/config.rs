@@ -131,6 +131,9 @@ pub struct Config {
     /// Where messages past 128 KiB are spooled while received (created
     /// 0700, emptied at startup); `None`: the system temporary directory.
     pub spool_dir: Option<PathBuf>,
+    /// Where the OpenMetrics endpoint (`GET /metrics`) listens; `None`: off.
+    /// It has no authentication: loopback or a private network only.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Which DNS servers the SPF/DKIM/DMARC checks ask.
@@ -211,6 +214,7 @@ impl Default for Config {
             data_memory_max: 32 * 1024 * 1024,
             data_in_flight_max: 1024 * 1024 * 1024,
             spool_dir: None,
+            metrics: None,
         }
     }
 }

@@ -169,6 +169,7 @@ impl Pipeline {
         }
         let mut plans = Vec::new();
         for action in outcome.actions {
+            crate::metrics::sieve_action(&action);
             match action {
                 Action::Keep { .. } => plans.push(Plan::Inbox),
                 Action::FileInto { mailbox, .. } => plans.push(Plan::Folder(mailbox)),

@@ -18,6 +18,7 @@
 //! - [`throttle`]: brute-force penalties and per-IP connection limits.
 //! - [`credcache`]: the cache of successful password verifications.
 //! - [`privdrop`]: switching to the unprivileged user.
+//! - [`metrics`]: counters and the OpenMetrics endpoint.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -31,6 +32,7 @@ pub mod date;
 pub mod delivery;
 mod intake;
 mod lmtp;
+pub mod metrics;
 mod pop3;
 mod smtp;
 mod spool;
@@ -429,6 +431,7 @@ async fn expiry_loop(svc: Arc<Services>) {
             for user in users {
                 match svc.store.expire(&user, now, false) {
                     Ok(r) => {
+                        metrics::expiry(r.expired.len(), r.purged);
                         expired += r.expired.len();
                         purged += r.purged;
                         skipped += usize::from(r.skipped_in_use);
@@ -484,7 +487,9 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                 continue;
             }
         };
+        metrics::connection(protocol);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
+            metrics::refused(protocol, metrics::Refusal::MaxConnections);
             warn!(%protocol, %peer, limit = svc.config.max_connections, "connection refused: max_connections reached");
             tokio::spawn(refuse_busy(conn, protocol));
             continue;
@@ -503,6 +508,7 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                 match table.try_acquire(addr.ip(), max) {
                     Some(slot) => Some(slot),
                     None => {
+                        metrics::refused(protocol, metrics::Refusal::PerIp);
                         // The one place a connection is refused for its
                         // address: before login for POP3, always for SMTP.
                         let what = if protocol == Protocol::Smtp {
@@ -524,7 +530,7 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
         // One spawn per protocol, not one async block matching on it: a
         // task's memory is its future's size, and a shared block would make
         // every idle POP3 session as big as the largest SMTP state.
-        let slots = (permit, ip_slot);
+        let slots = (permit, ip_slot, metrics::session(protocol));
         match (protocol, conn) {
             // POP3 holds its per-IP slot itself, to release it at login.
             (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => {

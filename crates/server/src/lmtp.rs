@@ -334,6 +334,11 @@ impl Session {
                     Refusal::NoRoom => b"452 4.3.1 insufficient system storage, try again later\r\n",
                 };
                 for _ in &recipients {
+                    let counted = match why {
+                        Refusal::TooBig => crate::metrics::DeliveryResult::TooLarge,
+                        Refusal::NoRoom => crate::metrics::DeliveryResult::NoRoom,
+                    };
+                    crate::metrics::delivery(crate::Protocol::Lmtp, counted, None);
                     out.extend_from_slice(line);
                 }
                 return;
@@ -345,6 +350,7 @@ impl Session {
             let svc2 = svc.clone();
             let body = message.clone();
             let (user, address, sender) = (rcpt.user.clone(), rcpt.address.clone(), from.clone());
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || {
                 // Trace fields, then the message streamed from memory or
                 // the spool: no per-recipient copy of the message.
@@ -353,6 +359,8 @@ impl Session {
                 svc2.pipeline.deliver_from(&env, &copy)
             })
             .await;
+            let counted = crate::metrics::DeliveryResult::of(result.as_ref().ok());
+            crate::metrics::delivery(crate::Protocol::Lmtp, counted, Some(started.elapsed()));
             let addr = sanitize(&rcpt.address);
             let line = match result {
                 Ok(Outcome::Stored(copies)) => {

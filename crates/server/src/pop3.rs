@@ -162,6 +162,8 @@ struct Stats {
     retrieved: u64,
     /// Octets of RETR and TOP replies sent.
     bytes: u64,
+    /// Message octets of the last complete RETR (for the metrics).
+    retr_octets: u64,
     /// Messages removed at UPDATE.
     deleted: usize,
     /// Messages in the maildrop at login.
@@ -412,6 +414,7 @@ impl Driver<'_> {
                     if command {
                         // Only the keyword: arguments may be passwords.
                         debug!(peer = %self.peer, cmd = %keyword(line), "command");
+                        crate::metrics::pop3_command(line);
                     }
                     self.stats.quit_sent = command && is_quit(line);
                     self.session.handle_line(line);
@@ -453,7 +456,11 @@ impl Driver<'_> {
                     self.session.handle_login(result);
                 }
                 Action::SendMessage { index, size, top_lines } => {
+                    let (started, sent_before) = (Instant::now(), self.stats.retrieved);
                     Box::pin(self.send_message(index, size, top_lines)).await?;
+                    if self.stats.retrieved > sent_before {
+                        crate::metrics::retr(self.stats.retr_octets, started.elapsed());
+                    }
                 }
                 Action::StartTls => Box::pin(self.start_tls()).await?,
                 Action::Update(deleted) => {
@@ -492,6 +499,7 @@ impl Driver<'_> {
             Ok(Ok(s)) => {
                 self.stream = Some(Stream::Tls(Box::new(s)));
                 self.handle.set_tls();
+                crate::metrics::starttls(crate::Protocol::Pop3);
                 self.session.handle_tls_established();
                 self.mech = None;
                 self.offer_mechanisms().await;
@@ -507,8 +515,9 @@ impl Driver<'_> {
     async fn login(&mut self, credentials: Credentials) -> Result<LoginGrant, LoginFailure> {
         let user = credentials.user().to_string();
         let mechanism = credentials.mechanism();
+        let started = Instant::now();
         match self.authenticate(credentials).await {
-            Ok(proof) => self.open_maildrop(proof, mechanism).await,
+            Ok(proof) => self.open_maildrop(proof, mechanism, started).await,
             Err(failure) => Err(self.fail(&user, mechanism, failure).await),
         }
     }
@@ -581,7 +590,16 @@ impl Driver<'_> {
     /// Logs a failed login (the line fail2ban's filter in contrib/ matches;
     /// keep its format), feeds the throttle, and waits `auth_failure_delay`
     /// on this session's own task (never blocking other sessions).
-    async fn fail(&mut self, user: &str, mechanism: &str, failure: LoginFailure) -> LoginFailure {
+    async fn fail(&mut self, user: &str, mechanism: &'static str, failure: LoginFailure) -> LoginFailure {
+        use crate::metrics::LoginResult;
+        let result = match &failure {
+            LoginFailure::BadCredentials => LoginResult::Failed,
+            LoginFailure::InUse => LoginResult::InUse,
+            LoginFailure::LoginDelay(_) => LoginResult::LoginDelay,
+            LoginFailure::Temporary(_) => LoginResult::Temporary,
+            LoginFailure::Permanent(_) => LoginResult::Permanent,
+        };
+        crate::metrics::login(mechanism, result, None);
         match &failure {
             LoginFailure::BadCredentials => {
                 self.stats.auth_failures += 1;
@@ -601,7 +619,12 @@ impl Driver<'_> {
     }
 
     /// After authentication: LOGIN-DELAY, retention, lock and snapshot.
-    async fn open_maildrop(&mut self, authenticated: Authenticated, mechanism: &'static str) -> Result<LoginGrant, LoginFailure> {
+    async fn open_maildrop(
+        &mut self,
+        authenticated: Authenticated,
+        mechanism: &'static str,
+        started: Instant,
+    ) -> Result<LoginGrant, LoginFailure> {
         if let Err(failure) = self.claim_user_ip_slot(authenticated.user()) {
             let user = authenticated.user().to_owned();
             return Err(self.fail(&user, mechanism, failure).await);
@@ -626,7 +649,10 @@ impl Driver<'_> {
                 attempts += 1;
                 let expiry_skipped = can_expire
                     && match svc.store.expire(user, SystemTime::now(), false) {
-                        Ok(report) => report.skipped_in_use,
+                        Ok(report) => {
+                            crate::metrics::expiry(report.expired.len(), report.purged);
+                            report.skipped_in_use
+                        }
                         Err(e) => {
                             warn!(%user, error = %e, "expiry at login failed");
                             false
@@ -679,6 +705,7 @@ impl Driver<'_> {
                 self.stats.mechanism = Some(mechanism);
                 self.stats.messages = mailbox.messages().len();
                 self.stats.uidl_hash = Some(uidl_hash(mailbox.messages().iter().map(|m| m.uidl.as_str())));
+                crate::metrics::login(mechanism, crate::metrics::LoginResult::Ok, Some(started.elapsed()));
                 self.mailbox = Some(Arc::new(Mutex::new(mailbox)));
                 self.handle.set_user(&user);
                 self.policy = policy;
@@ -723,6 +750,10 @@ impl Driver<'_> {
     /// One message of a driver-run SASL mechanism (SCRAM, OAUTHBEARER,
     /// XOAUTH2): answers with a challenge or ends the exchange.
     async fn sasl_step(&mut self, mechanism: &'static str, response: Sensitive, first: bool) {
+        // The login latency of a SASL exchange: its last step (for SCRAM,
+        // the proof was checked in the step before; client round trips
+        // are not the server's latency).
+        let started = Instant::now();
         if first {
             self.mech = None;
         }
@@ -734,7 +765,7 @@ impl Driver<'_> {
             Step::Challenge(c) => self.session.handle_sasl_challenge(&c),
             Step::Done(Ok(proof)) => {
                 self.svc.throttle.succeeded(self.peer.ip(), proof.user());
-                let result = self.open_maildrop(proof, mechanism).await;
+                let result = self.open_maildrop(proof, mechanism, started).await;
                 self.session.handle_login(result);
             }
             Step::Done(Err((user, failure))) => {
@@ -951,6 +982,7 @@ impl Driver<'_> {
         }
         if top_lines.is_none() {
             self.stats.retrieved += 1;
+            self.stats.retr_octets = unstuffed;
             if unstuffed != size {
                 // LIST promised `size`; the file changed under us or
                 // the size in its name is wrong. Say so loudly.
@@ -987,6 +1019,9 @@ impl Driver<'_> {
         })
         .await
         .map_err(|e| e.to_string());
+        if let Ok(Ok(report)) = &result {
+            crate::metrics::pop3_deleted(report.removed);
+        }
         let outcome = match result {
             // What really happened (issue 17, finding 6): messages moved
             // to the restore area are removed, whether or not the

@@ -284,7 +284,10 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
                     let Stream::Plain(tcp) = stream else { return };
                     let Some(tls) = svc.tls.as_ref() else { return };
                     match tokio::time::timeout(timeout, tls.accept(tcp)).await {
-                        Ok(Ok(s)) => stream = Stream::Tls(Box::new(s)),
+                        Ok(Ok(s)) => {
+                            crate::metrics::starttls(crate::Protocol::Smtp);
+                            stream = Stream::Tls(Box::new(s));
+                        }
                         Ok(Err(e)) => {
                             debug!(peer = %session.peer, error = %e, "STARTTLS handshake failed");
                             return;
@@ -459,10 +462,12 @@ impl Session {
         let message = match body.finish() {
             Err(Refusal::TooBig) => {
                 info!(peer = %self.peer, "message too big; discarded");
+                count_refused(recipients.len(), crate::metrics::DeliveryResult::TooLarge);
                 out.extend_from_slice(b"552 5.3.4 message size exceeds fixed maximum message size\r\n");
                 return;
             }
             Err(Refusal::NoRoom) => {
+                count_refused(recipients.len(), crate::metrics::DeliveryResult::NoRoom);
                 out.extend_from_slice(b"452 4.3.1 insufficient system storage, try again later\r\n");
                 return;
             }
@@ -525,6 +530,7 @@ impl Session {
             let svc2 = svc.clone();
             let (body, skip) = (message.clone(), skip.clone());
             let (user, address, sender) = (rcpt.user.clone(), rcpt.address.clone(), from.clone());
+            let started = std::time::Instant::now();
             let result = tokio::task::spawn_blocking(move || {
                 // Trace fields, then the message minus forged fields,
                 // streamed from memory or the spool: never copied whole.
@@ -533,6 +539,8 @@ impl Session {
                 svc2.pipeline.deliver_from(&env, &copy)
             })
             .await;
+            let counted = crate::metrics::DeliveryResult::of(result.as_ref().ok());
+            crate::metrics::delivery(crate::Protocol::Smtp, counted, Some(started.elapsed()));
             match result {
                 Ok(Outcome::Stored(copies)) => {
                     for (folder, d) in &copies {
@@ -913,6 +921,13 @@ async fn authentication_results(
             info!(%ip, "SPF/DKIM/DMARC checks timed out");
             format!("Authentication-Results: {hostname}; none (checks timed out)\r\n")
         }
+    }
+}
+
+/// A DATA refused as a whole counts once per recipient, as LMTP's does.
+fn count_refused(recipients: usize, result: crate::metrics::DeliveryResult) {
+    for _ in 0..recipients {
+        crate::metrics::delivery(crate::Protocol::Smtp, result, None);
     }
 }
 

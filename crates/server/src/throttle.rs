@@ -102,6 +102,9 @@ impl Throttle {
             wait = wait.max(start - now);
             bucket.tat = start + interval;
         }
+        if !wait.is_zero() {
+            crate::metrics::auth_penalty(wait);
+        }
         wait
     }
 

@@ -143,6 +143,11 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if bound.is_empty() {
         anyhow::bail!("every listener is disabled; enable at least one of --pop3, --pop3s, --lmtp, --smtp");
     }
+    let metrics = settings.server.metrics.map(pobox_server::metrics::bind_std).transpose().map_err(anyhow::Error::msg)?;
+    // The bound address (port 0 resolved), for the banner.
+    if let Some(m) = &metrics {
+        settings.server.metrics = m.local_addr().ok();
+    }
 
     // The self-signed pair we generated as root must stay readable for
     // reloads after the switch.
@@ -179,6 +184,9 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    if let Some(m) = metrics {
+        runtime.spawn(pobox_server::metrics::serve(m));
+    }
     runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files, acme))
 }
 
@@ -300,6 +308,9 @@ async fn serve(
             Protocol::Smtp => "SMTP",
         };
         println!("  {what:<12} {}", l.local);
+    }
+    if let Some(addr) = settings.server.metrics {
+        println!("  metrics      http://{addr}/metrics");
     }
     println!("  users        {} ({} users)", settings.passwd_file.display(), users.list().map(|u| u.len()).unwrap_or(0));
     println!("  maildrops    {}", settings.mail_location);

@@ -11,11 +11,13 @@
 //! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
 //! - `logs`, `limits`: session summary lines, plain log values, connection
 //!   limits (issue 12, items 7 and 9).
+//! - `metrics`: the OpenMetrics endpoint, counters checked against a script.
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
 //! Client tools these tests run (Debian packages; `.ci/run` installs them):
-//! `python3` (poplib, smtplib), `curl`, `openssl`, `swaks`. A test whose tool
+//! `python3` (poplib, smtplib; `python3-prometheus-client` for the
+//! OpenMetrics parser), `curl`, `openssl`, `swaks`. A test whose tool
 //! is missing fails and names the package; none skips silently.
 //!
 //! Test names say what they prove.
@@ -29,6 +31,7 @@ mod filters;
 mod limits;
 mod lmtp;
 mod logs;
+mod metrics;
 mod pop3;
 mod retention;
 mod robustness;
