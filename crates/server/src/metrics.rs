@@ -172,6 +172,8 @@ pub enum Refusal {
     MaxConnections,
     /// `max_connections_per_ip` (or `smtp_max_connections_per_ip`) reached.
     PerIp,
+    /// `max_connections_per_user_ip` reached (POP3, at login).
+    PerUserIp,
 }
 
 impl Refusal {
@@ -179,6 +181,7 @@ impl Refusal {
         match self {
             Refusal::MaxConnections => "max_connections",
             Refusal::PerIp => "per_ip",
+            Refusal::PerUserIp => "per_user_ip",
         }
     }
 }
@@ -256,6 +259,9 @@ impl Metrics {
             let _ = m.sessions.get_or_create(&[("protocol", p)]);
             if p != "lmtp" {
                 let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::PerIp.label())]);
+            }
+            if p.starts_with("pop3") {
+                let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::PerUserIp.label())]);
             }
             let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::MaxConnections.label())]);
         }

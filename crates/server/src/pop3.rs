@@ -122,7 +122,11 @@ pub(crate) async fn serve(
         closed: false,
         stats: Stats::default(),
         mech: None,
-        slots: Box::new(Slots { ip: ip_slot, user_ip: None }),
+        slots: Box::new(Slots {
+            ip: ip_slot,
+            user_ip: None,
+            listener: if implicit_tls { crate::Protocol::Pop3s } else { crate::Protocol::Pop3 },
+        }),
     };
     driver.offer_mechanisms().await;
     let end = match driver.run(shutdown, login_deadline).await {
@@ -219,6 +223,8 @@ struct Slots {
     ip: Option<IpSlot>,
     /// Under `max_connections_per_user_ip` from then on.
     user_ip: Option<UserIpSlot>,
+    /// The listener it came in on (for the refusal counter).
+    listener: crate::Protocol,
 }
 
 /// The UIDL-set hash of the summary line: SHA-256 over every UIDL of the
@@ -1062,6 +1068,7 @@ impl Driver<'_> {
                 Ok(())
             }
             None => {
+                crate::metrics::refused(self.slots.listener, crate::metrics::Refusal::PerUserIp);
                 warn!(peer = %self.peer, ip = %self.peer.ip(), %user, limit = max,
                       "login refused: max_connections_per_user_ip reached for this user and address");
                 Err(LoginFailure::Temporary(format!(

@@ -114,7 +114,7 @@ fn a_scrape_counts_exactly_what_sessions_and_deliveries_did() {
     let server = dir
         .server()
         .config("metrics", "\"127.0.0.1:0\"")
-        .config("max_connections", "3")
+        .config("max_connections", "4")
         .config("max_connections_per_ip", "2")
         .config("quota", "{ users = { bob = { messages = 1 } } }")
         .config("retention", "{ expire_interval_secs = 0, users = { dave = { max_age_days = 1 } } }")
@@ -175,20 +175,25 @@ fn a_scrape_counts_exactly_what_sessions_and_deliveries_did() {
     c.quit();
     wait_idle(port);
 
-    // [IN-USE], then both limits: two POP3 connections from this address
-    // fill the per-IP limit, and an LMTP one the global limit of three.
+    // [IN-USE], then both limits. The per-IP limit counts connections that
+    // have not logged in yet: two of them fill it (the logged-in session
+    // does not count); an LMTP connection then fills the global limit of 4.
     let mut a = server.login("alice", PW);
     let mut b = server.pop3();
     assert!(b.cmd("USER alice").starts_with("+OK"));
     let r = b.cmd(&format!("PASS {PW}"));
     assert!(r.starts_with("-ERR [IN-USE]"), "{r}");
+    b.quit();
+    let p1 = server.pop3();
+    let p2 = server.pop3();
     let r = refused(server.pop3);
     assert!(r.starts_with("-ERR [SYS/TEMP] too many connections"), "per IP: {r}");
     let mut l2 = server.lmtp();
     let r = refused(server.pop3);
     assert!(r.starts_with("-ERR [SYS/TEMP] too many connections"), "global: {r}");
     assert!(l2.cmd("QUIT").starts_with("221"));
-    b.quit();
+    p1.quit();
+    p2.quit();
     assert_eq!(a.stat().0, 1);
     a.quit();
     wait_idle(port);
@@ -226,7 +231,7 @@ p.quit()
     let m = scrape(&server, port);
     let value = |key: &str| *m.get(key).unwrap_or_else(|| panic!("no sample {key}\n{m:#?}"));
     let expect = [
-        ("pobox_connections_total{protocol=\"pop3\",tls=\"no\"}", 8.0),
+        ("pobox_connections_total{protocol=\"pop3\",tls=\"no\"}", 10.0),
         ("pobox_connections_total{protocol=\"pop3s\",tls=\"yes\"}", 1.0),
         ("pobox_connections_total{protocol=\"lmtp\",tls=\"no\"}", 2.0),
         ("pobox_connections_refused_total{protocol=\"pop3\",reason=\"per_ip\"}", 1.0),
@@ -249,7 +254,7 @@ p.quit()
         ("pobox_pop3_commands_total{command=\"LIST\"}", 1.0),
         ("pobox_pop3_commands_total{command=\"RETR\"}", 2.0),
         ("pobox_pop3_commands_total{command=\"DELE\"}", 1.0),
-        ("pobox_pop3_commands_total{command=\"QUIT\"}", 7.0),
+        ("pobox_pop3_commands_total{command=\"QUIT\"}", 9.0),
         ("pobox_pop3_commands_total{command=\"TOP\"}", 0.0),
         ("pobox_pop3_commands_total{command=\"unknown\"}", 1.0),
         ("pobox_pop3_retr_bytes_total{}", (sizes[0] + sizes[1]) as f64),
