@@ -45,6 +45,7 @@ done <<'LIST'
 -rw-r--r-- usr/share/doc/pobox/copyright
 -rw-r--r-- usr/share/doc/pobox/LICENSE-MIT
 -rw-r--r-- usr/share/doc/pobox/LICENSE-APACHE
+-rw-r--r-- usr/share/doc/pobox/changelog.Debian.gz
 LIST
 
 # Nothing root-owned by accident, nothing in places Debian reserves.
@@ -75,6 +76,11 @@ grep -Eq '^Depends: .*libc6' "$tmp/control/control" || fail "Depends: libc6 (dpk
 desc=$(sed -n 's/^Description: //p' "$tmp/control/control")
 want=$(sed -n 's/^description = "\(.*\)"$/\1/p' "$(dirname "$0")/../../crates/pobox/Cargo.toml")
 [ -n "$want" ] && [ "$desc" = "$want" ] || fail "Description synopsis '$desc' is not the crate description, unwrapped"
+
+# The changelog's top entry names the version being packaged.
+version=$(sed -n 's/^Version: //p' "$tmp/control/control")
+gzip -dc "$tmp/root/usr/share/doc/pobox/changelog.Debian.gz" | head -n 1 | grep -q "^pobox ($version) " ||
+    fail "contrib/deb/changelog's top entry is not pobox ($version)"
 
 # Packaged units name the packaged binary.
 for u in "$tmp"/root/lib/systemd/system/pobox.service "$tmp"/root/usr/lib/systemd/user/*; do
