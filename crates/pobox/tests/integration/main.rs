@@ -26,6 +26,7 @@ mod cli;
 mod filters;
 mod lmtp;
 mod pop3;
+mod reload;
 mod retention;
 mod robustness;
 mod service;
