@@ -220,3 +220,72 @@ fn a_port_below_1024_added_after_the_privilege_drop_is_named_as_needing_a_restar
     // The rest of the reload applies; the server serves on.
     server.login("alice", PW).quit();
 }
+
+/// Under systemd: RELOADING=1 with MONOTONIC_USEC, then READY=1 again; the
+/// sockets systemd passed stay (the config's addresses of those protocols
+/// are ignored, as at startup).
+#[test]
+fn sighup_under_socket_activation_notifies_reloading_then_ready_and_keeps_the_passed_sockets() {
+    require_tool("systemd-socket-activate");
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    let notify_path = dir.scratch("notify.sock");
+    let notify = std::os::unix::net::UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let (pop3, ignored) = (free_port(), free_port());
+    let config = dir.scratch("activated.toml");
+    let text = format!("pop3 = [\"127.0.0.1:{ignored}\"]\npop3s = []\nsmtp = []\nlmtp = []\nauth_failure_delay_ms = 0\n");
+    std::fs::write(&config, &text).unwrap();
+    let child = Command::new("systemd-socket-activate")
+        .arg(format!("--listen=127.0.0.1:{pop3}"))
+        .arg("--fdname=pop3")
+        .arg(format!("--setenv=NOTIFY_SOCKET={}", notify_path.display()))
+        .arg("--")
+        .arg(BIN)
+        .arg("--data")
+        .arg(dir.data())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let child = Kill(child);
+    let pid = rustix::process::Pid::from_raw(i32::try_from(child.0.id()).unwrap()).unwrap();
+    // systemd-socket-activate starts pobox on the first connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let first = loop {
+        match std::net::TcpStream::connect(("127.0.0.1", pop3)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > deadline => panic!("activated socket: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    let recv = || {
+        let mut buf = [0u8; 512];
+        let n = notify.recv(&mut buf).expect("a notification");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    assert!(recv().contains("READY=1"));
+    drop(first);
+    std::fs::write(&config, text.replace("auth_failure_delay_ms = 0", "auth_failure_delay_ms = 1")).unwrap();
+    sighup(pid);
+    let reloading = recv();
+    assert!(reloading.contains("RELOADING=1"), "{reloading}");
+    let usec = reloading.lines().find_map(|l| l.strip_prefix("MONOTONIC_USEC=")).expect("MONOTONIC_USEC");
+    assert!(usec.parse::<u64>().unwrap() > 0, "{reloading}");
+    assert!(recv().contains("READY=1"), "READY after the reload");
+    // The passed socket still serves; the configured address was not bound.
+    let mut s = Pop3::connect(pop3);
+    s.login("alice", PW);
+    s.quit();
+    assert!(std::net::TcpStream::connect(("127.0.0.1", ignored)).is_err());
+}
