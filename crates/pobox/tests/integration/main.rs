@@ -8,6 +8,7 @@
 //! - `lmtp`: LMTP intake with smtplib.LMTP, swaks and raw bytes.
 //! - `cli`: `pobox deliver`, `pobox user`, start-up errors, SIGTERM.
 //! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
+//! - `reload`: SIGHUP re-reads the configuration (issue 12 item 4).
 //! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
