@@ -44,6 +44,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use pobox_auth::UserDb;
 use pobox_store::Mailstore;
 use tokio::net::{TcpListener, UnixListener};
@@ -164,9 +165,6 @@ pub struct Reload {
     /// not be bound (each with the reason), which need a restart.
     pub done: tokio::sync::oneshot::Sender<Vec<BindError>>,
 }
-
-/// The generation new connections are accepted under.
-type Current = Arc<arc_swap::ArcSwap<Services>>;
 
 /// Which protocol a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -451,7 +449,8 @@ pub async fn run_reloadable(
     // Sized once: the permits are also what the drain waits for.
     let max_connections = svc.config.max_connections;
     let connections = Arc::new(Semaphore::new(max_connections));
-    let current: Current = Arc::new(arc_swap::ArcSwap::new(svc.clone()));
+    // The generation new connections are accepted under.
+    let current = Arc::new(ArcSwap::new(svc.clone()));
     // Protocols systemd passed sockets for: their configured addresses are
     // ignored at startup, and so on reload.
     let activated: Vec<Protocol> = listeners.iter().filter(|l| l.configured.is_none()).map(|l| l.protocol).collect();
@@ -513,7 +512,7 @@ struct Running {
 }
 
 impl Running {
-    fn start(listener: Listener, current: &Current, shutdown: &Shutdown, connections: &Arc<Semaphore>) -> Running {
+    fn start(listener: Listener, current: &Arc<ArcSwap<Services>>, shutdown: &Shutdown, connections: &Arc<Semaphore>) -> Running {
         let (protocol, configured, local) = (listener.protocol, listener.configured.clone(), listener.local.clone());
         let task = tokio::spawn(accept_loop(listener, current.clone(), shutdown.clone(), connections.clone()));
         Running { protocol, configured, local, task }
@@ -535,7 +534,7 @@ async fn relisten(
     wanted: Vec<(Protocol, ListenAddr)>,
     activated: &[Protocol],
     socket_access: &SocketAccess,
-    current: &Current,
+    current: &Arc<ArcSwap<Services>>,
     shutdown: &Shutdown,
     connections: &Arc<Semaphore>,
 ) -> Vec<BindError> {
@@ -595,7 +594,7 @@ fn bind_control(path: &std::path::Path) -> io::Result<UnixListener> {
 
 /// Runs retention for every user at `interval`. Maildrops held by a
 /// session are skipped (the store checks the lock) and caught next time.
-async fn expiry_loop(current: Current, interval: Duration) {
+async fn expiry_loop(current: Arc<ArcSwap<Services>>, interval: Duration) {
     // The first run comes one interval after start: each login already
     // applies retention to its own maildrop.
     let start = tokio::time::Instant::now() + interval;
@@ -645,7 +644,7 @@ async fn drain(trigger: &Trigger, connections: &Arc<Semaphore>, max: usize, grac
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.acquire_many(all)).await;
 }
 
-async fn accept_loop(listener: Listener, current: Current, shutdown: Shutdown, connections: Arc<Semaphore>) {
+async fn accept_loop(listener: Listener, current: Arc<ArcSwap<Services>>, shutdown: Shutdown, connections: Arc<Semaphore>) {
     let mut backoff = Duration::from_millis(10);
     let protocol = listener.protocol;
     loop {
