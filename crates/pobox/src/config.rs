@@ -379,7 +379,7 @@ fn retention(raw: Option<RawRetention>) -> anyhow::Result<(RetentionConfig, bool
 }
 
 /// Everything a subcommand needs, resolved against the data dir.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     /// The data directory (absolute).
     pub data_dir: PathBuf,

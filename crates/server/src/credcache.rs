@@ -110,6 +110,12 @@ impl CredCache {
         entries.insert(mac, Entry { fingerprint, proof, at: now });
     }
 
+    /// Forgets every entry: after a reload that points `passwd_file`
+    /// elsewhere, a proof vouched for by the old file must not log anyone in.
+    pub fn clear(&self) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
     /// Number of entries (tests, metrics).
     pub fn len(&self) -> usize {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).len()
@@ -150,6 +156,18 @@ mod tests {
         std::fs::write(dir.path().join("users"), "alice:{PLAIN}new\n").unwrap();
         assert!(cache.lookup(&users, "alice", b"pw", now).unwrap().is_none());
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn clear_forgets_every_entry() {
+        let (_dir, users) = db();
+        let cache = CredCache::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let fp = users.fingerprint("alice").unwrap().unwrap();
+        cache.insert("alice", b"pw", fp, users.verify("alice", b"pw").unwrap(), now);
+        cache.clear();
+        assert!(cache.is_empty());
+        assert!(cache.lookup(&users, "alice", b"pw", now).unwrap().is_none());
     }
 
     #[test]

@@ -48,6 +48,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use pobox_auth::UserDb;
 use pobox_store::Mailstore;
 use tokio::net::{TcpListener, UnixListener};
@@ -59,6 +60,12 @@ use shutdown::{Phase, Shutdown, Trigger};
 pub use tls::Tls;
 
 /// What every connection shares: configuration, users, storage, TLS.
+///
+/// One value per configuration *generation*: a reload builds the next one
+/// with [`Services::next`], which replaces the configuration, users, OAuth,
+/// Sieve pipeline and TLS, and shares the long-lived state (sessions,
+/// throttle, credential cache, connection counts, DATA budgets, the store)
+/// through `Arc`s. A connection keeps the generation it was accepted under.
 pub struct Services {
     /// Validated settings.
     pub config: Config,
@@ -69,15 +76,15 @@ pub struct Services {
     /// TLS, if a certificate is loaded.
     pub tls: Option<Tls>,
     /// Open sessions and recent logins.
-    pub sessions: sessions::Registry,
+    pub sessions: Arc<sessions::Registry>,
     /// Sieve + storage, for LMTP.
     pub pipeline: delivery::Pipeline,
     /// Bounds concurrent password verifications.
     auth_slots: Arc<Semaphore>,
     /// Brute-force penalties per IP and per user.
-    pub throttle: throttle::Throttle,
+    pub throttle: Arc<throttle::Throttle>,
     /// Cache of successful password verifications.
-    pub credcache: credcache::CredCache,
+    pub credcache: Arc<credcache::CredCache>,
     /// OAuth token validation, when configured.
     pub oauth: Option<pobox_auth::oauth::OAuthValidator>,
     /// Open POP3 connections per client IP that have not authenticated.
@@ -85,7 +92,7 @@ pub struct Services {
     /// Authenticated POP3 connections per (user, client IP).
     per_user_ip: Arc<throttle::PerUserIpConnections>,
     /// SMTP state shared by sessions (its own per-IP table, DNS checker).
-    smtp: smtp::Shared,
+    smtp: Arc<smtp::Shared>,
     /// SMTP and LMTP DATA: the memory and in-flight budgets, the spool.
     intake: Arc<spool::Budget>,
 }
@@ -98,12 +105,12 @@ impl Services {
         let pipeline = delivery::Pipeline::new(store.clone(), config.sieve.clone());
         Services {
             pipeline,
-            throttle: throttle::Throttle::new(config.auth_penalty_max),
-            credcache: credcache::CredCache::new(config.credential_cache_ttl),
+            throttle: Arc::new(throttle::Throttle::new(config.auth_penalty_max)),
+            credcache: Arc::new(credcache::CredCache::new(config.credential_cache_ttl)),
             oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
             per_ip: Arc::default(),
             per_user_ip: Arc::default(),
-            smtp: smtp::Shared::new(),
+            smtp: Arc::new(smtp::Shared::new()),
             intake: Arc::new(spool::Budget::new(
                 config.data_memory_max,
                 config.data_in_flight_max,
@@ -113,10 +120,58 @@ impl Services {
             users,
             store,
             tls,
-            sessions: sessions::Registry::default(),
+            sessions: Arc::default(),
             auth_slots: Arc::new(Semaphore::new(cpus)),
         }
     }
+
+    /// The next generation: `config`, `users` and `tls` replace this one's
+    /// (with the OAuth validator and the Sieve pipeline built from them);
+    /// everything that must outlive a reload is shared, not rebuilt, so
+    /// `pobox who`, LOGIN-DELAY history, penalties, per-IP counts and the
+    /// store's locks and listing cache carry over. The throttle's cap, the
+    /// credential cache's lifetime and the DATA budgets stay as they were
+    /// built (the caller names them as needing a restart).
+    ///
+    /// `users_changed`: the passwd-file is another file now, so cached
+    /// verifications (made against the old one) are dropped.
+    #[must_use]
+    pub fn next(&self, config: Config, users: Arc<UserDb>, tls: Option<Tls>, users_changed: bool) -> Services {
+        if users_changed {
+            self.credcache.clear();
+        }
+        Services {
+            pipeline: delivery::Pipeline::new(self.store.clone(), config.sieve.clone()),
+            oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
+            throttle: self.throttle.clone(),
+            credcache: self.credcache.clone(),
+            per_ip: self.per_ip.clone(),
+            per_user_ip: self.per_user_ip.clone(),
+            smtp: self.smtp.clone(),
+            intake: self.intake.clone(),
+            sessions: self.sessions.clone(),
+            auth_slots: self.auth_slots.clone(),
+            store: self.store.clone(),
+            config,
+            users,
+            tls,
+        }
+    }
+}
+
+/// A new configuration for a running server (see [`run_reloadable`]).
+pub struct Reload {
+    /// The next generation, built with [`Services::next`] from the
+    /// previous one.
+    pub services: Arc<Services>,
+    /// Every configured listener (protocols that systemd passed sockets
+    /// for are ignored: those sockets stay).
+    pub listeners: Vec<(Protocol, ListenAddr)>,
+    /// Mode and owner of newly bound unix sockets.
+    pub socket_access: SocketAccess,
+    /// Answered once the generation is in use: the listeners that could
+    /// not be bound (each with the reason), which need a restart.
+    pub done: tokio::sync::oneshot::Sender<Vec<BindError>>,
 }
 
 /// Which protocol a listener speaks.
@@ -161,6 +216,9 @@ pub struct Listener {
     pub bound: Bound,
     /// The address actually bound (port 0 resolved).
     pub local: String,
+    /// The configured address it was bound for; `None` for a socket
+    /// systemd passed, which a reload never replaces.
+    pub configured: Option<ListenAddr>,
 }
 
 /// Why a listener could not be bound, with the address and the fix.
@@ -187,6 +245,7 @@ pub struct PreBound {
     pub protocol: Protocol,
     /// The address actually bound.
     pub local: String,
+    configured: Option<ListenAddr>,
     socket: StdSocket,
 }
 
@@ -203,7 +262,7 @@ impl PreBound {
     /// If its local address cannot be read.
     pub fn from_tcp(protocol: Protocol, listener: std::net::TcpListener) -> io::Result<PreBound> {
         let local = listener.local_addr()?.to_string();
-        Ok(PreBound { protocol, local, socket: StdSocket::Tcp(listener) })
+        Ok(PreBound { protocol, local, configured: None, socket: StdSocket::Tcp(listener) })
     }
 
     /// A unix socket someone else bound (systemd socket activation).
@@ -213,7 +272,7 @@ impl PreBound {
     pub fn from_unix(protocol: Protocol, listener: std::os::unix::net::UnixListener) -> io::Result<PreBound> {
         let addr = listener.local_addr()?;
         let local = addr.as_pathname().map_or_else(|| "unix:(unnamed)".to_string(), |p| format!("unix:{}", p.display()));
-        Ok(PreBound { protocol, local, socket: StdSocket::Unix(listener) })
+        Ok(PreBound { protocol, local, configured: None, socket: StdSocket::Unix(listener) })
     }
 
     /// Registers the socket with the current tokio runtime.
@@ -231,7 +290,7 @@ impl PreBound {
                 Bound::Unix(UnixListener::from_std(l)?)
             }
         };
-        Ok(Listener { protocol: self.protocol, bound, local: self.local })
+        Ok(Listener { protocol: self.protocol, bound, local: self.local, configured: self.configured })
     }
 }
 
@@ -246,7 +305,7 @@ pub fn bind_std(protocol: Protocol, addr: &ListenAddr) -> Result<PreBound, BindE
         ListenAddr::Tcp(a) => {
             let l = std::net::TcpListener::bind(a).map_err(fail)?;
             let local = l.local_addr().map_err(fail)?.to_string();
-            Ok(PreBound { protocol, local, socket: StdSocket::Tcp(l) })
+            Ok(PreBound { protocol, local, configured: Some(addr.clone()), socket: StdSocket::Tcp(l) })
         }
         ListenAddr::Unix(p) => {
             if p.exists() {
@@ -262,7 +321,12 @@ pub fn bind_std(protocol: Protocol, addr: &ListenAddr) -> Result<PreBound, BindE
                 std::fs::DirBuilder::new().recursive(true).mode(0o755).create(parent).map_err(fail)?;
             }
             let l = std::os::unix::net::UnixListener::bind(p).map_err(fail)?;
-            Ok(PreBound { protocol, local: format!("unix:{}", p.display()), socket: StdSocket::Unix(l) })
+            Ok(PreBound {
+                protocol,
+                local: format!("unix:{}", p.display()),
+                configured: Some(addr.clone()),
+                socket: StdSocket::Unix(l),
+            })
         }
     }
 }
@@ -342,7 +406,7 @@ pub async fn bind(protocol: Protocol, addr: &ListenAddr) -> Result<Listener, Bin
         ListenAddr::Tcp(a) => {
             let l = TcpListener::bind(a).await.map_err(fail)?;
             let local = l.local_addr().map_err(fail)?.to_string();
-            Ok(Listener { protocol, bound: Bound::Tcp(l), local })
+            Ok(Listener { protocol, bound: Bound::Tcp(l), local, configured: Some(addr.clone()) })
         }
         ListenAddr::Unix(p) => {
             // A stale socket file from a previous run blocks bind(); a live
@@ -354,7 +418,12 @@ pub async fn bind(protocol: Protocol, addr: &ListenAddr) -> Result<Listener, Bin
                 let _ = std::fs::remove_file(p);
             }
             let l = UnixListener::bind(p).map_err(fail)?;
-            Ok(Listener { protocol, bound: Bound::Unix(l), local: format!("unix:{}", p.display()) })
+            Ok(Listener {
+                protocol,
+                bound: Bound::Unix(l),
+                local: format!("unix:{}", p.display()),
+                configured: Some(addr.clone()),
+            })
         }
     }
 }
@@ -363,41 +432,159 @@ pub async fn bind(protocol: Protocol, addr: &ListenAddr) -> Result<Listener, Bin
 /// stop accepting, give sessions `shutdown_grace` to finish, then close the
 /// rest without UPDATE.
 pub async fn run(svc: Arc<Services>, listeners: Vec<Listener>, stop: impl std::future::Future<Output = ()>) {
+    let (_no_reloads, reloads) = tokio::sync::mpsc::channel(1);
+    run_reloadable(svc, listeners, reloads, stop).await;
+}
+
+/// Like [`run`], and applies each [`Reload`] received: new connections are
+/// served by its generation (running ones keep theirs), listeners no longer
+/// configured stop accepting (their sessions go on), new ones are bound.
+/// Binding can fail where startup succeeded (a port below 1024 after the
+/// privilege drop): such listeners are logged and returned through
+/// [`Reload::done`], and the rest of the reload still applies.
+pub async fn run_reloadable(
+    svc: Arc<Services>,
+    listeners: Vec<Listener>,
+    mut reloads: tokio::sync::mpsc::Receiver<Reload>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     let (trigger, shutdown) = shutdown::channel();
     if let Err(e) = svc.intake.prepare() {
         // Not fatal: small messages need no spool; bigger ones get 452.
         let dir = svc.config.spool_dir.as_deref().unwrap_or(std::path::Path::new("")).display().to_string();
         error!(%dir, error = %e, "DATA spool directory unusable; messages over 128 KiB will be refused (452)");
     }
-    let connections = Arc::new(Semaphore::new(svc.config.max_connections));
-    let mut accept_loops = Vec::new();
-    for listener in listeners {
-        let svc = svc.clone();
-        let shutdown = shutdown.clone();
-        let connections = connections.clone();
-        accept_loops.push(tokio::spawn(accept_loop(listener, svc, shutdown, connections)));
-    }
+    // Sized once: the permits are also what the drain waits for.
+    let max_connections = svc.config.max_connections;
+    let connections = Arc::new(Semaphore::new(max_connections));
+    // The generation new connections are accepted under.
+    let current = Arc::new(ArcSwap::new(svc.clone()));
+    // Protocols systemd passed sockets for: their configured addresses are
+    // ignored at startup, and so on reload.
+    let activated: Vec<Protocol> = listeners.iter().filter(|l| l.configured.is_none()).map(|l| l.protocol).collect();
+    let mut running: Vec<Running> = listeners
+        .into_iter()
+        .map(|l| Running::start(l, &current, &shutdown, &connections))
+        .collect();
+    let mut tasks = Vec::new();
     if let Some(path) = &svc.config.control_socket {
         match bind_control(path) {
-            Ok(l) => accept_loops.push(tokio::spawn(control::serve(l, svc.clone()))),
+            Ok(l) => tasks.push(tokio::spawn(control::serve(l, svc.clone()))),
             // Not fatal: the server works without `pobox who`.
             Err(e) => warn!(path = %path.display(), error = %e, "control socket unavailable"),
         }
     }
     if !svc.config.expire_interval.is_zero() {
-        accept_loops.push(tokio::spawn(expiry_loop(svc.clone())));
+        tasks.push(tokio::spawn(expiry_loop(current.clone(), svc.config.expire_interval)));
     }
-    if let Some(tls) = &svc.tls {
-        accept_loops.push(tokio::spawn(tls::reload_task(tls.clone(), svc.config.tls_reload_interval)));
+    let mut tls_task = tls_poll(&svc);
+    let mut stop = std::pin::pin!(stop);
+    let mut reloading = true;
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            reload = reloads.recv(), if reloading => {
+                let Some(reload) = reload else {
+                    reloading = false;
+                    continue;
+                };
+                if let Some(t) = tls_task.take() {
+                    t.abort();
+                }
+                tls_task = tls_poll(&reload.services);
+                current.store(reload.services.clone());
+                let failed = relisten(&mut running, reload.listeners, &activated, &reload.socket_access, &current, &shutdown, &connections).await;
+                let _ = reload.done.send(failed);
+            }
+        }
     }
-    stop.await;
-    drain(&trigger, &connections, svc.config.max_connections, svc.config.shutdown_grace).await;
-    for l in accept_loops {
-        l.abort();
+    let grace = current.load().config.shutdown_grace;
+    drain(&trigger, &connections, max_connections, grace).await;
+    for r in running {
+        r.task.abort();
+    }
+    for t in tasks.into_iter().chain(tls_task) {
+        t.abort();
     }
     if let Some(path) = &svc.config.control_socket {
         let _ = std::fs::remove_file(path);
     }
+}
+
+/// An accept loop and what it was started for.
+struct Running {
+    protocol: Protocol,
+    configured: Option<ListenAddr>,
+    local: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    fn start(listener: Listener, current: &Arc<ArcSwap<Services>>, shutdown: &Shutdown, connections: &Arc<Semaphore>) -> Running {
+        let (protocol, configured, local) = (listener.protocol, listener.configured.clone(), listener.local.clone());
+        let task = tokio::spawn(accept_loop(listener, current.clone(), shutdown.clone(), connections.clone()));
+        Running { protocol, configured, local, task }
+    }
+}
+
+/// Checks the generation's certificate files for changes (a SIGHUP reload
+/// re-reads them anyway, as part of the new generation).
+fn tls_poll(svc: &Services) -> Option<tokio::task::JoinHandle<()>> {
+    let tls = svc.tls.as_ref()?;
+    Some(tokio::spawn(tls::reload_task(tls.clone(), svc.config.tls_reload_interval)))
+}
+
+/// Makes the running listeners match `wanted`: removed ones stop accepting
+/// first (so that an address can move to another protocol), then new ones
+/// are bound. Returns the bind failures.
+async fn relisten(
+    running: &mut Vec<Running>,
+    wanted: Vec<(Protocol, ListenAddr)>,
+    activated: &[Protocol],
+    socket_access: &SocketAccess,
+    current: &Arc<ArcSwap<Services>>,
+    shutdown: &Shutdown,
+    connections: &Arc<Semaphore>,
+) -> Vec<BindError> {
+    let wanted: Vec<(Protocol, ListenAddr)> = wanted.into_iter().filter(|(p, _)| !activated.contains(p)).collect();
+    let (keep, removed): (Vec<Running>, Vec<Running>) = std::mem::take(running).into_iter().partition(|r| match &r.configured {
+        None => true,
+        Some(addr) => wanted.iter().any(|(p, a)| *p == r.protocol && a == addr),
+    });
+    *running = keep;
+    for r in removed {
+        // Only the accept loop ends: sessions are tasks of their own.
+        r.task.abort();
+        let _ = r.task.await;
+        if let Some(ListenAddr::Unix(path)) = &r.configured {
+            let _ = std::fs::remove_file(path);
+        }
+        info!(protocol = %r.protocol, address = %r.local, "listener removed; its open sessions go on");
+    }
+    let mut failed = Vec::new();
+    for (protocol, addr) in wanted {
+        if running.iter().any(|r| r.protocol == protocol && r.configured.as_ref() == Some(&addr)) {
+            continue;
+        }
+        match bind(protocol, &addr).await {
+            Ok(listener) => {
+                if let ListenAddr::Unix(path) = &addr
+                    && let Err(e) = set_socket_access(path, socket_access)
+                {
+                    // Likely an owner or group only root may set: the
+                    // socket works, with the running user's ownership.
+                    warn!(error = %e, "new LMTP socket keeps its default owner");
+                }
+                info!(%protocol, address = %listener.local, "listener added");
+                running.push(Running::start(listener, current, shutdown, connections));
+            }
+            Err(e) => {
+                error!(%protocol, error = %e, "cannot add listener; it needs a restart");
+                failed.push(e);
+            }
+        }
+    }
+    failed
 }
 
 fn bind_control(path: &std::path::Path) -> io::Result<UnixListener> {
@@ -413,17 +600,18 @@ fn bind_control(path: &std::path::Path) -> io::Result<UnixListener> {
     Ok(l)
 }
 
-/// Runs retention for every user at `expire_interval`. Maildrops held by a
+/// Runs retention for every user at `interval`. Maildrops held by a
 /// session are skipped (the store checks the lock) and caught next time.
-async fn expiry_loop(svc: Arc<Services>) {
+async fn expiry_loop(current: Arc<ArcSwap<Services>>, interval: Duration) {
     // The first run comes one interval after start: each login already
     // applies retention to its own maildrop.
-    let start = tokio::time::Instant::now() + svc.config.expire_interval;
-    let mut tick = tokio::time::interval_at(start, svc.config.expire_interval);
+    let start = tokio::time::Instant::now() + interval;
+    let mut tick = tokio::time::interval_at(start, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let svc = svc.clone();
+        // The users of the configuration in use now.
+        let svc = current.load_full();
         let result = tokio::task::spawn_blocking(move || {
             let users = svc.users.list().map_err(|e| e.to_string())?;
             let now = std::time::SystemTime::now();
@@ -465,7 +653,7 @@ async fn drain(trigger: &Trigger, connections: &Arc<Semaphore>, max: usize, grac
     let _ = tokio::time::timeout(Duration::from_secs(5), connections.acquire_many(all)).await;
 }
 
-async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown, connections: Arc<Semaphore>) {
+async fn accept_loop(listener: Listener, current: Arc<ArcSwap<Services>>, shutdown: Shutdown, connections: Arc<Semaphore>) {
     let mut backoff = Duration::from_millis(10);
     let protocol = listener.protocol;
     loop {
@@ -487,6 +675,9 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
                 continue;
             }
         };
+        // Each connection is served by the generation current when it
+        // arrived, for its whole life.
+        let svc = current.load_full();
         metrics::connection(protocol);
         let Ok(permit) = connections.clone().try_acquire_owned() else {
             metrics::refused(protocol, metrics::Refusal::MaxConnections);
@@ -525,7 +716,6 @@ async fn accept_loop(listener: Listener, svc: Arc<Services>, shutdown: Shutdown,
             }
             _ => None,
         };
-        let svc = svc.clone();
         let shutdown = shutdown.clone();
         // One spawn per protocol, not one async block matching on it: a
         // task's memory is its future's size, and a shared block would make

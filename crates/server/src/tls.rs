@@ -11,8 +11,9 @@
 //! already negotiated keys). [`Tls::reload`] re-reads every configured pair
 //! and swaps only if *all* load and each key matches its certificate; on any
 //! error the old set stays and the error is logged. [`reload_task`] calls it
-//! on SIGHUP and when a file's mtime/size/inode changes (polled: certbot's
-//! renewals replace symlinks, which inotify handles badly).
+//! when a file's mtime/size/inode changes (polled: certbot's renewals
+//! replace symlinks, which inotify handles badly); on SIGHUP `pobox serve`
+//! reloads its whole configuration, certificates included.
 //!
 //! # ALPN
 //!
@@ -324,24 +325,22 @@ impl Tls {
     }
 }
 
-/// Reloads `tls` on SIGHUP, and every `poll` when a file changed (zero:
-/// SIGHUP only). Runs until the task is dropped.
+/// Reloads `tls` every `poll` when a file changed (zero: never; a SIGHUP
+/// configuration reload in `pobox serve` re-reads the files). Runs until
+/// the task is dropped.
 pub async fn reload_task(tls: Tls, poll: Duration) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).ok();
-    let mut tick = tokio::time::interval(if poll.is_zero() { Duration::from_secs(3600) } else { poll });
+    if poll.is_zero() {
+        return;
+    }
+    let mut tick = tokio::time::interval(poll);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
-        let why = tokio::select! {
-            Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-            _ = tick.tick() => {
-                if poll.is_zero() || !tls.files_changed() {
-                    continue;
-                }
-                "file change"
-            }
-        };
+        tick.tick().await;
+        if !tls.files_changed() {
+            continue;
+        }
+        let why = "file change";
         let t = tls.clone();
         match tokio::task::spawn_blocking(move || t.reload()).await {
             Ok(Ok(fp)) => info!(reason = %why, fingerprint = %fp, "TLS certificates reloaded"),

@@ -360,3 +360,24 @@ fn indexed_named_deliveries_skip_known_bases_without_rescanning() {
     md.sync_new().unwrap();
     assert_eq!(std::fs::read_dir(dir.path().join("local/new")).unwrap().count(), 2);
 }
+
+/// A configuration reload replaces the policies of the store in use (its
+/// lock table and listing cache stay); a clone taken before keeps its own.
+#[test]
+fn set_policies_replaces_retention_and_size_limit_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let three = Policy { retrieved: Days::After(3), ..Policy::default() };
+    let s = store(&dir, three);
+    let before = s.clone();
+    deliver(&s, 1);
+    let t0 = SystemTime::now();
+    retrieve(&s, 0, t0);
+    assert!(s.expire("alice", t0, false).unwrap().expired.is_empty());
+    let zero = Policy { retrieved: Days::After(0), ..Policy::default() };
+    s.set_policies(Some(10), RetentionConfig { default: zero, users: HashMap::new() }, Default::default());
+    assert_eq!(s.policy("alice").retrieved, Days::After(0));
+    assert_eq!(before.policy("alice").retrieved, Days::After(3), "the clone keeps its own");
+    assert_eq!(s.expire("alice", t0, false).unwrap().expired.len(), 1);
+    let big = s.deliver("alice", &mut &b"Subject: big\n\nmore than ten octets\n"[..]);
+    assert!(matches!(big, Err(StoreError::TooLarge { .. })), "{big:?}");
+}

@@ -3,6 +3,7 @@
 pub mod check;
 pub mod deliver;
 pub mod mailbox;
+mod reload;
 pub mod serve;
 pub mod sieve;
 pub mod systemd;

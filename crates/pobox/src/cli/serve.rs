@@ -12,7 +12,7 @@ use crate::config::{Settings, parse_listen};
 
 /// Arguments of `pobox serve`. Each address flag replaces the configured
 /// list; `none` disables that listener.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// POP3 address (cleartext + STLS), or `none`. Default 0.0.0.0:110.
     #[arg(long, value_name = "ADDR")]
@@ -27,6 +27,22 @@ pub struct ServeArgs {
     /// `none`. Default 0.0.0.0:25.
     #[arg(long, value_name = "ADDR")]
     smtp: Option<String>,
+}
+
+/// Applies the address flags to `settings`: at startup and again at each
+/// reload, so a flag keeps replacing the configured list of its protocol.
+///
+/// # Errors
+/// A flag that is not an address, or SMTP on a unix socket.
+pub(super) fn apply_overrides(settings: &mut Settings, args: &ServeArgs) -> anyhow::Result<()> {
+    override_addr(&mut settings.pop3, "pop3", args.pop3.clone())?;
+    override_addr(&mut settings.pop3s, "pop3s", args.pop3s.clone())?;
+    override_addr(&mut settings.lmtp, "lmtp", args.lmtp.clone())?;
+    override_addr(&mut settings.smtp, "smtp", args.smtp.clone())?;
+    if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
+        anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
+    }
+    Ok(())
 }
 
 fn override_addr(list: &mut Vec<ListenAddr>, flag: &str, value: Option<String>) -> anyhow::Result<()> {
@@ -53,13 +69,9 @@ fn override_addr(list: &mut Vec<ListenAddr>, flag: &str, value: Option<String>) 
 /// the message.
 pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Result<()> {
     let mut settings = Settings::load(data, config)?;
-    override_addr(&mut settings.pop3, "pop3", args.pop3)?;
-    override_addr(&mut settings.pop3s, "pop3s", args.pop3s)?;
-    override_addr(&mut settings.lmtp, "lmtp", args.lmtp)?;
-    override_addr(&mut settings.smtp, "smtp", args.smtp)?;
-    if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
-        anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
-    }
+    apply_overrides(&mut settings, &args)?;
+    // What SIGHUP needs to read the same file again the same way.
+    let source = super::reload::Source::new(data, config, args);
     init_logging(&settings.log, settings.log_json);
 
     std::fs::create_dir_all(&settings.data_dir)
@@ -187,7 +199,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if let Some(m) = metrics {
         runtime.spawn(pobox_server::metrics::serve(m));
     }
-    runtime.block_on(serve(settings, users, store, tls, bound, dropped, open_files, acme))
+    runtime.block_on(serve(settings, source, users, store, tls, bound, dropped, open_files, acme))
 }
 
 /// The file whose lock marks the data dir as served; it holds the PID.
@@ -232,7 +244,7 @@ fn claim_data_dir(data_dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 /// The TCP addresses of the listeners that speak TLS.
-fn tls_listeners(settings: &Settings) -> Vec<std::net::SocketAddr> {
+pub(super) fn tls_listeners(settings: &Settings) -> Vec<std::net::SocketAddr> {
     [&settings.pop3, &settings.pop3s, &settings.smtp]
         .into_iter()
         .flatten()
@@ -280,10 +292,10 @@ fn raise_open_files(max_connections: usize) -> OpenFiles {
     OpenFiles { limit, wanted }
 }
 
-// The prelude hands over everything it prepared while privileged.
-#[allow(clippy::too_many_arguments)]
+#[allow(clippy::too_many_arguments)] // the prelude's results, handed over once
 async fn serve(
     settings: Settings,
+    source: super::reload::Source,
     users: Arc<pobox_auth::UserDb>,
     store: pobox_store::MaildirStore,
     tls: Option<pobox_server::Tls>,
@@ -293,6 +305,8 @@ async fn serve(
     acme: Option<pobox_server::acme::Acme>,
 ) -> anyhow::Result<()> {
     let stop = stop_signal();
+    // Now too: without a handler, SIGHUP would end the process.
+    let hup = super::reload::hangup_signal();
     let mut listeners = Vec::new();
     for b in bound {
         let local = b.local.clone();
@@ -360,8 +374,14 @@ async fn serve(
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let svc = Arc::new(Services::new(settings.server, users, Arc::new(store), tls));
-    // Dropped with the runtime when the server stops.
+    let store = Arc::new(store);
+    let svc = Arc::new(Services::new(settings.server.clone(), users, store.clone(), tls));
+    let (reloads, reload_rx) = tokio::sync::mpsc::channel(1);
+    let reloader = super::reload::Reloader::new(source, settings, svc.clone(), store, reloads);
+    let reload_task = tokio::spawn(reloader.run(hup));
+    // Dropped with the runtime when the server stops. It swaps certificates
+    // in the first generation's TLS store, which a reload keeps as long as
+    // the certificate files stay the same.
     if let (Some(acme), Some(tls)) = (acme, &svc.tls) {
         tokio::spawn(acme.run(tls.store.clone()));
     }
@@ -371,7 +391,8 @@ async fn serve(
         stop.await;
         super::systemd::stopping();
     };
-    pobox_server::run(svc, listeners, stop).await;
+    pobox_server::run_reloadable(svc, listeners, reload_rx, stop).await;
+    reload_task.abort();
     println!("pobox stopped");
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! systemd integration of `pobox serve`: listeners passed by socket
 //! activation (`LISTEN_FDS`, sd_listen_fds(3)) and state notifications
 //! (`NOTIFY_SOCKET`, sd_notify(3)): READY=1 once every listener accepts,
-//! STOPPING=1 when shutdown begins, WATCHDOG=1 while the runtime is alive.
+//! RELOADING=1 while SIGHUP re-reads the configuration (READY=1 again after
+//! it), STOPPING=1 when shutdown begins, WATCHDOG=1 while the runtime is alive.
 //! Outside systemd none of the variables is set and all of this is a no-op.
 
 use std::time::Duration;
@@ -79,6 +80,16 @@ fn protocol_of_port(port: u16) -> Option<Protocol> {
 /// Tells systemd the service is ready (Type=notify).
 pub fn ready() {
     notify(&[sd_notify::NotifyState::Ready, sd_notify::NotifyState::Status("serving")]);
+}
+
+/// Tells systemd a configuration reload has begun (`Type=notify-reload`
+/// needs `MONOTONIC_USEC` with it, to tell this reload from an older one);
+/// [`ready`] ends it.
+pub fn reloading() {
+    match sd_notify::NotifyState::monotonic_usec_now() {
+        Ok(now) => notify(&[sd_notify::NotifyState::Reloading, now, sd_notify::NotifyState::Status("reloading")]),
+        Err(e) => tracing::warn!(error = %e, "cannot read the monotonic clock for systemd"),
+    }
 }
 
 /// Tells systemd shutdown has begun.

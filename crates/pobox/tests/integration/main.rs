@@ -8,6 +8,7 @@
 //! - `lmtp`: LMTP intake with smtplib.LMTP, swaks and raw bytes.
 //! - `cli`: `pobox deliver`, `pobox user`, start-up errors, SIGTERM.
 //! - `robustness`: overlong lines, garbage, bad TLS, malformed passwd-file.
+//! - `reload`: SIGHUP re-reads the configuration (issue 12 item 4).
 //! - `retention`, `filters`: retention, Sieve and quotas (their own issues).
 //! - `logs`, `limits`: session summary lines, plain log values, connection
 //!   limits (issue 12, items 7 and 9).
@@ -33,6 +34,7 @@ mod lmtp;
 mod logs;
 mod metrics;
 mod pop3;
+mod reload;
 mod retention;
 mod robustness;
 mod service;

@@ -315,6 +315,9 @@ pub struct ServerBuilder<'d> {
     config: BTreeMap<String, String>,
     env: Vec<(String, std::ffi::OsString)>,
     log: &'static str,
+    /// Listener addresses from the config file instead of `serve` flags
+    /// (flags would replace the file's lists at every reload too).
+    listeners_in_config: bool,
 }
 
 impl<'d> ServerBuilder<'d> {
@@ -330,7 +333,7 @@ impl<'d> ServerBuilder<'d> {
         // proves). Login-time retention still runs. Tests about retention
         // set their own `retention` table, replacing this one.
         config.insert("retention".into(), "{ expire_interval_secs = 0 }".into());
-        ServerBuilder { dir, config, env: Vec::new(), log: "info" }
+        ServerBuilder { dir, config, env: Vec::new(), log: "info", listeners_in_config: false }
     }
 
     /// Sets a config key; `value` is TOML (`"false"`, `"1000"`, `"\"text\""`).
@@ -344,6 +347,19 @@ impl<'d> ServerBuilder<'d> {
     #[allow(dead_code)] // used by the crash binary
     pub fn env(mut self, key: &str, value: impl Into<std::ffi::OsString>) -> Self {
         self.env.push((key.into(), value.into()));
+        self
+    }
+
+    /// Puts the listener addresses (ephemeral ports, no SMTP) into the
+    /// config file rather than on the command line, so that a test can
+    /// change them and reload. The file is `dir.scratch("pobox.toml")`.
+    #[allow(dead_code)] // used by the reload tests only
+    pub fn listeners_in_config(mut self) -> Self {
+        for key in ["pop3", "pop3s", "lmtp"] {
+            self.config.insert(key.into(), "[\"127.0.0.1:0\"]".into());
+        }
+        self.config.insert("smtp".into(), "[]".into());
+        self.listeners_in_config = true;
         self
     }
 
@@ -366,8 +382,11 @@ impl<'d> ServerBuilder<'d> {
             .arg(self.dir.data())
             .arg("--config")
             .arg(&config_path)
-            .args(["serve", "--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0", "--smtp", "none"])
-            .stdin(Stdio::null())
+            .arg("serve");
+        if !self.listeners_in_config {
+            cmd.args(["--pop3", "127.0.0.1:0", "--pop3s", "127.0.0.1:0", "--lmtp", "127.0.0.1:0", "--smtp", "none"]);
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("spawn pobox serve");

@@ -45,6 +45,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use arc_swap::ArcSwap;
 use rustix::fs::{Mode, OFlags};
 
 use std::sync::Arc;
@@ -169,15 +170,41 @@ pub struct InvalidMailLocation {
 /// directories are unchanged (see [`with_listing_cache_limits`]); clones
 /// share that cache.
 ///
+/// The size limit, retention and quota policies can be replaced while the
+/// store is in use ([`set_policies`]): `pobox serve` does so on SIGHUP, and
+/// keeps the same store, so that the lock table and the listing cache
+/// survive a configuration reload. A clone starts with the same policies
+/// but replaces its own.
+///
 /// [`with_listing_cache_limits`]: MaildirStore::with_listing_cache_limits
-#[derive(Debug, Clone)]
+/// [`set_policies`]: MaildirStore::set_policies
+#[derive(Debug)]
 pub struct MaildirStore {
     location: MailLocation,
+    policies: ArcSwap<Policies>,
+    listings: Arc<cache::ListingCache>,
+    locks: Arc<lock::LockTable>,
+}
+
+impl Clone for MaildirStore {
+    fn clone(&self) -> Self {
+        MaildirStore {
+            location: self.location.clone(),
+            policies: ArcSwap::new(self.policies.load_full()),
+            listings: Arc::clone(&self.listings),
+            locks: Arc::clone(&self.locks),
+        }
+    }
+}
+
+/// What [`MaildirStore::set_policies`] replaces at once: read together by
+/// one operation, so a delivery never sees one reload's size limit with
+/// another's quota.
+#[derive(Debug, Clone, Default)]
+struct Policies {
     max_size: Option<u64>,
     retention: Arc<RetentionConfig>,
     quota: Arc<QuotaConfig>,
-    listings: Arc<cache::ListingCache>,
-    locks: Arc<lock::LockTable>,
 }
 
 impl MaildirStore {
@@ -185,9 +212,7 @@ impl MaildirStore {
     #[must_use]
     pub fn new(location: MailLocation) -> Self {
         MaildirStore {
-            max_size: None,
-            retention: Arc::new(RetentionConfig::default()),
-            quota: Arc::new(QuotaConfig::default()),
+            policies: ArcSwap::from_pointee(Policies::default()),
             listings: Arc::new(cache::ListingCache::new(cache::MIN_MESSAGES, cache::DEFAULT_MAX_MESSAGES)),
             locks: Arc::new(lock::LockTable::new(location.lock_file())),
             location,
@@ -240,29 +265,42 @@ impl MaildirStore {
     /// Limits delivered messages to `max` POP3 octets (the `W=` size);
     /// larger ones fail with [`StoreError::TooLarge`].
     #[must_use]
-    pub fn with_max_size(mut self, max: u64) -> Self {
-        self.max_size = Some(max);
+    pub fn with_max_size(self, max: u64) -> Self {
+        self.update(|p| p.max_size = Some(max));
         self
+    }
+
+    /// Replaces the size limit, the retention and the quota policies.
+    /// Operations already under way (an open maildrop keeps the retention
+    /// policy it was opened with) are not affected.
+    pub fn set_policies(&self, max_size: Option<u64>, retention: RetentionConfig, quota: QuotaConfig) {
+        self.policies.store(Arc::new(Policies { max_size, retention: Arc::new(retention), quota: Arc::new(quota) }));
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Policies)) {
+        let mut p = Policies::clone(&self.policies.load());
+        change(&mut p);
+        self.policies.store(Arc::new(p));
     }
 
     /// Applies retention policies: whether removed messages go to the
     /// restore area, and what [`MaildirStore::expire`] removes.
     #[must_use]
-    pub fn with_retention(mut self, retention: RetentionConfig) -> Self {
-        self.retention = Arc::new(retention);
+    pub fn with_retention(self, retention: RetentionConfig) -> Self {
+        self.update(|p| p.retention = Arc::new(retention));
         self
     }
 
-    /// The retention policies.
+    /// The retention policies in use now.
     #[must_use]
-    pub fn retention(&self) -> &RetentionConfig {
-        &self.retention
+    pub fn retention(&self) -> Arc<RetentionConfig> {
+        Arc::clone(&self.policies.load().retention)
     }
 
     /// Applies quotas to deliveries.
     #[must_use]
-    pub fn with_quota(mut self, quota: QuotaConfig) -> Self {
-        self.quota = Arc::new(quota);
+    pub fn with_quota(self, quota: QuotaConfig) -> Self {
+        self.update(|p| p.quota = Arc::new(quota));
         self
     }
 
@@ -273,7 +311,7 @@ impl MaildirStore {
     ///
     /// Filesystem errors.
     pub fn usage(&self, user: &str) -> Result<(Usage, Quota), StoreError> {
-        let quota = self.quota.for_user(user);
+        let quota = self.policies.load().quota.for_user(user);
         Ok((self.maildir(user)?.usage(&quota)?, quota))
     }
 
@@ -331,7 +369,7 @@ impl MaildirStore {
     /// The size limit, if any.
     #[must_use]
     pub fn max_size(&self) -> Option<u64> {
-        self.max_size
+        self.policies.load().max_size
     }
 
     /// Opens (creating if needed) `user`'s Maildir, for admin tools and the
@@ -375,16 +413,17 @@ impl Mailstore for MaildirStore {
             user: user.to_owned(),
             root: maildir.into_session_root()?,
             messages,
-            policy: self.retention.for_user(user),
+            policy: self.policies.load().retention.for_user(user),
             lock,
         }))
     }
 
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         let maildir = self.maildir(user)?;
-        let quota = self.quota.for_user(user);
+        let policies = self.policies.load_full();
+        let quota = policies.quota.for_user(user);
         if quota.is_unlimited() {
-            return maildir.deliver(message, self.max_size);
+            return maildir.deliver(message, policies.max_size);
         }
         // No rescan per delivery: usage comes from maildirsize. The byte
         // limit becomes the writer's size limit, so an over-quota message is
@@ -394,7 +433,7 @@ impl Mailstore for MaildirStore {
             return Err(StoreError::OverQuota(format!("{} messages, {} octets in use", usage.messages, usage.bytes)));
         }
         let room = quota.bytes.map(|limit| limit.saturating_sub(usage.bytes));
-        let limit = match (self.max_size, room) {
+        let limit = match (policies.max_size, room) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
@@ -403,7 +442,7 @@ impl Mailstore for MaildirStore {
                 maildir.record_usage(d.size as i64, 1);
                 Ok(d)
             }
-            Err(StoreError::TooLarge { .. }) if room.is_some_and(|r| self.max_size.is_none_or(|m| r < m)) => {
+            Err(StoreError::TooLarge { .. }) if room.is_some_and(|r| policies.max_size.is_none_or(|m| r < m)) => {
                 Err(StoreError::OverQuota(format!("{} octets free", room.unwrap_or(0))))
             }
             Err(e) => Err(e),
@@ -413,7 +452,7 @@ impl Mailstore for MaildirStore {
     fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         let inbox = self.maildir(user)?;
         match inbox.folder(folder, true)? {
-            Some(dir) => dir.deliver(message, self.max_size),
+            Some(dir) => dir.deliver(message, self.max_size()),
             None => unreachable!("folder() creates what is missing"),
         }
     }
@@ -423,7 +462,7 @@ impl Mailstore for MaildirStore {
     }
 
     fn policy(&self, user: &str) -> Policy {
-        self.retention.for_user(user)
+        self.policies.load().retention.for_user(user)
     }
 }
 
@@ -961,7 +1000,7 @@ impl MaildirStore {
             }
             Err(e) => return Err(e),
         };
-        let policy = self.retention.for_user(user);
+        let policy = self.policies.load().retention.for_user(user);
         let messages = maildir.scan()?;
         let log = maildir.load_log()?;
         let mut report = ExpireReport::default();
@@ -1176,7 +1215,7 @@ impl MaildirStore {
         let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
         let messages = maildir.scan()?;
         let all: Vec<usize> = (0..messages.len()).collect();
-        let aside = self.retention.for_user(user).restore_days > 0;
+        let aside = self.policies.load().retention.for_user(user).restore_days > 0;
         commit::commit(&maildir, &messages, &all, aside, now)
     }
 }
