@@ -155,11 +155,16 @@ fn main() -> ExitCode {
     // Every other subcommand is server-side: the same config and data dir
     // as the running server, found without flags on an installed system.
     let config = config::config_path(args.config.as_deref());
+    // `pobox deliver` speaks sysexits to the MTA even this early: a broken
+    // config is EX_CONFIG (78), a failed switch to the service user
+    // EX_TEMPFAIL (75), so the MTA keeps the message instead of bouncing it.
+    let delivering = matches!(args.command, Command::Deliver(_));
+    let early_exit = |code: u8| if delivering { ExitCode::from(code) } else { ExitCode::FAILURE };
     let data = match config::data_dir(args.data.as_deref(), config.as_deref()) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("pobox: {e:#}");
-            return ExitCode::FAILURE;
+            return early_exit(78);
         }
     };
     let args = ServerArgs { data, config, command: args.command };
@@ -169,7 +174,7 @@ fn main() -> ExitCode {
         && let Err(e) = cli::act_as_service_user(&args.data, args.config.as_deref())
     {
         eprintln!("pobox: {e:#}");
-        return ExitCode::FAILURE;
+        return early_exit(75);
     }
     let result = match args.command {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),

@@ -453,3 +453,20 @@ fn no_secret_in_the_logs_at_trace_level_in_text_or_json() {
         }
     }
 }
+
+/// An MTA piping to `pobox deliver` must never see a plain failure (1,
+/// a bounce for most MTAs) for a configuration problem: EX_CONFIG (78),
+/// which Postfix and Exim treat as "try again later".
+#[test]
+fn deliver_with_a_broken_config_exits_ex_config_even_before_it_reads_the_message() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    let config = dir.scratch("broken.toml");
+    std::fs::write(&config, "no_such_key = 1\n").unwrap();
+    let mut c = TestCommand::new(BIN);
+    c.arg("--config").arg(&config).args(["deliver", "alice"]).stdin(b"Subject: x\n\nbody\n".as_slice());
+    let out = c.output();
+    assert_eq!(out.status.code(), Some(78), "{}", out.dump());
+    assert!(out.stderr().contains("no_such_key"), "{}", out.dump());
+    assert!(dir.message_files("alice").is_empty());
+}
