@@ -1,7 +1,7 @@
 //! Regression tests for bugs the fuzz targets found in code this binary does
-//! not own; each is `#[ignore = "BUG: ..."]` until its owner fixes it, then
-//! the ignore goes. Once fixed, add the input to `fuzz/seeds/<target>/` too (not before: the
-//! CI fuzz smoke would stop on it at once).
+//! not own. Both are fixed and run in the test command; a new one is
+//! written failing, fixed by its owner, and its input then joins
+//! `fuzz/seeds/<target>/` (not before: the CI fuzz smoke would stop on it).
 
 /// Fuzz target `pop3_response` (FUZZING.md): `Status::parse` slices the
 /// lossily decoded line at byte 3 (`text[..3]`), which panics when a
