@@ -58,6 +58,7 @@
 //! * [`userdb`]: the passwd-file, its reload and atomic edits; the verifiers.
 //! * [`hash`]: `{SCHEME}` parsing, hashing and verification.
 //! * [`sasl`]: base64 and SASL PLAIN/LOGIN decoding.
+//! * [`saslprep`]: RFC 4013 SASLprep, applied on every password path.
 //! * [`secret`]: the zeroizing, redacted [`Secret`] buffer.
 
 #![forbid(unsafe_code)]
@@ -66,6 +67,7 @@
 pub mod hash;
 pub mod oauth;
 pub mod sasl;
+pub mod saslprep;
 pub mod scram;
 pub mod secret;
 pub mod userdb;

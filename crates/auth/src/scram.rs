@@ -29,10 +29,14 @@
 //! exchange then fails at the proof like a wrong password (RFC 5802 §9
 //! recommends exactly this "mock" behaviour).
 //!
-//! SASLprep (RFC 4013) is not applied to passwords: ASCII passwords are
-//! unaffected, and the same choice is made when the secret is computed, so
-//! they always agree. Clients that normalise non-ASCII passwords differently
-//! fail for those passwords only.
+//! SASLprep (RFC 4013): RFC 5802 §2.2 computes SaltedPassword from the
+//! SASLprep'd password, so the secret stored by `pobox user add/passwd` is
+//! derived from the prepared form ([`crate::saslprep`]) and
+//! [`ScramClient`] prepares too. A secret made before that from a
+//! non-ASCII password that SASLprep changes only works with clients that do
+//! not normalise; `pobox user passwd` fixes it. User names need no
+//! preparation: [`crate::valid_username`] allows only printable ASCII, which
+//! SASLprep leaves unchanged.
 
 use std::fmt;
 use std::sync::LazyLock;
@@ -658,7 +662,10 @@ impl ScramClient {
         cbind.extend_from_slice(&self.cb_data);
         let without_proof = format!("c={},r={nonce}", BASE64.encode(cbind));
         let auth_message = format!("{},{server_first},{without_proof}", self.client_first_bare);
-        let salted = salted_password(password, &salt, iterations);
+        // RFC 5802 §2.2: Hi(Normalize(password), salt, i); a password
+        // SASLprep rejects is used as is (it cannot match a pobox secret).
+        let prepared = crate::saslprep::prepare(password);
+        let salted = salted_password(prepared.as_deref().unwrap_or(password), &salt, iterations);
         let client_key = hmac_sha256(&salted, b"Client Key");
         let signature = hmac_sha256(&sha256(&client_key), auth_message.as_bytes());
         let proof: Vec<u8> = client_key.iter().zip(signature).map(|(a, b)| a ^ b).collect();
@@ -761,6 +768,28 @@ mod tests {
             assert_eq!(server_final, expected_final.as_bytes());
         }
         Ok(step)
+    }
+
+    /// A non-ASCII password set with `user add` logs in through SCRAM (the
+    /// client normalises, RFC 5802 §2.2), PLAIN and USER/PASS (both end in
+    /// `UserDb::verify`), whether the client sends it as typed or prepared.
+    #[test]
+    fn non_ascii_password_works_for_scram_plain_and_pass_alike() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(dir.path().join("passwd"));
+        let typed = "\u{FF30}ässwörd\u{00A0}1";
+        db.add("alice", typed.as_bytes()).unwrap();
+        for pw in [typed, "Pässwörd 1"] {
+            let step = exchange(&db, false, ChannelBindings::default(), "alice", pw.as_bytes(), None);
+            assert!(matches!(step, Ok(ScramStep::Success { .. })), "SCRAM {pw:?}: {step:?}");
+            let mut plain = b"\0alice\0".to_vec();
+            plain.extend_from_slice(pw.as_bytes());
+            let creds = crate::sasl::decode_plain(&plain).unwrap();
+            assert!(db.verify(&creds.authcid, creds.password.as_bytes()).is_ok(), "PLAIN {pw:?}");
+            assert!(db.verify("alice", pw.as_bytes()).is_ok(), "PASS {pw:?}");
+        }
+        let step = exchange(&db, false, ChannelBindings::default(), "alice", "Pässwörd 2".as_bytes(), None);
+        assert!(step.is_err(), "{step:?}");
     }
 
     #[test]

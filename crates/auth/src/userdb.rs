@@ -92,6 +92,7 @@
 //! The lock file is never deleted (deleting lock files reintroduces the race
 //! they prevent); it must be writable by whoever runs the mutations.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
@@ -107,6 +108,7 @@ use zeroize::Zeroize as _;
 use sha2::Sha256;
 
 use crate::hash::{self, StoredPassword};
+use crate::saslprep;
 use crate::scram::ScramSecret;
 use crate::{AuthError, Authenticated};
 
@@ -187,6 +189,13 @@ pub enum UserDbError {
     /// could be stored but never verified.
     #[error("the password is longer than {} bytes", hash::MAX_PASSWORD_LEN)]
     PasswordTooLong,
+    /// SASLprep (RFC 4013) rejects the password: a control or other
+    /// prohibited character, mixed right-to-left text, or a code point
+    /// unassigned in Unicode 3.2 (most emoji). Not quoted: it is a password.
+    #[error(
+        "the password has characters SASLprep (RFC 4013) does not allow (control characters, mixed-direction text, or characters newer than Unicode 3.2 such as most emoji)"
+    )]
+    PasswordNotSaslprep,
     /// Reading, locking or replacing the file failed. The message names the
     /// operation and the path.
     #[error("{0}")]
@@ -296,11 +305,19 @@ impl UserDb {
     ///   read; the server should answer `-ERR [SYS/TEMP]`.
     pub fn verify(&self, user: &str, password: &[u8]) -> Result<Authenticated, AuthError> {
         let snapshot = self.snapshot()?;
+        // SASLprep form first, then the raw bytes when they differ (hashes
+        // made before normalisation); an unknown user costs the same number
+        // of dummy verifications, so timing still does not reveal existence.
+        let candidates = saslprep::candidates(password);
         match snapshot.users.get(user) {
-            Some(stored) if stored.verify(password) => Ok(Authenticated::new(user)),
+            Some(stored) if candidates.iter().any(|c| stored.verify(c)) => {
+                Ok(Authenticated::new(user))
+            }
             Some(_) => Err(AuthError::InvalidCredentials),
             None => {
-                hash::verify_dummy(password);
+                for c in &candidates {
+                    hash::verify_dummy(c);
+                }
                 Err(AuthError::InvalidCredentials)
             }
         }
@@ -342,13 +359,17 @@ impl UserDb {
         let Ok(claimed) = hex::decode(digest_hex) else {
             return Err(AuthError::InvalidCredentials);
         };
-        let expected = Md5::new()
-            .chain_update(timestamp.as_bytes())
-            .chain_update(secret.as_bytes())
-            .finalize();
-        // The length of `claimed` is attacker-chosen and public, so the early
-        // exit of slice `ct_eq` on a length mismatch leaks nothing.
-        if bool::from(expected.as_slice().ct_eq(&claimed)) {
+        // The client digests its cleartext, SASLprep'd or not: accept both.
+        let matches = saslprep::candidates(secret.as_bytes()).iter().any(|cleartext| {
+            let expected = Md5::new()
+                .chain_update(timestamp.as_bytes())
+                .chain_update(cleartext)
+                .finalize();
+            // The length of `claimed` is attacker-chosen and public, so the
+            // early exit of slice `ct_eq` on a length mismatch leaks nothing.
+            bool::from(expected.as_slice().ct_eq(&claimed))
+        });
+        if matches {
             Ok(Authenticated::new(user))
         } else {
             Err(AuthError::InvalidCredentials)
@@ -456,7 +477,7 @@ impl UserDb {
     ///
     /// Only if the operating system's RNG fails (see [`hash::hash_password`]).
     pub fn add(&self, user: &str, password: &[u8]) -> Result<(), UserDbError> {
-        check_args(user, password)?;
+        let password = &*check_args(user, password)?;
         let entry = format!(
             "{user}:{}::::::{SCRAM_FIELD}{}",
             hash::hash_password(password),
@@ -491,7 +512,7 @@ impl UserDb {
     ///
     /// Only if the operating system's RNG fails (see [`hash::hash_password`]).
     pub fn set_password(&self, user: &str, password: &[u8]) -> Result<(), UserDbError> {
-        check_args(user, password)?;
+        let password = &*check_args(user, password)?;
         let hashed = hash::hash_password(password);
         let scram = ScramSecret::derive(password).to_dovecot();
         self.edit(|lines| {
@@ -650,17 +671,23 @@ impl fmt::Debug for UserDb {
     }
 }
 
-fn check_args(user: &str, password: &[u8]) -> Result<(), UserDbError> {
+/// Checks a new user name and password; returns the password's SASLprep
+/// form, which is what gets hashed (so it matches what logins verify first).
+fn check_args<'a>(user: &str, password: &'a [u8]) -> Result<Cow<'a, [u8]>, UserDbError> {
     if !valid_username(user) {
         return Err(UserDbError::InvalidName(user.to_owned()));
     }
     if password.is_empty() {
         return Err(UserDbError::EmptyPassword);
     }
-    if password.len() > hash::MAX_PASSWORD_LEN {
+    let prepared = saslprep::prepare(password).ok_or(UserDbError::PasswordNotSaslprep)?;
+    if prepared.is_empty() {
+        return Err(UserDbError::EmptyPassword);
+    }
+    if password.len() > hash::MAX_PASSWORD_LEN || prepared.len() > hash::MAX_PASSWORD_LEN {
         return Err(UserDbError::PasswordTooLong);
     }
-    Ok(())
+    Ok(prepared)
 }
 
 /// Parses the whole file. Never fails: bad lines become warnings.
@@ -1215,6 +1242,84 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, AuthError::Unsupported(_)), "{err:?}");
         assert!(!err.to_string().contains("VraY3v7b"));
+    }
+
+    /// Fullwidth P and NO-BREAK SPACE: SASLprep maps them to "P" and " ".
+    const INTL: &str = "\u{FF30}ässwörd\u{00A0}1";
+    const INTL_PREPARED: &str = "Pässwörd 1";
+
+    #[test]
+    fn saslprep_new_password_logs_in_in_either_form() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(dir.path().join("passwd"));
+        db.add("alice", INTL.as_bytes()).unwrap();
+        assert!(db.verify("alice", INTL.as_bytes()).is_ok());
+        assert!(db.verify("alice", INTL_PREPARED.as_bytes()).is_ok());
+        // Decomposed ä (a + U+0308) is the same password after NFKC.
+        assert!(db.verify("alice", "Pa\u{0308}sswörd 1".as_bytes()).is_ok());
+        assert!(matches!(
+            db.verify("alice", "Pässwörd  1".as_bytes()),
+            Err(AuthError::InvalidCredentials)
+        ));
+        db.set_password("alice", "\u{2168}".as_bytes()).unwrap();
+        assert!(db.verify("alice", b"IX").is_ok());
+        assert!(db.verify("alice", "I\u{00AD}X".as_bytes()).is_ok());
+        assert!(db.verify("alice", b"ix").is_err());
+    }
+
+    #[test]
+    fn saslprep_rejected_new_passwords_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = UserDb::open(dir.path().join("passwd"));
+        for bad in ["pass\u{0007}word", "\u{0627}\u{0031}", "\u{00AD}"] {
+            let err = db.add("alice", bad.as_bytes()).unwrap_err();
+            assert!(
+                matches!(err, UserDbError::PasswordNotSaslprep | UserDbError::EmptyPassword),
+                "{err:?}"
+            );
+            assert!(!err.to_string().contains(bad));
+        }
+        assert!(matches!(
+            db.add("alice", b"caf\xe9"),
+            Err(UserDbError::PasswordNotSaslprep)
+        ));
+        assert!(!db.exists("alice").unwrap());
+    }
+
+    #[test]
+    fn saslprep_legacy_hashes_of_raw_bytes_still_verify() {
+        // Made before SASLprep (or imported from Dovecot, which does not
+        // normalise): the raw bytes are tried after the prepared form.
+        let (_dir, db) = db_with(&format!(
+            "alice:{{PLAIN}}{INTL}\nbob:{{PLAIN}}a\x07b\ncarol:{{PLAIN}}{INTL_PREPARED}\n"
+        ));
+        assert!(db.verify("alice", INTL.as_bytes()).is_ok());
+        // A client that normalises cannot match a hash of the raw form.
+        assert!(db.verify("alice", INTL_PREPARED.as_bytes()).is_err());
+        // SASLprep rejects it, but it is exactly the stored legacy password.
+        assert!(db.verify("bob", "a\u{0007}b".as_bytes()).is_ok());
+        assert!(db.verify("bob", "a\u{0008}b".as_bytes()).is_err());
+        assert!(db.verify("carol", INTL.as_bytes()).is_ok());
+        assert!(db.verify("carol", INTL_PREPARED.as_bytes()).is_ok());
+        // Rejected passwords fail like any other wrong password.
+        assert!(matches!(
+            db.verify("carol", "Pässwörd 1\u{0007}".as_bytes()),
+            Err(AuthError::InvalidCredentials)
+        ));
+        assert!(matches!(
+            db.verify("nobody", INTL.as_bytes()),
+            Err(AuthError::InvalidCredentials)
+        ));
+    }
+
+    #[test]
+    fn apop_accepts_digest_of_prepared_or_raw_cleartext() {
+        let (_dir, db) = db_with(&format!("alice:{{PLAIN}}{INTL}\n"));
+        let ts = "<1.2@example.org>";
+        let digest = |pw: &str| hex::encode(Md5::new().chain_update(ts).chain_update(pw).finalize());
+        assert!(db.verify_apop("alice", ts, &digest(INTL)).is_ok());
+        assert!(db.verify_apop("alice", ts, &digest(INTL_PREPARED)).is_ok());
+        assert!(db.verify_apop("alice", ts, &digest("Pässwörd 2")).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - `logs`, `limits`: session summary lines, plain log values, connection
 //!   limits (issue 12, items 7 and 9).
 //! - `metrics`: the OpenMetrics endpoint, counters checked against a script.
+//! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -36,6 +37,7 @@ mod metrics;
 mod pop3;
 mod reload;
 mod retention;
+mod saslprep;
 mod robustness;
 mod service;
 mod tls;
