@@ -47,6 +47,39 @@ pub(crate) fn sanitize(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(256).collect()
 }
 
+/// The `RCPT` reply for a recipient whose mailbox is already full (at or
+/// over a quota limit), or `None` to accept them: refusing here, before
+/// DATA, spares the MTA a bounce after it has taken the message. Users
+/// without a quota cost nothing (no disk access); otherwise the store's
+/// usage (`maildirsize`) is read on the blocking pool. An error reading it
+/// accepts the recipient: the quota check at delivery remains the guard.
+pub(crate) async fn quota_refusal(svc: &Arc<crate::Services>, user: &str) -> Option<&'static str> {
+    if svc.store.quota(user).is_unlimited() {
+        return None;
+    }
+    let store = svc.store.clone();
+    let lookup = user.to_owned();
+    match tokio::task::spawn_blocking(move || store.quota_full(&lookup)).await {
+        Ok(Ok(Some(usage))) => {
+            tracing::info!(%user, messages = usage.messages, octets = usage.bytes, "recipient refused: over quota");
+            Some(if svc.config.quota_permanent {
+                "552 5.2.2 mailbox full\r\n"
+            } else {
+                "452 4.2.2 mailbox full, try again later\r\n"
+            })
+        }
+        Ok(Ok(None)) => None,
+        Ok(Err(e)) => {
+            tracing::debug!(%user, error = %e, "quota usage unreadable at RCPT; accepting");
+            None
+        }
+        Err(e) => {
+            tracing::debug!(%user, error = %e, "quota check task failed at RCPT; accepting");
+            None
+        }
+    }
+}
+
 /// A message being received after `DATA`.
 pub(crate) struct Body {
     receiver: DataReceiver,

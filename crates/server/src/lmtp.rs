@@ -316,9 +316,15 @@ impl Session {
         let users = svc.users.clone();
         let lookup = user.clone();
         match tokio::task::spawn_blocking(move || users.exists(&lookup)).await {
-            Ok(Ok(true)) => Ok(user),
-            Ok(Ok(false)) => Err("550 5.1.1 no such user\r\n".into()),
-            _ => Err("451 4.3.0 user database unavailable\r\n".into()),
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return Err("550 5.1.1 no such user\r\n".into()),
+            _ => return Err("451 4.3.0 user database unavailable\r\n".into()),
+        }
+        // Already full: refused now, not after DATA (the DATA-time check
+        // stays, for the message that pushes a user over).
+        match crate::intake::quota_refusal(svc, &user).await {
+            Some(refusal) => Err(refusal.into()),
+            None => Ok(user),
         }
     }
 

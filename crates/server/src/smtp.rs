@@ -643,9 +643,15 @@ async fn check_recipient(address: &str, svc: &Arc<Services>) -> Result<String, S
     let users = svc.users.clone();
     let lookup = user.clone();
     match tokio::task::spawn_blocking(move || users.exists(&lookup)).await {
-        Ok(Ok(true)) => Ok(user),
-        Ok(Ok(false)) => Err("550 5.1.1 no such user here\r\n".into()),
-        _ => Err("451 4.3.0 user database unavailable\r\n".into()),
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => return Err("550 5.1.1 no such user here\r\n".into()),
+        _ => return Err("451 4.3.0 user database unavailable\r\n".into()),
+    }
+    // Already full: refused now, not after DATA (a 452 does not count
+    // toward the hard error limit, a 552 does, like any 5xx).
+    match crate::intake::quota_refusal(svc, &user).await {
+        Some(refusal) => Err(refusal.into()),
+        None => Ok(user),
     }
 }
 

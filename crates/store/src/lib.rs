@@ -136,6 +136,20 @@ pub trait Mailstore: Send + Sync + 'static {
     /// [`StoreError::InvalidFolder`] for an unusable name; otherwise as
     /// [`deliver`](Mailstore::deliver).
     fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError>;
+
+    /// `user`'s quota limits; no disk access.
+    fn quota(&self, user: &str) -> quota::Quota;
+
+    /// Whether `user` is already at or over a quota limit
+    /// ([`Quota::is_full`](quota::Quota::is_full)): `Some(usage)` if so.
+    /// A user without a quota is `None` without any disk access; otherwise
+    /// the usage is the one delivery uses (Maildir++ `maildirsize`, which
+    /// may be rescanned), so call it from a blocking thread.
+    ///
+    /// # Errors
+    ///
+    /// Filesystem errors reading the usage.
+    fn quota_full(&self, user: &str) -> Result<Option<quota::Usage>, StoreError>;
 }
 
 /// One user's maildrop, opened exclusively for a POP3 session.

@@ -28,6 +28,13 @@ impl Quota {
         let over_count = self.messages.is_some_and(|limit| usage.messages.saturating_add(1) > limit);
         over_bytes || over_count
     }
+
+    /// Whether `usage` is at or over a limit, so that no further message
+    /// can be accepted (checked at `RCPT`, before the message is known;
+    /// the delivery itself still applies [`exceeded_by`](Quota::exceeded_by)).
+    pub fn is_full(&self, usage: Usage) -> bool {
+        self.exceeded_by(usage, 1)
+    }
 }
 
 /// What a maildrop holds.
@@ -67,5 +74,15 @@ mod tests {
         assert!(q.exceeded_by(Usage { bytes: 0, messages: 2 }, 1));
         assert!(q.exceeded_by(Usage::default(), 101), "a message larger than the quota");
         assert!(!Quota::default().exceeded_by(Usage { bytes: u64::MAX, messages: u64::MAX }, 1));
+    }
+
+    #[test]
+    fn full_means_at_or_over_either_limit() {
+        let q = Quota { bytes: Some(100), messages: Some(2) };
+        assert!(!q.is_full(Usage { bytes: 99, messages: 1 }));
+        assert!(q.is_full(Usage { bytes: 100, messages: 1 }), "bytes at the limit");
+        assert!(q.is_full(Usage { bytes: 150, messages: 1 }), "bytes over the limit");
+        assert!(q.is_full(Usage { bytes: 0, messages: 2 }), "messages at the limit");
+        assert!(!Quota::default().is_full(Usage { bytes: u64::MAX, messages: u64::MAX }));
     }
 }

@@ -120,13 +120,27 @@ fn over_quota_is_temporary_by_default_and_permanent_when_configured() {
     let dir = Dir::new();
     dir.add_user("alice", PW);
     dir.deliver("alice", b"Subject: 1\n\nx\n");
+    // alice is full: refused at RCPT, before DATA.
+    let rcpt = |server: &Server<'_>| {
+        let mut c = server.lmtp();
+        assert!(c.cmd("MAIL FROM:<x@example.org>").starts_with("250"));
+        c.cmd("RCPT TO:<alice@example.org>")
+    };
     let server = dir.server().config("quota", "{ messages = 1 }").start();
-    let replies = lmtp_send(&server, "x@example.org", &["alice@example.org"], "Subject: 2\r\n\r\nx");
-    assert!(replies[0].starts_with("452 4.2.2"), "{replies:?}");
+    let reply = rcpt(&server);
+    assert!(reply.starts_with("452 4.2.2"), "{reply}");
     drop(server);
     let server = dir.server().config("quota", "{ messages = 1, over_quota = \"permanent\" }").start();
-    let replies = lmtp_send(&server, "x@example.org", &["alice@example.org"], "Subject: 2\r\n\r\nx");
-    assert!(replies[0].starts_with("552 5.2.2"), "{replies:?}");
+    let reply = rcpt(&server);
+    assert!(reply.starts_with("552 5.2.2"), "{reply}");
+    // Under quota at RCPT, over it with this message: refused after DATA.
+    drop(server);
+    let server = dir.server().config("quota", "{ bytes = 1000 }").start();
+    let replies = lmtp_send(&server, "x@example.org", &["alice@example.org"], &format!("Subject: 2\r\n\r\n{}", "x".repeat(2000)));
+    assert!(replies[0].starts_with("452 4.2.2"), "{replies:?}");
+    drop(server);
+    // Writes pobox.toml with the quota `pobox user quota` reads below.
+    let _server = dir.server().config("quota", "{ messages = 1, over_quota = \"permanent\" }").start();
     assert_eq!(dir.message_files("alice").len(), 1, "nothing stored over quota");
     let q = dir.pobox().arg("--config").arg(dir.scratch("pobox.toml")).args(["user", "quota", "alice"]).assert_exit(0);
     assert!(q.stdout().contains("1 of 1"), "{}", q.dump());

@@ -116,7 +116,9 @@ fn a_scrape_counts_exactly_what_sessions_and_deliveries_did() {
         .config("metrics", "\"127.0.0.1:0\"")
         .config("max_connections", "4")
         .config("max_connections_per_ip", "2")
-        .config("quota", "{ users = { bob = { messages = 1 } } }")
+        // bob: the first message (~200 octets) fits, the second pushes
+        // him over at DATA (counted); then he is full at RCPT (not a delivery).
+        .config("quota", "{ users = { bob = { bytes = 300 } } }")
         .config("retention", "{ expire_interval_secs = 0, users = { dave = { max_age_days = 1 } } }")
         .start();
     let port = metrics_port(&server);
@@ -139,6 +141,9 @@ fn a_scrape_counts_exactly_what_sessions_and_deliveries_did() {
     assert!(r[0].starts_with("250") && r[1].starts_with("250"), "{r:?}");
     let r = lmtp_transaction(&mut l, "x@example.org", &["alice@example.org", "bob@example.org"], "Subject: two\r\n\r\nsecond");
     assert!(r[0].starts_with("250") && r[1].starts_with("452 4.2.2"), "bob is over quota: {r:?}");
+    assert!(l.cmd("MAIL FROM:<x@example.org>").starts_with("250"));
+    assert!(l.cmd("RCPT TO:<bob@example.org>").starts_with("250"), "under quota at RCPT");
+    assert!(l.cmd("RSET").starts_with("250"));
     let r = lmtp_transaction(&mut l, "x@example.org", &["carol@example.org"], "Subject: [SPAM] win\r\n\r\nx");
     assert!(r[0].starts_with("250"), "{r:?}");
     let r = lmtp_transaction(&mut l, "x@example.org", &["carol@example.org"], "From: blocked@bad.example\r\n\r\nx");

@@ -464,6 +464,19 @@ impl Mailstore for MaildirStore {
     fn policy(&self, user: &str) -> Policy {
         self.policies.load().retention.for_user(user)
     }
+
+    fn quota(&self, user: &str) -> Quota {
+        self.policies.load().quota.for_user(user)
+    }
+
+    fn quota_full(&self, user: &str) -> Result<Option<Usage>, StoreError> {
+        let quota = Mailstore::quota(self, user);
+        if quota.is_unlimited() {
+            return Ok(None);
+        }
+        let usage = self.maildir(user)?.usage(&quota)?;
+        Ok(quota.is_full(usage).then_some(usage))
+    }
 }
 
 /// One Maildir directory (the one containing `tmp/`, `new/` and `cur/`).
