@@ -314,7 +314,7 @@ impl SaslClient {
         if !(4096..=10_000_000).contains(&iters) {
             return Err(bad("iteration count out of range"));
         }
-        let salted = pbkdf2_sha256(self.secret.expose().as_bytes(), &salt, iters);
+        let salted = pbkdf2_sha256(scram_password(self.secret.expose()).as_bytes(), &salt, iters);
         let client_key = hmac_sha256(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c=biws,r={nonce}");
@@ -360,6 +360,18 @@ pub(crate) fn hmac_sha256(key: &[u8], msg: &[u8]) -> [u8; 32] {
     outer.finalize().into()
 }
 
+/// The password as SCRAM hashes it: SASLprep'd (RFC 5802 §2.2), as the
+/// server did when it stored the secret, so a password typed with a
+/// fullwidth letter or a no-break space works as it does with PLAIN. One
+/// SASLprep refuses is used as typed: a server that never normalised may
+/// still know it.
+fn scram_password(password: &str) -> Zeroizing<String> {
+    Zeroizing::new(match stringprep::saslprep(password) {
+        Ok(prepared) => prepared.into_owned(),
+        Err(_) => password.to_owned(),
+    })
+}
+
 /// PBKDF2-HMAC-SHA-256 with one output block (32 octets), as SCRAM's Hi().
 fn pbkdf2_sha256(password: &[u8], salt: &[u8], iters: u32) -> [u8; 32] {
     let mut block = salt.to_vec();
@@ -390,6 +402,14 @@ mod tests {
             hex::encode(hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First")),
             "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
         );
+    }
+
+    #[test]
+    fn scram_normalises_the_password_with_saslprep() {
+        assert_eq!(scram_password("pencil").as_str(), "pencil");
+        assert_eq!(scram_password("\u{FF30}\u{E4}ssw\u{F6}rd\u{A0}1").as_str(), "P\u{E4}ssw\u{F6}rd 1");
+        assert_eq!(scram_password("I\u{AD}X").as_str(), "IX");
+        assert_eq!(scram_password("bell\u{7}").as_str(), "bell\u{7}", "refused by SASLprep: used as typed");
     }
 
     #[test]
