@@ -351,15 +351,14 @@ fn unknown_recipients_hit_the_smtp_hard_error_limit() {
     let mut c = Client::smtp(&s.smtp);
     assert!(c.cmd("MAIL FROM:<a@sender.test>").starts_with("250"));
     let mut replies = Vec::new();
-    for i in 0..100 {
+    for i in 0..20 {
         c.send(format!("RCPT TO:<nobody{i}@example.org>\r\n").as_bytes());
-        let r = c.line();
-        if r.is_empty() {
-            break;
-        }
-        replies.push(r);
+        replies.push(c.line());
     }
-    // As Postfix: the 20th error gets its own reply, then 421 and close.
+    // As Postfix: the 20th error gets its own reply, then 421 and close,
+    // without waiting for another command (sending one could meet the
+    // closed socket, and its reset could discard the 421 unread).
+    replies.push(c.line());
     assert_eq!(replies.len(), 21, "{replies:?}");
     assert!(replies[..20].iter().all(|r| r.starts_with("550 5.1.1")), "{replies:?}");
     assert!(replies[20].starts_with("421 4.7.0"), "{replies:?}");
