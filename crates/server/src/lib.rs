@@ -308,12 +308,7 @@ pub fn bind_std(protocol: Protocol, addr: &ListenAddr) -> Result<PreBound, BindE
             Ok(PreBound { protocol, local, configured: Some(addr.clone()), socket: StdSocket::Tcp(l) })
         }
         ListenAddr::Unix(p) => {
-            if p.exists() {
-                if std::os::unix::net::UnixStream::connect(p).is_ok() {
-                    return Err(fail(io::Error::new(io::ErrorKind::AddrInUse, "socket is in use")));
-                }
-                let _ = std::fs::remove_file(p);
-            }
+            clear_stale_socket(p, "socket is in use").map_err(fail)?;
             // /run/pobox does not survive a reboot: create it (0755, so that
             // the socket's own mode decides who may connect).
             if let Some(parent) = p.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
@@ -401,31 +396,20 @@ fn bind_error(protocol: Protocol, addr: &ListenAddr, source: io::Error) -> BindE
 /// # Errors
 /// A [`BindError`] whose message names the address and suggests the fix.
 pub async fn bind(protocol: Protocol, addr: &ListenAddr) -> Result<Listener, BindError> {
-    let fail = |source: io::Error| bind_error(protocol, addr, source);
-    match addr {
-        ListenAddr::Tcp(a) => {
-            let l = TcpListener::bind(a).await.map_err(fail)?;
-            let local = l.local_addr().map_err(fail)?.to_string();
-            Ok(Listener { protocol, bound: Bound::Tcp(l), local, configured: Some(addr.clone()) })
+    bind_std(protocol, addr)?.into_listener().map_err(|e| bind_error(protocol, addr, e))
+}
+
+/// A socket file left by a previous run blocks bind(): remove it. A live
+/// one (something accepts on it) means another server owns it: refuse
+/// with `in_use`.
+fn clear_stale_socket(path: &Path, in_use: &str) -> io::Result<()> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return Err(io::Error::new(io::ErrorKind::AddrInUse, in_use.to_owned()));
         }
-        ListenAddr::Unix(p) => {
-            // A stale socket file from a previous run blocks bind(); a live
-            // one means another server owns it.
-            if p.exists() {
-                if std::os::unix::net::UnixStream::connect(p).is_ok() {
-                    return Err(fail(io::Error::new(io::ErrorKind::AddrInUse, "socket is in use")));
-                }
-                let _ = std::fs::remove_file(p);
-            }
-            let l = UnixListener::bind(p).map_err(fail)?;
-            Ok(Listener {
-                protocol,
-                bound: Bound::Unix(l),
-                local: format!("unix:{}", p.display()),
-                configured: Some(addr.clone()),
-            })
-        }
+        std::fs::remove_file(path)?;
     }
+    Ok(())
 }
 
 /// Runs every listener until `stop` completes, then shuts down gracefully:
@@ -589,12 +573,7 @@ async fn relisten(
 
 fn bind_control(path: &std::path::Path) -> io::Result<UnixListener> {
     use std::os::unix::fs::PermissionsExt;
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            return Err(io::Error::new(io::ErrorKind::AddrInUse, "another pobox serve owns it"));
-        }
-        std::fs::remove_file(path)?;
-    }
+    clear_stale_socket(path, "another pobox serve owns it")?;
     let l = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
