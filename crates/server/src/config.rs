@@ -134,6 +134,9 @@ pub struct Config {
     /// Where the OpenMetrics endpoint (`GET /metrics`) listens; `None`: off.
     /// It has no authentication: loopback or a private network only.
     pub metrics: Option<SocketAddr>,
+    /// Outbound mail (Sieve vacation replies) through a relay; `None`:
+    /// scripts using `vacation` do not compile.
+    pub outbound: Option<crate::outbox::OutboundConfig>,
 }
 
 /// Which DNS servers the SPF/DKIM/DMARC checks ask.
@@ -215,6 +218,7 @@ impl Default for Config {
             data_in_flight_max: 1024 * 1024 * 1024,
             spool_dir: None,
             metrics: None,
+            outbound: None,
         }
     }
 }

@@ -8,17 +8,25 @@
 //! Filtering never loses mail: a script that does not compile, fails at run
 //! time or files into an unusable folder ends in keep (the inbox), and the
 //! problem is logged.
+//!
+//! Vacation (with a relay configured): the message is stored first; only
+//! then is the `:days` tracking consulted and the reply queued in the
+//! outbox (`outbox.rs`), which a background task sends. Nothing about the
+//! reply can fail or delay the delivery: its errors are logged.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pobox_sieve::{Action, Capabilities, Envelope, Limits, Message, Script};
 use pobox_store::{Delivered, Mailstore, StoreError};
+use tokio::sync::Notify;
 use tracing::{info, warn};
+
+use crate::outbox::{self, OutboundConfig};
 
 /// Where Sieve scripts are.
 #[derive(Debug, Clone, Default)]
@@ -102,12 +110,32 @@ struct FileStamp {
     inode: u64,
 }
 
+/// Where vacation replies go: the outbox, and who sends it.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The relay and state directories.
+    pub config: OutboundConfig,
+    /// The right-hand side of the replies' Message-IDs.
+    pub hostname: String,
+    /// Wakes the sender task after queueing (`None` in `pobox deliver`,
+    /// whose queue the running server sends at its next pass).
+    pub wake: Option<Arc<Notify>>,
+}
+
+impl Outbound {
+    /// From the server configuration; `None` when no relay is configured.
+    pub fn from_config(config: &crate::Config, wake: Option<Arc<Notify>>) -> Option<Outbound> {
+        config.outbound.clone().map(|c| Outbound { config: c, hostname: config.hostname.clone(), wake })
+    }
+}
+
 /// The pipeline: Sieve, then the store.
 pub struct Pipeline {
     store: Arc<dyn Mailstore>,
     sieve: SieveConfig,
     cache: Mutex<Cache>,
     limits: Limits,
+    outbound: Option<Outbound>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -127,12 +155,28 @@ pub enum Plan {
     Discard,
     /// Refuse.
     Reject(String),
+    /// Answer the sender (RFC 5230), after storing, unless already answered
+    /// within `:days`.
+    Vacation(Box<pobox_sieve::Vacation>),
 }
 
 impl Pipeline {
     /// A pipeline over `store` with these scripts.
     pub fn new(store: Arc<dyn Mailstore>, sieve: SieveConfig) -> Pipeline {
-        Pipeline { store, sieve, cache: Mutex::new(Cache::default()), limits: Limits::default() }
+        Pipeline { store, sieve, cache: Mutex::new(Cache::default()), limits: Limits::default(), outbound: None }
+    }
+
+    /// With outbound mail: scripts may use `vacation`, and its replies
+    /// are queued in the outbox.
+    #[must_use]
+    pub fn with_outbound(mut self, outbound: Option<Outbound>) -> Pipeline {
+        self.outbound = outbound;
+        self
+    }
+
+    /// What scripts may use here: `vacation` only with a relay.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities { vacation: self.outbound.is_some(), ..Capabilities::default() }
     }
 
     /// The store behind the pipeline.
@@ -175,9 +219,10 @@ impl Pipeline {
                 Action::FileInto { mailbox, .. } => plans.push(Plan::Folder(mailbox)),
                 Action::Discard => plans.push(Plan::Discard),
                 Action::Reject { reason } | Action::Ereject { reason } => plans.push(Plan::Reject(reason)),
+                Action::Vacation(v) if self.outbound.is_some() => plans.push(Plan::Vacation(v)),
                 other => {
-                    // redirect/vacation compile only with an outbound relay,
-                    // which pobox does not have: keep rather than lose.
+                    // redirect never compiles (pobox does not forward), and
+                    // vacation only with a relay: keep rather than lose.
                     warn!(user = %rcpt.user, action = %action_name(&other), "sieve action not available; the message is kept");
                     plans.push(Plan::Inbox);
                 }
@@ -204,8 +249,13 @@ impl Pipeline {
             info!(user = %rcpt.user, "sieve rejected the message");
             return Outcome::Rejected(reason.clone());
         }
-        if plans.iter().all(|p| *p == Plan::Discard) {
+        let replies: Vec<pobox_sieve::Vacation> =
+            plans.iter().filter_map(|p| if let Plan::Vacation(v) = p { Some(v.as_ref().clone()) } else { None }).collect();
+        if !plans.iter().any(|p| matches!(p, Plan::Inbox | Plan::Folder(_))) {
             info!(user = %rcpt.user, "sieve discarded the message");
+            for v in &replies {
+                self.queue_vacation(rcpt, v);
+            }
             return Outcome::Discarded;
         }
         let mut stored = Vec::new();
@@ -219,7 +269,7 @@ impl Pipeline {
                     }
                     other => other.map(|d| (Some(folder.clone()), d)),
                 },
-                Plan::Discard | Plan::Reject(_) => continue,
+                Plan::Discard | Plan::Reject(_) | Plan::Vacation(_) => continue,
             };
             match result {
                 Ok(s) => stored.push(s),
@@ -229,7 +279,48 @@ impl Pipeline {
                 Err(e) => return Outcome::Failed(e),
             }
         }
+        // Stored durably: now, and only now, the reply.
+        for v in &replies {
+            self.queue_vacation(rcpt, v);
+        }
         Outcome::Stored(stored)
+    }
+
+    /// Queues a vacation reply unless this sender was answered for this
+    /// handle within `:days`. Every failure is logged and ends here: the
+    /// message is already stored.
+    fn queue_vacation(&self, rcpt: &Rcpt<'_>, v: &pobox_sieve::Vacation) {
+        let Some(out) = &self.outbound else { return };
+        let now = SystemTime::now();
+        match crate::vacation::should_reply(&out.config.vacation_dir, rcpt.user, &v.to, &v.handle, v.days, now) {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(user = %rcpt.user, to = %v.to, days = v.days, "vacation: sender already answered; no reply");
+                return;
+            }
+            Err(e) => {
+                warn!(user = %rcpt.user, error = %e, "vacation: response tracking unavailable; no reply sent");
+                return;
+            }
+        }
+        let message = crate::vacation::compose(v, rcpt.to, &out.hostname, now);
+        let envelope = outbox::Envelope {
+            v: 1,
+            created: now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            from: None,
+            to: vec![v.to.clone()],
+            kind: "vacation".into(),
+            user: rcpt.user.to_owned(),
+        };
+        match outbox::enqueue(&out.config.outbox_dir, &envelope, &message) {
+            Ok(_) => {
+                info!(user = %rcpt.user, to = %v.to, "vacation: reply queued");
+                if let Some(wake) = &out.wake {
+                    wake.notify_one();
+                }
+            }
+            Err(e) => warn!(user = %rcpt.user, error = %e, "vacation: cannot queue the reply; not sent"),
+        }
     }
 
     /// The compiled scripts that apply to `user`, in order. A script that
@@ -254,7 +345,7 @@ impl Pipeline {
             return script.clone();
         }
         let script = match std::fs::read_to_string(path) {
-            Ok(source) => match pobox_sieve::compile(&source, &Capabilities::default()) {
+            Ok(source) => match pobox_sieve::compile(&source, &self.capabilities()) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(errors) => {
                     warn!(path = %path.display(), errors = %errors, "sieve script does not compile; ignored");

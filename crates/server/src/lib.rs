@@ -33,14 +33,17 @@ pub mod delivery;
 mod intake;
 mod lmtp;
 pub mod metrics;
+pub mod outbox;
 mod pop3;
 mod smtp;
 mod spool;
 pub mod privdrop;
+pub mod relay;
 pub mod sessions;
 pub mod shutdown;
 pub mod throttle;
 pub mod tls;
+pub mod vacation;
 
 use std::io;
 use std::net::SocketAddr;
@@ -95,6 +98,9 @@ pub struct Services {
     smtp: Arc<smtp::Shared>,
     /// SMTP and LMTP DATA: the memory and in-flight budgets, the spool.
     intake: Arc<spool::Budget>,
+    /// Wakes the outbox sender when a reply is queued (shared by every
+    /// generation, like the sender task).
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Services {
@@ -102,9 +108,12 @@ impl Services {
     /// at a time.
     pub fn new(config: Config, users: Arc<UserDb>, store: Arc<dyn Mailstore>, tls: Option<Tls>) -> Services {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let pipeline = delivery::Pipeline::new(store.clone(), config.sieve.clone());
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let pipeline = delivery::Pipeline::new(store.clone(), config.sieve.clone())
+            .with_outbound(delivery::Outbound::from_config(&config, Some(outbox_wake.clone())));
         Services {
             pipeline,
+            outbox_wake,
             throttle: Arc::new(throttle::Throttle::new(config.auth_penalty_max)),
             credcache: Arc::new(credcache::CredCache::new(config.credential_cache_ttl)),
             oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
@@ -141,7 +150,9 @@ impl Services {
             self.credcache.clear();
         }
         Services {
-            pipeline: delivery::Pipeline::new(self.store.clone(), config.sieve.clone()),
+            pipeline: delivery::Pipeline::new(self.store.clone(), config.sieve.clone())
+                .with_outbound(delivery::Outbound::from_config(&config, Some(self.outbox_wake.clone()))),
+            outbox_wake: self.outbox_wake.clone(),
             oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
             throttle: self.throttle.clone(),
             credcache: self.credcache.clone(),
@@ -460,6 +471,15 @@ pub async fn run_reloadable(
     }
     if !svc.config.expire_interval.is_zero() {
         tasks.push(tokio::spawn(expiry_loop(current.clone(), svc.config.expire_interval)));
+    }
+    {
+        // Sends queued vacation replies; follows reloads (a relay added,
+        // changed or removed applies to the next pass).
+        let current = current.clone();
+        tasks.push(tokio::spawn(outbox::run(
+            move || current.load().config.outbound.clone(),
+            svc.outbox_wake.clone(),
+        )));
     }
     let mut tls_task = tls_poll(&svc);
     let mut stop = std::pin::pin!(stop);

@@ -93,6 +93,20 @@ pub fn run(data: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     check_tls(&settings, &mut r, uid);
     check_sieve(&settings, &mut r);
 
+    if let Some(o) = &settings.server.outbound {
+        // Offline checks only: `pobox check` does not connect anywhere.
+        match pobox_server::relay::preflight(&o.relay) {
+            Ok(()) => r.ok(&format!(
+                "relay {}:{} ({:?}): CA and password files usable; vacation replies are queued in {}",
+                o.relay.host,
+                o.relay.port,
+                o.relay.tls,
+                o.outbox_dir.display()
+            )),
+            Err(e) => r.error(&e),
+        }
+    }
+
     if let Some(o) = &settings.server.oauth {
         match pobox_auth::oauth::OAuthValidator::new(o.clone()).check_jwks() {
             Ok(n) => r.ok(&format!("oauth JWKS {} has {n} usable key(s)", o.jwks_file.display())),
@@ -152,9 +166,11 @@ fn check_passwd(settings: &Settings, r: &mut Report) {
 /// mail is kept unfiltered, as at delivery.
 fn check_sieve(settings: &Settings, r: &mut Report) {
     let sieve = &settings.server.sieve;
+    // `vacation` compiles only with a relay, as at delivery.
+    let caps = pobox_sieve::Capabilities { vacation: settings.server.outbound.is_some(), ..Default::default() };
     let compile = |path: &Path| -> Result<(), String> {
         let source = std::fs::read_to_string(path).map_err(|e| format!("sieve script {}: {e}", path.display()))?;
-        pobox_sieve::compile(&source, &pobox_sieve::Capabilities::default()).map(|_| ()).map_err(|errors| {
+        pobox_sieve::compile(&source, &caps).map(|_| ()).map_err(|errors| {
             let first: Vec<String> = errors.errors().iter().take(3).map(|e| format!("{}:{e}", path.display())).collect();
             format!("sieve script does not compile: {}", first.join("; "))
         })
