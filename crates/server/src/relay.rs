@@ -113,6 +113,9 @@ pub async fn send(
         builder = builder.credentials(Credentials::new(user.clone(), password));
     }
     let transport = builder.build();
+    // lettre ends DATA with "\r\n.\r\n" itself: the message's own final
+    // line end would otherwise become an extra empty line.
+    let message = message.strip_suffix(b"\r\n").unwrap_or(message);
     match transport.send_raw(&envelope, message).await {
         Ok(_) => Ok(()),
         Err(e) if e.is_permanent() => Err(SendError::Permanent(e.to_string())),

@@ -14,6 +14,8 @@
 //!   limits (issue 12, items 7 and 9).
 //! - `metrics`: the OpenMetrics endpoint, counters checked against a script.
 //! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
+//! - `vacation`: Sieve vacation replies through a relay (an SMTP sink the
+//!   test runs: plain, STARTTLS with its own CA, the relay down).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -42,3 +44,4 @@ mod robustness;
 mod service;
 mod tls;
 mod util;
+mod vacation;
