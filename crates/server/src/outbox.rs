@@ -98,7 +98,7 @@ pub fn enqueue(dir: &Path, envelope: &Envelope, message: &[u8]) -> io::Result<Pa
         file.write_all(message)?;
         file.sync_all()?;
         let path = dir.join(&name);
-        std::fs::rename(&tmp, &path)?;
+        rename_state_file(&tmp, &path)?;
         std::fs::File::open(dir)?.sync_all()?;
         Ok(path)
     })();
@@ -171,7 +171,7 @@ async fn pass(config: &OutboundConfig, retries: &mut HashMap<String, Retry>) {
         };
         let Some((envelope, message)) = parse(&bytes) else {
             warn!(file = %name, "unreadable outbox file; renamed to .bad and not sent");
-            let _ = std::fs::rename(&path, config.outbox_dir.join(format!("{name}.bad")));
+            let _ = rename_state_file(&path, &config.outbox_dir.join(format!("{name}.bad")));
             continue;
         };
         let age = SystemTime::now()
@@ -234,6 +234,15 @@ fn list(dir: &Path) -> io::Result<Vec<String>> {
         .collect();
     names.sort();
     Ok(names)
+}
+
+/// A rename inside pobox's own state directories (`outbox/`,
+/// `vacation/`), which belong to the service user and are no Maildir: the
+/// store's delivery rules (no replace, per-component handles) are not
+/// needed here, and replacing is the point (atomic update of a state file).
+#[allow(clippy::disallowed_methods)]
+pub(crate) fn rename_state_file(from: &Path, to: &Path) -> io::Result<()> {
+    std::fs::rename(from, to)
 }
 
 fn remove(dir: &Path, name: &str) {

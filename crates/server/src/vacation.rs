@@ -102,7 +102,7 @@ pub fn should_reply(
     }
     if entries.len() >= MAX_ENTRIES {
         // Make room: the lines soonest to expire go, never the new one.
-        entries.sort_by(|a, b| b.0.cmp(&a.0));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.0));
         entries.truncate(MAX_ENTRIES - 1);
     }
     entries.push((now_secs.saturating_add(self::days(days).as_secs()), key));
@@ -119,7 +119,7 @@ pub fn should_reply(
         .open(&tmp)?;
     file.write_all(out.as_bytes())?;
     file.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
+    crate::outbox::rename_state_file(&tmp, &path)?;
     std::fs::File::open(dir)?.sync_all()?;
     Ok(true)
 }

@@ -586,9 +586,9 @@ fn checker_error_positions() {
 fn redirect_and_vacation_need_a_relay() {
     let none = Capabilities::default();
     let err = compile("redirect \"a@example.com\";", &none).unwrap_err();
-    assert_eq!(err.to_string(), "1:1: redirect needs an outbound relay (relay = ...) configured");
+    assert_eq!(err.to_string(), "1:1: redirect needs an outbound relay ([relay] in the configuration)");
     let err = compile("require \"vacation\";\nvacation \"away\";", &none).unwrap_err();
-    assert_eq!(err.first().to_string(), "1:9: vacation needs an outbound relay (relay = ...) configured");
+    assert_eq!(err.first().to_string(), "1:9: vacation needs an outbound relay ([relay] in the configuration)");
     assert!(compile("redirect \"a@example.com\";", &ALL).is_ok());
 }
 
