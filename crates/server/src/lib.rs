@@ -473,12 +473,13 @@ pub async fn run_reloadable(
         tasks.push(tokio::spawn(expiry_loop(current.clone(), svc.config.expire_interval)));
     }
     {
-        // Sends queued vacation replies; follows reloads (a relay added,
+        // Sends queued vacation replies and redirects; follows reloads (a relay added,
         // changed or removed applies to the next pass).
         let current = current.clone();
         tasks.push(tokio::spawn(outbox::run(
             move || current.load().config.outbound.clone(),
             svc.outbox_wake.clone(),
+            svc.store.clone(),
         )));
     }
     let mut tls_task = tls_poll(&svc);

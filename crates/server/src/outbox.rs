@@ -28,9 +28,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use pobox_store::Mailstore;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::relay::{self, RelayConfig, SendError};
 
@@ -67,15 +68,19 @@ pub struct Envelope {
     pub to: Vec<String>,
     /// What it is (`"vacation"`), for the log.
     pub kind: String,
-    /// The user it was sent for, for the log.
+    /// The user it was sent for.
     pub user: String,
+    /// A redirect stored nowhere else: if the relay refuses it or it is
+    /// given up, deliver it to `user`'s inbox instead of dropping it.
+    #[serde(default)]
+    pub keep_on_failure: bool,
 }
 
 /// Queues `message` durably; returns the queue file.
 ///
 /// # Errors
 /// When the directory cannot be created or the file written and synced.
-pub fn enqueue(dir: &Path, envelope: &Envelope, message: &[u8]) -> io::Result<PathBuf> {
+pub fn enqueue(dir: &Path, envelope: &Envelope, message: &mut dyn io::Read) -> io::Result<PathBuf> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -95,7 +100,7 @@ pub fn enqueue(dir: &Path, envelope: &Envelope, message: &[u8]) -> io::Result<Pa
         let mut header = serde_json::to_vec(envelope).map_err(io::Error::other)?;
         header.push(b'\n');
         file.write_all(&header)?;
-        file.write_all(message)?;
+        io::copy(message, &mut file)?;
         file.sync_all()?;
         let path = dir.join(&name);
         rename_state_file(&tmp, &path)?;
@@ -125,7 +130,11 @@ struct Retry {
 /// The sender task: a pass at start, whenever `wake` is notified (a reply
 /// was queued) and every `retry_interval`. `config` gives the current
 /// generation's settings (a reload changes the relay without a restart).
-pub async fn run(config: impl Fn() -> Option<OutboundConfig>, wake: Arc<Notify>) {
+pub async fn run(
+    config: impl Fn() -> Option<OutboundConfig>,
+    wake: Arc<Notify>,
+    store: Arc<dyn Mailstore>,
+) {
     let mut retries: HashMap<String, Retry> = HashMap::new();
     loop {
         let current = config();
@@ -133,7 +142,7 @@ pub async fn run(config: impl Fn() -> Option<OutboundConfig>, wake: Arc<Notify>)
             .as_ref()
             .map_or(Duration::from_secs(60), |c| c.retry_interval);
         if let Some(c) = current {
-            pass(&c, &mut retries).await;
+            pass(&c, &mut retries, &store).await;
         }
         tokio::select! {
             () = wake.notified() => {}
@@ -143,7 +152,11 @@ pub async fn run(config: impl Fn() -> Option<OutboundConfig>, wake: Arc<Notify>)
 }
 
 /// One pass over the queue.
-async fn pass(config: &OutboundConfig, retries: &mut HashMap<String, Retry>) {
+async fn pass(
+    config: &OutboundConfig,
+    retries: &mut HashMap<String, Retry>,
+    store: &Arc<dyn Mailstore>,
+) {
     let dir = config.outbox_dir.clone();
     let names = match tokio::task::spawn_blocking(move || list(&dir)).await {
         Ok(Ok(names)) => names,
@@ -193,12 +206,12 @@ async fn pass(config: &OutboundConfig, retries: &mut HashMap<String, Retry>) {
             }
             Err(SendError::Permanent(e)) => {
                 warn!(kind = %envelope.kind, user = %envelope.user, file = %name, error = %e, "the relay refused the message; given up");
-                remove(&config.outbox_dir, &name);
+                give_up(config, &name, &envelope, message, store).await;
                 retries.remove(&name);
             }
             Err(SendError::Transient(e)) if age >= config.give_up_after => {
                 warn!(kind = %envelope.kind, user = %envelope.user, file = %name, attempts, error = %e, "relay failed; given up after {}s", config.give_up_after.as_secs());
-                remove(&config.outbox_dir, &name);
+                give_up(config, &name, &envelope, message, store).await;
                 retries.remove(&name);
             }
             Err(SendError::Transient(e)) => {
@@ -214,6 +227,38 @@ async fn pass(config: &OutboundConfig, retries: &mut HashMap<String, Retry>) {
             }
         }
     }
+}
+
+/// Removes a message that will not be sent; a redirect stored nowhere else
+/// goes to the user's inbox first (and stays queued as `.failed`, logged,
+/// if even that fails).
+async fn give_up(
+    config: &OutboundConfig,
+    name: &str,
+    envelope: &Envelope,
+    message: &[u8],
+    store: &Arc<dyn Mailstore>,
+) {
+    if envelope.keep_on_failure {
+        let (store, user, bytes) = (store.clone(), envelope.user.clone(), message.to_vec());
+        let kept =
+            tokio::task::spawn_blocking(move || store.deliver(&user, &mut bytes.as_slice())).await;
+        match kept {
+            Ok(Ok(d)) => {
+                warn!(user = %envelope.user, uidl = %d.uidl.as_str(), "the redirected message was not sent; kept in the inbox instead");
+            }
+            Ok(Err(e)) => {
+                error!(user = %envelope.user, file = %name, error = %e, "the redirected message was not sent and cannot be kept; left in the outbox as .failed");
+                let _ = rename_state_file(
+                    &config.outbox_dir.join(name),
+                    &config.outbox_dir.join(format!("{name}.failed")),
+                );
+                return;
+            }
+            Err(_) => return,
+        }
+    }
+    remove(&config.outbox_dir, name);
 }
 
 /// `retry_interval` × 2^(attempts−1), at most [`MAX_BACKOFF`].
@@ -265,11 +310,12 @@ mod tests {
             to: vec!["a@b.example".into()],
             kind: "vacation".into(),
             user: "u".into(),
+            keep_on_failure: false,
         };
         let path = enqueue(
             &dir.path().join("outbox"),
             &env,
-            b"Subject: x\r\n\r\nhi\r\n",
+            &mut &b"Subject: x\r\n\r\nhi\r\n"[..],
         )
         .unwrap();
         let bytes = std::fs::read(&path).unwrap();

@@ -166,8 +166,9 @@ fn check_passwd(settings: &Settings, r: &mut Report) {
 /// mail is kept unfiltered, as at delivery.
 fn check_sieve(settings: &Settings, r: &mut Report) {
     let sieve = &settings.server.sieve;
-    // `vacation` compiles only with a relay, as at delivery.
-    let caps = pobox_sieve::Capabilities { vacation: settings.server.outbound.is_some(), ..Default::default() };
+    // `vacation` and `redirect` compile only with a relay, as at delivery.
+    let relay = settings.server.outbound.is_some();
+    let caps = pobox_sieve::Capabilities { vacation: relay, redirect: relay };
     let compile = |path: &Path| -> Result<(), String> {
         let source = std::fs::read_to_string(path).map_err(|e| format!("sieve script {}: {e}", path.display()))?;
         pobox_sieve::compile(&source, &caps).map(|_| ()).map_err(|errors| {

@@ -40,9 +40,9 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: SieveCommand) -> anyhow::Res
         SieveCommand::Check { file } => {
             let source =
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            // `vacation` compiles only where a relay is configured.
-            let vacation = Settings::load(data, config).is_ok_and(|s| s.server.outbound.is_some());
-            let caps = pobox_sieve::Capabilities { vacation, ..Default::default() };
+            // `vacation` and `redirect` compile only where a relay is configured.
+            let relay = Settings::load(data, config).is_ok_and(|s| s.server.outbound.is_some());
+            let caps = pobox_sieve::Capabilities { vacation: relay, redirect: relay };
             match pobox_sieve::compile(&source, &caps) {
                 Ok(_) => {
                     println!("{}: ok", file.display());
@@ -71,6 +71,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: SieveCommand) -> anyhow::Res
                     Plan::Folder(f) => println!("fileinto {f:?}"),
                     Plan::Discard => println!("discard"),
                     Plan::Reject(r) => println!("reject {r:?}"),
+                    Plan::Redirect(a) => println!("redirect to {a} (through the relay)"),
                     Plan::Vacation(v) => println!(
                         "vacation reply to {} (at most once per {} day(s) for handle {:?})",
                         v.to, v.days, v.handle

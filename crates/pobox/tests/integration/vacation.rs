@@ -1,4 +1,4 @@
-//! Sieve vacation (RFC 5230, RFC 3834) end to end: mail delivered over LMTP
+//! Sieve vacation (RFC 5230, RFC 3834) and redirect end to end: mail delivered over LMTP
 //! (and `pobox deliver`) to a user with a vacation script, replies
 //! submitted by the real `pobox serve` to an SMTP sink this test runs on
 //! 127.0.0.1 (plain, or STARTTLS with the test's own CA and SMTP AUTH).
@@ -206,8 +206,14 @@ fn serve(
             from = Some(angle(&line[10..]));
             conn.write_all(b"250 2.1.0 ok\r\n")?;
         } else if upper.starts_with("RCPT TO:") {
-            to.push(angle(&line[8..]));
-            conn.write_all(b"250 2.1.5 ok\r\n")?;
+            let rcpt = angle(&line[8..]);
+            if rcpt.starts_with("refuse") {
+                // A permanent refusal, for the redirect fallback.
+                conn.write_all(b"550 5.1.1 no such user\r\n")?;
+            } else {
+                to.push(rcpt);
+                conn.write_all(b"250 2.1.5 ok\r\n")?;
+            }
         } else if upper == "DATA" {
             conn.write_all(b"354 go\r\n")?;
             let mut data = String::new();
@@ -610,4 +616,88 @@ fn without_a_relay_vacation_scripts_do_not_compile_and_mail_is_kept() {
         "{}",
         out.dump()
     );
+}
+
+#[test]
+fn redirect_goes_through_the_relay_with_the_original_sender_and_never_loops_or_loses_mail() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    install_script(
+        &dir,
+        "alice",
+        r#"require "copy";
+if header :contains "subject" "refused" { redirect "refuse@example.com"; }
+elsif header :contains "subject" "copy" { redirect :copy "archive@example.com"; }
+else { redirect "archive@example.com"; }
+"#,
+    );
+    let sink = Sink::on_free_port(None);
+    let server = dir
+        .server()
+        .config("relay", &relay_plain(sink.port))
+        .start();
+
+    let r = lmtp_to_alice(&server, "bob@example.net", "", "Forward");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let got = sink.wait_for(1, &server);
+    assert_eq!(
+        got[0].from, "bob@example.net",
+        "the original envelope sender (RFC 5228 §4.2)"
+    );
+    assert_eq!(got[0].to, ["archive@example.com"]);
+    assert!(
+        got[0]
+            .data
+            .starts_with("X-Pobox-Loop: alice@example.org\r\n"),
+        "{:?}",
+        got[0]
+    );
+    assert!(
+        got[0].data.contains("\r\nSubject: Forward\r\n")
+            && got[0].data.ends_with("Hello Alice.\r\n"),
+        "{:?}",
+        got[0]
+    );
+    assert!(
+        dir.message_files("alice").is_empty(),
+        "redirect without :copy stores nothing here"
+    );
+
+    // Already redirected by alice once: kept, not sent round again.
+    let r = lmtp_to_alice(
+        &server,
+        "bob@example.net",
+        "X-Pobox-Loop: alice@example.org\r\n",
+        "Looped",
+    );
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert!(
+        server.stderr_eventually_contains("already redirected"),
+        "{}",
+        server.dump()
+    );
+    assert_eq!(dir.message_files("alice").len(), 1);
+
+    // :copy: forwarded and kept.
+    let r = lmtp_to_alice(&server, "bob@example.net", "", "copy");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let got = sink.wait_for(2, &server);
+    assert_eq!(got.len(), 2, "the looped message was not sent: {got:?}");
+    assert_eq!(dir.message_files("alice").len(), 2);
+
+    // The relay refuses the target for good: the message is delivered here.
+    let r = lmtp_to_alice(&server, "bob@example.net", "", "refused");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert!(
+        server.stderr_eventually_contains("kept in the inbox instead"),
+        "{}",
+        server.dump()
+    );
+    assert_eq!(dir.message_files("alice").len(), 3);
+    let mut c = server.login("alice", PW);
+    let (n, _) = c.stat();
+    let last = String::from_utf8(c.cmd_multi(&format!("RETR {n}"))).unwrap();
+    assert!(last.contains("Subject: refused\r\n"), "{last}");
+    c.quit();
+    assert_eq!(sink.mail().len(), 2);
 }
