@@ -105,6 +105,17 @@ pub fn run(data: &Path, config: Option<&Path>) -> anyhow::Result<()> {
             )),
             Err(e) => r.error(&e),
         }
+        if let Some(file) = &o.relay.password_file
+            && let Ok(meta) = std::fs::metadata(file)
+            && meta.mode() & 0o004 != 0
+        {
+            r.warn(&format!(
+                "relay.password_file {} is world-readable (mode {:o}); fix with: chmod o-r {}",
+                file.display(),
+                meta.mode() & 0o7777,
+                file.display()
+            ));
+        }
     }
 
     if let Some(o) = &settings.server.oauth {

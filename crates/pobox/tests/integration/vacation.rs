@@ -599,6 +599,32 @@ fn without_a_relay_vacation_scripts_do_not_compile_and_mail_is_kept() {
         .arg(&script)
         .output();
     assert!(out.stdout().contains(": ok"), "{}", out.dump());
+    // `pobox check` names the relay and a world-readable password file.
+    let pw = dir.scratch("relay.pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    std::fs::set_permissions(&pw, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[relay]\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\nusername = \"u\"\npassword_file = \"{}\"\n",
+            pw.display()
+        ),
+    )
+    .unwrap();
+    let out = TestCommand::new(BIN)
+        .arg("--data")
+        .arg(dir.data())
+        .arg("--config")
+        .arg(&config)
+        .arg("check")
+        .output();
+    let all = format!("{}{}", out.stdout(), out.stderr());
+    assert!(all.contains("relay 127.0.0.1:2525"), "{}", out.dump());
+    assert!(
+        all.contains("world-readable") && !all.contains("s3cret"),
+        "{}",
+        out.dump()
+    );
     std::fs::write(
         &config,
         "[relay]\nhost = \"smtp.example.org\"\ntls = \"none\"\n",
@@ -700,4 +726,40 @@ else { redirect "archive@example.com"; }
     assert!(last.contains("Subject: refused\r\n"), "{last}");
     c.quit();
     assert_eq!(sink.mail().len(), 2);
+}
+
+#[test]
+fn a_relay_added_by_sighup_enables_vacation_without_a_restart() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    install_script(&dir, "alice", SCRIPT);
+    let sink = Sink::on_free_port(None);
+    let server = dir.server().listeners_in_config().start();
+    let r = lmtp_to_alice(&server, "bob@example.net", "", "Before");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert!(
+        server.stderr_eventually_contains("does not compile"),
+        "{}",
+        server.dump()
+    );
+
+    let config = dir.scratch("pobox.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("relay = {}\n", relay_plain(sink.port)));
+    std::fs::write(&config, text).unwrap();
+    rustix::process::kill_process(server.pid(), rustix::process::Signal::HUP).expect("kill -HUP");
+    assert!(
+        server.stderr_eventually_contains("configuration reloaded"),
+        "{}",
+        server.dump()
+    );
+
+    let r = lmtp_to_alice(&server, "carol@example.net", "", "After");
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let got = sink.wait_for(1, &server);
+    assert_eq!(
+        got[0].to,
+        ["carol@example.net"],
+        "only the message after the reload is answered"
+    );
 }
