@@ -43,6 +43,8 @@ struct IdpState {
     introspection_requests: AtomicUsize,
     /// Introspection requests without pobox's exact credentials.
     bad_credentials: AtomicUsize,
+    /// While set, introspection answers are held back (at most 10 s).
+    stall: std::sync::atomic::AtomicBool,
 }
 
 struct Idp {
@@ -167,6 +169,12 @@ async fn serve_one<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(s: &
         ("200 OK", "Cache-Control: public, max-age=3600\r\n", state.jwks.lock().unwrap().clone())
     } else if request_line.starts_with("POST /introspect ") {
         state.introspection_requests.fetch_add(1, Ordering::SeqCst);
+        for _ in 0..200 {
+            if !state.stall.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         // RFC 6749 §2.3.1: id and secret form-encoded, then Basic.
         let expected = format!("Basic {}", B64.encode(format!("{CLIENT_ID}:s3cret+pw%21")));
         if headers.get("authorization") != Some(&expected) {
@@ -424,6 +432,48 @@ fn introspection_of_opaque_tokens_through_pobox_serve() {
     // Tokens never reach the log.
     let logs = srv.dump();
     assert!(!logs.contains("opaque-alice") && !logs.contains(CLIENT_SECRET), "{logs}");
+}
+
+/// A provider that does not answer holds up only the logins that ask it:
+/// password logins and JWTs with cached keys go on meanwhile.
+#[test]
+fn a_slow_provider_delays_only_the_logins_that_need_it() {
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    let idp = Idp::start(&dir);
+    let a = Key::new("a");
+    idp.publish(&[&a]);
+    let secret = dir.scratch("introspection-secret");
+    std::fs::write(&secret, CLIENT_SECRET).unwrap();
+    idp.answer(
+        "opaque-slow",
+        serde_json::json!({"active": true, "aud": AUDIENCE, "email": "alice", "email_verified": true}),
+    );
+    let oauth = format!(
+        "{{ jwks_url = \"{}\", introspection_url = \"{}\", introspection_client_id = \"{CLIENT_ID}\", \
+         introspection_secret_file = \"{}\", ca_file = \"{}\", issuer = \"{ISSUER}\", audience = \"{AUDIENCE}\", \
+         username_claim = \"email\" }}",
+        idp.url("/jwks"),
+        idp.url("/introspect"),
+        secret.display(),
+        idp.ca_file.display()
+    );
+    let srv = dir.server().config("oauth", &oauth).start();
+    let port = srv.pop3;
+    assert_eq!(login(port, Mech::OAuthBearer, &a.token("a")), Outcome::LoggedIn, "{}", srv.dump());
+
+    idp.state.stall.store(true, Ordering::SeqCst);
+    let slow = std::thread::spawn(move || login(port, Mech::OAuthBearer, "opaque-slow"));
+    assert!(
+        crate::util::eventually(Duration::from_secs(10), || idp.introspection_requests() == 1),
+        "the opaque token was not introspected\n{}",
+        srv.dump()
+    );
+    srv.login("alice", PW).quit();
+    assert_eq!(login(port, Mech::XOAuth2, &a.token("a")), Outcome::LoggedIn);
+    assert!(!slow.is_finished(), "the introspection is still held back by the provider");
+    idp.state.stall.store(false, Ordering::SeqCst);
+    assert_eq!(slow.join().unwrap(), Outcome::LoggedIn, "{}", srv.dump());
 }
 
 #[test]
