@@ -450,12 +450,15 @@ impl KeySource for RemoteJwks {
     }
 }
 
+/// An introspection answer (a JSON object).
+type Answer = serde_json::Map<String, serde_json::Value>;
+
 /// An RFC 7662 client with a short cache of positive answers.
 struct Introspector {
     config: IntrospectionConfig,
     agent: Result<ureq::Agent, String>,
     /// SHA-256 of the token → (valid until, the answer).
-    cache: Mutex<HashMap<[u8; 32], (Instant, serde_json::Map<String, serde_json::Value>)>>,
+    cache: Mutex<HashMap<[u8; 32], (Instant, Answer)>>,
 }
 
 impl Introspector {
@@ -746,16 +749,10 @@ fn spawn_refresher(jwks: &Arc<RemoteJwks>) {
     };
     let weak = Arc::downgrade(jwks);
     runtime.spawn(async move {
-        loop {
-            let Some(wait) = weak.upgrade().map(|j| j.until_next_refresh()) else {
-                break;
-            };
+        while let Some(wait) = weak.upgrade().map(|j| j.until_next_refresh()) {
             tokio::time::sleep(wait).await;
             let Some(j) = weak.upgrade() else { break };
-            if tokio::task::spawn_blocking(move || j.refresh_if_due())
-                .await
-                .is_err()
-            {
+            if tokio::task::spawn_blocking(move || j.refresh_if_due()).await.is_err() {
                 break;
             }
         }
