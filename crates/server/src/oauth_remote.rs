@@ -799,6 +799,55 @@ mod tests {
         assert_eq!(form_encode("a b:c%d/é"), "a+b%3Ac%25d%2F%C3%A9");
     }
 
+    fn remote(url: &str, cache_file: Option<PathBuf>) -> RemoteConfig {
+        RemoteConfig {
+            jwks_url: Some(url.into()),
+            ca_file: None,
+            jwks_refresh: REFRESH_DEFAULT,
+            jwks_cache_file: cache_file,
+            introspection: None,
+        }
+    }
+
+    fn oauth() -> OAuthConfig {
+        OAuthConfig {
+            jwks_file: None,
+            issuer: "https://idp".into(),
+            audience: "pop".into(),
+            username_claim: "sub".into(),
+            leeway: Duration::ZERO,
+            required_scope: None,
+        }
+    }
+
+    /// A reload with the same JWKS settings keeps the fetched keys (and
+    /// the rate-limit state); changed settings start afresh.
+    #[test]
+    fn a_reload_keeps_the_jwks_source_when_its_settings_are_the_same() {
+        let first = BearerAuth::new(&oauth(), Some(&remote("https://idp.example/jwks", None)));
+        let same = BearerAuth::for_service(&oauth(), Some(&remote("https://idp.example/jwks", None)), Some(&first));
+        assert!(Arc::ptr_eq(first.remote_jwks().unwrap(), same.remote_jwks().unwrap()));
+        let other = BearerAuth::for_service(&oauth(), Some(&remote("https://idp2.example/jwks", None)), Some(&first));
+        assert!(!Arc::ptr_eq(first.remote_jwks().unwrap(), other.remote_jwks().unwrap()));
+    }
+
+    /// The saved JWKS is used only for the URL it came from.
+    #[test]
+    fn the_saved_jwks_belongs_to_its_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(JWKS_CACHE_FILE);
+        let jwks = r#"{"keys":[{"kty":"RSA","kid":"k1","n":"AQAB","e":"AQAB"}]}"#;
+        let url = "https://idp.example/jwks";
+        let j = RemoteJwks::new(url, &remote(url, Some(file.clone())));
+        j.save(jwks.as_bytes());
+        let again = RemoteJwks::new(url, &remote(url, Some(file.clone())));
+        assert!(again.keys().unwrap().contains_kid("k1"), "loaded without a fetch");
+        assert_eq!(again.fetches(), 0);
+        let elsewhere = "http://127.0.0.1:9/jwks";
+        let other = RemoteJwks::new(elsewhere, &remote(elsewhere, Some(file)));
+        assert!(other.keys().unwrap_err().is_temporary(), "another provider's keys are not used");
+    }
+
     #[test]
     fn no_key_set_is_a_temporary_error_and_retries_are_spaced() {
         // Port 9 on loopback: nothing listens, the connection is refused.
