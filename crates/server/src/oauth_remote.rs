@@ -235,6 +235,8 @@ struct JwksState {
     last_attempt: Option<Instant>,
     last_kid_miss: Option<Instant>,
     last_error: Option<String>,
+    /// SHA-256 of the last JWKS document fetched.
+    body_digest: Option<[u8; 32]>,
     /// Requests made (for `pobox check`, logs and tests).
     fetches: u64,
 }
@@ -320,10 +322,11 @@ impl RemoteJwks {
                 let set = Arc::new(set);
                 let interval = max_age.unwrap_or(self.refresh);
                 let mut st = self.state();
-                let changed = st
-                    .current
-                    .as_ref()
-                    .is_none_or(|old| format!("{old:?}") != format!("{set:?}"));
+                // Logged and saved when the document changed (a rotation,
+                // or the first fetch), not at every scheduled refresh.
+                let digest: [u8; 32] = sha2::Sha256::digest(&body).into();
+                let changed = st.body_digest != Some(digest);
+                st.body_digest = Some(digest);
                 st.current = Some(set.clone());
                 st.next_refresh = Some(Instant::now() + interval);
                 st.last_error = None;
