@@ -32,9 +32,15 @@
 //! The user must exist in the passwd-file and equal the name the client
 //! asked for (OAUTHBEARER `a=`, XOAUTH2 `user=`) when one was given.
 //!
-//! The JWKS file is re-read when its mtime or size changes, so key rotation
-//! needs no restart. No network access: fetching the JWKS from the issuer
-//! is left to a cron job or a systemd timer writing the file.
+//! # Where the keys come from
+//!
+//! A validator takes its keys from a [`KeySource`]: the built-in one reads
+//! a JWKS file, re-read when its mtime or size changes, so key rotation
+//! needs no restart. This crate does no networking: the server crate
+//! implements a source that fetches the JWKS from the identity provider's
+//! URL, and RFC 7662 introspection, and hands the introspection answer to
+//! [`OAuthValidator::authenticate_introspected`], which applies the same
+//! claim and user-mapping rules as for a JWT.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -51,8 +57,9 @@ use crate::{Authenticated, UserDb};
 /// What a token must satisfy.
 #[derive(Debug, Clone)]
 pub struct OAuthConfig {
-    /// The JWKS file (`{"keys": [...]}`).
-    pub jwks_file: PathBuf,
+    /// The JWKS file (`{"keys": [...]}`); `None` when the keys come from
+    /// another [`KeySource`] (or only introspection is used).
+    pub jwks_file: Option<PathBuf>,
     /// Required `iss`.
     pub issuer: String,
     /// Required member of `aud`.
@@ -64,6 +71,9 @@ pub struct OAuthConfig {
     pub username_claim: String,
     /// Tolerated clock skew for `exp`/`nbf`.
     pub leeway: Duration,
+    /// A scope the token must carry (`scope`, space-separated, or `scp`,
+    /// a string or an array); `None`: no scope check.
+    pub required_scope: Option<String>,
 }
 
 impl OAuthConfig {
@@ -117,7 +127,14 @@ pub enum OAuthError {
         /// What is wrong.
         reason: String,
     },
-    /// The passwd-file cannot be read.
+    /// Introspection says the token is not `active` (RFC 7662 §2.2).
+    #[error("token is not active")]
+    Inactive,
+    /// The token does not carry the configured scope.
+    #[error("token lacks the required scope")]
+    Scope,
+    /// The passwd-file cannot be read, or the keys or the introspection
+    /// endpoint are unavailable (the server's problem, not the user's).
     #[error("{0}")]
     Temporary(String),
 }
@@ -137,21 +154,105 @@ enum Jwk {
     P256(Vec<u8>),
 }
 
+/// The usable signature keys of a JWKS (RFC 7517): RSA and P-256 keys
+/// not restricted to encryption; others are skipped.
 #[derive(Default)]
-struct KeySet {
+pub struct JwkSet {
     /// (kid, key); kid may be empty.
     keys: Vec<(String, Jwk)>,
 }
 
-/// Validates bearer tokens. Cheap to share (`Arc`), blocking (reads the
-/// JWKS file when it changed).
-pub struct OAuthValidator {
-    config: OAuthConfig,
-    cache: Mutex<Option<(JwksStamp, Arc<KeySet>)>>,
+impl fmt::Debug for JwkSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.keys.iter().map(|(kid, _)| kid))
+            .finish()
+    }
+}
+
+impl JwkSet {
+    /// Parses a JWKS document (`{"keys": [...]}`).
+    ///
+    /// # Errors
+    /// A static reason when it is not JSON or has no usable key.
+    pub fn parse(text: &[u8]) -> Result<JwkSet, &'static str> {
+        parse_jwks(text)
+    }
+
+    /// How many usable keys it has.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Never true for a parsed set (parsing refuses a set without keys).
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// Whether a key with this `kid` is in the set.
+    #[must_use]
+    pub fn contains_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|(k, _)| k == kid)
+    }
+}
+
+/// Where a validator gets its keys. Implementations are called from
+/// blocking code (the server's blocking pool) and may block.
+pub trait KeySource: Send + Sync {
+    /// The current key set.
+    ///
+    /// # Errors
+    /// A temporary error ([`OAuthError::is_temporary`]) when there is no
+    /// key set at all.
+    fn keys(&self) -> Result<Arc<JwkSet>, OAuthError>;
+
+    /// The token names a `kid` that the current set lacks: a source that
+    /// can look for newer keys (the provider rotated) does so here, rate
+    /// limited, and returns the newer set. The default: nothing newer.
+    fn refresh_for_unknown_kid(&self, _kid: &str) -> Option<Arc<JwkSet>> {
+        None
+    }
+}
+
+/// The JWKS file source: re-read when its mtime or size changes.
+struct JwksFile {
+    path: PathBuf,
+    cache: Mutex<Option<(JwksStamp, Arc<JwkSet>)>>,
 }
 
 /// The JWKS file's modification time and length, to notice a change.
 type JwksStamp = (SystemTime, u64);
+
+impl KeySource for JwksFile {
+    fn keys(&self) -> Result<Arc<JwkSet>, OAuthError> {
+        let path = &self.path;
+        let err = |reason: String| OAuthError::Jwks {
+            path: path.clone(),
+            reason,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+        let stamp = (meta.modified().unwrap_or(UNIX_EPOCH), meta.len());
+        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((s, keys)) = &*cache
+            && *s == stamp
+        {
+            return Ok(Arc::clone(keys));
+        }
+        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let keys = Arc::new(parse_jwks(&text).map_err(|r| err(r.to_owned()))?);
+        *cache = Some((stamp, Arc::clone(&keys)));
+        Ok(keys)
+    }
+}
+
+/// Validates bearer tokens. Cheap to share (`Arc`), blocking (reads the
+/// JWKS file when it changed, or asks its [`KeySource`]).
+pub struct OAuthValidator {
+    config: OAuthConfig,
+    keys: Option<Arc<dyn KeySource>>,
+}
 
 impl fmt::Debug for OAuthValidator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -162,20 +263,41 @@ impl fmt::Debug for OAuthValidator {
 }
 
 impl OAuthValidator {
-    /// A validator for `config`. The JWKS is loaded on first use; call
+    /// A validator for `config`, with the keys from its `jwks_file` (none
+    /// without one). The JWKS is loaded on first use; call
     /// [`check_jwks`](Self::check_jwks) at startup to fail early.
     #[must_use]
     pub fn new(config: OAuthConfig) -> Self {
+        let keys = config.jwks_file.clone().map(|path| {
+            Arc::new(JwksFile {
+                path,
+                cache: Mutex::new(None),
+            }) as Arc<dyn KeySource>
+        });
+        Self { config, keys }
+    }
+
+    /// A validator for `config` taking its keys from `keys` (the
+    /// configured `jwks_file` is not used).
+    #[must_use]
+    pub fn with_key_source(config: OAuthConfig, keys: Arc<dyn KeySource>) -> Self {
         Self {
             config,
-            cache: Mutex::new(None),
+            keys: Some(keys),
         }
+    }
+
+    /// Whether JWTs can be checked here (a key source is set).
+    #[must_use]
+    pub fn has_keys(&self) -> bool {
+        self.keys.is_some()
     }
 
     /// Loads the JWKS now and returns how many usable keys it has.
     ///
     /// # Errors
-    /// [`OAuthError::Jwks`] when unreadable, not JSON, or without usable keys.
+    /// [`OAuthError::Jwks`] when unreadable, not JSON, or without usable
+    /// keys; [`OAuthError::Temporary`] without a key source.
     pub fn check_jwks(&self) -> Result<usize, OAuthError> {
         Ok(self.keys()?.keys.len())
     }
@@ -193,7 +315,99 @@ impl OAuthValidator {
         now: SystemTime,
     ) -> Result<Authenticated, OAuthError> {
         let claims = self.validate(token, now)?;
-        let user = self.identity(users, &claims)?;
+        self.user_of(users, requested_user, &claims)
+    }
+
+    /// Checks an RFC 7662 introspection answer for an opaque token (the
+    /// caller asked the configured endpoint over verified TLS) and, when
+    /// it is valid for `requested_user` (or whoever it names, if `None`),
+    /// returns the proof of login.
+    ///
+    /// Rules: `active` must be the boolean `true`; `exp`, when present,
+    /// in the future; `aud` must contain the configured audience (a token
+    /// issued for another service is not for us); `iss`, when present,
+    /// must equal the configured issuer (RFC 7662 makes it optional, and
+    /// the answer comes from the configured endpoint); the configured
+    /// scope; then the same user mapping as for a JWT
+    /// ([`username_claim`](OAuthConfig::username_claim)).
+    ///
+    /// # Errors
+    /// An [`OAuthError`] saying which check failed.
+    pub fn authenticate_introspected(
+        &self,
+        users: &UserDb,
+        requested_user: Option<&str>,
+        answer: &serde_json::Map<String, serde_json::Value>,
+        now: SystemTime,
+    ) -> Result<Authenticated, OAuthError> {
+        if answer.get("active") != Some(&serde_json::Value::Bool(true)) {
+            return Err(OAuthError::Inactive);
+        }
+        let now = unix_secs(now);
+        let leeway = self.config.leeway.as_secs();
+        if let Some(exp) = answer.get("exp") {
+            let exp = exp.as_u64().ok_or(OAuthError::Expired)?;
+            if exp.saturating_add(leeway) <= now {
+                return Err(OAuthError::Expired);
+            }
+        }
+        if let Some(nbf) = answer.get("nbf").and_then(serde_json::Value::as_u64)
+            && nbf > now.saturating_add(leeway)
+        {
+            return Err(OAuthError::Expired);
+        }
+        if let Some(iss) = answer.get("iss")
+            && iss.as_str() != Some(self.config.issuer.as_str())
+        {
+            return Err(OAuthError::Issuer);
+        }
+        self.check_audience_and_scope(answer)?;
+        self.user_of(users, requested_user, answer)
+    }
+
+    /// `aud` contains the configured audience, and the scope is there
+    /// when one is required.
+    fn check_audience_and_scope(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<(), OAuthError> {
+        let aud_ok = match claims.get("aud") {
+            Some(serde_json::Value::String(a)) => *a == self.config.audience,
+            Some(serde_json::Value::Array(list)) => list
+                .iter()
+                .any(|a| a.as_str() == Some(self.config.audience.as_str())),
+            _ => false,
+        };
+        if !aud_ok {
+            return Err(OAuthError::Audience);
+        }
+        if let Some(wanted) = &self.config.required_scope {
+            // RFC 7662 §2.2 and RFC 9068 §2.2.3: `scope` is a
+            // space-separated string; Microsoft and Okta use `scp`, a
+            // string or an array.
+            let has = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s.split(' ').any(|x| x == wanted),
+                serde_json::Value::Array(list) => {
+                    list.iter().any(|x| x.as_str() == Some(wanted.as_str()))
+                }
+                _ => false,
+            };
+            if !claims.get("scope").is_some_and(has) && !claims.get("scp").is_some_and(has) {
+                return Err(OAuthError::Scope);
+            }
+        }
+        Ok(())
+    }
+
+    /// The mail user that validated `claims` name, if it exists and is
+    /// the one the client asked for.
+    fn user_of(
+        &self,
+        users: &UserDb,
+        requested_user: Option<&str>,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Authenticated, OAuthError> {
+        let user = self.identity(users, claims)?;
         if requested_user.is_some_and(|r| r != user) {
             return Err(OAuthError::User);
         }
@@ -254,7 +468,17 @@ impl OAuthValidator {
             .decode(s)
             .map_err(|_| OAuthError::Malformed("signature is not base64url"))?;
         let signed = &token.as_bytes()[..h.len() + 1 + p.len()];
-        let keys = self.keys()?;
+        if !matches!(alg, "RS256" | "ES256") {
+            return Err(OAuthError::Algorithm(alg.to_owned()));
+        }
+        let mut keys = self.keys()?;
+        if !kid.is_empty()
+            && !keys.contains_kid(kid)
+            && let Some(source) = &self.keys
+            && let Some(newer) = source.refresh_for_unknown_kid(kid)
+        {
+            keys = newer;
+        }
         let candidates = keys
             .keys
             .iter()
@@ -278,9 +502,6 @@ impl OAuthValidator {
                 break;
             }
         }
-        if !matches!(alg, "RS256" | "ES256") {
-            return Err(OAuthError::Algorithm(alg.to_owned()));
-        }
         if !found {
             return Err(OAuthError::UnknownKey);
         }
@@ -291,10 +512,7 @@ impl OAuthValidator {
         let serde_json::Value::Object(claims) = claims else {
             return Err(OAuthError::Malformed("claims are not an object"));
         };
-        let now = now
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
+        let now = unix_secs(now);
         let leeway = self.config.leeway.as_secs();
         let exp = claims
             .get("exp")
@@ -311,38 +529,41 @@ impl OAuthValidator {
         if claims.get("iss").and_then(|v| v.as_str()) != Some(self.config.issuer.as_str()) {
             return Err(OAuthError::Issuer);
         }
-        let aud_ok = match claims.get("aud") {
-            Some(serde_json::Value::String(a)) => *a == self.config.audience,
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .any(|a| a.as_str() == Some(self.config.audience.as_str())),
-            _ => false,
-        };
-        if !aud_ok {
-            return Err(OAuthError::Audience);
-        }
+        self.check_audience_and_scope(&claims)?;
         Ok(claims)
     }
 
-    fn keys(&self) -> Result<Arc<KeySet>, OAuthError> {
-        let path = &self.config.jwks_file;
-        let err = |reason: String| OAuthError::Jwks {
-            path: path.clone(),
-            reason,
-        };
-        let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-        let stamp = (meta.modified().unwrap_or(UNIX_EPOCH), meta.len());
-        let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((s, keys)) = &*cache
-            && *s == stamp
-        {
-            return Ok(Arc::clone(keys));
+    fn keys(&self) -> Result<Arc<JwkSet>, OAuthError> {
+        match &self.keys {
+            Some(source) => source.keys(),
+            None => Err(OAuthError::Temporary(
+                "no JWKS configured for JWT bearer tokens".into(),
+            )),
         }
-        let text = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let keys = Arc::new(parse_jwks(&text).map_err(|r| err(r.to_owned()))?);
-        *cache = Some((stamp, Arc::clone(&keys)));
-        Ok(keys)
     }
+}
+
+fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Whether `token` has the shape of a JWT (RFC 7519 §7.2): three
+/// base64url parts whose first decodes to a JSON object with an `alg`.
+/// Used to route a bearer token: a JWT is checked against the JWKS, any
+/// other (opaque) token goes to introspection.
+#[must_use]
+pub fn looks_like_jwt(token: &[u8]) -> bool {
+    let Ok(text) = std::str::from_utf8(token) else {
+        return false;
+    };
+    let mut parts = text.split('.');
+    let (Some(h), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    decode_json::<serde_json::Value>(h)
+        .is_ok_and(|v| v.get("alg").is_some_and(serde_json::Value::is_string))
 }
 
 fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, OAuthError> {
@@ -352,7 +573,7 @@ fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, OAuthErr
     serde_json::from_slice(&bytes).map_err(|_| OAuthError::Malformed("part is not JSON"))
 }
 
-fn parse_jwks(text: &[u8]) -> Result<KeySet, &'static str> {
+fn parse_jwks(text: &[u8]) -> Result<JwkSet, &'static str> {
     let value: serde_json::Value = serde_json::from_slice(text).map_err(|_| "not JSON")?;
     let list = value
         .get("keys")
@@ -361,7 +582,7 @@ fn parse_jwks(text: &[u8]) -> Result<KeySet, &'static str> {
     let field = |k: &serde_json::Value, name: &str| -> Option<Vec<u8>> {
         B64URL.decode(k.get(name)?.as_str()?).ok()
     };
-    let mut set = KeySet::default();
+    let mut set = JwkSet::default();
     for k in list {
         // Keys published for encryption only are not signature keys.
         if k.get("use").and_then(|u| u.as_str()).is_some_and(|u| u != "sig") {
@@ -526,11 +747,12 @@ mod tests {
 
         fn validator(&self, username_claim: &str) -> OAuthValidator {
             OAuthValidator::new(OAuthConfig {
-                jwks_file: self.dir.path().join("jwks.json"),
+                jwks_file: Some(self.dir.path().join("jwks.json")),
                 issuer: ISS.into(),
                 audience: AUD.into(),
                 username_claim: username_claim.into(),
                 leeway: Duration::from_secs(60),
+                required_scope: None,
             })
         }
 
@@ -609,6 +831,161 @@ mod tests {
         }
         assert!(idp.login(claim, None, serde_json::json!({"sub": 248289761001u64})).is_err(), "sub is a string");
         assert!(idp.login(claim, None, serde_json::json!({"email": "alice", "email_verified": true})).is_err());
+    }
+
+    /// RFC 7662 answers go through the same checks and user mapping as a
+    /// JWT's claims.
+    #[test]
+    fn introspection_answers_are_checked_like_claims() {
+        let idp = Idp::new("alice:{PLAIN}x::::::oauth_sub=s-1\n");
+        let mut config = idp.validator("sub").config;
+        config.required_scope = Some("pop3".into());
+        let v = OAuthValidator::new(config);
+        let now = SystemTime::now();
+        let exp = unix_secs(now) + 300;
+        let ok = serde_json::json!({"active": true, "sub": "s-1", "aud": ["x", AUD], "iss": ISS,
+                                     "exp": exp, "scope": "openid pop3"});
+        let check = |answer: serde_json::Value, user: Option<&str>| {
+            v.authenticate_introspected(&idp.users(), user, answer.as_object().unwrap(), now)
+                .map(|a| a.user().to_owned())
+        };
+        assert_eq!(check(ok.clone(), Some("alice")).unwrap(), "alice");
+        assert_eq!(check(ok.clone(), None).unwrap(), "alice");
+        let with = |k: &str, val: serde_json::Value| {
+            let mut a = ok.clone();
+            a[k] = val;
+            a
+        };
+        let without = |k: &str| {
+            let mut a = ok.clone();
+            a.as_object_mut().unwrap().remove(k);
+            a
+        };
+        assert!(matches!(
+            check(with("active", false.into()), None),
+            Err(OAuthError::Inactive)
+        ));
+        assert!(matches!(
+            check(with("active", "true".into()), None),
+            Err(OAuthError::Inactive)
+        ));
+        assert!(matches!(
+            check(without("active"), None),
+            Err(OAuthError::Inactive)
+        ));
+        assert!(matches!(
+            check(with("exp", (exp - 600).into()), None),
+            Err(OAuthError::Expired)
+        ));
+        assert!(matches!(
+            check(with("aud", "imap.example".into()), None),
+            Err(OAuthError::Audience)
+        ));
+        assert!(matches!(
+            check(without("aud"), None),
+            Err(OAuthError::Audience)
+        ));
+        assert!(matches!(
+            check(with("iss", "https://evil".into()), None),
+            Err(OAuthError::Issuer)
+        ));
+        assert!(
+            check(without("iss"), None).is_ok(),
+            "iss is optional in RFC 7662 answers"
+        );
+        assert!(
+            check(without("exp"), None).is_ok(),
+            "exp is optional in RFC 7662 answers"
+        );
+        assert!(matches!(
+            check(with("scope", "openid pop3x".into()), None),
+            Err(OAuthError::Scope)
+        ));
+        let mut scp = without("scope");
+        scp["scp"] = serde_json::json!(["openid", "pop3"]);
+        assert!(check(scp, None).is_ok(), "Microsoft/Okta `scp` array");
+        assert!(matches!(
+            check(with("sub", "alice".into()), None),
+            Err(OAuthError::UnmappedSubject(_))
+        ));
+        assert!(matches!(check(ok, Some("bob")), Err(OAuthError::User)));
+    }
+
+    /// The scope requirement applies to JWTs too.
+    #[test]
+    fn required_scope_applies_to_jwts() {
+        let idp = Idp::new("alice:{PLAIN}x\n");
+        let mut config = idp.validator("email").config;
+        config.required_scope = Some("pop3".into());
+        let v = OAuthValidator::new(config);
+        let claims = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"email": "alice", "email_verified": true});
+            for (k, x) in extra.as_object().unwrap() {
+                c[k] = x.clone();
+            }
+            idp.token(c)
+        };
+        let login = |t: &Secret| v.authenticate(&idp.users(), None, t, SystemTime::now());
+        assert!(login(&claims(serde_json::json!({"scope": "pop3 openid"}))).is_ok());
+        assert!(login(&claims(serde_json::json!({"scp": "pop3"}))).is_ok());
+        assert!(matches!(
+            login(&claims(serde_json::json!({}))),
+            Err(OAuthError::Scope)
+        ));
+        assert!(matches!(
+            login(&claims(serde_json::json!({"scope": "imap"}))),
+            Err(OAuthError::Scope)
+        ));
+    }
+
+    #[test]
+    fn jwt_shape_decides_the_route() {
+        let idp = Idp::new("");
+        assert!(looks_like_jwt(idp.token(serde_json::json!({})).as_bytes()));
+        assert!(!looks_like_jwt(b"ya29.a0AfH6SMB"));
+        assert!(!looks_like_jwt(b"2YotnFZFEjr1zCsicMWpAA"));
+        assert!(
+            !looks_like_jwt(b"a.b.c"),
+            "parts that are not a JSON header"
+        );
+        assert!(!looks_like_jwt(b"e30.e30.x"), "a header without alg");
+    }
+
+    /// A key source that can find newer keys is asked on a `kid` miss,
+    /// and only then.
+    #[test]
+    fn unknown_kid_asks_the_source_for_newer_keys() {
+        struct Rotating {
+            old: Arc<JwkSet>,
+            new: Arc<JwkSet>,
+            asked: Mutex<Vec<String>>,
+        }
+        impl KeySource for Rotating {
+            fn keys(&self) -> Result<Arc<JwkSet>, OAuthError> {
+                Ok(self.old.clone())
+            }
+            fn refresh_for_unknown_kid(&self, kid: &str) -> Option<Arc<JwkSet>> {
+                self.asked.lock().unwrap().push(kid.to_owned());
+                Some(self.new.clone())
+            }
+        }
+        let idp = Idp::new("alice:{PLAIN}x\n");
+        let published = std::fs::read(idp.dir.path().join("jwks.json")).unwrap();
+        let other = br#"{"keys":[{"kty":"RSA","kid":"old","n":"AQAB","e":"AQAB"}]}"#;
+        let source = Arc::new(Rotating {
+            old: Arc::new(JwkSet::parse(other).unwrap()),
+            new: Arc::new(JwkSet::parse(&published).unwrap()),
+            asked: Mutex::default(),
+        });
+        let v = OAuthValidator::with_key_source(idp.validator("email").config, source.clone());
+        let token = idp.token(serde_json::json!({"email": "alice", "email_verified": true}));
+        assert_eq!(
+            v.authenticate(&idp.users(), None, &token, SystemTime::now())
+                .unwrap()
+                .user(),
+            "alice"
+        );
+        assert_eq!(*source.asked.lock().unwrap(), ["k1"]);
     }
 
     #[test]

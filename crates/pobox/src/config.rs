@@ -273,12 +273,30 @@ pub struct RawCertPair {
     pub key: PathBuf,
 }
 
-/// `[oauth]`: JWT validation against a local JWKS file.
+/// `[oauth]`: JWT validation against a JWKS (file or URL), RFC 7662
+/// introspection of opaque tokens.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOAuth {
     /// JWKS file (`{"keys": [...]}`), refreshed by an external job.
-    pub jwks_file: PathBuf,
+    pub jwks_file: Option<PathBuf>,
+    /// The provider's JWKS URL (https; http only to loopback), fetched and
+    /// refreshed by pobox. Exactly one of `jwks_file`/`jwks_url`, unless
+    /// only introspection is used.
+    pub jwks_url: Option<String>,
+    /// PEM CA certificates trusted (alone) for the provider's endpoints.
+    pub ca_file: Option<PathBuf>,
+    /// JWKS refresh interval without `Cache-Control: max-age`, seconds
+    /// (300..=86400, default 3600).
+    pub jwks_refresh_secs: Option<u64>,
+    /// RFC 7662 token introspection endpoint for opaque tokens.
+    pub introspection_url: Option<String>,
+    /// pobox's client id at the introspection endpoint.
+    pub introspection_client_id: Option<String>,
+    /// File with pobox's client secret there.
+    pub introspection_secret_file: Option<PathBuf>,
+    /// A scope every token must carry (`scope` or `scp`).
+    pub scope: Option<String>,
     /// Required `iss`.
     pub issuer: String,
     /// Required `aud` member.
@@ -623,24 +641,30 @@ impl Settings {
                 resolver: dns_resolver(raw.dns_resolver)?,
                 ..Default::default()
             },
-            oauth: match raw.oauth {
+            oauth: match &raw.oauth {
                 None => None,
                 Some(o) => {
                     if o.issuer.is_empty() || o.audience.is_empty() {
                         bail!("oauth: issuer and audience must not be empty");
                     }
                     Some(pobox_auth::oauth::OAuthConfig {
-                        jwks_file: resolve(&data_dir, o.jwks_file),
-                        issuer: o.issuer,
-                        audience: o.audience,
+                        jwks_file: o.jwks_file.clone().map(|f| resolve(&data_dir, f)),
+                        issuer: o.issuer.clone(),
+                        audience: o.audience.clone(),
                         username_claim: o
                             .username_claim
+                            .clone()
                             .unwrap_or_else(|| pobox_auth::oauth::OAuthConfig::DEFAULT_USERNAME_CLAIM.into()),
                         leeway: Duration::from_secs(o.leeway_secs.unwrap_or(60)),
+                        required_scope: o.scope.clone().filter(|s| !s.is_empty()),
                     })
                 }
             },
             outbound,
+            oauth_remote: match &raw.oauth {
+                None => None,
+                Some(o) => oauth_remote(&data_dir, o)?,
+            },
         };
         let mut tls_pairs = Vec::new();
         if let (Some(cert), Some(key)) = (&raw.tls_cert, &raw.tls_key) {
@@ -893,6 +917,88 @@ fn system_hostname() -> String {
     if name.is_empty() { "localhost".into() } else { name }
 }
 
+/// `[oauth]`'s networked keys (issue 18): the JWKS URL and introspection,
+/// checked here so a bad URL or a missing credential is a config error.
+fn oauth_remote(
+    data_dir: &Path,
+    o: &RawOAuth,
+) -> anyhow::Result<Option<pobox_server::oauth_remote::RemoteConfig>> {
+    use pobox_server::oauth_remote::{
+        IntrospectionConfig, REFRESH_DEFAULT, REFRESH_MAX, REFRESH_MIN, RemoteConfig,
+        check_endpoint_url,
+    };
+    match (&o.jwks_file, &o.jwks_url, &o.introspection_url) {
+        (Some(_), Some(_), _) => bail!("oauth: jwks_file and jwks_url are alternatives; set one"),
+        (None, None, None) => bail!(
+            "oauth: set jwks_file or jwks_url (JWT tokens), or introspection_url (opaque tokens)"
+        ),
+        _ => {}
+    }
+    if let Some(url) = &o.jwks_url {
+        check_endpoint_url(url).map_err(|e| anyhow::anyhow!("oauth: jwks_url {e}"))?;
+    }
+    let introspection = match &o.introspection_url {
+        None => {
+            if o.introspection_client_id.is_some() || o.introspection_secret_file.is_some() {
+                bail!(
+                    "oauth: introspection_client_id/introspection_secret_file need introspection_url"
+                );
+            }
+            None
+        }
+        Some(url) => {
+            check_endpoint_url(url).map_err(|e| anyhow::anyhow!("oauth: introspection_url {e}"))?;
+            let (Some(client_id), Some(secret_file)) =
+                (&o.introspection_client_id, &o.introspection_secret_file)
+            else {
+                bail!(
+                    "oauth: introspection_url needs introspection_client_id and introspection_secret_file (RFC 7662 §2.1: the endpoint authenticates pobox)"
+                );
+            };
+            if client_id.is_empty() || client_id.contains(':') {
+                bail!("oauth: introspection_client_id must be non-empty and without ':'");
+            }
+            Some(IntrospectionConfig {
+                url: url.clone(),
+                client_id: client_id.clone(),
+                secret_file: resolve(data_dir, secret_file.clone()),
+            })
+        }
+    };
+    if o.jwks_url.is_none() && introspection.is_none() {
+        if o.ca_file.is_some() || o.jwks_refresh_secs.is_some() {
+            bail!(
+                "oauth: ca_file and jwks_refresh_secs apply to jwks_url and introspection_url only"
+            );
+        }
+        return Ok(None);
+    }
+    let jwks_refresh = match o.jwks_refresh_secs {
+        None => REFRESH_DEFAULT,
+        Some(s) if (REFRESH_MIN.as_secs()..=REFRESH_MAX.as_secs()).contains(&s) => {
+            Duration::from_secs(s)
+        }
+        Some(s) => bail!(
+            "oauth: jwks_refresh_secs = {s}: must be {}..={}",
+            REFRESH_MIN.as_secs(),
+            REFRESH_MAX.as_secs()
+        ),
+    };
+    if o.jwks_refresh_secs.is_some() && o.jwks_url.is_none() {
+        bail!("oauth: jwks_refresh_secs applies to jwks_url only");
+    }
+    Ok(Some(RemoteConfig {
+        jwks_url: o.jwks_url.clone(),
+        ca_file: o.ca_file.clone().map(|f| resolve(data_dir, f)),
+        jwks_refresh,
+        jwks_cache_file: o
+            .jwks_url
+            .as_ref()
+            .map(|_| data_dir.join(pobox_server::oauth_remote::JWKS_CACHE_FILE)),
+        introspection,
+    }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1018,7 +1124,10 @@ mod security_tests {
         assert_eq!(s.tls_pairs[0].cert, PathBuf::from("/tmp/pobox-test/a.crt"));
         assert_eq!(s.tls_pairs[1].key, PathBuf::from("/etc/b.key"));
         let o = s.server.oauth.unwrap();
-        assert_eq!(o.jwks_file, PathBuf::from("/tmp/pobox-test/jwks.json"));
+        assert_eq!(
+            o.jwks_file,
+            Some(PathBuf::from("/tmp/pobox-test/jwks.json"))
+        );
         // Issue 17, finding 7: the default is the provider-assigned subject.
         assert_eq!(o.username_claim, "sub");
         assert!(parse("max_connections_per_ip = 0").is_err());
@@ -1027,6 +1136,92 @@ mod security_tests {
         assert!(parse("[oauth]\njwks_file = \"j\"\nissuer = \"\"\naudience = \"a\"").is_err());
         assert!(parse("[oauth]\njwks = \"j\"").is_err(), "unknown keys in [oauth]");
         assert!(parse("[[tls_certificates]]\ncert = \"x\"").is_err(), "key is required");
+    }
+
+    /// Issue 18: the JWKS URL and introspection keys, and the mistakes
+    /// they are refused for.
+    #[test]
+    fn oauth_remote_keys() {
+        let base = "[oauth]\nissuer = \"https://idp\"\naudience = \"pop\"\n";
+        let s = parse(&format!(
+            "{base}jwks_url = \"https://idp.example/jwks\"\nca_file = \"idp-ca.pem\"\njwks_refresh_secs = 600\n\
+             introspection_url = \"https://idp.example/introspect\"\nintrospection_client_id = \"pobox\"\n\
+             introspection_secret_file = \"/etc/pobox/secret\"\nscope = \"pop3\"\n"
+        ))
+        .unwrap();
+        let o = s.server.oauth.unwrap();
+        assert_eq!(o.jwks_file, None);
+        assert_eq!(o.required_scope.as_deref(), Some("pop3"));
+        let r = s.server.oauth_remote.unwrap();
+        assert_eq!(r.jwks_url.as_deref(), Some("https://idp.example/jwks"));
+        assert_eq!(r.ca_file, Some(PathBuf::from("/tmp/pobox-test/idp-ca.pem")));
+        assert_eq!(r.jwks_refresh, Duration::from_secs(600));
+        assert_eq!(
+            r.jwks_cache_file,
+            Some(PathBuf::from("/tmp/pobox-test/oauth-jwks.json"))
+        );
+        let i = r.introspection.unwrap();
+        assert_eq!(
+            (i.url.as_str(), i.client_id.as_str()),
+            ("https://idp.example/introspect", "pobox")
+        );
+        assert_eq!(i.secret_file, PathBuf::from("/etc/pobox/secret"));
+
+        // Introspection only, and a loopback http:// URL.
+        let s = parse(&format!(
+            "{base}introspection_url = \"http://127.0.0.1:8080/i\"\nintrospection_client_id = \"p\"\n\
+             introspection_secret_file = \"s\"\n"
+        ))
+        .unwrap();
+        assert!(s.server.oauth_remote.unwrap().jwks_url.is_none());
+        // A file alone needs nothing networked.
+        assert!(
+            parse(&format!("{base}jwks_file = \"j\"\n"))
+                .unwrap()
+                .server
+                .oauth_remote
+                .is_none()
+        );
+
+        let refused = [
+            ("", "no key source at all"),
+            (
+                "jwks_file = \"j\"\njwks_url = \"https://idp/j\"\n",
+                "both file and URL",
+            ),
+            (
+                "jwks_url = \"http://idp.example/jwks\"\n",
+                "http:// to a remote host",
+            ),
+            ("jwks_url = \"idp.example/jwks\"\n", "not a URL"),
+            (
+                "jwks_url = \"https://idp/j\"\njwks_refresh_secs = 10\n",
+                "refresh below 5 min",
+            ),
+            (
+                "jwks_url = \"https://idp/j\"\njwks_refresh_secs = 100000\n",
+                "refresh above 24 h",
+            ),
+            (
+                "jwks_file = \"j\"\nca_file = \"c\"\n",
+                "ca_file without a URL",
+            ),
+            (
+                "introspection_url = \"https://idp/i\"\n",
+                "introspection without credentials",
+            ),
+            (
+                "introspection_url = \"https://idp/i\"\nintrospection_client_id = \"p\"\n",
+                "no secret file",
+            ),
+            (
+                "jwks_file = \"j\"\nintrospection_client_id = \"p\"\n",
+                "credentials without introspection",
+            ),
+        ];
+        for (keys, why) in refused {
+            assert!(parse(&format!("{base}{keys}")).is_err(), "{why}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! - `wiring`: the failure delay, penalties, credential-cache order and the
 //!   fail2ban line (SECURITY.md "Password guessing");
 //! - `oauth`: the OAuth refusal matrix and JWKS reload;
+//! - `oauth_remote`: the JWKS URL (rotation, kid-miss rate limit, provider
+//!   down) and RFC 7662 introspection against the test's HTTPS provider;
 //! - here: the privilege drop.
 //!
 //! Privilege drop: `pobox serve` started as root with
@@ -18,6 +20,8 @@ mod util;
 
 #[path = "security/oauth.rs"]
 mod oauth;
+#[path = "security/oauth_remote.rs"]
+mod oauth_remote;
 #[path = "security/wiring.rs"]
 mod wiring;
 

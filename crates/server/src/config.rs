@@ -103,6 +103,8 @@ pub struct Config {
     pub tls_reload_interval: Duration,
     /// OAuth 2.0 (OAUTHBEARER, XOAUTH2) token validation; `None`: not offered.
     pub oauth: Option<pobox_auth::oauth::OAuthConfig>,
+    /// OAuth's networked parts: the JWKS URL and introspection (issue 18).
+    pub oauth_remote: Option<crate::oauth_remote::RemoteConfig>,
     /// SMTP: largest message accepted (SIZE, RFC 1870).
     pub smtp_max_message_size: u64,
     /// SMTP: most recipients per transaction.
@@ -207,6 +209,7 @@ impl Default for Config {
             credential_cache_ttl: Duration::from_secs(3600),
             tls_reload_interval: Duration::from_secs(60),
             oauth: None,
+            oauth_remote: None,
             smtp_max_message_size: 64 * 1024 * 1024,
             smtp_max_recipients: 100,
             smtp_max_connections_per_ip: 10,

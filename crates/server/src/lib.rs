@@ -33,6 +33,7 @@ pub mod delivery;
 mod intake;
 mod lmtp;
 pub mod metrics;
+pub mod oauth_remote;
 pub mod outbox;
 mod pop3;
 mod smtp;
@@ -88,8 +89,9 @@ pub struct Services {
     pub throttle: Arc<throttle::Throttle>,
     /// Cache of successful password verifications.
     pub credcache: Arc<credcache::CredCache>,
-    /// OAuth token validation, when configured.
-    pub oauth: Option<pobox_auth::oauth::OAuthValidator>,
+    /// OAuth token validation (JWKS file or URL, introspection), when
+    /// configured.
+    pub oauth: Option<oauth_remote::BearerAuth>,
     /// Open POP3 connections per client IP that have not authenticated.
     per_ip: Arc<throttle::PerIpConnections>,
     /// Authenticated POP3 connections per (user, client IP).
@@ -116,7 +118,10 @@ impl Services {
             outbox_wake,
             throttle: Arc::new(throttle::Throttle::new(config.auth_penalty_max)),
             credcache: Arc::new(credcache::CredCache::new(config.credential_cache_ttl)),
-            oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
+            oauth: config
+                .oauth
+                .as_ref()
+                .map(|o| oauth_remote::BearerAuth::for_service(o, config.oauth_remote.as_ref(), None)),
             per_ip: Arc::default(),
             per_user_ip: Arc::default(),
             smtp: Arc::new(smtp::Shared::new()),
@@ -153,7 +158,10 @@ impl Services {
             pipeline: delivery::Pipeline::new(self.store.clone(), config.sieve.clone())
                 .with_outbound(delivery::Outbound::from_config(&config, Some(self.outbox_wake.clone()))),
             outbox_wake: self.outbox_wake.clone(),
-            oauth: config.oauth.clone().map(pobox_auth::oauth::OAuthValidator::new),
+            oauth: config
+                .oauth
+                .as_ref()
+                .map(|o| oauth_remote::BearerAuth::for_service(o, config.oauth_remote.as_ref(), self.oauth.as_ref())),
             throttle: self.throttle.clone(),
             credcache: self.credcache.clone(),
             per_ip: self.per_ip.clone(),

@@ -73,11 +73,12 @@ fn start(dir: &Path, username_claim: Option<&str>) -> (String, tokio::sync::ones
     let config = Config {
         auth_failure_delay: Duration::ZERO,
         oauth: Some(OAuthConfig {
-            jwks_file: dir.join("jwks.json"),
+            jwks_file: Some(dir.join("jwks.json")),
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
             username_claim: username_claim.unwrap_or(OAuthConfig::DEFAULT_USERNAME_CLAIM).into(),
             leeway: Duration::ZERO,
+            required_scope: None,
         }),
         ..Config::default()
     };

@@ -265,11 +265,12 @@ fn oauth_server() -> (Server, Keys, tempfile::TempDir) {
     let (keys, jwks) = keys_and_jwks(tmp.path());
     let config = Config {
         oauth: Some(OAuthConfig {
-            jwks_file: jwks,
+            jwks_file: Some(jwks),
             issuer: ISSUER.into(),
             audience: AUDIENCE.into(),
             username_claim: "email".into(),
             leeway: Duration::from_secs(0),
+            required_scope: None,
         }),
         ..fast()
     };

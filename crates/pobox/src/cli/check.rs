@@ -119,9 +119,16 @@ pub fn run(data: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     }
 
     if let Some(o) = &settings.server.oauth {
-        match pobox_auth::oauth::OAuthValidator::new(o.clone()).check_jwks() {
-            Ok(n) => r.ok(&format!("oauth JWKS {} has {n} usable key(s)", o.jwks_file.display())),
-            Err(e) => r.error(&e.to_string()),
+        // Fetches the JWKS URL once (a diagnosis may use the network; the
+        // server itself starts without it).
+        let bearer = pobox_server::oauth_remote::BearerAuth::new(o, settings.server.oauth_remote.as_ref());
+        match bearer.check_all() {
+            Ok(lines) => {
+                for line in lines {
+                    r.ok(&format!("oauth {line}"));
+                }
+            }
+            Err(e) => r.error(&format!("oauth: {e}")),
         }
     }
 

@@ -44,7 +44,11 @@ pub fn service_paths(settings: &Settings, store: &MaildirStore) -> (Vec<std::pat
         read.push(pair.key.clone());
     }
     if let Some(o) = &settings.server.oauth {
-        read.push(o.jwks_file.clone());
+        read.extend(o.jwks_file.clone());
+    }
+    if let Some(r) = &settings.server.oauth_remote {
+        read.extend(r.ca_file.clone());
+        read.extend(r.introspection.as_ref().map(|i| i.secret_file.clone()));
     }
     if let Some(o) = &settings.server.outbound {
         read.extend(o.relay.ca_file.iter().chain(&o.relay.password_file).cloned());

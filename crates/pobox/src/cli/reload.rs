@@ -181,7 +181,9 @@ fn build(
         anyhow::bail!("passwd_file {}: {e}; every login would fail", settings.passwd_file.display());
     }
     if let Some(oauth) = &settings.server.oauth {
-        pobox_auth::oauth::OAuthValidator::new(oauth.clone()).check_jwks().context("[oauth]")?;
+        pobox_server::oauth_remote::BearerAuth::new(oauth, settings.server.oauth_remote.as_ref())
+            .check_local()
+            .map_err(|e| anyhow::anyhow!("[oauth]: {e}"))?;
     }
     let users = super::open_users(&settings);
     let needs_tls = !settings.pop3.is_empty() || !settings.pop3s.is_empty() || !settings.smtp.is_empty();

@@ -125,9 +125,11 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         }
     };
     if let Some(oauth) = &settings.server.oauth {
-        pobox_auth::oauth::OAuthValidator::new(oauth.clone())
-            .check_jwks()
-            .context("[oauth] setup failed")?;
+        // No network here: a JWKS URL is fetched in the background, so an
+        // unreachable provider does not keep POP3 down.
+        pobox_server::oauth_remote::BearerAuth::new(oauth, settings.server.oauth_remote.as_ref())
+            .check_local()
+            .map_err(|e| anyhow::anyhow!("[oauth] setup failed: {e}"))?;
     }
 
     // Bind everything before serving anything: a port that cannot be bound
