@@ -203,6 +203,9 @@ pub struct RawAutoconfig {
     pub pop3s_port: Option<u16>,
     /// The same for the POP3 (STLS) port.
     pub pop3_port: Option<u16>,
+    /// The user name clients log in with: `"local-part"` (default: what
+    /// delivery maps `user@domain` to) or `"address"`.
+    pub username: Option<String>,
 }
 
 /// `[autoconfig]`, validated.
@@ -222,6 +225,8 @@ pub struct AutoconfigSettings {
     pub pop3s_port: Option<u16>,
     /// Advertised POP3 port instead of the listener's.
     pub pop3_port: Option<u16>,
+    /// The login form.
+    pub login: pobox_server::autoconfig::LoginForm,
 }
 
 impl AutoconfigSettings {
@@ -266,7 +271,13 @@ fn autoconfig(raw: Option<RawAutoconfig>, server: &Config) -> anyhow::Result<Aut
             bail!("autoconfig.{key}: must be a port number from 1 to 65535");
         }
     }
+    let login = match raw.username.as_deref() {
+        None | Some("local-part") => pobox_server::autoconfig::LoginForm::LocalPart,
+        Some("address") => pobox_server::autoconfig::LoginForm::Address,
+        Some(other) => bail!("autoconfig.username: {other:?} must be \"local-part\" or \"address\""),
+    };
     Ok(AutoconfigSettings {
+        login,
         listen: addrs("listen", raw.listen)?,
         listen_tls: addrs("listen_tls", raw.listen_tls)?,
         hostname,
@@ -322,6 +333,7 @@ impl Settings {
             domains: self.server.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             provider: ac.provider.clone(),
             submission: ac.submission.clone(),
+            login: ac.login,
             leave_on_server: match self.server.retention.default.retrieved {
                 Days::After(n) if n > 0 => LeaveOnServer::Days(n),
                 _ => LeaveOnServer::No,
@@ -1210,5 +1222,43 @@ mod security_tests {
         assert!(parse("data_timeout_secs = 0").is_err());
         assert!(parse("data_memory_max = 1000").is_err());
         assert!(parse("data_in_flight_max = 1000").is_err());
+    }
+}
+
+#[cfg(test)]
+mod autoconfig_tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Settings> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Settings::from_raw(Path::new("/tmp/pobox-test"), raw)
+    }
+
+    #[test]
+    fn autoconfig_is_off_by_default_and_advertises_the_standard_ports() {
+        let s = parse("hostname = \"Mail.Example.org\"\ndomains = [\"example.org\"]\n").unwrap();
+        assert!(!s.autoconfig.enabled());
+        let offer = s.autoconfig_offer();
+        assert_eq!((offer.host.as_str(), offer.provider.as_str()), ("mail.example.org", "example.org"));
+        assert_eq!((offer.pop3s_port, offer.pop3_port), (Some(995), Some(110)));
+        let s = parse("pop3 = []\npop3s = [\"127.0.0.1:1995\", \"0.0.0.0:995\"]\n[autoconfig]\npop3s_port = 2995\n").unwrap();
+        assert_eq!((s.autoconfig_offer().pop3s_port, s.autoconfig_offer().pop3_port), (Some(2995), None));
+    }
+
+    #[test]
+    fn bad_autoconfig_values_name_their_key() {
+        for (text, key) in [
+            ("[autoconfig]\nlisten = [\"80\"]", "autoconfig.listen"),
+            ("[autoconfig]\nlisten_tls = [\"x:443\"]", "autoconfig.listen_tls"),
+            ("[autoconfig]\nsubmission = \"smtp.example.org\"", "autoconfig.submission"),
+            ("[autoconfig]\nsubmission = \"smtp example:587\"", "autoconfig.submission"),
+            ("[autoconfig]\nhostname = \"mail/x\"", "autoconfig.hostname"),
+            ("[autoconfig]\nusername = \"uid\"", "autoconfig.username"),
+            ("[autoconfig]\npop3s_port = 0", "autoconfig.pop3s_port"),
+        ] {
+            let e = format!("{:#}", parse(text).err().unwrap_or_else(|| panic!("accepted: {text}")));
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(parse("[autoconfig]\nbogus = 1").is_err(), "unknown keys are errors");
     }
 }

@@ -540,6 +540,29 @@ mod tests {
     }
 
     #[test]
+    fn the_autoconfig_listener_on_port_80_answers_challenges_too() {
+        use crate::autoconfig::{LeaveOnServer, LoginForm, Offer};
+        let c = Arc::new(Challenges::default());
+        c.http.lock().unwrap().insert("tok".into(), "tok.thumb".into());
+        let offer = Offer {
+            host: "mail.example.org".into(),
+            pop3s_port: Some(995),
+            pop3_port: None,
+            domains: Vec::new(),
+            provider: "x".into(),
+            submission: None,
+            leave_on_server: LeaveOnServer::No,
+            login: LoginForm::LocalPart,
+        };
+        let handler = crate::autoconfig::handler(offer, Some(c));
+        let get = |path: &str| handler(&crate::http::Request { method: "GET".into(), path: path.into(), ..Default::default() });
+        let answer = get("/.well-known/acme-challenge/tok");
+        assert_eq!((answer.status, answer.body.as_slice()), (200, b"tok.thumb".as_slice()));
+        assert_eq!(get("/.well-known/acme-challenge/other").status, 404);
+        assert_eq!(get("/mail/config-v1.1.xml").status, 200);
+    }
+
+    #[test]
     fn retry_delay_doubles_up_to_the_check_interval() {
         let day = Duration::from_secs(86_400);
         assert_eq!(retry_delay(1, day), Duration::from_secs(60));

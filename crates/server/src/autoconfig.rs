@@ -13,8 +13,9 @@
 //!
 //! Every document names the POP3 listeners the server really has, implicit
 //! TLS (995) first and STLS (110) second, and the user name that logs in:
-//! the address's local part, since a recipient `user@domain` is delivered
-//! to the passwd-file user `user` (`user+tag` to `user`).
+//! by default the address's local part, since a recipient `user@domain` is
+//! delivered to the passwd-file user `user` (`user+tag` to `user`); the
+//! whole address with `autoconfig.username = "address"`.
 //!
 //! Everything here is pure: [`Offer`] in, bytes out. The documents carry
 //! nothing secret; the e-mail address a client sends is escaped for the
@@ -47,6 +48,20 @@ pub struct Offer {
     /// What clients should do with retrieved mail (from the default
     /// retention policy).
     pub leave_on_server: LeaveOnServer,
+    /// Which form of the address logs in.
+    pub login: LoginForm,
+}
+
+/// The user name clients log in with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoginForm {
+    /// The local part without `+tag`: what delivery maps `user@domain` to,
+    /// so pobox's own users (`pobox user add alice`).
+    #[default]
+    LocalPart,
+    /// The whole address, for passwd-files whose user names are addresses
+    /// (imported from a Dovecot set up that way).
+    Address,
 }
 
 /// An outgoing mail server run elsewhere.
@@ -227,7 +242,10 @@ fn address(offer: &Offer, raw: &str) -> Result<Address, Response> {
     if !serves(offer, &domain) {
         return Err(Response::text(404, "domain not served here"));
     }
-    let login = local.split_once('+').map_or(local, |(u, _)| u).to_string();
+    let login = match offer.login {
+        LoginForm::LocalPart => local.split_once('+').map_or(local, |(u, _)| u).to_string(),
+        LoginForm::Address => format!("{local}@{domain}"),
+    };
     Ok(Address { full: full.to_string(), login, domain })
 }
 
@@ -297,7 +315,11 @@ pub fn thunderbird(offer: &Offer, domain: &str) -> Option<String> {
         let _ = writeln!(x, "      <port>{port}</port>");
         let _ = writeln!(x, "      <socketType>{}</socketType>", if implicit { "SSL" } else { "STARTTLS" });
         // The local part logs in (see the module docs); the client fills it in.
-        let _ = writeln!(x, "      <username>%EMAILLOCALPART%</username>");
+        let placeholder = match offer.login {
+            LoginForm::LocalPart => "%EMAILLOCALPART%",
+            LoginForm::Address => "%EMAILADDRESS%",
+        };
+        let _ = writeln!(x, "      <username>{placeholder}</username>");
         let _ = writeln!(x, "      <authentication>password-cleartext</authentication>");
         let _ = writeln!(x, "      <pop3>");
         match offer.leave_on_server {
@@ -609,6 +631,7 @@ mod tests {
             provider: "Example".into(),
             submission: None,
             leave_on_server: LeaveOnServer::No,
+            login: LoginForm::LocalPart,
         }
     }
 
@@ -648,6 +671,15 @@ mod tests {
         assert_eq!(get("/mail/config-v1.1.xml?emailaddress=nobody").status, 400);
         assert_eq!(get("/mail/config-v1.1.xml?emailaddress=a%20b%40example.org").status, 400);
         assert_eq!(get("/mail/../../etc/passwd").status, 404);
+    }
+
+    #[test]
+    fn the_whole_address_logs_in_when_configured() {
+        let o = Offer { login: LoginForm::Address, ..offer() };
+        assert!(thunderbird(&o, "example.org").unwrap().contains("<username>%EMAILADDRESS%</username>"));
+        let a = address(&o, "bob+x@Example.org").unwrap();
+        assert_eq!(a.login, "bob+x@example.org");
+        assert!(autodiscover_xml(&o, &a).unwrap().contains("<LoginName>bob+x@example.org</LoginName>"));
     }
 
     #[test]
