@@ -64,7 +64,7 @@ assert p["PayloadType"] == "Configuration", p
 for k, v in sorted(mail.items()):
     print("%s=%s" % (k, v))
 "#;
-    let out = TestCommand::new("python3").args(["-c", SCRIPT]).stdin(plist.as_bytes()).output();
+    let out = TestCommand::tool("python3").args(["-c", SCRIPT]).stdin(plist.as_bytes()).output();
     assert!(out.status.success(), "plistlib refused the profile\n{}\n{plist}\n{}", out.dump(), server.dump());
     out.stdout().lines().filter_map(|l| l.split_once('=')).map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
