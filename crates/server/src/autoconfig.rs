@@ -94,17 +94,6 @@ pub enum LeaveOnServer {
     Days(u32),
 }
 
-/// Settings of the listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AutoconfigConfig {
-    /// Plain HTTP addresses.
-    pub listen: Vec<std::net::SocketAddr>,
-    /// HTTPS addresses (the POP3 certificates).
-    pub listen_tls: Vec<std::net::SocketAddr>,
-    /// The documents' content.
-    pub offer: Offer,
-}
-
 /// The bounds of the autoconfig listener. A POX request is a few hundred
 /// bytes; 16 KiB leaves room for clients that add more, and nothing more
 /// is ever held.
@@ -188,12 +177,12 @@ pub fn respond(offer: &Offer, request: &Request) -> Response {
                     Err(r) => return r,
                 },
                 None => {
-                    let host = request.header("host").unwrap_or_default();
+                    let host = request.header("host").unwrap_or_default().to_ascii_lowercase();
+                    let host = host.as_str();
                     let host = host
                         .rsplit_once(':')
                         .map_or(host, |(h, p)| if p.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
-                    let from_host =
-                        host.strip_prefix("autoconfig.").filter(|d| valid_domain(d)).map(str::to_ascii_lowercase);
+                    let from_host = host.strip_prefix("autoconfig.").filter(|d| valid_domain(d)).map(str::to_string);
                     match from_host.filter(|d| serves(offer, d)) {
                         Some(d) => d,
                         None => offer.domains.first().cloned().unwrap_or_else(|| offer.host.clone()),
