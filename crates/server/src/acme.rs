@@ -53,7 +53,7 @@ use instant_acme::{
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::tls::{CertPair, CertStore, LoadedCert, load_one};
 
@@ -283,15 +283,10 @@ impl Acme {
     /// Runs until the task is dropped.
     pub async fn run(mut self, store: Arc<CertStore>) {
         if let Some(l) = self.http.take() {
-            match l.set_nonblocking(true) {
-                Ok(()) => {
-                    let challenges = store.challenges();
-                    let handler: crate::http::Handler =
-                        Arc::new(move |r: &crate::http::Request| http_challenge_response(r, &challenges));
-                    tokio::spawn(crate::http::serve(l, None, HTTP_LIMITS, "acme-http-01", handler));
-                }
-                Err(e) => error!(error = %e, "ACME: the HTTP-01 listener cannot be used"),
-            }
+            let challenges = store.challenges();
+            let handler: crate::http::Handler =
+                Arc::new(move |r: &crate::http::Request| http_challenge_response(r, &challenges));
+            tokio::spawn(crate::http::serve(l, None, HTTP_LIMITS, "acme-http-01", handler));
         }
         let mut failures: u32 = 0;
         loop {

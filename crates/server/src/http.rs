@@ -202,7 +202,9 @@ pub async fn serve(
     name: &'static str,
     handler: Handler,
 ) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
+    // Whoever bound it (ACME hands over a blocking socket), tokio needs it
+    // non-blocking.
+    let listener = match listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)) {
         Ok(l) => l,
         Err(e) => {
             warn!(error = %e, endpoint = name, "HTTP listener unusable; not served");

@@ -412,6 +412,10 @@ async fn serve(
         let cfg = acme.config();
         let via = match acme.http_local_addr() {
             Some(addr) => format!("{} on {addr}", cfg.challenge),
+            // Handed to the autoconfig listener on the same address.
+            None if cfg.challenge == pobox_server::acme::ChallengeKind::Http01 => {
+                format!("{} on {} (the autoconfig listener)", cfg.challenge, cfg.http_listen)
+            }
             None => cfg.challenge.to_string(),
         };
         let state = match tls.store.acme() {
