@@ -19,17 +19,22 @@
 //! - [`credcache`]: the cache of successful password verifications.
 //! - [`privdrop`]: switching to the unprivileged user.
 //! - [`metrics`]: counters and the OpenMetrics endpoint.
+//! - [`http`]: the small HTTP/1.1 server behind metrics, ACME HTTP-01 and
+//!   autoconfig.
+//! - [`autoconfig`]: the client autoconfiguration documents.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod acme;
+pub mod autoconfig;
 pub mod config;
 mod conn;
 mod control;
 pub mod credcache;
 pub mod date;
 pub mod delivery;
+pub mod http;
 mod intake;
 mod lmtp;
 pub mod metrics;

@@ -258,11 +258,18 @@ fn needs_restart(started: &Settings, new: &Settings) -> Vec<String> {
         ("data_in_flight_max", a.data_in_flight_max != b.data_in_flight_max),
         ("dns_resolver", a.mail_auth.resolver != b.mail_auth.resolver),
         ("retention.expire_interval_secs", a.expire_interval != b.expire_interval),
+        // Its listeners and documents are built once at start.
+        ("[autoconfig] (listeners and the documents they serve)", autoconfig_changed(started, new)),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
     .map(|(key, _)| key.to_string())
     .collect()
+}
+
+fn autoconfig_changed(started: &Settings, new: &Settings) -> bool {
+    let (a, b) = (&started.autoconfig, &new.autoconfig);
+    (a.enabled() || b.enabled()) && (a != b || started.autoconfig_offer() != new.autoconfig_offer())
 }
 
 #[cfg(test)]

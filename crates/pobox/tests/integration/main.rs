@@ -13,6 +13,8 @@
 //! - `logs`, `limits`: session summary lines, plain log values, connection
 //!   limits (issue 12, items 7 and 9).
 //! - `metrics`: the OpenMetrics endpoint, counters checked against a script.
+//! - `autoconfig`: the client autoconfiguration listener (Thunderbird,
+//!   Autodiscover, PACC, Apple) and `pobox dns` (issue 13 items 4 and 5).
 //! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
@@ -28,6 +30,7 @@
 #![allow(unreachable_pub)]
 
 mod audit;
+mod autoconfig;
 mod cli;
 mod filters;
 mod limits;
