@@ -47,35 +47,86 @@ pub(crate) fn sanitize(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(256).collect()
 }
 
+/// Who an LMTP recipient (or a Postfix policy request's `recipient=`,
+/// which names the mail Postfix will hand to LMTP) is: one mapping, so
+/// the policy service and LMTP can never disagree about a user.
+pub(crate) enum LocalRecipient {
+    /// A local user (`user`, `user+tag`, `user@domain`, `user+tag@domain`).
+    User(String),
+    /// The domain is not one of `domains` (only when `domains` is set).
+    OtherDomain(String),
+    /// No such user.
+    Unknown,
+    /// The user database could not be read.
+    Unavailable,
+}
+
+/// Maps `address` to a local user the way LMTP's `RCPT` does.
+pub(crate) async fn local_recipient(svc: &Arc<crate::Services>, address: &str) -> LocalRecipient {
+    let (local, domain) = match address.rsplit_once('@') {
+        Some((l, d)) => (l, Some(d)),
+        None => (address, None),
+    };
+    if let Some(domain) = domain
+        && !svc.config.domains.is_empty()
+        && !svc.config.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
+    {
+        return LocalRecipient::OtherDomain(domain.to_string());
+    }
+    let user = local.split_once('+').map_or(local, |(u, _)| u).to_string();
+    if !pobox_auth::userdb::valid_username(&user) {
+        return LocalRecipient::Unknown;
+    }
+    let users = svc.users.clone();
+    let lookup = user.clone();
+    match tokio::task::spawn_blocking(move || users.exists(&lookup)).await {
+        Ok(Ok(true)) => LocalRecipient::User(user),
+        Ok(Ok(false)) => LocalRecipient::Unknown,
+        _ => LocalRecipient::Unavailable,
+    }
+}
+
+/// The reply for a recipient refused for quota (CRLF included):
+/// temporary unless `over_quota` is permanent.
+pub(crate) fn quota_reply(svc: &crate::Services) -> &'static str {
+    if svc.config.quota_permanent {
+        "552 5.2.2 mailbox full\r\n"
+    } else {
+        "452 4.2.2 mailbox full, try again later\r\n"
+    }
+}
+
 /// The `RCPT` reply for a recipient whose mailbox is already full (at or
 /// over a quota limit), or `None` to accept them: refusing here, before
-/// DATA, spares the MTA a bounce after it has taken the message. Users
-/// without a quota cost nothing (no disk access); otherwise the store's
-/// usage (`maildirsize`) is read on the blocking pool. An error reading it
-/// accepts the recipient: the quota check at delivery remains the guard.
+/// DATA, spares the MTA a bounce after it has taken the message.
 pub(crate) async fn quota_refusal(svc: &Arc<crate::Services>, user: &str) -> Option<&'static str> {
+    over_quota(svc, user, 1).await.then(|| quota_reply(svc))
+}
+
+/// Whether one more message of `size` octets would put `user` over quota
+/// (a size of 1: already full). Users without a quota cost nothing (no
+/// disk access); otherwise the store's usage (`maildirsize`) is read on
+/// the blocking pool. An error reading it answers `false` (accept): the
+/// quota check at delivery remains the guard.
+pub(crate) async fn over_quota(svc: &Arc<crate::Services>, user: &str, size: u64) -> bool {
     if svc.store.quota(user).is_unlimited() {
-        return None;
+        return false;
     }
     let store = svc.store.clone();
     let lookup = user.to_owned();
-    match tokio::task::spawn_blocking(move || store.quota_full(&lookup)).await {
+    match tokio::task::spawn_blocking(move || store.quota_exceeded_by(&lookup, size)).await {
         Ok(Ok(Some(usage))) => {
-            tracing::info!(%user, messages = usage.messages, octets = usage.bytes, "recipient refused: over quota");
-            Some(if svc.config.quota_permanent {
-                "552 5.2.2 mailbox full\r\n"
-            } else {
-                "452 4.2.2 mailbox full, try again later\r\n"
-            })
+            tracing::info!(%user, messages = usage.messages, octets = usage.bytes, size, "recipient refused: over quota");
+            true
         }
-        Ok(Ok(None)) => None,
+        Ok(Ok(None)) => false,
         Ok(Err(e)) => {
-            tracing::debug!(%user, error = %e, "quota usage unreadable at RCPT; accepting");
-            None
+            tracing::debug!(%user, error = %e, "quota usage unreadable before DATA; accepting");
+            false
         }
         Err(e) => {
-            tracing::debug!(%user, error = %e, "quota check task failed at RCPT; accepting");
-            None
+            tracing::debug!(%user, error = %e, "quota check task failed before DATA; accepting");
+            false
         }
     }
 }

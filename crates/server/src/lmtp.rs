@@ -297,29 +297,19 @@ impl Session {
         self.data = None;
     }
 
-    /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user.
+    /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user
+    /// (the mapping is `intake::local_recipient`, shared with the policy
+    /// service).
     async fn check_recipient(&self, address: &str, svc: &Arc<Services>) -> Result<String, String> {
-        let (local, domain) = match address.rsplit_once('@') {
-            Some((l, d)) => (l, Some(d)),
-            None => (address, None),
+        use crate::intake::LocalRecipient;
+        let user = match crate::intake::local_recipient(svc, address).await {
+            LocalRecipient::User(user) => user,
+            LocalRecipient::OtherDomain(domain) => {
+                return Err(format!("550 5.1.2 domain {} is not served here\r\n", sanitize(&domain)));
+            }
+            LocalRecipient::Unknown => return Err("550 5.1.1 no such user\r\n".into()),
+            LocalRecipient::Unavailable => return Err("451 4.3.0 user database unavailable\r\n".into()),
         };
-        if let Some(domain) = domain
-            && !svc.config.domains.is_empty()
-            && !svc.config.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-        {
-            return Err(format!("550 5.1.2 domain {} is not served here\r\n", sanitize(domain)));
-        }
-        let user = local.split_once('+').map_or(local, |(u, _)| u).to_string();
-        if !pobox_auth::userdb::valid_username(&user) {
-            return Err("550 5.1.1 no such user\r\n".into());
-        }
-        let users = svc.users.clone();
-        let lookup = user.clone();
-        match tokio::task::spawn_blocking(move || users.exists(&lookup)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return Err("550 5.1.1 no such user\r\n".into()),
-            _ => return Err("451 4.3.0 user database unavailable\r\n".into()),
-        }
         // Already full: refused now, not after DATA (the DATA-time check
         // stays, for the message that pushes a user over).
         match crate::intake::quota_refusal(svc, &user).await {
