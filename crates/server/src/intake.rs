@@ -131,41 +131,146 @@ pub(crate) async fn over_quota(svc: &Arc<crate::Services>, user: &str, size: u64
     }
 }
 
-/// A message being received after `DATA`.
+/// A message being received, after `DATA` or over `BDAT` chunks.
 pub(crate) struct Body {
-    receiver: DataReceiver,
+    framing: Framing,
     sink: Sink,
-    /// The receiver's output for one read, before it goes to the sink.
-    scratch: Vec<u8>,
-    /// The overall DATA deadline (`data_timeout`): a peer trickling one
-    /// byte per read timeout must not hold a connection and its spool
-    /// file forever.
+    /// The overall deadline (`data_timeout`), for DATA and for all chunks
+    /// of a BDAT transaction together: a peer trickling one byte per read
+    /// timeout must not hold a connection and its spool file forever.
     pub(crate) deadline: Instant,
 }
 
+/// How the message's end is found.
+enum Framing {
+    /// `DATA`: dot-stuffed lines ending at `<CRLF>.<CRLF>`.
+    Dots {
+        receiver: DataReceiver,
+        /// The receiver's output for one read, before it goes to the sink.
+        scratch: Vec<u8>,
+    },
+    /// `BDAT` (RFC 3030): counted chunks whose octets are the message as
+    /// they are: no dots, no end marker, nothing to smuggle past.
+    Chunks {
+        /// Octets of the current chunk not read yet.
+        remaining: u64,
+        /// The current chunk is the `LAST` one.
+        last: bool,
+        /// Octets of the current chunk, for its reply.
+        chunk: u64,
+        line_ends: LineEnds,
+    },
+}
+
+/// Finds bare CR and bare LF in chunk data, across chunk boundaries (DATA
+/// has `DataReceiver` for it).
+#[derive(Default)]
+struct LineEnds {
+    after_cr: bool,
+    bare: bool,
+}
+
+impl LineEnds {
+    fn scan(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            if (b == b'\n') != self.after_cr {
+                // LF without CR before it, or CR without LF after it.
+                self.bare = true;
+            }
+            self.after_cr = b == b'\r';
+        }
+    }
+}
+
 impl Body {
-    /// A receiver for a new message of at most `max` bytes.
+    /// A receiver for a new `DATA` message of at most `max` bytes.
     pub(crate) fn new(budget: &Arc<Budget>, max: u64, timeout: Duration) -> Body {
         Body {
-            receiver: DataReceiver::new(),
+            framing: Framing::Dots { receiver: DataReceiver::new(), scratch: Vec::new() },
             sink: Sink::new(budget, max),
-            scratch: Vec::new(),
             deadline: Instant::now() + timeout,
         }
     }
 
-    /// Feeds DATA bytes; returns how many were consumed (the rest follows
-    /// the end of data) and whether the end was seen.
+    /// A receiver for a new `BDAT` message of at most `max` bytes; each
+    /// chunk is announced with [`Body::start_chunk`].
+    pub(crate) fn chunked(budget: &Arc<Budget>, max: u64, timeout: Duration) -> Body {
+        Body {
+            framing: Framing::Chunks { remaining: 0, last: false, chunk: 0, line_ends: LineEnds::default() },
+            sink: Sink::new(budget, max),
+            deadline: Instant::now() + timeout,
+        }
+    }
+
+    /// The next `size` octets on the connection are a chunk (the `LAST`
+    /// one if `last`).
+    pub(crate) fn start_chunk(&mut self, size: u64, is_last: bool) {
+        if let Framing::Chunks { remaining, last, chunk, .. } = &mut self.framing {
+            *remaining = size;
+            *chunk = size;
+            *last = is_last;
+        }
+    }
+
+    /// Whether the bytes on the connection belong to the message now: for
+    /// DATA until its end, for BDAT until the current chunk is complete
+    /// (between chunks the peer sends commands).
+    pub(crate) fn reading(&self) -> bool {
+        match &self.framing {
+            Framing::Dots { .. } => true,
+            Framing::Chunks { remaining, .. } => *remaining > 0,
+        }
+    }
+
+    /// The current chunk is the `LAST` one (DATA: always).
+    pub(crate) fn is_last(&self) -> bool {
+        match &self.framing {
+            Framing::Dots { .. } => true,
+            Framing::Chunks { last, .. } => *last,
+        }
+    }
+
+    /// The size of the current chunk.
+    pub(crate) fn chunk_size(&self) -> u64 {
+        match &self.framing {
+            Framing::Dots { .. } => 0,
+            Framing::Chunks { chunk, .. } => *chunk,
+        }
+    }
+
+    /// Why the message will not be kept, once known before its end.
+    pub(crate) fn refused(&self) -> Option<Refusal> {
+        self.sink.refused()
+    }
+
+    /// Feeds bytes from the connection; returns how many belong to the
+    /// message (the rest follows its end or the chunk's) and whether the
+    /// end (DATA) or the end of the chunk (BDAT) was reached.
     pub(crate) fn ingest(&mut self, bytes: &[u8]) -> (usize, bool) {
-        self.scratch.clear();
-        let (consumed, done) = self.receiver.ingest(bytes, &mut self.scratch);
-        self.sink.write(&self.scratch);
-        (consumed, done)
+        match &mut self.framing {
+            Framing::Dots { receiver, scratch } => {
+                scratch.clear();
+                let (consumed, done) = receiver.ingest(bytes, scratch);
+                self.sink.write(scratch);
+                (consumed, done)
+            }
+            Framing::Chunks { remaining, line_ends, .. } => {
+                let n = usize::try_from(*remaining).unwrap_or(usize::MAX).min(bytes.len());
+                line_ends.scan(&bytes[..n]);
+                self.sink.write(&bytes[..n]);
+                *remaining -= n as u64;
+                (n, *remaining == 0)
+            }
+        }
     }
 
     /// The message held a CR not followed by LF or an LF not preceded by CR.
     pub(crate) fn saw_bare_line_end(&self) -> bool {
-        self.receiver.saw_bare_cr() || self.receiver.saw_bare_lf()
+        match &self.framing {
+            Framing::Dots { receiver, .. } => receiver.saw_bare_cr() || receiver.saw_bare_lf(),
+            // A CR as the very last octet has no LF after it.
+            Framing::Chunks { line_ends, .. } => line_ends.bare || line_ends.after_cr,
+        }
     }
 
     /// The complete message, or why it is not kept.

@@ -9,7 +9,11 @@
 //!
 //! DATA is received by `pobox_proto::data` (only `<CRLF>.<CRLF>` ends it),
 //! held in memory or a spool file (`spool.rs`) and streamed to each copy;
-//! a whole DATA may take at most `data_timeout`. A bare CR or LF in the
+//! a whole DATA may take at most `data_timeout`. `BDAT` chunks (CHUNKING,
+//! RFC 3030; Postfix's LMTP client uses them when offered) go to the same
+//! receiver (`intake::Body`) octet for octet, with the same size limit,
+//! budgets, deadline (for all chunks together) and replies: one per
+//! recipient after `BDAT ... LAST`, once the copies are durable. A bare CR or LF in the
 //! message is kept (see `intake.rs` for why LMTP and SMTP differ).
 //!
 //! After [`MAX_BAD_COMMANDS`] protocol errors (`50x` replies: unknown,
@@ -55,6 +59,10 @@ struct Session {
     from: Option<String>,
     recipients: Vec<Recipient>,
     data: Option<Body>,
+    /// Octets of a refused `BDAT` chunk still to read and drop: the peer
+    /// sends them whatever the reply (RFC 3030 §2), and they are not
+    /// commands.
+    skip: u64,
     peer: String,
     bad_commands: u32,
 }
@@ -70,6 +78,7 @@ where
         from: None,
         recipients: Vec::new(),
         data: None,
+        skip: 0,
         peer,
         bad_commands: 0,
     };
@@ -124,14 +133,23 @@ where
         inbuf.extend_from_slice(&buf[..n]);
         let mut pos = 0;
         while pos < inbuf.len() {
-            if let Some(body) = session.data.as_mut() {
+            if session.skip > 0 {
+                let n = usize::try_from(session.skip).unwrap_or(usize::MAX).min(inbuf.len() - pos);
+                pos += n;
+                session.skip -= n as u64;
+                continue;
+            }
+            if let Some(body) = session.data.as_mut()
+                && body.reading()
+            {
                 let (consumed, done) = body.ingest(&inbuf[pos..]);
                 pos += consumed;
                 if !done {
                     break;
                 }
-                // End of DATA: deliver, one reply per recipient.
-                session.finish_data(&svc, &mut out).await;
+                // End of DATA or of a chunk: a reply for the chunk, or
+                // (at the end) deliver with one reply per recipient.
+                session.chunk_done(&svc, &mut out).await;
                 if stream.write_all(&out).await.is_err() {
                     return;
                 }
@@ -225,7 +243,7 @@ impl Session {
                 out.extend_from_slice(
                     format!(
                         "250-{}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
-                         250-SMTPUTF8\r\n250 SIZE {}\r\n",
+                         250-SMTPUTF8\r\n250-CHUNKING\r\n250 SIZE {}\r\n",
                         svc.config.hostname, svc.config.lmtp_max_message_size
                     )
                     .as_bytes(),
@@ -249,6 +267,8 @@ impl Session {
             Request::Rcpt { to } => {
                 if self.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.data.is_some() {
+                    reply(out, "503 5.5.1 RCPT after BDAT\r\n");
                 } else if self.recipients.len() >= svc.config.lmtp_max_recipients {
                     reply(out, "452 4.5.3 too many recipients\r\n");
                 } else {
@@ -264,6 +284,9 @@ impl Session {
             Request::Data => {
                 if self.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.data.is_some() {
+                    // RFC 3030 §2: no DATA in a BDAT transaction.
+                    reply(out, "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n");
                 } else if self.recipients.is_empty() {
                     reply(out, "503 5.5.1 no valid recipients\r\n");
                 } else if svc.intake.in_flight_full() {
@@ -273,7 +296,33 @@ impl Session {
                     reply(out, "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n");
                 }
             }
-            Request::Bdat { .. } => reply(out, "502 5.5.1 BDAT not supported\r\n"),
+            Request::Bdat { chunk_size, is_last } => {
+                let size = chunk_size as u64;
+                let refusal = if self.from.is_none() {
+                    Some("503 5.5.1 MAIL first\r\n")
+                } else if self.recipients.is_empty() {
+                    Some("503 5.5.1 no valid recipients\r\n")
+                } else if self.data.is_none() && svc.intake.in_flight_full() {
+                    Some("452 4.3.1 insufficient system storage, try again later\r\n")
+                } else {
+                    None
+                };
+                if let Some(text) = refusal {
+                    // Its octets follow anyway; they are not commands.
+                    self.skip = size;
+                    reply(out, text);
+                    return false;
+                }
+                crate::metrics::bdat_chunk(crate::Protocol::Lmtp);
+                debug!(peer = %self.peer, size, last = is_last, "BDAT chunk");
+                let max = svc.config.lmtp_max_message_size;
+                let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max, svc.config.data_timeout));
+                body.start_chunk(size, is_last);
+                if size == 0 {
+                    // Nothing to read: `BDAT 0 LAST` ends the message now.
+                    self.chunk_done(svc, out).await;
+                }
+            }
             Request::Rset => {
                 self.reset();
                 reply(out, "250 2.0.0 ok\r\n");
@@ -316,6 +365,23 @@ impl Session {
             Some(refusal) => Err(refusal.into()),
             None => Ok(user),
         }
+    }
+
+    /// The end of DATA or of a BDAT chunk. Before `LAST` a chunk gets one
+    /// reply: `250`, or the refusal once the message is known to be too
+    /// big or to have no room (the transaction stays, its further chunks
+    /// are read and refused the same way, until `LAST` or `RSET`).
+    async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
+        let Some(body) = self.data.as_ref() else { return };
+        if body.is_last() {
+            return self.finish_data(svc, out).await;
+        }
+        let line = match body.refused() {
+            Some(Refusal::TooBig) => "552 5.3.4 message too big\r\n".to_string(),
+            Some(Refusal::NoRoom) => "452 4.3.1 insufficient system storage, try again later\r\n".to_string(),
+            None => format!("250 2.0.0 {} octets received\r\n", body.chunk_size()),
+        };
+        out.extend_from_slice(line.as_bytes());
     }
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
