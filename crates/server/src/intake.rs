@@ -1,6 +1,15 @@
-//! What LMTP and SMTP intake share: the DATA body (receiver, spool, size,
-//! deadline), the copy handed to delivery, and the sanitising of peer text.
-//! One copy, so a fix to either reaches both.
+//! What LMTP and SMTP intake share: the message body (DATA's dot receiver
+//! or BDAT's counted chunks, then one spool, size limit and deadline), the
+//! recipient mapping and quota check at RCPT (also the Postfix policy
+//! service's), the copy handed to delivery, and the sanitising of peer
+//! text. One copy, so a fix to either reaches both.
+//!
+//! # BDAT
+//! Chunk octets are the message as they are (RFC 3030): no dot-stuffing,
+//! no end marker, so nothing in the content can end a message early. The
+//! bare CR/LF rule below applies to them as to DATA: SMTP refuses such a
+//! message after `LAST` (the reader-split reason holds, the smuggling one
+//! does not arise), LMTP keeps it.
 //!
 //! # Bare CR and bare LF in DATA
 //! Only `<CRLF>.<CRLF>` ends a message (`pobox_proto::data`), so no bare CR
