@@ -335,3 +335,52 @@ impl Source for Copy<'_> {
         Box::new(self.trace.chain(self.message.reader(self.skip)))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every split of `m` into two chunks finds the same answer as one chunk.
+    fn bare(m: &[u8]) -> bool {
+        let whole = {
+            let mut l = LineEnds::default();
+            l.scan(m);
+            l.bare || l.after_cr
+        };
+        for k in 0..=m.len() {
+            let mut l = LineEnds::default();
+            l.scan(&m[..k]);
+            l.scan(&m[k..]);
+            assert_eq!(l.bare || l.after_cr, whole, "{m:?} split at {k}");
+        }
+        whole
+    }
+
+    #[test]
+    fn bare_line_ends_in_chunks_are_found_across_chunk_boundaries() {
+        assert!(!bare(b""));
+        assert!(!bare(b"a\r\nb\r\n"));
+        assert!(!bare(b"no line end at all"));
+        assert!(bare(b"a\nb\r\n"));
+        assert!(bare(b"a\rb\r\n"));
+        assert!(bare(b"a\r\n\r"));
+        assert!(bare(b"\n"));
+        assert!(bare(b"a\r\r\n"));
+    }
+
+    #[test]
+    fn chunks_take_exactly_their_octets() {
+        let budget = Arc::new(Budget::new(1 << 20, 1 << 20, None));
+        let mut body = Body::chunked(&budget, 1000, Duration::from_secs(60));
+        assert!(!body.reading(), "nothing announced yet");
+        body.start_chunk(5, false);
+        assert_eq!(body.ingest(b"ab"), (2, false));
+        assert_eq!(body.ingest(b"c\r\n.\r\nQUIT\r\n"), (3, true));
+        assert!(!body.reading() && !body.is_last());
+        body.start_chunk(3, true);
+        assert_eq!(body.ingest(b".\r\nX"), (3, true));
+        assert!(body.is_last());
+        let m = body.finish().unwrap();
+        assert_eq!(m.in_memory().unwrap(), b"abc\r\n.\r\n");
+    }
+}

@@ -10,11 +10,13 @@
 //! DATA is received by `pobox_proto::data` (only `<CRLF>.<CRLF>` ends it),
 //! held in memory or a spool file (`spool.rs`) and streamed to each copy;
 //! a whole DATA may take at most `data_timeout`. `BDAT` chunks (CHUNKING,
-//! RFC 3030; Postfix's LMTP client uses them when offered) go to the same
-//! receiver (`intake::Body`) octet for octet, with the same size limit,
-//! budgets, deadline (for all chunks together) and replies: one per
-//! recipient after `BDAT ... LAST`, once the copies are durable. A bare CR or LF in the
-//! message is kept (see `intake.rs` for why LMTP and SMTP differ).
+//! RFC 3030; Dovecot's LMTP proxy sends them, Postfix's LMTP client sends
+//! DATA even when CHUNKING is offered) go to the same receiver
+//! (`intake::Body`) octet for octet, with the same size limit, budgets,
+//! deadline (for all chunks together) and replies: one per recipient after
+//! `BDAT ... LAST`, once the copies are durable. A refused `BDAT` still has
+//! its octets read and dropped. A bare CR or LF in the message is kept
+//! (see `intake.rs` for why LMTP and SMTP differ).
 //!
 //! After [`MAX_BAD_COMMANDS`] protocol errors (`50x` replies: unknown,
 //! malformed or out-of-order commands) the connection is closed with
