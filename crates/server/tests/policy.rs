@@ -39,6 +39,10 @@ impl Drop for TestServer {
 /// alice (10 messages allowed, none yet), bob (1 allowed, 1 there: full),
 /// carol (3000 octets allowed, none yet), dave (no quota).
 fn start(permanent: bool, reject_unknown: bool) -> TestServer {
+    start_with(permanent, reject_unknown, 100)
+}
+
+fn start_with(permanent: bool, reject_unknown: bool, max_connections: usize) -> TestServer {
     let dir = tempfile::tempdir().unwrap();
     let users = UserDb::open(dir.path().join("users"));
     for u in ["alice", "bob", "carol", "dave"] {
@@ -65,6 +69,7 @@ fn start(permanent: bool, reject_unknown: bool) -> TestServer {
         expire_interval: Duration::ZERO,
         quota_permanent: permanent,
         policy_reject_unknown: reject_unknown,
+        policy_max_connections: max_connections,
         mail_auth: MailAuthConfig { enabled: false, ..MailAuthConfig::default() },
         ..Config::default()
     };
@@ -130,10 +135,11 @@ impl Conn {
         self.answer()
     }
 
-    /// True when the server closed the connection.
+    /// True when the server closed the connection (end of stream within
+    /// the read timeout; a timeout is not a close).
     fn closed(&mut self) -> bool {
         let mut rest = Vec::new();
-        matches!(self.reader.read_to_end(&mut rest), Ok(0)) || rest.is_empty()
+        self.reader.read_to_end(&mut rest).is_ok()
     }
 }
 
@@ -262,4 +268,30 @@ fn garbage_gets_a_deferral_and_a_close() {
     assert!(c.closed());
     // The service still answers.
     assert_eq!(Conn::open(&s.policy).ask(&request("RCPT", "alice@example.org", 0)), "DUNNO");
+}
+
+#[test]
+fn connections_past_the_cap_are_closed_and_a_freed_slot_is_reused() {
+    let s = start_with(false, false, 1);
+    let mut first = Conn::open(&s.policy);
+    assert_eq!(first.ask(&request("RCPT", "alice@example.org", 0)), "DUNNO");
+    let mut second = Conn::open(&s.policy);
+    assert!(second.closed(), "a second connection is closed at once");
+    assert_eq!(first.ask(&request("RCPT", "bob@example.org", 0)).get(..9), Some("452 4.2.2"));
+    drop(first);
+    // The slot comes back when the first session's task ends: retry a
+    // bounded number of times.
+    let mut answered = false;
+    for _ in 0..100 {
+        let mut c = Conn::open(&s.policy);
+        c.writer.write_all(request("RCPT", "alice@example.org", 0).as_bytes()).unwrap();
+        let mut line = String::new();
+        if c.reader.read_line(&mut line).unwrap_or(0) > 0 {
+            assert_eq!(line, "action=DUNNO\n");
+            answered = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(answered, "the freed slot was never reused");
 }
