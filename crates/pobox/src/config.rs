@@ -178,6 +178,9 @@ pub struct RawConfig {
     /// Client autoconfiguration over HTTP(S) (Thunderbird, Outlook, PACC,
     /// Apple); off unless `listen` or `listen_tls` names an address.
     pub autoconfig: Option<RawAutoconfig>,
+    /// The Postfix policy service (`check_policy_service`); off unless
+    /// `listen` is set.
+    pub policy: Option<RawPolicyService>,
 }
 
 /// `[autoconfig]`: the documents mail clients fetch to set themselves up,
@@ -340,6 +343,20 @@ impl Settings {
             },
         }
     }
+}
+
+
+/// `[policy]`: the Postfix policy service (SMTPD policy delegation).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyService {
+    /// Addresses (`IP:PORT` or `unix:/path`); default none (off).
+    pub listen: Option<Vec<String>>,
+    /// Answer `550 5.1.1` for recipients that are no local user (default
+    /// false: `DUNNO`).
+    pub reject_unknown: Option<bool>,
+    /// Most policy connections at once (default 100).
+    pub max_connections: Option<usize>,
 }
 
 /// `[acme]`: certificates from an ACME CA (Let's Encrypt by default).
@@ -582,6 +599,8 @@ pub struct Settings {
     pub lmtp: Vec<ListenAddr>,
     /// See `pop3` (TCP only).
     pub smtp: Vec<ListenAddr>,
+    /// The Postfix policy service (`[policy] listen`; default none).
+    pub policy: Vec<ListenAddr>,
     /// The server's settings.
     pub server: Config,
     /// Quotas (applied by the store).
@@ -685,6 +704,7 @@ impl Settings {
                 .map(|(u, q)| (u, Quota { bytes: q.bytes, messages: q.messages }))
                 .collect(),
         };
+        let raw_policy = raw.policy.unwrap_or_default();
         let server = Config {
             hostname,
             login_timeout: Duration::from_secs(login_timeout),
@@ -765,6 +785,12 @@ impl Settings {
             },
             // A directory of the service user's own: see server/src/spool.rs.
             spool_dir: Some(data_dir.join("spool")),
+            policy_reject_unknown: raw_policy.reject_unknown.unwrap_or(false),
+            policy_max_connections: match raw_policy.max_connections {
+                Some(0) => bail!("policy.max_connections: must be at least 1"),
+                Some(n) => n,
+                None => defaults.policy_max_connections,
+            },
             metrics: match raw.metrics {
                 None => None,
                 Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -829,6 +855,7 @@ impl Settings {
                 }
                 list
             },
+            policy: addrs("policy.listen", raw_policy.listen, &[])?,
             mail_location,
             log: raw.log.unwrap_or_else(|| "info".into()),
             log_json: match raw.log_format.as_deref() {
@@ -1106,6 +1133,26 @@ mod tests {
         assert_eq!(s.server.metrics, Some("127.0.0.1:9185".parse().unwrap()));
         let err = format!("{:#}", parse("metrics = \"localhost:9185\"").err().unwrap());
         assert!(err.contains("metrics") && err.contains("IP:PORT"), "{err}");
+    }
+
+    #[test]
+    fn policy_service_is_off_by_default_and_configurable() {
+        let s = parse("").unwrap();
+        assert!(s.policy.is_empty());
+        assert!(!s.server.policy_reject_unknown);
+        assert_eq!(s.server.policy_max_connections, 100);
+        let s = parse("[policy]\nlisten = [\"127.0.0.1:10031\", \"unix:/run/pobox/policy\"]\nreject_unknown = true\nmax_connections = 7").unwrap();
+        assert_eq!(
+            s.policy,
+            vec![ListenAddr::Tcp("127.0.0.1:10031".parse().unwrap()), ListenAddr::Unix("/run/pobox/policy".into())]
+        );
+        assert!(s.server.policy_reject_unknown);
+        assert_eq!(s.server.policy_max_connections, 7);
+        let err = format!("{:#}", parse("[policy]\nlisten = [\"localhost\"]").err().unwrap());
+        assert!(err.contains("policy.listen"), "{err}");
+        let err = format!("{:#}", parse("[policy]\nmax_connections = 0").err().unwrap());
+        assert!(err.contains("policy.max_connections"), "{err}");
+        assert!(parse("[policy]\nlisten_on = []").is_err());
     }
 
     #[test]

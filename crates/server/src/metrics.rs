@@ -34,6 +34,9 @@
 //! - `sieve_actions_total{action}`.
 //! - `expired_messages_total`, `restore_purged_messages_total`: retention
 //!   run by the server (at login and by the timer).
+//! - `policy_requests_total{result}`: Postfix policy answers: `dunno`,
+//!   `over_quota`, `unknown_user`, `defer`, `malformed` (connection closed).
+//! - `bdat_chunks_total{protocol}`: `BDAT` chunks received (CHUNKING).
 //! - `build_info{version}`: 1.
 
 use std::sync::LazyLock;
@@ -52,7 +55,7 @@ use crate::Protocol;
 /// A label set of `N` fixed names and values.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
-const PROTOCOLS: [&str; 4] = ["pop3", "pop3s", "lmtp", "smtp"];
+const PROTOCOLS: [&str; 5] = ["pop3", "pop3s", "lmtp", "smtp", "policy"];
 
 /// The POP3 keywords pobox knows (RFC 1939, 2449, 2595, 5034, 6856); any
 /// other is counted as `unknown`.
@@ -162,6 +165,36 @@ impl DeliveryResult {
     }
 }
 
+/// What the Postfix policy service answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyResult {
+    /// `DUNNO`.
+    Dunno,
+    /// The quota refusal.
+    OverQuota,
+    /// `550 5.1.1` (`reject_unknown`).
+    UnknownUser,
+    /// `DEFER_IF_PERMIT`.
+    Defer,
+    /// Not a policy request: answered and closed.
+    Malformed,
+}
+
+impl PolicyResult {
+    const ALL: [PolicyResult; 5] =
+        [PolicyResult::Dunno, PolicyResult::OverQuota, PolicyResult::UnknownUser, PolicyResult::Defer, PolicyResult::Malformed];
+
+    fn label(self) -> &'static str {
+        match self {
+            PolicyResult::Dunno => "dunno",
+            PolicyResult::OverQuota => "over_quota",
+            PolicyResult::UnknownUser => "unknown_user",
+            PolicyResult::Defer => "defer",
+            PolicyResult::Malformed => "malformed",
+        }
+    }
+}
+
 /// Why a connection was refused before it was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -209,6 +242,8 @@ pub struct Metrics {
     sieve_actions: Family<Labels<1>, Counter>,
     expired: Counter,
     restore_purged: Counter,
+    policy: Family<Labels<1>, Counter>,
+    bdat_chunks: Family<Labels<1>, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -252,6 +287,8 @@ impl Metrics {
             sieve_actions: Family::default(),
             expired: Counter::default(),
             restore_purged: Counter::default(),
+            policy: Family::default(),
+            bdat_chunks: Family::default(),
             registry: Registry::default(),
         };
         // Every series at 0 from the start (see the module comment).
@@ -259,7 +296,7 @@ impl Metrics {
             let tls = if p == "pop3s" { "yes" } else { "no" };
             let _ = m.connections.get_or_create(&[("protocol", p), ("tls", tls)]);
             let _ = m.sessions.get_or_create(&[("protocol", p)]);
-            if p != "lmtp" {
+            if p != "lmtp" && p != "policy" {
                 let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::PerIp.label())]);
             }
             if p.starts_with("pop3") {
@@ -284,6 +321,12 @@ impl Metrics {
             for r in DeliveryResult::ALL {
                 let _ = m.deliveries.get_or_create(&[("protocol", p), ("result", r.label())]);
             }
+        }
+        for r in PolicyResult::ALL {
+            let _ = m.policy.get_or_create(&[("result", r.label())]);
+        }
+        for p in ["lmtp", "smtp"] {
+            let _ = m.bdat_chunks.get_or_create(&[("protocol", p)]);
         }
         for a in SIEVE_ACTIONS {
             let _ = m.sieve_actions.get_or_create(&[("action", a)]);
@@ -330,6 +373,8 @@ impl Metrics {
             m.delivery_duration.clone(),
         );
         r.register("sieve_actions", "Actions decided by Sieve scripts", m.sieve_actions.clone());
+        r.register("policy_requests", "Postfix policy service answers, by result", m.policy.clone());
+        r.register("bdat_chunks", "BDAT chunks received (CHUNKING, RFC 3030), by protocol", m.bdat_chunks.clone());
         r.register("expired_messages", "Messages removed by retention (at login and by the timer)", m.expired.clone());
         r.register(
             "restore_purged_messages",
@@ -364,7 +409,18 @@ fn protocol_label(p: Protocol) -> &'static str {
         Protocol::Pop3s => "pop3s",
         Protocol::Lmtp => "lmtp",
         Protocol::Smtp => "smtp",
+        Protocol::Policy => "policy",
     }
+}
+
+/// The Postfix policy service answered a request.
+pub(crate) fn policy(result: PolicyResult) {
+    get().policy.get_or_create(&[("result", result.label())]).inc();
+}
+
+/// A `BDAT` chunk arrived on `protocol` (LMTP or SMTP).
+pub(crate) fn bdat_chunk(protocol: Protocol) {
+    get().bdat_chunks.get_or_create(&[("protocol", protocol_label(protocol))]).inc();
 }
 
 /// A connection was accepted on a listener of `protocol`.

@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// `none`. Default 0.0.0.0:25.
     #[arg(long, value_name = "ADDR")]
     smtp: Option<String>,
+    /// Postfix policy service address (IP:PORT or unix:/path), or `none`.
+    /// Default none (`[policy] listen`).
+    #[arg(long, value_name = "ADDR")]
+    policy: Option<String>,
 }
 
 /// Applies the address flags to `settings`: at startup and again at each
@@ -39,6 +43,7 @@ pub(super) fn apply_overrides(settings: &mut Settings, args: &ServeArgs) -> anyh
     override_addr(&mut settings.pop3s, "pop3s", args.pop3s.clone())?;
     override_addr(&mut settings.lmtp, "lmtp", args.lmtp.clone())?;
     override_addr(&mut settings.smtp, "smtp", args.smtp.clone())?;
+    override_addr(&mut settings.policy, "policy", args.policy.clone())?;
     if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
     }
@@ -146,6 +151,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         (Protocol::Pop3s, &settings.pop3s),
         (Protocol::Lmtp, &settings.lmtp),
         (Protocol::Smtp, &settings.smtp),
+        (Protocol::Policy, &settings.policy),
     ] {
         if activated.contains(&protocol) {
             continue;
@@ -394,6 +400,7 @@ async fn serve(
             Protocol::Pop3s => "POP3S (TLS)",
             Protocol::Lmtp => "LMTP",
             Protocol::Smtp => "SMTP",
+            Protocol::Policy => "policy",
         };
         println!("  {what:<12} {}", l.local);
     }
