@@ -175,9 +175,192 @@ pub struct RawConfig {
     pub metrics: Option<String>,
     /// Automatic certificates (ACME, RFC 8555); present = enabled.
     pub acme: Option<RawAcme>,
+    /// Client autoconfiguration over HTTP(S) (Thunderbird, Outlook, PACC,
+    /// Apple); off unless `listen` or `listen_tls` names an address.
+    pub autoconfig: Option<RawAutoconfig>,
+    /// The Postfix policy service (`check_policy_service`); off unless
+    /// `listen` is set.
+    pub policy: Option<RawPolicyService>,
     /// The outbound relay for Sieve vacation replies; present = enabled.
     pub relay: Option<RawRelay>,
 }
+
+/// `[autoconfig]`: the documents mail clients fetch to set themselves up,
+/// and what `pobox dns` publishes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoconfig {
+    /// Plain HTTP addresses (`IP:PORT`), e.g. `["0.0.0.0:80"]`.
+    pub listen: Option<Vec<String>>,
+    /// HTTPS addresses, with the POP3 certificates, e.g. `["0.0.0.0:443"]`.
+    pub listen_tls: Option<Vec<String>>,
+    /// The name clients connect to (POP3 and this listener); default
+    /// `hostname`.
+    pub hostname: Option<String>,
+    /// The provider name clients show (default: the first of `domains`, else
+    /// the host name).
+    pub provider_name: Option<String>,
+    /// The outgoing mail server users send through, `HOST:PORT` (465:
+    /// implicit TLS, else STARTTLS); pobox has no submission service.
+    pub submission: Option<String>,
+    /// The POP3S port clients connect to when it is not the listener's
+    /// (port forwarding, a proxy); used only while a `pop3s` listener exists.
+    pub pop3s_port: Option<u16>,
+    /// The same for the POP3 (STLS) port.
+    pub pop3_port: Option<u16>,
+    /// The user name clients log in with: `"local-part"` (default: what
+    /// delivery maps `user@domain` to) or `"address"`.
+    pub username: Option<String>,
+}
+
+/// `[autoconfig]`, validated.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AutoconfigSettings {
+    /// Plain HTTP addresses; empty with `listen_tls`: off.
+    pub listen: Vec<SocketAddr>,
+    /// HTTPS addresses.
+    pub listen_tls: Vec<SocketAddr>,
+    /// The advertised host name.
+    pub hostname: String,
+    /// The provider name.
+    pub provider: String,
+    /// The outgoing server.
+    pub submission: Option<pobox_server::autoconfig::Submission>,
+    /// Advertised POP3S port instead of the listener's.
+    pub pop3s_port: Option<u16>,
+    /// Advertised POP3 port instead of the listener's.
+    pub pop3_port: Option<u16>,
+    /// The login form.
+    pub login: pobox_server::autoconfig::LoginForm,
+}
+
+impl AutoconfigSettings {
+    /// True when a listener is configured.
+    #[must_use]
+    pub fn enabled(&self) -> bool {
+        !self.listen.is_empty() || !self.listen_tls.is_empty()
+    }
+}
+
+fn autoconfig(raw: Option<RawAutoconfig>, server: &Config) -> anyhow::Result<AutoconfigSettings> {
+    let raw = raw.unwrap_or_default();
+    let addrs = |key: &str, list: Option<Vec<String>>| -> anyhow::Result<Vec<SocketAddr>> {
+        list.unwrap_or_default()
+            .iter()
+            .map(|a| {
+                a.parse::<SocketAddr>()
+                    .map_err(|_| anyhow::anyhow!("autoconfig.{key}: {a:?} is not an IP:PORT address, e.g. \"0.0.0.0:80\""))
+            })
+            .collect()
+    };
+    let hostname = raw.hostname.unwrap_or_else(|| server.hostname.clone()).to_ascii_lowercase();
+    if !dns_name(&hostname) {
+        bail!("autoconfig.hostname: {hostname:?} is not a DNS name (set autoconfig.hostname to the name clients connect to)");
+    }
+    let submission = match raw.submission {
+        None => None,
+        Some(text) => {
+            let parsed = text.rsplit_once(':').and_then(|(h, p)| Some((h.to_ascii_lowercase(), p.parse::<u16>().ok()?)));
+            match parsed {
+                Some((host, port)) if port != 0 && dns_name(&host) => Some(pobox_server::autoconfig::Submission { host, port }),
+                _ => bail!("autoconfig.submission: {text:?} is not HOST:PORT, e.g. \"smtp.example.org:465\""),
+            }
+        }
+    };
+    let provider = raw.provider_name.unwrap_or_else(|| server.domains.first().cloned().unwrap_or_else(|| hostname.clone()));
+    if provider.chars().any(char::is_control) {
+        bail!("autoconfig.provider_name: control characters are not allowed");
+    }
+    for (key, port) in [("pop3s_port", raw.pop3s_port), ("pop3_port", raw.pop3_port)] {
+        if port == Some(0) {
+            bail!("autoconfig.{key}: must be a port number from 1 to 65535");
+        }
+    }
+    let login = match raw.username.as_deref() {
+        None | Some("local-part") => pobox_server::autoconfig::LoginForm::LocalPart,
+        Some("address") => pobox_server::autoconfig::LoginForm::Address,
+        Some(other) => bail!("autoconfig.username: {other:?} must be \"local-part\" or \"address\""),
+    };
+    Ok(AutoconfigSettings {
+        login,
+        listen: addrs("listen", raw.listen)?,
+        listen_tls: addrs("listen_tls", raw.listen_tls)?,
+        hostname,
+        provider,
+        submission,
+        pop3s_port: raw.pop3s_port,
+        pop3_port: raw.pop3_port,
+    })
+}
+
+/// The port clients should use among a protocol's listeners: `preferred`
+/// (the standard port) when one listens there, else the first TCP one.
+#[must_use]
+pub fn preferred_port(list: &[ListenAddr], preferred: u16) -> Option<u16> {
+    let ports: Vec<u16> = list
+        .iter()
+        .filter_map(|a| match a {
+            ListenAddr::Tcp(sa) => Some(sa.port()),
+            ListenAddr::Unix(_) => None,
+        })
+        .collect();
+    ports.iter().copied().find(|&p| p == preferred).or_else(|| ports.first().copied())
+}
+
+/// LDH labels, at most 253 octets (IDNs as A-labels).
+fn dns_name(d: &str) -> bool {
+    !d.is_empty()
+        && d.len() <= 253
+        && d.split('.').all(|l| !l.is_empty() && l.len() <= 63 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+}
+
+impl Settings {
+    /// What the autoconfig documents and `pobox dns` advertise, from the
+    /// listeners as configured (after `serve`'s flags).
+    #[must_use]
+    pub fn autoconfig_offer(&self) -> pobox_server::autoconfig::Offer {
+        self.autoconfig_offer_for(&self.pop3s, &self.pop3)
+    }
+
+    /// The same for the given POP3S and POP3 listeners (`serve` passes the
+    /// bound ones): their ports (995 and 110 preferred when several) unless
+    /// `autoconfig.pop3s_port`/`pop3_port` say otherwise, the domains, the
+    /// retention default.
+    #[must_use]
+    pub fn autoconfig_offer_for(&self, pop3s: &[ListenAddr], pop3: &[ListenAddr]) -> pobox_server::autoconfig::Offer {
+        use pobox_server::autoconfig::{LeaveOnServer, Offer};
+        use pobox_store::retention::Days;
+        let ac = &self.autoconfig;
+        Offer {
+            host: ac.hostname.clone(),
+            pop3s_port: preferred_port(pop3s, 995).map(|p| ac.pop3s_port.unwrap_or(p)),
+            pop3_port: preferred_port(pop3, 110).map(|p| ac.pop3_port.unwrap_or(p)),
+            domains: self.server.domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            provider: ac.provider.clone(),
+            submission: ac.submission.clone(),
+            login: ac.login,
+            leave_on_server: match self.server.retention.default.retrieved {
+                Days::After(n) if n > 0 => LeaveOnServer::Days(n),
+                _ => LeaveOnServer::No,
+            },
+        }
+    }
+}
+
+
+/// `[policy]`: the Postfix policy service (SMTPD policy delegation).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicyService {
+    /// Addresses (`IP:PORT` or `unix:/path`); default none (off).
+    pub listen: Option<Vec<String>>,
+    /// Answer `550 5.1.1` for recipients that are no local user (default
+    /// false: `DUNNO`).
+    pub reject_unknown: Option<bool>,
+    /// Most policy connections at once (default 100).
+    pub max_connections: Option<usize>,
+}
+
 
 /// `[relay]`: where Sieve vacation replies are submitted.
 #[derive(Debug, Default, Deserialize)]
@@ -445,6 +628,8 @@ pub struct Settings {
     pub lmtp: Vec<ListenAddr>,
     /// See `pop3` (TCP only).
     pub smtp: Vec<ListenAddr>,
+    /// The Postfix policy service (`[policy] listen`; default none).
+    pub policy: Vec<ListenAddr>,
     /// The server's settings.
     pub server: Config,
     /// Quotas (applied by the store).
@@ -462,6 +647,8 @@ pub struct Settings {
     pub lmtp_socket: pobox_server::SocketAccess,
     /// `[acme]`, validated; `None`: no ACME.
     pub acme: Option<pobox_server::acme::AcmeConfig>,
+    /// `[autoconfig]`, validated (listeners empty: off).
+    pub autoconfig: AutoconfigSettings,
 }
 
 /// SMTP listens on port 25 by default (issue 4); `smtp = []` or `--smtp none`
@@ -550,6 +737,7 @@ impl Settings {
             Some(r) => Some(relay(r, &data_dir, &hostname)?),
             None => None,
         };
+        let raw_policy = raw.policy.unwrap_or_default();
         let server = Config {
             hostname,
             login_timeout: Duration::from_secs(login_timeout),
@@ -630,6 +818,12 @@ impl Settings {
             },
             // A directory of the service user's own: see server/src/spool.rs.
             spool_dir: Some(data_dir.join("spool")),
+            policy_reject_unknown: raw_policy.reject_unknown.unwrap_or(false),
+            policy_max_connections: match raw_policy.max_connections {
+                Some(0) => bail!("policy.max_connections: must be at least 1"),
+                Some(n) => n,
+                None => defaults.policy_max_connections,
+            },
             metrics: match raw.metrics {
                 None => None,
                 Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -695,6 +889,7 @@ impl Settings {
                 }
                 list
             },
+            policy: addrs("policy.listen", raw_policy.listen, &[])?,
             mail_location,
             log: raw.log.unwrap_or_else(|| "info".into()),
             log_json: match raw.log_format.as_deref() {
@@ -709,6 +904,7 @@ impl Settings {
                 Some(a) => Some(acme(a, &data_dir, &server.hostname)?),
                 None => None,
             },
+            autoconfig: autoconfig(raw.autoconfig, &server)?,
             server,
             quota,
             data_dir,
@@ -1027,6 +1223,26 @@ mod tests {
         assert_eq!(s.server.metrics, Some("127.0.0.1:9185".parse().unwrap()));
         let err = format!("{:#}", parse("metrics = \"localhost:9185\"").err().unwrap());
         assert!(err.contains("metrics") && err.contains("IP:PORT"), "{err}");
+    }
+
+    #[test]
+    fn policy_service_is_off_by_default_and_configurable() {
+        let s = parse("").unwrap();
+        assert!(s.policy.is_empty());
+        assert!(!s.server.policy_reject_unknown);
+        assert_eq!(s.server.policy_max_connections, 100);
+        let s = parse("[policy]\nlisten = [\"127.0.0.1:10031\", \"unix:/run/pobox/policy\"]\nreject_unknown = true\nmax_connections = 7").unwrap();
+        assert_eq!(
+            s.policy,
+            vec![ListenAddr::Tcp("127.0.0.1:10031".parse().unwrap()), ListenAddr::Unix("/run/pobox/policy".into())]
+        );
+        assert!(s.server.policy_reject_unknown);
+        assert_eq!(s.server.policy_max_connections, 7);
+        let err = format!("{:#}", parse("[policy]\nlisten = [\"localhost\"]").err().unwrap());
+        assert!(err.contains("policy.listen"), "{err}");
+        let err = format!("{:#}", parse("[policy]\nmax_connections = 0").err().unwrap());
+        assert!(err.contains("policy.max_connections"), "{err}");
+        assert!(parse("[policy]\nlisten_on = []").is_err());
     }
 
     #[test]
@@ -1382,5 +1598,43 @@ mod security_tests {
         assert!(parse("data_timeout_secs = 0").is_err());
         assert!(parse("data_memory_max = 1000").is_err());
         assert!(parse("data_in_flight_max = 1000").is_err());
+    }
+}
+
+#[cfg(test)]
+mod autoconfig_tests {
+    use super::*;
+
+    fn parse(text: &str) -> anyhow::Result<Settings> {
+        let raw: RawConfig = toml::from_str(text)?;
+        Settings::from_raw(Path::new("/tmp/pobox-test"), raw)
+    }
+
+    #[test]
+    fn autoconfig_is_off_by_default_and_advertises_the_standard_ports() {
+        let s = parse("hostname = \"Mail.Example.org\"\ndomains = [\"example.org\"]\n").unwrap();
+        assert!(!s.autoconfig.enabled());
+        let offer = s.autoconfig_offer();
+        assert_eq!((offer.host.as_str(), offer.provider.as_str()), ("mail.example.org", "example.org"));
+        assert_eq!((offer.pop3s_port, offer.pop3_port), (Some(995), Some(110)));
+        let s = parse("pop3 = []\npop3s = [\"127.0.0.1:1995\", \"0.0.0.0:995\"]\n[autoconfig]\npop3s_port = 2995\n").unwrap();
+        assert_eq!((s.autoconfig_offer().pop3s_port, s.autoconfig_offer().pop3_port), (Some(2995), None));
+    }
+
+    #[test]
+    fn bad_autoconfig_values_name_their_key() {
+        for (text, key) in [
+            ("[autoconfig]\nlisten = [\"80\"]", "autoconfig.listen"),
+            ("[autoconfig]\nlisten_tls = [\"x:443\"]", "autoconfig.listen_tls"),
+            ("[autoconfig]\nsubmission = \"smtp.example.org\"", "autoconfig.submission"),
+            ("[autoconfig]\nsubmission = \"smtp example:587\"", "autoconfig.submission"),
+            ("[autoconfig]\nhostname = \"mail/x\"", "autoconfig.hostname"),
+            ("[autoconfig]\nusername = \"uid\"", "autoconfig.username"),
+            ("[autoconfig]\npop3s_port = 0", "autoconfig.pop3s_port"),
+        ] {
+            let e = format!("{:#}", parse(text).err().unwrap_or_else(|| panic!("accepted: {text}")));
+            assert!(e.contains(key), "{text}: {e}");
+        }
+        assert!(parse("[autoconfig]\nbogus = 1").is_err(), "unknown keys are errors");
     }
 }

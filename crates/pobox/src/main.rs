@@ -49,6 +49,9 @@ enum Command {
     Serve(cli::serve::ServeArgs),
     /// Validate the config, passwd-file, data dir, certificates and JWKS.
     Check,
+    /// Print the DNS records to publish for the mail domains (MX, RFC 6186
+    /// SRV, autoconfig/autodiscover names, the PACC TXT digest, CAA).
+    Dns(cli::dns::DnsArgs),
     /// Manage users in the passwd-file.
     #[command(subcommand)]
     User(cli::user::UserCommand),
@@ -170,7 +173,7 @@ fn main() -> ExitCode {
     let args = ServerArgs { data, config, command: args.command };
     // Admin commands run as root act as the service user (serve drops
     // privileges itself, after binding its ports).
-    if !matches!(args.command, Command::Serve(_) | Command::Who { .. } | Command::Kick { .. })
+    if !matches!(args.command, Command::Serve(_) | Command::Who { .. } | Command::Kick { .. } | Command::Dns(_))
         && let Err(e) = cli::act_as_service_user(&args.data, args.config.as_deref())
     {
         eprintln!("pobox: {e:#}");
@@ -179,6 +182,7 @@ fn main() -> ExitCode {
     let result = match args.command {
         Command::Serve(serve) => cli::serve::run(&args.data, args.config.as_deref(), serve),
         Command::Check => cli::check::run(&args.data, args.config.as_deref()),
+        Command::Dns(dns) => cli::dns::run(&args.data, args.config.as_deref(), dns),
         Command::User(cmd) => cli::user::run(&args.data, args.config.as_deref(), cmd),
         Command::Deliver(d) => return cli::deliver::run(&args.data, args.config.as_deref(), d),
         Command::Fetch(_) | Command::Completions { .. } | Command::Man { .. } => unreachable!("handled above"),

@@ -418,3 +418,35 @@ fn acme_tls_alpn_01_issue_serve_renew_without_dropping_a_session_and_reuse_after
         "tls-alpn-01",
     );
 }
+
+/// `[autoconfig]` listening on ACME's `http_listen` (both want port 80):
+/// the autoconfig listener takes over the HTTP-01 socket, Pebble's
+/// validation through it succeeds, and the same port serves the
+/// autoconfig documents.
+#[test]
+fn acme_http_01_is_answered_by_an_autoconfig_listener_on_the_same_port() {
+    let test = "acme_http_01_is_answered_by_an_autoconfig_listener_on_the_same_port";
+    if !pebble_installed() {
+        return util::cannot_run(test, "pebble (Debian `pebble`: apt-get install -y pebble)");
+    }
+    let dir = util::Dir::new();
+    let (http_port, pop3s) = (free_port(), free_port());
+    let pebble = start_pebble(&dir.scratch(""), http_port, pop3s);
+    let table = format!(
+        "directory = \"{}\"\ndomains = [\"localhost\"]\nhttp_listen = \"127.0.0.1:{http_port}\"\nca_file = \"{}\"\n\
+         [autoconfig]\nlisten = [\"127.0.0.1:{http_port}\"]\n",
+        pebble.directory,
+        pebble.https_ca.display()
+    );
+    let server = start_pobox(&dir, pop3s, &table);
+    let dump = || format!("{}\n--- pebble ---\n{}", server.dump(), pebble.proc.dump());
+    assert!(server.out().contains(&format!("autoconfig   http://127.0.0.1:{http_port}/")), "{}", dump());
+    wait_for("the certificate", ISSUE_TIMEOUT, || !installed(&server).is_empty(), dump);
+    let mut s = TcpStream::connect(("127.0.0.1", http_port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /mail/config-v1.1.xml HTTP/1.1\r\nHost: autoconfig.localhost\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.contains(&format!("<port>{pop3s}</port>")), "{reply}");
+}

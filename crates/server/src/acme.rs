@@ -53,8 +53,7 @@ use instant_acme::{
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tracing::{debug, error, info, warn};
+use tracing::{debug, info, warn};
 
 use crate::tls::{CertPair, CertStore, LoadedCert, load_one};
 
@@ -71,9 +70,9 @@ pub const ALPN_ACME_TLS: &[u8] = b"acme-tls/1";
 const ORDER_TIMEOUT: Duration = Duration::from_secs(120);
 /// First retry delay after a failure; doubles up to `check_interval`.
 const FIRST_RETRY: Duration = Duration::from_secs(60);
-/// An HTTP-01 request must arrive within this time and size.
-const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
-const HTTP_MAX_REQUEST: usize = 8 * 1024;
+/// An HTTP-01 request must arrive within 10 s and 8 KiB, and has no body.
+const HTTP_LIMITS: crate::http::Limits =
+    crate::http::Limits { max_head: 8 * 1024, max_body: 0, timeout: Duration::from_secs(10), max_connections: 64 };
 
 /// Which challenge proves control of the domains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,6 +238,14 @@ impl Acme {
         self.http.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// Hands the bound HTTP-01 listener to another HTTP server on the same
+    /// address (the autoconfig listener on port 80), which then answers
+    /// challenges with [`http_challenge_response`]; [`Acme::run`] serves no
+    /// listener of its own after this.
+    pub fn take_http_listener(&mut self) -> Option<std::net::TcpListener> {
+        self.http.take()
+    }
+
     /// `DATA/acme` and the files in it, for handing to the service user.
     pub fn files(&self) -> Vec<PathBuf> {
         let mut files = vec![self.config.dir.clone(), self.cert_pair().cert, self.cert_pair().key, self.account_path()];
@@ -276,12 +283,10 @@ impl Acme {
     /// Runs until the task is dropped.
     pub async fn run(mut self, store: Arc<CertStore>) {
         if let Some(l) = self.http.take() {
-            match l.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(l)) {
-                Ok(l) => {
-                    tokio::spawn(http_responder(l, store.challenges()));
-                }
-                Err(e) => error!(error = %e, "ACME: the HTTP-01 listener cannot be used"),
-            }
+            let challenges = store.challenges();
+            let handler: crate::http::Handler =
+                Arc::new(move |r: &crate::http::Request| http_challenge_response(r, &challenges));
+            tokio::spawn(crate::http::serve(l, None, HTTP_LIMITS, "acme-http-01", handler));
         }
         let mut failures: u32 = 0;
         loop {
@@ -482,76 +487,28 @@ fn write_private(path: &Path, data: &[u8]) -> Result<(), AcmeError> {
     Ok(())
 }
 
-/// The HTTP-01 responder: one short-lived task per connection.
-async fn http_responder(listener: tokio::net::TcpListener, challenges: Arc<Challenges>) {
-    let mut backoff = Duration::from_millis(10);
-    loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                backoff = Duration::from_millis(10);
-                let challenges = challenges.clone();
-                tokio::spawn(async move {
-                    if tokio::time::timeout(HTTP_TIMEOUT, http_answer(stream, &challenges)).await.is_err() {
-                        debug!(%peer, "ACME HTTP-01 request timed out");
-                    }
-                });
-            }
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                warn!(error = %e, "ACME HTTP-01 accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(1));
-            }
-        }
+/// The answer to an HTTP-01 request: the key authorization for a pending
+/// token, 404 for anything else. No other paths exist. Public so that the
+/// autoconfig listener can answer challenges when it shares port 80.
+#[must_use]
+pub fn http_challenge_response(request: &crate::http::Request, challenges: &Challenges) -> crate::http::Response {
+    use crate::http::Response;
+    if request.method != "GET" && request.method != "HEAD" {
+        return Response::text(405, "Method Not Allowed");
     }
-}
-
-/// Reads one request head (bounded) and answers it: the key authorization
-/// for a pending token, 404 for anything else. No other paths exist.
-async fn http_answer(mut stream: tokio::net::TcpStream, challenges: &Challenges) {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") && !buf.windows(2).any(|w| w == b"\n\n") {
-        match stream.read(&mut chunk).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-        }
-        if buf.len() > HTTP_MAX_REQUEST {
-            let _ = stream.write_all(b"HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").await;
-            return;
-        }
-    }
-    let response = http_response(&buf, challenges);
-    let _ = stream.write_all(response.as_bytes()).await;
-    let _ = stream.shutdown().await;
-}
-
-fn http_response(head: &[u8], challenges: &Challenges) -> String {
-    let line = head.split(|&b| b == b'\n').next().unwrap_or_default();
-    let line = String::from_utf8_lossy(line);
-    let mut parts = line.trim_end().split(' ');
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let reply = |status: &str, body: &str| {
-        format!(
-            "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        )
-    };
-    if method != "GET" && method != "HEAD" {
-        return reply("405 Method Not Allowed", "");
-    }
-    let answer = target
-        .strip_prefix("/.well-known/acme-challenge/")
+    let answer = request
+        .path
+        .strip_prefix(HTTP_CHALLENGE_PREFIX)
         .filter(|t| !t.is_empty() && t.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
         .and_then(|token| challenges.http_response(token));
     match answer {
-        Some(key_authorization) if method == "GET" => reply("200 OK", &key_authorization),
-        Some(key_authorization) => {
-            format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", key_authorization.len())
-        }
-        None => reply("404 Not Found", "not found\n"),
+        Some(key_authorization) => Response::ok("text/plain", key_authorization),
+        None => Response::text(404, "not found"),
     }
 }
+
+/// Where HTTP-01 requests arrive (RFC 8555 §8.3).
+pub const HTTP_CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
 #[cfg(test)]
 mod tests {
@@ -561,16 +518,43 @@ mod tests {
     fn http_01_answers_pending_tokens_only() {
         let c = Challenges::default();
         c.http.lock().unwrap().insert("tok_1-x".into(), "tok_1-x.thumb".into());
-        let get = |t: &str| http_response(format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes(), &c);
+        let answer = |head: &[u8]| {
+            let request = crate::http::Request::parse_head(head).unwrap();
+            String::from_utf8(http_challenge_response(&request, &c).to_bytes(false)).unwrap()
+        };
+        let get = |t: &str| answer(format!("GET {t} HTTP/1.1\r\nHost: x\r\n\r\n").as_bytes());
         let ok = get("/.well-known/acme-challenge/tok_1-x");
         assert!(ok.starts_with("HTTP/1.1 200 OK\r\n") && ok.ends_with("\r\n\r\ntok_1-x.thumb"), "{ok}");
         assert!(get("/.well-known/acme-challenge/other").starts_with("HTTP/1.1 404"));
         assert!(get("/.well-known/acme-challenge/../../etc/passwd").starts_with("HTTP/1.1 404"));
         assert!(get("/").starts_with("HTTP/1.1 404"));
-        let post = http_response(b"POST /.well-known/acme-challenge/tok_1-x HTTP/1.1\r\n\r\n", &c);
+        let post = answer(b"POST /.well-known/acme-challenge/tok_1-x HTTP/1.1\r\n\r\n");
         assert!(post.starts_with("HTTP/1.1 405"));
         c.clear();
         assert!(get("/.well-known/acme-challenge/tok_1-x").starts_with("HTTP/1.1 404"), "cleared after the order");
+    }
+
+    #[test]
+    fn the_autoconfig_listener_on_port_80_answers_challenges_too() {
+        use crate::autoconfig::{LeaveOnServer, LoginForm, Offer};
+        let c = Arc::new(Challenges::default());
+        c.http.lock().unwrap().insert("tok".into(), "tok.thumb".into());
+        let offer = Offer {
+            host: "mail.example.org".into(),
+            pop3s_port: Some(995),
+            pop3_port: None,
+            domains: Vec::new(),
+            provider: "x".into(),
+            submission: None,
+            leave_on_server: LeaveOnServer::No,
+            login: LoginForm::LocalPart,
+        };
+        let handler = crate::autoconfig::handler(offer, Some(c));
+        let get = |path: &str| handler(&crate::http::Request { method: "GET".into(), path: path.into(), ..Default::default() });
+        let answer = get("/.well-known/acme-challenge/tok");
+        assert_eq!((answer.status, answer.body.as_slice()), (200, b"tok.thumb".as_slice()));
+        assert_eq!(get("/.well-known/acme-challenge/other").status, 404);
+        assert_eq!(get("/mail/config-v1.1.xml").status, 200);
     }
 
     #[test]

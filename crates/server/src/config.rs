@@ -136,6 +136,12 @@ pub struct Config {
     /// Where the OpenMetrics endpoint (`GET /metrics`) listens; `None`: off.
     /// It has no authentication: loopback or a private network only.
     pub metrics: Option<SocketAddr>,
+    /// Postfix policy service: answer `550 5.1.1` for recipients that are
+    /// no local user (default: `DUNNO`, Postfix decides).
+    pub policy_reject_unknown: bool,
+    /// Postfix policy service: most connections served at once (each
+    /// Postfix smtpd process keeps one).
+    pub policy_max_connections: usize,
     /// Outbound mail (Sieve vacation replies) through a relay; `None`:
     /// scripts using `vacation` do not compile.
     pub outbound: Option<crate::outbox::OutboundConfig>,
@@ -221,6 +227,9 @@ impl Default for Config {
             data_in_flight_max: 1024 * 1024 * 1024,
             spool_dir: None,
             metrics: None,
+            policy_reject_unknown: false,
+            // Postfix's default_process_limit: one per smtpd process.
+            policy_max_connections: 100,
             outbound: None,
         }
     }

@@ -14,26 +14,33 @@
 //! - `pop3`: the POP3 connection driver.
 //! - `lmtp`: the LMTP session loop.
 //! - `smtp`: receive-only SMTP (STARTTLS, no relay, SPF/DKIM/DMARC).
+//! - `policy`: the Postfix policy service (quota and unknown users at RCPT).
 //! - [`shutdown`]: the two-step graceful shutdown.
 //! - [`throttle`]: brute-force penalties and per-IP connection limits.
 //! - [`credcache`]: the cache of successful password verifications.
 //! - [`privdrop`]: switching to the unprivileged user.
 //! - [`metrics`]: counters and the OpenMetrics endpoint.
+//! - [`http`]: the small HTTP/1.1 server behind metrics, ACME HTTP-01 and
+//!   autoconfig.
+//! - [`autoconfig`]: the client autoconfiguration documents.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod acme;
+pub mod autoconfig;
 pub mod config;
 mod conn;
 mod control;
 pub mod credcache;
 pub mod date;
 pub mod delivery;
+pub mod http;
 mod intake;
 mod lmtp;
 pub mod metrics;
 pub mod oauth_remote;
+mod policy;
 pub mod outbox;
 mod pop3;
 mod smtp;
@@ -100,6 +107,8 @@ pub struct Services {
     smtp: Arc<smtp::Shared>,
     /// SMTP and LMTP DATA: the memory and in-flight budgets, the spool.
     intake: Arc<spool::Budget>,
+    /// Postfix policy connections (`policy_max_connections`).
+    policy_slots: Arc<Semaphore>,
     /// Wakes the outbox sender when a reply is queued (shared by every
     /// generation, like the sender task).
     outbox_wake: Arc<tokio::sync::Notify>,
@@ -130,6 +139,7 @@ impl Services {
                 config.data_in_flight_max,
                 config.spool_dir.clone(),
             )),
+            policy_slots: Arc::new(Semaphore::new(config.policy_max_connections)),
             config,
             users,
             store,
@@ -168,6 +178,7 @@ impl Services {
             per_user_ip: self.per_user_ip.clone(),
             smtp: self.smtp.clone(),
             intake: self.intake.clone(),
+            policy_slots: self.policy_slots.clone(),
             sessions: self.sessions.clone(),
             auth_slots: self.auth_slots.clone(),
             store: self.store.clone(),
@@ -204,6 +215,8 @@ pub enum Protocol {
     Lmtp,
     /// SMTP, receive only (port 25, STARTTLS).
     Smtp,
+    /// The Postfix policy service (SMTPD policy delegation).
+    Policy,
 }
 
 impl std::fmt::Display for Protocol {
@@ -213,6 +226,7 @@ impl std::fmt::Display for Protocol {
             Protocol::Pop3s => "pop3s",
             Protocol::Lmtp => "lmtp",
             Protocol::Smtp => "smtp",
+            Protocol::Policy => "policy",
         })
     }
 }
@@ -397,6 +411,7 @@ fn bind_error(protocol: Protocol, addr: &ListenAddr, source: io::Error) -> BindE
         Protocol::Pop3s => "--pop3s",
         Protocol::Lmtp => "--lmtp",
         Protocol::Smtp => "--smtp",
+        Protocol::Policy => "--policy",
     };
     let hint = match source.kind() {
         io::ErrorKind::PermissionDenied => format!(
@@ -698,7 +713,7 @@ async fn accept_loop(listener: Listener, current: Arc<ArcSwap<Services>>, shutdo
         // connections that have not authenticated yet: the driver gives
         // the slot back once the client proves a user's credentials.
         let ip_slot = match &conn {
-            Accepted::Tcp(_, addr) if protocol != Protocol::Lmtp => {
+            Accepted::Tcp(_, addr) if !matches!(protocol, Protocol::Lmtp | Protocol::Policy) => {
                 let (table, max) = if protocol == Protocol::Smtp {
                     (&svc.smtp.per_ip, svc.config.smtp_max_connections_per_ip)
                 } else {
@@ -744,6 +759,23 @@ async fn accept_loop(listener: Listener, current: Arc<ArcSwap<Services>>, shutdo
             }
             (Protocol::Lmtp, Accepted::Unix(s)) => spawn_holding(slots, lmtp::serve(s, "unix".into(), svc, shutdown)),
             (Protocol::Smtp, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, smtp::serve(tcp, addr, svc, shutdown)),
+            (Protocol::Policy, conn) => {
+                // Its own cap as well: policy connections are long-lived
+                // (one per Postfix smtpd) and must not use up POP3's room.
+                let Ok(policy_slot) = svc.policy_slots.clone().try_acquire_owned() else {
+                    metrics::refused(protocol, metrics::Refusal::MaxConnections);
+                    warn!(%peer, limit = svc.config.policy_max_connections, "policy connection refused: [policy] max_connections reached");
+                    continue;
+                };
+                let slots = (slots, policy_slot);
+                match conn {
+                    Accepted::Tcp(tcp, addr) => {
+                        let _ = tcp.set_nodelay(true);
+                        spawn_holding(slots, policy::serve(tcp, addr.to_string(), svc, shutdown));
+                    }
+                    Accepted::Unix(s) => spawn_holding(slots, policy::serve(s, "unix".into(), svc, shutdown)),
+                }
+            }
             (_, Accepted::Unix(_)) => {}
         }
     }
@@ -783,6 +815,8 @@ async fn refuse_busy(conn: Accepted, protocol: Protocol) {
     use tokio::io::AsyncWriteExt;
     let msg: &[u8] = match protocol {
         Protocol::Lmtp | Protocol::Smtp => b"421 4.3.2 too many connections, try again later\r\n",
+        // Postfix treats a closed policy connection as a temporary failure.
+        Protocol::Policy => b"",
         Protocol::Pop3 => b"-ERR [SYS/TEMP] too many connections, try again later\r\n",
         // No TLS handshake for a refused client: just close.
         Protocol::Pop3s => b"",

@@ -9,8 +9,14 @@
 //!
 //! DATA is received by `pobox_proto::data` (only `<CRLF>.<CRLF>` ends it),
 //! held in memory or a spool file (`spool.rs`) and streamed to each copy;
-//! a whole DATA may take at most `data_timeout`. A bare CR or LF in the
-//! message is kept (see `intake.rs` for why LMTP and SMTP differ).
+//! a whole DATA may take at most `data_timeout`. `BDAT` chunks (CHUNKING,
+//! RFC 3030; Dovecot's LMTP proxy sends them, Postfix's LMTP client sends
+//! DATA even when CHUNKING is offered) go to the same receiver
+//! (`intake::Body`) octet for octet, with the same size limit, budgets,
+//! deadline (for all chunks together) and replies: one per recipient after
+//! `BDAT ... LAST`, once the copies are durable. A refused `BDAT` still has
+//! its octets read and dropped. A bare CR or LF in the message is kept
+//! (see `intake.rs` for why LMTP and SMTP differ).
 //!
 //! After [`MAX_BAD_COMMANDS`] protocol errors (`50x` replies: unknown,
 //! malformed or out-of-order commands) the connection is closed with
@@ -55,6 +61,10 @@ struct Session {
     from: Option<String>,
     recipients: Vec<Recipient>,
     data: Option<Body>,
+    /// Octets of a refused `BDAT` chunk still to read and drop: the peer
+    /// sends them whatever the reply (RFC 3030 §2), and they are not
+    /// commands.
+    skip: u64,
     peer: String,
     bad_commands: u32,
 }
@@ -70,6 +80,7 @@ where
         from: None,
         recipients: Vec::new(),
         data: None,
+        skip: 0,
         peer,
         bad_commands: 0,
     };
@@ -124,14 +135,23 @@ where
         inbuf.extend_from_slice(&buf[..n]);
         let mut pos = 0;
         while pos < inbuf.len() {
-            if let Some(body) = session.data.as_mut() {
+            if session.skip > 0 {
+                let n = usize::try_from(session.skip).unwrap_or(usize::MAX).min(inbuf.len() - pos);
+                pos += n;
+                session.skip -= n as u64;
+                continue;
+            }
+            if let Some(body) = session.data.as_mut()
+                && body.reading()
+            {
                 let (consumed, done) = body.ingest(&inbuf[pos..]);
                 pos += consumed;
                 if !done {
                     break;
                 }
-                // End of DATA: deliver, one reply per recipient.
-                session.finish_data(&svc, &mut out).await;
+                // End of DATA or of a chunk: a reply for the chunk, or
+                // (at the end) deliver with one reply per recipient.
+                session.chunk_done(&svc, &mut out).await;
                 if stream.write_all(&out).await.is_err() {
                     return;
                 }
@@ -225,7 +245,7 @@ impl Session {
                 out.extend_from_slice(
                     format!(
                         "250-{}\r\n250-PIPELINING\r\n250-ENHANCEDSTATUSCODES\r\n250-8BITMIME\r\n\
-                         250-SMTPUTF8\r\n250 SIZE {}\r\n",
+                         250-SMTPUTF8\r\n250-CHUNKING\r\n250 SIZE {}\r\n",
                         svc.config.hostname, svc.config.lmtp_max_message_size
                     )
                     .as_bytes(),
@@ -249,6 +269,8 @@ impl Session {
             Request::Rcpt { to } => {
                 if self.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.data.is_some() {
+                    reply(out, "503 5.5.1 RCPT after BDAT\r\n");
                 } else if self.recipients.len() >= svc.config.lmtp_max_recipients {
                     reply(out, "452 4.5.3 too many recipients\r\n");
                 } else {
@@ -264,6 +286,9 @@ impl Session {
             Request::Data => {
                 if self.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.data.is_some() {
+                    // RFC 3030 §2: no DATA in a BDAT transaction.
+                    reply(out, "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n");
                 } else if self.recipients.is_empty() {
                     reply(out, "503 5.5.1 no valid recipients\r\n");
                 } else if svc.intake.in_flight_full() {
@@ -273,7 +298,33 @@ impl Session {
                     reply(out, "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n");
                 }
             }
-            Request::Bdat { .. } => reply(out, "502 5.5.1 BDAT not supported\r\n"),
+            Request::Bdat { chunk_size, is_last } => {
+                let size = chunk_size as u64;
+                let refusal = if self.from.is_none() {
+                    Some("503 5.5.1 MAIL first\r\n")
+                } else if self.recipients.is_empty() {
+                    Some("503 5.5.1 no valid recipients\r\n")
+                } else if self.data.is_none() && svc.intake.in_flight_full() {
+                    Some("452 4.3.1 insufficient system storage, try again later\r\n")
+                } else {
+                    None
+                };
+                if let Some(text) = refusal {
+                    // Its octets follow anyway; they are not commands.
+                    self.skip = size;
+                    reply(out, text);
+                    return false;
+                }
+                crate::metrics::bdat_chunk(crate::Protocol::Lmtp);
+                debug!(peer = %self.peer, size, last = is_last, "BDAT chunk");
+                let max = svc.config.lmtp_max_message_size;
+                let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max, svc.config.data_timeout));
+                body.start_chunk(size, is_last);
+                if size == 0 {
+                    // Nothing to read: `BDAT 0 LAST` ends the message now.
+                    self.chunk_done(svc, out).await;
+                }
+            }
             Request::Rset => {
                 self.reset();
                 reply(out, "250 2.0.0 ok\r\n");
@@ -297,35 +348,42 @@ impl Session {
         self.data = None;
     }
 
-    /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user.
+    /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user
+    /// (the mapping is `intake::local_recipient`, shared with the policy
+    /// service).
     async fn check_recipient(&self, address: &str, svc: &Arc<Services>) -> Result<String, String> {
-        let (local, domain) = match address.rsplit_once('@') {
-            Some((l, d)) => (l, Some(d)),
-            None => (address, None),
+        use crate::intake::LocalRecipient;
+        let user = match crate::intake::local_recipient(svc, address).await {
+            LocalRecipient::User(user) => user,
+            LocalRecipient::OtherDomain(domain) => {
+                return Err(format!("550 5.1.2 domain {} is not served here\r\n", sanitize(&domain)));
+            }
+            LocalRecipient::Unknown => return Err("550 5.1.1 no such user\r\n".into()),
+            LocalRecipient::Unavailable => return Err("451 4.3.0 user database unavailable\r\n".into()),
         };
-        if let Some(domain) = domain
-            && !svc.config.domains.is_empty()
-            && !svc.config.domains.iter().any(|d| d.eq_ignore_ascii_case(domain))
-        {
-            return Err(format!("550 5.1.2 domain {} is not served here\r\n", sanitize(domain)));
-        }
-        let user = local.split_once('+').map_or(local, |(u, _)| u).to_string();
-        if !pobox_auth::userdb::valid_username(&user) {
-            return Err("550 5.1.1 no such user\r\n".into());
-        }
-        let users = svc.users.clone();
-        let lookup = user.clone();
-        match tokio::task::spawn_blocking(move || users.exists(&lookup)).await {
-            Ok(Ok(true)) => {}
-            Ok(Ok(false)) => return Err("550 5.1.1 no such user\r\n".into()),
-            _ => return Err("451 4.3.0 user database unavailable\r\n".into()),
-        }
         // Already full: refused now, not after DATA (the DATA-time check
         // stays, for the message that pushes a user over).
         match crate::intake::quota_refusal(svc, &user).await {
             Some(refusal) => Err(refusal.into()),
             None => Ok(user),
         }
+    }
+
+    /// The end of DATA or of a BDAT chunk. Before `LAST` a chunk gets one
+    /// reply: `250`, or the refusal once the message is known to be too
+    /// big or to have no room (the transaction stays, its further chunks
+    /// are read and refused the same way, until `LAST` or `RSET`).
+    async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
+        let Some(body) = self.data.as_ref() else { return };
+        if body.is_last() {
+            return self.finish_data(svc, out).await;
+        }
+        let line = match body.refused() {
+            Some(Refusal::TooBig) => "552 5.3.4 message too big\r\n".to_string(),
+            Some(Refusal::NoRoom) => "452 4.3.1 insufficient system storage, try again later\r\n".to_string(),
+            None => format!("250 2.0.0 {} octets received\r\n", body.chunk_size()),
+        };
+        out.extend_from_slice(line.as_bytes());
     }
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {

@@ -34,6 +34,9 @@
 //! - `sieve_actions_total{action}`.
 //! - `expired_messages_total`, `restore_purged_messages_total`: retention
 //!   run by the server (at login and by the timer).
+//! - `policy_requests_total{result}`: Postfix policy answers: `dunno`,
+//!   `over_quota`, `unknown_user`, `defer`, `malformed` (connection closed).
+//! - `bdat_chunks_total{protocol}`: `BDAT` chunks received (CHUNKING).
 //! - `build_info{version}`: 1.
 
 use std::sync::LazyLock;
@@ -46,16 +49,13 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tracing::{debug, warn};
 
 use crate::Protocol;
 
 /// A label set of `N` fixed names and values.
 type Labels<const N: usize> = [(&'static str, &'static str); N];
 
-const PROTOCOLS: [&str; 4] = ["pop3", "pop3s", "lmtp", "smtp"];
+const PROTOCOLS: [&str; 5] = ["pop3", "pop3s", "lmtp", "smtp", "policy"];
 
 /// The POP3 keywords pobox knows (RFC 1939, 2449, 2595, 5034, 6856); any
 /// other is counted as `unknown`.
@@ -165,6 +165,36 @@ impl DeliveryResult {
     }
 }
 
+/// What the Postfix policy service answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyResult {
+    /// `DUNNO`.
+    Dunno,
+    /// The quota refusal.
+    OverQuota,
+    /// `550 5.1.1` (`reject_unknown`).
+    UnknownUser,
+    /// `DEFER_IF_PERMIT`.
+    Defer,
+    /// Not a policy request: answered and closed.
+    Malformed,
+}
+
+impl PolicyResult {
+    const ALL: [PolicyResult; 5] =
+        [PolicyResult::Dunno, PolicyResult::OverQuota, PolicyResult::UnknownUser, PolicyResult::Defer, PolicyResult::Malformed];
+
+    fn label(self) -> &'static str {
+        match self {
+            PolicyResult::Dunno => "dunno",
+            PolicyResult::OverQuota => "over_quota",
+            PolicyResult::UnknownUser => "unknown_user",
+            PolicyResult::Defer => "defer",
+            PolicyResult::Malformed => "malformed",
+        }
+    }
+}
+
 /// Why a connection was refused before it was served.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -212,6 +242,8 @@ pub struct Metrics {
     sieve_actions: Family<Labels<1>, Counter>,
     expired: Counter,
     restore_purged: Counter,
+    policy: Family<Labels<1>, Counter>,
+    bdat_chunks: Family<Labels<1>, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -255,6 +287,8 @@ impl Metrics {
             sieve_actions: Family::default(),
             expired: Counter::default(),
             restore_purged: Counter::default(),
+            policy: Family::default(),
+            bdat_chunks: Family::default(),
             registry: Registry::default(),
         };
         // Every series at 0 from the start (see the module comment).
@@ -262,7 +296,7 @@ impl Metrics {
             let tls = if p == "pop3s" { "yes" } else { "no" };
             let _ = m.connections.get_or_create(&[("protocol", p), ("tls", tls)]);
             let _ = m.sessions.get_or_create(&[("protocol", p)]);
-            if p != "lmtp" {
+            if p != "lmtp" && p != "policy" {
                 let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::PerIp.label())]);
             }
             if p.starts_with("pop3") {
@@ -287,6 +321,12 @@ impl Metrics {
             for r in DeliveryResult::ALL {
                 let _ = m.deliveries.get_or_create(&[("protocol", p), ("result", r.label())]);
             }
+        }
+        for r in PolicyResult::ALL {
+            let _ = m.policy.get_or_create(&[("result", r.label())]);
+        }
+        for p in ["lmtp", "smtp"] {
+            let _ = m.bdat_chunks.get_or_create(&[("protocol", p)]);
         }
         for a in SIEVE_ACTIONS {
             let _ = m.sieve_actions.get_or_create(&[("action", a)]);
@@ -333,6 +373,8 @@ impl Metrics {
             m.delivery_duration.clone(),
         );
         r.register("sieve_actions", "Actions decided by Sieve scripts", m.sieve_actions.clone());
+        r.register("policy_requests", "Postfix policy service answers, by result", m.policy.clone());
+        r.register("bdat_chunks", "BDAT chunks received (CHUNKING, RFC 3030), by protocol", m.bdat_chunks.clone());
         r.register("expired_messages", "Messages removed by retention (at login and by the timer)", m.expired.clone());
         r.register(
             "restore_purged_messages",
@@ -367,7 +409,18 @@ fn protocol_label(p: Protocol) -> &'static str {
         Protocol::Pop3s => "pop3s",
         Protocol::Lmtp => "lmtp",
         Protocol::Smtp => "smtp",
+        Protocol::Policy => "policy",
     }
+}
+
+/// The Postfix policy service answered a request.
+pub(crate) fn policy(result: PolicyResult) {
+    get().policy.get_or_create(&[("result", result.label())]).inc();
+}
+
+/// A `BDAT` chunk arrived on `protocol` (LMTP or SMTP).
+pub(crate) fn bdat_chunk(protocol: Protocol) {
+    get().bdat_chunks.get_or_create(&[("protocol", protocol_label(protocol))]).inc();
 }
 
 /// A connection was accepted on a listener of `protocol`.
@@ -478,12 +531,10 @@ pub(crate) fn expiry(expired: usize, purged: usize) {
 /// The OpenMetrics content type (OpenMetrics 1.0 §"Overall structure").
 pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
-/// Largest request head read; a scraper's is a few hundred bytes.
-const MAX_REQUEST: usize = 8 * 1024;
-/// Scrapes served at once; more wait in the listen queue.
-const MAX_SCRAPES: usize = 8;
-/// Time a scraper gets to send its request and read the answer.
-const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The endpoint's bounds: a scraper's request is a few hundred bytes and
+/// has no body; a few scrapes at once; 10 s for the whole exchange.
+pub const LIMITS: crate::http::Limits =
+    crate::http::Limits { max_head: 8 * 1024, max_body: 0, timeout: Duration::from_secs(10), max_connections: 8 };
 
 /// Binds the metrics listener with `std::net`, before the runtime starts
 /// and privileges are dropped (like the mail listeners).
@@ -491,109 +542,34 @@ const SCRAPE_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Errors
 /// The OS error, with the address and the fix.
 pub fn bind_std(addr: std::net::SocketAddr) -> Result<std::net::TcpListener, String> {
-    let l = std::net::TcpListener::bind(addr)
-        .map_err(|e| format!("cannot listen for metrics on {addr}: {e} (choose another address for `metrics`)"))?;
-    l.set_nonblocking(true).map_err(|e| format!("metrics listener {addr}: {e}"))?;
-    Ok(l)
+    crate::http::bind_std(addr, "metrics")
 }
 
 /// Serves `GET /metrics` on `listener` until the task is dropped. Each
 /// connection gets one answer and is closed (`Connection: close`), so a
 /// scraper cannot hold a connection open.
 pub async fn serve(listener: std::net::TcpListener) {
-    let listener = match tokio::net::TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(error = %e, "metrics listener unusable; metrics are not served");
-            return;
-        }
-    };
-    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_SCRAPES));
-    loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else { return };
-        let (stream, peer) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                // EMFILE and friends: back off instead of spinning.
-                debug!(error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        tokio::spawn(async move {
-            let _permit = permit;
-            if tokio::time::timeout(SCRAPE_TIMEOUT, answer(stream)).await.is_err() {
-                debug!(%peer, "metrics request timed out");
-            }
-        });
-    }
+    crate::http::serve(listener, None, LIMITS, "metrics", std::sync::Arc::new(respond)).await;
 }
 
-/// Reads one request head and writes one response.
-async fn answer(mut stream: TcpStream) {
-    let mut head = Vec::with_capacity(1024);
-    let complete = loop {
-        if head.windows(4).any(|w| w == b"\r\n\r\n") || head.windows(2).any(|w| w == b"\n\n") {
-            break true;
-        }
-        if head.len() >= MAX_REQUEST {
-            break false;
-        }
-        let mut buf = [0u8; 1024];
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(n) => head.extend_from_slice(&buf[..n.min(MAX_REQUEST - head.len())]),
-        }
-    };
-    let response = if complete { respond(&head) } else { plain(431, "Request Header Fields Too Large") };
-    let _ = stream.write_all(&response).await;
-    let _ = stream.shutdown().await;
-}
-
-/// The response to a request head: the pure part of the endpoint.
-fn respond(head: &[u8]) -> Vec<u8> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.lines();
-    let mut request = lines.next().unwrap_or_default().split(' ');
-    let (method, target) = (request.next().unwrap_or_default(), request.next().unwrap_or_default());
-    if method != "GET" && method != "HEAD" {
-        return plain(405, "Method Not Allowed");
+/// The response to a request: the pure part of the endpoint.
+fn respond(request: &crate::http::Request) -> crate::http::Response {
+    use crate::http::Response;
+    if request.method != "GET" && request.method != "HEAD" {
+        return Response::text(405, "Method Not Allowed");
     }
     // The query string is ignored (Prometheus adds none by default).
-    let path = target.split('?').next().unwrap_or_default();
-    if path != "/metrics" {
-        return plain(404, "Not Found");
+    if request.path != "/metrics" {
+        return Response::text(404, "Not Found");
     }
-    let accept = lines
-        .filter_map(|l| l.split_once(':'))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("accept"))
-        .map(|(_, value)| value.trim().to_ascii_lowercase())
-        .unwrap_or_default();
+    let accept = request.header("accept").unwrap_or_default().to_ascii_lowercase();
     // OpenMetrics unless the scraper asks for text/plain and not for
     // OpenMetrics (an old Prometheus, or a human with curl -H).
-    let (content_type, body) = if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
-        (prometheus_client::encoding::prometheus_text::CONTENT_TYPE, get().encode_prometheus())
+    if accept.contains("text/plain") && !accept.contains("application/openmetrics-text") {
+        Response::ok(prometheus_client::encoding::prometheus_text::CONTENT_TYPE, get().encode_prometheus())
     } else {
-        (OPENMETRICS_CONTENT_TYPE, get().encode_openmetrics())
-    };
-    let mut out = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    if method == "GET" {
-        out.extend_from_slice(body.as_bytes());
+        Response::ok(OPENMETRICS_CONTENT_TYPE, get().encode_openmetrics())
     }
-    out
-}
-
-fn plain(status: u16, reason: &str) -> Vec<u8> {
-    let body = format!("{reason}\n");
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
 }
 
 #[cfg(test)]
@@ -601,7 +577,8 @@ mod tests {
     use super::*;
 
     fn response(head: &str) -> String {
-        String::from_utf8(respond(head.as_bytes())).unwrap()
+        let request = crate::http::Request::parse_head(head.as_bytes()).unwrap();
+        String::from_utf8(respond(&request).to_bytes(request.method == "HEAD")).unwrap()
     }
 
     #[test]

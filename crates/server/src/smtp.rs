@@ -34,6 +34,16 @@
 //!   unnamed file (`spool.rs`); global budgets bound DATA memory
 //!   (`data_memory_max`) and DATA bytes in flight (`data_in_flight_max`,
 //!   `452 4.3.1` beyond). Every copy is streamed from memory or the spool.
+//! - **BDAT** (CHUNKING, RFC 3030): chunks of counted octets go to the
+//!   same receiver and spool as DATA, as they are (no dot-stuffing, no end
+//!   marker); size limit, budgets, `data_timeout` (for all chunks) and the
+//!   final reply after `LAST` are DATA's. A refused `BDAT` (no MAIL, no
+//!   recipient, no room) still has its octets read and dropped, so the
+//!   stream stays in step; a chunk past the size limit is answered `552`
+//!   at its end. A bare CR or LF in BDAT data is refused like DATA's
+//!   (`550 5.6.0` after `LAST`): BDAT has no end marker to smuggle past,
+//!   but the other reason holds: readers that split lines differently
+//!   would see different header sections (see `intake.rs`).
 //! - **Durability**: the final `250` after DATA is written only once every
 //!   accepted recipient's copy is durable (the store fsyncs). If any copy
 //!   fails temporarily (disk, quota in its default temporary mode, I/O),
@@ -114,6 +124,8 @@ struct Session {
     from: Option<String>,
     recipients: Vec<Recipient>,
     data: Option<Body>,
+    /// Octets of a refused `BDAT` chunk still to read and drop.
+    skip: u64,
     peer: SocketAddr,
     /// `5xx` replies to commands since the last delivery.
     errors: u32,
@@ -151,6 +163,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
         from: None,
         recipients: Vec::new(),
         data: None,
+        skip: 0,
         peer,
         errors: 0,
     };
@@ -188,7 +201,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
             // A message being received is let finish (within the grace
             // period); between transactions the client is told to retry.
             () = async {
-                if session.data.is_some() { std::future::pending::<()>().await } else { shutdown.draining().await }
+                if session.data.is_some() || session.skip > 0 { std::future::pending::<()>().await } else { shutdown.draining().await }
             } => {
                 let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
                 return;
@@ -197,13 +210,21 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
         inbuf.extend_from_slice(&buf[..n]);
         let mut pos = 0;
         while pos < inbuf.len() {
-            if let Some(body) = session.data.as_mut() {
+            if session.skip > 0 {
+                let n = usize::try_from(session.skip).unwrap_or(usize::MAX).min(inbuf.len() - pos);
+                pos += n;
+                session.skip -= n as u64;
+                continue;
+            }
+            if let Some(body) = session.data.as_mut()
+                && body.reading()
+            {
                 let (consumed, done) = body.ingest(&inbuf[pos..]);
                 pos += consumed;
                 if !done {
                     break;
                 }
-                session.finish_data(&svc, &mut out).await;
+                session.chunk_done(&svc, &mut out).await;
                 continue;
             }
             // Whole lines, each parsed on its own, as lmtp.rs does: one
@@ -340,7 +361,7 @@ impl Session {
                 out.extend_from_slice(
                     format!(
                         "250-{} greets {}\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n\
-                         250-SIZE {}\r\n{starttls}250 ENHANCEDSTATUSCODES\r\n",
+                         250-SIZE {}\r\n250-CHUNKING\r\n{starttls}250 ENHANCEDSTATUSCODES\r\n",
                         svc.config.hostname,
                         sanitize(&host),
                         svc.config.smtp_max_message_size
@@ -377,6 +398,8 @@ impl Session {
             Request::Rcpt { to } => {
                 if self.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.data.is_some() {
+                    reply(out, "503 5.5.1 RCPT after BDAT\r\n");
                 } else if self.recipients.len() >= svc.config.smtp_max_recipients {
                     reply(out, "452 4.5.3 too many recipients\r\n");
                 } else {
@@ -397,6 +420,9 @@ impl Session {
             Request::Data => {
                 if self.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
+                } else if self.data.is_some() {
+                    // RFC 3030 §2: no DATA in a BDAT transaction.
+                    reply(out, "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n");
                 } else if self.recipients.is_empty() {
                     reply(out, "554 5.5.1 no valid recipients\r\n");
                 } else if svc.intake.in_flight_full() {
@@ -406,9 +432,32 @@ impl Session {
                     reply(out, "354 start mail input; end with <CRLF>.<CRLF>\r\n");
                 }
             }
-            Request::Bdat { .. } => {
-                reply(out, "502 5.5.1 BDAT not supported\r\n");
-                return Next::Continue;
+            Request::Bdat { chunk_size, is_last } => {
+                let size = chunk_size as u64;
+                let refusal = if self.from.is_none() {
+                    Some("503 5.5.1 MAIL first\r\n")
+                } else if self.recipients.is_empty() {
+                    Some("554 5.5.1 no valid recipients\r\n")
+                } else if self.data.is_none() && svc.intake.in_flight_full() {
+                    Some("452 4.3.1 insufficient system storage, try again later\r\n")
+                } else {
+                    None
+                };
+                if let Some(text) = refusal {
+                    // Its octets follow anyway; they are not commands.
+                    self.skip = size;
+                    reply(out, text);
+                    return Next::Continue;
+                }
+                crate::metrics::bdat_chunk(crate::Protocol::Smtp);
+                debug!(peer = %self.peer, size, last = is_last, "BDAT chunk");
+                let max = svc.config.smtp_max_message_size;
+                let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max, svc.config.data_timeout));
+                body.start_chunk(size, is_last);
+                if size == 0 {
+                    // Nothing to read: `BDAT 0 LAST` ends the message now.
+                    self.chunk_done(svc, out).await;
+                }
             }
             Request::Rset => {
                 self.reset();
@@ -452,6 +501,21 @@ impl Session {
         self.from = None;
         self.recipients.clear();
         self.data = None;
+    }
+
+    /// The end of DATA or of a BDAT chunk (see `lmtp.rs`, which does the
+    /// same): before `LAST` one reply for the chunk.
+    async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
+        let Some(body) = self.data.as_ref() else { return };
+        if body.is_last() {
+            return self.finish_data(svc, out).await;
+        }
+        let line = match body.refused() {
+            Some(Refusal::TooBig) => "552 5.3.4 message size exceeds fixed maximum message size\r\n".to_string(),
+            Some(Refusal::NoRoom) => "452 4.3.1 insufficient system storage, try again later\r\n".to_string(),
+            None => format!("250 2.0.0 {} octets received\r\n", body.chunk_size()),
+        };
+        out.extend_from_slice(line.as_bytes());
     }
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {

@@ -236,6 +236,15 @@ impl Sink {
         }
     }
 
+    /// Why the message will not be kept, once that is known (it is then
+    /// only counted): a BDAT chunk is refused at its end, not the LAST.
+    pub(crate) fn refused(&self) -> Option<Refusal> {
+        match self.to {
+            To::Discard(why) => Some(why),
+            _ => None,
+        }
+    }
+
     fn discard(&mut self, why: Refusal) {
         self.to = To::Discard(why);
         self.charge.release_memory();

@@ -4,6 +4,16 @@
 //! smuggled second transaction; pobox's LMTP must store exactly one message,
 //! and the smuggled one nowhere.
 //!
+//! And issue 18: Postfix's smtpd asks pobox's policy service
+//! (`check_policy_service`) at RCPT, so a message to a full mailbox is
+//! refused in the SMTP dialogue and never queued or bounced, while the
+//! rest goes on to LMTP and arrives byte for byte. Postfix's LMTP client
+//! sees pobox's CHUNKING and still sends DATA: Postfix (3.7 here, and to
+//! date) implements BDAT in smtpd only, its smtp/lmtp client never sends
+//! it (the string is not even in `/usr/lib/postfix/sbin/lmtp`); the test
+//! asserts that, so a Postfix that starts using BDAT is noticed. A real
+//! BDAT client is in `tests/dovecot_bdat.rs`.
+//!
 //! Needs Debian's `postfix` and root (a throwaway Postfix master in a temp
 //! dir); fails with a message naming the package otherwise.
 
@@ -17,11 +27,13 @@ use std::time::{Duration, Instant};
 use pobox_auth::UserDb;
 use pobox_server::config::MailAuthConfig;
 use pobox_server::{Config, ListenAddr, Protocol, Services};
-use pobox_store::{MailLocation, MaildirStore};
+use pobox_store::quota::{Quota, QuotaConfig};
+use pobox_store::{MailLocation, Mailstore, MaildirStore};
 use tokio::sync::oneshot;
 
 struct TestServer {
     lmtp: String,
+    policy: String,
     dir: tempfile::TempDir,
     stop: Option<oneshot::Sender<()>>,
     done: Option<std::sync::mpsc::Receiver<()>>,
@@ -49,11 +61,18 @@ fn start() -> TestServer {
     };
     let dir = tempfile::tempdir().unwrap();
     let users = UserDb::open(dir.path().join("users"));
-    for u in ["alice", "bob"] {
+    for u in ["alice", "bob", "carol"] {
         users.add(u, b"pw").unwrap();
     }
     let location = MailLocation::new(format!("{}/mail/{{user}}", dir.path().display())).unwrap();
-    let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(MaildirStore::new(location)), None));
+    // carol may hold one message and holds one: full.
+    let quota = QuotaConfig {
+        default: Quota::default(),
+        users: [("carol".to_string(), Quota { messages: Some(1), bytes: None })].into_iter().collect(),
+    };
+    let store = MaildirStore::new(location).with_quota(quota);
+    store.deliver("carol", &mut &b"Subject: old\n\nx\n"[..]).unwrap();
+    let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store), None));
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
@@ -62,16 +81,17 @@ fn start() -> TestServer {
         rt.block_on(async move {
             let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
             let lmtp = pobox_server::bind(Protocol::Lmtp, &any).await.unwrap();
-            addr_tx.send(lmtp.local.clone()).unwrap();
-            pobox_server::run(svc, vec![lmtp], async {
+            let policy = pobox_server::bind(Protocol::Policy, &any).await.unwrap();
+            addr_tx.send((lmtp.local.clone(), policy.local.clone())).unwrap();
+            pobox_server::run(svc, vec![lmtp, policy], async {
                 let _ = stop_rx.await;
             })
             .await;
         });
         let _ = done_tx.send(());
     });
-    let lmtp = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    TestServer { lmtp, dir, stop: Some(stop_tx), done: Some(done_rx) }
+    let (lmtp, policy) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    TestServer { lmtp, policy, dir, stop: Some(stop_tx), done: Some(done_rx) }
 }
 
 impl TestServer {
@@ -123,8 +143,9 @@ fn is_root() -> bool {
     Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
-/// A Postfix that relays `example.org` to `lmtp`; returns it and its smtpd port.
-fn postfix(pf: &Path, lmtp: &str) -> (Postfix, u16) {
+/// A Postfix that relays `example.org` to `lmtp`, with `extra` lines for
+/// main.cf; returns it and its smtpd port.
+fn postfix(pf: &Path, lmtp: &str, extra: &str) -> (Postfix, u16) {
     let conf = pf.join("etc");
     let queue = pf.join("queue");
     let data = pf.join("data");
@@ -149,7 +170,7 @@ fn postfix(pf: &Path, lmtp: &str) -> (Postfix, u16) {
          smtp_dns_support_level = disabled\ndisable_dns_lookups = yes\nlmtp_host_lookup = native\n\
          alias_maps =\nalias_database =\nlocal_recipient_maps =\nbiff = no\n\
          maillog_file = {log}\nmaillog_file_prefixes = {base}\nmaster_service_disable =\n\
-         queue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n",
+         queue_run_delay = 1s\nminimal_backoff_time = 1s\nmaximal_backoff_time = 2s\n{extra}",
         queue = queue.display(),
         data = data.display(),
         log = pf.join("maillog").display(),
@@ -214,7 +235,7 @@ fn postfix_relays_end_of_data_look_alikes_to_lmtp_as_one_message() {
     assert!(is_root(), "this test starts a Postfix master, which needs root");
     let s = start();
     let pf = tempfile::tempdir().unwrap();
-    let (guard, port) = postfix(pf.path(), &s.lmtp);
+    let (guard, port) = postfix(pf.path(), &s.lmtp, "");
 
     // Raw SMTP to Postfix, with look-alikes its smtpd keeps as content.
     // Not `<CR><LF>.<CR><CR><LF>` or bare-LF dots: Debian's Postfix 3.7
@@ -279,4 +300,83 @@ fn postfix_relays_end_of_data_look_alikes_to_lmtp_as_one_message() {
     }
     assert!(log.contains("status=sent"), "{log}");
     assert!(!m.contains(&b'\r'), "Postfix relays no bare CR: {text:?}");
+}
+
+#[test]
+fn postfix_asks_the_policy_service_at_rcpt_and_relays_the_rest_to_lmtp() {
+    assert!(Path::new("/usr/sbin/postfix").exists(), "Postfix is needed: apt-get install -y postfix");
+    assert!(is_root(), "this test starts a Postfix master, which needs root");
+    let s = start();
+    let pf = tempfile::tempdir().unwrap();
+    // debug_peer_list makes Postfix log its LMTP dialogue.
+    let extra = format!(
+        "smtpd_recipient_restrictions = check_policy_service inet:{}\n\
+         smtpd_policy_service_timeout = 30s\ndebug_peer_list = 127.0.0.1\n",
+        s.policy
+    );
+    let (guard, port) = postfix(pf.path(), &s.lmtp, &extra);
+    let conf = pf.path().join("etc");
+
+    let stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut w = stream.try_clone().unwrap();
+    let mut r = BufReader::new(stream);
+    let greeting = reply(&mut r);
+    assert!(greeting.starts_with("220"), "{greeting}");
+    let mut cmd = |c: &str| {
+        w.write_all(format!("{c}\r\n").as_bytes()).unwrap();
+        reply(&mut r)
+    };
+    assert!(cmd("EHLO client.sender.test").starts_with("250"));
+    // A transaction for carol alone: refused at RCPT, so nothing to send.
+    assert!(cmd("MAIL FROM:<a@sender.test> SIZE=300").starts_with("250"));
+    let carol = cmd("RCPT TO:<carol@example.org>");
+    assert!(carol.starts_with("452 4.2.2") && carol.contains("mailbox full"), "Postfix passed on the policy answer: {carol}");
+    let data = cmd("DATA");
+    assert!(data.starts_with("554"), "no valid recipients: {data}");
+    assert!(cmd("RSET").starts_with("250"));
+    // carol and alice: carol refused, alice accepted and delivered.
+    assert!(cmd("MAIL FROM:<a@sender.test> SIZE=300 BODY=8BITMIME").starts_with("250"));
+    assert!(cmd("RCPT TO:<carol+tag@example.org>").starts_with("452 4.2.2"));
+    assert!(cmd("RCPT TO:<alice@example.org>").starts_with("250"));
+    assert!(cmd("DATA").starts_with("354"));
+    // SMTP dot-stuffing toward Postfix; BDAT toward pobox has none.
+    let body: &[u8] = b"From: a@sender.test\r\nSubject: chunked\r\n\r\n..leading dot\r\n8bit \xc3\xa9t\xc3\xa9\r\nend\r\n";
+    w.write_all(body).unwrap();
+    w.write_all(b".\r\n").unwrap();
+    let rep = reply(&mut r);
+    assert!(rep.starts_with("250"), "Postfix: {rep}");
+    w.write_all(b"QUIT\r\n").unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.messages("alice").is_empty() {
+        if Instant::now() > deadline {
+            let log = std::fs::read_to_string(pf.path().join("maillog")).unwrap_or_default();
+            panic!("Postfix did not deliver within 60 s; maillog:\n{log}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Anything else (a bounce to the sender, a deferred copy for carol)
+    // would be in the queue by now.
+    std::thread::sleep(Duration::from_secs(2));
+    let (ok, queue) = run(Command::new("postqueue").arg("-c").arg(&conf).arg("-p"), Duration::from_secs(30));
+    let log = std::fs::read_to_string(pf.path().join("maillog")).unwrap_or_default();
+    drop(guard);
+    assert!(ok && queue.contains("Mail queue is empty"), "Postfix queued something: {queue}\nmaillog:\n{log}");
+    assert!(log.contains("NOQUEUE: reject: RCPT from") && log.contains("452 4.2.2 <carol@example.org>"), "{log}");
+    assert!(!log.contains("status=bounced") && !log.contains("status=deferred"), "{log}");
+    assert_eq!(s.messages("carol").len(), 1, "carol still has only her old message");
+    assert_eq!(s.messages("alice").len(), 1);
+    // Postfix saw CHUNKING offered and sent DATA (see the module comment).
+    assert!(log.contains(": 250-CHUNKING"), "pobox did not offer CHUNKING:\n{log}");
+    assert!(log.contains(": DATA") && !log.contains(": BDAT "), "Postfix's LMTP client changed:\n{log}");
+    // The message arrived byte for byte (LF line ends in the Maildir, the
+    // stuffed dot removed once, the 8-bit octets kept).
+    let m = &s.messages("alice")[0];
+    let text = String::from_utf8_lossy(m);
+    assert!(text.contains("by relay.example.net (Postfix)") && text.contains("with LMTP"), "{text}");
+    // Postfix adds Message-ID and Date to the header; the body is as sent.
+    assert!(text.contains("\nSubject: chunked\n"), "{text}");
+    let expect: &[u8] = b"\n\n.leading dot\n8bit \xc3\xa9t\xc3\xa9\nend\n";
+    assert!(m.ends_with(expect), "{text}");
 }

@@ -150,6 +150,18 @@ pub trait Mailstore: Send + Sync + 'static {
     ///
     /// Filesystem errors reading the usage.
     fn quota_full(&self, user: &str) -> Result<Option<quota::Usage>, StoreError>;
+
+    /// Whether one more message of `size` octets would put `user` over a
+    /// quota limit ([`Quota::exceeded_by`](quota::Quota::exceeded_by)):
+    /// `Some(usage)` if so. For a size announced before the message
+    /// arrives (the Postfix policy service's `size=`); the same usage and
+    /// cost as [`quota_full`](Mailstore::quota_full), which is this check
+    /// for a size of 1.
+    ///
+    /// # Errors
+    ///
+    /// Filesystem errors reading the usage.
+    fn quota_exceeded_by(&self, user: &str, size: u64) -> Result<Option<quota::Usage>, StoreError>;
 }
 
 /// One user's maildrop, opened exclusively for a POP3 session.

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod deliver;
+pub mod dns;
 pub mod mailbox;
 mod reload;
 pub mod serve;

@@ -235,6 +235,7 @@ fn listeners(settings: &Settings) -> Vec<(Protocol, ListenAddr)> {
         (Protocol::Pop3s, &settings.pop3s),
         (Protocol::Lmtp, &settings.lmtp),
         (Protocol::Smtp, &settings.smtp),
+        (Protocol::Policy, &settings.policy),
     ]
     .into_iter()
     .flat_map(|(p, addrs)| addrs.iter().map(move |a| (p, a.clone())))
@@ -256,13 +257,21 @@ fn needs_restart(started: &Settings, new: &Settings) -> Vec<String> {
         ("credential_cache_secs", a.credential_cache_ttl != b.credential_cache_ttl),
         ("data_memory_max", a.data_memory_max != b.data_memory_max),
         ("data_in_flight_max", a.data_in_flight_max != b.data_in_flight_max),
+        ("policy.max_connections", a.policy_max_connections != b.policy_max_connections),
         ("dns_resolver", a.mail_auth.resolver != b.mail_auth.resolver),
         ("retention.expire_interval_secs", a.expire_interval != b.expire_interval),
+        // Its listeners and documents are built once at start.
+        ("[autoconfig] (listeners and the documents they serve)", autoconfig_changed(started, new)),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
     .map(|(key, _)| key.to_string())
     .collect()
+}
+
+fn autoconfig_changed(started: &Settings, new: &Settings) -> bool {
+    let (a, b) = (&started.autoconfig, &new.autoconfig);
+    (a.enabled() || b.enabled()) && (a != b || started.autoconfig_offer() != new.autoconfig_offer())
 }
 
 #[cfg(test)]

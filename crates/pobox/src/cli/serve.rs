@@ -27,6 +27,10 @@ pub struct ServeArgs {
     /// `none`. Default 0.0.0.0:25.
     #[arg(long, value_name = "ADDR")]
     smtp: Option<String>,
+    /// Postfix policy service address (IP:PORT or unix:/path), or `none`.
+    /// Default none (`[policy] listen`).
+    #[arg(long, value_name = "ADDR")]
+    policy: Option<String>,
 }
 
 /// Applies the address flags to `settings`: at startup and again at each
@@ -39,6 +43,7 @@ pub(super) fn apply_overrides(settings: &mut Settings, args: &ServeArgs) -> anyh
     override_addr(&mut settings.pop3s, "pop3s", args.pop3s.clone())?;
     override_addr(&mut settings.lmtp, "lmtp", args.lmtp.clone())?;
     override_addr(&mut settings.smtp, "smtp", args.smtp.clone())?;
+    override_addr(&mut settings.policy, "policy", args.policy.clone())?;
     if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
     }
@@ -93,7 +98,10 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     store
         .open_lock_file()
         .with_context(|| format!("cannot open the maildrop lock file {}", store.lock_file().display()))?;
-    let needs_tls = !settings.pop3.is_empty() || !settings.pop3s.is_empty() || !settings.smtp.is_empty();
+    let needs_tls = !settings.pop3.is_empty()
+        || !settings.pop3s.is_empty()
+        || !settings.smtp.is_empty()
+        || !settings.autoconfig.listen_tls.is_empty();
     let tls_dir = settings.data_dir.join("tls");
     let tls = if needs_tls {
         Some(
@@ -110,7 +118,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     };
     // ACME: DATA/acme and the HTTP-01 port now, while still root; a
     // certificate from an earlier run is served from the first handshake.
-    let acme = match (settings.acme.clone(), &tls) {
+    let mut acme = match (settings.acme.clone(), &tls) {
         (None, _) => None,
         (Some(_), None) => anyhow::bail!("[acme] needs a TLS listener (pop3, pop3s or smtp)"),
         (Some(cfg), Some(tls)) => {
@@ -143,6 +151,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         (Protocol::Pop3s, &settings.pop3s),
         (Protocol::Lmtp, &settings.lmtp),
         (Protocol::Smtp, &settings.smtp),
+        (Protocol::Policy, &settings.policy),
     ] {
         if activated.contains(&protocol) {
             continue;
@@ -162,6 +171,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if let Some(m) = &metrics {
         settings.server.metrics = m.local_addr().ok();
     }
+    let autoconfig = bind_autoconfig(&settings, &bound, acme.as_mut(), tls.as_ref())?;
 
     // The self-signed pair we generated as root must stay readable for
     // reloads after the switch.
@@ -201,7 +211,74 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if let Some(m) = metrics {
         runtime.spawn(pobox_server::metrics::serve(m));
     }
-    runtime.block_on(serve(settings, source, users, store, tls, bound, dropped, open_files, acme))
+    let autoconfig_urls = autoconfig.urls();
+    for (listener, tls, handler) in autoconfig.listeners {
+        runtime.spawn(pobox_server::http::serve(listener, tls, pobox_server::autoconfig::LIMITS, "autoconfig", handler));
+    }
+    runtime.block_on(serve(settings, source, users, store, tls, bound, dropped, open_files, acme, autoconfig_urls))
+}
+
+/// The autoconfig listeners, bound, each with its TLS (HTTPS) and handler.
+struct AutoconfigListeners {
+    listeners: Vec<(std::net::TcpListener, Option<pobox_server::Tls>, pobox_server::http::Handler)>,
+}
+
+impl AutoconfigListeners {
+    /// `http://ADDR/` and `https://ADDR/` for the banner (port 0 resolved).
+    fn urls(&self) -> Vec<String> {
+        self.listeners
+            .iter()
+            .filter_map(|(l, tls, _)| {
+                let addr = l.local_addr().ok()?;
+                Some(format!("{}://{addr}/", if tls.is_some() { "https" } else { "http" }))
+            })
+            .collect()
+    }
+}
+
+/// Binds `[autoconfig]`'s listeners (before privileges are dropped: ports
+/// 80 and 443). A plain address that is also ACME's HTTP-01 address takes
+/// over ACME's bound socket and answers its challenges too, so both can
+/// share port 80. The documents name the POP3 ports really bound
+/// (systemd's sockets, port 0 resolved).
+fn bind_autoconfig(
+    settings: &Settings,
+    bound: &[pobox_server::PreBound],
+    mut acme: Option<&mut pobox_server::acme::Acme>,
+    tls: Option<&pobox_server::Tls>,
+) -> anyhow::Result<AutoconfigListeners> {
+    use pobox_server::{autoconfig, http};
+    let cfg = &settings.autoconfig;
+    let mut listeners = Vec::new();
+    if !cfg.enabled() {
+        return Ok(AutoconfigListeners { listeners });
+    }
+    let actual = |protocol: Protocol| -> Vec<ListenAddr> {
+        bound.iter().filter(|b| b.protocol == protocol).filter_map(|b| parse_listen(&b.local).ok()).collect()
+    };
+    let offer = settings.autoconfig_offer_for(&actual(Protocol::Pop3s), &actual(Protocol::Pop3));
+    for addr in &cfg.listen {
+        let shared = match acme.as_deref_mut() {
+            Some(a)
+                if a.config().challenge == pobox_server::acme::ChallengeKind::Http01
+                    && a.config().http_listen == *addr =>
+            {
+                a.take_http_listener()
+            }
+            _ => None,
+        };
+        let challenges = shared.as_ref().and(tls).map(|t| t.store.challenges());
+        let listener = match shared {
+            Some(l) => l,
+            None => http::bind_std(*addr, "autoconfig.listen").map_err(anyhow::Error::msg)?,
+        };
+        listeners.push((listener, None, autoconfig::handler(offer.clone(), challenges)));
+    }
+    for addr in &cfg.listen_tls {
+        let listener = http::bind_std(*addr, "autoconfig.listen_tls").map_err(anyhow::Error::msg)?;
+        listeners.push((listener, tls.cloned(), autoconfig::handler(offer.clone(), None)));
+    }
+    Ok(AutoconfigListeners { listeners })
 }
 
 /// The file whose lock marks the data dir as served; it holds the PID.
@@ -305,6 +382,7 @@ async fn serve(
     dropped: privdrop::Outcome,
     open_files: OpenFiles,
     acme: Option<pobox_server::acme::Acme>,
+    autoconfig_urls: Vec<String>,
 ) -> anyhow::Result<()> {
     let stop = stop_signal();
     // Now too: without a handler, SIGHUP would end the process.
@@ -322,11 +400,15 @@ async fn serve(
             Protocol::Pop3s => "POP3S (TLS)",
             Protocol::Lmtp => "LMTP",
             Protocol::Smtp => "SMTP",
+            Protocol::Policy => "policy",
         };
         println!("  {what:<12} {}", l.local);
     }
     if let Some(addr) = settings.server.metrics {
         println!("  metrics      http://{addr}/metrics");
+    }
+    for url in &autoconfig_urls {
+        println!("  autoconfig   {url}");
     }
     println!("  users        {} ({} users)", settings.passwd_file.display(), users.list().map(|u| u.len()).unwrap_or(0));
     println!("  maildrops    {}", settings.mail_location);
@@ -339,6 +421,10 @@ async fn serve(
         let cfg = acme.config();
         let via = match acme.http_local_addr() {
             Some(addr) => format!("{} on {addr}", cfg.challenge),
+            // Handed to the autoconfig listener on the same address.
+            None if cfg.challenge == pobox_server::acme::ChallengeKind::Http01 => {
+                format!("{} on {} (the autoconfig listener)", cfg.challenge, cfg.http_listen)
+            }
             None => cfg.challenge.to_string(),
         };
         let state = match tls.store.acme() {

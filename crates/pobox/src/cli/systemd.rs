@@ -34,8 +34,8 @@ pub fn activated_listeners() -> anyhow::Result<Vec<PreBound>> {
                 let port = l.local_addr().map(|a| a.port()).unwrap_or(0);
                 let Some(protocol) = named.or_else(|| protocol_of_port(port)) else {
                     bail!(
-                        "socket-activated descriptor {idx} (port {port}, name {name:?}) is not pop3, pop3s, lmtp \
-                         or smtp; set FileDescriptorName= in the .socket unit"
+                        "socket-activated descriptor {idx} (port {port}, name {name:?}) is not pop3, pop3s, lmtp, \
+                         smtp or policy; set FileDescriptorName= in the .socket unit"
                     );
                 };
                 out.push(PreBound::from_tcp(protocol, l).context("socket-activated TCP listener")?);
@@ -47,8 +47,8 @@ pub fn activated_listeners() -> anyhow::Result<Vec<PreBound>> {
                     .with_context(|| format!("socket-activated descriptor {idx} ({name:?}) is not a stream listener"))?;
                 let Some(l) = l else { continue };
                 let protocol = named.unwrap_or(Protocol::Lmtp);
-                if protocol != Protocol::Lmtp {
-                    bail!("socket-activated unix socket {idx} is named {name:?}; only LMTP listens on unix sockets");
+                if !matches!(protocol, Protocol::Lmtp | Protocol::Policy) {
+                    bail!("socket-activated unix socket {idx} is named {name:?}; only LMTP and policy listen on unix sockets");
                 }
                 out.push(PreBound::from_unix(protocol, l).context("socket-activated unix listener")?);
             }
@@ -63,6 +63,7 @@ fn protocol_named(name: &str) -> Option<Protocol> {
         "pop3s" => Some(Protocol::Pop3s),
         "lmtp" => Some(Protocol::Lmtp),
         "smtp" => Some(Protocol::Smtp),
+        "policy" => Some(Protocol::Policy),
         _ => None,
     }
 }

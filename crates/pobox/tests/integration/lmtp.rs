@@ -255,3 +255,43 @@ fn lmtp_session_in_data_does_not_spin_during_shutdown() {
     let _ = srv.wait(Duration::from_secs(15));
     assert!(used < 0.2, "an idle LMTP session used {used:.2} s of CPU in 1.5 s while draining");
 }
+
+/// `pobox serve` with `[policy] listen` in its config file: the policy
+/// service is listed at start-up and answers like LMTP's RCPT for a full
+/// mailbox; `reject_unknown` from the file applies. The protocol and its
+/// edge cases are tested in `crates/server/tests/policy.rs`, Postfix
+/// driving it in `crates/server/tests/postfix_data.rs`.
+#[test]
+fn serve_runs_the_policy_service_from_the_config_file() {
+    use std::io::{BufRead, BufReader, Write};
+    let dir = Dir::new();
+    dir.add_user("alice", PW);
+    dir.add_user("bob", PW);
+    dir.deliver("bob", b"Subject: old\n\nx\n");
+    let srv = dir
+        .server()
+        .config("quota", "{ users = { bob = { messages = 1 } } }")
+        .config("policy", "{ listen = [\"127.0.0.1:0\"], reject_unknown = true }")
+        .start();
+    let out = srv.stdout();
+    let line = out.lines().find(|l| l.trim_start().starts_with("policy")).unwrap_or_else(|| panic!("{out}"));
+    let addr = line.split_whitespace().last().unwrap().to_string();
+    let s = std::net::TcpStream::connect(&addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut w = s.try_clone().unwrap();
+    let mut r = BufReader::new(s);
+    let mut ask = |rcpt: &str| {
+        w.write_all(format!("request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient={rcpt}\nsize=0\n\n").as_bytes())
+            .unwrap();
+        let (mut action, mut empty) = (String::new(), String::new());
+        r.read_line(&mut action).unwrap();
+        r.read_line(&mut empty).unwrap();
+        assert_eq!(empty, "\n");
+        action
+    };
+    assert_eq!(ask("bob@example.org"), "action=452 4.2.2 <bob@example.org>: mailbox full, try again later\n");
+    assert_eq!(ask("alice@example.org"), "action=DUNNO\n");
+    assert_eq!(ask("nobody@example.org"), "action=550 5.1.1 <nobody@example.org>: no such user\n");
+    let help = dir.pobox().args(["serve", "--help"]).assert_exit(0).stdout();
+    assert!(help.contains("--policy <ADDR>"), "{help}");
+}

@@ -13,6 +13,8 @@
 //! - `logs`, `limits`: session summary lines, plain log values, connection
 //!   limits (issue 12, items 7 and 9).
 //! - `metrics`: the OpenMetrics endpoint, counters checked against a script.
+//! - `autoconfig`: the client autoconfiguration listener (Thunderbird,
+//!   Autodiscover, PACC, Apple) and `pobox dns` (issue 13 items 4 and 5).
 //! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
 //! - `vacation`: Sieve vacation replies through a relay (an SMTP sink the
 //!   test runs: plain, STARTTLS with its own CA, the relay down).
@@ -30,6 +32,7 @@
 #![allow(unreachable_pub)]
 
 mod audit;
+mod autoconfig;
 mod cli;
 mod filters;
 mod limits;

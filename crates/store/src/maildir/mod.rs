@@ -470,12 +470,17 @@ impl Mailstore for MaildirStore {
     }
 
     fn quota_full(&self, user: &str) -> Result<Option<Usage>, StoreError> {
+        // `Quota::is_full` is `exceeded_by(usage, 1)`.
+        self.quota_exceeded_by(user, 1)
+    }
+
+    fn quota_exceeded_by(&self, user: &str, size: u64) -> Result<Option<Usage>, StoreError> {
         let quota = Mailstore::quota(self, user);
         if quota.is_unlimited() {
             return Ok(None);
         }
         let usage = self.maildir(user)?.usage(&quota)?;
-        Ok(quota.is_full(usage).then_some(usage))
+        Ok(quota.exceeded_by(usage, size).then_some(usage))
     }
 }
 
