@@ -14,6 +14,8 @@
 //!   limits (issue 12, items 7 and 9).
 //! - `metrics`: the OpenMetrics endpoint, counters checked against a script.
 //! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
+//! - `import_dovecot`: `pobox import dovecot` and `pobox uidl verify` against a
+//!   real Dovecot 2.3 with mpop (issue 13), and 2.4 fixture files.
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -30,6 +32,7 @@
 mod audit;
 mod cli;
 mod filters;
+mod import_dovecot;
 mod limits;
 mod lmtp;
 mod logs;
