@@ -1392,6 +1392,29 @@ mod tests {
     }
 
     #[test]
+    fn add_hashed_keeps_schemes_skips_existing_and_rewrites_only_when_new() {
+        let (dir, db) = db_with(&format!("{ALICE}\n"));
+        let path = dir.path().join("passwd");
+        let out = db
+            .add_hashed(&[("alice", "{PLAIN}correct horse"), ("bob", BOB_SHA512.split_once(':').unwrap().1), ("carol", "{PLAIN}other")])
+            .unwrap();
+        assert_eq!(out, [HashedAdd::Same, HashedAdd::Added, HashedAdd::Added]);
+        assert!(db.verify("bob", PW).is_ok(), "the SHA512 hash verifies as it was");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("carol:{PLAIN}other\n"), "{text}");
+        // Nothing new: the file is not even replaced.
+        let ino = fs::metadata(&path).unwrap().ino();
+        let out = db.add_hashed(&[("alice", "{PLAIN}changed"), ("carol", "{PLAIN}other")]).unwrap();
+        assert_eq!(out, [HashedAdd::Different, HashedAdd::Same]);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
+        assert!(db.verify("alice", PW).is_ok(), "an existing password is left alone");
+        // A value that would break the file, or a bad name: nothing written.
+        assert!(matches!(db.add_hashed(&[("dave", "{PLAIN}a:b")]), Err(UserDbError::Io(_))));
+        assert!(matches!(db.add_hashed(&[("-x", "{PLAIN}a")]), Err(UserDbError::InvalidName(_))));
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
+    }
+
+    #[test]
     fn add_set_password_remove_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
         let db = UserDb::open(dir.path().join("passwd"));

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{Dir, Pop3, TestCommand, cannot_run, require_tool};
+use crate::util::{Dir, TestCommand, cannot_run, require_tool};
 
 const DOVECOT: &str = "/usr/sbin/dovecot";
 const LDA: &str = "/usr/lib/dovecot/dovecot-lda";
