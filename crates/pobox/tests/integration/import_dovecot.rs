@@ -701,3 +701,77 @@ fn show_uidls(dir: &Dir, user: &str) -> Vec<String> {
         .map(|rest| rest.trim_end_matches(',').trim_end_matches('"').to_owned())
         .collect()
 }
+
+#[test]
+fn x_uidl_headers_when_asked_duplicates_get_new_uidls_and_users_filter() {
+    let dir = Dir::new();
+    let src = dir.scratch("dovecot-x");
+    let mut passwd = String::new();
+    for user in ["erin", "frank"] {
+        let md = src.join(format!("vmail/{user}"));
+        for sub in ["new", "cur", "tmp"] {
+            std::fs::create_dir_all(md.join(sub)).unwrap();
+        }
+        passwd.push_str(&format!("{user}:{{PLAIN}}pw\n"));
+    }
+    let md = src.join("vmail/erin");
+    std::fs::write(
+        md.join("cur/1700000001.M1P1.host,S=1:2,S"),
+        "X-UIDL: legacy-1\nSubject: a\n\nbody\n",
+    )
+    .unwrap();
+    // The same X-UIDL again (pop3_uidl_duplicates = allow did that).
+    std::fs::write(
+        md.join("cur/1700000002.M2P1.host,S=1:2,S"),
+        "x-uidl:  legacy-1 \nSubject: b\n\nbody\n",
+    )
+    .unwrap();
+    std::fs::write(
+        md.join("cur/1700000003.M3P1.host,S=1:2,S"),
+        "Subject: c\n\nbody\n",
+    )
+    .unwrap();
+    std::fs::write(
+        md.join("dovecot-uidlist"),
+        "3 V1700000000 N4\n1 :1700000001.M1P1.host,S=1\n2 :1700000002.M2P1.host,S=1\n3 :1700000003.M3P1.host,S=1\n",
+    )
+    .unwrap();
+    std::fs::write(
+        src.join("vmail/frank/new/1.M1.host"),
+        "Subject: f\n\nbody\n",
+    )
+    .unwrap();
+    let pfile = src.join("passwd");
+    std::fs::write(&pfile, passwd).unwrap();
+    let mut c = dir.pobox();
+    c.args([
+        "import",
+        "dovecot",
+        "--copy",
+        "--x-uidl",
+        "--users",
+        "erin",
+        "--uidl-format",
+        "%u-%v",
+    ]);
+    c.arg("--mail-root")
+        .arg(format!("{}/vmail/%u", src.display()))
+        .arg("--passwd-file")
+        .arg(&pfile);
+    let out = c.output();
+    assert!(out.status.success(), "{}", out.dump());
+    assert!(
+        out.stderr().contains("UIDL legacy-1 is also"),
+        "the duplicate is reported:\n{}",
+        out.dump()
+    );
+    assert!(out.stdout().contains("1 from X-UIDL"), "{}", out.dump());
+    let users = std::fs::read_to_string(dir.users_file()).unwrap();
+    assert_eq!(users, "erin:{PLAIN}pw\n", "--users: frank left alone");
+    assert!(dir.message_files("frank").is_empty());
+    let mut uidls = show_uidls(&dir, "erin");
+    uidls.sort();
+    // The duplicate keeps its own (file) name as UIDL; the third has no
+    // X-UIDL and gets the format's.
+    assert_eq!(uidls, ["1700000002.M2P1.host", "3-1700000000", "legacy-1"]);
+}
