@@ -622,22 +622,14 @@ fn dovecot_24_fixture_passwd_and_uidl_format_import_with_the_24_uidls() {
         "Subject: new\n\nnever listed\n",
     )
     .unwrap();
-    std::fs::write(
-        md.join("dovecot-uidlist"),
-        "3 V1700000000 N4 G3085f01b7f11094c501100008c4a11c1\n\
-         1 G0f00ba :1700000001.M1P1.host,S=20,W=21\n\
-         2 Psaved-by-pop3 :1700000002.M2P1.host,S=20\n\
-         3 :1700000003.M3P1.host\n",
-    )
-    .unwrap();
-    // SHA512-CRYPT of "dave pw", bare as 2.4 writes it (`openssl passwd -6`).
-    let crypt = "$6$saltsalt$k.9QiYeVwEwGApvUEV78.ryEzxsU9a/oJ5XY6floJQasIwqwVQcXQlcaQavkw0pxL8.Fe.Ar9.aY0HBLgD3sR.";
+    // The Dovecot side comes from fixture files (tests/fixtures/dovecot-2.4):
+    // a bare SHA512-CRYPT hash of "dave pw" (`openssl passwd -6`), 2.4
+    // field names, and a dovecot-uidlist with a GUID and a saved UIDL.
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/dovecot-2.4");
+    std::fs::copy(fixtures.join("dovecot-uidlist"), md.join("dovecot-uidlist")).unwrap();
     let passwd = src.join("passwd");
-    std::fs::write(
-        &passwd,
-        format!("dave@example.org:{crypt}::::::userdb_quota_storage_size=1G\n"),
-    )
-    .unwrap();
+    std::fs::copy(fixtures.join("passwd"), &passwd).unwrap();
+    let crypt = "$6$saltsalt$k.9QiYeVwEwGApvUEV78.ryEzxsU9a/oJ5XY6floJQasIwqwVQcXQlcaQavkw0pxL8.Fe.Ar9.aY0HBLgD3sR.";
     let mut c = dir.pobox();
     c.args([
         "import",
@@ -774,4 +766,39 @@ fn x_uidl_headers_when_asked_duplicates_get_new_uidls_and_users_filter() {
     // The duplicate keeps its own (file) name as UIDL; the third has no
     // X-UIDL and gets the format's.
     assert_eq!(uidls, ["1700000002.M2P1.host", "3-1700000000", "legacy-1"]);
+}
+
+#[test]
+fn a_linked_cur_directory_is_refused_not_followed() {
+    let dir = Dir::new();
+    let src = dir.scratch("dovecot-link");
+    let victim = src.join("vmail/victim/cur");
+    std::fs::create_dir_all(&victim).unwrap();
+    std::fs::write(
+        victim.join("1700000001.M1P1.host:2,S"),
+        "Subject: private\n\nnot yours\n",
+    )
+    .unwrap();
+    let md = src.join("vmail/mallory");
+    std::fs::create_dir_all(md.join("new")).unwrap();
+    std::os::unix::fs::symlink(&victim, md.join("cur")).unwrap();
+    let pfile = src.join("passwd");
+    std::fs::write(&pfile, "mallory:{PLAIN}pw\n").unwrap();
+    let mut c = dir.pobox();
+    c.args(["import", "dovecot", "--copy", "--uidl-format", "%08Xu%08Xv"]);
+    c.arg("--mail-root")
+        .arg(format!("{}/vmail/%u", src.display()))
+        .arg("--passwd-file")
+        .arg(&pfile);
+    let out = c.output();
+    assert_eq!(out.status.code(), Some(1), "{}", out.dump());
+    assert!(
+        out.stderr().contains("refusing to read through it"),
+        "{}",
+        out.dump()
+    );
+    assert!(
+        dir.message_files("mallory").is_empty(),
+        "nothing of the victim's was copied"
+    );
 }

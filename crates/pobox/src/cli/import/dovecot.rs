@@ -27,6 +27,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pobox_auth::hash::StoredPassword;
 use pobox_auth::{HashedAdd, UserDb, valid_username};
 use pobox_store::{AssignOutcome, ImportOutcome, MaildirStore, StoreError, Uidl};
+use rustix::fs::{Mode, OFlags};
 use sha2::{Digest, Sha256};
 
 use super::dovecot_files::{self as files, DovecotUser, Template, UidlVars, Uidlist};
@@ -383,6 +384,15 @@ fn list_messages(maildir: &Path) -> anyhow::Result<Vec<SourceMessage>> {
     let mut out = Vec::new();
     for sub in ["new", "cur"] {
         let dir = maildir.join(sub);
+        // A user who owns the Maildir must not make the import read
+        // another one's mail (or any file) through a link.
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) if !meta.is_dir() => bail!(
+                "{} is not a directory (a link?); refusing to read through it",
+                dir.display()
+            ),
+            _ => {}
+        }
         let entries = match fs::read_dir(&dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -509,6 +519,17 @@ fn header_uidl(path: &Path) -> Option<String> {
         }
     }
     None
+}
+
+/// Opens a message file for reading, never through a symbolic link
+/// (one could have replaced the file since it was listed).
+fn open_message(path: &Path) -> std::io::Result<File> {
+    let fd = rustix::fs::open(
+        path,
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
 }
 
 fn progress(total: usize, what: &str) -> ProgressBar {
