@@ -66,6 +66,7 @@ pub struct VerifyArgs {
 }
 
 /// One user to compare.
+#[derive(Debug)]
 struct Job {
     user: String,
     remote_user: String,
@@ -315,6 +316,37 @@ mod tests {
         );
         let same = compare(&remote[..1], &local[..1]);
         assert!(same.is_empty());
+    }
+
+    #[test]
+    fn users_files_name_their_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("users");
+        std::fs::write(
+            &f,
+            "# pobox user, password file, old login\nalice /pw/alice\nbob@x.org /pw/bob bob\n",
+        )
+        .unwrap();
+        let jobs = read_users_file(&f).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            (jobs[0].user.as_str(), jobs[0].remote_user.as_str()),
+            ("alice", "alice")
+        );
+        assert_eq!(
+            (jobs[1].user.as_str(), jobs[1].remote_user.as_str()),
+            ("bob@x.org", "bob")
+        );
+        assert_eq!(jobs[1].password_file.as_deref(), Some(Path::new("/pw/bob")));
+        std::fs::write(&f, "alice\n").unwrap();
+        assert!(
+            read_users_file(&f)
+                .unwrap_err()
+                .to_string()
+                .contains(":1: expected")
+        );
+        std::fs::write(&f, "# nothing\n").unwrap();
+        assert!(read_users_file(&f).is_err());
     }
 
     #[test]

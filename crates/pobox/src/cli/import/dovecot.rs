@@ -503,7 +503,7 @@ fn give_uidls(
 /// The value of the message's first `X-UIDL:` header, if valid.
 fn header_uidl(path: &Path) -> Option<String> {
     let mut head = Vec::new();
-    File::open(path)
+    open_message(path)
         .ok()?
         .take(HEADER_LIMIT)
         .read_to_end(&mut head)
@@ -580,7 +580,7 @@ fn copy(
     for &i in order {
         let m = &messages[i];
         let mut file =
-            File::open(&m.path).with_context(|| format!("cannot open {}", m.path.display()))?;
+            open_message(&m.path).with_context(|| format!("cannot open {}", m.path.display()))?;
         match import
             .import(&uidl_of(m), m.received, &mut file)
             .with_context(|| format!("copying {}", m.path.display()))?
