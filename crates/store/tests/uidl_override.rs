@@ -362,3 +362,22 @@ fn the_uidl_listing_takes_no_lock_and_creates_nothing() {
         Some(vec![("u-1".to_owned(), msg(0).len() as u64)])
     );
 }
+
+#[test]
+fn a_linked_overrides_file_is_refused_and_its_target_untouched() {
+    let f = Fixture::new();
+    let store = f.store();
+    let d = store.deliver("alice", &mut &msg(1)[..]).unwrap();
+    let canary = f.dir.path().join("canary");
+    fs::write(&canary, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&canary, f.root("alice").join("pobox-uidls")).unwrap();
+    assert!(matches!(
+        store.open("alice").err(),
+        Some(StoreError::Unsafe { .. })
+    ));
+    assert!(matches!(
+        store.assign_uidl("alice", d.uidl.as_str(), "u1"),
+        Err(StoreError::Unsafe { .. })
+    ));
+    assert_eq!(fs::read_to_string(&canary).unwrap(), "precious\n");
+}
