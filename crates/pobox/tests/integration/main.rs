@@ -16,6 +16,8 @@
 //! - `autoconfig`: the client autoconfiguration listener (Thunderbird,
 //!   Autodiscover, PACC, Apple) and `pobox dns` (issue 13 items 4 and 5).
 //! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
+//! - `import_dovecot`: `pobox import dovecot` and `pobox uidl verify` against a
+//!   real Dovecot 2.3 with mpop (issue 13), and 2.4 fixture files.
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -33,6 +35,7 @@ mod audit;
 mod autoconfig;
 mod cli;
 mod filters;
+mod import_dovecot;
 mod limits;
 mod lmtp;
 mod logs;
