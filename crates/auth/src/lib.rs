@@ -73,7 +73,7 @@ pub mod secret;
 pub mod userdb;
 
 pub use secret::Secret;
-pub use userdb::{LoadWarning, UserDb, UserDbError, UserEntry, valid_username};
+pub use userdb::{HashedAdd, LoadWarning, UserDb, UserDbError, UserEntry, valid_username};
 
 /// Proof that a user authenticated.
 ///

@@ -166,6 +166,17 @@ pub struct UserEntry {
     pub scheme: String,
 }
 
+/// What [`UserDb::add_hashed`] did for one user.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HashedAdd {
+    /// A line was added.
+    Added,
+    /// The user was there with this very password field.
+    Same,
+    /// The user was there with another password; left unchanged.
+    Different,
+}
+
 /// Why a mutation of the passwd-file failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -495,6 +506,52 @@ impl UserDb {
         })
     }
 
+    /// Adds users whose passwords are already hashed (`{SCHEME}value`, or a
+    /// bare crypt string), as another server stored them: `pobox import
+    /// dovecot`. One rewrite of the file for all of them. A user who
+    /// already has a line is left as it is; the outcome says whether that
+    /// line's password field is the one given.
+    ///
+    /// # Errors
+    ///
+    /// * [`UserDbError::InvalidName`] for a name failing [`valid_username`].
+    /// * [`UserDbError::Io`] for a stored value holding `:` or a line break
+    ///   (it would break the file), or as for [`add`](Self::add); the file
+    ///   is then unchanged.
+    pub fn add_hashed(&self, entries: &[(&str, &str)]) -> Result<Vec<HashedAdd>, UserDbError> {
+        for (user, stored) in entries {
+            if !valid_username(user) {
+                return Err(UserDbError::InvalidName((*user).to_owned()));
+            }
+            if stored.is_empty() || stored.contains([':', '\n', '\r']) {
+                return Err(UserDbError::Io(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("the stored password of {user} is empty or holds ':' or a line break"),
+                )));
+            }
+        }
+        let mut outcomes = Vec::with_capacity(entries.len());
+        self.edit_if(|lines| {
+            for (user, stored) in entries {
+                let existing = lines.iter().find(|line| line_user(line) == Some(user.as_bytes()));
+                let outcome = match existing {
+                    Some(line) => {
+                        let body = strip_cr(line);
+                        let field = body.split(|&b| b == b':').nth(1).unwrap_or_default();
+                        if field == stored.as_bytes() { HashedAdd::Same } else { HashedAdd::Different }
+                    }
+                    None => {
+                        lines.push(format!("{user}:{stored}").into_bytes());
+                        HashedAdd::Added
+                    }
+                };
+                outcomes.push(outcome);
+            }
+            Ok(outcomes.contains(&HashedAdd::Added))
+        })?;
+        Ok(outcomes)
+    }
+
     /// Replaces `user`'s password with a new [`hash::hash_password`] hash.
     ///
     /// Rewrites the password field of the first line naming `user`, keeping
@@ -614,6 +671,15 @@ impl UserDb {
         &self,
         change: impl FnOnce(&mut Vec<Vec<u8>>) -> Result<(), UserDbError>,
     ) -> Result<(), UserDbError> {
+        self.edit_if(|lines| change(lines).map(|()| true))
+    }
+
+    /// [`edit`](Self::edit), where `change` says whether it changed
+    /// anything: `Ok(false)` leaves the file as it is (not even replaced).
+    fn edit_if(
+        &self,
+        change: impl FnOnce(&mut Vec<Vec<u8>>) -> Result<bool, UserDbError>,
+    ) -> Result<(), UserDbError> {
         let lock_path = sibling(&self.path, ".lock");
         let lock = OpenOptions::new()
             .write(true)
@@ -652,7 +718,10 @@ impl UserDb {
         let changed = change(&mut lines);
         let mut output = lines.join(&b'\n');
         lines.zeroize();
-        changed?;
+        if !changed? {
+            output.zeroize();
+            return Ok(());
+        }
         if !output.is_empty() {
             output.push(b'\n');
         }
@@ -1320,6 +1389,29 @@ mod tests {
         assert!(db.verify_apop("alice", ts, &digest(INTL)).is_ok());
         assert!(db.verify_apop("alice", ts, &digest(INTL_PREPARED)).is_ok());
         assert!(db.verify_apop("alice", ts, &digest("Pässwörd 2")).is_err());
+    }
+
+    #[test]
+    fn add_hashed_keeps_schemes_skips_existing_and_rewrites_only_when_new() {
+        let (dir, db) = db_with(&format!("{ALICE}\n"));
+        let path = dir.path().join("passwd");
+        let out = db
+            .add_hashed(&[("alice", "{PLAIN}correct horse"), ("bob", BOB_SHA512.split_once(':').unwrap().1), ("carol", "{PLAIN}other")])
+            .unwrap();
+        assert_eq!(out, [HashedAdd::Same, HashedAdd::Added, HashedAdd::Added]);
+        assert!(db.verify("bob", PW).is_ok(), "the SHA512 hash verifies as it was");
+        let text = fs::read_to_string(&path).unwrap();
+        assert!(text.ends_with("carol:{PLAIN}other\n"), "{text}");
+        // Nothing new: the file is not even replaced.
+        let ino = fs::metadata(&path).unwrap().ino();
+        let out = db.add_hashed(&[("alice", "{PLAIN}changed"), ("carol", "{PLAIN}other")]).unwrap();
+        assert_eq!(out, [HashedAdd::Different, HashedAdd::Same]);
+        assert_eq!(fs::metadata(&path).unwrap().ino(), ino);
+        assert!(db.verify("alice", PW).is_ok(), "an existing password is left alone");
+        // A value that would break the file, or a bad name: nothing written.
+        assert!(matches!(db.add_hashed(&[("dave", "{PLAIN}a:b")]), Err(UserDbError::Io(_))));
+        assert!(matches!(db.add_hashed(&[("-x", "{PLAIN}a")]), Err(UserDbError::InvalidName(_))));
+        assert_eq!(fs::read_to_string(&path).unwrap(), text);
     }
 
     #[test]

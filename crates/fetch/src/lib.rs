@@ -66,7 +66,7 @@ use std::time::Instant;
 
 pub use config::{Account, Config};
 pub use error::FetchError;
-pub use session::{fetch_account, Summary};
+pub use session::{fetch_account, remote_listing, Summary};
 
 /// New mail was stored.
 pub const EXIT_FETCHED: u8 = 0;

@@ -434,8 +434,39 @@ fn expect_ok(reply: Reply, what: &str) -> Result<String, FetchError> {
     }
 }
 
+/// Logs in to `account`'s server exactly as a fetch does (TLS or STLS
+/// and certificate checks first, then the configured authentication),
+/// reads its UIDL and LIST listing, and ends with QUIT without having
+/// deleted or retrieved anything. UIDLs are as the server sent them,
+/// duplicates included. For `pobox uidl verify`.
+///
+/// # Errors
+///
+/// As a fetch: connection, TLS, authentication or protocol errors.
+pub async fn remote_listing(account: &Account, secret: Secret) -> Result<Vec<Listed>, FetchError> {
+    let (mut conn, caps) = open_session(account, secret).await?;
+    let listed = list_raw(&mut conn, caps.as_ref()).await?;
+    // Nothing was marked for deletion, so UPDATE changes nothing; a
+    // server that answers QUIT with -ERR does not make the listing wrong.
+    let _ = quit(&mut conn).await?;
+    Ok(listed)
+}
+
 /// UIDL and LIST, pipelined when possible, merged by message number.
 async fn list(conn: &mut Conn, caps: Option<&Capabilities>) -> Result<Vec<Listed>, FetchError> {
+    let mut listed = list_raw(conn, caps).await?;
+    // Duplicate UIDLs would map two messages to one name and lose one of
+    // them; treat the maildrop as having no usable UIDL instead.
+    let mut seen = std::collections::HashSet::new();
+    if !listed.iter().all(|m| m.uidl.as_ref().is_none_or(|u| seen.insert(u.clone()))) {
+        tracing::warn!("server reports duplicate UIDLs; falling back to content digests");
+        listed.iter_mut().for_each(|m| m.uidl = None);
+    }
+    Ok(listed)
+}
+
+/// [`list`] without the duplicate check.
+async fn list_raw(conn: &mut Conn, caps: Option<&Capabilities>) -> Result<Vec<Listed>, FetchError> {
     let pipelining = caps.is_some_and(|c| c.pipelining);
     // Without CAPA we cannot know whether UIDL exists; ask anyway.
     let try_uidl = caps.is_none_or(|c| c.uidl);
@@ -461,13 +492,6 @@ async fn list(conn: &mut Conn, caps: Option<&Capabilities>) -> Result<Vec<Listed
     for line in body_lines(&body) {
         let (num, size) = parse_list_line(line)?;
         listed.push(Listed { num, size, uidl: uidls.remove(&num) });
-    }
-    // Duplicate UIDLs would map two messages to one name and lose one of
-    // them; treat the maildrop as having no usable UIDL instead.
-    let mut seen = std::collections::HashSet::new();
-    if !listed.iter().all(|m| m.uidl.as_ref().is_none_or(|u| seen.insert(u.clone()))) {
-        tracing::warn!("server reports duplicate UIDLs; falling back to content digests");
-        listed.iter_mut().for_each(|m| m.uidl = None);
     }
     Ok(listed)
 }

@@ -60,6 +60,12 @@ enum Command {
     /// Inspect and maintain maildrops: ls, show, expire, restore, purge.
     #[command(subcommand)]
     Mailbox(cli::mailbox::MailboxCommand),
+    /// Move users and mail in from another server, keeping every UIDL.
+    #[command(subcommand)]
+    Import(cli::import::ImportCommand),
+    /// Compare UIDLs with another POP3 server (after an import).
+    #[command(subcommand)]
+    Uidl(cli::uidl::UidlCommand),
     /// Download mail from POP3 accounts to local Maildir/mbox/MDA.
     Fetch(pobox_fetch::FetchArgs),
     /// Check Sieve scripts and try them on a message.
@@ -197,6 +203,8 @@ fn main() -> ExitCode {
             };
         }
         Command::Mailbox(cmd) => cli::mailbox::run(&args.data, args.config.as_deref(), cmd),
+        Command::Import(cmd) => cli::import::run(&args.data, args.config.as_deref(), cmd),
+        Command::Uidl(cmd) => return cli::uidl::run(&args.data, args.config.as_deref(), cmd),
         Command::Who { json } => cli::mailbox::who(&args.data, args.config.as_deref(), json),
         Command::Kick { user } => cli::mailbox::kick(&args.data, args.config.as_deref(), &user),
     };

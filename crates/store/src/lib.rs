@@ -67,8 +67,8 @@ pub mod quota;
 pub mod retention;
 
 pub use maildir::{
-    BaseIndex, ExpireReport, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir, MaildirStore,
-    NamedDelivery, RemovedMessage, wire_size_of,
+    AssignOutcome, BaseIndex, ExpireReport, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation,
+    Maildir, MaildirStore, NamedDelivery, RemovedMessage, UserImport, wire_size_of,
 };
 
 /// A storage backend holding the maildrops of many users.
@@ -478,6 +478,16 @@ pub enum StoreError {
     /// A folder name that cannot be used (Sieve `fileinto`).
     #[error("invalid folder name {0:?}")]
     InvalidFolder(String),
+    /// A UIDL that another message in the maildrop already has (UIDLs
+    /// are unique within a maildrop, RFC 1939 §7), or that is not a valid
+    /// UIDL at all (1..=70 characters in 0x21..=0x7E).
+    #[error("UIDL {uidl:?} refused: {reason}")]
+    UidlRefused {
+        /// The UIDL asked for.
+        uidl: String,
+        /// Why it cannot be used.
+        reason: String,
+    },
     /// A Maildir directory that must not be used: a symbolic link where a
     /// directory belongs, or one owned by someone else (see the Maildir
     /// backend's `dirs.rs`). Temporary, like other filesystem problems: an
@@ -517,7 +527,8 @@ impl StoreError {
             | StoreError::Vanished(_)
             | StoreError::InvalidName(_)
             | StoreError::OverQuota(_)
-            | StoreError::InvalidFolder(_) => false,
+            | StoreError::InvalidFolder(_)
+            | StoreError::UidlRefused { .. } => false,
         }
     }
 
@@ -535,6 +546,7 @@ impl StoreError {
             StoreError::DiskFull(_) => "mailbox full, try again later",
             StoreError::OverQuota(_) => "mailbox over quota",
             StoreError::InvalidFolder(_) => "invalid folder name",
+            StoreError::UidlRefused { .. } => "UIDL refused",
             StoreError::Io { .. } | StoreError::Unsafe { .. } => {
                 "internal storage error, try again later"
             }

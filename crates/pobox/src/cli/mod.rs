@@ -3,11 +3,13 @@
 pub mod check;
 pub mod deliver;
 pub mod dns;
+pub mod import;
 pub mod mailbox;
 mod reload;
 pub mod serve;
 pub mod sieve;
 pub mod systemd;
+pub mod uidl;
 pub mod user;
 
 use std::sync::Arc;

@@ -16,8 +16,10 @@
 //! - `autoconfig`: the client autoconfiguration listener (Thunderbird,
 //!   Autodiscover, PACC, Apple) and `pobox dns` (issue 13 items 4 and 5).
 //! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
-//! - `vacation`: Sieve vacation replies through a relay (an SMTP sink the
-//!   test runs: plain, STARTTLS with its own CA, the relay down).
+//! - `import_dovecot`: `pobox import dovecot` and `pobox uidl verify` against a
+//!   real Dovecot 2.3 with mpop (issue 13), and 2.4 fixture files.
+//! - `vacation`: Sieve vacation and redirect through a relay (an SMTP sink the
+//!   test runs: plain, STARTTLS with its own CA, the relay down, SIGHUP).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -35,6 +37,7 @@ mod audit;
 mod autoconfig;
 mod cli;
 mod filters;
+mod import_dovecot;
 mod limits;
 mod lmtp;
 mod logs;

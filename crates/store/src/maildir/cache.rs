@@ -29,6 +29,10 @@
 //!    past them by more than a tick), so the next `open` sees different
 //!    stamps and scans afresh.
 //!
+//! The same holds for the UIDL overrides file `pobox-uidls` (see
+//! `uidls.rs`), stat'ed before it is read: an entry is used only while it
+//! stats as it did (or is still missing).
+//!
 //! A maildrop that changed less than [`SETTLED`] before a scan is simply
 //! scanned again next time. The ctime matters too: setting a directory's
 //! mtime back (`touch -d`, `utimensat`) changes its ctime, which cannot be
@@ -106,6 +110,8 @@ struct Inner {
 struct Entry {
     /// `[new/, cur/]`.
     stamps: [DirStamp; 2],
+    /// `pobox-uidls` (`None`: there was none).
+    uidls: Option<DirStamp>,
     /// With `retrieved: None` everywhere: retrieval times come from the
     /// retention log at each open.
     messages: Arc<Vec<MessageInfo>>,
@@ -149,7 +155,7 @@ impl ListingCache {
             inner.clock += 1;
             let clock = inner.clock;
             let fresh = match (inner.entries.get_mut(path), current) {
-                (Some(entry), Some(now)) if entry.stamps == now => {
+                (Some(entry), Some((now, uidls))) if entry.stamps == now && entry.uidls == uidls => {
                     entry.last_used = clock;
                     Some(Arc::clone(&entry.messages))
                 }
@@ -174,10 +180,11 @@ impl ListingCache {
             && size_fits
             && stamps
                 .iter()
+                .chain(&listing.uidls)
                 .all(|s| s.unchanged_since(scan_started, SETTLED))
         {
             let mut inner = self.lock();
-            inner.insert(path, stamps, Arc::clone(&messages), self.max_messages);
+            inner.insert(path, (stamps, listing.uidls), Arc::clone(&messages), self.max_messages);
         }
         Ok(messages)
     }
@@ -198,7 +205,7 @@ impl Inner {
     fn insert(
         &mut self,
         path: &Path,
-        stamps: [DirStamp; 2],
+        (stamps, uidls): ([DirStamp; 2], Option<DirStamp>),
         messages: Arc<Vec<MessageInfo>>,
         max: usize,
     ) {
@@ -223,6 +230,7 @@ impl Inner {
             path.to_owned(),
             Entry {
                 stamps,
+                uidls,
                 messages,
                 last_used: self.clock,
             },
@@ -234,10 +242,11 @@ impl Inner {
 }
 
 /// The stamps of `md`'s `new/` and `cur/` now, through the handles the
-/// scan reads them by; `None` if either cannot be stat'ed.
-fn current_stamps(md: &Maildir) -> Option<[DirStamp; 2]> {
+/// scan reads them by, and of its UIDL overrides; `None` if any cannot be
+/// stat'ed.
+fn current_stamps(md: &Maildir) -> Option<([DirStamp; 2], Option<DirStamp>)> {
     let stamp = |sub: Sub| rustix::fs::fstat(md.fd(sub)).ok().map(|st| DirStamp::of_stat(&st));
-    Some([stamp(Sub::New)?, stamp(Sub::Cur)?])
+    Some(([stamp(Sub::New)?, stamp(Sub::Cur)?], md.uidls_stamp().ok()?))
 }
 
 impl fmt::Debug for ListingCache {

@@ -1,6 +1,6 @@
 //! THE writer: the only code in pobox that creates message files
-//! (architecture rule 6). Both [`Maildir::deliver`] and
-//! [`Maildir::deliver_named`] end up in [`write_message`].
+//! (architecture rule 6). [`Maildir::deliver`], [`Maildir::deliver_named`]
+//! and the importer (`import.rs`) all end up in [`write_message`].
 //!
 //! The sequence is maildir(5) "HOW A MESSAGE IS DELIVERED", with the
 //! directory fsync Dovecot adds (`maildir_transaction_fsync_dirs`):
@@ -22,6 +22,7 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
@@ -62,6 +63,7 @@ pub(super) fn write_message(
     max: Option<u64>,
     sync_dir: bool,
     index: Option<&mut super::BaseIndex>,
+    received: Option<SystemTime>,
 ) -> Result<NamedDelivery, StoreError> {
     if let Some(base) = named {
         let known = match index.as_deref() {
@@ -76,6 +78,13 @@ pub(super) fn write_message(
     let (unique, mut file, guard) = create_tmp(md)?;
     let sizes =
         copy_normalised(msg, &mut file, max).map_err(|e| e.into_store_error(guard.path()))?;
+    // An imported message keeps the time it was received: its mtime is
+    // what retention and the listing order go by. Set before the fsync so
+    // the name never appears with the wrong time.
+    if let Some(at) = received {
+        set_times(&file, at)
+            .map_err(|e| io_error(format_args!("setting the time of {}", guard.path().display()), e))?;
+    }
     // NFS-write (maildir(5)): the data must be on disk before the name is.
     // After a successful fsync, close(2) has nothing left to report on
     // Linux; dropping the File closes it.
@@ -119,6 +128,19 @@ pub(super) fn write_message(
         size: sizes.wire,
         path: dst,
     }))
+}
+
+/// Sets a file's access and modification times to `at`.
+fn set_times(file: &File, at: SystemTime) -> io::Result<()> {
+    let since = at
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "time before 1970"))?;
+    let spec = rustix::fs::Timespec {
+        tv_sec: i64::try_from(since.as_secs()).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "time out of range"))?,
+        tv_nsec: since.subsec_nanos().into(),
+    };
+    rustix::fs::futimens(file, &rustix::fs::Timestamps { last_access: spec, last_modification: spec })?;
+    Ok(())
 }
 
 fn find_base(md: &Maildir, base: &str) -> Result<Option<PathBuf>, StoreError> {

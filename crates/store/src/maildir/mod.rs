@@ -31,11 +31,13 @@ mod cache;
 mod commit;
 mod deliver;
 mod dirs;
+mod import;
 mod lock;
 mod quota;
 mod name;
 mod retention;
 mod scan;
+mod uidls;
 
 use std::ffi::OsStr;
 use std::fmt;
@@ -56,6 +58,7 @@ use crate::retention::{self as policy, ExpiryReason, Policy, RetentionConfig};
 use crate::{CommitReport, Delivered, Mailbox, Mailstore, MessageInfo, StoreError};
 
 pub use cache::{DEFAULT_MAX_MESSAGES as LISTING_CACHE_DEFAULT_MAX, ListingCacheStats, MIN_MESSAGES as LISTING_CACHE_MIN};
+pub use import::{AssignOutcome, ImportOutcome, UserImport};
 pub use scan::wire_size_of;
 
 /// Where users' Maildirs live: a path template containing `{user}`, like
@@ -138,6 +141,18 @@ impl MailLocation {
             Some((root, dirs)) => Ok(Maildir { root, dirs: Arc::new(dirs) }),
             None => unreachable!("open_maildir creates what is missing"),
         }
+    }
+
+    /// Opens `user`'s Maildir as [`open_maildir`](Self::open_maildir)
+    /// does, but creates nothing: `Ok(None)` if any part is missing.
+    fn open_existing(&self, user: &str) -> Result<Option<Maildir>, StoreError> {
+        let full = self.path_for(user)?;
+        let (prefix, rest) = dirs::split_at_user(&self.0, &full);
+        let Some(base) = dirs::open_trusted(&prefix, false)? else {
+            return Ok(None);
+        };
+        Ok(dirs::open_maildir(base, &prefix, &rest, false, None)?
+            .map(|(root, dirs)| Maildir { root, dirs: Arc::new(dirs) }))
     }
 }
 
@@ -657,7 +672,7 @@ impl Maildir {
         msg: &mut dyn io::Read,
         max: Option<u64>,
     ) -> Result<Delivered, StoreError> {
-        match deliver::write_message(self, None, msg, max, true, None)? {
+        match deliver::write_message(self, None, msg, max, true, None, None)? {
             NamedDelivery::Stored(d) => Ok(d),
             // Generated names are unique; write_message reports a clash on
             // one as an error rather than as AlreadyPresent.
@@ -721,7 +736,7 @@ impl Maildir {
         if !name::is_valid_base(base) {
             return Err(StoreError::InvalidName(base.to_owned()));
         }
-        deliver::write_message(self, Some(base), msg, max, sync_dir, None)
+        deliver::write_message(self, Some(base), msg, max, sync_dir, None, None)
     }
 
     /// The base names of every message in `new/` and `cur/`, read once, for
@@ -762,7 +777,7 @@ impl Maildir {
         if !name::is_valid_base(base) {
             return Err(StoreError::InvalidName(base.to_owned()));
         }
-        deliver::write_message(self, Some(base), msg, max, false, Some(index))
+        deliver::write_message(self, Some(base), msg, max, false, Some(index), None)
     }
 
     /// Makes every earlier [`deliver_named_unsynced`](Maildir::deliver_named_unsynced)

@@ -128,14 +128,19 @@ pub(crate) fn wire_size_from_name(name: &OsStr) -> Option<u64> {
 /// restarts, and as unique as the names are.
 pub(crate) fn uidl_for(base: &OsStr) -> Uidl {
     let b = base.as_bytes();
-    let s = if is_valid_uidl(b) {
+    if is_valid_uidl(b) {
         // is_valid_uidl accepts ASCII only, so this is valid UTF-8.
-        String::from_utf8_lossy(b).into_owned()
+        Uidl(String::from_utf8_lossy(b).into_owned())
     } else {
-        hex::encode(&Sha256::digest(b)[..16])
-    };
-    debug_assert!(is_valid_uidl(s.as_bytes()));
-    Uidl(s)
+        hashed_uidl(base)
+    }
+}
+
+/// The hashed UIDL of a base name: the lowercase hex of the first 16 bytes
+/// of SHA-256(base). Also what a message gets when its base name is a UIDL
+/// another message was given by an override (`uidls.rs`).
+pub(crate) fn hashed_uidl(base: &OsStr) -> Uidl {
+    Uidl(hex::encode(&Sha256::digest(base.as_bytes())[..16]))
 }
 
 /// True for a base name [`Maildir::deliver_named`](super::Maildir::deliver_named)

@@ -222,6 +222,9 @@ impl Maildir {
         };
         let entries = dirs::read_names(area.fd(Sub::Cur))
             .map_err(|e| io_error(format_args!("reading {}", area.dir(Sub::Cur).display()), e))?;
+        // Overrides are keyed by base name, so a message keeps the UIDL it
+        // was given while it waits here.
+        let (overrides, _) = self.load_uidls()?;
         let mut out = Vec::new();
         for (file, kind) in entries {
             // Only messages: a link or a directory there is not one.
@@ -230,7 +233,11 @@ impl Maildir {
             {
                 continue;
             }
-            let uidl = name::uidl_for(name::base_of(&file)).into_string();
+            let base = name::base_of(&file);
+            let uidl = match overrides.get(base) {
+                Some(u) => u.as_str().to_owned(),
+                None => name::uidl_for(base).into_string(),
+            };
             out.push((file, uidl));
         }
         Ok(out)

@@ -101,6 +101,8 @@ pub(super) struct Listing {
     /// `[new/, cur/]` as stat'ed before each was read, if a second stat
     /// after both were read found them unchanged; `None` otherwise.
     pub(super) stamps: Option<[DirStamp; 2]>,
+    /// `pobox-uidls` as stat'ed before it was read (`None`: no such file).
+    pub(super) uidls: Option<DirStamp>,
 }
 
 /// What identifies a directory and tells whether its entries changed:
@@ -158,6 +160,9 @@ const DIRENT_BUFFER: usize = 64 * 1024;
 
 /// [`scan`], with the directories' stamps.
 pub(super) fn scan_listing(md: &Maildir) -> Result<Listing, StoreError> {
+    // Read before the directories: an override appended during the scan
+    // changes the file's stamp, so a cached listing is not reused.
+    let (overrides, uidls) = md.load_uidls()?;
     let mut messages = Vec::new();
     let mut buf = Vec::with_capacity(DIRENT_BUFFER);
     let mut opened = Vec::with_capacity(2);
@@ -193,9 +198,11 @@ pub(super) fn scan_listing(md: &Maildir) -> Result<Listing, StoreError> {
             .then_with(|| a_name.cmp(b_name))
             .then_with(|| (a_sub == Sub::Cur).cmp(&(b_sub == Sub::Cur)))
     });
+    overrides.apply(&mut messages);
     Ok(Listing {
         messages,
         stamps: unchanged.then(|| [opened[0].2, opened[1].2]),
+        uidls,
     })
 }
 

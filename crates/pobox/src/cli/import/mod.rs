@@ -1,0 +1,29 @@
+//! `pobox import`: moving users and mail in from another server, every
+//! message keeping the UIDL its clients know. One module per source.
+
+pub mod dovecot;
+pub mod dovecot_files;
+
+use clap::Subcommand;
+
+/// Where to import from.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Users and Maildirs of a Dovecot server (2.3 or 2.4), UIDLs kept.
+    Dovecot(dovecot::DovecotArgs),
+}
+
+/// Runs an import subcommand.
+///
+/// # Errors
+/// Configuration errors; per-user problems are reported and make the
+/// command fail after the other users were done.
+pub fn run(
+    data: &std::path::Path,
+    config: Option<&std::path::Path>,
+    cmd: ImportCommand,
+) -> anyhow::Result<()> {
+    match cmd {
+        ImportCommand::Dovecot(args) => dovecot::run(data, config, &args),
+    }
+}
