@@ -270,16 +270,34 @@ fn backoff(interval: Duration, attempts: u32) -> Duration {
         .max(interval.min(MAX_BACKOFF))
 }
 
-/// The queue files, oldest first.
+/// The queue files, oldest first. Temporary files a crash left behind
+/// (older than [`STALE_TMP`], so never one being written) are removed: a
+/// message that was still being queued was never acknowledged as queued.
 fn list(dir: &Path) -> io::Result<Vec<String>> {
-    let mut names: Vec<String> = std::fs::read_dir(dir)?
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".eml") && !n.starts_with('.'))
-        .collect();
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(dir)?.filter_map(|e| e.ok()) {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with(".tmp-") {
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > STALE_TMP));
+            if stale {
+                warn!(file = %name, "removing a partly written outbox file left by a crash");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        } else if name.ends_with(".eml") && !name.starts_with('.') {
+            names.push(name);
+        }
+    }
     names.sort();
     Ok(names)
 }
+
+/// Age past which a `.tmp-` file in the outbox is a crash's leftover.
+const STALE_TMP: Duration = Duration::from_secs(3600);
 
 /// A rename inside pobox's own state directories (`outbox/`,
 /// `vacation/`), which belong to the service user and are no Maildir: the
@@ -323,6 +341,21 @@ mod tests {
         assert_eq!(back, env);
         assert_eq!(msg, b"Subject: x\r\n\r\nhi\r\n");
         assert_eq!(list(&dir.path().join("outbox")).unwrap().len(), 1);
+        // A fresh temporary file is someone's enqueue in progress: kept,
+        // and not listed. An old one is a crash's leftover: removed.
+        let fresh = dir.path().join("outbox/.tmp-fresh.eml");
+        let old = dir.path().join("outbox/.tmp-old.eml");
+        std::fs::write(&fresh, b"x").unwrap();
+        std::fs::write(&old, b"x").unwrap();
+        let two_hours_ago = SystemTime::now() - Duration::from_secs(7200);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_hours_ago)
+            .unwrap();
+        assert_eq!(list(&dir.path().join("outbox")).unwrap().len(), 1);
+        assert!(fresh.exists() && !old.exists());
         assert!(parse(b"not json\nbody").is_none());
         assert!(
             parse(
