@@ -181,6 +181,8 @@ pub struct RawConfig {
     /// The Postfix policy service (`check_policy_service`); off unless
     /// `listen` is set.
     pub policy: Option<RawPolicyService>,
+    /// The outbound relay for Sieve vacation replies; present = enabled.
+    pub relay: Option<RawRelay>,
 }
 
 /// `[autoconfig]`: the documents mail clients fetch to set themselves up,
@@ -357,6 +359,33 @@ pub struct RawPolicyService {
     pub reject_unknown: Option<bool>,
     /// Most policy connections at once (default 100).
     pub max_connections: Option<usize>,
+}
+
+
+/// `[relay]`: where Sieve vacation replies are submitted.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRelay {
+    /// Host name or IP address of the submission server (required).
+    pub host: Option<String>,
+    /// Port (default 587; 465 with `tls = "tls"`).
+    pub port: Option<u16>,
+    /// `"starttls"` (default), `"tls"` (implicit) or `"none"` (loopback only).
+    pub tls: Option<String>,
+    /// SMTP AUTH user name (with `password_file`).
+    pub username: Option<String>,
+    /// File whose first line is the SMTP AUTH password.
+    pub password_file: Option<PathBuf>,
+    /// PEM CA certificate(s) to verify the relay with instead of the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name given in EHLO (default: `hostname`).
+    pub helo: Option<String>,
+    /// Seconds any one step of a submission may take (default 60).
+    pub timeout_secs: Option<u64>,
+    /// Seconds before the first retry of a failed submission; doubles up to an hour (default 60).
+    pub retry_interval_secs: Option<u64>,
+    /// Seconds after which an unsent reply is given up (default 86400).
+    pub give_up_after_secs: Option<u64>,
 }
 
 /// `[acme]`: certificates from an ACME CA (Let's Encrypt by default).
@@ -704,6 +733,10 @@ impl Settings {
                 .map(|(u, q)| (u, Quota { bytes: q.bytes, messages: q.messages }))
                 .collect(),
         };
+        let outbound = match raw.relay {
+            Some(r) => Some(relay(r, &data_dir, &hostname)?),
+            None => None,
+        };
         let raw_policy = raw.policy.unwrap_or_default();
         let server = Config {
             hostname,
@@ -821,6 +854,7 @@ impl Settings {
                     })
                 }
             },
+            outbound,
             oauth_remote: match &raw.oauth {
                 None => None,
                 Some(o) => oauth_remote(&data_dir, o)?,
@@ -876,6 +910,62 @@ impl Settings {
             data_dir,
         })
     }
+}
+
+/// `[relay]`: checked here so a typo fails at start, not at the first reply.
+fn relay(raw: RawRelay, data_dir: &Path, hostname: &str) -> anyhow::Result<pobox_server::outbox::OutboundConfig> {
+    use pobox_server::relay::{RelayConfig, RelayTls};
+    let Some(host) = raw.host.filter(|h| !h.is_empty()) else {
+        bail!("relay.host: required, the submission server's name or IP address (e.g. \"smtp.example.org\")");
+    };
+    if host.chars().any(|c| c.is_whitespace() || c.is_control() || c == '/' || c == ':') && host.parse::<std::net::IpAddr>().is_err() {
+        bail!("relay.host: {host:?} is not a host name or IP address");
+    }
+    let tls = match raw.tls.as_deref() {
+        None | Some("starttls") => RelayTls::StartTls,
+        Some("tls") => RelayTls::Tls,
+        Some("none") => RelayTls::None,
+        Some(other) => bail!("relay.tls: {other:?} must be \"starttls\", \"tls\" or \"none\""),
+    };
+    let loopback = host.eq_ignore_ascii_case("localhost") || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if tls == RelayTls::None && !loopback {
+        bail!("relay.tls: \"none\" sends mail and passwords in clear; it is allowed only to a relay on loopback (127.0.0.1, ::1, localhost), not {host:?}");
+    }
+    if raw.username.is_some() != raw.password_file.is_some() {
+        bail!("relay.username and relay.password_file: set both, or neither");
+    }
+    if let Some(u) = &raw.username
+        && (u.is_empty() || u.chars().any(char::is_control))
+    {
+        bail!("relay.username: {u:?} is not a valid user name");
+    }
+    let helo = raw.helo.unwrap_or_else(|| hostname.to_owned());
+    if helo.is_empty() || helo.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        bail!("relay.helo: {helo:?} is not a host name");
+    }
+    let positive = |key: &str, v: Option<u64>, default: u64| -> anyhow::Result<Duration> {
+        match v {
+            Some(0) => bail!("relay.{key}: must be at least 1"),
+            Some(n) => Ok(Duration::from_secs(n)),
+            None => Ok(Duration::from_secs(default)),
+        }
+    };
+    Ok(pobox_server::outbox::OutboundConfig {
+        relay: RelayConfig {
+            port: raw.port.unwrap_or(if tls == RelayTls::Tls { 465 } else { 587 }),
+            host,
+            tls,
+            username: raw.username,
+            password_file: raw.password_file.map(|p| resolve(data_dir, p)),
+            ca_file: raw.ca_file.map(|p| resolve(data_dir, p)),
+            helo,
+            timeout: positive("timeout_secs", raw.timeout_secs, 60)?,
+        },
+        outbox_dir: data_dir.join("outbox"),
+        vacation_dir: data_dir.join("vacation"),
+        retry_interval: positive("retry_interval_secs", raw.retry_interval_secs, 60)?,
+        give_up_after: positive("give_up_after_secs", raw.give_up_after_secs, 86_400)?,
+    })
 }
 
 /// `[acme]`: every value checked here, so a typo fails at start, not at
@@ -1440,6 +1530,50 @@ mod security_tests {
         ] {
             let err = parse(&format!("[acme]\n{bad}\n")).err().unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(format!("{err:#}").contains("acme") || format!("{err:#}").contains("unknown field"), "{bad}: {err:#}");
+        }
+    }
+
+    #[test]
+    fn relay_keys() {
+        use pobox_server::relay::RelayTls;
+        assert!(parse("").unwrap().server.outbound.is_none(), "off unless [relay] is present");
+        let s = parse("hostname = \"mx.example.org\"\n[relay]\nhost = \"smtp.example.org\"\n").unwrap();
+        let o = s.server.outbound.unwrap();
+        assert_eq!(o.relay.port, 587);
+        assert_eq!(o.relay.tls, RelayTls::StartTls);
+        assert_eq!(o.relay.helo, "mx.example.org");
+        assert_eq!(o.outbox_dir, PathBuf::from("/tmp/pobox-test/outbox"));
+        assert_eq!(o.vacation_dir, PathBuf::from("/tmp/pobox-test/vacation"));
+        assert_eq!(o.retry_interval, Duration::from_secs(60));
+        assert_eq!(o.give_up_after, Duration::from_secs(86_400));
+        let o = parse(
+            "[relay]\nhost = \"smtp.example.org\"\ntls = \"tls\"\nusername = \"pobox\"\npassword_file = \"relay.pw\"\n\
+             ca_file = \"/etc/ca.pem\"\nretry_interval_secs = 5\n",
+        )
+        .unwrap()
+        .server
+        .outbound
+        .unwrap();
+        assert_eq!(o.relay.port, 465, "implicit TLS defaults to 465");
+        assert_eq!(o.relay.password_file, Some(PathBuf::from("/tmp/pobox-test/relay.pw")));
+        assert_eq!(o.relay.ca_file, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(o.retry_interval, Duration::from_secs(5));
+        assert_eq!(
+            parse("[relay]\nhost = \"127.0.0.1\"\nport = 2525\ntls = \"none\"\n").unwrap().server.outbound.unwrap().relay.tls,
+            RelayTls::None
+        );
+        for (bad, key) in [
+            ("tls = \"none\"\nhost = \"smtp.example.org\"", "loopback"),
+            ("host = \"\"", "relay.host"),
+            ("port = 587", "relay.host"),
+            ("host = \"a b\"", "relay.host"),
+            ("host = \"h\"\ntls = \"ssl\"", "relay.tls"),
+            ("host = \"h\"\nusername = \"u\"", "password_file"),
+            ("host = \"h\"\nretry_interval_secs = 0", "retry_interval_secs"),
+            ("host = \"h\"\npassword = \"x\"", "unknown field"),
+        ] {
+            let err = parse(&format!("[relay]\n{bad}\n")).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
         }
     }
 

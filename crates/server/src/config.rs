@@ -142,6 +142,9 @@ pub struct Config {
     /// Postfix policy service: most connections served at once (each
     /// Postfix smtpd process keeps one).
     pub policy_max_connections: usize,
+    /// Outbound mail (Sieve vacation replies) through a relay; `None`:
+    /// scripts using `vacation` do not compile.
+    pub outbound: Option<crate::outbox::OutboundConfig>,
 }
 
 /// Which DNS servers the SPF/DKIM/DMARC checks ask.
@@ -227,6 +230,7 @@ impl Default for Config {
             policy_reject_unknown: false,
             // Postfix's default_process_limit: one per smtpd process.
             policy_max_connections: 100,
+            outbound: None,
         }
     }
 }

@@ -8,17 +8,33 @@
 //! Filtering never loses mail: a script that does not compile, fails at run
 //! time or files into an unusable folder ends in keep (the inbox), and the
 //! problem is logged.
+//!
+//! Vacation (with a relay configured): the message is stored first; only
+//! then is the `:days` tracking consulted and the reply queued in the
+//! outbox (`outbox.rs`), which a background task sends. Nothing about the
+//! reply can fail or delay the delivery: its errors are logged.
+//!
+//! Redirect (with a relay): the whole message, with an `X-Pobox-Loop`
+//! header naming the user prepended, is queued in the outbox with the
+//! original envelope sender (as Pigeonhole does by default). A message
+//! that already carries this user's loop header is kept instead of sent
+//! round again. When the message is not also stored here (no `:copy`, no
+//! keep) and the queue cannot take it, or the relay later refuses it or
+//! gives up, it is delivered to the inbox: a redirect never loses mail.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use pobox_sieve::{Action, Capabilities, Envelope, Limits, Message, Script};
 use pobox_store::{Delivered, Mailstore, StoreError};
+use tokio::sync::Notify;
 use tracing::{info, warn};
+
+use crate::outbox::{self, OutboundConfig};
 
 /// Where Sieve scripts are.
 #[derive(Debug, Clone, Default)]
@@ -81,7 +97,8 @@ impl Source for &[u8] {
 pub enum Outcome {
     /// Stored: in the inbox (`folder` `None`) and/or folders.
     Stored(Vec<(Option<String>, Delivered)>),
-    /// A Sieve `discard`: accepted and dropped on purpose.
+    /// Accepted and not stored here: a Sieve `discard`, or a `redirect`
+    /// (queued for the relay) without a local copy.
     Discarded,
     /// A Sieve `reject`/`ereject`: refuse with this reason (LMTP 550 5.7.1).
     Rejected(String),
@@ -102,12 +119,32 @@ struct FileStamp {
     inode: u64,
 }
 
+/// Where vacation replies go: the outbox, and who sends it.
+#[derive(Debug, Clone)]
+pub struct Outbound {
+    /// The relay and state directories.
+    pub config: OutboundConfig,
+    /// The right-hand side of the replies' Message-IDs.
+    pub hostname: String,
+    /// Wakes the sender task after queueing (`None` in `pobox deliver`,
+    /// whose queue the running server sends at its next pass).
+    pub wake: Option<Arc<Notify>>,
+}
+
+impl Outbound {
+    /// From the server configuration; `None` when no relay is configured.
+    pub fn from_config(config: &crate::Config, wake: Option<Arc<Notify>>) -> Option<Outbound> {
+        config.outbound.clone().map(|c| Outbound { config: c, hostname: config.hostname.clone(), wake })
+    }
+}
+
 /// The pipeline: Sieve, then the store.
 pub struct Pipeline {
     store: Arc<dyn Mailstore>,
     sieve: SieveConfig,
     cache: Mutex<Cache>,
     limits: Limits,
+    outbound: Option<Outbound>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -127,12 +164,31 @@ pub enum Plan {
     Discard,
     /// Refuse.
     Reject(String),
+    /// Answer the sender (RFC 5230), after storing, unless already answered
+    /// within `:days`.
+    Vacation(Box<pobox_sieve::Vacation>),
+    /// Forward to this address through the relay (RFC 5228 §4.2).
+    Redirect(String),
 }
 
 impl Pipeline {
     /// A pipeline over `store` with these scripts.
     pub fn new(store: Arc<dyn Mailstore>, sieve: SieveConfig) -> Pipeline {
-        Pipeline { store, sieve, cache: Mutex::new(Cache::default()), limits: Limits::default() }
+        Pipeline { store, sieve, cache: Mutex::new(Cache::default()), limits: Limits::default(), outbound: None }
+    }
+
+    /// With outbound mail: scripts may use `vacation`, and its replies
+    /// are queued in the outbox.
+    #[must_use]
+    pub fn with_outbound(mut self, outbound: Option<Outbound>) -> Pipeline {
+        self.outbound = outbound;
+        self
+    }
+
+    /// What scripts may use here: `vacation` and `redirect` only with a
+    /// relay.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities { vacation: self.outbound.is_some(), redirect: self.outbound.is_some() }
     }
 
     /// The store behind the pipeline.
@@ -175,9 +231,11 @@ impl Pipeline {
                 Action::FileInto { mailbox, .. } => plans.push(Plan::Folder(mailbox)),
                 Action::Discard => plans.push(Plan::Discard),
                 Action::Reject { reason } | Action::Ereject { reason } => plans.push(Plan::Reject(reason)),
+                Action::Vacation(v) if self.outbound.is_some() => plans.push(Plan::Vacation(v)),
+                Action::Redirect { address, .. } if self.outbound.is_some() => plans.push(Plan::Redirect(address)),
                 other => {
-                    // redirect/vacation compile only with an outbound relay,
-                    // which pobox does not have: keep rather than lose.
+                    // redirect and vacation compile only with a relay:
+                    // keep rather than lose.
                     warn!(user = %rcpt.user, action = %action_name(&other), "sieve action not available; the message is kept");
                     plans.push(Plan::Inbox);
                 }
@@ -204,9 +262,33 @@ impl Pipeline {
             info!(user = %rcpt.user, "sieve rejected the message");
             return Outcome::Rejected(reason.clone());
         }
-        if plans.iter().all(|p| *p == Plan::Discard) {
-            info!(user = %rcpt.user, "sieve discarded the message");
-            return Outcome::Discarded;
+        let mut plans = plans;
+        let replies: Vec<pobox_sieve::Vacation> =
+            plans.iter().filter_map(|p| if let Plan::Vacation(v) = p { Some(v.as_ref().clone()) } else { None }).collect();
+        let mut redirects: Vec<String> =
+            plans.iter().filter_map(|p| if let Plan::Redirect(a) = p { Some(a.clone()) } else { None }).collect();
+        let me = crate::vacation::base_address(rcpt.to);
+        if !redirects.is_empty() && redirected_by(message, &me) {
+            warn!(user = %rcpt.user, "sieve redirect: the message was already redirected by this user (X-Pobox-Loop); kept instead");
+            redirects.clear();
+            if !plans.contains(&Plan::Inbox) {
+                plans.push(Plan::Inbox);
+            }
+        }
+        if !plans.iter().any(|p| matches!(p, Plan::Inbox | Plan::Folder(_))) {
+            if redirects.iter().all(|a| self.queue_redirect(rcpt, &me, a, message, true)) {
+                if redirects.is_empty() {
+                    info!(user = %rcpt.user, "sieve discarded the message");
+                }
+                for v in &replies {
+                    self.queue_vacation(rcpt, v);
+                }
+                return Outcome::Discarded;
+            }
+            // A redirect could not be queued and nothing else keeps the
+            // message: it goes to the inbox.
+            redirects.clear();
+            plans.push(Plan::Inbox);
         }
         let mut stored = Vec::new();
         for plan in plans {
@@ -219,7 +301,7 @@ impl Pipeline {
                     }
                     other => other.map(|d| (Some(folder.clone()), d)),
                 },
-                Plan::Discard | Plan::Reject(_) => continue,
+                Plan::Discard | Plan::Reject(_) | Plan::Vacation(_) | Plan::Redirect(_) => continue,
             };
             match result {
                 Ok(s) => stored.push(s),
@@ -229,7 +311,84 @@ impl Pipeline {
                 Err(e) => return Outcome::Failed(e),
             }
         }
+        // Stored durably: now, and only now, the redirects and the reply.
+        for address in &redirects {
+            self.queue_redirect(rcpt, &me, address, message, false);
+        }
+        for v in &replies {
+            self.queue_vacation(rcpt, v);
+        }
         Outcome::Stored(stored)
+    }
+
+    /// Queues the message for `address` with our loop header; false when
+    /// it could not be queued (logged). `keep_on_failure`: the message is
+    /// stored nowhere else, so the sender task delivers it to the inbox if
+    /// the relay refuses it or it is given up.
+    fn queue_redirect(&self, rcpt: &Rcpt<'_>, me: &str, address: &str, message: &dyn Source, keep_on_failure: bool) -> bool {
+        let Some(out) = &self.outbound else { return false };
+        let envelope = outbox::Envelope {
+            v: 1,
+            created: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            from: Some(rcpt.from.trim_start_matches('<').trim_end_matches('>').to_owned()).filter(|f| !f.is_empty()),
+            to: vec![address.to_owned()],
+            kind: "redirect".into(),
+            user: rcpt.user.to_owned(),
+            keep_on_failure,
+        };
+        let loop_header = format!("{LOOP_HEADER}: {me}\r\n");
+        let mut body = io::Read::chain(loop_header.as_bytes(), message.reader());
+        match outbox::enqueue(&out.config.outbox_dir, &envelope, &mut body) {
+            Ok(_) => {
+                info!(user = %rcpt.user, to = %address, "sieve redirect queued");
+                if let Some(wake) = &out.wake {
+                    wake.notify_one();
+                }
+                true
+            }
+            Err(e) => {
+                warn!(user = %rcpt.user, error = %e, "sieve redirect: cannot queue the message");
+                false
+            }
+        }
+    }
+
+    /// Queues a vacation reply unless this sender was answered for this
+    /// handle within `:days`. Every failure is logged and ends here: the
+    /// message is already stored.
+    fn queue_vacation(&self, rcpt: &Rcpt<'_>, v: &pobox_sieve::Vacation) {
+        let Some(out) = &self.outbound else { return };
+        let now = SystemTime::now();
+        match crate::vacation::should_reply(&out.config.vacation_dir, rcpt.user, &v.to, &v.handle, v.days, now) {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(user = %rcpt.user, to = %v.to, days = v.days, "vacation: sender already answered; no reply");
+                return;
+            }
+            Err(e) => {
+                warn!(user = %rcpt.user, error = %e, "vacation: response tracking unavailable; no reply sent");
+                return;
+            }
+        }
+        let message = crate::vacation::compose(v, rcpt.to, &out.hostname, now);
+        let envelope = outbox::Envelope {
+            v: 1,
+            created: now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
+            from: None,
+            to: vec![v.to.clone()],
+            kind: "vacation".into(),
+            user: rcpt.user.to_owned(),
+            keep_on_failure: false,
+        };
+        match outbox::enqueue(&out.config.outbox_dir, &envelope, &mut message.as_slice()) {
+            Ok(_) => {
+                info!(user = %rcpt.user, to = %v.to, "vacation: reply queued");
+                if let Some(wake) = &out.wake {
+                    wake.notify_one();
+                }
+            }
+            Err(e) => warn!(user = %rcpt.user, error = %e, "vacation: cannot queue the reply; not sent"),
+        }
     }
 
     /// The compiled scripts that apply to `user`, in order. A script that
@@ -254,7 +413,7 @@ impl Pipeline {
             return script.clone();
         }
         let script = match std::fs::read_to_string(path) {
-            Ok(source) => match pobox_sieve::compile(&source, &Capabilities::default()) {
+            Ok(source) => match pobox_sieve::compile(&source, &self.capabilities()) {
                 Ok(s) => Some(Arc::new(s)),
                 Err(errors) => {
                     warn!(path = %path.display(), errors = %errors, "sieve script does not compile; ignored");
@@ -269,6 +428,21 @@ impl Pipeline {
         cache.scripts.insert(path.to_path_buf(), (stamp, script.clone()));
         script
     }
+}
+
+/// The header a redirected copy carries, naming the user who redirected
+/// it (loop protection, RFC 5228 §4.2).
+pub const LOOP_HEADER: &str = "X-Pobox-Loop";
+
+/// Whether the message's header section has `X-Pobox-Loop: <me>`.
+fn redirected_by(message: &dyn Source, me: &str) -> bool {
+    let Ok(head) = message.head(SIEVE_HEAD_MAX) else { return false };
+    let text = String::from_utf8_lossy(&head);
+    text.split('\n')
+        .map(|l| l.trim_end_matches('\r'))
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .any(|(name, value)| name.trim().eq_ignore_ascii_case(LOOP_HEADER) && value.trim().eq_ignore_ascii_case(me))
 }
 
 /// A Sieve action's name for a log line (its fields may hold addresses and

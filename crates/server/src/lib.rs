@@ -41,14 +41,17 @@ mod lmtp;
 pub mod metrics;
 pub mod oauth_remote;
 mod policy;
+pub mod outbox;
 mod pop3;
 mod smtp;
 mod spool;
 pub mod privdrop;
+pub mod relay;
 pub mod sessions;
 pub mod shutdown;
 pub mod throttle;
 pub mod tls;
+pub mod vacation;
 
 use std::io;
 use std::net::SocketAddr;
@@ -106,6 +109,9 @@ pub struct Services {
     intake: Arc<spool::Budget>,
     /// Postfix policy connections (`policy_max_connections`).
     policy_slots: Arc<Semaphore>,
+    /// Wakes the outbox sender when a reply is queued (shared by every
+    /// generation, like the sender task).
+    outbox_wake: Arc<tokio::sync::Notify>,
 }
 
 impl Services {
@@ -113,9 +119,12 @@ impl Services {
     /// at a time.
     pub fn new(config: Config, users: Arc<UserDb>, store: Arc<dyn Mailstore>, tls: Option<Tls>) -> Services {
         let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-        let pipeline = delivery::Pipeline::new(store.clone(), config.sieve.clone());
+        let outbox_wake = Arc::new(tokio::sync::Notify::new());
+        let pipeline = delivery::Pipeline::new(store.clone(), config.sieve.clone())
+            .with_outbound(delivery::Outbound::from_config(&config, Some(outbox_wake.clone())));
         Services {
             pipeline,
+            outbox_wake,
             throttle: Arc::new(throttle::Throttle::new(config.auth_penalty_max)),
             credcache: Arc::new(credcache::CredCache::new(config.credential_cache_ttl)),
             oauth: config
@@ -156,7 +165,9 @@ impl Services {
             self.credcache.clear();
         }
         Services {
-            pipeline: delivery::Pipeline::new(self.store.clone(), config.sieve.clone()),
+            pipeline: delivery::Pipeline::new(self.store.clone(), config.sieve.clone())
+                .with_outbound(delivery::Outbound::from_config(&config, Some(self.outbox_wake.clone()))),
+            outbox_wake: self.outbox_wake.clone(),
             oauth: config
                 .oauth
                 .as_ref()
@@ -483,6 +494,16 @@ pub async fn run_reloadable(
     }
     if !svc.config.expire_interval.is_zero() {
         tasks.push(tokio::spawn(expiry_loop(current.clone(), svc.config.expire_interval)));
+    }
+    {
+        // Sends queued vacation replies and redirects; follows reloads (a relay added,
+        // changed or removed applies to the next pass).
+        let current = current.clone();
+        tasks.push(tokio::spawn(outbox::run(
+            move || current.load().config.outbound.clone(),
+            svc.outbox_wake.clone(),
+            svc.store.clone(),
+        )));
     }
     let mut tls_task = tls_poll(&svc);
     let mut stop = std::pin::pin!(stop);

@@ -394,7 +394,7 @@ impl Checker<'_> {
             if ext == "vacation" && !self.caps.vacation {
                 return Err(err(
                     arg.pos(),
-                    "vacation needs an outbound relay (relay = ...) configured",
+                    "vacation needs an outbound relay ([relay] in the configuration)",
                 ));
             }
             self.required.insert(ext);
@@ -520,7 +520,7 @@ impl Checker<'_> {
             "redirect" => {
                 self.no_block_no_test(command, name)?;
                 if !self.caps.redirect {
-                    return Err(err(pos, "redirect needs an outbound relay (relay = ...) configured"));
+                    return Err(err(pos, "redirect needs an outbound relay ([relay] in the configuration)"));
                 }
                 let mut copy = false;
                 let mut p = self.split_args(name, pos, &command.args, |tag, tag_pos, _| {
@@ -550,7 +550,7 @@ impl Checker<'_> {
             }
             "vacation" => {
                 if !self.caps.vacation {
-                    return Err(err(pos, "vacation needs an outbound relay (relay = ...) configured"));
+                    return Err(err(pos, "vacation needs an outbound relay ([relay] in the configuration)"));
                 }
                 self.require("vacation", pos, "`vacation`")?;
                 self.no_block_no_test(command, name)?;

@@ -450,6 +450,9 @@ impl Interp<'_, '_> {
             days: cmd.days,
             handle,
             addresses,
+            original_subject: self.msg.decoded_values("subject").into_iter().next(),
+            message_id: self.msg.raw_values("message-id").next().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
+            references: self.msg.raw_values("references").next().map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()),
         }))
     }
 }

@@ -307,6 +307,14 @@ pub struct Vacation {
     pub handle: String,
     /// `:addresses`: the user's other addresses.
     pub addresses: Vec<String>,
+    /// The message's `Subject`, RFC 2047-decoded, for the default reply
+    /// subject ("Auto: " + it, RFC 5230 §4.7).
+    pub original_subject: Option<String>,
+    /// The message's `Message-ID` (with its angle brackets), for the
+    /// reply's `In-Reply-To` and `References` (RFC 5230 §5.8).
+    pub message_id: Option<String>,
+    /// The message's `References`, continued by the reply's.
+    pub references: Option<String>,
 }
 
 /// A runtime error; the message is then kept (never lost).

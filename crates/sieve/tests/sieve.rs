@@ -192,6 +192,15 @@ fn vacation_rfc5230() {
     assert_eq!(v.reason, "I'm away until October 19.");
     assert_eq!(v.addresses, ["tjs@example.edu", "ts4z@landru.example.edu"]);
     assert_eq!(v.handle.len(), 16);
+    // What the reply needs from the original: the subject (for "Auto: ..."),
+    // and Message-ID/References, absent here.
+    assert_eq!(v.original_subject.as_deref(), Some("I have a present for you"));
+    assert_eq!(v.message_id, None);
+    let with_id = MSG.replacen("X-Caffeine", "Message-ID: <1@desert.example.org>\r\nSubject: ignored second\r\nX-Caffeine", 1);
+    let outcome = run_with(s, &with_id, &env);
+    let Action::Vacation(v) = &outcome.actions[0] else { panic!("{:?}", outcome.actions) };
+    assert_eq!(v.message_id.as_deref(), Some("<1@desert.example.org>"));
+    assert_eq!(v.original_subject.as_deref(), Some("I have a present for you"), "the first Subject counts");
     // RFC 5230 §4.5: not addressed to me (To/Cc) => no reply.
     let env = Envelope { to: "someone-else@example.com", ..ENV };
     assert_eq!(run_with(s, MSG, &env).actions, [keep()]);
@@ -577,9 +586,9 @@ fn checker_error_positions() {
 fn redirect_and_vacation_need_a_relay() {
     let none = Capabilities::default();
     let err = compile("redirect \"a@example.com\";", &none).unwrap_err();
-    assert_eq!(err.to_string(), "1:1: redirect needs an outbound relay (relay = ...) configured");
+    assert_eq!(err.to_string(), "1:1: redirect needs an outbound relay ([relay] in the configuration)");
     let err = compile("require \"vacation\";\nvacation \"away\";", &none).unwrap_err();
-    assert_eq!(err.first().to_string(), "1:9: vacation needs an outbound relay (relay = ...) configured");
+    assert_eq!(err.first().to_string(), "1:9: vacation needs an outbound relay ([relay] in the configuration)");
     assert!(compile("redirect \"a@example.com\";", &ALL).is_ok());
 }
 

@@ -93,6 +93,31 @@ pub fn run(data: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     check_tls(&settings, &mut r, uid);
     check_sieve(&settings, &mut r);
 
+    if let Some(o) = &settings.server.outbound {
+        // Offline checks only: `pobox check` does not connect anywhere.
+        match pobox_server::relay::preflight(&o.relay) {
+            Ok(()) => r.ok(&format!(
+                "relay {}:{} ({:?}): CA and password files usable; vacation replies are queued in {}",
+                o.relay.host,
+                o.relay.port,
+                o.relay.tls,
+                o.outbox_dir.display()
+            )),
+            Err(e) => r.error(&e),
+        }
+        if let Some(file) = &o.relay.password_file
+            && let Ok(meta) = std::fs::metadata(file)
+            && meta.mode() & 0o004 != 0
+        {
+            r.warn(&format!(
+                "relay.password_file {} is world-readable (mode {:o}); fix with: chmod o-r {}",
+                file.display(),
+                meta.mode() & 0o7777,
+                file.display()
+            ));
+        }
+    }
+
     if let Some(o) = &settings.server.oauth {
         // Fetches the JWKS URL once (a diagnosis may use the network; the
         // server itself starts without it).
@@ -159,9 +184,12 @@ fn check_passwd(settings: &Settings, r: &mut Report) {
 /// mail is kept unfiltered, as at delivery.
 fn check_sieve(settings: &Settings, r: &mut Report) {
     let sieve = &settings.server.sieve;
+    // `vacation` and `redirect` compile only with a relay, as at delivery.
+    let relay = settings.server.outbound.is_some();
+    let caps = pobox_sieve::Capabilities { vacation: relay, redirect: relay };
     let compile = |path: &Path| -> Result<(), String> {
         let source = std::fs::read_to_string(path).map_err(|e| format!("sieve script {}: {e}", path.display()))?;
-        pobox_sieve::compile(&source, &pobox_sieve::Capabilities::default()).map(|_| ()).map_err(|errors| {
+        pobox_sieve::compile(&source, &caps).map(|_| ()).map_err(|errors| {
             let first: Vec<String> = errors.errors().iter().take(3).map(|e| format!("{}:{e}", path.display())).collect();
             format!("sieve script does not compile: {}", first.join("; "))
         })

@@ -32,6 +32,11 @@ pub struct DeliverArgs {
     /// Envelope sender, for Sieve (`-f` as sendmail-style MTAs pass it).
     #[arg(long, short = 'f', default_value = "")]
     from: String,
+    /// The recipient address as the MTA received it (Postfix:
+    /// `-a "$RECIPIENT"`), for Sieve's envelope test and for vacation,
+    /// which answers only mail addressed to the user; default USER@localhost.
+    #[arg(long = "address", short = 'a')]
+    address: Option<String>,
 }
 
 /// Delivers stdin to the user's maildrop; the exit code tells the MTA what happened.
@@ -68,8 +73,12 @@ pub fn run(data: &Path, config: Option<&Path>, args: DeliverArgs) -> ExitCode {
         eprintln!("pobox deliver: cannot read the message: {e}");
         return ExitCode::from(EX_TEMPFAIL);
     }
-    let pipeline = Pipeline::new(Arc::new(store), settings.server.sieve.clone());
-    let to = format!("{}@localhost", args.user);
+    // Vacation replies are queued in the data dir's outbox; the running
+    // `pobox serve` sends them (this process exits as soon as the message
+    // is stored).
+    let pipeline = Pipeline::new(Arc::new(store), settings.server.sieve.clone())
+        .with_outbound(pobox_server::delivery::Outbound::from_config(&settings.server, None));
+    let to = args.address.clone().unwrap_or_else(|| format!("{}@localhost", args.user));
     let rcpt = Rcpt { from: &args.from, to: &to, user };
     match pipeline.deliver(&rcpt, &message) {
         Outcome::Stored(copies) => {

@@ -53,6 +53,9 @@ pub fn service_paths(settings: &Settings, store: &MaildirStore) -> (Vec<std::pat
         read.extend(r.ca_file.clone());
         read.extend(r.introspection.as_ref().map(|i| i.secret_file.clone()));
     }
+    if let Some(o) = &settings.server.outbound {
+        read.extend(o.relay.ca_file.iter().chain(&o.relay.password_file).cloned());
+    }
     let sieve = &settings.server.sieve;
     read.extend(sieve.before.iter().chain(&sieve.after).cloned());
     let mut write = vec![settings.data_dir.clone()];

@@ -40,7 +40,10 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: SieveCommand) -> anyhow::Res
         SieveCommand::Check { file } => {
             let source =
                 std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
-            match pobox_sieve::compile(&source, &pobox_sieve::Capabilities::default()) {
+            // `vacation` and `redirect` compile only where a relay is configured.
+            let relay = Settings::load(data, config).is_ok_and(|s| s.server.outbound.is_some());
+            let caps = pobox_sieve::Capabilities { vacation: relay, redirect: relay };
+            match pobox_sieve::compile(&source, &caps) {
                 Ok(_) => {
                     println!("{}: ok", file.display());
                     Ok(true)
@@ -56,7 +59,8 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: SieveCommand) -> anyhow::Res
         SieveCommand::Test { user, from, to } => {
             let settings = Settings::load(data, config)?;
             let store = super::open_store(&settings)?;
-            let pipeline = Pipeline::new(Arc::new(store), settings.server.sieve.clone());
+            let pipeline = Pipeline::new(Arc::new(store), settings.server.sieve.clone())
+                .with_outbound(pobox_server::delivery::Outbound::from_config(&settings.server, None));
             let mut message = Vec::new();
             std::io::stdin().read_to_end(&mut message).context("cannot read the message from stdin")?;
             let to = to.unwrap_or_else(|| format!("{user}@localhost"));
@@ -67,6 +71,11 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: SieveCommand) -> anyhow::Res
                     Plan::Folder(f) => println!("fileinto {f:?}"),
                     Plan::Discard => println!("discard"),
                     Plan::Reject(r) => println!("reject {r:?}"),
+                    Plan::Redirect(a) => println!("redirect to {a} (through the relay)"),
+                    Plan::Vacation(v) => println!(
+                        "vacation reply to {} (at most once per {} day(s) for handle {:?})",
+                        v.to, v.days, v.handle
+                    ),
                 }
             }
             Ok(true)

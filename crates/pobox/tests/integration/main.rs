@@ -18,6 +18,8 @@
 //! - `saslprep`: a non-ASCII password through PASS, PLAIN and SCRAM (issue 18).
 //! - `import_dovecot`: `pobox import dovecot` and `pobox uidl verify` against a
 //!   real Dovecot 2.3 with mpop (issue 13), and 2.4 fixture files.
+//! - `vacation`: Sieve vacation and redirect through a relay (an SMTP sink the
+//!   test runs: plain, STARTTLS with its own CA, the relay down, SIGHUP).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -48,3 +50,4 @@ mod robustness;
 mod service;
 mod tls;
 mod util;
+mod vacation;
