@@ -68,6 +68,9 @@ fn read_raw(path: &Path) -> anyhow::Result<RawConfig> {
     toml::from_str::<RawConfig>(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
+/// The login history's directory under the data dir (`pobox_store::history`).
+pub const LOGIN_HISTORY_DIR: &str = "logins";
+
 /// The file as written by the admin. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -175,6 +178,13 @@ pub struct RawConfig {
     pub metrics: Option<String>,
     /// Automatic certificates (ACME, RFC 8555); present = enabled.
     pub acme: Option<RawAcme>,
+    /// POP3: refuse the main password (and SCRAM/APOP); devices log in
+    /// with app passwords (`pobox user apppass add`). Default false.
+    pub require_app_passwords: Option<bool>,
+    /// POP3: keep each user's login history in `<data_dir>/logins/`
+    /// (which credential logged in from where, what it retrieved and
+    /// deleted). Default true.
+    pub login_history: Option<bool>,
 }
 
 /// `[acme]`: certificates from an ACME CA (Let's Encrypt by default).
@@ -580,6 +590,8 @@ impl Settings {
             },
             // A directory of the service user's own: see server/src/spool.rs.
             spool_dir: Some(data_dir.join("spool")),
+            login_history_dir: raw.login_history.unwrap_or(true).then(|| data_dir.join(LOGIN_HISTORY_DIR)),
+            require_app_passwords: raw.require_app_passwords.unwrap_or(false),
             metrics: match raw.metrics {
                 None => None,
                 Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {

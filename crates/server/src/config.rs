@@ -134,6 +134,14 @@ pub struct Config {
     /// Where the OpenMetrics endpoint (`GET /metrics`) listens; `None`: off.
     /// It has no authentication: loopback or a private network only.
     pub metrics: Option<SocketAddr>,
+    /// POP3: where each user's login history is kept
+    /// (`pobox_store::history`: credential, mechanism, address, and what
+    /// each session retrieved and deleted); `None`: not recorded.
+    pub login_history_dir: Option<PathBuf>,
+    /// POP3: refuse logins proved by the main password (USER/PASS, PLAIN,
+    /// LOGIN, and SCRAM and APOP, whose secrets derive from it): every
+    /// device must use its own app password. Bearer tokens still work.
+    pub require_app_passwords: bool,
 }
 
 /// Which DNS servers the SPF/DKIM/DMARC checks ask.
@@ -215,6 +223,8 @@ impl Default for Config {
             data_in_flight_max: 1024 * 1024 * 1024,
             spool_dir: None,
             metrics: None,
+            login_history_dir: None,
+            require_app_passwords: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod deliver;
+mod logins;
 pub mod mailbox;
 mod reload;
 pub mod serve;
@@ -38,6 +39,10 @@ pub fn service_paths(settings: &Settings, store: &MaildirStore) -> (Vec<std::pat
     let mut read = Vec::new();
     if may_exist(&settings.passwd_file) || settings.passwd_file_configured {
         read.push(settings.passwd_file.clone());
+    }
+    let app_passwords = UserDb::open(&settings.passwd_file).app_password_path();
+    if may_exist(&app_passwords) {
+        read.push(app_passwords);
     }
     for pair in &settings.tls_pairs {
         read.push(pair.cert.clone());
