@@ -769,9 +769,12 @@ impl Driver<'_> {
     /// The SASL mechanisms the driver can run on this connection now.
     async fn offer_mechanisms(&mut self) {
         let svc = self.svc.clone();
-        let scram = tokio::task::spawn_blocking(move || svc.users.has_scram().unwrap_or(false))
-            .await
-            .unwrap_or(false);
+        // SCRAM secrets derive from the main password, which
+        // require_app_passwords refuses: offering it would only fail later.
+        let scram = !self.svc.config.require_app_passwords
+            && tokio::task::spawn_blocking(move || svc.users.has_scram().unwrap_or(false))
+                .await
+                .unwrap_or(false);
         let mut list = Vec::new();
         if scram {
             list.push(SCRAM_SHA_256);

@@ -6,6 +6,8 @@
 //! device's password stops that device only.
 
 use std::path::{Path, PathBuf};
+
+use base64::Engine as _;
 use std::time::Duration;
 
 use crate::util::{self, Dir, PW, Pop3, Server, TestCommand};
@@ -222,6 +224,8 @@ fn two_devices_with_app_passwords_and_who_took_what() {
 fn app_password_scopes_and_require_app_passwords() {
     let dir = Dir::new();
     dir.add_user(USER, PW);
+    // A user with a SCRAM secret, so that SCRAM would be offered.
+    dir.pobox().args(["user", "add", "bob", "--password-stdin"]).stdin("bob pw\n").assert_exit(0);
     let srv = dir.server().config("require_app_passwords", "true").start();
     let pop3 = add_app_password(&dir, "desk", "pop3");
     let none = add_app_password(&dir, "spare", "none");
@@ -243,12 +247,25 @@ fn app_password_scopes_and_require_app_passwords() {
     let loose = pop3.replace('-', "");
     let loose = format!("{}{}", loose[..1].to_uppercase(), &loose[1..]);
     assert!(attempt(&loose).starts_with("+OK"), "dashes are optional, case ignored");
+    // AUTH PLAIN (RFC 4616) takes app passwords too.
+    let mut pop = Pop3::connect(srv.pop3);
+    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0{pop3}"));
+    assert!(pop.cmd(&format!("AUTH PLAIN {plain}")).starts_with("+OK"));
+    pop.quit();
+    // SCRAM derives from the main password: not offered under the option.
+    let mut pop = Pop3::connect(srv.pop3);
+    let capa = pop.cmd_lines("CAPA").join("\n");
+    assert!(!capa.contains("SCRAM"), "{capa}");
+    pop.quit();
     assert!(srv.stderr().contains("require_app_passwords"), "the refusal is explained in the log");
     // Only the two app-password logins are in the history.
     let report = json(dir.pobox().args(["user", "show", USER, "--json"]).assert_exit(0));
     let credentials: Vec<&str> =
         report["logins"].as_array().unwrap().iter().map(|l| l["credential"].as_str().unwrap()).collect();
-    assert_eq!(credentials, vec!["desk", "desk"], "{report:#}");
+    assert_eq!(credentials, vec!["desk", "desk", "desk"], "{report:#}");
+    let mechanisms: Vec<&str> =
+        report["logins"].as_array().unwrap().iter().map(|l| l["mechanism"].as_str().unwrap()).collect();
+    assert_eq!(mechanisms, vec!["PLAIN", "USER", "USER"], "newest first: {report:#}");
     // The server's log never shows a password.
     for secret in [&pop3, &none, &loose] {
         assert!(!srv.stderr().contains(&**secret));
