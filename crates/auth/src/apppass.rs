@@ -222,7 +222,10 @@ pub(crate) fn parse(content: &[u8]) -> AppSnapshot {
             continue;
         }
         let mut warn = |reason: String| {
-            snapshot.warnings.push(LoadWarning { line: index + 1, reason });
+            snapshot.warnings.push(LoadWarning {
+                line: index + 1,
+                reason,
+            });
         };
         let Ok(line) = std::str::from_utf8(line) else {
             warn("not valid UTF-8".into());
@@ -242,7 +245,9 @@ pub(crate) fn parse(content: &[u8]) -> AppSnapshot {
             continue;
         }
         let Ok(created) = created.parse::<u64>() else {
-            warn(format!("user {user}, app password {label}: invalid creation time"));
+            warn(format!(
+                "user {user}, app password {label}: invalid creation time"
+            ));
             continue;
         };
         let stored = match StoredPassword::parse(hash) {
@@ -254,7 +259,9 @@ pub(crate) fn parse(content: &[u8]) -> AppSnapshot {
         };
         let entries = snapshot.by_user.entry(user.to_owned()).or_default();
         if entries.iter().any(|e| e.info.label == label || e.id == id) {
-            warn(format!("user {user}: duplicate app password label or id ({label}); the first is used"));
+            warn(format!(
+                "user {user}: duplicate app password label or id ({label}); the first is used"
+            ));
             continue;
         }
         // Unknown protocol names are kept (a newer pobox may know them)
@@ -265,13 +272,23 @@ pub(crate) fn parse(content: &[u8]) -> AppSnapshot {
             .map(str::to_owned)
             .collect();
         entries.push(Entry {
-            info: AppPasswordInfo { label: label.to_owned(), protocols, created },
+            info: AppPasswordInfo {
+                label: label.to_owned(),
+                protocols,
+                created,
+            },
             id: id.to_owned(),
             stored,
         });
-        lines_of.entry(user.to_owned()).or_default().update(line.as_bytes());
+        lines_of
+            .entry(user.to_owned())
+            .or_default()
+            .update(line.as_bytes());
     }
-    snapshot.fingerprints = lines_of.into_iter().map(|(u, h)| (u, h.finalize().into())).collect();
+    snapshot.fingerprints = lines_of
+        .into_iter()
+        .map(|(u, h)| (u, h.finalize().into()))
+        .collect();
     snapshot
 }
 
@@ -326,17 +343,22 @@ impl UserDb {
         let line = format!("{user}:{label}:{id}:{}:{now}:{hashed}", protocols.join(","));
         let path = self.app_password_path();
         self.edit_file(&path, |lines| {
-            let mine: Vec<&Vec<u8>> =
-                lines.iter().filter(|l| l.starts_with(format!("{user}:").as_bytes())).collect();
-            if mine.iter().any(|l| l.starts_with(format!("{user}:{label}:").as_bytes())) {
+            let mine: Vec<&Vec<u8>> = lines
+                .iter()
+                .filter(|l| l.starts_with(format!("{user}:").as_bytes()))
+                .collect();
+            if mine
+                .iter()
+                .any(|l| l.starts_with(format!("{user}:{label}:").as_bytes()))
+            {
                 return Err(UserDbError::LabelExists(label.to_owned()));
             }
             if mine.len() >= MAX_PER_USER {
                 return Err(UserDbError::TooManyAppPasswords(MAX_PER_USER));
             }
-            let id_taken = mine.iter().any(|l| {
-                String::from_utf8_lossy(l).split(':').nth(2) == Some(id.as_str())
-            });
+            let id_taken = mine
+                .iter()
+                .any(|l| String::from_utf8_lossy(l).split(':').nth(2) == Some(id.as_str()));
             if id_taken {
                 // 1 in ~23 000 with the maximum of 20: the admin reruns.
                 return Err(UserDbError::Io(io::Error::other(
@@ -410,12 +432,19 @@ impl UserDb {
     /// Lines of the app-password file skipped by the latest load.
     #[must_use]
     pub fn app_password_warnings(&self) -> Vec<LoadWarning> {
-        self.app_snapshot().map(|s| s.warnings.clone()).unwrap_or_default()
+        self.app_snapshot()
+            .map(|s| s.warnings.clone())
+            .unwrap_or_default()
     }
 
     /// Checks `password` against `user`'s app password whose id it carries,
     /// for `protocol`. At most one hash verification.
-    pub(crate) fn check_app_password(&self, user: &str, password: &[u8], protocol: &str) -> AppCheck {
+    pub(crate) fn check_app_password(
+        &self,
+        user: &str,
+        password: &[u8],
+        protocol: &str,
+    ) -> AppCheck {
         let Some(mut letters) = normalize(password) else {
             return AppCheck::NoCandidate;
         };
@@ -425,7 +454,9 @@ impl UserDb {
         };
         let id = &letters[..ID_LEN];
         let entry = snapshot.by_user.get(user).and_then(|entries| {
-            entries.iter().find(|e| e.id.as_bytes() == id && e.info.protocols.iter().any(|p| p == protocol))
+            entries
+                .iter()
+                .find(|e| e.id.as_bytes() == id && e.info.protocols.iter().any(|p| p == protocol))
         });
         let result = match entry {
             None => AppCheck::NoCandidate,
@@ -449,9 +480,15 @@ impl UserDb {
     /// The current parse of the app-password file, reloaded when it changed.
     fn app_snapshot(&self) -> Result<Arc<AppSnapshot>, AuthError> {
         let path = self.app_password_path();
-        let mut cache = self.app_cache().lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .app_cache()
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let temporary = |op: &str, e: &io::Error| {
-            AuthError::Temporary(format!("cannot {op} app-password file {}: {e}", path.display()))
+            AuthError::Temporary(format!(
+                "cannot {op} app-password file {}: {e}",
+                path.display()
+            ))
         };
         let stamp = match fs::metadata(&path) {
             Ok(meta) => FileStamp::of(&meta),
@@ -466,7 +503,8 @@ impl UserDb {
                 use std::io::Read as _;
                 let meta = file.metadata().map_err(|e| temporary("stat", &e))?;
                 let mut content = Vec::new();
-                file.read_to_end(&mut content).map_err(|e| temporary("read", &e))?;
+                file.read_to_end(&mut content)
+                    .map_err(|e| temporary("read", &e))?;
                 (FileStamp::of(&meta), content)
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => (FileStamp::Missing, Vec::new()),
@@ -511,7 +549,17 @@ mod tests {
         for ok in ["phone", "old-PC", "a", "laptop_2", "x.y"] {
             assert!(valid_label(ok), "{ok}");
         }
-        for bad in ["", "-x", ".x", "a:b", "a b", "password", "OAuth", &"x".repeat(33), "é"] {
+        for bad in [
+            "",
+            "-x",
+            ".x",
+            "a:b",
+            "a b",
+            "password",
+            "OAuth",
+            &"x".repeat(33),
+            "é",
+        ] {
             assert!(!valid_label(bad), "{bad}");
         }
     }
@@ -538,29 +586,53 @@ mod tests {
     #[test]
     fn add_login_list_revoke() {
         let (dir, db) = db();
-        let phone = db.add_app_password("alice", "phone", &pop3(), 1000).unwrap();
-        let pc = db.add_app_password("alice", "old-pc", &pop3(), 2000).unwrap();
+        let phone = db
+            .add_app_password("alice", "phone", &pop3(), 1000)
+            .unwrap();
+        let pc = db
+            .add_app_password("alice", "old-pc", &pop3(), 2000)
+            .unwrap();
         let phone_pw = phone.password.as_bytes().to_vec();
         let pc_pw = pc.password.as_bytes().to_vec();
 
         let proof = db.verify("alice", &phone_pw).unwrap();
         assert_eq!(proof.credential(), &Credential::AppPassword("phone".into()));
-        assert_eq!(db.verify("alice", &pc_pw).unwrap().credential().label(), "old-pc");
-        assert_eq!(db.verify("alice", b"main pw").unwrap().credential(), &Credential::Password);
+        assert_eq!(
+            db.verify("alice", &pc_pw).unwrap().credential().label(),
+            "old-pc"
+        );
+        assert_eq!(
+            db.verify("alice", b"main pw").unwrap().credential(),
+            &Credential::Password
+        );
         // Another user's name with alice's app password: refused.
-        assert!(matches!(db.verify("bob", &phone_pw), Err(AuthError::InvalidCredentials)));
+        assert!(matches!(
+            db.verify("bob", &phone_pw),
+            Err(AuthError::InvalidCredentials)
+        ));
         // Right id, wrong rest.
         let mut wrong = phone_pw.clone();
         let last = wrong.len() - 1;
         wrong[last] = if wrong[last] == b'a' { b'b' } else { b'a' };
-        assert!(matches!(db.verify("alice", &wrong), Err(AuthError::InvalidCredentials)));
+        assert!(matches!(
+            db.verify("alice", &wrong),
+            Err(AuthError::InvalidCredentials)
+        ));
 
         let list = db.app_passwords("alice").unwrap();
         assert_eq!(
             list,
             vec![
-                AppPasswordInfo { label: "phone".into(), protocols: pop3(), created: 1000 },
-                AppPasswordInfo { label: "old-pc".into(), protocols: pop3(), created: 2000 },
+                AppPasswordInfo {
+                    label: "phone".into(),
+                    protocols: pop3(),
+                    created: 1000
+                },
+                AppPasswordInfo {
+                    label: "old-pc".into(),
+                    protocols: pop3(),
+                    created: 2000
+                },
             ]
         );
         assert!(db.app_passwords("bob").unwrap().is_empty());
@@ -572,7 +644,10 @@ mod tests {
         assert!(text.contains("{ARGON2ID}"));
         // The passwd-file is 0644 here: the new file takes its owner and
         // mode, minus the bits for others.
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
         // The passwd-file is untouched (Dovecot keeps reading it).
         assert_eq!(
             std::fs::read_to_string(dir.path().join("users")).unwrap(),
@@ -581,8 +656,15 @@ mod tests {
 
         let before = db.fingerprint("alice").unwrap();
         db.revoke_app_password("alice", "phone").unwrap();
-        assert_ne!(db.fingerprint("alice").unwrap(), before, "the cache must notice a revocation");
-        assert!(matches!(db.verify("alice", &phone_pw), Err(AuthError::InvalidCredentials)));
+        assert_ne!(
+            db.fingerprint("alice").unwrap(),
+            before,
+            "the cache must notice a revocation"
+        );
+        assert!(matches!(
+            db.verify("alice", &phone_pw),
+            Err(AuthError::InvalidCredentials)
+        ));
         assert!(db.verify("alice", &pc_pw).is_ok());
         assert!(matches!(
             db.revoke_app_password("alice", "phone"),
@@ -647,14 +729,23 @@ mod tests {
         // A protocol this version does not know (hand-written, or from a
         // newer pobox): kept, never matches POP3.
         let letters = *b"imapimapimapimapimapimap";
-        let line = format!("alice:imap-only:imap:imap:1:{}\n", hash::hash_password(&letters));
+        let line = format!(
+            "alice:imap-only:imap:imap:1:{}\n",
+            hash::hash_password(&letters)
+        );
         std::fs::OpenOptions::new()
             .append(true)
             .open(dir.path().join("users.apppass"))
             .unwrap()
             .write_all_at_end(line.as_bytes());
-        assert_eq!(db.app_passwords("alice").unwrap()[1].protocols, vec!["imap".to_string()]);
-        assert!(matches!(db.verify("alice", &letters), Err(AuthError::InvalidCredentials)));
+        assert_eq!(
+            db.app_passwords("alice").unwrap()[1].protocols,
+            vec!["imap".to_string()]
+        );
+        assert!(matches!(
+            db.verify("alice", &letters),
+            Err(AuthError::InvalidCredentials)
+        ));
     }
 
     #[test]
@@ -669,8 +760,16 @@ mod tests {
               short:line\n",
         );
         assert_eq!(snapshot.by_user.get("alice").map(Vec::len), Some(1));
-        assert_eq!(snapshot.warnings.iter().map(|w| w.line).collect::<Vec<_>>(), vec![3, 4, 5, 6, 7]);
-        assert!(snapshot.warnings.iter().all(|w| !w.reason.contains("{PLAIN}")));
+        assert_eq!(
+            snapshot.warnings.iter().map(|w| w.line).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6, 7]
+        );
+        assert!(
+            snapshot
+                .warnings
+                .iter()
+                .all(|w| !w.reason.contains("{PLAIN}"))
+        );
     }
 
     #[test]

@@ -274,7 +274,8 @@ struct Driver<'r> {
     slots: Box<Slots>,
     /// This session in the user's login history, once logged in (and the
     /// history is kept): its UPDATE line joins the login line by it.
-    history: Option<(LoginHistory, SessionId)>,
+    /// Boxed, like `mech`: it keeps the idle task small.
+    history: Option<Box<(LoginHistory, SessionId)>>,
 }
 
 /// State of a driver-run SASL exchange between client messages.
@@ -717,7 +718,7 @@ impl Driver<'_> {
                     let history = svc.config.login_history_dir.as_ref().and_then(|dir| {
                         let history = LoginHistory::new(dir);
                         match history.record_login(user, &login) {
-                            Ok(id) => Some((history, id)),
+                            Ok(id) => Some(Box::new((history, id))),
                             Err(e) => {
                                 warn!(%user, error = %e, "cannot record the login in the login history");
                                 None
@@ -1076,7 +1077,7 @@ impl Driver<'_> {
             // as deleted is what the session removes at this UPDATE; a
             // removal that then fails leaves the message listed, so
             // `pobox mailbox show` still shows it in the maildrop.
-            if let Some((history, id)) = &history {
+            if let Some((history, id)) = history.as_deref() {
                 let update = Update { time: unix_now(), retrieved: uidls(&retrieved), deleted: uidls(&remove) };
                 if let Err(e) = history.record_update(mailbox.user(), id, &update) {
                     warn!(user = %mailbox.user(), error = %e, "cannot record the session in the login history");

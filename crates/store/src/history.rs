@@ -159,9 +159,14 @@ impl LoginHistory {
         // Defence in depth: names come from pobox-auth, already validated.
         let safe = (1..=64).contains(&user.len())
             && !user.starts_with(['.', '-'])
-            && user.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
+            && user
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'@' | b'-'));
         if !safe {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("invalid user name {user:?}")));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("invalid user name {user:?}"),
+            ));
         }
         Ok(self.dir.join(format!("{user}.log")))
     }
@@ -169,7 +174,10 @@ impl LoginHistory {
     fn append(&self, path: &Path, line: &[u8]) -> io::Result<()> {
         let created_dir = !self.dir.is_dir();
         if created_dir {
-            fs::DirBuilder::new().recursive(true).mode(0o700).create(&self.dir)?;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.dir)?;
         }
         let mut file = OpenOptions::new()
             .append(true)
@@ -190,8 +198,16 @@ impl LoginHistory {
 
 /// A free-text field made safe for the tab-separated line.
 fn field(s: &str) -> String {
-    let cleaned: String = s.chars().map(|c| if c.is_control() { '?' } else { c }).take(128).collect();
-    if cleaned.is_empty() { "-".into() } else { cleaned }
+    let cleaned: String = s
+        .chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .take(128)
+        .collect();
+    if cleaned.is_empty() {
+        "-".into()
+    } else {
+        cleaned
+    }
 }
 
 /// UIDLs are printable ASCII without spaces (RFC 1939 §7); anything else
@@ -226,8 +242,17 @@ fn parse(content: &str) -> Vec<Session> {
                 let Ok(time) = time.parse() else { continue };
                 // Its login is recent: search from the end.
                 if let Some(s) = sessions.iter_mut().rev().find(|s| s.id == id) {
-                    let split = |s: &str| s.split(' ').filter(|u| !u.is_empty()).map(str::to_owned).collect();
-                    s.update = Some(Update { time, retrieved: split(retrieved), deleted: split(deleted) });
+                    let split = |s: &str| {
+                        s.split(' ')
+                            .filter(|u| !u.is_empty())
+                            .map(str::to_owned)
+                            .collect()
+                    };
+                    s.update = Some(Update {
+                        time,
+                        retrieved: split(retrieved),
+                        deleted: split(deleted),
+                    });
                 }
             }
             // A torn last line after a crash, or a line from a newer version.
@@ -244,11 +269,18 @@ fn prune(path: &Path, keep: u64) -> io::Result<()> {
     let mut start = content.len().saturating_sub(keep);
     // Start at a line boundary.
     if start > 0 {
-        start = content[start..].iter().position(|&b| b == b'\n').map_or(content.len(), |i| start + i + 1);
+        start = content[start..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(content.len(), |i| start + i + 1);
     }
     let tmp = path.with_extension(format!("log.tmp.{}", std::process::id()));
     let _ = fs::remove_file(&tmp);
-    let mut file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
     file.write_all(&content[start..])?;
     file.sync_all()?;
     drop(file);
@@ -268,7 +300,12 @@ mod tests {
     use super::*;
 
     fn login(credential: &str, time: u64) -> Login {
-        Login { time, credential: credential.into(), mechanism: "USER".into(), client: "127.0.0.1".into() }
+        Login {
+            time,
+            credential: credential.into(),
+            mechanism: "USER".into(),
+            client: "127.0.0.1".into(),
+        }
     }
 
     #[test]
@@ -278,23 +315,52 @@ mod tests {
         assert!(h.sessions("alice").unwrap().is_empty());
         let a = h.record_login("alice", &login("phone", 10)).unwrap();
         let b = h.record_login("alice", &login("laptop", 11)).unwrap();
-        h.record_update("alice", &b, &Update { time: 12, retrieved: vec!["u1".into(), "u2".into()], deleted: vec![] })
-            .unwrap();
-        h.record_update("alice", &a, &Update { time: 13, retrieved: vec!["u3".into()], deleted: vec!["u3".into()] })
-            .unwrap();
+        h.record_update(
+            "alice",
+            &b,
+            &Update {
+                time: 12,
+                retrieved: vec!["u1".into(), "u2".into()],
+                deleted: vec![],
+            },
+        )
+        .unwrap();
+        h.record_update(
+            "alice",
+            &a,
+            &Update {
+                time: 13,
+                retrieved: vec!["u3".into()],
+                deleted: vec!["u3".into()],
+            },
+        )
+        .unwrap();
         let c = h.record_login("alice", &login("password", 14)).unwrap();
         let s = h.sessions("alice").unwrap();
         assert_eq!(s.len(), 3);
         assert_eq!(s[0].login.credential, "phone");
-        assert_eq!(s[0].update.as_ref().unwrap().deleted, vec!["u3".to_string()]);
-        assert_eq!(s[1].update.as_ref().unwrap().retrieved, vec!["u1".to_string(), "u2".into()]);
+        assert_eq!(
+            s[0].update.as_ref().unwrap().deleted,
+            vec!["u3".to_string()]
+        );
+        assert_eq!(
+            s[1].update.as_ref().unwrap().retrieved,
+            vec!["u1".to_string(), "u2".into()]
+        );
         assert_eq!(s[2].id, c.0);
         assert!(s[2].update.is_none(), "no UPDATE: login only");
         // Other users are separate; permissions are private.
         assert!(h.sessions("bob").unwrap().is_empty());
         let meta = fs::metadata(dir.path().join("logins/alice.log")).unwrap();
         assert_eq!(meta.permissions().mode() & 0o777, 0o600);
-        assert_eq!(fs::metadata(dir.path().join("logins")).unwrap().permissions().mode() & 0o777, 0o700);
+        assert_eq!(
+            fs::metadata(dir.path().join("logins"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o700
+        );
     }
 
     #[test]
@@ -302,14 +368,33 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = LoginHistory::new(dir.path());
         let id = h
-            .record_login("alice", &Login { time: 1, credential: "a\tb\nc".into(), mechanism: String::new(), client: "x".into() })
+            .record_login(
+                "alice",
+                &Login {
+                    time: 1,
+                    credential: "a\tb\nc".into(),
+                    mechanism: String::new(),
+                    client: "x".into(),
+                },
+            )
             .unwrap();
-        h.record_update("alice", &id, &Update { time: 2, retrieved: vec!["ok".into(), "bad uidl".into()], deleted: vec![] })
-            .unwrap();
+        h.record_update(
+            "alice",
+            &id,
+            &Update {
+                time: 2,
+                retrieved: vec!["ok".into(), "bad uidl".into()],
+                deleted: vec![],
+            },
+        )
+        .unwrap();
         let s = h.sessions("alice").unwrap();
         assert_eq!(s[0].login.credential, "a?b?c");
         assert_eq!(s[0].login.mechanism, "-");
-        assert_eq!(s[0].update.as_ref().unwrap().retrieved, vec!["ok".to_string()]);
+        assert_eq!(
+            s[0].update.as_ref().unwrap().retrieved,
+            vec!["ok".to_string()]
+        );
         assert!(h.record_login("../x", &login("p", 1)).is_err());
     }
 
@@ -318,7 +403,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let h = LoginHistory::new(dir.path());
         h.record_login("alice", &login("phone", 1)).unwrap();
-        let mut f = OpenOptions::new().append(true).open(dir.path().join("alice.log")).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("alice.log"))
+            .unwrap();
         f.write_all(b"L\tdeadbeef\t2\tlap").unwrap();
         assert_eq!(h.sessions("alice").unwrap().len(), 1);
     }

@@ -18,9 +18,12 @@ pub(super) fn sessions(settings: &Settings, user: &str) -> anyhow::Result<Vec<Se
         .login_history_dir
         .clone()
         .unwrap_or_else(|| settings.data_dir.join(LOGIN_HISTORY_DIR));
-    LoginHistory::new(&dir)
-        .sessions(user)
-        .map_err(|e| anyhow::anyhow!("cannot read the login history {}/{user}.log: {e}", dir.display()))
+    LoginHistory::new(&dir).sessions(user).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read the login history {}/{user}.log: {e}",
+            dir.display()
+        )
+    })
 }
 
 /// Per UIDL: the credentials that retrieved it (in order, each once) and
@@ -43,7 +46,9 @@ impl Takers {
                 }
             }
             for uidl in &update.deleted {
-                takers.deleted_by.insert(uidl.clone(), s.login.credential.clone());
+                takers
+                    .deleted_by
+                    .insert(uidl.clone(), s.login.credential.clone());
             }
         }
         takers

@@ -74,6 +74,9 @@ pub fn open_users(settings: &Settings) -> Arc<UserDb> {
     for w in users.warnings() {
         eprintln!("pobox: warning: {}:{}: {} (line ignored)", settings.passwd_file.display(), w.line, w.reason);
     }
+    for w in users.app_password_warnings() {
+        eprintln!("pobox: warning: {}:{}: {} (line ignored)", users.app_password_path().display(), w.line, w.reason);
+    }
     Arc::new(users)
 }
 

@@ -16,9 +16,26 @@ const USER: &str = "alice";
 
 /// `pobox user apppass add` → the password it prints once.
 fn add_app_password(dir: &Dir, label: &str, protocols: &str) -> String {
-    let out = dir.pobox().args(["user", "apppass", "add", USER, "--label", label, "--protocols", protocols]).assert_exit(0);
+    let out = dir
+        .pobox()
+        .args([
+            "user",
+            "apppass",
+            "add",
+            USER,
+            "--label",
+            label,
+            "--protocols",
+            protocols,
+        ])
+        .assert_exit(0);
     let password = out.stdout().trim().to_owned();
-    assert_eq!(password.len(), 29, "24 letters in groups of 4: {password:?}\n{}", out.dump());
+    assert_eq!(
+        password.len(),
+        29,
+        "24 letters in groups of 4: {password:?}\n{}",
+        out.dump()
+    );
     password
 }
 
@@ -27,12 +44,17 @@ fn message(n: usize) -> Vec<u8> {
 }
 
 fn json(out: util::Output) -> serde_json::Value {
-    serde_json::from_str(&out.stdout()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.dump()))
+    serde_json::from_str(&out.stdout())
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.dump()))
 }
 
 fn strings(v: &serde_json::Value) -> Vec<String> {
-    let mut list: Vec<String> =
-        v.as_array().unwrap_or_else(|| panic!("not an array: {v}")).iter().map(|s| s.as_str().unwrap().to_owned()).collect();
+    let mut list: Vec<String> = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not an array: {v}"))
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
     list.sort();
     list
 }
@@ -66,7 +88,11 @@ fn fetchmail(srv: &Server<'_>, work: &Path, out: &Path, password: &str) -> (i32,
     .unwrap();
     set_mode(&rc, 0o600);
     let mut cmd = TestCommand::new("fetchmail");
-    cmd.arg("-f").arg(&rc).args(["--nodetach", "-v"]).env("FETCHMAILHOME", work).env("HOME", work);
+    cmd.arg("-f")
+        .arg(&rc)
+        .args(["--nodetach", "-v"])
+        .env("FETCHMAILHOME", work)
+        .env("HOME", work);
     cmd.timeout(Duration::from_secs(60));
     let o = cmd.output();
     (o.status.code().unwrap_or(-1), o.dump())
@@ -109,11 +135,17 @@ fn files(dir: &Path) -> usize {
 }
 
 fn walk(dir: &Path) -> Vec<PathBuf> {
-    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
     let mut out = Vec::new();
     for e in rd.flatten() {
         let p = e.path();
-        if p.is_dir() { out.extend(walk(&p)) } else { out.push(p) }
+        if p.is_dir() {
+            out.extend(walk(&p))
+        } else {
+            out.push(p)
+        }
     }
     out
 }
@@ -128,7 +160,10 @@ fn two_devices_with_app_passwords_and_who_took_what() {
         .server()
         // Removed mail stays restorable, so `mailbox show --removed` can
         // name the device that deleted it.
-        .config("retention", "{ expire_interval_secs = 0, restore_days = 7 }")
+        .config(
+            "retention",
+            "{ expire_interval_secs = 0, restore_days = 7 }",
+        )
         .start();
     let config = dir.scratch("pobox.toml");
     let laptop_pw = add_app_password(&dir, "laptop", "pop3");
@@ -147,7 +182,11 @@ fn two_devices_with_app_passwords_and_who_took_what() {
     assert_eq!(files(&laptop.join("out")), 3, "{log}");
     assert_eq!(uidls(&srv), first, "fetchmail keeps mail");
 
-    let show = json(dir.pobox().args(["mailbox", "show", USER, "--json"]).assert_exit(0));
+    let show = json(
+        dir.pobox()
+            .args(["mailbox", "show", USER, "--json"])
+            .assert_exit(0),
+    );
     for row in show.as_array().unwrap() {
         assert_eq!(strings(&row["retrieved_by"]), vec!["laptop"], "{show:#}");
     }
@@ -161,26 +200,48 @@ fn two_devices_with_app_passwords_and_who_took_what() {
     assert!(uidls(&srv).is_empty(), "mpop deleted everything");
 
     // Which device took which mail.
-    let report = json(dir.pobox().args(["user", "show", USER, "--json"]).assert_exit(0));
+    let report = json(
+        dir.pobox()
+            .args(["user", "show", USER, "--json"])
+            .assert_exit(0),
+    );
     let logins = report["logins"].as_array().unwrap();
     let by = |credential: &str| -> Vec<&serde_json::Value> {
-        logins.iter().filter(|l| l["credential"] == credential).collect()
+        logins
+            .iter()
+            .filter(|l| l["credential"] == credential)
+            .collect()
     };
     let laptop_sessions = by("laptop");
     assert_eq!(laptop_sessions.len(), 1, "{report:#}");
-    assert_eq!(strings(&laptop_sessions[0]["retrieved"]), first, "{report:#}");
-    assert!(strings(&laptop_sessions[0]["deleted"]).is_empty(), "{report:#}");
+    assert_eq!(
+        strings(&laptop_sessions[0]["retrieved"]),
+        first,
+        "{report:#}"
+    );
+    assert!(
+        strings(&laptop_sessions[0]["deleted"]).is_empty(),
+        "{report:#}"
+    );
     assert_eq!(laptop_sessions[0]["client"], "127.0.0.1");
     assert_eq!(laptop_sessions[0]["quit"], true);
     let phone_sessions = by("phone");
     assert_eq!(phone_sessions.len(), 1, "{report:#}");
-    assert_eq!(strings(&phone_sessions[0]["retrieved"]), first, "{report:#}");
+    assert_eq!(
+        strings(&phone_sessions[0]["retrieved"]),
+        first,
+        "{report:#}"
+    );
     assert_eq!(strings(&phone_sessions[0]["deleted"]), first, "{report:#}");
     // The test's own checks logged in with the main password.
     assert!(!by("password").is_empty(), "{report:#}");
     let apps = report["app_passwords"].as_array().unwrap();
     assert_eq!(apps.len(), 2);
-    assert!(apps.iter().all(|a| a["last_used"].is_string() && a["last_used_from"] == "127.0.0.1"), "{report:#}");
+    assert!(
+        apps.iter()
+            .all(|a| a["last_used"].is_string() && a["last_used_from"] == "127.0.0.1"),
+        "{report:#}"
+    );
     // Never a password in the history.
     let history = std::fs::read_to_string(dir.data().join("logins/alice.log")).unwrap();
     for secret in [laptop_pw.as_str(), phone_pw.as_str(), PW] {
@@ -189,25 +250,49 @@ fn two_devices_with_app_passwords_and_who_took_what() {
 
     // The deleted messages in the restore area name the phone.
     let removed = json(
-        dir.pobox().arg("--config").arg(&config).args(["mailbox", "show", USER, "--removed", "--json"]).assert_exit(0),
+        dir.pobox()
+            .arg("--config")
+            .arg(&config)
+            .args(["mailbox", "show", USER, "--removed", "--json"])
+            .assert_exit(0),
     );
     let removed = removed.as_array().unwrap();
     assert_eq!(removed.len(), 3, "{removed:?}");
     for row in removed {
         assert_eq!(row["deleted_by"], "phone", "{row:#}");
-        assert_eq!(strings(&row["retrieved_by"]), vec!["laptop", "phone"], "{row:#}");
+        assert_eq!(
+            strings(&row["retrieved_by"]),
+            vec!["laptop", "phone"],
+            "{row:#}"
+        );
     }
-    let text = dir.pobox().args(["user", "show", USER]).assert_exit(0).stdout();
-    assert!(text.contains("phone") && text.contains("laptop") && text.contains("Recent logins"), "{text}");
+    let text = dir
+        .pobox()
+        .args(["user", "show", USER])
+        .assert_exit(0)
+        .stdout();
+    assert!(
+        text.contains("phone") && text.contains("laptop") && text.contains("Recent logins"),
+        "{text}"
+    );
 
     // Revoke the phone: its next login fails (the server's credential
     // cache must not keep it alive), the laptop and the main password work.
     dir.deliver(USER, &message(4));
-    dir.pobox().args(["user", "apppass", "revoke", USER, "phone"]).assert_exit(0);
+    dir.pobox()
+        .args(["user", "apppass", "revoke", USER, "phone"])
+        .assert_exit(0);
     let (code, log) = mpop(&srv, &phone, &phone.join("out"), &phone_pw);
     assert_ne!(code, 0, "a revoked app password must not log in\n{log}");
-    assert!(log.to_lowercase().contains("auth") || log.contains("-ERR"), "{log}");
-    assert_eq!(files(&phone.join("out")), 3, "nothing downloaded after revocation\n{log}");
+    assert!(
+        log.to_lowercase().contains("auth") || log.contains("-ERR"),
+        "{log}"
+    );
+    assert_eq!(
+        files(&phone.join("out")),
+        3,
+        "nothing downloaded after revocation\n{log}"
+    );
     assert_eq!(uidls(&srv).len(), 1);
     let (code, log) = fetchmail(&srv, &laptop, &laptop.join("out"), &laptop_pw);
     assert_eq!(code, 0, "the other device still works\n{log}");
@@ -216,8 +301,15 @@ fn two_devices_with_app_passwords_and_who_took_what() {
     std::fs::create_dir_all(&main).unwrap();
     let (code, log) = fetchmail(&srv, &main, &main.join("out"), PW);
     assert_eq!(code, 0, "the main password still works\n{log}");
-    let listed = dir.pobox().args(["user", "apppass", "list", USER]).assert_exit(0).stdout();
-    assert!(listed.contains("laptop") && !listed.contains("phone"), "{listed}");
+    let listed = dir
+        .pobox()
+        .args(["user", "apppass", "list", USER])
+        .assert_exit(0)
+        .stdout();
+    assert!(
+        listed.contains("laptop") && !listed.contains("phone"),
+        "{listed}"
+    );
 }
 
 #[test]
@@ -225,7 +317,10 @@ fn app_password_scopes_and_require_app_passwords() {
     let dir = Dir::new();
     dir.add_user(USER, PW);
     // A user with a SCRAM secret, so that SCRAM would be offered.
-    dir.pobox().args(["user", "add", "bob", "--password-stdin"]).stdin("bob pw\n").assert_exit(0);
+    dir.pobox()
+        .args(["user", "add", "bob", "--password-stdin"])
+        .stdin("bob pw\n")
+        .assert_exit(0);
     let srv = dir.server().config("require_app_passwords", "true").start();
     let pop3 = add_app_password(&dir, "desk", "pop3");
     let none = add_app_password(&dir, "spare", "none");
@@ -246,7 +341,10 @@ fn app_password_scopes_and_require_app_passwords() {
     assert!(attempt(&pop3).starts_with("+OK"));
     let loose = pop3.replace('-', "");
     let loose = format!("{}{}", loose[..1].to_uppercase(), &loose[1..]);
-    assert!(attempt(&loose).starts_with("+OK"), "dashes are optional, case ignored");
+    assert!(
+        attempt(&loose).starts_with("+OK"),
+        "dashes are optional, case ignored"
+    );
     // AUTH PLAIN (RFC 4616) takes app passwords too.
     let mut pop = Pop3::connect(srv.pop3);
     let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0{pop3}"));
@@ -257,15 +355,34 @@ fn app_password_scopes_and_require_app_passwords() {
     let capa = pop.cmd_lines("CAPA").join("\n");
     assert!(!capa.contains("SCRAM"), "{capa}");
     pop.quit();
-    assert!(srv.stderr().contains("require_app_passwords"), "the refusal is explained in the log");
+    assert!(
+        srv.stderr().contains("require_app_passwords"),
+        "the refusal is explained in the log"
+    );
     // Only the two app-password logins are in the history.
-    let report = json(dir.pobox().args(["user", "show", USER, "--json"]).assert_exit(0));
-    let credentials: Vec<&str> =
-        report["logins"].as_array().unwrap().iter().map(|l| l["credential"].as_str().unwrap()).collect();
+    let report = json(
+        dir.pobox()
+            .args(["user", "show", USER, "--json"])
+            .assert_exit(0),
+    );
+    let credentials: Vec<&str> = report["logins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["credential"].as_str().unwrap())
+        .collect();
     assert_eq!(credentials, vec!["desk", "desk", "desk"], "{report:#}");
-    let mechanisms: Vec<&str> =
-        report["logins"].as_array().unwrap().iter().map(|l| l["mechanism"].as_str().unwrap()).collect();
-    assert_eq!(mechanisms, vec!["PLAIN", "USER", "USER"], "newest first: {report:#}");
+    let mechanisms: Vec<&str> = report["logins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["mechanism"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        mechanisms,
+        vec!["PLAIN", "USER", "USER"],
+        "newest first: {report:#}"
+    );
     // The server's log never shows a password.
     for secret in [&pop3, &none, &loose] {
         assert!(!srv.stderr().contains(&**secret));
