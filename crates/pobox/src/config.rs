@@ -1046,6 +1046,17 @@ mod security_tests {
     }
 
     #[test]
+    fn app_password_and_login_history_keys() {
+        let s = parse("").unwrap();
+        assert!(!s.server.require_app_passwords);
+        assert_eq!(s.server.login_history_dir.as_deref(), Some(s.data_dir.join("logins").as_path()));
+        let s = parse("require_app_passwords = true\nlogin_history = false\n").unwrap();
+        assert!(s.server.require_app_passwords);
+        assert_eq!(s.server.login_history_dir, None);
+        assert!(parse("require_app_passwords = \"yes\"\n").is_err());
+    }
+
+    #[test]
     fn data_keys() {
         let s = parse("").unwrap();
         assert_eq!(s.server.smtp_hard_error_limit, 20);

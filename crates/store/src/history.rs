@@ -172,12 +172,15 @@ impl LoginHistory {
     }
 
     fn append(&self, path: &Path, line: &[u8]) -> io::Result<()> {
-        let created_dir = !self.dir.is_dir();
-        if created_dir {
+        if !self.dir.is_dir() {
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(&self.dir)?;
+            // The new directory's entry must be durable too.
+            if let Some(parent) = self.dir.parent() {
+                File::open(parent)?.sync_all()?;
+            }
         }
         let mut file = OpenOptions::new()
             .append(true)

@@ -131,7 +131,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
             for (i, m) in store.inspect(&user)?.iter().enumerate() {
                 let head = store.head(&user, m, 64 * 1024).unwrap_or_default();
                 rows.push(MessageRow {
-                    number: i + 1,
+                    number: Some(i + 1),
                     uidl: m.uidl.to_string(),
                     size: m.size,
                     date: rfc3339(m.received),
@@ -146,7 +146,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
             if removed {
                 for m in store.removed_messages(&user)? {
                     rows.push(MessageRow {
-                        number: 0,
+                        number: None,
                         retrieved_by: takers.retrieved_by(&m.uidl),
                         deleted_by: takers.deleted_by(&m.uidl),
                         removed: Some(m.removed_at.map_or_else(|| "unknown".into(), rfc3339)),
@@ -167,7 +167,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
                     &["#", "UIDL", "SIZE", "DATE", "RETRIEVED", "BY", "FROM", "SUBJECT"],
                     rows.iter().filter(|r| r.removed.is_none()).map(|r| {
                         vec![
-                            r.number.to_string(),
+                            r.number.map(|n| n.to_string()).unwrap_or_default(),
                             r.uidl.clone(),
                             r.size.to_string(),
                             r.date.clone(),
@@ -392,7 +392,8 @@ struct UserRow {
 
 #[derive(Serialize)]
 struct MessageRow {
-    number: usize,
+    /// The POP3 message number; `None` for a removed message.
+    number: Option<usize>,
     uidl: String,
     size: u64,
     date: String,

@@ -350,6 +350,13 @@ fn app_password_scopes_and_require_app_passwords() {
     let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0{USER}\0{pop3}"));
     assert!(pop.cmd(&format!("AUTH PLAIN {plain}")).starts_with("+OK"));
     pop.quit();
+    // A session that ends without QUIT took nothing: its login is
+    // recorded, with nothing retrieved.
+    dir.deliver(USER, &message(1));
+    let mut pop = Pop3::connect(srv.pop3);
+    pop.login(USER, &pop3);
+    assert!(pop.cmd_multi("RETR 1").starts_with(b"From:"));
+    pop.drop_connection();
     // SCRAM derives from the main password: not offered under the option.
     let mut pop = Pop3::connect(srv.pop3);
     let capa = pop.cmd_lines("CAPA").join("\n");
@@ -359,7 +366,7 @@ fn app_password_scopes_and_require_app_passwords() {
         srv.stderr().contains("require_app_passwords"),
         "the refusal is explained in the log"
     );
-    // Only the two app-password logins are in the history.
+    // Only the app-password logins are in the history.
     let report = json(
         dir.pobox()
             .args(["user", "show", USER, "--json"])
@@ -371,7 +378,7 @@ fn app_password_scopes_and_require_app_passwords() {
         .iter()
         .map(|l| l["credential"].as_str().unwrap())
         .collect();
-    assert_eq!(credentials, vec!["desk", "desk", "desk"], "{report:#}");
+    assert_eq!(credentials, vec!["desk"; 4], "{report:#}");
     let mechanisms: Vec<&str> = report["logins"]
         .as_array()
         .unwrap()
@@ -380,9 +387,16 @@ fn app_password_scopes_and_require_app_passwords() {
         .collect();
     assert_eq!(
         mechanisms,
-        vec!["PLAIN", "USER", "USER"],
+        vec!["USER", "PLAIN", "USER", "USER"],
         "newest first: {report:#}"
     );
+    let dropped = &report["logins"][0];
+    assert_eq!(dropped["quit"], false, "{report:#}");
+    assert!(
+        strings(&dropped["retrieved"]).is_empty(),
+        "no QUIT, nothing taken: {report:#}"
+    );
+    assert_eq!(report["logins"][1]["quit"], true);
     // The server's log never shows a password.
     for secret in [&pop3, &none, &loose] {
         assert!(!srv.stderr().contains(&**secret));
