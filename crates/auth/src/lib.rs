@@ -94,6 +94,7 @@ pub struct Authenticated {
 /// Which of the user's credentials proved the login: what the login
 /// history records, so "which device took my mail" has an answer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Credential {
     /// The main password of the passwd-file line, or a secret derived from
     /// it (SCRAM, APOP).
