@@ -91,6 +91,10 @@ fn fetchmail(srv: &Server<'_>, work: &Path, out: &Path, password: &str) -> (i32,
     cmd.arg("-f")
         .arg(&rc)
         .args(["--nodetach", "-v"])
+        // Its own lock: as root fetchmail would share /var/run/fetchmail.pid
+        // with the interop matrix's runs in the same test binary.
+        .arg("--pidfile")
+        .arg(work.join("fetchmail.pid"))
         .env("FETCHMAILHOME", work)
         .env("HOME", work);
     cmd.timeout(Duration::from_secs(60));
