@@ -8,6 +8,8 @@
 //! * verifies passwords in the schemes Dovecot writes ([`hash`]) and hashes
 //!   new ones with Argon2id;
 //! * checks RFC 1939 `APOP` digests ([`UserDb::verify_apop`]);
+//! * keeps per-device app passwords beside the passwd-file ([`apppass`]),
+//!   generated here, revocable one by one, scoped to protocols;
 //! * decodes SASL PLAIN and LOGIN responses for POP3 `AUTH` ([`sasl`]);
 //! * runs the server side of SCRAM-SHA-256(-PLUS) as a pure step machine
 //!   ([`scram`]) and validates OAuth 2.0 bearer tokens (JWT against a JWKS
@@ -56,6 +58,7 @@
 //! # Layout
 //!
 //! * [`userdb`]: the passwd-file, its reload and atomic edits; the verifiers.
+//! * [`apppass`]: app passwords (`<passwd-file>.apppass`).
 //! * [`hash`]: `{SCHEME}` parsing, hashing and verification.
 //! * [`sasl`]: base64 and SASL PLAIN/LOGIN decoding.
 //! * [`saslprep`]: RFC 4013 SASLprep, applied on every password path.
@@ -64,6 +67,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
+pub mod apppass;
 pub mod hash;
 pub mod oauth;
 pub mod sasl;
@@ -72,6 +76,7 @@ pub mod scram;
 pub mod secret;
 pub mod userdb;
 
+pub use apppass::{AppPasswordInfo, NewAppPassword};
 pub use secret::Secret;
 pub use userdb::{HashedAdd, LoadWarning, UserDb, UserDbError, UserEntry, valid_username};
 
@@ -83,14 +88,56 @@ pub use userdb::{HashedAdd, LoadWarning, UserDb, UserDbError, UserEntry, valid_u
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Authenticated {
     user: String,
+    credential: Credential,
+}
+
+/// Which of the user's credentials proved the login: what the login
+/// history records, so "which device took my mail" has an answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Credential {
+    /// The main password of the passwd-file line, or a secret derived from
+    /// it (SCRAM, APOP).
+    Password,
+    /// The app password with this label ([`apppass`]).
+    AppPassword(String),
+}
+
+impl Credential {
+    /// `password`, or the app password's label (labels cannot be
+    /// `password` or `oauth`, see [`apppass::valid_label`]).
+    #[must_use]
+    pub fn label(&self) -> &str {
+        match self {
+            Credential::Password => "password",
+            Credential::AppPassword(label) => label,
+        }
+    }
 }
 
 impl Authenticated {
-    /// Only for this crate's verifiers.
+    /// Only for this crate's verifiers: a login with the main password.
     fn new(user: &str) -> Self {
         Self {
             user: user.to_owned(),
+            credential: Credential::Password,
         }
+    }
+
+    /// Only for this crate's verifiers: a login with an app password.
+    fn with_app_password(user: &str, label: &str) -> Self {
+        Self {
+            user: user.to_owned(),
+            credential: Credential::AppPassword(label.to_owned()),
+        }
+    }
+
+    /// The credential that proved this login. A bearer token (OAUTHBEARER,
+    /// XOAUTH2) reports [`Credential::Password`] here; the server, which
+    /// knows the mechanism, labels those logins `oauth`.
+    #[must_use]
+    pub fn credential(&self) -> &Credential {
+        &self.credential
     }
 
     /// The authenticated user's name, exactly as it appears in the passwd-file.

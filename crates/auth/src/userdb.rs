@@ -97,7 +97,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read as _, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -186,6 +186,23 @@ pub enum UserDbError {
         "invalid user name {0:?}: use 1-64 characters from A-Z a-z 0-9 . _ @ -, not starting with '.' or '-'"
     )]
     InvalidName(String),
+    /// The app-password label fails [`crate::apppass::valid_label`].
+    #[error(
+        "invalid label {0:?}: use 1-32 characters from A-Z a-z 0-9 . _ -, not starting with '.' or '-', not 'password' or 'oauth'"
+    )]
+    InvalidLabel(String),
+    /// The user already has an app password with this label.
+    #[error("an app password labelled {0} already exists (revoke it first)")]
+    LabelExists(String),
+    /// The user has no app password with this label.
+    #[error("no app password labelled {0}")]
+    LabelNotFound(String),
+    /// The user has [`crate::apppass::MAX_PER_USER`] app passwords already.
+    #[error("at most {0} app passwords per user; revoke one first")]
+    TooManyAppPasswords(usize),
+    /// A protocol name app passwords cannot be limited to.
+    #[error("unknown protocol {0:?} (app passwords log in to: pop3)")]
+    UnknownProtocol(String),
     /// [`UserDb::add`] found a line for this user already.
     #[error("user {0} already exists")]
     Exists(String),
@@ -224,6 +241,8 @@ pub enum UserDbError {
 pub struct UserDb {
     path: PathBuf,
     cache: Mutex<Cache>,
+    /// The app-password file beside it ([`crate::apppass`]).
+    apps: Mutex<crate::apppass::AppCache>,
 }
 
 /// What the file looked like when it was last parsed.
@@ -237,7 +256,7 @@ struct Cache {
 /// Enough of `stat(2)` to notice a change: a rename gives a new inode, an
 /// append a new size, an in-place edit a new mtime/ctime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum FileStamp {
+pub(crate) enum FileStamp {
     Missing,
     Present {
         dev: u64,
@@ -249,7 +268,7 @@ enum FileStamp {
 }
 
 impl FileStamp {
-    fn of(meta: &fs::Metadata) -> Self {
+    pub(crate) fn of(meta: &fs::Metadata) -> Self {
         Self::Present {
             dev: meta.dev(),
             ino: meta.ino(),
@@ -291,7 +310,13 @@ impl UserDb {
                 stamp: None,
                 snapshot: Arc::default(),
             }),
+            apps: crate::apppass::new_cache(),
         }
+    }
+
+    /// The app-password cache (for [`crate::apppass`]).
+    pub(crate) fn app_cache(&self) -> &Mutex<crate::apppass::AppCache> {
+        &self.apps
     }
 
     /// The passwd-file's path.
@@ -300,7 +325,11 @@ impl UserDb {
         &self.path
     }
 
-    /// Checks `password` for `user` (exact, case-sensitive name match).
+    /// Checks `password` for `user` (exact, case-sensitive name match):
+    /// first against the user's app password for POP3 whose id the password
+    /// carries, if it has an app password's shape (see [`crate::apppass`]),
+    /// then against the main password. At most two hash verifications.
+    /// The proof names the credential that matched.
     ///
     /// For an unknown user a full Argon2id verification against a fixed
     /// dummy hash still runs, so the response time does not reveal whether
@@ -320,11 +349,23 @@ impl UserDb {
         // made before normalisation); an unknown user costs the same number
         // of dummy verifications, so timing still does not reveal existence.
         let candidates = saslprep::candidates(password);
+        let app = if snapshot.users.contains_key(user) {
+            self.check_app_password(user, password, "pop3")
+        } else {
+            crate::apppass::AppCheck::NoCandidate
+        };
+        if let crate::apppass::AppCheck::Valid(label) = &app {
+            return Ok(Authenticated::with_app_password(user, label));
+        }
         match snapshot.users.get(user) {
             Some(stored) if candidates.iter().any(|c| stored.verify(c)) => {
                 Ok(Authenticated::new(user))
             }
-            Some(_) => Err(AuthError::InvalidCredentials),
+            Some(_) => match app {
+                // The app-password file could not be read: maybe it was one.
+                crate::apppass::AppCheck::Temporary(e) => Err(AuthError::Temporary(e)),
+                _ => Err(AuthError::InvalidCredentials),
+            },
             None => {
                 for c in &candidates {
                     hash::verify_dummy(c);
@@ -414,14 +455,22 @@ impl UserDb {
     }
 
     /// SHA-256 of `user`'s line as currently in the file (after reloading
-    /// if it changed), or `None` for an unknown user. It changes whenever
-    /// the line does (new password, new SCRAM secret, removal), so a cache
-    /// of successful logins keyed on it drops stale entries by itself.
+    /// if it changed), combined with the user's app-password lines when
+    /// there are any, or `None` for an unknown user. It changes whenever
+    /// the line does (new password, new SCRAM secret, removal) and when an
+    /// app password is added or revoked, so a cache of successful logins
+    /// keyed on it drops stale entries by itself.
     ///
     /// # Errors
     /// [`AuthError::Temporary`] when the passwd-file cannot be read.
     pub fn fingerprint(&self, user: &str) -> Result<Option<[u8; 32]>, AuthError> {
-        Ok(self.snapshot()?.fingerprints.get(user).copied())
+        let Some(line) = self.snapshot()?.fingerprints.get(user).copied() else {
+            return Ok(None);
+        };
+        Ok(Some(match self.app_fingerprint(user) {
+            None => line,
+            Some(apps) => Sha256::new().chain_update(line).chain_update(apps).finalize().into(),
+        }))
     }
 
     /// Whether `user` has a usable entry (exact name match). For delivery:
@@ -601,7 +650,8 @@ impl UserDb {
                 return Err(UserDbError::NotFound(user.to_owned()));
             }
             Ok(())
-        })
+        })?;
+        self.remove_app_passwords(user)
     }
 
     /// The current parse of the file, reloading it first if it changed.
@@ -666,18 +716,39 @@ impl UserDb {
         ))
     }
 
-    /// Read-modify-write under the lock file; see the module documentation.
+    /// Read-modify-write of the passwd-file; see the module documentation.
     fn edit(
         &self,
         change: impl FnOnce(&mut Vec<Vec<u8>>) -> Result<(), UserDbError>,
     ) -> Result<(), UserDbError> {
-        self.edit_if(|lines| change(lines).map(|()| true))
+        self.edit_file_if(&self.path.clone(), |lines| change(lines).map(|()| true))
     }
 
     /// [`edit`](Self::edit), where `change` says whether it changed
     /// anything: `Ok(false)` leaves the file as it is (not even replaced).
     fn edit_if(
         &self,
+        change: impl FnOnce(&mut Vec<Vec<u8>>) -> Result<bool, UserDbError>,
+    ) -> Result<(), UserDbError> {
+        self.edit_file_if(&self.path.clone(), change)
+    }
+
+    /// Read-modify-write of `path` (the passwd-file or the app-password
+    /// file) under the passwd-file's lock. A new file takes the
+    /// passwd-file's mode and owner (0600 when neither exists).
+    pub(crate) fn edit_file(
+        &self,
+        path: &Path,
+        change: impl FnOnce(&mut Vec<Vec<u8>>) -> Result<(), UserDbError>,
+    ) -> Result<(), UserDbError> {
+        self.edit_file_if(path, |lines| change(lines).map(|()| true))
+    }
+
+    /// [`edit_file`](Self::edit_file), where `change` says whether it
+    /// changed anything: `Ok(false)` leaves the file as it is.
+    fn edit_file_if(
+        &self,
+        path: &Path,
         change: impl FnOnce(&mut Vec<Vec<u8>>) -> Result<bool, UserDbError>,
     ) -> Result<(), UserDbError> {
         let lock_path = sibling(&self.path, ".lock");
@@ -693,11 +764,11 @@ impl UserDb {
 
         // Write next to the real file if the configured path is a symlink:
         // renaming over the link would replace it with a regular file.
-        let target = match fs::symlink_metadata(&self.path) {
+        let target = match fs::symlink_metadata(path) {
             Ok(meta) if meta.file_type().is_symlink() => {
-                fs::canonicalize(&self.path).map_err(|e| io_context("resolve", &self.path, &e))?
+                fs::canonicalize(path).map_err(|e| io_context("resolve", path, &e))?
             }
-            _ => self.path.clone(),
+            _ => path.to_path_buf(),
         };
         let (mut content, meta) = match File::open(&target) {
             Ok(mut file) => {
@@ -709,7 +780,11 @@ impl UserDb {
                     .map_err(|e| io_context("read", &target, &e))?;
                 (content, Some(meta))
             }
-            Err(err) if err.kind() == io::ErrorKind::NotFound => (Vec::new(), None),
+            // A new app-password file: the passwd-file's owner and mode,
+            // never readable by others (it holds hashes too).
+            Err(err) if err.kind() == io::ErrorKind::NotFound => {
+                (Vec::new(), fs::metadata(&self.path).ok().filter(|_| path != self.path))
+            }
             Err(err) => return Err(io_context("open", &target, &err)),
         };
 
@@ -725,7 +800,8 @@ impl UserDb {
         if !output.is_empty() {
             output.push(b'\n');
         }
-        let result = replace_file(&target, &output, meta.as_ref());
+        let mask = if path == self.path { 0o7777 } else { 0o660 };
+        let result = replace_file(&target, &output, meta.as_ref(), mask);
         output.zeroize();
         result
         // `lock` is dropped here, after the rename: closing it releases the flock.
@@ -929,7 +1005,7 @@ fn set_scram_field(line: &[u8], scram: &str) -> Vec<u8> {
 }
 
 /// `path` with `suffix` appended to its file name (`passwd` → `passwd.lock`).
-fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
@@ -942,6 +1018,7 @@ fn replace_file(
     path: &Path,
     content: &[u8],
     existing: Option<&fs::Metadata>,
+    mode_mask: u32,
 ) -> Result<(), UserDbError> {
     let tmp = sibling(path, &format!(".tmp.{}", std::process::id()));
     // We hold the lock, so a file by this name is debris from a crashed
@@ -966,7 +1043,7 @@ fn replace_file(
                 .map_err(|e| io_context("chown", &tmp, &e))?;
         }
         // After chown, which may clear set-id bits; fchmod ignores the umask.
-        file.set_permissions(meta.permissions())
+        file.set_permissions(fs::Permissions::from_mode(meta.permissions().mode() & mode_mask))
             .map_err(|e| io_context("chmod", &tmp, &e))?;
     }
     file.write_all(content)

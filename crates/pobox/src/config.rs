@@ -68,6 +68,9 @@ fn read_raw(path: &Path) -> anyhow::Result<RawConfig> {
     toml::from_str::<RawConfig>(&text).with_context(|| format!("invalid config file {}", path.display()))
 }
 
+/// The login history's directory under the data dir (`pobox_store::history`).
+pub const LOGIN_HISTORY_DIR: &str = "logins";
+
 /// The file as written by the admin. Every key is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -183,6 +186,13 @@ pub struct RawConfig {
     pub policy: Option<RawPolicyService>,
     /// The outbound relay for Sieve vacation replies; present = enabled.
     pub relay: Option<RawRelay>,
+    /// POP3: refuse the main password (and SCRAM/APOP); devices log in
+    /// with app passwords (`pobox user apppass add`). Default false.
+    pub require_app_passwords: Option<bool>,
+    /// POP3: keep each user's login history in `<data_dir>/logins/`
+    /// (which credential logged in from where, what it retrieved and
+    /// deleted). Default true.
+    pub login_history: Option<bool>,
 }
 
 /// `[autoconfig]`: the documents mail clients fetch to set themselves up,
@@ -824,6 +834,8 @@ impl Settings {
                 Some(n) => n,
                 None => defaults.policy_max_connections,
             },
+            login_history_dir: raw.login_history.unwrap_or(true).then(|| data_dir.join(LOGIN_HISTORY_DIR)),
+            require_app_passwords: raw.require_app_passwords.unwrap_or(false),
             metrics: match raw.metrics {
                 None => None,
                 Some(a) => Some(a.parse::<SocketAddr>().map_err(|_| {
@@ -1575,6 +1587,17 @@ mod security_tests {
             let err = parse(&format!("[relay]\n{bad}\n")).err().unwrap_or_else(|| panic!("{bad} accepted"));
             assert!(format!("{err:#}").contains(key), "{bad}: {err:#}");
         }
+    }
+
+    #[test]
+    fn app_password_and_login_history_keys() {
+        let s = parse("").unwrap();
+        assert!(!s.server.require_app_passwords);
+        assert_eq!(s.server.login_history_dir.as_deref(), Some(s.data_dir.join("logins").as_path()));
+        let s = parse("require_app_passwords = true\nlogin_history = false\n").unwrap();
+        assert!(s.server.require_app_passwords);
+        assert_eq!(s.server.login_history_dir, None);
+        assert!(parse("require_app_passwords = \"yes\"\n").is_err());
     }
 
     #[test]

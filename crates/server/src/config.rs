@@ -145,6 +145,14 @@ pub struct Config {
     /// Outbound mail (Sieve vacation replies) through a relay; `None`:
     /// scripts using `vacation` do not compile.
     pub outbound: Option<crate::outbox::OutboundConfig>,
+    /// POP3: where each user's login history is kept
+    /// (`pobox_store::history`: credential, mechanism, address, and what
+    /// each session retrieved and deleted); `None`: not recorded.
+    pub login_history_dir: Option<PathBuf>,
+    /// POP3: refuse logins proved by the main password (USER/PASS, PLAIN,
+    /// LOGIN, and SCRAM and APOP, whose secrets derive from it): every
+    /// device must use its own app password. Bearer tokens still work.
+    pub require_app_passwords: bool,
 }
 
 /// Which DNS servers the SPF/DKIM/DMARC checks ask.
@@ -231,6 +239,8 @@ impl Default for Config {
             // Postfix's default_process_limit: one per smtpd process.
             policy_max_connections: 100,
             outbound: None,
+            login_history_dir: None,
+            require_app_passwords: false,
         }
     }
 }

@@ -7,8 +7,9 @@
 //! value is the user's passwd-file line fingerprint at verification time;
 //! a hit is honoured only while [`UserDb::fingerprint`] still returns the
 //! same value, so changing or removing the user (or the password, or the
-//! SCRAM secret) invalidates the entry at once. Entries also expire after a
-//! TTL, and the map is bounded.
+//! SCRAM secret, or adding or revoking an app password: the fingerprint
+//! covers the user's app-password lines) invalidates the entry at once.
+//! Entries also expire after a TTL, and the map is bounded.
 //!
 //! Only successes are cached; a miss falls back to full verification, so
 //! the cache cannot make a wrong password succeed.
@@ -156,6 +157,23 @@ mod tests {
         std::fs::write(dir.path().join("users"), "alice:{PLAIN}new\n").unwrap();
         assert!(cache.lookup(&users, "alice", b"pw", now).unwrap().is_none());
         assert_eq!(cache.len(), 0);
+    }
+
+    #[test]
+    fn revoking_an_app_password_drops_its_entry() {
+        let (_dir, users) = db();
+        let cache = CredCache::new(Duration::from_secs(60));
+        let now = Instant::now();
+        let new = users.add_app_password("alice", "phone", &["pop3".into()], 1).unwrap();
+        let pw = new.password.as_bytes();
+        let fp = users.fingerprint("alice").unwrap().unwrap();
+        let proof = users.verify("alice", pw).unwrap();
+        assert_eq!(proof.credential().label(), "phone");
+        cache.insert("alice", pw, fp, proof, now);
+        assert_eq!(cache.lookup(&users, "alice", pw, now).unwrap().unwrap().credential().label(), "phone");
+        users.revoke_app_password("alice", "phone").unwrap();
+        assert!(cache.lookup(&users, "alice", pw, now).unwrap().is_none());
+        assert!(users.verify("alice", pw).is_err());
     }
 
     #[test]

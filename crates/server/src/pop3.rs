@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use pobox_auth::oauth;
 use pobox_auth::scram::{ChannelBindings, ScramError, ScramServer, ScramStep};
-use pobox_auth::{AuthError, Authenticated};
+use pobox_auth::{AuthError, Authenticated, Credential};
 use pobox_proto::pop3::command::Sensitive;
 use pobox_proto::dot::WireEncoder;
 use pobox_proto::line::{LineSplitter, Split};
@@ -23,6 +23,7 @@ use pobox_proto::pop3::server::{
     SCRAM_SHA_256_PLUS, ServerSession, SessionConfig, UpdateResult, XOAUTH2, retr_status_line,
 };
 use pobox_proto::pop3::{RespCode, Status};
+use pobox_store::history::{Login, LoginHistory, SessionId, Update};
 use pobox_store::retention::{Days, Policy};
 use pobox_store::{Mailbox, StoreError};
 use sha2::{Digest, Sha256};
@@ -122,6 +123,7 @@ pub(crate) async fn serve(
         closed: false,
         stats: Stats::default(),
         mech: None,
+        history: None,
         slots: Box::new(Slots {
             ip: ip_slot,
             user_ip: None,
@@ -270,6 +272,10 @@ struct Driver<'r> {
     mech: Option<Box<Mech>>,
     /// Boxed for the same reason (the task's size): connection limits.
     slots: Box<Slots>,
+    /// This session in the user's login history, once logged in (and the
+    /// history is kept): its UPDATE line joins the login line by it.
+    /// Boxed, like `mech`: it keeps the idle task small.
+    history: Option<Box<(LoginHistory, SessionId)>>,
 }
 
 /// State of a driver-run SASL exchange between client messages.
@@ -289,6 +295,11 @@ enum Mech {
 enum Step {
     Challenge(Vec<u8>),
     Done(Result<Authenticated, (String, LoginFailure)>),
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn temporary(detail: &str) -> LoginFailure {
@@ -631,11 +642,27 @@ impl Driver<'_> {
         mechanism: &'static str,
         started: Instant,
     ) -> Result<LoginGrant, LoginFailure> {
+        // Bearer tokens are validated by `oauth`, not by a stored secret:
+        // the mechanism says which credential it was.
+        let oauth = matches!(mechanism, OAUTHBEARER | XOAUTH2);
+        let credential = if oauth { "oauth".to_owned() } else { authenticated.credential().label().to_owned() };
+        if self.svc.config.require_app_passwords && !oauth && *authenticated.credential() == Credential::Password {
+            let user = authenticated.user().to_owned();
+            info!(peer = %self.peer, user = %user, %mechanism,
+                  "main password refused: require_app_passwords is set, the device needs an app password");
+            return Err(self.fail(&user, mechanism, LoginFailure::BadCredentials).await);
+        }
         if let Err(failure) = self.claim_user_ip_slot(authenticated.user()) {
             let user = authenticated.user().to_owned();
             return Err(self.fail(&user, mechanism, failure).await);
         }
         let svc = self.svc.clone();
+        let login = Login {
+            time: unix_now(),
+            credential: credential.clone(),
+            mechanism: mechanism.to_owned(),
+            client: self.peer.ip().to_string(),
+        };
         let result = tokio::task::spawn_blocking(move || {
             let user = authenticated.user();
             let policy = svc.store.policy(user);
@@ -686,7 +713,20 @@ impl Driver<'_> {
                 std::thread::sleep(std::time::Duration::from_millis(50));
             };
             match opened {
-                Ok(mailbox) => Ok((user.to_string(), mailbox, policy)),
+                Ok(mailbox) => {
+                    // Under the maildrop lock: one writer per history file.
+                    let history = svc.config.login_history_dir.as_ref().and_then(|dir| {
+                        let history = LoginHistory::new(dir);
+                        match history.record_login(user, &login) {
+                            Ok(id) => Some(Box::new((history, id))),
+                            Err(e) => {
+                                warn!(%user, error = %e, "cannot record the login in the login history");
+                                None
+                            }
+                        }
+                    });
+                    Ok((user.to_string(), mailbox, policy, history))
+                }
                 Err(StoreError::InUse) => Err(LoginFailure::InUse),
                 Err(e) => {
                     warn!(user = %authenticated.user(), error = %e, "cannot open maildrop");
@@ -698,14 +738,15 @@ impl Driver<'_> {
         .unwrap_or_else(|e| Err(LoginFailure::Temporary(format!("internal error: {e}"))));
 
         match result {
-            Ok((user, mailbox, policy)) => {
+            Ok((user, mailbox, policy, history)) => {
+                self.history = history;
                 let messages = mailbox
                     .messages()
                     .iter()
                     .map(|m| MessageMeta { size: m.size, uidl: m.uidl.as_str().to_string() })
                     .collect();
                 let tls = self.stream.as_ref().is_some_and(Stream::is_tls);
-                info!(peer = %self.peer, %user, %mechanism, tls,
+                info!(peer = %self.peer, %user, %mechanism, %credential, tls,
                       messages = mailbox.messages().len(), "login");
                 self.stats.user = Some(user.clone());
                 self.stats.mechanism = Some(mechanism);
@@ -729,9 +770,12 @@ impl Driver<'_> {
     /// The SASL mechanisms the driver can run on this connection now.
     async fn offer_mechanisms(&mut self) {
         let svc = self.svc.clone();
-        let scram = tokio::task::spawn_blocking(move || svc.users.has_scram().unwrap_or(false))
-            .await
-            .unwrap_or(false);
+        // SCRAM secrets derive from the main password, which
+        // require_app_passwords refuses: offering it would only fail later.
+        let scram = !self.svc.config.require_app_passwords
+            && tokio::task::spawn_blocking(move || svc.users.has_scram().unwrap_or(false))
+                .await
+                .unwrap_or(false);
         let mut list = Vec::new();
         if scram {
             list.push(SCRAM_SHA_256);
@@ -1017,9 +1061,27 @@ impl Driver<'_> {
             remove.sort_unstable();
             remove.dedup();
         }
+        let history = self.history.take();
         let result = tokio::task::spawn_blocking(move || {
             if let Err(e) = mailbox.record_retrievals(&retrieved, SystemTime::now()) {
                 warn!(user = %mailbox.user(), error = %e, "cannot record retrievals");
+            }
+            let uidls = |indices: &[usize]| -> Vec<String> {
+                indices
+                    .iter()
+                    .filter_map(|&i| mailbox.messages().get(i).map(|m| m.uidl.as_str().to_owned()))
+                    .collect()
+            };
+            // Before the commit, which releases the maildrop lock: the
+            // lock keeps the history file to one writer. What is recorded
+            // as deleted is what the session removes at this UPDATE; a
+            // removal that then fails leaves the message listed, so
+            // `pobox mailbox show` still shows it in the maildrop.
+            if let Some((history, id)) = history.as_deref() {
+                let update = Update { time: unix_now(), retrieved: uidls(&retrieved), deleted: uidls(&remove) };
+                if let Err(e) = history.record_update(mailbox.user(), id, &update) {
+                    warn!(user = %mailbox.user(), error = %e, "cannot record the session in the login history");
+                }
             }
             mailbox.commit(&remove)
         })

@@ -51,6 +51,7 @@
 //! * `maildir/cache.rs`: big maildrops' listings kept between sessions.
 //! * `maildir/commit.rs`: POP3 UPDATE.
 //! * `maildir/lock.rs`: the maildrop lock.
+//! * `history.rs`: the per-user login history (which credential took what).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -62,6 +63,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+pub mod history;
 pub mod maildir;
 pub mod quota;
 pub mod retention;

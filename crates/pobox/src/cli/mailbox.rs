@@ -26,10 +26,15 @@ pub enum MailboxCommand {
         #[arg(long)]
         json: bool,
     },
-    /// One user's messages: UIDL, size, date, from, subject, retrieved-at.
+    /// One user's messages: UIDL, size, date, from, subject, retrieved-at,
+    /// and which credentials (devices) retrieved each.
     Show {
         /// The user.
         user: String,
+        /// Also the removed messages in the restore area, with the
+        /// credential that deleted each.
+        #[arg(long)]
+        removed: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -119,38 +124,75 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
                 );
             }
         }
-        MailboxCommand::Show { user, json } => {
+        MailboxCommand::Show { user, removed, json } => {
             ensure_user(&users, &user)?;
+            let takers = super::logins::Takers::of(&super::logins::sessions(&settings, &user)?);
             let mut rows = Vec::new();
             for (i, m) in store.inspect(&user)?.iter().enumerate() {
                 let head = store.head(&user, m, 64 * 1024).unwrap_or_default();
                 rows.push(MessageRow {
-                    number: i + 1,
+                    number: Some(i + 1),
                     uidl: m.uidl.to_string(),
                     size: m.size,
                     date: rfc3339(m.received),
                     from: header(&head, "from").unwrap_or_default(),
                     subject: header(&head, "subject").unwrap_or_default(),
                     retrieved: m.retrieved.map(rfc3339),
+                    retrieved_by: takers.retrieved_by(m.uidl.as_str()),
+                    removed: None,
+                    deleted_by: None,
                 });
+            }
+            if removed {
+                for m in store.removed_messages(&user)? {
+                    rows.push(MessageRow {
+                        number: None,
+                        retrieved_by: takers.retrieved_by(&m.uidl),
+                        deleted_by: takers.deleted_by(&m.uidl),
+                        removed: Some(m.removed_at.map_or_else(|| "unknown".into(), rfc3339)),
+                        uidl: m.uidl,
+                        size: 0,
+                        date: String::new(),
+                        from: String::new(),
+                        subject: String::new(),
+                        retrieved: None,
+                    });
+                }
             }
             if json {
                 print_json(&rows)?;
             } else {
+                let by = |list: &Vec<String>| if list.is_empty() { "-".into() } else { list.join(",") };
                 table(
-                    &["#", "UIDL", "SIZE", "DATE", "RETRIEVED", "FROM", "SUBJECT"],
-                    rows.iter().map(|r| {
+                    &["#", "UIDL", "SIZE", "DATE", "RETRIEVED", "BY", "FROM", "SUBJECT"],
+                    rows.iter().filter(|r| r.removed.is_none()).map(|r| {
                         vec![
-                            r.number.to_string(),
+                            r.number.map(|n| n.to_string()).unwrap_or_default(),
                             r.uidl.clone(),
                             r.size.to_string(),
                             r.date.clone(),
                             r.retrieved.clone().unwrap_or_else(|| "-".into()),
+                            by(&r.retrieved_by),
                             clip(&r.from, 30),
                             clip(&r.subject, 40),
                         ]
                     }),
                 );
+                if removed {
+                    println!();
+                    println!("Removed (restorable with `pobox mailbox restore {user}`):");
+                    table(
+                        &["UIDL", "REMOVED", "RETRIEVED BY", "DELETED BY"],
+                        rows.iter().filter_map(|r| {
+                            Some(vec![
+                                r.uidl.clone(),
+                                r.removed.clone()?,
+                                by(&r.retrieved_by),
+                                r.deleted_by.clone().unwrap_or_else(|| "- (expiry or admin)".into()),
+                            ])
+                        }),
+                    );
+                }
             }
         }
         MailboxCommand::Expire { user, dry_run, at, json } => {
@@ -350,13 +392,24 @@ struct UserRow {
 
 #[derive(Serialize)]
 struct MessageRow {
-    number: usize,
+    /// The POP3 message number; `None` for a removed message.
+    number: Option<usize>,
     uidl: String,
     size: u64,
     date: String,
     from: String,
     subject: String,
     retrieved: Option<String>,
+    /// Credentials (`password`, `oauth`, app password labels) whose
+    /// sessions retrieved it, from the login history.
+    retrieved_by: Vec<String>,
+    /// Only with `--removed`, for messages in the restore area: when.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    removed: Option<String>,
+    /// ... and the credential whose session deleted it (none: removed by
+    /// expiry or an admin command).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    deleted_by: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -367,7 +420,7 @@ struct ExpireRow {
     skipped_in_use: bool,
 }
 
-fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub(super) fn print_json<T: Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -401,7 +454,7 @@ fn header(head: &[u8], name: &str) -> Option<String> {
     value.map(|v| v.chars().filter(|c| !c.is_control()).collect())
 }
 
-fn clip(s: &str, max: usize) -> String {
+pub(super) fn clip(s: &str, max: usize) -> String {
     if s.chars().count() <= max {
         s.to_string()
     } else {
@@ -411,7 +464,7 @@ fn clip(s: &str, max: usize) -> String {
     }
 }
 
-fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
+pub(super) fn table(headers: &[&str], rows: impl Iterator<Item = Vec<String>>) {
     let rows: Vec<Vec<String>> = rows.collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
     for r in &rows {

@@ -4,6 +4,7 @@ pub mod check;
 pub mod deliver;
 pub mod dns;
 pub mod import;
+mod logins;
 pub mod mailbox;
 mod reload;
 pub mod serve;
@@ -42,6 +43,10 @@ pub fn service_paths(settings: &Settings, store: &MaildirStore) -> (Vec<std::pat
     if may_exist(&settings.passwd_file) || settings.passwd_file_configured {
         read.push(settings.passwd_file.clone());
     }
+    let app_passwords = UserDb::open(&settings.passwd_file).app_password_path();
+    if may_exist(&app_passwords) {
+        read.push(app_passwords);
+    }
     for pair in &settings.tls_pairs {
         read.push(pair.cert.clone());
         read.push(pair.key.clone());
@@ -78,6 +83,9 @@ pub fn open_users(settings: &Settings) -> Arc<UserDb> {
     let users = UserDb::open(&settings.passwd_file);
     for w in users.warnings() {
         eprintln!("pobox: warning: {}:{}: {} (line ignored)", settings.passwd_file.display(), w.line, w.reason);
+    }
+    for w in users.app_password_warnings() {
+        eprintln!("pobox: warning: {}:{}: {} (line ignored)", users.app_password_path().display(), w.line, w.reason);
     }
     Arc::new(users)
 }

@@ -189,6 +189,13 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     own_files.push(settings.data_dir.join(INSTANCE_FILE));
     // A spool dir left by a run as root: big messages are spooled there.
     own_files.extend(settings.server.spool_dir.clone());
+    // The login history, if a run as root wrote it: sessions append to it.
+    if let Some(dir) = &settings.server.login_history_dir {
+        own_files.push(dir.clone());
+        if let Ok(entries) = std::fs::read_dir(dir) {
+            own_files.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
     // Before the switch: only root may raise the hard limit.
     let open_files = raise_open_files(settings.server.max_connections);
     let (must_read, must_write) = super::service_paths(&settings, &store);

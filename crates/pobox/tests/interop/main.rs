@@ -31,6 +31,7 @@
 #[allow(dead_code)]
 mod util;
 
+mod apppass;
 mod fuzz_regressions;
 
 use std::fmt;
