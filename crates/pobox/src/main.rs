@@ -57,6 +57,9 @@ enum Command {
     /// Inspect and maintain maildrops: ls, show, expire, restore, purge.
     #[command(subcommand)]
     Mailbox(cli::mailbox::MailboxCommand),
+    /// Move mail in from another server, every message keeping its UIDL.
+    #[command(subcommand)]
+    Import(cli::import::ImportCommand),
     /// Download mail from POP3 accounts to local Maildir/mbox/MDA.
     Fetch(pobox_fetch::FetchArgs),
     /// Check Sieve scripts and try them on a message.
@@ -193,6 +196,7 @@ fn main() -> ExitCode {
             };
         }
         Command::Mailbox(cmd) => cli::mailbox::run(&args.data, args.config.as_deref(), cmd),
+        Command::Import(cmd) => cli::import::run(&args.data, args.config.as_deref(), cmd),
         Command::Who { json } => cli::mailbox::who(&args.data, args.config.as_deref(), json),
         Command::Kick { user } => cli::mailbox::kick(&args.data, args.config.as_deref(), &user),
     };

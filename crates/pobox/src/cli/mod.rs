@@ -2,6 +2,7 @@
 
 pub mod check;
 pub mod deliver;
+pub mod import;
 pub mod mailbox;
 mod reload;
 pub mod serve;

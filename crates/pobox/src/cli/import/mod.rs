@@ -1,0 +1,25 @@
+//! `pobox import`: moving users and mail in from another server, every
+//! message keeping the UIDL its clients know. One module per source.
+
+pub mod pop3;
+
+use clap::Subcommand;
+
+/// Where to import from.
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Mail from any live POP3 server (a provider, Courier, an old box),
+    /// UIDLs kept, resumable; the source is left untouched.
+    Pop3(pop3::Pop3Args),
+}
+
+/// Runs an import subcommand.
+///
+/// # Errors
+/// Configuration errors; per-user problems are reported and make the
+/// command fail after the other users were done.
+pub fn run(data: &std::path::Path, config: Option<&std::path::Path>, cmd: ImportCommand) -> anyhow::Result<()> {
+    match cmd {
+        ImportCommand::Pop3(args) => pop3::run(data, config, &args),
+    }
+}
