@@ -232,7 +232,7 @@ fn sigkill_mid_import_then_resume_imports_each_message_once_with_its_uidl() {
     assert!(out.contains("tester: would import 143, 57 already present, 0 failed"), "{out}");
     assert_eq!(local.count(), 57);
 
-    let o = run(local.import(&dv, &[]));
+    let o = run(local.import(&dv, &["--auth", "scram-sha-256"]));
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(stdout(&o).contains(" 143 imported ("), "{}", show(&o));
     assert!(stdout(&o).contains("57 already present, 0 failed"), "{}", show(&o));

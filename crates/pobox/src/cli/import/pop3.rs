@@ -73,6 +73,11 @@ pub struct Pop3Args {
     /// without it the password is asked on the terminal.
     #[arg(long, value_name = "FILE", requires = "server")]
     pub password_file: Option<PathBuf>,
+    /// Authentication: auto (the strongest offered: SCRAM-SHA-256, PLAIN,
+    /// USER, LOGIN), user, plain, login, scram-sha-256, or xoauth2 /
+    /// oauthbearer with an access token in --password-file.
+    #[arg(long, value_name = "METHOD", default_value = "auto", value_parser = parse_auth, requires = "server")]
+    pub auth: AuthMethod,
     /// The pobox user the mail goes to (must exist: `pobox user add`).
     #[arg(long, value_name = "LOCALUSER", requires = "server")]
     pub to: Option<String>,
@@ -219,7 +224,7 @@ fn jobs(args: &Pop3Args) -> anyhow::Result<Vec<Job>> {
         security,
         user: user.clone(),
         password,
-        auth: AuthMethod::Auto,
+        auth: args.auth,
         ca_file: args.ca_file.clone(),
         fingerprint,
         tls_server_name: None,
@@ -235,6 +240,18 @@ fn jobs(args: &Pop3Args) -> anyhow::Result<Vec<Job>> {
         on_new_mail: None,
     };
     Ok(vec![Job { account, to: to.clone() }])
+}
+
+/// `--auth`: the accounts file's `auth` values, except `oauth2` (which
+/// needs an `[accounts.NAME.oauth]` table: use --accounts for it).
+fn parse_auth(text: &str) -> Result<AuthMethod, String> {
+    use serde::Deserialize as _;
+    let de = serde::de::value::StrDeserializer::<serde::de::value::Error>::new(text);
+    match AuthMethod::deserialize(de) {
+        Ok(AuthMethod::Oauth2) => Err("oauth2 needs an accounts file with an [accounts.NAME.oauth] table".into()),
+        Ok(m) => Ok(m),
+        Err(_) => Err("expected auto, user, plain, login, scram-sha-256, xoauth2 or oauthbearer".into()),
+    }
 }
 
 /// `HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address.
@@ -517,6 +534,9 @@ mod tests {
         }
         assert!(is_loopback("localhost") && is_loopback("127.0.0.2") && is_loopback("::1"));
         assert!(!is_loopback("pop.example.com") && !is_loopback("10.0.0.1"));
+        assert_eq!(parse_auth("scram-sha-256"), Ok(AuthMethod::ScramSha256));
+        assert_eq!(parse_auth("user"), Ok(AuthMethod::User));
+        assert!(parse_auth("oauth2").is_err() && parse_auth("cram-md5").is_err());
     }
 
     #[test]
