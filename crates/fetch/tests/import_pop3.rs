@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::process::ExitStatusExt as _;
 use std::path::PathBuf;
@@ -244,8 +244,19 @@ fn sigkill_mid_import_then_resume_imports_each_message_once_with_its_uidl() {
     let server = format!("localhost:{}", dv.pop3);
     let cert = dv.cert.display().to_string();
     let o = run(local.pobox(&[
-        "import", "pop3", "--server", &server, "--starttls", "--ca-file", &cert, "--remote-user", USER,
-        "--password-file", &pw, "--to", USER,
+        "import",
+        "pop3",
+        "--server",
+        &server,
+        "--starttls",
+        "--ca-file",
+        &cert,
+        "--remote-user",
+        USER,
+        "--password-file",
+        &pw,
+        "--to",
+        USER,
     ]));
     assert_eq!(code(&o), 0, "{}", show(&o));
     assert!(stdout(&o).contains("tester: 0 imported (0.00 MiB), 200 already present, 0 failed"), "{}", show(&o));
@@ -362,46 +373,79 @@ fn killing_dovecot_mid_import_is_a_clear_error_and_a_rerun_completes() {
     assert_eq!(dated["date"], "2024-12-03T10:00:00Z", "received time from the topmost Received header");
 }
 
-/// A scripted POP3 server on loopback without UIDL: one connection, then
-/// it answers each command from a fixed script.
-fn no_uidl_server() -> u16 {
+/// A scripted POP3 server on loopback for `connections` connections in
+/// turn, each answering up to 50 commands with `reply(command line)`.
+fn scripted_server(connections: usize, reply: fn(&str) -> Vec<u8>) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        let Ok((s, _)) = listener.accept() else { return };
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut w = s.try_clone().unwrap();
-        let mut r = BufReader::new(s);
-        w.write_all(b"+OK old box\r\n").unwrap();
-        for _ in 0..20 {
-            let mut line = String::new();
-            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                return;
-            }
-            let reply: &[u8] = match line.split_whitespace().next().unwrap_or("").to_ascii_uppercase().as_str() {
-                "CAPA" => b"+OK\r\nUSER\r\n.\r\n",
-                "USER" | "PASS" => b"+OK\r\n",
-                "UIDL" => b"-ERR no such command\r\n",
-                "LIST" => b"+OK\r\n1 20\r\n2 30\r\n.\r\n",
-                "QUIT" => {
-                    let _ = w.write_all(b"+OK bye\r\n");
-                    return;
+        for _ in 0..connections {
+            let Ok((s, _)) = listener.accept() else { return };
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut w = s.try_clone().unwrap();
+            let mut r = BufReader::new(s);
+            let _ = w.write_all(b"+OK old box\r\n");
+            for _ in 0..50 {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
                 }
-                _ => b"-ERR unexpected\r\n",
-            };
-            w.write_all(reply).unwrap();
+                // The client may hang up in the middle (it stops reading
+                // an over-long message): a failed write ends the connection.
+                if w.write_all(&reply(line.trim_end())).is_err() || line.eq_ignore_ascii_case("QUIT\r\n") {
+                    break;
+                }
+            }
         }
-        let mut rest = Vec::new();
-        let _ = r.read_to_end(&mut rest);
     });
     port
+}
+
+/// No UIDL command.
+fn no_uidl_reply(cmd: &str) -> Vec<u8> {
+    let verb = cmd.split_whitespace().next().unwrap_or("").to_ascii_uppercase();
+    match verb.as_str() {
+        "CAPA" => b"+OK\r\nUSER\r\n.\r\n".to_vec(),
+        "USER" | "PASS" => b"+OK\r\n".to_vec(),
+        "UIDL" => b"-ERR no such command\r\n".to_vec(),
+        "LIST" => b"+OK\r\n1 20\r\n2 30\r\n.\r\n".to_vec(),
+        "QUIT" => b"+OK bye\r\n".to_vec(),
+        _ => b"-ERR unexpected\r\n".to_vec(),
+    }
+}
+
+/// Three messages; the second is announced as 40 octets and is 200 KB.
+fn oversending_reply(cmd: &str) -> Vec<u8> {
+    let message = |subject: &str| format!("+OK\r\nSubject: {subject}\r\n\r\nbody\r\n.\r\n").into_bytes();
+    match cmd.to_ascii_uppercase().as_str() {
+        "CAPA" => b"+OK\r\nUSER\r\nUIDL\r\n.\r\n".to_vec(),
+        "UIDL" => b"+OK\r\n1 u-one\r\n2 u-two\r\n3 u-three\r\n.\r\n".to_vec(),
+        "LIST" => b"+OK\r\n1 40\r\n2 40\r\n3 40\r\n.\r\n".to_vec(),
+        "RETR 1" => message("one"),
+        "RETR 2" => {
+            let mut m = b"+OK\r\nSubject: two\r\n\r\n".to_vec();
+            m.extend(
+                std::iter::repeat_n(
+                    &b"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n"[..],
+                    3000,
+                )
+                .flatten(),
+            );
+            m.extend_from_slice(b".\r\n");
+            m
+        }
+        "RETR 3" => message("three"),
+        "QUIT" => b"+OK bye\r\n".to_vec(),
+        c if c.starts_with("USER") || c.starts_with("PASS") => b"+OK\r\n".to_vec(),
+        _ => b"-ERR unexpected\r\n".to_vec(),
+    }
 }
 
 #[test]
 fn a_server_without_uidl_is_refused_and_plaintext_needs_the_flag() {
     let local = Local::new();
     let pw = local.password_file.display().to_string();
-    let port = no_uidl_server();
+    let port = scripted_server(1, no_uidl_reply);
     let server = format!("127.0.0.1:{port}");
     let base = ["import", "pop3", "--server", &server, "--remote-user", USER, "--password-file", &pw, "--to", USER];
     let o = run(local.pobox(&[&base[..], &["--insecure-plaintext"]].concat()));
@@ -434,4 +478,41 @@ fn a_server_without_uidl_is_refused_and_plaintext_needs_the_flag() {
     ]));
     assert_eq!(code(&o), 1, "{}", show(&o));
     assert!(String::from_utf8_lossy(&o.stderr).contains("pobox user add nobody-here"), "{}", show(&o));
+}
+
+#[test]
+fn a_message_longer_than_announced_is_left_out_and_the_rest_imported() {
+    let local = Local::new();
+    let pw = local.password_file.display().to_string();
+    let server = format!("127.0.0.1:{}", scripted_server(4, oversending_reply));
+    let args = [
+        "import",
+        "pop3",
+        "--server",
+        &server,
+        "--insecure-plaintext",
+        "--remote-user",
+        USER,
+        "--password-file",
+        &pw,
+        "--to",
+        USER,
+    ];
+    let o = run(local.pobox(&args));
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(stdout(&o).contains("tester: 2 imported ("), "{}", show(&o));
+    assert!(stdout(&o).contains("0 already present, 1 failed"), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("message 2 (UIDL u-two): the server sent more than") && err.contains("LIST said 40"),
+        "{}",
+        show(&o)
+    );
+    let uidls: Vec<String> = local.listing().into_keys().collect();
+    assert_eq!(uidls, ["u-one", "u-three"]);
+    // Again: the two are there, the third still refused.
+    let o = run(local.pobox(&args));
+    assert_eq!(code(&o), 1, "{}", show(&o));
+    assert!(stdout(&o).contains("tester: 0 imported (0.00 MiB), 2 already present, 1 failed"), "{}", show(&o));
+    assert_eq!(local.count(), 2);
 }

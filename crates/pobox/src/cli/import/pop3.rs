@@ -24,6 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context as _, anyhow, bail};
 use pobox_auth::UserDb;
+use pobox_fetch::FetchError;
 use pobox_fetch::auth::{Secret, obtain_secret};
 use pobox_fetch::config::{Account, AuthMethod, Config, Destination, Oversize, PasswordSource, Retention, Security};
 use pobox_fetch::plan::Listed;
@@ -386,7 +387,7 @@ async fn import_session(
     display: &Display,
 ) -> anyhow::Result<Tally> {
     let server = format!("{}:{}", account.host, account.port);
-    let mut remote = RemoteMaildrop::open(account, secret).await.with_context(|| server.clone())?;
+    let mut remote = RemoteMaildrop::open(account, secret.clone()).await.with_context(|| server.clone())?;
     let listed = remote.listing().await.with_context(|| format!("{server}: reading the listing"))?;
     if !listed.is_empty() && listed.iter().all(|m| m.uidl.is_none()) {
         let _ = remote.quit().await;
@@ -397,7 +398,7 @@ async fn import_session(
         );
     }
     let mut tally = Tally::default();
-    let todo = plan(&listed, target, &mut tally);
+    let mut todo = plan(&listed, target, &mut tally);
     if dry_run {
         for m in &todo {
             display.println(&format!(
@@ -414,17 +415,41 @@ async fn import_session(
     }
     let Target::Import(import) = target else { unreachable!("a real run imports") };
     progress.start(todo.len() as u64, todo.iter().map(|m| m.size).sum());
-    for (done, m) in todo.iter().enumerate() {
-        let uidl = m.uidl.as_deref().expect("planned messages have a UIDL");
+    let total = todo.len();
+    let mut oversent = 0;
+    let mut next = 0;
+    while next < todo.len() {
+        let done = next;
+        next += 1;
+        let m = &todo[done];
+        // No UIDL: gone from the server (see `reconnect`).
+        let Some(uidl) = m.uidl.as_deref() else { continue };
         let mut spool = Spool::new(spool_dir.to_owned());
-        let got = remote.retrieve(m, &mut spool, progress).await.with_context(|| {
-            format!(
-                "{server}: retrieving message {} (UIDL {uidl}), after {done} of {} imported in this run; \
-                 run the same command again to continue",
-                m.num,
-                todo.len()
-            )
-        })?;
+        let got = match remote.retrieve(m, &mut spool, progress).await {
+            Ok(got) => got,
+            // A server sending far more than it announced: that message
+            // is left out, the rest goes on over a new connection (this
+            // one is stuck in the middle of a reply).
+            Err(FetchError::Oversent { limit, .. }) if oversent < MAX_OVERSENT => {
+                oversent += 1;
+                tally.failed.push(format!(
+                    "message {} (UIDL {uidl}): the server sent more than {limit} octets though LIST said {}; \
+                     not imported",
+                    m.num, m.size
+                ));
+                // Closed first: most servers lock the maildrop per session.
+                drop(remote);
+                remote = reconnect(account, &secret, &server, &mut todo[next..], &mut tally).await?;
+                continue;
+            }
+            Err(e) => {
+                return Err(anyhow!(e).context(format!(
+                    "{server}: retrieving message {} (UIDL {uidl}), {done} of {total} done in this run; \
+                     run the same command again to continue",
+                    m.num
+                )));
+            }
+        };
         if got == Retrieved::Refused {
             tally.failed.push(format!("message {} (UIDL {uidl}): the server refused RETR", m.num));
             continue;
@@ -448,6 +473,39 @@ async fn import_session(
     }
     remote.quit().await.with_context(|| format!("{server}: QUIT"))?;
     Ok(tally)
+}
+
+/// Most messages one account may over-send before the import stops.
+const MAX_OVERSENT: usize = 10;
+
+/// A new session after the old one had to be dropped: logs in again and
+/// finds the messages still to do by UIDL (numbers are per session). Those
+/// no longer listed were deleted on the server meanwhile: reported, and
+/// their UIDL cleared so they are passed over.
+async fn reconnect(
+    account: &Account,
+    secret: &Secret,
+    server: &str,
+    rest: &mut [Listed],
+    tally: &mut Tally,
+) -> anyhow::Result<RemoteMaildrop> {
+    let mut remote =
+        RemoteMaildrop::open(account, secret.clone()).await.with_context(|| format!("{server} (again)"))?;
+    let listed = remote.listing().await.with_context(|| format!("{server}: reading the listing again"))?;
+    let now: std::collections::HashMap<&str, &Listed> =
+        listed.iter().filter_map(|l| l.uidl.as_deref().map(|u| (u, l))).collect();
+    for m in rest.iter_mut() {
+        // Gone at an earlier reconnection: reported then.
+        let Some(uidl) = m.uidl.as_deref() else { continue };
+        match now.get(uidl) {
+            Some(l) => m.num = l.num,
+            None => {
+                tally.failed.push(format!("UIDL {uidl}: gone from the server during the import; not imported"));
+                m.uidl = None;
+            }
+        }
+    }
+    Ok(remote)
 }
 
 /// Which listed messages to retrieve: those with a UIDL that is neither
