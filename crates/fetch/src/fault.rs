@@ -10,7 +10,7 @@
 
 /// Dies here if `POBOX_FETCH_FAULT` names this point (debug builds only).
 #[cfg(debug_assertions)]
-pub(crate) fn point(name: &str) {
+pub fn point(name: &str) {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -34,4 +34,4 @@ pub(crate) fn point(name: &str) {
 /// Release builds: nothing.
 #[cfg(not(debug_assertions))]
 #[inline(always)]
-pub(crate) fn point(_name: &str) {}
+pub fn point(_name: &str) {}

@@ -30,6 +30,7 @@
 //! - [`journal`]: the durable record that makes it exactly-once.
 //! - [`spool`], [`dest`]: complete messages into Maildir, mbox or an MDA.
 //! - [`progress`]: terminal progress bars.
+//! - [`remote`]: read-only access to a remote maildrop (`pobox import pop3`).
 //!
 //! # Exit codes
 //! [`run`] returns [`EXIT_FETCHED`] (0) when new mail was stored,
@@ -50,11 +51,13 @@ mod conn;
 pub mod daemon;
 pub mod dest;
 pub mod error;
-mod fault;
+#[doc(hidden)]
+pub mod fault;
 pub mod journal;
 pub mod oauth;
 pub mod plan;
 pub mod progress;
+pub mod remote;
 pub mod session;
 pub mod spool;
 pub mod tls;

@@ -87,7 +87,8 @@ impl AccountProgress {
         Display { multi: None, width: 0 }.account("")
     }
 
-    pub(crate) fn start(&self, messages: u64, bytes: u64) {
+    /// Sets the bar's totals: `messages` to come, `bytes` (LIST sizes) in all.
+    pub fn start(&self, messages: u64, bytes: u64) {
         self.count.store(messages, std::sync::atomic::Ordering::Relaxed);
         self.bar.set_length(bytes);
         self.bar.set_message(format!("0/{messages} msgs"));

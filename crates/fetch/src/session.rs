@@ -274,7 +274,7 @@ impl Session<'_> {
 
 /// Connects, reads the greeting, secures the connection and logs in.
 /// Returns the connection in TRANSACTION state and the (post-TLS) CAPA.
-async fn open_session(account: &Account, secret: Secret) -> Result<(Conn, Option<Capabilities>), FetchError> {
+pub(crate) async fn open_session(account: &Account, secret: Secret) -> Result<(Conn, Option<Capabilities>), FetchError> {
     let tls = match account.security {
         Security::None => None,
         Security::Tls | Security::Starttls => Some(AccountTls::new(account)?),
@@ -426,7 +426,7 @@ fn err_text(code: Option<&pobox_proto::pop3::RespCode>, text: &str, step: &str) 
     }
 }
 
-fn expect_ok(reply: Reply, what: &str) -> Result<String, FetchError> {
+pub(crate) fn expect_ok(reply: Reply, what: &str) -> Result<String, FetchError> {
     match reply {
         Reply::Status(Status::Ok(t)) => Ok(t),
         Reply::Status(Status::Err(_, text)) => Err(FetchError::Server { command: what.into(), text }),
@@ -496,7 +496,7 @@ async fn list_raw(conn: &mut Conn, caps: Option<&Capabilities>) -> Result<Vec<Li
     Ok(listed)
 }
 
-async fn read_uidl(conn: &mut Conn, uidls: &mut std::collections::HashMap<u32, String>) -> Result<(), FetchError> {
+pub(crate) async fn read_uidl(conn: &mut Conn, uidls: &mut std::collections::HashMap<u32, String>) -> Result<(), FetchError> {
     if let Reply::Status(Status::Ok(_)) = conn.read_reply(false).await? {
         let body = conn.read_listing().await?;
         for line in body_lines(&body) {
@@ -796,7 +796,7 @@ impl Run<'_> {
 /// octets of a message of empty lines, rarely more than a few percent),
 /// which the run stores with a warning; anything beyond is a server that
 /// lies or never ends its message.
-fn download_limit(announced: u64, max_size: Option<u64>) -> u64 {
+pub(crate) fn download_limit(announced: u64, max_size: Option<u64>) -> u64 {
     let base = announced.max(max_size.unwrap_or(0));
     base.saturating_add(base / 4).saturating_add(64 * 1024)
 }

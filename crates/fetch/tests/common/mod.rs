@@ -79,7 +79,7 @@ pub fn pobox_bin() -> PathBuf {
         .and_then(|m| m.modified())
         .unwrap_or_else(|_| panic!("{} does not exist: run `cargo build -p pobox` first, or set POBOX_BIN", bin.display()));
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    for dir in [root.join("src"), root.join("src/dest"), root.join("../pobox/src"), root.join("../pobox/src/cli")] {
+    for dir in [root.join("src"), root.join("src/dest"), root.join("../pobox/src"), root.join("../pobox/src/cli"), root.join("../pobox/src/cli/import")] {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let changed = e.metadata().and_then(|m| m.modified()).unwrap_or(built);
             assert!(
@@ -120,10 +120,15 @@ impl Dovecot {
     /// Starts Dovecot with the given certificate and key (PEM), or a fresh
     /// self-signed one.
     pub fn start_with(cert_key: Option<(PathBuf, PathBuf)>) -> Option<Dovecot> {
+        Dovecot::start_full(cert_key, "%08Xu%08Xv")
+    }
+
+    /// Starts Dovecot giving UIDLs in `pop3_uidl_format` (Dovecot's own
+    /// syntax, e.g. `%08Xu%08Xv`, its 2.3 default).
+    pub fn start_full(cert_key: Option<(PathBuf, PathBuf)>, uidl_format: &str) -> Option<Dovecot> {
         if !require("/usr/sbin/dovecot", "dovecot-pop3d") {
             return None;
         }
-        let bin = "/usr/sbin/dovecot";
         let dir = tempfile::tempdir().unwrap();
         // Dovecot's unprivileged processes must traverse it.
         set_mode(dir.path(), 0o755);
@@ -170,7 +175,7 @@ default_internal_user = {internal_user}
 default_internal_group = {internal_group}
 first_valid_uid = 1
 mail_location = maildir:~/Maildir
-pop3_uidl_format = %08Xu%08Xv
+pop3_uidl_format = {uidl_format}
 passdb {{
   driver = passwd-file
   args = {d}/passwd
@@ -204,19 +209,44 @@ service imap-login {{
         for sub in ["new", "cur", "tmp"] {
             std::fs::create_dir_all(md.join(sub)).unwrap();
         }
-        let child = Command::new(bin)
-            .arg("-F")
-            .arg("-c")
-            .arg(dir.path().join("dovecot.conf"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let child = Dovecot::spawn(&dir.path().join("dovecot.conf"));
         let dv = Dovecot { dir, pop3, pop3s, cert, child, uid, gid, seq: AtomicU64::new(0) };
         dv.chown_home();
         assert!(wait_for_port(pop3, Duration::from_secs(15)), "dovecot did not start: {}", dv.log());
         assert!(wait_for_port(pop3s, Duration::from_secs(15)));
         Some(dv)
+    }
+
+    /// Dovecot in the foreground, in a process group of its own so that
+    /// [`kill_hard`](Self::kill_hard) reaches its children too.
+    fn spawn(conf: &Path) -> Child {
+        use std::os::unix::process::CommandExt as _;
+        Command::new("/usr/sbin/dovecot")
+            .arg("-F")
+            .arg("-c")
+            .arg(conf)
+            .process_group(0)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    /// SIGKILLs Dovecot and all its processes at once (the master and
+    /// every login and pop3 process, open connections included), as a
+    /// crashing machine would.
+    pub fn kill_hard(&mut self) {
+        let pid = rustix::process::Pid::from_child(&self.child);
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        let _ = self.child.wait();
+    }
+
+    /// Starts Dovecot again on the same configuration, ports and Maildir
+    /// after [`kill_hard`](Self::kill_hard).
+    pub fn restart(&mut self) {
+        self.child = Dovecot::spawn(&self.dir.path().join("dovecot.conf"));
+        assert!(wait_for_port(self.pop3, Duration::from_secs(15)), "dovecot did not restart: {}", self.log());
+        assert!(wait_for_port(self.pop3s, Duration::from_secs(15)));
     }
 
     fn chown_home(&self) {

@@ -3,6 +3,7 @@
 
 pub mod dovecot;
 pub mod dovecot_files;
+pub mod pop3;
 
 use clap::Subcommand;
 
@@ -11,6 +12,9 @@ use clap::Subcommand;
 pub enum ImportCommand {
     /// Users and Maildirs of a Dovecot server (2.3 or 2.4), UIDLs kept.
     Dovecot(dovecot::DovecotArgs),
+    /// Mail from any live POP3 server (a provider, Courier, an old box),
+    /// UIDLs kept, resumable; the source is left untouched.
+    Pop3(pop3::Pop3Args),
 }
 
 /// Runs an import subcommand.
@@ -25,5 +29,6 @@ pub fn run(
 ) -> anyhow::Result<()> {
     match cmd {
         ImportCommand::Dovecot(args) => dovecot::run(data, config, &args),
+        ImportCommand::Pop3(args) => pop3::run(data, config, &args),
     }
 }
