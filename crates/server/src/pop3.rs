@@ -14,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime};
 use pobox_auth::oauth;
 use pobox_auth::scram::{ChannelBindings, ScramError, ScramServer, ScramStep};
 use pobox_auth::{AuthError, Authenticated, Credential};
-use pobox_proto::pop3::command::Sensitive;
+use pobox_proto::Secret;
 use pobox_proto::dot::WireEncoder;
 use pobox_proto::line::{LineSplitter, Split};
 use pobox_proto::pop3::maildrop::MessageMeta;
@@ -551,9 +551,9 @@ impl Driver<'_> {
         let svc = self.svc.clone();
         let ip = self.peer.ip();
         if let Credentials::Password { user, password, .. } = &credentials {
-            let (svc2, user2, pw) = (svc.clone(), user.clone(), Sensitive(password.0.clone()));
+            let (svc2, user2, pw) = (svc.clone(), user.clone(), password.clone());
             let hit = tokio::task::spawn_blocking(move || {
-                svc2.credcache.lookup(&svc2.users, &user2, &pw.0, Instant::now())
+                svc2.credcache.lookup(&svc2.users, &user2, pw.as_bytes(), Instant::now())
             })
             .await;
             match hit {
@@ -580,9 +580,9 @@ impl Driver<'_> {
                     // Read the line's fingerprint *before* verifying, so a
                     // password change racing with us leaves a stale entry.
                     let fingerprint = svc.users.fingerprint(user);
-                    let verified = svc.users.verify(user, &password.0);
+                    let verified = svc.users.verify(user, password.as_bytes());
                     if let (Ok(proof), Ok(Some(fp))) = (&verified, fingerprint) {
-                        svc.credcache.insert(user, &password.0, fp, proof.clone(), Instant::now());
+                        svc.credcache.insert(user, password.as_bytes(), fp, proof.clone(), Instant::now());
                     }
                     verified
                 }
@@ -799,7 +799,7 @@ impl Driver<'_> {
 
     /// One message of a driver-run SASL mechanism (SCRAM, OAUTHBEARER,
     /// XOAUTH2): answers with a challenge or ends the exchange.
-    async fn sasl_step(&mut self, mechanism: &'static str, response: Sensitive, first: bool) {
+    async fn sasl_step(&mut self, mechanism: &'static str, response: Secret, first: bool) {
         // The login latency of a SASL exchange: its last step (for SCRAM,
         // the proof was checked in the step before; client round trips
         // are not the server's latency).
@@ -826,13 +826,13 @@ impl Driver<'_> {
         }
     }
 
-    async fn scram_step(&mut self, mechanism: &'static str, response: Sensitive) -> Step {
+    async fn scram_step(&mut self, mechanism: &'static str, response: Secret) -> Step {
         let mut server = match self.mech.take().map(|m| *m) {
             None => ScramServer::new(mechanism == SCRAM_SHA_256_PLUS, self.bindings()),
             Some(Mech::Scram(server)) => server,
             // RFC 5034 §4: the client acknowledges the server-final
             // challenge with an empty response; then, and only then, +OK.
-            Some(Mech::ScramDone(proof)) if response.0.is_empty() => return Step::Done(Ok(proof)),
+            Some(Mech::ScramDone(proof)) if response.is_empty() => return Step::Done(Ok(proof)),
             Some(Mech::ScramDone(proof)) => {
                 return Step::Done(Err((proof.user().to_owned(), LoginFailure::BadCredentials)));
             }
@@ -845,7 +845,7 @@ impl Driver<'_> {
         }
         let svc = self.svc.clone();
         let (server, result) = tokio::task::spawn_blocking(move || {
-            let r = server.step(&svc.users, &response.0);
+            let r = server.step(&svc.users, response.as_bytes());
             (server, r)
         })
         .await
@@ -868,16 +868,16 @@ impl Driver<'_> {
         }
     }
 
-    async fn oauth_step(&mut self, mechanism: &'static str, response: Sensitive) -> Step {
+    async fn oauth_step(&mut self, mechanism: &'static str, response: Secret) -> Step {
         if let Some(Mech::BearerFailed(user)) = self.mech.take().map(|m| *m) {
             // RFC 7628 §3.2.3: after the error challenge the client sends
             // %x01 (XOAUTH2 clients send an empty line); either way: -ERR.
             return Step::Done(Err((user, LoginFailure::BadCredentials)));
         }
         let parsed = if mechanism == OAUTHBEARER {
-            oauth::parse_oauthbearer(&response.0)
+            oauth::parse_oauthbearer(response.as_bytes())
         } else {
-            oauth::parse_xoauth2(&response.0)
+            oauth::parse_xoauth2(response.as_bytes())
         };
         let bearer = match parsed {
             Ok(b) => b,

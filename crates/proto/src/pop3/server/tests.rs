@@ -103,7 +103,7 @@ impl Harness {
                     if first {
                         self.sasl_seen.clear();
                     }
-                    self.sasl_seen.push((response.0.clone(), first));
+                    self.sasl_seen.push((response.as_bytes().to_vec(), first));
                     let msgs: Vec<&[u8]> = self.sasl_seen.iter().map(|(m, _)| &m[..]).collect();
                     match msgs.as_slice() {
                         [b"hello"] => self.session.handle_sasl_challenge(b"server-first"),
@@ -120,7 +120,7 @@ impl Harness {
                 Action::Authenticate(creds) => {
                     let ok = match &creds {
                         Credentials::Password { user, password, .. } => {
-                            user == "mrose" && password.0 == b"secret"
+                            user == "mrose" && password.as_bytes() == b"secret"
                         }
                         Credentials::Apop { user, digest, timestamp } => {
                             user == "mrose"
