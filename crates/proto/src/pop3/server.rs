@@ -974,6 +974,43 @@ pub fn retr_status_line(size: u64, top_lines: Option<u64>) -> String {
     }
 }
 
+/// Replies the driver writes on its own rather than in answer to the
+/// command at hand: the connection ends (login deadline, an admin's kick,
+/// server shutdown), or a message the session announced cannot be read.
+/// Their texts live here with every other reply, so the driver builds none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverReply {
+    /// Still not logged in at the login deadline; the connection closes.
+    LoginTimedOut,
+    /// `pobox kick` ended the session; nothing was deleted (no UPDATE).
+    Kicked,
+    /// The server is shutting down; nothing was deleted (no UPDATE).
+    ShuttingDown,
+    /// RETR/TOP: the message could not be opened; the session goes on
+    /// (RFC 3206 `SYS/TEMP`: trying again later may work).
+    MessageUnreadable,
+}
+
+impl DriverReply {
+    /// The status line.
+    #[must_use]
+    pub fn status(self) -> Status {
+        match self {
+            DriverReply::LoginTimedOut => Status::err("login took too long, closing connection"),
+            DriverReply::Kicked => {
+                Status::err_code(RespCode::SysTemp, "session closed by the administrator, nothing was deleted")
+            }
+            DriverReply::ShuttingDown => Status::err_code(RespCode::SysTemp, "server shutting down, nothing was deleted"),
+            DriverReply::MessageUnreadable => Status::err_code(RespCode::SysTemp, "message cannot be read now"),
+        }
+    }
+
+    /// Appends the status line, CRLF included, to `out`.
+    pub fn encode(self, out: &mut Vec<u8>) {
+        self.status().encode(out);
+    }
+}
+
 /// Appends `value` in decimal, as `format!("{value}")` would, without
 /// allocating: LIST and UIDL write one or two numbers per message.
 fn push_decimal(out: &mut Vec<u8>, mut value: u64) {

@@ -683,3 +683,22 @@ fn capa_after_a_scram_login_on_cleartext_matches_the_capa_before() {
     assert_eq!(after, before);
     assert!(after.contains("STLS\r\nSASL SCRAM-SHA-256\r\n") && !after.contains("USER\r\n"), "{after}");
 }
+
+/// The replies the driver writes outside a command exchange, byte for
+/// byte as clients (and the integration tests) see them, appended after
+/// whatever the output buffer already holds.
+#[test]
+fn driver_replies_are_exact_status_lines() {
+    let cases = [
+        (DriverReply::LoginTimedOut, "-ERR login took too long, closing connection\r\n"),
+        (DriverReply::Kicked, "-ERR [SYS/TEMP] session closed by the administrator, nothing was deleted\r\n"),
+        (DriverReply::ShuttingDown, "-ERR [SYS/TEMP] server shutting down, nothing was deleted\r\n"),
+        (DriverReply::MessageUnreadable, "-ERR [SYS/TEMP] message cannot be read now\r\n"),
+    ];
+    for (reply, want) in cases {
+        let mut out = b"+OK earlier\r\n".to_vec();
+        reply.encode(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("+OK earlier\r\n{want}"), "{reply:?}");
+        assert!(!reply.status().is_ok());
+    }
+}
