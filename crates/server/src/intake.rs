@@ -59,6 +59,13 @@ pub(crate) fn sanitize(s: &str) -> String {
 /// Who an LMTP recipient (or a Postfix policy request's `recipient=`,
 /// which names the mail Postfix will hand to LMTP) is: one mapping, so
 /// the policy service and LMTP can never disagree about a user.
+/// An accepted recipient of the transaction: the address as given and the
+/// local user it maps to (LMTP and SMTP alike).
+pub(crate) struct Recipient {
+    pub(crate) address: String,
+    pub(crate) user: String,
+}
+
 pub(crate) enum LocalRecipient {
     /// A local user (`user`, `user+tag`, `user@domain`, `user+tag@domain`).
     User(String),
