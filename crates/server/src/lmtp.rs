@@ -33,7 +33,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::intake::{Body, Copy, Recipient, sanitize};
+use crate::intake::{BdatStart, Copy, Recipient, Transaction, sanitize};
 use crate::mta_loop::{Dialect, Next};
 use crate::spool::Refusal;
 use crate::delivery::{Outcome, Rcpt};
@@ -53,13 +53,7 @@ const MAX_BAD_COMMANDS: u32 = 20;
 
 struct Session {
     lhlo: Option<String>,
-    from: Option<String>,
-    recipients: Vec<Recipient>,
-    data: Option<Body>,
-    /// Octets of a refused `BDAT` chunk still to read and drop: the peer
-    /// sends them whatever the reply (RFC 3030 §2), and they are not
-    /// commands.
-    skip: u64,
+    txn: Transaction,
     peer: String,
     bad_commands: u32,
 }
@@ -73,10 +67,7 @@ where
     let greeting = format!("220 {} LMTP pobox ready\r\n", svc.config.hostname).into_bytes();
     let mut session = Session {
         lhlo: None,
-        from: None,
-        recipients: Vec::new(),
-        data: None,
-        skip: 0,
+        txn: Transaction::default(),
         peer,
         bad_commands: 0,
     };
@@ -91,11 +82,8 @@ impl Dialect for Session {
     fn peer(&self) -> &dyn std::fmt::Display {
         &self.peer
     }
-    fn body(&mut self) -> &mut Option<Body> {
-        &mut self.data
-    }
-    fn skip(&mut self) -> &mut u64 {
-        &mut self.skip
+    fn txn(&mut self) -> &mut Transaction {
+        &mut self.txn
     }
     fn errors(&mut self) -> &mut u32 {
         &mut self.bad_commands
@@ -133,26 +121,26 @@ impl Dialect for Session {
             Request::Mail { from } => {
                 if self.lhlo.is_none() {
                     reply(out, "503 5.5.1 LHLO first\r\n");
-                } else if self.from.is_some() {
+                } else if self.txn.from.is_some() {
                     reply(out, "503 5.5.1 nested MAIL command\r\n");
                 } else if from.size as u64 > svc.config.lmtp_max_message_size {
                     reply(out, "552 5.3.4 message size exceeds fixed maximum message size\r\n");
                 } else {
-                    self.from = Some(from.address);
+                    self.txn.from = Some(from.address);
                     reply(out, "250 2.1.0 sender ok\r\n");
                 }
             }
             Request::Rcpt { to } => {
-                if self.from.is_none() {
+                if self.txn.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
+                } else if self.txn.data.is_some() {
                     reply(out, "503 5.5.1 RCPT after BDAT\r\n");
-                } else if self.recipients.len() >= svc.config.lmtp_max_recipients {
+                } else if self.txn.recipients.len() >= svc.config.lmtp_max_recipients {
                     reply(out, "452 4.5.3 too many recipients\r\n");
                 } else {
                     match self.check_recipient(&to.address, svc).await {
                         Ok(user) => {
-                            self.recipients.push(Recipient { address: to.address, user });
+                            self.txn.recipients.push(Recipient { address: to.address, user });
                             reply(out, "250 2.1.5 recipient ok\r\n");
                         }
                         Err(text) => reply(out, &text),
@@ -160,45 +148,17 @@ impl Dialect for Session {
                 }
             }
             Request::Data => {
-                if self.from.is_none() {
-                    reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
-                    // RFC 3030 §2: no DATA in a BDAT transaction.
-                    reply(out, "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n");
-                } else if self.recipients.is_empty() {
-                    reply(out, "503 5.5.1 no valid recipients\r\n");
-                } else if svc.intake.in_flight_full() {
-                    reply(out, "452 4.3.1 insufficient system storage, try again later\r\n");
-                } else {
-                    self.data = Some(Body::new(&svc.intake, svc.config.lmtp_max_message_size, svc.config.data_timeout));
-                    reply(out, "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n");
-                }
+                reply(out, self.txn.data(svc, svc.config.lmtp_max_message_size, "503 5.5.1 no valid recipients\r\n", "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n"));
             }
             Request::Bdat { chunk_size, is_last } => {
                 let size = chunk_size as u64;
-                let refusal = if self.from.is_none() {
-                    Some("503 5.5.1 MAIL first\r\n")
-                } else if self.recipients.is_empty() {
-                    Some("503 5.5.1 no valid recipients\r\n")
-                } else if self.data.is_none() && svc.intake.in_flight_full() {
-                    Some("452 4.3.1 insufficient system storage, try again later\r\n")
-                } else {
-                    None
-                };
-                if let Some(text) = refusal {
-                    // Its octets follow anyway; they are not commands.
-                    self.skip = size;
-                    reply(out, text);
-                    return Next::Continue;
-                }
-                crate::metrics::bdat_chunk(crate::Protocol::Lmtp);
                 debug!(peer = %self.peer, size, last = is_last, "BDAT chunk");
-                let max = svc.config.lmtp_max_message_size;
-                let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max, svc.config.data_timeout));
-                body.start_chunk(size, is_last);
-                if size == 0 {
+                match self.txn.bdat(svc, crate::Protocol::Lmtp, svc.config.lmtp_max_message_size, "503 5.5.1 no valid recipients\r\n", size, is_last) {
+                    // Its octets follow anyway; they are not commands.
+                    BdatStart::Refused(text) => reply(out, text),
+                    BdatStart::Reading => {}
                     // Nothing to read: `BDAT 0 LAST` ends the message now.
-                    self.chunk_done(svc, out).await;
+                    BdatStart::EndsNow => self.chunk_done(svc, out).await,
                 }
             }
             Request::Rset => {
@@ -223,7 +183,7 @@ impl Dialect for Session {
     /// big or to have no room (the transaction stays, its further chunks
     /// are read and refused the same way, until `LAST` or `RSET`).
     async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.as_ref() else { return };
+        let Some(body) = self.txn.data.as_ref() else { return };
         if body.is_last() {
             return self.finish_data(svc, out).await;
         }
@@ -239,9 +199,7 @@ impl Dialect for Session {
 impl Session {
 
     fn reset(&mut self) {
-        self.from = None;
-        self.recipients.clear();
-        self.data = None;
+        self.txn.reset();
     }
 
     /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user
@@ -267,9 +225,9 @@ impl Session {
 
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.take() else { return };
-        let recipients = std::mem::take(&mut self.recipients);
-        let from = self.from.take().unwrap_or_default();
+        let Some(body) = self.txn.data.take() else { return };
+        let recipients = std::mem::take(&mut self.txn.recipients);
+        let from = self.txn.from.take().unwrap_or_default();
         let message = match body.finish() {
             Ok(m) => m,
             Err(why) => {

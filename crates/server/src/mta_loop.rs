@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tracing::info;
 
 use crate::Services;
-use crate::intake::{Body, sanitize};
+use crate::intake::{Transaction, sanitize};
 use crate::shutdown::Shutdown;
 
 /// What a command asks the loop to do next.
@@ -55,10 +55,9 @@ pub(crate) trait Dialect {
 
     /// The peer, for log lines.
     fn peer(&self) -> &dyn Display;
-    /// The message being received (DATA or BDAT), if any.
-    fn body(&mut self) -> &mut Option<Body>;
-    /// Octets of a refused `BDAT` chunk still to read and drop.
-    fn skip(&mut self) -> &mut u64;
+    /// The mail transaction: the message being received (DATA or BDAT),
+    /// if any, and the octets of a refused `BDAT` chunk still to drop.
+    fn txn(&mut self) -> &mut Transaction;
     /// Protocol errors counted so far (the session may reset it).
     fn errors(&mut self) -> &mut u32;
     /// Read timeout for a command or a block of message octets.
@@ -111,16 +110,17 @@ where
         // A message being received (or a refused chunk being dropped) is
         // let finish within the grace period; between transactions the
         // client is told to retry.
-        let in_message = session.body().is_some() || *session.skip() > 0;
+        let in_message = session.txn().data.is_some() || session.txn().skip > 0;
         // In a message the read also stops at the overall deadline.
         let limit = session
-            .body()
+            .txn()
+            .data
             .as_ref()
             .map_or(timeout, |b| timeout.min(b.deadline.saturating_duration_since(Instant::now())));
         let n = tokio::select! {
             r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
                 Ok(Ok(0)) | Ok(Err(_)) => {
-                    if session.body().is_some() {
+                    if session.txn().data.is_some() {
                         // RFC 5321 §4.1.1.4: no final dot, no message.
                         info!(peer = %session.peer(), "connection lost during DATA; nothing delivered");
                     }
@@ -128,7 +128,7 @@ where
                 }
                 Ok(Ok(n)) => n,
                 Err(_) => {
-                    if session.body().is_some() {
+                    if session.txn().data.is_some() {
                         info!(peer = %session.peer(), "DATA timed out (idle or overall deadline); nothing delivered");
                         send(stream, b"421 4.4.2 DATA took too long, closing\r\n").await;
                     } else {
@@ -147,14 +147,14 @@ where
         inbuf.extend_from_slice(&buf[..n]);
         let mut pos = 0;
         while pos < inbuf.len() {
-            if *session.skip() > 0 {
-                let skip = session.skip();
+            if session.txn().skip > 0 {
+                let skip = &mut session.txn().skip;
                 let n = usize::try_from(*skip).unwrap_or(usize::MAX).min(inbuf.len() - pos);
                 pos += n;
                 *skip -= n as u64;
                 continue;
             }
-            if let Some(body) = session.body().as_mut()
+            if let Some(body) = session.txn().data.as_mut()
                 && body.reading()
             {
                 let (consumed, done) = body.ingest(&inbuf[pos..]);

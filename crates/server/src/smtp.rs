@@ -86,7 +86,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::intake::{Body, Copy, Recipient, sanitize};
+use crate::intake::{BdatStart, Copy, Recipient, Transaction, sanitize};
 use crate::mta_loop::{Dialect, Exit, Next};
 use crate::spool::Refusal;
 use crate::config::{DnsResolver, MailAuthConfig};
@@ -115,11 +115,7 @@ struct Session {
     helo: Option<String>,
     esmtp: bool,
     tls: bool,
-    from: Option<String>,
-    recipients: Vec<Recipient>,
-    data: Option<Body>,
-    /// Octets of a refused `BDAT` chunk still to read and drop.
-    skip: u64,
+    txn: Transaction,
     peer: SocketAddr,
     /// `5xx` replies to commands since the last delivery.
     errors: u32,
@@ -143,10 +139,7 @@ pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, 
         helo: None,
         esmtp: false,
         tls: false,
-        from: None,
-        recipients: Vec::new(),
-        data: None,
-        skip: 0,
+        txn: Transaction::default(),
         peer,
         errors: 0,
     };
@@ -197,11 +190,8 @@ impl Dialect for Session {
     fn peer(&self) -> &dyn std::fmt::Display {
         &self.peer
     }
-    fn body(&mut self) -> &mut Option<Body> {
-        &mut self.data
-    }
-    fn skip(&mut self) -> &mut u64 {
-        &mut self.skip
+    fn txn(&mut self) -> &mut Transaction {
+        &mut self.txn
     }
     fn errors(&mut self) -> &mut u32 {
         &mut self.errors
@@ -257,7 +247,7 @@ impl Dialect for Session {
             Request::Mail { from } => {
                 if self.helo.is_none() {
                     reply(out, "503 5.5.1 EHLO first\r\n");
-                } else if self.from.is_some() {
+                } else if self.txn.from.is_some() {
                     reply(out, "503 5.5.1 nested MAIL command\r\n");
                 } else if from.size as u64 > svc.config.smtp_max_message_size {
                     reply(out, "552 5.3.4 message size exceeds fixed maximum message size\r\n");
@@ -266,22 +256,22 @@ impl Dialect for Session {
                 } else if from.address.len() > 256 {
                     reply(out, "501 5.1.7 sender address too long\r\n");
                 } else {
-                    self.from = Some(from.address);
+                    self.txn.from = Some(from.address);
                     reply(out, "250 2.1.0 sender ok\r\n");
                 }
             }
             Request::Rcpt { to } => {
-                if self.from.is_none() {
+                if self.txn.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
+                } else if self.txn.data.is_some() {
                     reply(out, "503 5.5.1 RCPT after BDAT\r\n");
-                } else if self.recipients.len() >= svc.config.smtp_max_recipients {
+                } else if self.txn.recipients.len() >= svc.config.smtp_max_recipients {
                     reply(out, "452 4.5.3 too many recipients\r\n");
                 } else {
                     match check_recipient(&to.address, svc).await {
                         Ok(user) => {
-                            if !self.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&to.address)) {
-                                self.recipients.push(Recipient { address: to.address, user });
+                            if !self.txn.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&to.address)) {
+                                self.txn.recipients.push(Recipient { address: to.address, user });
                             }
                             reply(out, "250 2.1.5 recipient ok\r\n");
                         }
@@ -293,45 +283,17 @@ impl Dialect for Session {
                 }
             }
             Request::Data => {
-                if self.from.is_none() {
-                    reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
-                    // RFC 3030 §2: no DATA in a BDAT transaction.
-                    reply(out, "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n");
-                } else if self.recipients.is_empty() {
-                    reply(out, "554 5.5.1 no valid recipients\r\n");
-                } else if svc.intake.in_flight_full() {
-                    reply(out, "452 4.3.1 insufficient system storage, try again later\r\n");
-                } else {
-                    self.data = Some(Body::new(&svc.intake, svc.config.smtp_max_message_size, svc.config.data_timeout));
-                    reply(out, "354 start mail input; end with <CRLF>.<CRLF>\r\n");
-                }
+                reply(out, self.txn.data(svc, svc.config.smtp_max_message_size, "554 5.5.1 no valid recipients\r\n", "354 start mail input; end with <CRLF>.<CRLF>\r\n"));
             }
             Request::Bdat { chunk_size, is_last } => {
                 let size = chunk_size as u64;
-                let refusal = if self.from.is_none() {
-                    Some("503 5.5.1 MAIL first\r\n")
-                } else if self.recipients.is_empty() {
-                    Some("554 5.5.1 no valid recipients\r\n")
-                } else if self.data.is_none() && svc.intake.in_flight_full() {
-                    Some("452 4.3.1 insufficient system storage, try again later\r\n")
-                } else {
-                    None
-                };
-                if let Some(text) = refusal {
-                    // Its octets follow anyway; they are not commands.
-                    self.skip = size;
-                    reply(out, text);
-                    return Next::Continue;
-                }
-                crate::metrics::bdat_chunk(crate::Protocol::Smtp);
                 debug!(peer = %self.peer, size, last = is_last, "BDAT chunk");
-                let max = svc.config.smtp_max_message_size;
-                let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max, svc.config.data_timeout));
-                body.start_chunk(size, is_last);
-                if size == 0 {
+                match self.txn.bdat(svc, crate::Protocol::Smtp, svc.config.smtp_max_message_size, "554 5.5.1 no valid recipients\r\n", size, is_last) {
+                    // Its octets follow anyway; they are not commands.
+                    BdatStart::Refused(text) => reply(out, text),
+                    BdatStart::Reading => {}
                     // Nothing to read: `BDAT 0 LAST` ends the message now.
-                    self.chunk_done(svc, out).await;
+                    BdatStart::EndsNow => self.chunk_done(svc, out).await,
                 }
             }
             Request::Rset => {
@@ -351,7 +313,7 @@ impl Dialect for Session {
                     reply(out, "503 5.5.1 TLS already active\r\n");
                 } else if svc.tls.is_none() {
                     reply(out, "454 4.7.0 TLS not available\r\n");
-                } else if self.data.is_some() || self.from.is_some() {
+                } else if self.txn.data.is_some() || self.txn.from.is_some() {
                     reply(out, "503 5.5.1 STARTTLS not allowed inside a transaction\r\n");
                 } else {
                     reply(out, "220 2.0.0 ready to start TLS\r\n");
@@ -375,7 +337,7 @@ impl Dialect for Session {
     /// The end of DATA or of a BDAT chunk (see `lmtp.rs`, which does the
     /// same): before `LAST` one reply for the chunk.
     async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.as_ref() else { return };
+        let Some(body) = self.txn.data.as_ref() else { return };
         if body.is_last() {
             return self.finish_data(svc, out).await;
         }
@@ -391,16 +353,14 @@ impl Dialect for Session {
 impl Session {
 
     fn reset(&mut self) {
-        self.from = None;
-        self.recipients.clear();
-        self.data = None;
+        self.txn.reset();
     }
 
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.take() else { return };
-        let recipients = std::mem::take(&mut self.recipients);
-        let from = self.from.take().unwrap_or_default();
+        let Some(body) = self.txn.data.take() else { return };
+        let recipients = std::mem::take(&mut self.txn.recipients);
+        let from = self.txn.from.take().unwrap_or_default();
         let bare = body.saw_bare_line_end();
         let message = match body.finish() {
             Err(Refusal::TooBig) => {
