@@ -1,4 +1,5 @@
-//! LMTP intake as `crates/server/src/lmtp.rs` drives it: commands are cut
+//! LMTP (and SMTP) intake as `crates/server/src/mta_loop.rs` drives it for
+//! both protocols: commands are cut
 //! into whole lines by pobox's `LineSplitter` and each line is parsed with
 //! smtp-proto's `Request::parse`; after `DATA`, pobox-proto's `DataReceiver`
 //! takes raw bytes until the final dot (the receiver alone has its own
@@ -28,7 +29,7 @@ enum Event {
     Message(Vec<u8>),
 }
 
-/// The lmtp.rs loop, minus I/O and delivery.
+/// The mta_loop.rs loop, minus I/O and delivery.
 fn drive(chunks: &[&[u8]]) -> Vec<Event> {
     let mut events = Vec::new();
     let mut lines = LineSplitter::new(MAX_LINE_LENGTH);

@@ -10,7 +10,6 @@
 //! * checks RFC 1939 `APOP` digests ([`UserDb::verify_apop`]);
 //! * keeps per-device app passwords beside the passwd-file ([`apppass`]),
 //!   generated here, revocable one by one, scoped to protocols;
-//! * decodes SASL PLAIN and LOGIN responses for POP3 `AUTH` ([`sasl`]);
 //! * runs the server side of SCRAM-SHA-256(-PLUS) as a pure step machine
 //!   ([`scram`]) and validates OAuth 2.0 bearer tokens (JWT against a JWKS
 //!   file) for OAUTHBEARER and XOAUTH2 ([`oauth`]);
@@ -26,7 +25,8 @@
 //!   concurrency limit;
 //! * no rate limiting or lockout after failed logins, and no logging of
 //!   failed attempts: that is the server's job, which knows the peer address;
-//! * no mail storage access and no dependency on other pobox crates;
+//! * no mail storage access; the only pobox crate it uses is `pobox-proto`,
+//!   for the shared [`Secret`] type;
 //! * no SASL framing (challenges, `*` cancel): the session in `pobox-proto`
 //!   frames the exchange, the server feeds each decoded message to the
 //!   mechanism here;
@@ -60,9 +60,8 @@
 //! * [`userdb`]: the passwd-file, its reload and atomic edits; the verifiers.
 //! * [`apppass`]: app passwords (`<passwd-file>.apppass`).
 //! * [`hash`]: `{SCHEME}` parsing, hashing and verification.
-//! * [`sasl`]: base64 and SASL PLAIN/LOGIN decoding.
 //! * [`saslprep`]: RFC 4013 SASLprep, applied on every password path.
-//! * [`secret`]: the zeroizing, redacted [`Secret`] buffer.
+//! * [`secret`]: re-exports `pobox_proto`'s zeroizing, redacted [`Secret`].
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
@@ -70,7 +69,6 @@
 pub mod apppass;
 pub mod hash;
 pub mod oauth;
-pub mod sasl;
 pub mod saslprep;
 pub mod scram;
 pub mod secret;

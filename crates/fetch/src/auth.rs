@@ -19,25 +19,16 @@ use zeroize::Zeroizing;
 use crate::config::{Account, AuthMethod, PasswordSource};
 use crate::error::FetchError;
 
-/// A password or token. Zeroed on drop and never printed.
-#[derive(Clone)]
-pub struct Secret(Zeroizing<String>);
+/// A password or token: the workspace's one credential type (wiped on
+/// drop, never printed), shared with the server through `pobox-proto`.
+pub use pobox_proto::Secret;
 
-impl Secret {
-    /// Wraps a secret.
-    pub fn new(s: String) -> Secret {
-        Secret(Zeroizing::new(s))
-    }
-
-    pub(crate) fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for Secret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Secret([redacted])")
-    }
+/// The secret as text. Every secret this crate obtains is built from a
+/// `String` (config, command output, prompt, OAuth token), so this is the
+/// text it was made from; [`login`](crate::session) refuses a non-UTF-8
+/// secret handed in from outside with a clear error before any exchange.
+pub(crate) fn expose(secret: &Secret) -> &str {
+    secret.as_str().unwrap_or_default()
 }
 
 /// Obtains the account's secret: inline, from `password_command` (first line
@@ -47,7 +38,7 @@ impl std::fmt::Debug for Secret {
 /// [`FetchError::Password`] when the command fails or no terminal is there.
 pub fn obtain_secret(account: &Account) -> Result<Secret, FetchError> {
     match &account.password {
-        PasswordSource::Inline(p) => Ok(Secret::new(p.clone())),
+        PasswordSource::Inline(p) => Ok(Secret::from(p.clone())),
         PasswordSource::Command(cmd) => run_password_command(cmd),
         PasswordSource::Prompt => prompt(&format!("Password for {}: ", account.identity())),
         PasswordSource::OAuth2 => match &account.oauth {
@@ -75,7 +66,7 @@ fn run_password_command(cmd: &str) -> Result<Secret, FetchError> {
     if line.is_empty() {
         return Err(FetchError::Password("password_command printed nothing".into()));
     }
-    Ok(Secret::new(line.to_string()))
+    Ok(Secret::from(line.to_string()))
 }
 
 fn prompt(text: &str) -> Result<Secret, FetchError> {
@@ -96,7 +87,7 @@ fn prompt(text: &str) -> Result<Secret, FetchError> {
     let _ = tcsetattr(&tty, OptionalActions::Flush, &old);
     let _ = w.write_all(b"\n");
     read.map_err(|e| FetchError::Password(format!("terminal: {e}")))?;
-    Ok(Secret::new(line.trim_end_matches(['\r', '\n']).to_string()))
+    Ok(Secret::from(line.trim_end_matches(['\r', '\n']).to_string()))
 }
 
 /// SASL mechanisms this client speaks.
@@ -229,7 +220,7 @@ impl SaslClient {
     }
 
     fn initial_with_nonce(&mut self, nonce: Option<&str>) -> Option<Zeroizing<Vec<u8>>> {
-        let s = self.secret.expose();
+        let s = expose(&self.secret);
         let v = match self.mech {
             Mechanism::Plain => format!("\0{}\0{}", self.user, s),
             Mechanism::Login => return None,
@@ -272,7 +263,7 @@ impl SaslClient {
             Mechanism::Login => {
                 // The prompts are "Username:" and "Password:", but servers
                 // vary the text; the order is what counts.
-                let v = if step == 0 { self.user.clone() } else { self.secret.expose().to_string() };
+                let v = if step == 0 { self.user.clone() } else { expose(&self.secret).to_string() };
                 Ok(Zeroizing::new(v.into_bytes()))
             }
             // A challenge here carries an error report (JSON); the client
@@ -281,7 +272,7 @@ impl SaslClient {
             Mechanism::Oauthbearer => Ok(Zeroizing::new(b"\x01".to_vec())),
             // PLAIN after an empty challenge: the server did not take the
             // initial response (or we did not send it).
-            Mechanism::Plain => Ok(Zeroizing::new(format!("\0{}\0{}", self.user, self.secret.expose()).into_bytes())),
+            Mechanism::Plain => Ok(Zeroizing::new(format!("\0{}\0{}", self.user, expose(&self.secret)).into_bytes())),
             Mechanism::ScramSha256 => self.scram_step(challenge),
         }
     }
@@ -314,7 +305,7 @@ impl SaslClient {
         if !(4096..=10_000_000).contains(&iters) {
             return Err(bad("iteration count out of range"));
         }
-        let salted = pbkdf2_sha256(scram_password(self.secret.expose()).as_bytes(), &salt, iters);
+        let salted = pbkdf2_sha256(scram_password(expose(&self.secret)).as_bytes(), &salt, iters);
         let client_key = hmac_sha256(&salted, b"Client Key");
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
         let without_proof = format!("c=biws,r={nonce}");
@@ -414,7 +405,7 @@ mod tests {
 
     #[test]
     fn scram_sha_256_matches_rfc_7677_example() {
-        let mut c = SaslClient::new(Mechanism::ScramSha256, "user", Secret::new("pencil".into()), "h", 1);
+        let mut c = SaslClient::new(Mechanism::ScramSha256, "user", Secret::from("pencil"), "h", 1);
         let first = c.initial_with_nonce(Some("rOprNGfwEbeRWgbNEkqO")).unwrap();
         assert_eq!(first.as_slice(), b"n,,n=user,r=rOprNGfwEbeRWgbNEkqO");
         let fin = c
@@ -432,10 +423,10 @@ mod tests {
 
     #[test]
     fn scram_refuses_a_server_that_does_not_know_the_password() {
-        let mut c = SaslClient::new(Mechanism::ScramSha256, "user", Secret::new("pencil".into()), "h", 1);
+        let mut c = SaslClient::new(Mechanism::ScramSha256, "user", Secret::from("pencil"), "h", 1);
         c.initial_with_nonce(Some("abc"));
         assert!(c.respond(b"r=xyz,s=AAAA,i=4096").is_err(), "nonce must extend ours");
-        let mut c = SaslClient::new(Mechanism::ScramSha256, "user", Secret::new("pencil".into()), "h", 1);
+        let mut c = SaslClient::new(Mechanism::ScramSha256, "user", Secret::from("pencil"), "h", 1);
         c.initial_with_nonce(Some("abc"));
         assert!(c.respond(b"r=abcdef,s=AAAA,i=1").is_err(), "too few iterations");
         c.respond(b"r=abcdef,s=AAAA,i=4096").unwrap();
@@ -445,7 +436,7 @@ mod tests {
 
     #[test]
     fn plain_login_and_oauth_payloads() {
-        let s = || Secret::new("tok".into());
+        let s = || Secret::from("tok");
         let mut p = SaslClient::new(Mechanism::Plain, "me", s(), "h", 995);
         assert_eq!(p.initial().unwrap().as_slice(), b"\0me\0tok");
         let mut l = SaslClient::new(Mechanism::Login, "me", s(), "h", 995);
@@ -487,9 +478,9 @@ mod tests {
         .unwrap()
         .accounts
         .remove(0);
-        assert_eq!(obtain_secret(&a).unwrap().expose(), "s3cret");
+        assert_eq!(expose(&obtain_secret(&a).unwrap()), "s3cret");
         a.password = PasswordSource::Command("echo x; exit 3".into());
         assert!(obtain_secret(&a).is_err());
-        assert_eq!(format!("{:?}", Secret::new("x".into())), "Secret([redacted])");
+        assert_eq!(format!("{:?}", Secret::from("x")), "[redacted]");
     }
 }

@@ -360,7 +360,7 @@ pub fn access_token(name: &str, s: &OAuthSettings, force: bool) -> Result<Secret
     }
     let now = unix_now();
     if !force && !tokens.access_token.is_empty() && tokens.expires_at > now + REFRESH_MARGIN.as_secs() {
-        return Ok(Secret::new(tokens.access_token.clone()));
+        return Ok(Secret::from(tokens.access_token.clone()));
     }
     let refresh = Zeroizing::new(tokens.refresh_token.clone());
     let mut form: Vec<(&str, &str)> =
@@ -392,7 +392,7 @@ pub fn access_token(name: &str, s: &OAuthSettings, force: bool) -> Result<Secret
         tokens.refresh_token = r.clone();
     }
     write_tokens(&s.token_file, &tokens).map_err(local)?;
-    Ok(Secret::new(tokens.access_token.clone()))
+    Ok(Secret::from(tokens.access_token.clone()))
 }
 
 /// Runs the configured login flow for `name`, talking to the user through

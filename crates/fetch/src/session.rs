@@ -359,10 +359,13 @@ async fn capa(conn: &mut Conn) -> Result<Option<Capabilities>, FetchError> {
 }
 
 async fn login(conn: &mut Conn, account: &Account, caps: Option<&Capabilities>, secret: Secret) -> Result<(), FetchError> {
+    if secret.as_str().is_none() {
+        return Err(FetchError::Password("the password or token is not valid UTF-8".into()));
+    }
     match choose(account.auth, caps)? {
         Login::UserPass => {
             auth_result(conn.command(&Request::User(&account.user)).await?, "USER")?;
-            auth_result(conn.command(&Request::Pass(secret.expose())).await?, "PASS")
+            auth_result(conn.command(&Request::Pass(crate::auth::expose(&secret))).await?, "PASS")
         }
         Login::Sasl(mech) => {
             let mut sasl = SaslClient::new(mech, &account.user, secret, &account.host, account.port);

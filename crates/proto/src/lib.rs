@@ -18,6 +18,8 @@
 //! - [`pop3::server`]: the server session (AUTHORIZATION → TRANSACTION → UPDATE).
 //! - [`pop3::maildrop`]: the session's snapshot of the maildrop.
 //! - [`pop3::client`]: the fetcher's side: command encoding, reply parsing.
+//! - [`secret`]: [`Secret`], the one credential type of the workspace
+//!   (wiped on drop, never printed).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -26,6 +28,9 @@ pub mod data;
 pub mod dot;
 pub mod line;
 pub mod pop3;
+pub mod secret;
+
+pub use secret::Secret;
 
 /// RFC 2449 §4: a server MUST accept commands of at least 255 octets (CRLF
 /// included). We accept longer lines so that SASL initial responses (RFC 5034

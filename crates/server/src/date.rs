@@ -1,35 +1,47 @@
 //! Dates in UTC: RFC 5322 §3.3 for trace headers, RFC 3339 for admin
-//! output, and the admin's `--since` forms. Small enough to not pull a date
-//! crate in.
+//! output, and the admin's `--since` forms. The calendar arithmetic is the
+//! `time` crate's (already in the tree through `x509-parser`); the fetcher's
+//! mbox `From ` line uses the same crate, so there is one date source.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use time::OffsetDateTime;
+use time::format_description::BorrowedFormatItem;
+use time::macros::format_description;
+
+/// RFC 5322 §3.3 with a one- or two-digit day, as pobox has always written it.
+const RFC5322: &[BorrowedFormatItem<'_>] = format_description!(
+    "[weekday repr:short], [day padding:none] [month repr:short] [year] [hour]:[minute]:[second] +0000"
+);
+
+/// RFC 3339 in UTC with a `Z`, whole seconds.
+const RFC3339: &[BorrowedFormatItem<'_>] = format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
+
+/// `t` as a UTC date-time; times before 1970 (a clock gone wrong) and past
+/// year 9999 read as the epoch, as they always have here.
+fn utc(t: SystemTime) -> OffsetDateTime {
+    t.duration_since(UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .and_then(|secs| OffsetDateTime::from_unix_timestamp(secs).ok())
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// Formats with a description known to be valid for every UTC date-time;
+/// `format` fails only on an invalid description or an I/O error, neither
+/// of which happens when writing a `String`.
+fn format(t: SystemTime, description: &[BorrowedFormatItem<'_>]) -> String {
+    utc(t).format(description).unwrap_or_default()
+}
+
 /// `Fri, 27 Nov 2026 05:43:35 +0000`.
 pub fn rfc5322(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    // 1970-01-01 was a Thursday.
-    const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] =
-        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    format!(
-        "{}, {d} {} {y} {:02}:{:02}:{:02} +0000",
-        WEEKDAYS[(days.rem_euclid(7)) as usize],
-        MONTHS[(m - 1) as usize],
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    format(t, RFC5322)
 }
 
 /// `2026-11-27T05:43:35Z`.
 pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let (y, m, d) = civil_from_days((secs / 86_400) as i64);
-    let rem = secs % 86_400;
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format(t, RFC3339)
 }
 
 /// Parses an admin's point in time: `2026-11-27`, `2026-11-27T05:43:35Z`,
@@ -66,13 +78,11 @@ pub fn parse_time(text: &str, now: SystemTime) -> Option<SystemTime> {
         None => (text, None),
     };
     let mut parts = date.splitn(3, '-');
-    let y: i64 = parts.next()?.parse().ok()?;
-    let m: u32 = parts.next()?.parse().ok()?;
-    let d: u32 = parts.next()?.parse().ok()?;
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    let mut secs = days_from_civil(y, m, d).checked_mul(86_400)?;
+    let y: i32 = parts.next()?.parse().ok()?;
+    let m: u8 = parts.next()?.parse().ok()?;
+    let d: u8 = parts.next()?.parse().ok()?;
+    let date = time::Date::from_calendar_date(y, time::Month::try_from(m).ok()?, d).ok()?;
+    let mut secs = date.midnight().assume_utc().unix_timestamp();
     if let Some(time) = time {
         let mut hms = time.splitn(3, ':');
         let h: i64 = hms.next()?.parse().ok()?;
@@ -84,31 +94,6 @@ pub fn parse_time(text: &str, now: SystemTime) -> Option<SystemTime> {
         secs += h * 3600 + mi * 60 + se;
     }
     Some(UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).ok()?))
-}
-
-/// Howard Hinnant's civil-to-days algorithm, the inverse of the one below.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// Howard Hinnant's days-to-civil algorithm (proleptic Gregorian).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
 }
 
 #[cfg(test)]
@@ -128,7 +113,7 @@ mod tests {
         assert_eq!(parse_time("+3d", t), Some(t + Duration::from_secs(3 * 86_400)));
         assert_eq!(parse_time("+2026-01-01", t), None);
         assert_eq!(parse_time("2000-02-29", t), Some(UNIX_EPOCH + Duration::from_secs(951_782_400)));
-        for bad in ["", "yesterday", "2026-13-01", "3w", "2026-11-27T25:00:00Z", "@x"] {
+        for bad in ["", "yesterday", "2026-13-01", "2026-02-30", "3w", "2026-11-27T25:00:00Z", "@x"] {
             assert_eq!(parse_time(bad, t), None, "{bad}");
         }
     }
@@ -145,5 +130,8 @@ mod tests {
             rfc5322(UNIX_EPOCH + Duration::from_secs(951_782_400)),
             "Tue, 29 Feb 2000 00:00:00 +0000"
         );
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29T00:00:00Z");
+        // A clock before 1970 reads as the epoch rather than failing.
+        assert_eq!(rfc5322(UNIX_EPOCH - Duration::from_secs(1)), "Thu, 1 Jan 1970 00:00:00 +0000");
     }
 }

@@ -59,6 +59,102 @@ pub(crate) fn sanitize(s: &str) -> String {
 /// Who an LMTP recipient (or a Postfix policy request's `recipient=`,
 /// which names the mail Postfix will hand to LMTP) is: one mapping, so
 /// the policy service and LMTP can never disagree about a user.
+/// An accepted recipient of the transaction: the address as given and the
+/// local user it maps to (LMTP and SMTP alike).
+pub(crate) struct Recipient {
+    pub(crate) address: String,
+    pub(crate) user: String,
+}
+
+/// The mail transaction LMTP and SMTP keep alike (RFC 5321 §3.3): the
+/// sender, the accepted recipients, the message being received, and the
+/// octets of a refused `BDAT` chunk still to drop.
+#[derive(Default)]
+pub(crate) struct Transaction {
+    pub(crate) from: Option<String>,
+    pub(crate) recipients: Vec<Recipient>,
+    pub(crate) data: Option<Body>,
+    /// Octets of a refused `BDAT` chunk still to read and drop: the peer
+    /// sends them whatever the reply (RFC 3030 §2), and they are not
+    /// commands.
+    pub(crate) skip: u64,
+}
+
+/// What [`Transaction::bdat`] decided.
+pub(crate) enum BdatStart {
+    /// Refused: send this reply; the chunk's octets will be dropped.
+    Refused(&'static str),
+    /// The chunk's octets go to the body; no reply until its end.
+    Reading,
+    /// `BDAT 0 LAST`: nothing to read, the message ends now.
+    EndsNow,
+}
+
+impl Transaction {
+    /// Forgets the transaction (RSET, a new greeting, STARTTLS).
+    pub(crate) fn reset(&mut self) {
+        self.from = None;
+        self.recipients.clear();
+        self.data = None;
+    }
+
+    /// `DATA`: the reply, and the body started when it is `354`. The
+    /// protocols differ only in the reply without recipients and the `354`
+    /// text, given by the caller with the size limit.
+    pub(crate) fn data(
+        &mut self,
+        svc: &crate::Services,
+        max_size: u64,
+        no_recipients: &'static str,
+        go_ahead: &'static str,
+    ) -> &'static str {
+        if self.from.is_none() {
+            "503 5.5.1 MAIL first\r\n"
+        } else if self.data.is_some() {
+            // RFC 3030 §2: no DATA in a BDAT transaction.
+            "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n"
+        } else if self.recipients.is_empty() {
+            no_recipients
+        } else if svc.intake.in_flight_full() {
+            "452 4.3.1 insufficient system storage, try again later\r\n"
+        } else {
+            self.data = Some(Body::new(&svc.intake, max_size, svc.config.data_timeout));
+            go_ahead
+        }
+    }
+
+    /// `BDAT size [LAST]` (RFC 3030): the first chunk starts the body, each
+    /// chunk counts toward the size limit and the deadline. A refused chunk
+    /// still has its octets read and dropped, so the stream stays in step.
+    pub(crate) fn bdat(
+        &mut self,
+        svc: &crate::Services,
+        protocol: crate::Protocol,
+        max_size: u64,
+        no_recipients: &'static str,
+        chunk_size: u64,
+        is_last: bool,
+    ) -> BdatStart {
+        let refusal = if self.from.is_none() {
+            Some("503 5.5.1 MAIL first\r\n")
+        } else if self.recipients.is_empty() {
+            Some(no_recipients)
+        } else if self.data.is_none() && svc.intake.in_flight_full() {
+            Some("452 4.3.1 insufficient system storage, try again later\r\n")
+        } else {
+            None
+        };
+        if let Some(text) = refusal {
+            self.skip = chunk_size;
+            return BdatStart::Refused(text);
+        }
+        crate::metrics::bdat_chunk(protocol);
+        let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max_size, svc.config.data_timeout));
+        body.start_chunk(chunk_size, is_last);
+        if chunk_size == 0 { BdatStart::EndsNow } else { BdatStart::Reading }
+    }
+}
+
 pub(crate) enum LocalRecipient {
     /// A local user (`user`, `user+tag`, `user@domain`, `user+tag@domain`).
     User(String),

@@ -38,6 +38,7 @@ pub mod delivery;
 pub mod http;
 mod intake;
 mod lmtp;
+mod mta_loop;
 pub mod metrics;
 pub mod oauth_remote;
 mod policy;

@@ -1,6 +1,7 @@
 //! LMTP intake (RFC 2033): how Postfix, Exim and OpenSMTPD hand mail to a
-//! mailbox server. Parsing is smtp-proto's (sans-IO, fuzzed upstream); this
-//! file is the session loop around it.
+//! mailbox server. Parsing is smtp-proto's (sans-IO, fuzzed upstream) and the
+//! command loop is shared with SMTP (`mta_loop.rs`); this file is LMTP's
+//! [`Dialect`]: its commands, replies and per-recipient delivery.
 //!
 //! The promise: a recipient's `250` is written only after the message is
 //! durable in that recipient's Maildir (file fsynced, renamed into `new/`,
@@ -25,15 +26,15 @@
 //! retry the same list forever.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
-use pobox_proto::line::{LineSplitter, Split};
-use smtp_proto::{Error as SmtpError, Request};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use smtp_proto::Request;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::intake::{Body, Copy, sanitize};
+use crate::intake::{BdatStart, Copy, Recipient, Transaction, sanitize};
+use crate::mta_loop::{Dialect, Next};
 use crate::spool::Refusal;
 use crate::delivery::{Outcome, Rcpt};
 use crate::shutdown::Shutdown;
@@ -50,193 +51,56 @@ const MAX_COMMAND_LINE: usize = smtp_proto::request::receiver::MAX_LINE_LENGTH;
 /// Protocol errors (`50x` replies) before the connection is closed.
 const MAX_BAD_COMMANDS: u32 = 20;
 
-struct Recipient {
-    address: String,
-    user: String,
-}
-
-
 struct Session {
     lhlo: Option<String>,
-    from: Option<String>,
-    recipients: Vec<Recipient>,
-    data: Option<Body>,
-    /// Octets of a refused `BDAT` chunk still to read and drop: the peer
-    /// sends them whatever the reply (RFC 3030 §2), and they are not
-    /// commands.
-    skip: u64,
+    txn: Transaction,
     peer: String,
     bad_commands: u32,
 }
 
-/// Serves one LMTP connection (TCP or unix socket) to the end.
+/// Serves one LMTP connection (TCP or unix socket) to the end: the loop
+/// shared with SMTP (`mta_loop.rs`) with LMTP's [`Dialect`].
 pub(crate) async fn serve<S>(mut stream: S, peer: String, svc: Arc<Services>, mut shutdown: Shutdown)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut out = format!("220 {} LMTP pobox ready\r\n", svc.config.hostname).into_bytes();
+    let greeting = format!("220 {} LMTP pobox ready\r\n", svc.config.hostname).into_bytes();
     let mut session = Session {
         lhlo: None,
-        from: None,
-        recipients: Vec::new(),
-        data: None,
-        skip: 0,
+        txn: Transaction::default(),
         peer,
         bad_commands: 0,
     };
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut inbuf: Vec<u8> = Vec::new();
-    let mut lines = LineSplitter::new(MAX_COMMAND_LINE);
-    let mut draining = false;
-    loop {
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        if draining && session.data.is_none() {
-            let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
-            return;
-        }
-        // In DATA the read also stops at the overall deadline.
-        let limit = session.data.as_ref().map_or(COMMAND_TIMEOUT, |b| {
-            COMMAND_TIMEOUT.min(b.deadline.saturating_duration_since(Instant::now()))
-        });
-        let n = tokio::select! {
-            r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    if session.data.is_some() {
-                        // RFC 5321 §4.1.1.4: no final dot, no message.
-                        info!(peer = %session.peer, "connection lost during DATA; nothing delivered");
-                    }
-                    return;
-                }
-                Ok(Ok(n)) => n,
-                Err(_) => {
-                    if session.data.is_some() {
-                        info!(peer = %session.peer, "DATA not finished in time; nothing delivered");
-                        let _ = stream.write_all(b"421 4.4.2 DATA took too long, closing\r\n").await;
-                    } else {
-                        let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
-                    }
-                    return;
-                }
-            },
-            () = shutdown.draining(), if !draining => {
-                // LMTP transactions are short; an MTA retries a 421. A
-                // transaction in DATA may finish first (checked below, once
-                // its replies are out); stop polling the signal meanwhile,
-                // or this loop would spin.
-                draining = true;
-                continue;
-            }
-        };
-        inbuf.extend_from_slice(&buf[..n]);
-        let mut pos = 0;
-        while pos < inbuf.len() {
-            if session.skip > 0 {
-                let n = usize::try_from(session.skip).unwrap_or(usize::MAX).min(inbuf.len() - pos);
-                pos += n;
-                session.skip -= n as u64;
-                continue;
-            }
-            if let Some(body) = session.data.as_mut()
-                && body.reading()
-            {
-                let (consumed, done) = body.ingest(&inbuf[pos..]);
-                pos += consumed;
-                if !done {
-                    break;
-                }
-                // End of DATA or of a chunk: a reply for the chunk, or
-                // (at the end) deliver with one reply per recipient.
-                session.chunk_done(&svc, &mut out).await;
-                if stream.write_all(&out).await.is_err() {
-                    return;
-                }
-                out.clear();
-                continue;
-            }
-            // Commands are cut into whole lines here and each line is
-            // parsed on its own, so that a malformed command gets exactly
-            // one reply and cannot swallow the next one, however TCP splits
-            // the bytes (found by the lmtp_input fuzz target).
-            match lines.split(&inbuf[pos..]) {
-                Split::Line { line, consumed } => {
-                    let mut command = Vec::with_capacity(line.len() + 2);
-                    command.extend_from_slice(line);
-                    command.extend_from_slice(b"\r\n");
-                    pos += consumed;
-                    let before = out.len();
-                    match Request::parse(&mut command.iter()) {
-                        Ok(request) => {
-                            if session.handle(request.into_owned(), &svc, &mut out).await {
-                                let _ = stream.write_all(&out).await;
-                                return;
-                            }
-                        }
-                        Err(e) => out.extend_from_slice(error_reply(&e).as_bytes()),
-                    }
-                    if out[before..].starts_with(b"50") && session.too_many_errors(&mut out) {
-                        let _ = stream.write_all(&out).await;
-                        return;
-                    }
-                }
-                Split::TooLong { consumed, continued } => {
-                    pos += consumed;
-                    if !continued {
-                        out.extend_from_slice(b"500 5.5.2 line too long\r\n");
-                    }
-                    if session.too_many_errors(&mut out) {
-                        let _ = stream.write_all(&out).await;
-                        return;
-                    }
-                }
-                Split::NeedMoreData { consumed } => {
-                    pos += consumed;
-                    if consumed == 0 {
-                        break;
-                    }
-                }
-            }
-        }
-        inbuf.drain(..pos);
-    }
+    // LMTP offers no STARTTLS, so the loop returns only at the end.
+    let _ = crate::mta_loop::run(&mut stream, &mut session, &svc, &mut shutdown, greeting).await;
 }
 
-fn error_reply(e: &SmtpError) -> String {
-    match e {
-        SmtpError::UnknownCommand => "500 5.5.2 unknown command\r\n".into(),
-        // The parser got a whole line and still wants more: the command's
-        // arguments are incomplete (e.g. `MAIL FROM` without `:<...>`).
-        SmtpError::NeedsMoreData { .. } => "501 5.5.4 incomplete command\r\n".into(),
-        SmtpError::ResponseTooLong => "500 5.5.2 line too long\r\n".into(),
-        SmtpError::InvalidSenderAddress => "501 5.1.7 invalid sender address\r\n".into(),
-        SmtpError::InvalidRecipientAddress => "501 5.1.3 invalid recipient address\r\n".into(),
-        SmtpError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}\r\n"),
-        SmtpError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}\r\n"),
-        SmtpError::UnsupportedParameter { param } => {
-            format!("504 5.5.4 unsupported parameter {}\r\n", sanitize(param))
-        }
-        _ => "500 5.5.2 syntax error\r\n".into(),
-    }
-}
+impl Dialect for Session {
+    const MAX_COMMAND_LINE: usize = MAX_COMMAND_LINE;
+    const INCOMPLETE_COMMAND: &'static str = "501 5.5.4 incomplete command\r\n";
 
-impl Session {
-    /// Counts a protocol error; true (with the `421` queued) at the limit.
-    fn too_many_errors(&mut self, out: &mut Vec<u8>) -> bool {
-        self.bad_commands += 1;
-        if self.bad_commands >= MAX_BAD_COMMANDS {
-            info!(peer = %self.peer, "too many protocol errors; closing");
-            out.extend_from_slice(b"421 4.7.0 too many errors, closing\r\n");
-            return true;
-        }
-        false
+    fn peer(&self) -> &dyn std::fmt::Display {
+        &self.peer
+    }
+    fn txn(&mut self) -> &mut Transaction {
+        &mut self.txn
+    }
+    fn errors(&mut self) -> &mut u32 {
+        &mut self.bad_commands
+    }
+    fn read_timeout(&self, _svc: &Services) -> Duration {
+        COMMAND_TIMEOUT
+    }
+    fn error_limit(&self, _svc: &Services) -> u32 {
+        MAX_BAD_COMMANDS
+    }
+    /// `50x` only: unknown recipients (`550`) do not count (see the module
+    /// documentation).
+    fn counts_as_error(reply: &[u8]) -> bool {
+        reply.starts_with(b"50")
     }
 
-    /// Handles one command; returns true when the connection must close.
-    async fn handle(&mut self, request: Request<String>, svc: &Arc<Services>, out: &mut Vec<u8>) -> bool {
+    async fn handle(&mut self, request: Request<String>, svc: &Arc<Services>, out: &mut Vec<u8>) -> Next {
         let reply = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
         match request {
             Request::Lhlo { host } => {
@@ -257,26 +121,26 @@ impl Session {
             Request::Mail { from } => {
                 if self.lhlo.is_none() {
                     reply(out, "503 5.5.1 LHLO first\r\n");
-                } else if self.from.is_some() {
+                } else if self.txn.from.is_some() {
                     reply(out, "503 5.5.1 nested MAIL command\r\n");
                 } else if from.size as u64 > svc.config.lmtp_max_message_size {
                     reply(out, "552 5.3.4 message size exceeds fixed maximum message size\r\n");
                 } else {
-                    self.from = Some(from.address);
+                    self.txn.from = Some(from.address);
                     reply(out, "250 2.1.0 sender ok\r\n");
                 }
             }
             Request::Rcpt { to } => {
-                if self.from.is_none() {
+                if self.txn.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
+                } else if self.txn.data.is_some() {
                     reply(out, "503 5.5.1 RCPT after BDAT\r\n");
-                } else if self.recipients.len() >= svc.config.lmtp_max_recipients {
+                } else if self.txn.recipients.len() >= svc.config.lmtp_max_recipients {
                     reply(out, "452 4.5.3 too many recipients\r\n");
                 } else {
                     match self.check_recipient(&to.address, svc).await {
                         Ok(user) => {
-                            self.recipients.push(Recipient { address: to.address, user });
+                            self.txn.recipients.push(Recipient { address: to.address, user });
                             reply(out, "250 2.1.5 recipient ok\r\n");
                         }
                         Err(text) => reply(out, &text),
@@ -284,45 +148,17 @@ impl Session {
                 }
             }
             Request::Data => {
-                if self.from.is_none() {
-                    reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
-                    // RFC 3030 §2: no DATA in a BDAT transaction.
-                    reply(out, "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n");
-                } else if self.recipients.is_empty() {
-                    reply(out, "503 5.5.1 no valid recipients\r\n");
-                } else if svc.intake.in_flight_full() {
-                    reply(out, "452 4.3.1 insufficient system storage, try again later\r\n");
-                } else {
-                    self.data = Some(Body::new(&svc.intake, svc.config.lmtp_max_message_size, svc.config.data_timeout));
-                    reply(out, "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n");
-                }
+                reply(out, self.txn.data(svc, svc.config.lmtp_max_message_size, "503 5.5.1 no valid recipients\r\n", "354 2.0.0 start mail input; end with <CRLF>.<CRLF>\r\n"));
             }
             Request::Bdat { chunk_size, is_last } => {
                 let size = chunk_size as u64;
-                let refusal = if self.from.is_none() {
-                    Some("503 5.5.1 MAIL first\r\n")
-                } else if self.recipients.is_empty() {
-                    Some("503 5.5.1 no valid recipients\r\n")
-                } else if self.data.is_none() && svc.intake.in_flight_full() {
-                    Some("452 4.3.1 insufficient system storage, try again later\r\n")
-                } else {
-                    None
-                };
-                if let Some(text) = refusal {
-                    // Its octets follow anyway; they are not commands.
-                    self.skip = size;
-                    reply(out, text);
-                    return false;
-                }
-                crate::metrics::bdat_chunk(crate::Protocol::Lmtp);
                 debug!(peer = %self.peer, size, last = is_last, "BDAT chunk");
-                let max = svc.config.lmtp_max_message_size;
-                let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max, svc.config.data_timeout));
-                body.start_chunk(size, is_last);
-                if size == 0 {
+                match self.txn.bdat(svc, crate::Protocol::Lmtp, svc.config.lmtp_max_message_size, "503 5.5.1 no valid recipients\r\n", size, is_last) {
+                    // Its octets follow anyway; they are not commands.
+                    BdatStart::Refused(text) => reply(out, text),
+                    BdatStart::Reading => {}
                     // Nothing to read: `BDAT 0 LAST` ends the message now.
-                    self.chunk_done(svc, out).await;
+                    BdatStart::EndsNow => self.chunk_done(svc, out).await,
                 }
             }
             Request::Rset => {
@@ -333,19 +169,37 @@ impl Session {
             Request::Vrfy { .. } => reply(out, "252 2.5.0 cannot verify, but will accept\r\n"),
             Request::Quit => {
                 reply(out, "221 2.0.0 bye\r\n");
-                return true;
+                return Next::Close;
             }
             Request::StartTls => reply(out, "502 5.5.1 STARTTLS not offered on LMTP\r\n"),
             Request::Auth { .. } => reply(out, "502 5.5.1 AUTH not offered on LMTP\r\n"),
             _ => reply(out, "502 5.5.1 command not implemented\r\n"),
         }
-        false
+        Next::Continue
     }
 
+    /// The end of DATA or of a BDAT chunk. Before `LAST` a chunk gets one
+    /// reply: `250`, or the refusal once the message is known to be too
+    /// big or to have no room (the transaction stays, its further chunks
+    /// are read and refused the same way, until `LAST` or `RSET`).
+    async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
+        let Some(body) = self.txn.data.as_ref() else { return };
+        if body.is_last() {
+            return self.finish_data(svc, out).await;
+        }
+        let line = match body.refused() {
+            Some(Refusal::TooBig) => "552 5.3.4 message too big\r\n".to_string(),
+            Some(Refusal::NoRoom) => "452 4.3.1 insufficient system storage, try again later\r\n".to_string(),
+            None => format!("250 2.0.0 {} octets received\r\n", body.chunk_size()),
+        };
+        out.extend_from_slice(line.as_bytes());
+    }
+}
+
+impl Session {
+
     fn reset(&mut self) {
-        self.from = None;
-        self.recipients.clear();
-        self.data = None;
+        self.txn.reset();
     }
 
     /// `user`, `user+tag`, `user@domain` or `user+tag@domain` → local user
@@ -369,27 +223,11 @@ impl Session {
         }
     }
 
-    /// The end of DATA or of a BDAT chunk. Before `LAST` a chunk gets one
-    /// reply: `250`, or the refusal once the message is known to be too
-    /// big or to have no room (the transaction stays, its further chunks
-    /// are read and refused the same way, until `LAST` or `RSET`).
-    async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.as_ref() else { return };
-        if body.is_last() {
-            return self.finish_data(svc, out).await;
-        }
-        let line = match body.refused() {
-            Some(Refusal::TooBig) => "552 5.3.4 message too big\r\n".to_string(),
-            Some(Refusal::NoRoom) => "452 4.3.1 insufficient system storage, try again later\r\n".to_string(),
-            None => format!("250 2.0.0 {} octets received\r\n", body.chunk_size()),
-        };
-        out.extend_from_slice(line.as_bytes());
-    }
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.take() else { return };
-        let recipients = std::mem::take(&mut self.recipients);
-        let from = self.from.take().unwrap_or_default();
+        let Some(body) = self.txn.data.take() else { return };
+        let recipients = std::mem::take(&mut self.txn.recipients);
+        let from = self.txn.from.take().unwrap_or_default();
         let message = match body.finish() {
             Ok(m) => m,
             Err(why) => {

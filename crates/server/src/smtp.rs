@@ -1,7 +1,8 @@
 //! Receive-only SMTP (RFC 5321): mail from the Internet for local users.
 //!
-//! Parsing is smtp-proto's (as for LMTP, see `lmtp.rs`); this file is the
-//! session loop, the relay policy and the delivery step.
+//! Parsing is smtp-proto's and the command loop is the one LMTP runs too
+//! (`mta_loop.rs`); this file is SMTP's [`Dialect`] (commands and replies,
+//! STARTTLS), the relay policy and the delivery step.
 //!
 //! # Policy
 //! - **Never a relay.** A recipient is accepted only when its domain is one
@@ -80,14 +81,13 @@ use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, MX, MessageAuthenticator, Parameters, RecordSet, ResolverCache,
     Txt,
 };
-use pobox_proto::line::{LineSplitter, Split};
-use smtp_proto::{Error as SmtpError, Request};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use smtp_proto::Request;
 use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::Services;
-use crate::intake::{Body, Copy, sanitize};
+use crate::intake::{BdatStart, Copy, Recipient, Transaction, sanitize};
+use crate::mta_loop::{Dialect, Exit, Next};
 use crate::spool::Refusal;
 use crate::config::{DnsResolver, MailAuthConfig};
 use crate::conn::Stream;
@@ -111,220 +111,67 @@ impl Shared {
     }
 }
 
-struct Recipient {
-    address: String,
-    user: String,
-}
-
-
 struct Session {
     helo: Option<String>,
     esmtp: bool,
     tls: bool,
-    from: Option<String>,
-    recipients: Vec<Recipient>,
-    data: Option<Body>,
-    /// Octets of a refused `BDAT` chunk still to read and drop.
-    skip: u64,
+    txn: Transaction,
     peer: SocketAddr,
     /// `5xx` replies to commands since the last delivery.
     errors: u32,
 }
-
-/// Longest command line, CRLF included. RFC 5321 §4.5.3.1.4 says 512, and
-/// extensions add to it; smtp-proto buffers up to 4096, and so do we.
-const MAX_COMMAND_LINE: usize = 4096;
 
 /// How much of the header section is searched for forged
 /// `Authentication-Results` fields (a header section is rarely over a few
 /// KiB; fields past this are not removed).
 const HEADER_SCAN_MAX: usize = 256 * 1024;
 
-/// What a command asks the loop to do next.
-enum Next {
-    Continue,
-    Close,
-    StartTls,
-}
-
-/// Serves one SMTP connection to the end.
+/// Serves one SMTP connection to the end: the loop shared with LMTP
+/// (`mta_loop.rs`) with SMTP's [`Dialect`], run again on the TLS stream
+/// after STARTTLS.
 pub(crate) async fn serve(tcp: TcpStream, peer: SocketAddr, svc: Arc<Services>, mut shutdown: Shutdown) {
     // Replies are written whole; don't let Nagle hold the last one back.
     let _ = tcp.set_nodelay(true);
     let mut stream = Stream::Plain(tcp);
     let timeout = svc.config.smtp_timeout;
-    let mut out = format!("220 {} ESMTP pobox ready\r\n", svc.config.hostname).into_bytes();
-    let mut inbuf: Vec<u8> = Vec::new();
-    let mut lines = LineSplitter::new(MAX_COMMAND_LINE);
+    let mut first = format!("220 {} ESMTP pobox ready\r\n", svc.config.hostname).into_bytes();
     let mut session = Session {
         helo: None,
         esmtp: false,
         tls: false,
-        from: None,
-        recipients: Vec::new(),
-        data: None,
-        skip: 0,
+        txn: Transaction::default(),
         peer,
         errors: 0,
     };
-    let mut buf = vec![0u8; 64 * 1024];
-    'conn: loop {
-        if !out.is_empty() {
-            if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
-                return;
-            }
-            out.clear();
-        }
-        // In DATA the read also stops at the overall deadline.
-        let limit =
-            session.data.as_ref().map_or(timeout, |b| timeout.min(b.deadline.saturating_duration_since(Instant::now())));
-        let n = tokio::select! {
-            r = tokio::time::timeout(limit, stream.read(&mut buf)) => match r {
-                Ok(Ok(0)) | Ok(Err(_)) => {
-                    if session.data.is_some() {
-                        // RFC 5321 §4.1.1.4: no final dot, no message.
-                        info!(peer = %session.peer, "connection lost during DATA; nothing delivered");
-                    }
-                    return;
-                }
-                Ok(Ok(n)) => n,
-                Err(_) => {
-                    if session.data.is_some() {
-                        info!(peer = %session.peer, "DATA timed out (idle or overall deadline); nothing delivered");
-                        let _ = stream.write_all(b"421 4.4.2 DATA took too long, closing\r\n").await;
-                    } else {
-                        let _ = stream.write_all(b"421 4.4.2 idle timeout, closing\r\n").await;
-                    }
-                    return;
-                }
-            },
-            // A message being received is let finish (within the grace
-            // period); between transactions the client is told to retry.
-            () = async {
-                if session.data.is_some() || session.skip > 0 { std::future::pending::<()>().await } else { shutdown.draining().await }
-            } => {
-                let _ = stream.write_all(b"421 4.3.2 server shutting down\r\n").await;
-                return;
-            }
+    loop {
+        let greeting = std::mem::take(&mut first);
+        let discarded = match crate::mta_loop::run(&mut stream, &mut session, &svc, &mut shutdown, greeting).await {
+            Exit::Closed => return,
+            Exit::StartTls { discarded } => discarded,
         };
-        inbuf.extend_from_slice(&buf[..n]);
-        let mut pos = 0;
-        while pos < inbuf.len() {
-            if session.skip > 0 {
-                let n = usize::try_from(session.skip).unwrap_or(usize::MAX).min(inbuf.len() - pos);
-                pos += n;
-                session.skip -= n as u64;
-                continue;
-            }
-            if let Some(body) = session.data.as_mut()
-                && body.reading()
-            {
-                let (consumed, done) = body.ingest(&inbuf[pos..]);
-                pos += consumed;
-                if !done {
-                    break;
-                }
-                session.chunk_done(&svc, &mut out).await;
-                continue;
-            }
-            // Whole lines, each parsed on its own, as lmtp.rs does: one
-            // reply per command however TCP splits the bytes, and the
-            // splitter bounds the line length.
-            let before = out.len();
-            let next = match lines.split(&inbuf[pos..]) {
-                Split::Line { line, consumed } => {
-                    pos += consumed;
-                    if is_bare_postmaster(line) {
-                        // RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` (no domain)
-                        // must be accepted; smtp-proto refuses it.
-                        let to = smtp_proto::RcptTo { address: "postmaster".to_string(), orcpt: None, rrvs: 0, flags: 0 };
-                        session.handle(Request::Rcpt { to }, &svc, &mut out).await
-                    } else {
-                        let mut command = Vec::with_capacity(line.len() + 2);
-                        command.extend_from_slice(line);
-                        command.extend_from_slice(b"\r\n");
-                        match Request::parse(&mut command.iter()) {
-                            Ok(request) => session.handle(request.into_owned(), &svc, &mut out).await,
-                            Err(e) => {
-                                out.extend_from_slice(error_reply(&e).as_bytes());
-                                Next::Continue
-                            }
-                        }
-                    }
-                }
-                Split::TooLong { consumed, continued } => {
-                    pos += consumed;
-                    if !continued {
-                        out.extend_from_slice(b"500 5.5.2 line too long\r\n");
-                    } else {
-                        // Endless input without a line end counts on,
-                        // though only its first piece was answered.
-                        session.errors += 1;
-                    }
-                    Next::Continue
-                }
-                Split::NeedMoreData { consumed } => {
-                    pos += consumed;
-                    if consumed == 0 {
-                        break;
-                    }
-                    Next::Continue
-                }
-            };
-            // Every 5xx reply to a command counts toward the hard limit.
-            if out[before..].starts_with(b"5") {
-                session.errors += 1;
-            }
-            let next = if session.errors >= svc.config.smtp_hard_error_limit && !matches!(next, Next::Close) {
-                info!(peer = %session.peer, errors = session.errors, "too many errors; closing");
-                out.extend_from_slice(b"421 4.7.0 too many errors, closing\r\n");
-                Next::Close
-            } else {
-                next
-            };
-            match next {
-                Next::Continue => {}
-                Next::Close => {
-                    let _ = stream.write_all(&out).await;
-                    let _ = stream.shutdown().await;
-                    return;
-                }
-                Next::StartTls => {
-                    if stream.write_all(&out).await.is_err() || stream.flush().await.is_err() {
-                        return;
-                    }
-                    out.clear();
-                    // RFC 3207 §4.2 / CVE-2011-0411: anything pipelined after
-                    // STARTTLS came in cleartext; it must not be executed.
-                    let discarded = inbuf.len() - pos;
-                    if discarded > 0 {
-                        info!(peer = %session.peer, bytes = discarded, "discarded plaintext sent after STARTTLS");
-                    }
-                    inbuf.clear();
-                    lines = LineSplitter::new(MAX_COMMAND_LINE);
-                    let Stream::Plain(tcp) = stream else { return };
-                    let Some(tls) = svc.tls.as_ref() else { return };
-                    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
-                        Ok(Ok(s)) => {
-                            crate::metrics::starttls(crate::Protocol::Smtp);
-                            stream = Stream::Tls(Box::new(s));
-                        }
-                        Ok(Err(e)) => {
-                            debug!(peer = %session.peer, error = %e, "STARTTLS handshake failed");
-                            return;
-                        }
-                        Err(_) => return,
-                    }
-                    // RFC 3207 §4.2: forget everything, EHLO again.
-                    session.helo = None;
-                    session.esmtp = false;
-                    session.reset();
-                    session.tls = true;
-                    continue 'conn;
-                }
-            }
+        // RFC 3207 §4.2 / CVE-2011-0411: what was pipelined after STARTTLS
+        // came in cleartext; the loop dropped it.
+        if discarded > 0 {
+            info!(peer = %session.peer, bytes = discarded, "discarded plaintext sent after STARTTLS");
         }
-        inbuf.drain(..pos);
+        let Stream::Plain(tcp) = stream else { return };
+        let Some(tls) = svc.tls.as_ref() else { return };
+        match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+            Ok(Ok(s)) => {
+                crate::metrics::starttls(crate::Protocol::Smtp);
+                stream = Stream::Tls(Box::new(s));
+            }
+            Ok(Err(e)) => {
+                debug!(peer = %session.peer, error = %e, "STARTTLS handshake failed");
+                return;
+            }
+            Err(_) => return,
+        }
+        // RFC 3207 §4.2: forget everything, EHLO again.
+        session.helo = None;
+        session.esmtp = false;
+        session.reset();
+        session.tls = true;
     }
 }
 
@@ -333,23 +180,41 @@ fn is_bare_postmaster(line: &[u8]) -> bool {
     line.len() == b"RCPT TO:<postmaster>".len() && line.eq_ignore_ascii_case(b"RCPT TO:<postmaster>")
 }
 
-fn error_reply(e: &SmtpError) -> String {
-    match e {
-        SmtpError::UnknownCommand => "500 5.5.2 unknown command\r\n".into(),
-        SmtpError::ResponseTooLong => "500 5.5.2 line too long\r\n".into(),
-        SmtpError::InvalidSenderAddress => "501 5.1.7 invalid sender address\r\n".into(),
-        SmtpError::InvalidRecipientAddress => "501 5.1.3 invalid recipient address\r\n".into(),
-        SmtpError::SyntaxError { syntax } => format!("501 5.5.4 syntax: {syntax}\r\n"),
-        SmtpError::InvalidParameter { param } => format!("501 5.5.4 invalid parameter {param}\r\n"),
-        SmtpError::UnsupportedParameter { param } => {
-            format!("504 5.5.4 unsupported parameter {}\r\n", sanitize(param))
-        }
-        _ => "500 5.5.2 syntax error\r\n".into(),
-    }
-}
+impl Dialect for Session {
+    /// Longest command line, CRLF included. RFC 5321 §4.5.3.1.4 says 512,
+    /// and extensions add to it; smtp-proto buffers up to 4096, and so do
+    /// we.
+    const MAX_COMMAND_LINE: usize = 4096;
+    const INCOMPLETE_COMMAND: &'static str = "500 5.5.2 syntax error\r\n";
 
-impl Session {
-    /// Handles one command.
+    fn peer(&self) -> &dyn std::fmt::Display {
+        &self.peer
+    }
+    fn txn(&mut self) -> &mut Transaction {
+        &mut self.txn
+    }
+    fn errors(&mut self) -> &mut u32 {
+        &mut self.errors
+    }
+    fn read_timeout(&self, svc: &Services) -> Duration {
+        svc.config.smtp_timeout
+    }
+    fn error_limit(&self, svc: &Services) -> u32 {
+        svc.config.smtp_hard_error_limit
+    }
+    /// Every `5xx` reply to a command counts, unknown recipients included
+    /// (see the module documentation).
+    fn counts_as_error(reply: &[u8]) -> bool {
+        reply.starts_with(b"5")
+    }
+    /// RFC 5321 §4.5.1: `RCPT TO:<Postmaster>` (no domain) must be
+    /// accepted; smtp-proto refuses it.
+    fn special_command(line: &[u8]) -> Option<Request<String>> {
+        is_bare_postmaster(line).then(|| Request::Rcpt {
+            to: smtp_proto::RcptTo { address: "postmaster".to_string(), orcpt: None, rrvs: 0, flags: 0 },
+        })
+    }
+
     async fn handle(&mut self, request: Request<String>, svc: &Arc<Services>, out: &mut Vec<u8>) -> Next {
         let reply = |out: &mut Vec<u8>, s: &str| out.extend_from_slice(s.as_bytes());
         match request {
@@ -382,7 +247,7 @@ impl Session {
             Request::Mail { from } => {
                 if self.helo.is_none() {
                     reply(out, "503 5.5.1 EHLO first\r\n");
-                } else if self.from.is_some() {
+                } else if self.txn.from.is_some() {
                     reply(out, "503 5.5.1 nested MAIL command\r\n");
                 } else if from.size as u64 > svc.config.smtp_max_message_size {
                     reply(out, "552 5.3.4 message size exceeds fixed maximum message size\r\n");
@@ -391,22 +256,22 @@ impl Session {
                 } else if from.address.len() > 256 {
                     reply(out, "501 5.1.7 sender address too long\r\n");
                 } else {
-                    self.from = Some(from.address);
+                    self.txn.from = Some(from.address);
                     reply(out, "250 2.1.0 sender ok\r\n");
                 }
             }
             Request::Rcpt { to } => {
-                if self.from.is_none() {
+                if self.txn.from.is_none() {
                     reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
+                } else if self.txn.data.is_some() {
                     reply(out, "503 5.5.1 RCPT after BDAT\r\n");
-                } else if self.recipients.len() >= svc.config.smtp_max_recipients {
+                } else if self.txn.recipients.len() >= svc.config.smtp_max_recipients {
                     reply(out, "452 4.5.3 too many recipients\r\n");
                 } else {
                     match check_recipient(&to.address, svc).await {
                         Ok(user) => {
-                            if !self.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&to.address)) {
-                                self.recipients.push(Recipient { address: to.address, user });
+                            if !self.txn.recipients.iter().any(|r| r.address.eq_ignore_ascii_case(&to.address)) {
+                                self.txn.recipients.push(Recipient { address: to.address, user });
                             }
                             reply(out, "250 2.1.5 recipient ok\r\n");
                         }
@@ -418,45 +283,17 @@ impl Session {
                 }
             }
             Request::Data => {
-                if self.from.is_none() {
-                    reply(out, "503 5.5.1 MAIL first\r\n");
-                } else if self.data.is_some() {
-                    // RFC 3030 §2: no DATA in a BDAT transaction.
-                    reply(out, "503 5.5.1 DATA after BDAT; send BDAT or RSET\r\n");
-                } else if self.recipients.is_empty() {
-                    reply(out, "554 5.5.1 no valid recipients\r\n");
-                } else if svc.intake.in_flight_full() {
-                    reply(out, "452 4.3.1 insufficient system storage, try again later\r\n");
-                } else {
-                    self.data = Some(Body::new(&svc.intake, svc.config.smtp_max_message_size, svc.config.data_timeout));
-                    reply(out, "354 start mail input; end with <CRLF>.<CRLF>\r\n");
-                }
+                reply(out, self.txn.data(svc, svc.config.smtp_max_message_size, "554 5.5.1 no valid recipients\r\n", "354 start mail input; end with <CRLF>.<CRLF>\r\n"));
             }
             Request::Bdat { chunk_size, is_last } => {
                 let size = chunk_size as u64;
-                let refusal = if self.from.is_none() {
-                    Some("503 5.5.1 MAIL first\r\n")
-                } else if self.recipients.is_empty() {
-                    Some("554 5.5.1 no valid recipients\r\n")
-                } else if self.data.is_none() && svc.intake.in_flight_full() {
-                    Some("452 4.3.1 insufficient system storage, try again later\r\n")
-                } else {
-                    None
-                };
-                if let Some(text) = refusal {
-                    // Its octets follow anyway; they are not commands.
-                    self.skip = size;
-                    reply(out, text);
-                    return Next::Continue;
-                }
-                crate::metrics::bdat_chunk(crate::Protocol::Smtp);
                 debug!(peer = %self.peer, size, last = is_last, "BDAT chunk");
-                let max = svc.config.smtp_max_message_size;
-                let body = self.data.get_or_insert_with(|| Body::chunked(&svc.intake, max, svc.config.data_timeout));
-                body.start_chunk(size, is_last);
-                if size == 0 {
+                match self.txn.bdat(svc, crate::Protocol::Smtp, svc.config.smtp_max_message_size, "554 5.5.1 no valid recipients\r\n", size, is_last) {
+                    // Its octets follow anyway; they are not commands.
+                    BdatStart::Refused(text) => reply(out, text),
+                    BdatStart::Reading => {}
                     // Nothing to read: `BDAT 0 LAST` ends the message now.
-                    self.chunk_done(svc, out).await;
+                    BdatStart::EndsNow => self.chunk_done(svc, out).await,
                 }
             }
             Request::Rset => {
@@ -476,7 +313,7 @@ impl Session {
                     reply(out, "503 5.5.1 TLS already active\r\n");
                 } else if svc.tls.is_none() {
                     reply(out, "454 4.7.0 TLS not available\r\n");
-                } else if self.data.is_some() || self.from.is_some() {
+                } else if self.txn.data.is_some() || self.txn.from.is_some() {
                     reply(out, "503 5.5.1 STARTTLS not allowed inside a transaction\r\n");
                 } else {
                     reply(out, "220 2.0.0 ready to start TLS\r\n");
@@ -497,16 +334,10 @@ impl Session {
         Next::Continue
     }
 
-    fn reset(&mut self) {
-        self.from = None;
-        self.recipients.clear();
-        self.data = None;
-    }
-
     /// The end of DATA or of a BDAT chunk (see `lmtp.rs`, which does the
     /// same): before `LAST` one reply for the chunk.
     async fn chunk_done(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.as_ref() else { return };
+        let Some(body) = self.txn.data.as_ref() else { return };
         if body.is_last() {
             return self.finish_data(svc, out).await;
         }
@@ -517,11 +348,19 @@ impl Session {
         };
         out.extend_from_slice(line.as_bytes());
     }
+}
+
+impl Session {
+
+    fn reset(&mut self) {
+        self.txn.reset();
+    }
+
 
     async fn finish_data(&mut self, svc: &Arc<Services>, out: &mut Vec<u8>) {
-        let Some(body) = self.data.take() else { return };
-        let recipients = std::mem::take(&mut self.recipients);
-        let from = self.from.take().unwrap_or_default();
+        let Some(body) = self.txn.data.take() else { return };
+        let recipients = std::mem::take(&mut self.txn.recipients);
+        let from = self.txn.from.take().unwrap_or_default();
         let bare = body.saw_bare_line_end();
         let message = match body.finish() {
             Err(Refusal::TooBig) => {

@@ -140,32 +140,19 @@ fn render(content: &mut dyn Read, ts: u64, out: &mut dyn Write) -> io::Result<()
     out.write_all(b"\n")
 }
 
-/// `Thu Nov 27 05:44:00 2026`, UTC, as the `From ` line wants (asctime).
+/// `Thu Nov 27 05:44:00 2026`, UTC, as the `From ` line wants (asctime:
+/// the day padded with a space). The `time` crate does the calendar, as it
+/// does for the server's trace headers.
 fn asctime(ts: u64) -> String {
-    let days = (ts / 86400) as i64;
-    let secs = ts % 86400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    const MON: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
-    const DAY: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    format!(
-        "{} {} {:2} {:02}:{:02}:{:02} {}",
-        DAY[days.rem_euclid(7) as usize],
-        MON[(m - 1) as usize],
-        d,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60,
-        y
-    )
+    const ASCTIME: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[weekday repr:short] [month repr:short] [day padding:space] [hour]:[minute]:[second] [year]"
+    );
+    i64::try_from(ts)
+        .ok()
+        .and_then(|secs| time::OffsetDateTime::from_unix_timestamp(secs).ok())
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+        .format(ASCTIME)
+        .unwrap_or_default()
 }
 
 #[derive(Default)]
@@ -395,6 +382,7 @@ mod tests {
             "From MAILER-DAEMON Thu Jan  1 00:00:00 1970\nSubject: x\n\n>From here\n>>From there\n>>>From  x\nFromage\nno newline\n\n"
         );
         assert_eq!(asctime(1_795_000_000), "Wed Nov 18 11:06:40 2026");
+        assert_eq!(asctime(0), "Thu Jan  1 00:00:00 1970");
     }
 
     #[test]

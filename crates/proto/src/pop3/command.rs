@@ -6,27 +6,7 @@
 //! lets the session keep a pending USER name across lines without lifetimes
 //! leaking into the driver.
 
-use std::fmt;
-
-/// Bytes that must never reach a log: a password or a SASL response.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Sensitive(pub Vec<u8>);
-
-impl fmt::Debug for Sensitive {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("[redacted]")
-    }
-}
-
-impl Drop for Sensitive {
-    fn drop(&mut self) {
-        // Best effort: overwrite the secret before the allocation is freed.
-        for b in self.0.iter_mut() {
-            *b = 0;
-        }
-        std::hint::black_box(&self.0);
-    }
-}
+pub use crate::secret::Secret;
 
 /// A parsed POP3 command, in the order RFC 1939 introduces them.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +14,7 @@ pub enum Command {
     /// `USER name` (§7).
     User(String),
     /// `PASS string` (§7): the rest of the line, spaces included.
-    Pass(Sensitive),
+    Pass(Secret),
     /// `QUIT` (§§4, 6).
     Quit,
     /// `STAT` (§5).
@@ -61,7 +41,7 @@ pub enum Command {
     Stls,
     /// `AUTH [mechanism [initial-response]]` (RFC 5034 §4; bare `AUTH` is the
     /// RFC 1734-era mechanism listing some clients still send).
-    Auth(Option<String>, Option<Sensitive>),
+    Auth(Option<String>, Option<Secret>),
     /// `UTF8` (RFC 6856 §2).
     Utf8,
 }
@@ -126,7 +106,7 @@ impl Command {
             if rest.is_empty() {
                 return Err(CommandError::MissingArgument);
             }
-            return Ok(Command::Pass(Sensitive(rest.to_vec())));
+            return Ok(Command::Pass(Secret::new(rest.to_vec())));
         }
         let args = Args::split(rest)?;
         let cmd = match kw {
@@ -154,7 +134,7 @@ impl Command {
                 [mech] => Command::Auth(Some(text(mech)?.to_ascii_uppercase()), None),
                 [mech, initial] => Command::Auth(
                     Some(text(mech)?.to_ascii_uppercase()),
-                    Some(Sensitive(initial.to_vec())),
+                    Some(Secret::new(initial.to_vec())),
                 ),
                 _ => return Err(CommandError::TooManyArguments),
             },
@@ -271,7 +251,7 @@ mod tests {
     #[test]
     fn rfc_1939_examples_parse() {
         assert_eq!(p("USER mrose"), Ok(Command::User("mrose".into())));
-        assert_eq!(p("PASS secret"), Ok(Command::Pass(Sensitive(b"secret".to_vec()))));
+        assert_eq!(p("PASS secret"), Ok(Command::Pass(Secret::from(&b"secret"[..]))));
         assert_eq!(p("STAT"), Ok(Command::Stat));
         assert_eq!(p("LIST"), Ok(Command::List(None)));
         assert_eq!(p("LIST 2"), Ok(Command::List(Some(2))));
@@ -302,7 +282,7 @@ mod tests {
     fn pass_keeps_spaces() {
         assert_eq!(
             p("PASS my secret  phrase "),
-            Ok(Command::Pass(Sensitive(b"my secret  phrase ".to_vec())))
+            Ok(Command::Pass(Secret::from(&b"my secret  phrase "[..])))
         );
         assert_eq!(p("PASS"), Err(CommandError::MissingArgument));
     }
@@ -313,9 +293,9 @@ mod tests {
         assert_eq!(p("AUTH plain"), Ok(Command::Auth(Some("PLAIN".into()), None)));
         assert_eq!(
             p("AUTH PLAIN dGVzdAB0ZXN0AHRlc3Q="),
-            Ok(Command::Auth(Some("PLAIN".into()), Some(Sensitive(b"dGVzdAB0ZXN0AHRlc3Q=".to_vec()))))
+            Ok(Command::Auth(Some("PLAIN".into()), Some(Secret::from(&b"dGVzdAB0ZXN0AHRlc3Q="[..]))))
         );
-        assert_eq!(p("AUTH PLAIN ="), Ok(Command::Auth(Some("PLAIN".into()), Some(Sensitive(b"=".to_vec())))));
+        assert_eq!(p("AUTH PLAIN ="), Ok(Command::Auth(Some("PLAIN".into()), Some(Secret::from(&b"="[..])))));
     }
 
     #[test]

@@ -41,7 +41,7 @@ use std::collections::VecDeque;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::command::{Command, CommandError, Sensitive};
+use super::command::{Command, CommandError, Secret};
 use super::maildrop::{Maildrop, MessageMeta};
 use super::response::{RespCode, Status};
 
@@ -120,7 +120,7 @@ pub enum Credentials {
         /// The user name.
         user: String,
         /// The password.
-        password: Sensitive,
+        password: Secret,
         /// Which command carried it, for logs.
         mechanism: &'static str,
     },
@@ -132,7 +132,7 @@ pub enum Credentials {
         /// The mechanism name, e.g. `SCRAM-SHA-256`.
         mechanism: &'static str,
         /// The base64-decoded client message (may be empty).
-        response: Sensitive,
+        response: Secret,
         /// First message of this exchange.
         first: bool,
     },
@@ -551,7 +551,7 @@ impl ServerSession {
         }
     }
 
-    fn start_sasl(&mut self, mech: &str, initial: Option<Sensitive>) {
+    fn start_sasl(&mut self, mech: &str, initial: Option<Secret>) {
         // Mechanism names are case-insensitive (RFC 4422 §3.1).
         let mech = mech.to_ascii_uppercase();
         let driver = self.extra_mechanisms.iter().copied().find(|m| *m == mech);
@@ -570,7 +570,7 @@ impl ServerSession {
             *sasl = Some(step);
         }
         match initial {
-            Some(response) => self.handle_sasl_line(&response.0),
+            Some(response) => self.handle_sasl_line(response.as_bytes()),
             None => self.send_challenge(),
         }
     }
@@ -594,11 +594,11 @@ impl ServerSession {
         }
         // RFC 5034 §4: "=" is an empty response.
         let decoded = if line == b"=" { Ok(Vec::new()) } else { BASE64.decode(line) };
-        let Ok(decoded) = decoded.map(Sensitive) else {
+        let Ok(decoded) = decoded.map(Secret::new) else {
             return self.reply(Status::err("invalid base64 in SASL response"));
         };
         match step {
-            SaslStep::Plain => match decode_plain(&decoded.0) {
+            SaslStep::Plain => match decode_plain(decoded.as_bytes()) {
                 Some((user, password)) => self.authenticate(Credentials::Password {
                     user,
                     password,
@@ -606,7 +606,7 @@ impl ServerSession {
                 }),
                 None => self.reply(Status::err("malformed PLAIN response")),
             },
-            SaslStep::LoginUser => match String::from_utf8(decoded.0.clone()) {
+            SaslStep::LoginUser => match String::from_utf8(decoded.as_bytes().to_vec()) {
                 Ok(user) if !user.is_empty() => {
                     if let Phase::Authorization { sasl, .. } = &mut self.phase {
                         *sasl = Some(SaslStep::LoginPassword(user));
@@ -974,6 +974,43 @@ pub fn retr_status_line(size: u64, top_lines: Option<u64>) -> String {
     }
 }
 
+/// Replies the driver writes on its own rather than in answer to the
+/// command at hand: the connection ends (login deadline, an admin's kick,
+/// server shutdown), or a message the session announced cannot be read.
+/// Their texts live here with every other reply, so the driver builds none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverReply {
+    /// Still not logged in at the login deadline; the connection closes.
+    LoginTimedOut,
+    /// `pobox kick` ended the session; nothing was deleted (no UPDATE).
+    Kicked,
+    /// The server is shutting down; nothing was deleted (no UPDATE).
+    ShuttingDown,
+    /// RETR/TOP: the message could not be opened; the session goes on
+    /// (RFC 3206 `SYS/TEMP`: trying again later may work).
+    MessageUnreadable,
+}
+
+impl DriverReply {
+    /// The status line.
+    #[must_use]
+    pub fn status(self) -> Status {
+        match self {
+            DriverReply::LoginTimedOut => Status::err("login took too long, closing connection"),
+            DriverReply::Kicked => {
+                Status::err_code(RespCode::SysTemp, "session closed by the administrator, nothing was deleted")
+            }
+            DriverReply::ShuttingDown => Status::err_code(RespCode::SysTemp, "server shutting down, nothing was deleted"),
+            DriverReply::MessageUnreadable => Status::err_code(RespCode::SysTemp, "message cannot be read now"),
+        }
+    }
+
+    /// Appends the status line, CRLF included, to `out`.
+    pub fn encode(self, out: &mut Vec<u8>) {
+        self.status().encode(out);
+    }
+}
+
 /// Appends `value` in decimal, as `format!("{value}")` would, without
 /// allocating: LIST and UIDL write one or two numbers per message.
 fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
@@ -992,7 +1029,10 @@ fn push_decimal(out: &mut Vec<u8>, mut value: u64) {
 
 /// RFC 4616 PLAIN: `[authzid] NUL authcid NUL passwd`. Proxy authorization
 /// (an authzid different from authcid) is not supported and fails.
-fn decode_plain(msg: &[u8]) -> Option<(String, Sensitive)> {
+/// Public so that `pobox-auth`'s tests drive the same decoder the server
+/// uses.
+#[must_use]
+pub fn decode_plain(msg: &[u8]) -> Option<(String, Secret)> {
     let mut parts = msg.splitn(3, |&b| b == 0);
     let authzid = parts.next()?;
     let authcid = parts.next()?;
@@ -1004,7 +1044,7 @@ fn decode_plain(msg: &[u8]) -> Option<(String, Sensitive)> {
     if !authzid.is_empty() && authzid != authcid.as_bytes() {
         return None;
     }
-    Some((authcid, Sensitive(password.to_vec())))
+    Some((authcid, Secret::from(password)))
 }
 
 #[cfg(test)]

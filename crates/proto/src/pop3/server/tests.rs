@@ -103,7 +103,7 @@ impl Harness {
                     if first {
                         self.sasl_seen.clear();
                     }
-                    self.sasl_seen.push((response.0.clone(), first));
+                    self.sasl_seen.push((response.as_bytes().to_vec(), first));
                     let msgs: Vec<&[u8]> = self.sasl_seen.iter().map(|(m, _)| &m[..]).collect();
                     match msgs.as_slice() {
                         [b"hello"] => self.session.handle_sasl_challenge(b"server-first"),
@@ -120,7 +120,7 @@ impl Harness {
                 Action::Authenticate(creds) => {
                     let ok = match &creds {
                         Credentials::Password { user, password, .. } => {
-                            user == "mrose" && password.0 == b"secret"
+                            user == "mrose" && password.as_bytes() == b"secret"
                         }
                         Credentials::Apop { user, digest, timestamp } => {
                             user == "mrose"
@@ -682,4 +682,23 @@ fn capa_after_a_scram_login_on_cleartext_matches_the_capa_before() {
     let after = h.feed(b"CAPA\r\n", 512);
     assert_eq!(after, before);
     assert!(after.contains("STLS\r\nSASL SCRAM-SHA-256\r\n") && !after.contains("USER\r\n"), "{after}");
+}
+
+/// The replies the driver writes outside a command exchange, byte for
+/// byte as clients (and the integration tests) see them, appended after
+/// whatever the output buffer already holds.
+#[test]
+fn driver_replies_are_exact_status_lines() {
+    let cases = [
+        (DriverReply::LoginTimedOut, "-ERR login took too long, closing connection\r\n"),
+        (DriverReply::Kicked, "-ERR [SYS/TEMP] session closed by the administrator, nothing was deleted\r\n"),
+        (DriverReply::ShuttingDown, "-ERR [SYS/TEMP] server shutting down, nothing was deleted\r\n"),
+        (DriverReply::MessageUnreadable, "-ERR [SYS/TEMP] message cannot be read now\r\n"),
+    ];
+    for (reply, want) in cases {
+        let mut out = b"+OK earlier\r\n".to_vec();
+        reply.encode(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), format!("+OK earlier\r\n{want}"), "{reply:?}");
+        assert!(!reply.status().is_ok());
+    }
 }
