@@ -57,7 +57,6 @@
 #![warn(missing_docs, unreachable_pub)]
 
 use std::borrow::Borrow;
-use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -69,8 +68,8 @@ pub mod quota;
 pub mod retention;
 
 pub use maildir::{
-    AssignOutcome, BaseIndex, ExpireReport, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation,
-    Maildir, MaildirStore, NamedDelivery, RemovedMessage, UserImport, wire_size_of,
+    AssignOutcome, BaseIndex, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir,
+    MaildirStore, NamedDelivery, UserImport, wire_size_of,
 };
 
 /// A storage backend holding the maildrops of many users.
@@ -164,6 +163,77 @@ pub trait Mailstore: Send + Sync + 'static {
     ///
     /// Filesystem errors reading the usage.
     fn quota_exceeded_by(&self, user: &str, size: u64) -> Result<Option<quota::Usage>, StoreError>;
+}
+
+/// The operations `pobox mailbox` and `pobox user` run on a store while
+/// the server may be serving it: listings, the restore area, releasing
+/// quarantined mail, usage. Separate from [`Mailstore`] because the
+/// server's sessions never need them. Each takes the maildrop lock where it
+/// changes anything, so it never disturbs a session.
+pub trait MailstoreAdmin: Mailstore {
+    /// A lock-free snapshot of `user`'s messages with their retrieval
+    /// times, in [`Mailbox::messages`] order.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors ([`StoreError::Io`] and the like).
+    fn inspect(&self, user: &str) -> Result<Vec<MessageInfo>, StoreError>;
+
+    /// The first `limit` stored bytes of a message from
+    /// [`inspect`](MailstoreAdmin::inspect) (enough for its header). No lock.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Vanished`] if the message is gone; backend errors.
+    fn head(&self, user: &str, info: &MessageInfo, limit: usize) -> Result<Vec<u8>, StoreError>;
+
+    /// The messages in `user`'s restore area.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn removed_messages(&self, user: &str) -> Result<Vec<RemovedMessage>, StoreError>;
+
+    /// Brings messages back from the restore area into the maildrop, with
+    /// their original UIDLs; only those removed at or after `since`, if
+    /// given. Their retention clock starts afresh at `now`. Returns the
+    /// UIDLs restored.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`] while a session holds the maildrop; backend
+    /// errors.
+    fn restore(
+        &self,
+        user: &str,
+        since: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Removes every message of `user` (into the restore area when the
+    /// policy has a window). Refuses while a session holds the maildrop.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`]; backend errors.
+    fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError>;
+
+    /// Moves message `uidl` from `folder` (say a Junk quarantine) into the
+    /// maildrop as a new message, byte for byte, keeping its UIDL. Returns
+    /// where it now lives, for the admin's output.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidFolder`], [`StoreError::Vanished`] if there is
+    /// no such message; backend errors.
+    fn release(&self, user: &str, folder: &str, uidl: &str) -> Result<String, StoreError>;
+
+    /// `user`'s usage and quota.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn usage(&self, user: &str) -> Result<(quota::Usage, quota::Quota), StoreError>;
 }
 
 /// One user's maildrop, opened exclusively for a POP3 session.
@@ -362,31 +432,26 @@ impl TryFrom<&str> for Uidl {
 pub struct InvalidUidl(pub String);
 
 /// An opaque handle to a stored message, meaningful only to the backend that
-/// produced it.
+/// produced it: bytes the backend chose (for Maildir, `new/<file>` or
+/// `cur/<file>`; a database backend might use a row id). No caller may
+/// interpret them.
 ///
 /// Callers address messages by index ([`Mailbox::open_message`]); the key is
 /// exposed for logging and for tools that want to tell messages apart.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct MessageKey(KeyRepr);
-
-/// The backends' key shapes. A new backend adds a variant.
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum KeyRepr {
-    /// A Maildir file: its subdirectory and current file name. The name is
-    /// kept as an `OsString` because maildir(5) tells readers not to assume
-    /// anything about names written by other programs (not even UTF-8).
-    Maildir { sub: maildir::Sub, name: OsString },
-}
+pub struct MessageKey(Box<[u8]>);
 
 impl MessageKey {
-    pub(crate) fn maildir(sub: maildir::Sub, name: OsString) -> Self {
-        MessageKey(KeyRepr::Maildir { sub, name })
+    /// A key made of backend-chosen bytes; only a backend calls this.
+    #[must_use]
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        MessageKey(bytes.into().into_boxed_slice())
     }
 
-    pub(crate) fn as_maildir(&self) -> (maildir::Sub, &std::ffi::OsStr) {
-        match &self.0 {
-            KeyRepr::Maildir { sub, name } => (*sub, name),
-        }
+    /// The backend's bytes, for the backend that made the key.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -396,14 +461,10 @@ impl fmt::Debug for MessageKey {
     }
 }
 
-/// Shows the key as `new/<name>` or `cur/<name>` (lossy for non-UTF-8 names).
+/// Shows the key's bytes as text (lossy for non-UTF-8 bytes), for logs.
 impl fmt::Display for MessageKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            KeyRepr::Maildir { sub, name } => {
-                write!(f, "{}/{}", sub.as_str(), name.to_string_lossy())
-            }
-        }
+        f.write_str(&String::from_utf8_lossy(&self.0))
     }
 }
 
@@ -415,9 +476,32 @@ pub struct Delivered {
     /// The message's POP3 size, with the same meaning as
     /// [`MessageInfo::size`] (CRLF octets, final CRLF included).
     pub size: u64,
-    /// Where the message now lives (for Maildir: the file in `new/`).
-    pub path: PathBuf,
+    /// Where the message now lives, for logs and admin output (for
+    /// Maildir: the path of the file in `new/`). Not an address callers
+    /// can use: read messages through [`Mailstore::open`].
+    pub location: String,
 }
+
+/// What [`Mailstore::expire`] did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpireReport {
+    /// Messages that expired: UIDL and why.
+    pub expired: Vec<(String, retention::ExpiryReason)>,
+    /// Messages purged from the restore area (their window is over).
+    pub purged: usize,
+    /// True if the maildrop was in use and left alone.
+    pub skipped_in_use: bool,
+}
+
+/// A message in the restore area ([`MailstoreAdmin::removed_messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedMessage {
+    /// Its UIDL, the same it had before removal.
+    pub uidl: String,
+    /// When it was removed, if the backend knows.
+    pub removed_at: Option<SystemTime>,
+}
+
 
 /// What [`Mailbox::commit`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
+use pobox_store::MailstoreAdmin as _;
 use pobox_store::retention::{Policy, RetentionConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore};
 

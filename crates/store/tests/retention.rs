@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use pobox_store::MailstoreAdmin as _;
 use pobox_store::retention::{Days, ExpiryReason, Policy, RetentionConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore, StoreError};
 

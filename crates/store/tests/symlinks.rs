@@ -16,6 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use pobox_store::MailstoreAdmin as _;
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore};

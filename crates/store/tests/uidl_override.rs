@@ -10,6 +10,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pobox_store::MailstoreAdmin as _;
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Policy, RetentionConfig};
 use pobox_store::{
@@ -80,7 +81,7 @@ fn imported_messages_keep_their_uidl_and_time_and_a_rerun_stores_nothing() {
             ImportOutcome::Imported(d) => {
                 assert_eq!(d.uidl.as_str(), *uidl);
                 assert_eq!(
-                    fs::metadata(&d.path).unwrap().modified().unwrap(),
+                    fs::metadata(&d.location).unwrap().modified().unwrap(),
                     at(1_600_000_000 + i as u64)
                 );
             }

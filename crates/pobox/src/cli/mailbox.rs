@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use pobox_server::date::{parse_time, rfc3339};
 use pobox_server::sessions::SessionInfo;
-use pobox_store::StoreError;
+use pobox_store::{MailstoreAdmin, StoreError};
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -250,8 +250,8 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
         }
         MailboxCommand::Release { user, folder, id } => {
             ensure_user(&users, &user)?;
-            let path = store.release(&user, &folder, &id)?;
-            println!("released {id} from {folder} into {user}'s inbox ({})", path.display());
+            let location = store.release(&user, &folder, &id)?;
+            println!("released {id} from {folder} into {user}'s inbox ({location})");
         }
         MailboxCommand::Purge { user, dry_run, yes } => {
             ensure_user(&users, &user)?;

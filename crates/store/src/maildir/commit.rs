@@ -15,7 +15,7 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::AtFlags;
 
-use super::{Maildir, Sub, io_error, name, retention, scan};
+use super::{Maildir, MaildirKey, Sub, io_error, name, retention, scan};
 use crate::{CommitReport, MessageInfo, StoreError};
 
 /// Applies UPDATE to `md` for the session snapshot `messages`.

@@ -126,7 +126,7 @@ pub(super) fn write_message(
     Ok(NamedDelivery::Stored(Delivered {
         uidl: name::uidl_for(OsStr::new(base)),
         size: sizes.wire,
-        path: dst,
+        location: dst.display().to_string(),
     }))
 }
 

@@ -33,7 +33,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use super::uidls::{UidlMap, is_valid_override_base};
-use super::{BaseIndex, Maildir, MaildirStore, NamedDelivery, deliver, lock, name};
+use super::{BaseIndex, Maildir, MaildirKey, MaildirStore, NamedDelivery, deliver, lock, name};
 use crate::{Delivered, StoreError, Uidl};
 
 /// What [`UserImport::import`] did.

@@ -54,8 +54,11 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use crate::quota::{Quota, QuotaConfig, Usage};
-use crate::retention::{self as policy, ExpiryReason, Policy, RetentionConfig};
-use crate::{CommitReport, Delivered, Mailbox, Mailstore, MessageInfo, StoreError};
+use crate::retention::{self as policy, Policy, RetentionConfig};
+use crate::{
+    CommitReport, Delivered, ExpireReport, Mailbox, Mailstore, MailstoreAdmin, MessageInfo, MessageKey, RemovedMessage,
+    StoreError,
+};
 
 pub use cache::{DEFAULT_MAX_MESSAGES as LISTING_CACHE_DEFAULT_MAX, ListingCacheStats, MIN_MESSAGES as LISTING_CACHE_MIN};
 pub use import::{AssignOutcome, ImportOutcome, UserImport};
@@ -317,62 +320,6 @@ impl MaildirStore {
     pub fn with_quota(self, quota: QuotaConfig) -> Self {
         self.update(|p| p.quota = Arc::new(quota));
         self
-    }
-
-    /// `user`'s usage and quota (usage from `maildirsize`, rescanned only
-    /// when that file cannot be trusted).
-    ///
-    /// # Errors
-    ///
-    /// Filesystem errors.
-    pub fn usage(&self, user: &str) -> Result<(Usage, Quota), StoreError> {
-        let quota = self.policies.load().quota.for_user(user);
-        Ok((self.maildir(user)?.usage(&quota)?, quota))
-    }
-
-    /// Moves message `uidl` from `folder` (e.g. a Junk quarantine) into the
-    /// inbox's `new/`, byte for byte, under its own name (so its UIDL stays).
-    ///
-    /// # Errors
-    ///
-    /// [`StoreError::InvalidFolder`], [`StoreError::Vanished`] if no such
-    /// message, or filesystem errors.
-    pub fn release(&self, user: &str, folder: &str, uidl: &str) -> Result<PathBuf, StoreError> {
-        let inbox = self.maildir(user)?;
-        let Some(dir) = inbox.folder(folder, false)? else {
-            return Err(StoreError::Vanished(format!("{folder}/{uidl}")));
-        };
-        for sub in [Sub::New, Sub::Cur] {
-            let entries = dirs::read_names(dir.fd(sub))
-                .map_err(|e| io_error(format_args!("reading {}", dir.dir(sub).display()), e))?;
-            for (file, kind) in entries {
-                // Only regular files are messages; a link is not followed
-                // (renameat moves the link itself, but it has no business
-                // in the inbox either).
-                if !matches!(kind, rustix::fs::FileType::RegularFile | rustix::fs::FileType::Unknown)
-                    || name::uidl_for(name::base_of(&file)).as_str() != uidl
-                {
-                    continue;
-                }
-                // Drop the flags part: the message is new in the inbox.
-                let bytes = file.as_encoded_bytes();
-                let plain = bytes.split(|&b| b == b':').next().unwrap_or(bytes);
-                let plain = String::from_utf8_lossy(plain).into_owned();
-                rustix::fs::renameat_with(
-                    dir.fd(sub),
-                    &file,
-                    inbox.fd(Sub::New),
-                    plain.as_str(),
-                    rustix::fs::RenameFlags::NOREPLACE,
-                )
-                .map_err(|e| io_error(format_args!("releasing {}", file.to_string_lossy()), e.into()))?;
-                inbox.sync(Sub::New)?;
-                dir.sync(sub)?;
-                inbox.forget_usage();
-                return Ok(inbox.dir(Sub::New).join(plain));
-            }
-        }
-        Err(StoreError::Vanished(format!("{folder}/{uidl}")))
     }
 
     /// The location template.
@@ -984,26 +931,6 @@ impl Mailbox for MaildirMailbox {
     }
 }
 
-/// What [`MaildirStore::expire`] did (or would do, in a dry run).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExpireReport {
-    /// Messages that expired: UIDL and why.
-    pub expired: Vec<(String, ExpiryReason)>,
-    /// Messages purged from the restore area (their window is over).
-    pub purged: usize,
-    /// True if the maildrop was in use and left alone.
-    pub skipped_in_use: bool,
-}
-
-/// A message in the restore area.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RemovedMessage {
-    /// Its UIDL, the same it had before removal.
-    pub uidl: String,
-    /// When it was removed, if the log knows.
-    pub removed_at: Option<SystemTime>,
-}
-
 impl MaildirStore {
     /// Applies `user`'s retention policy at `now`: expired messages are
     /// removed (into the restore area when the policy has a window), and
@@ -1120,6 +1047,65 @@ impl MaildirStore {
         Ok(report)
     }
 
+}
+
+impl MailstoreAdmin for MaildirStore {
+    /// `user`'s usage and quota (usage from `maildirsize`, rescanned only
+    /// when that file cannot be trusted).
+    ///
+    /// # Errors
+    ///
+    /// Filesystem errors.
+    fn usage(&self, user: &str) -> Result<(Usage, Quota), StoreError> {
+        let quota = self.policies.load().quota.for_user(user);
+        Ok((self.maildir(user)?.usage(&quota)?, quota))
+    }
+
+    /// Moves message `uidl` from `folder` (e.g. a Junk quarantine) into the
+    /// inbox's `new/`, byte for byte, under its own name (so its UIDL stays).
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidFolder`], [`StoreError::Vanished`] if no such
+    /// message, or filesystem errors.
+    fn release(&self, user: &str, folder: &str, uidl: &str) -> Result<String, StoreError> {
+        let inbox = self.maildir(user)?;
+        let Some(dir) = inbox.folder(folder, false)? else {
+            return Err(StoreError::Vanished(format!("{folder}/{uidl}")));
+        };
+        for sub in [Sub::New, Sub::Cur] {
+            let entries = dirs::read_names(dir.fd(sub))
+                .map_err(|e| io_error(format_args!("reading {}", dir.dir(sub).display()), e))?;
+            for (file, kind) in entries {
+                // Only regular files are messages; a link is not followed
+                // (renameat moves the link itself, but it has no business
+                // in the inbox either).
+                if !matches!(kind, rustix::fs::FileType::RegularFile | rustix::fs::FileType::Unknown)
+                    || name::uidl_for(name::base_of(&file)).as_str() != uidl
+                {
+                    continue;
+                }
+                // Drop the flags part: the message is new in the inbox.
+                let bytes = file.as_encoded_bytes();
+                let plain = bytes.split(|&b| b == b':').next().unwrap_or(bytes);
+                let plain = String::from_utf8_lossy(plain).into_owned();
+                rustix::fs::renameat_with(
+                    dir.fd(sub),
+                    &file,
+                    inbox.fd(Sub::New),
+                    plain.as_str(),
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .map_err(|e| io_error(format_args!("releasing {}", file.to_string_lossy()), e.into()))?;
+                inbox.sync(Sub::New)?;
+                dir.sync(sub)?;
+                inbox.forget_usage();
+                return Ok(inbox.dir(Sub::New).join(plain).display().to_string());
+            }
+        }
+        Err(StoreError::Vanished(format!("{folder}/{uidl}")))
+    }
+
     /// Brings messages back from the restore area into `cur/`, with their
     /// original names and so their original UIDLs; only those removed at
     /// or after `since`, if given. Their retention clock starts afresh.
@@ -1128,7 +1114,7 @@ impl MaildirStore {
     ///
     /// [`StoreError::InUse`] while a session holds the maildrop;
     /// [`StoreError::Io`] on filesystem errors.
-    pub fn restore(
+    fn restore(
         &self,
         user: &str,
         since: Option<SystemTime>,
@@ -1183,7 +1169,7 @@ impl MaildirStore {
     /// # Errors
     ///
     /// [`StoreError::Io`] on filesystem errors.
-    pub fn removed_messages(&self, user: &str) -> Result<Vec<RemovedMessage>, StoreError> {
+    fn removed_messages(&self, user: &str) -> Result<Vec<RemovedMessage>, StoreError> {
         let maildir = self.maildir(user)?;
         let log = maildir.load_log()?;
         Ok(maildir
@@ -1202,7 +1188,7 @@ impl MaildirStore {
     /// # Errors
     ///
     /// [`StoreError::Io`] on filesystem errors.
-    pub fn inspect(&self, user: &str) -> Result<Vec<MessageInfo>, StoreError> {
+    fn inspect(&self, user: &str) -> Result<Vec<MessageInfo>, StoreError> {
         let maildir = self.maildir(user)?;
         let mut messages = maildir.scan()?;
         let log = maildir.load_log()?;
@@ -1218,7 +1204,7 @@ impl MaildirStore {
     /// # Errors
     ///
     /// [`StoreError::Vanished`] if the file is gone; I/O errors otherwise.
-    pub fn head(&self, user: &str, info: &MessageInfo, limit: usize) -> Result<Vec<u8>, StoreError> {
+    fn head(&self, user: &str, info: &MessageInfo, limit: usize) -> Result<Vec<u8>, StoreError> {
         use std::io::Read;
         let maildir = self.maildir(user)?;
         let (sub, name) = info.key.as_maildir();
@@ -1243,7 +1229,7 @@ impl MaildirStore {
     /// # Errors
     ///
     /// [`StoreError::InUse`], or filesystem errors.
-    pub fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
+    fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
         let maildir = self.maildir(user)?;
         let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
         let messages = maildir.scan()?;
@@ -1266,6 +1252,39 @@ fn folder_dir_name(folder: &str) -> Result<String, StoreError> {
         return Err(StoreError::InvalidFolder(folder.to_owned()));
     }
     Ok(format!(".{folder}"))
+}
+
+/// The key of the Maildir file `name` in `sub`: `new/<name>` or
+/// `cur/<name>`, the name's bytes as they are (maildir(5) tells readers not
+/// to assume anything about names other programs write, not even UTF-8).
+pub(crate) fn maildir_key(sub: Sub, name: &OsStr) -> MessageKey {
+    use std::os::unix::ffi::OsStrExt;
+    let mut bytes = Vec::with_capacity(4 + name.len());
+    bytes.extend_from_slice(sub.as_str().as_bytes());
+    bytes.push(b'/');
+    bytes.extend_from_slice(name.as_bytes());
+    MessageKey::new(bytes)
+}
+
+/// Reading a [`MessageKey`] this backend made back into its parts.
+pub(crate) trait MaildirKey {
+    /// The subdirectory and file name. A key another backend made (a caller
+    /// bug) reads as a name in `cur/` that does not exist, so it is simply
+    /// [`StoreError::Vanished`].
+    fn as_maildir(&self) -> (Sub, &OsStr);
+}
+
+impl MaildirKey for MessageKey {
+    fn as_maildir(&self) -> (Sub, &OsStr) {
+        use std::os::unix::ffi::OsStrExt;
+        let bytes = self.as_bytes();
+        let (sub, name) = match bytes.split_at_checked(4) {
+            Some((b"new/", name)) => (Sub::New, name),
+            Some((b"cur/", name)) => (Sub::Cur, name),
+            _ => (Sub::Cur, &b"/"[..]),
+        };
+        (sub, OsStr::from_bytes(name))
+    }
 }
 
 /// The Maildir subdirectories.

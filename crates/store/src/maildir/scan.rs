@@ -16,8 +16,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
-use super::{Maildir, Sub, dirs, io_error, name};
-use crate::{MessageInfo, MessageKey, StoreError};
+use super::{Maildir, MaildirKey, Sub, dirs, io_error, name};
+use crate::{MessageInfo, StoreError};
 
 /// maildir(5): "When a cleaning program notices a file in tmp that has not
 /// been accessed in 36 hours, it deletes the file."
@@ -281,7 +281,7 @@ fn message_info(
         uidl: name::uidl_for(name::base_of(file_name)),
         size,
         received,
-        key: MessageKey::maildir(sub, file_name.to_os_string()),
+        key: super::maildir_key(sub, file_name),
         retrieved: None,
     }))
 }

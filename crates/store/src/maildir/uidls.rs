@@ -34,7 +34,7 @@ use rustix::fs::OFlags;
 use rustix::io::Errno;
 
 use super::scan::DirStamp;
-use super::{Maildir, io_error, name};
+use super::{Maildir, MaildirKey, io_error, name};
 use crate::{MessageInfo, StoreError, Uidl, is_valid_uidl};
 
 /// The file's name in the Maildir root.
