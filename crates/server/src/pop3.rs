@@ -670,48 +670,13 @@ impl Driver<'_> {
             if let Err(d) = svc.sessions.check_login_delay(user, delay, Instant::now()) {
                 return Err(LoginFailure::LoginDelay(d.as_secs() as u32));
             }
-            // Apply retention before the snapshot, so that what has expired
-            // (mail retrieved N days ago, or older than max_age) is not
-            // offered again.
-            // Only when the policy can expire anything: otherwise it is a
-            // second scan of the maildrop on every login for nothing (the
-            // restore area's purge is left to the timer).
-            let can_expire = policy.retrieved != Days::Never || policy.max_age != Days::Never;
-            let mut attempts = 0;
-            let opened = loop {
-                attempts += 1;
-                let expiry_skipped = can_expire
-                    && match svc.store.expire(user, SystemTime::now(), false) {
-                        Ok(report) => {
-                            crate::metrics::expiry(report.expired.len(), report.purged);
-                            report.skipped_in_use
-                        }
-                        Err(e) => {
-                            warn!(%user, error = %e, "expiry at login failed");
-                            false
-                        }
-                    };
-                let opened = svc.store.open(user);
-                let retry = match &opened {
-                    // The lock may be held for a moment by something that
-                    // is not a session: the expiry timer, an admin command.
-                    // Only a session of this user means [IN-USE]; otherwise
-                    // wait briefly (RFC 1939 asks for exclusive access, not
-                    // for refusing at random).
-                    Err(StoreError::InUse) => !svc.sessions.has_user(user),
-                    // The expiry found the maildrop held (say, by a session
-                    // that is still in UPDATE) and the lock came free before
-                    // the snapshot: expire first, or expired mail is offered
-                    // again.
-                    Ok(_) => expiry_skipped,
-                    Err(_) => false,
-                };
-                if !retry || attempts >= 40 {
-                    break opened;
-                }
-                drop(opened);
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            };
+            // Login-time retention is the store's: open expires under the
+            // lock it takes, and waits briefly for maintenance holding it.
+            let opened = svc.store.open(user);
+            if let Ok(mailbox) = &opened {
+                let expired = mailbox.expired_at_open();
+                crate::metrics::expiry(expired.expired.len(), expired.purged);
+            }
             match opened {
                 Ok(mailbox) => {
                     // Under the maildrop lock: one writer per history file.
@@ -1049,23 +1014,15 @@ impl Driver<'_> {
         let Ok(mailbox) = Arc::try_unwrap(mailbox) else {
             return UpdateResult::Failed("maildrop busy".into());
         };
-        let mut mailbox = mailbox.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mailbox = mailbox.into_inner().unwrap_or_else(|p| p.into_inner());
         let user = mailbox.user().to_string();
         let requested = deleted.len();
         let retrieved: Vec<usize> = std::mem::take(&mut self.retrieved).into_iter().collect();
-        // RFC 2449 §6.7 EXPIRE 0: what was retrieved in this session is
-        // removed at its end, whether or not the client sent DELE.
-        let mut remove = deleted;
-        if self.policy.retrieved == Days::After(0) {
-            remove.extend(&retrieved);
-            remove.sort_unstable();
-            remove.dedup();
-        }
         let history = self.history.take();
         let result = tokio::task::spawn_blocking(move || {
-            if let Err(e) = mailbox.record_retrievals(&retrieved, SystemTime::now()) {
-                warn!(user = %mailbox.user(), error = %e, "cannot record retrievals");
-            }
+            // The store applies EXPIRE 0 (RFC 2449 §6.7); this is what it
+            // will remove, for the history.
+            let remove = mailbox.removals(&deleted, &retrieved);
             let uidls = |indices: &[usize]| -> Vec<String> {
                 indices
                     .iter()
@@ -1083,7 +1040,7 @@ impl Driver<'_> {
                     warn!(user = %mailbox.user(), error = %e, "cannot record the session in the login history");
                 }
             }
-            mailbox.commit(&remove)
+            mailbox.commit(&deleted, &retrieved)
         })
         .await
         .map_err(|e| e.to_string());

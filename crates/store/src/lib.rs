@@ -87,13 +87,22 @@ pub trait Mailstore: Send + Sync + 'static {
     /// (`tmp/`, `new/`, `cur/`, mode 0700) if it does not exist yet, so a
     /// user who never received mail sees an empty maildrop.
     ///
+    /// Login-time retention happens here, under the lock just taken and
+    /// before the snapshot, when the user's policy can expire anything:
+    /// mail retrieved N days ago or older than `max_age` is removed as
+    /// [`expire`](Mailstore::expire) would, so it is never offered again
+    /// ([`Mailbox::expired_at_open`] says what went). A failure of that
+    /// expiry is logged and the maildrop opens all the same.
+    ///
     /// Dropping the returned [`Mailbox`] without calling
     /// [`Mailbox::commit`] releases the lock and changes nothing (RFC 1939
     /// §6: no UPDATE when the connection is lost).
     ///
     /// # Errors
     ///
-    /// * [`StoreError::InUse`] if another session holds the lock.
+    /// * [`StoreError::InUse`] if another session holds the lock. Brief
+    ///   maintenance (an expiry run, a restore) is waited for, for a
+    ///   bounded time, rather than refused.
     /// * [`StoreError::NoSuchUser`] if the user name cannot name a maildrop.
     /// * [`StoreError::Io`] / [`StoreError::DiskFull`] on filesystem errors.
     fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError>;
@@ -283,13 +292,45 @@ pub trait Mailbox: Send {
         None
     }
 
-    /// Performs the POP3 UPDATE state (RFC 1939 §6) and releases the lock.
+    /// The retention policy the maildrop was opened with; a configuration
+    /// reload during the session does not change it.
+    fn policy(&self) -> &retention::Policy;
+
+    /// What login-time expiry removed before the snapshot was taken
+    /// ([`Mailstore::open`]), for metrics and logs.
+    fn expired_at_open(&self) -> &ExpireReport;
+
+    /// The indices [`commit`](Mailbox::commit) removes for `deleted` and
+    /// `retrieved`, sorted and without duplicates: the ones marked deleted
+    /// and, under RFC 2449 §6.7 `EXPIRE 0` (a policy of
+    /// [`Days::After(0)`](retention::Days::After) for retrieved mail), every
+    /// one retrieved in the session, whether or not the client sent DELE.
+    /// The one place that rule lives; callers use it to record what an
+    /// UPDATE will remove (the login history) before committing.
+    fn removals(&self, deleted: &[usize], retrieved: &[usize]) -> Vec<usize> {
+        let mut remove = deleted.to_vec();
+        if self.policy().retrieved == retention::Days::After(0) {
+            remove.extend_from_slice(retrieved);
+        }
+        remove.sort_unstable();
+        remove.dedup();
+        remove
+    }
+
+    /// Ends the session (RFC 1939 §6 UPDATE) and releases the lock.
     ///
-    /// Removes the messages at the given indices (duplicates are ignored)
-    /// and nothing else. Backends may also record that the surviving
-    /// messages have been seen (Maildir moves them from `new/` to `cur/`).
-    /// A message that is already gone counts as removed. The lock is
-    /// released whether this succeeds or fails.
+    /// First durably records that the messages at `retrieved` were
+    /// retrieved now, for those not recorded before (the first retrieval
+    /// starts the retention clock); a failure there is logged, not an
+    /// error: the messages are then simply kept longer. Then removes
+    /// exactly [`removals(deleted, retrieved)`](Mailbox::removals) and
+    /// nothing else. Backends may also record that the surviving messages
+    /// have been seen (Maildir moves them from `new/` to `cur/`). A message
+    /// that is already gone counts as removed. The lock is released whether
+    /// this succeeds or fails.
+    ///
+    /// A session that ends without QUIT still calls this with empty
+    /// `deleted`, so its retrievals count.
     ///
     /// # Errors
     ///
@@ -304,17 +345,18 @@ pub trait Mailbox: Send {
     /// failure to write the retention log once messages are in the restore
     /// area: they are removed and restorable all the same (their restore
     /// window then starts at the next expiry run), and the report says so.
-    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError>;
+    fn commit(self: Box<Self>, deleted: &[usize], retrieved: &[usize]) -> Result<CommitReport, StoreError>;
 
     /// Durably records that the messages at `indices` were retrieved at
-    /// `when`, for those not recorded before (the first retrieval starts
-    /// the retention clock). Called once at the end of a session, whether
-    /// it ends with QUIT or not.
+    /// `when`, for those not recorded before. [`commit`](Mailbox::commit)
+    /// does this itself with the time of the UPDATE; this is for tools and
+    /// tests that need another time.
     ///
     /// # Errors
     ///
+    /// [`StoreError::NoSuchMessage`] for an index out of range;
     /// [`StoreError::Io`] / [`StoreError::DiskFull`] if the record could
-    /// not be made durable; the messages are then simply kept longer.
+    /// not be made durable.
     fn record_retrievals(&mut self, indices: &[usize], when: SystemTime) -> Result<(), StoreError>;
 }
 

@@ -390,7 +390,7 @@ fn commit_releases_the_lock() {
     fx.deliver("u", b"x\n");
     let first = fx.open("u");
     assert!(matches!(fx.store.open("u"), Err(StoreError::InUse)));
-    first.commit(&[]).unwrap();
+    first.commit(&[], &[]).unwrap();
     fx.open("u");
 }
 
@@ -399,7 +399,7 @@ fn failed_commit_releases_the_lock_and_removes_nothing() {
     let fx = Fixture::new();
     fx.deliver("u", b"x\n");
     let mb = fx.open("u");
-    let err = mb.commit(&[0, 5]).unwrap_err();
+    let err = mb.commit(&[0, 5], &[]).unwrap_err();
     assert!(
         matches!(err, StoreError::NoSuchMessage { index: 5 }),
         "{err:?}"
@@ -452,7 +452,7 @@ fn commit_deletes_only_marked_and_moves_the_rest_to_cur() {
         set_mtime(std::path::Path::new(&d.location), t0 + Duration::from_secs(i as u64));
     }
     let mb = fx.open("u");
-    let report = mb.commit(&[1, 3, 3]).unwrap();
+    let report = mb.commit(&[1, 3, 3], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (2, 0));
     let md = fx.maildir("u");
     assert!(names(&md.join("new")).is_empty());
@@ -480,7 +480,7 @@ fn mail_delivered_during_a_session_stays_new() {
     let mb = fx.open("u");
     let late = fx.deliver("u", b"late\n");
     assert_eq!(mb.messages().len(), 1, "the snapshot is fixed");
-    mb.commit(&[]).unwrap();
+    mb.commit(&[], &[]).unwrap();
     assert!(std::path::Path::new(&late.location).exists(), "not seen by the client, so not moved");
 }
 
@@ -495,7 +495,7 @@ fn uidl_is_stable_across_commit_and_reopen() {
         before.key.to_string(),
         format!("new/{}", std::path::Path::new(&d.location).file_name().unwrap().to_str().unwrap())
     );
-    first.commit(&[]).unwrap();
+    first.commit(&[], &[]).unwrap();
 
     let again = fx.open("u");
     let after = &again.messages()[0];
@@ -513,7 +513,7 @@ fn externally_removed_message_counts_as_removed() {
     let mb = fx.open("u");
     fs::remove_file(std::path::Path::new(&d.location)).unwrap();
     assert!(matches!(mb.open_message(0), Err(StoreError::Vanished(_))));
-    let report = mb.commit(&[0]).unwrap();
+    let report = mb.commit(&[0], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (1, 0));
 }
 
@@ -527,7 +527,7 @@ fn message_moved_by_another_program_is_still_served_and_deleted() {
     let moved = fx.maildir("u").join("cur").join(format!("{name}:2,RS"));
     fs::rename(std::path::Path::new(&d.location), &moved).unwrap();
     assert_eq!(read_all(mb.open_message(0).unwrap()), b"moved\n");
-    let report = mb.commit(&[0]).unwrap();
+    let report = mb.commit(&[0], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (1, 0));
     assert!(!moved.exists());
 }
@@ -543,7 +543,7 @@ fn unremovable_message_counts_as_failed() {
     fs::remove_file(std::path::Path::new(&d.location)).unwrap();
     fs::create_dir(std::path::Path::new(&d.location)).unwrap();
     fs::write(std::path::Path::new(&d.location).join("f"), b"").unwrap();
-    let report = mb.commit(&[0, 1]).unwrap();
+    let report = mb.commit(&[0, 1], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (1, 1));
 }
 
@@ -767,7 +767,7 @@ fn store_is_usable_as_a_trait_object_across_threads() {
     })
     .join()
     .unwrap();
-    assert_eq!(mb.commit(&[0]).unwrap().removed, 1);
+    assert_eq!(mb.commit(&[0], &[]).unwrap().removed, 1);
     assert!(store.open("u").unwrap().messages().is_empty());
 }
 

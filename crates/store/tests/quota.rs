@@ -20,7 +20,7 @@ fn message_quota_refuses_the_next_delivery_and_frees_up_after_deletion() {
     assert!(matches!(s.deliver("u", &mut &b"c\n"[..]), Err(StoreError::OverQuota(_))));
     assert_eq!(s.usage("u").unwrap().0, Usage { bytes: 6, messages: 2 });
     // A POP3 session deletes one: room again, without a rescan.
-    s.open("u").unwrap().commit(&[0]).unwrap();
+    s.open("u").unwrap().commit(&[0], &[]).unwrap();
     assert_eq!(s.usage("u").unwrap().0, Usage { bytes: 3, messages: 1 });
     s.deliver("u", &mut &b"c\n"[..]).unwrap();
 }

@@ -163,19 +163,20 @@ fn expiry_never_touches_a_maildrop_held_by_a_session() {
     let s = store(
         &dir,
         Policy {
-            max_age: Days::After(0),
+            // A day, not 0: opening the session applies expiry itself.
+            max_age: Days::After(1),
             ..Policy::default()
         },
     );
     deliver(&s, 2);
     let session = s.open("alice").unwrap();
-    let report = s.expire("alice", SystemTime::now() + DAY, false).unwrap();
+    let report = s.expire("alice", SystemTime::now() + 2 * DAY, false).unwrap();
     assert!(report.skipped_in_use);
     assert!(report.expired.is_empty());
     drop(session);
     assert_eq!(uidls(&s).len(), 2);
     assert_eq!(
-        s.expire("alice", SystemTime::now() + DAY, false)
+        s.expire("alice", SystemTime::now() + 2 * DAY, false)
             .unwrap()
             .expired
             .len(),
@@ -197,7 +198,7 @@ fn restore_window_moves_aside_and_restore_keeps_uidls() {
     let before = uidls(&s);
     // A POP3 session deletes two messages.
     let mb = s.open("alice").unwrap();
-    let report = mb.commit(&[0, 2]).unwrap();
+    let report = mb.commit(&[0, 2], &[]).unwrap();
     assert_eq!(report.removed, 2);
     assert_eq!(uidls(&s), vec![before[1].clone()]);
     let removed = s.removed_messages("alice").unwrap();
@@ -256,7 +257,7 @@ fn removed_messages_are_purged_after_the_window() {
     );
     deliver(&s, 2);
     let mb = s.open("alice").unwrap();
-    mb.commit(&[0]).unwrap();
+    mb.commit(&[0], &[]).unwrap();
     let now = SystemTime::now();
     assert_eq!(s.expire("alice", now + 6 * DAY, false).unwrap().purged, 0);
     assert_eq!(s.removed_messages("alice").unwrap().len(), 1);
@@ -275,7 +276,7 @@ fn without_a_window_deletion_is_final() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir, Policy::default());
     deliver(&s, 1);
-    s.open("alice").unwrap().commit(&[0]).unwrap();
+    s.open("alice").unwrap().commit(&[0], &[]).unwrap();
     assert!(s.removed_messages("alice").unwrap().is_empty());
     assert!(!dir.path().join("alice/.pobox-deleted").exists());
 }

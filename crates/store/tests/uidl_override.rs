@@ -181,7 +181,7 @@ fn assigned_uidls_survive_new_to_cur_and_sessions_and_reruns() {
     );
     assert_eq!(uidls(&store, "alice"), ["00000001663a1b2c"]);
     // A session that commits moves new/ -> cur/ (flags change the name).
-    store.open("alice").unwrap().commit(&[]).unwrap();
+    store.open("alice").unwrap().commit(&[], &[]).unwrap();
     assert!(fs::read_dir(f.root("alice").join("cur")).unwrap().count() == 1);
     assert_eq!(uidls(&store, "alice"), ["00000001663a1b2c"]);
     let import = store.begin_import("alice").unwrap();
@@ -284,7 +284,7 @@ fn a_message_keeps_its_imported_uidl_through_the_restore_area() {
             &mut &msg(2)[..],
         )
         .unwrap();
-    store.open("alice").unwrap().commit(&[0, 1]).unwrap();
+    store.open("alice").unwrap().commit(&[0, 1], &[]).unwrap();
     assert!(uidls(&store, "alice").is_empty());
     let mut removed: Vec<String> = store
         .removed_messages("alice")

@@ -354,7 +354,17 @@ impl Mailstore for MaildirStore {
         let maildir = self.maildir(user)?;
         // Lock first, then look: the snapshot must be taken under the lock so
         // that two sessions never both believe they own a message.
-        let lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
+        let lock = self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Session)?;
+        let policy = self.policies.load().retention.for_user(user);
+        // Retention before the snapshot, under the lock just taken, so
+        // what has expired is not offered again.
+        let expired = match policy.can_expire() {
+            false => ExpireReport::default(),
+            true => self.expire_locked(&maildir, user, &policy, SystemTime::now(), false).unwrap_or_else(|e| {
+                tracing::warn!(%user, error = %e, "expiry at login failed");
+                ExpireReport::default()
+            }),
+        };
         maildir.reap_tmp();
         // Shared with the listing cache (and other sessions' snapshots) as
         // long as nothing needs changing in it.
@@ -375,7 +385,8 @@ impl Mailstore for MaildirStore {
             user: user.to_owned(),
             root: maildir.into_session_root()?,
             messages,
-            policy: self.policies.load().retention.for_user(user),
+            policy,
+            expired,
             lock,
         }))
     }
@@ -833,6 +844,7 @@ struct MaildirMailbox {
     /// `Arc::make_mut`.
     messages: Arc<Vec<MessageInfo>>,
     policy: Policy,
+    expired: ExpireReport,
     lock: lock::MaildropLock,
 }
 
@@ -882,12 +894,29 @@ impl Mailbox for MaildirMailbox {
         }
     }
 
-    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError> {
+    fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    fn expired_at_open(&self) -> &ExpireReport {
+        &self.expired
+    }
+
+    fn commit(mut self: Box<Self>, deleted: &[usize], retrieved: &[usize]) -> Result<CommitReport, StoreError> {
+        let remove = self.removals(deleted, retrieved);
+        if let Some(&bad) = remove.iter().find(|&&i| i >= self.messages.len()) {
+            return Err(StoreError::NoSuchMessage { index: bad });
+        }
+        let now = SystemTime::now();
+        if let Err(e) = self.record_retrievals(retrieved, now) {
+            tracing::warn!(user = %self.user, error = %e, "cannot record retrievals");
+        }
         let this = *self;
         let aside = this.policy.restore_days > 0;
-        let result = this.root.reopen().and_then(|maildir| {
-            commit::commit(&maildir, &this.messages, deleted, aside, SystemTime::now())
-        });
+        let result = this
+            .root
+            .reopen()
+            .and_then(|maildir| commit::commit(&maildir, &this.messages, &remove, aside, now));
         // Explicit for the reader: the lock goes only after the removals are
         // durable (or have failed), never before.
         drop(this.lock);
@@ -950,7 +979,7 @@ impl MaildirStore {
         dry_run: bool,
     ) -> Result<ExpireReport, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = match self.locks.acquire(maildir.lock_key()?, maildir.path()) {
+        let _lock = match self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Maintenance) {
             Ok(l) => l,
             Err(StoreError::InUse) => {
                 return Ok(ExpireReport {
@@ -961,6 +990,20 @@ impl MaildirStore {
             Err(e) => return Err(e),
         };
         let policy = self.policies.load().retention.for_user(user);
+        self.expire_locked(&maildir, user, &policy, now, dry_run)
+    }
+
+    /// [`expire`](MaildirStore::expire) for a caller that holds the
+    /// maildrop lock (a session's open, or `expire` itself).
+    fn expire_locked(
+        &self,
+        maildir: &Maildir,
+        user: &str,
+        policy: &Policy,
+        now: SystemTime,
+        dry_run: bool,
+    ) -> Result<ExpireReport, StoreError> {
+        let policy = policy.clone();
         let messages = maildir.scan()?;
         let log = maildir.load_log()?;
         let mut report = ExpireReport::default();
@@ -989,7 +1032,7 @@ impl MaildirStore {
         }
         if !expired.is_empty() {
             let commit =
-                commit::commit(&maildir, &messages, &expired, policy.restore_days > 0, now)?;
+                commit::commit(maildir, &messages, &expired, policy.restore_days > 0, now)?;
             if commit.unlogged {
                 tracing::warn!(%user, "expired messages are in the restore area, but their removal was not logged");
             }
@@ -1121,7 +1164,7 @@ impl MailstoreAdmin for MaildirStore {
         now: SystemTime,
     ) -> Result<Vec<String>, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
+        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Maintenance)?;
         let log = maildir.load_log()?;
         let Some(area) = maildir.restore_area(false)? else {
             return Ok(Vec::new());
@@ -1231,7 +1274,7 @@ impl MailstoreAdmin for MaildirStore {
     /// [`StoreError::InUse`], or filesystem errors.
     fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
         let maildir = self.maildir(user)?;
-        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
+        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Maintenance)?;
         let messages = maildir.scan()?;
         let all: Vec<usize> = (0..messages.len()).collect();
         let aside = self.policies.load().retention.for_user(user).restore_days > 0;
