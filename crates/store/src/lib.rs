@@ -42,15 +42,13 @@
 //!
 //! # Layout
 //!
-//! * `lib.rs`: the traits, the value types and [`StoreError`].
-//! * `maildir/mod.rs`: [`MailLocation`], [`MaildirStore`], [`Maildir`] and
-//!   the one errno table.
-//! * `maildir/deliver.rs`: the single writer (tmp → fsync → new → fsync dir).
-//! * `maildir/name.rs`: unique names, host escaping, UIDL from a file name.
-//! * `maildir/scan.rs`: listing `new/` + `cur/`, sizes, `tmp/` reaping.
-//! * `maildir/cache.rs`: big maildrops' listings kept between sessions.
-//! * `maildir/commit.rs`: POP3 UPDATE.
-//! * `maildir/lock.rs`: the maildrop lock.
+//! * `lib.rs`: the port: the traits ([`Mailstore`], [`Mailbox`],
+//!   [`MailstoreAdmin`]), the neutral value types and [`StoreError`]. No
+//!   backend's shapes (paths, file names) appear here.
+//! * `retention.rs`, `quota.rs`: the backend-neutral policies.
+//! * `maildir/`: the Maildir backend (its `mod.rs` maps its files).
+//! * `memory.rs` (feature `memory`): [`MemoryStore`], the in-memory
+//!   backend the behaviour suite (`tests/behaviour.rs`) runs beside Maildir.
 //! * `history.rs`: the per-user login history (which credential took what).
 
 #![forbid(unsafe_code)]
