@@ -62,6 +62,8 @@ use std::time::SystemTime;
 
 pub mod history;
 pub mod maildir;
+#[cfg(feature = "memory")]
+mod memory;
 pub mod quota;
 pub mod retention;
 
@@ -69,6 +71,8 @@ pub use maildir::{
     AssignOutcome, BaseIndex, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir,
     MaildirStore, NamedDelivery, UserImport, wire_size_of,
 };
+#[cfg(feature = "memory")]
+pub use memory::MemoryStore;
 
 /// A storage backend holding the maildrops of many users.
 ///
@@ -407,6 +411,27 @@ impl Uidl {
     pub fn is_valid(s: &str) -> bool {
         is_valid_uidl(s.as_bytes())
     }
+}
+
+/// The folder names every backend accepts (Sieve `fileinto`, checked
+/// strictly because they come from users' scripts): 1 to 255 characters,
+/// letters, digits and ` _-+.@`, not starting with `.`, no `..`, not
+/// `INBOX` (the maildrop itself).
+///
+/// # Errors
+///
+/// [`StoreError::InvalidFolder`] for any other name.
+pub(crate) fn check_folder_name(folder: &str) -> Result<(), StoreError> {
+    let ok = !folder.is_empty()
+        && folder.len() <= 255
+        && !folder.starts_with('.')
+        && !folder.contains("..")
+        && !folder.eq_ignore_ascii_case("INBOX")
+        && folder.chars().all(|c| c.is_alphanumeric() || " _-+.@".contains(c));
+    if !ok {
+        return Err(StoreError::InvalidFolder(folder.to_owned()));
+    }
+    Ok(())
 }
 
 /// True if `b` is 1..=70 octets, each in 0x21..=0x7E (RFC 1939 §7).

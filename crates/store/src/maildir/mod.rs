@@ -547,15 +547,7 @@ impl Maildir {
 /// The Maildir++ folder directory name for `folder` (`.<folder>`).
 /// Names are checked strictly: they come from Sieve scripts.
 fn folder_dir_name(folder: &str) -> Result<String, StoreError> {
-    let ok = !folder.is_empty()
-        && folder.len() <= 255
-        && !folder.starts_with('.')
-        && !folder.contains("..")
-        && !folder.eq_ignore_ascii_case("INBOX")
-        && folder.chars().all(|c| c.is_alphanumeric() || " _-+.@".contains(c));
-    if !ok {
-        return Err(StoreError::InvalidFolder(folder.to_owned()));
-    }
+    crate::check_folder_name(folder)?;
     Ok(format!(".{folder}"))
 }
 
