@@ -281,6 +281,34 @@ mod tests {
     }
 
     #[test]
+    fn a_session_waits_for_maintenance_but_not_for_a_session() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let drop_dir = dir.path().join("u");
+        std::fs::create_dir(&drop_dir).unwrap();
+        let meta = std::fs::metadata(&drop_dir).unwrap();
+        let key = (meta.dev(), meta.ino());
+        let t = table(dir.path());
+        // Maintenance that ends: the session's open gets the lock, woken
+        // by the release (whether it was already waiting or not).
+        let maintenance = t.acquire(key, &drop_dir, Holder::Maintenance).unwrap();
+        let waiter = {
+            let (t, d) = (Arc::clone(&t), drop_dir.clone());
+            std::thread::spawn(move || t.acquire(key, &d, Holder::Session).map(drop))
+        };
+        drop(maintenance);
+        waiter.join().unwrap().expect("maintenance finished, so the session opens");
+        // Maintenance never waits, and a session never waits for a session.
+        let session = t.acquire(key, &drop_dir, Holder::Session).unwrap();
+        assert!(matches!(t.acquire(key, &drop_dir, Holder::Maintenance), Err(StoreError::InUse)));
+        assert!(matches!(t.acquire(key, &drop_dir, Holder::Session), Err(StoreError::InUse)));
+        drop(session);
+        // Maintenance that does not end within the bound: [IN-USE] after all.
+        let _stuck = t.acquire(key, &drop_dir, Holder::Maintenance).unwrap();
+        assert!(matches!(t.acquire(key, &drop_dir, Holder::Session), Err(StoreError::InUse)));
+    }
+
+    #[test]
     fn two_tables_on_one_file_conflict_like_two_processes() {
         let dir = tempfile::tempdir().unwrap();
         let drop_dir = dir.path().join("u");
