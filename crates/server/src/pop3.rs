@@ -90,8 +90,10 @@ pub(crate) async fn serve(
         Stream::Plain(tcp)
     };
     let secure = stream.is_tls();
-    let (expire, expire_per_user) = svc.config.retention.advertised_expire();
-    let login_delay = svc.config.retention.advertised_login_delay();
+    // The store's retention policies, the only copy (CAPA is derived from them).
+    let retention = svc.store.retention();
+    let (expire, expire_per_user) = retention.advertised_expire();
+    let login_delay = retention.advertised_login_delay();
     let config = SessionConfig {
         greeting: "pobox POP3 server ready".into(),
         secure,

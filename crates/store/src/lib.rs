@@ -139,6 +139,11 @@ pub trait Mailstore: Send + Sync + 'static {
     /// `user`'s retention policy.
     fn policy(&self, user: &str) -> retention::Policy;
 
+    /// The retention policies in use now, global and per user: the one
+    /// copy of them (the server derives CAPA `EXPIRE` and `LOGIN-DELAY`
+    /// from it; a reload replaces it in the store).
+    fn retention(&self) -> std::sync::Arc<retention::RetentionConfig>;
+
     /// Delivers into one of `user`'s folders (Sieve `fileinto`), which POP3
     /// does not show. The same single writer and durability as
     /// [`deliver`](Mailstore::deliver).

@@ -282,6 +282,10 @@ impl Mailstore for MemoryStore {
         })
     }
 
+    fn retention(&self) -> Arc<RetentionConfig> {
+        Arc::clone(&self.retention)
+    }
+
     fn policy(&self, user: &str) -> Policy {
         self.retention.for_user(user)
     }

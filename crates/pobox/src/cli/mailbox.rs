@@ -255,7 +255,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
         }
         MailboxCommand::Purge { user, dry_run, yes } => {
             ensure_user(&users, &user)?;
-            let window = store.retention().for_user(&user).restore_days;
+            let window = pobox_store::Mailstore::policy(&store, &user).restore_days;
             let messages = store.inspect(&user)?;
             let bytes: u64 = messages.iter().map(|m| m.size).sum();
             let fate = if window > 0 {

@@ -143,11 +143,6 @@ impl MaildirStore {
         self
     }
 
-    /// The retention policies in use now.
-    #[must_use]
-    pub fn retention(&self) -> Arc<RetentionConfig> {
-        Arc::clone(&self.policies.load().retention)
-    }
 
     /// Applies quotas to deliveries.
     #[must_use]
@@ -266,6 +261,10 @@ impl Mailstore for MaildirStore {
 
     fn expire(&self, user: &str, now: SystemTime, dry_run: bool) -> Result<ExpireReport, StoreError> {
         MaildirStore::expire(self, user, now, dry_run)
+    }
+
+    fn retention(&self) -> Arc<RetentionConfig> {
+        Arc::clone(&self.policies.load().retention)
     }
 
     fn policy(&self, user: &str) -> Policy {
