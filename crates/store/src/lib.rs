@@ -46,6 +46,7 @@
 //!   [`MailstoreAdmin`]), the neutral value types and [`StoreError`]. No
 //!   backend's shapes (paths, file names) appear here.
 //! * `retention.rs`, `quota.rs`: the backend-neutral policies.
+//! * `stamp.rs`: [`stamp::FileStamp`], "has this file changed" for caches.
 //! * `maildir/`: the Maildir backend (its `mod.rs` maps its files).
 //! * `memory.rs` (feature `memory`): [`MemoryStore`], the in-memory
 //!   backend the behaviour suite (`tests/behaviour.rs`) runs beside Maildir.
@@ -66,6 +67,7 @@ pub mod maildir;
 mod memory;
 pub mod quota;
 pub mod retention;
+pub mod stamp;
 
 pub use maildir::{
     AssignOutcome, BaseIndex, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir,
