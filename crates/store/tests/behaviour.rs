@@ -114,7 +114,9 @@ fn one_session_per_maildrop_and_drop_releases_without_changes(make: Make) {
     let s = make(Setup::default());
     deliver(&s, "alice", "a\n");
     let first = s.open("alice").unwrap();
-    assert!(matches!(s.open("alice"), Err(StoreError::InUse)));
+    let err = s.open("alice").err().expect("a second session must be refused");
+    assert!(matches!(err, StoreError::InUse), "{err:?}");
+    assert!(err.is_temporary(), "[IN-USE] is temporary");
     s.open("bob").expect("another user's maildrop is independent");
     drop(first);
     let again = s.open("alice").expect("released on drop");
@@ -286,6 +288,16 @@ fn purge_removes_everything_but_not_under_a_session(make: Make) {
     drop(session);
     assert_eq!(s.purge("alice", SystemTime::now()).unwrap().removed, 2);
     assert!(uidls(&s, "alice").is_empty());
+    assert!(s.removed_messages("alice").unwrap().is_empty(), "no window: final");
+}
+
+fn purge_with_a_window_keeps_mail_restorable(make: Make) {
+    let s = make(Setup { policy: Policy { restore_days: 1, ..Policy::default() }, ..Setup::default() });
+    let d = deliver(&s, "alice", "a\n");
+    let report = s.purge("alice", SystemTime::now()).unwrap();
+    assert_eq!((report.removed, report.restorable), (1, 1));
+    assert_eq!(s.removed_messages("alice").unwrap().len(), 1);
+    assert_eq!(s.restore("alice", None, SystemTime::now()).unwrap(), vec![d.uidl.into_string()]);
 }
 
 fn size_limit_refuses_and_keeps_nothing(make: Make) {
@@ -366,6 +378,7 @@ behaviour!(
     removed_mail_is_restorable_within_the_window_and_purged_after,
     without_a_window_removal_is_final,
     purge_removes_everything_but_not_under_a_session,
+    purge_with_a_window_keeps_mail_restorable,
     size_limit_refuses_and_keeps_nothing,
     quota_counts_wire_octets_and_refuses_over_it,
     folders_are_hidden_from_pop3_and_releasable,

@@ -372,29 +372,6 @@ fn open_creates_an_empty_maildrop() {
 }
 
 #[test]
-fn second_open_is_in_use_until_drop() {
-    let fx = Fixture::new();
-    let first = fx.open("u");
-    let err = fx.store.open("u").err().expect("second open must fail");
-    assert!(matches!(err, StoreError::InUse), "{err:?}");
-    assert!(err.is_temporary());
-    // Another user is unaffected.
-    let _other = fx.open("v");
-    drop(first);
-    fx.open("u");
-}
-
-#[test]
-fn commit_releases_the_lock() {
-    let fx = Fixture::new();
-    fx.deliver("u", b"x\n");
-    let first = fx.open("u");
-    assert!(matches!(fx.store.open("u"), Err(StoreError::InUse)));
-    first.commit(&[], &[]).unwrap();
-    fx.open("u");
-}
-
-#[test]
 fn failed_commit_releases_the_lock_and_removes_nothing() {
     let fx = Fixture::new();
     fx.deliver("u", b"x\n");

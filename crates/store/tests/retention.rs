@@ -140,51 +140,6 @@ fn max_age_removes_old_unretrieved_mail() {
 }
 
 #[test]
-fn dry_run_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(
-        &dir,
-        Policy {
-            max_age: Days::After(1),
-            ..Policy::default()
-        },
-    );
-    deliver(&s, 2);
-    let report = s
-        .expire("alice", SystemTime::now() + 2 * DAY, true)
-        .unwrap();
-    assert_eq!(report.expired.len(), 2);
-    assert_eq!(uidls(&s).len(), 2);
-}
-
-#[test]
-fn expiry_never_touches_a_maildrop_held_by_a_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(
-        &dir,
-        Policy {
-            // A day, not 0: opening the session applies expiry itself.
-            max_age: Days::After(1),
-            ..Policy::default()
-        },
-    );
-    deliver(&s, 2);
-    let session = s.open("alice").unwrap();
-    let report = s.expire("alice", SystemTime::now() + 2 * DAY, false).unwrap();
-    assert!(report.skipped_in_use);
-    assert!(report.expired.is_empty());
-    drop(session);
-    assert_eq!(uidls(&s).len(), 2);
-    assert_eq!(
-        s.expire("alice", SystemTime::now() + 2 * DAY, false)
-            .unwrap()
-            .expired
-            .len(),
-        2
-    );
-}
-
-#[test]
 fn restore_window_moves_aside_and_restore_keeps_uidls() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(
@@ -279,31 +234,6 @@ fn without_a_window_deletion_is_final() {
     s.open("alice").unwrap().commit(&[0], &[]).unwrap();
     assert!(s.removed_messages("alice").unwrap().is_empty());
     assert!(!dir.path().join("alice/.pobox-deleted").exists());
-}
-
-#[test]
-fn purge_and_restore_refuse_a_locked_maildrop() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(
-        &dir,
-        Policy {
-            restore_days: 1,
-            ..Policy::default()
-        },
-    );
-    deliver(&s, 1);
-    let session = s.open("alice").unwrap();
-    assert!(matches!(
-        s.purge("alice", SystemTime::now()),
-        Err(StoreError::InUse)
-    ));
-    assert!(matches!(
-        s.restore("alice", None, SystemTime::now()),
-        Err(StoreError::InUse)
-    ));
-    drop(session);
-    assert_eq!(s.purge("alice", SystemTime::now()).unwrap().removed, 1);
-    assert_eq!(s.removed_messages("alice").unwrap().len(), 1);
 }
 
 #[test]
