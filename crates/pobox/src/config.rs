@@ -349,7 +349,7 @@ impl Settings {
             provider: ac.provider.clone(),
             submission: ac.submission.clone(),
             login: ac.login,
-            leave_on_server: match self.server.retention.default.retrieved {
+            leave_on_server: match self.retention.default.retrieved {
                 Days::After(n) if n > 0 => LeaveOnServer::Days(n),
                 _ => LeaveOnServer::No,
             },
@@ -659,6 +659,9 @@ pub struct Settings {
     pub acme: Option<pobox_server::acme::AcmeConfig>,
     /// `[autoconfig]`, validated (listeners empty: off).
     pub autoconfig: AutoconfigSettings,
+    /// `[retention]`: handed to the store, which holds the only copy a
+    /// running server uses (`Mailstore::retention`).
+    pub retention: RetentionConfig,
 }
 
 /// SMTP listens on port 25 by default (issue 4); `smtp = []` or `--smtp none`
@@ -756,7 +759,6 @@ impl Settings {
             allow_plaintext_auth: raw.allow_plaintext_auth.unwrap_or(false),
             plaintext_auth_on_loopback: raw.plaintext_auth_on_loopback.unwrap_or(true),
             apop: raw.apop.unwrap_or(false),
-            retention,
             top_counts_as_retrieval,
             expire_interval,
             control_socket: Some(data_dir.join("pobox.sock")),
@@ -919,6 +921,7 @@ impl Settings {
             autoconfig: autoconfig(raw.autoconfig, &server)?,
             server,
             quota,
+            retention,
             data_dir,
         })
     }
@@ -1298,7 +1301,7 @@ mod tests {
              [retention.users.carol]\nretrieved_days = 0\nlogin_delay_secs = 900\n",
         )
         .unwrap();
-        let r = &s.server.retention;
+        let r = &s.retention;
         assert_eq!(r.for_user("alice").retrieved, Days::After(3));
         assert_eq!(r.for_user("bob").retrieved, Days::Never);
         assert_eq!(r.for_user("bob").restore_days, 7, "unset keys inherit");

@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use pobox_store::retention::RetentionConfig;
 
 /// Where a listener listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,9 +49,6 @@ pub struct Config {
     pub plaintext_auth_on_loopback: bool,
     /// Offer APOP (needs {PLAIN} secrets in the passwd-file).
     pub apop: bool,
-    /// Retention policies (EXPIRE, max age, restore window, LOGIN-DELAY),
-    /// global and per user. CAPA is derived from them.
-    pub retention: RetentionConfig,
     /// Count TOP as a retrieval for the EXPIRE clock (RETR always counts).
     pub top_counts_as_retrieval: bool,
     /// How often the background expiry runs; zero disables it (expiry then
@@ -201,7 +197,6 @@ impl Default for Config {
             allow_plaintext_auth: false,
             plaintext_auth_on_loopback: true,
             apop: false,
-            retention: RetentionConfig::default(),
             top_counts_as_retrieval: false,
             expire_interval: Duration::from_secs(3600),
             control_socket: None,

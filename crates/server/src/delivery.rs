@@ -30,6 +30,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pobox_sieve::{Action, Capabilities, Envelope, Limits, Message, Script};
+use pobox_store::stamp::FileStamp;
 use pobox_store::{Delivered, Mailstore, StoreError};
 use tokio::sync::Notify;
 use tracing::{info, warn};
@@ -110,13 +111,6 @@ pub enum Outcome {
 #[derive(Default)]
 struct Cache {
     scripts: HashMap<PathBuf, (FileStamp, Option<Arc<Script>>)>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
 }
 
 /// Where vacation replies go: the outbox, and who sends it.
@@ -404,8 +398,7 @@ impl Pipeline {
 
     fn compiled(&self, path: &Path) -> Option<Arc<Script>> {
         let meta = std::fs::metadata(path).ok()?;
-        use std::os::unix::fs::MetadataExt;
-        let stamp = FileStamp { modified: meta.modified().ok(), len: meta.len(), inode: meta.ino() };
+        let stamp = FileStamp::of(&meta);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((cached, script)) = cache.scripts.get(path)
             && *cached == stamp

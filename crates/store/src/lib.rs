@@ -42,22 +42,20 @@
 //!
 //! # Layout
 //!
-//! * `lib.rs`: the traits, the value types and [`StoreError`].
-//! * `maildir/mod.rs`: [`MailLocation`], [`MaildirStore`], [`Maildir`] and
-//!   the one errno table.
-//! * `maildir/deliver.rs`: the single writer (tmp → fsync → new → fsync dir).
-//! * `maildir/name.rs`: unique names, host escaping, UIDL from a file name.
-//! * `maildir/scan.rs`: listing `new/` + `cur/`, sizes, `tmp/` reaping.
-//! * `maildir/cache.rs`: big maildrops' listings kept between sessions.
-//! * `maildir/commit.rs`: POP3 UPDATE.
-//! * `maildir/lock.rs`: the maildrop lock.
+//! * `lib.rs`: the port: the traits ([`Mailstore`], [`Mailbox`],
+//!   [`MailstoreAdmin`]), the neutral value types and [`StoreError`]. No
+//!   backend's shapes (paths, file names) appear here.
+//! * `retention.rs`, `quota.rs`: the backend-neutral policies.
+//! * `stamp.rs`: [`stamp::FileStamp`], "has this file changed" for caches.
+//! * `maildir/`: the Maildir backend (its `mod.rs` maps its files).
+//! * `memory.rs` (feature `memory`): [`MemoryStore`], the in-memory
+//!   backend the behaviour suite (`tests/behaviour.rs`) runs beside Maildir.
 //! * `history.rs`: the per-user login history (which credential took what).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub)]
 
 use std::borrow::Borrow;
-use std::ffi::OsString;
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
@@ -65,13 +63,18 @@ use std::time::SystemTime;
 
 pub mod history;
 pub mod maildir;
+#[cfg(feature = "memory")]
+mod memory;
 pub mod quota;
 pub mod retention;
+pub mod stamp;
 
 pub use maildir::{
-    AssignOutcome, BaseIndex, ExpireReport, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation,
-    Maildir, MaildirStore, NamedDelivery, RemovedMessage, UserImport, wire_size_of,
+    AssignOutcome, BaseIndex, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir,
+    MaildirStore, NamedDelivery, UserImport, wire_size_of,
 };
+#[cfg(feature = "memory")]
+pub use memory::MemoryStore;
 
 /// A storage backend holding the maildrops of many users.
 ///
@@ -88,13 +91,22 @@ pub trait Mailstore: Send + Sync + 'static {
     /// (`tmp/`, `new/`, `cur/`, mode 0700) if it does not exist yet, so a
     /// user who never received mail sees an empty maildrop.
     ///
+    /// Login-time retention happens here, under the lock just taken and
+    /// before the snapshot, when the user's policy can expire anything:
+    /// mail retrieved N days ago or older than `max_age` is removed as
+    /// [`expire`](Mailstore::expire) would, so it is never offered again
+    /// ([`Mailbox::expired_at_open`] says what went). A failure of that
+    /// expiry is logged and the maildrop opens all the same.
+    ///
     /// Dropping the returned [`Mailbox`] without calling
     /// [`Mailbox::commit`] releases the lock and changes nothing (RFC 1939
     /// §6: no UPDATE when the connection is lost).
     ///
     /// # Errors
     ///
-    /// * [`StoreError::InUse`] if another session holds the lock.
+    /// * [`StoreError::InUse`] if another session holds the lock. Brief
+    ///   maintenance (an expiry run, a restore) is waited for, for a
+    ///   bounded time, rather than refused.
     /// * [`StoreError::NoSuchUser`] if the user name cannot name a maildrop.
     /// * [`StoreError::Io`] / [`StoreError::DiskFull`] on filesystem errors.
     fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError>;
@@ -128,6 +140,11 @@ pub trait Mailstore: Send + Sync + 'static {
 
     /// `user`'s retention policy.
     fn policy(&self, user: &str) -> retention::Policy;
+
+    /// The retention policies in use now, global and per user: the one
+    /// copy of them (the server derives CAPA `EXPIRE` and `LOGIN-DELAY`
+    /// from it; a reload replaces it in the store).
+    fn retention(&self) -> std::sync::Arc<retention::RetentionConfig>;
 
     /// Delivers into one of `user`'s folders (Sieve `fileinto`), which POP3
     /// does not show. The same single writer and durability as
@@ -164,6 +181,77 @@ pub trait Mailstore: Send + Sync + 'static {
     ///
     /// Filesystem errors reading the usage.
     fn quota_exceeded_by(&self, user: &str, size: u64) -> Result<Option<quota::Usage>, StoreError>;
+}
+
+/// The operations `pobox mailbox` and `pobox user` run on a store while
+/// the server may be serving it: listings, the restore area, releasing
+/// quarantined mail, usage. Separate from [`Mailstore`] because the
+/// server's sessions never need them. Each takes the maildrop lock where it
+/// changes anything, so it never disturbs a session.
+pub trait MailstoreAdmin: Mailstore {
+    /// A lock-free snapshot of `user`'s messages with their retrieval
+    /// times, in [`Mailbox::messages`] order.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors ([`StoreError::Io`] and the like).
+    fn inspect(&self, user: &str) -> Result<Vec<MessageInfo>, StoreError>;
+
+    /// The first `limit` stored bytes of a message from
+    /// [`inspect`](MailstoreAdmin::inspect) (enough for its header). No lock.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Vanished`] if the message is gone; backend errors.
+    fn head(&self, user: &str, info: &MessageInfo, limit: usize) -> Result<Vec<u8>, StoreError>;
+
+    /// The messages in `user`'s restore area.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn removed_messages(&self, user: &str) -> Result<Vec<RemovedMessage>, StoreError>;
+
+    /// Brings messages back from the restore area into the maildrop, with
+    /// their original UIDLs; only those removed at or after `since`, if
+    /// given. Their retention clock starts afresh at `now`. Returns the
+    /// UIDLs restored.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`] while a session holds the maildrop; backend
+    /// errors.
+    fn restore(
+        &self,
+        user: &str,
+        since: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError>;
+
+    /// Removes every message of `user` (into the restore area when the
+    /// policy has a window). Refuses while a session holds the maildrop.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`]; backend errors.
+    fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError>;
+
+    /// Moves message `uidl` from `folder` (say a Junk quarantine) into the
+    /// maildrop as a new message, byte for byte, keeping its UIDL. Returns
+    /// where it now lives, for the admin's output.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InvalidFolder`], [`StoreError::Vanished`] if there is
+    /// no such message; backend errors.
+    fn release(&self, user: &str, folder: &str, uidl: &str) -> Result<String, StoreError>;
+
+    /// `user`'s usage and quota.
+    ///
+    /// # Errors
+    ///
+    /// Backend errors.
+    fn usage(&self, user: &str) -> Result<(quota::Usage, quota::Quota), StoreError>;
 }
 
 /// One user's maildrop, opened exclusively for a POP3 session.
@@ -213,13 +301,45 @@ pub trait Mailbox: Send {
         None
     }
 
-    /// Performs the POP3 UPDATE state (RFC 1939 §6) and releases the lock.
+    /// The retention policy the maildrop was opened with; a configuration
+    /// reload during the session does not change it.
+    fn policy(&self) -> &retention::Policy;
+
+    /// What login-time expiry removed before the snapshot was taken
+    /// ([`Mailstore::open`]), for metrics and logs.
+    fn expired_at_open(&self) -> &ExpireReport;
+
+    /// The indices [`commit`](Mailbox::commit) removes for `deleted` and
+    /// `retrieved`, sorted and without duplicates: the ones marked deleted
+    /// and, under RFC 2449 §6.7 `EXPIRE 0` (a policy of
+    /// [`Days::After(0)`](retention::Days::After) for retrieved mail), every
+    /// one retrieved in the session, whether or not the client sent DELE.
+    /// The one place that rule lives; callers use it to record what an
+    /// UPDATE will remove (the login history) before committing.
+    fn removals(&self, deleted: &[usize], retrieved: &[usize]) -> Vec<usize> {
+        let mut remove = deleted.to_vec();
+        if self.policy().retrieved == retention::Days::After(0) {
+            remove.extend_from_slice(retrieved);
+        }
+        remove.sort_unstable();
+        remove.dedup();
+        remove
+    }
+
+    /// Ends the session (RFC 1939 §6 UPDATE) and releases the lock.
     ///
-    /// Removes the messages at the given indices (duplicates are ignored)
-    /// and nothing else. Backends may also record that the surviving
-    /// messages have been seen (Maildir moves them from `new/` to `cur/`).
-    /// A message that is already gone counts as removed. The lock is
-    /// released whether this succeeds or fails.
+    /// First durably records that the messages at `retrieved` were
+    /// retrieved now, for those not recorded before (the first retrieval
+    /// starts the retention clock); a failure there is logged, not an
+    /// error: the messages are then simply kept longer. Then removes
+    /// exactly [`removals(deleted, retrieved)`](Mailbox::removals) and
+    /// nothing else. Backends may also record that the surviving messages
+    /// have been seen (Maildir moves them from `new/` to `cur/`). A message
+    /// that is already gone counts as removed. The lock is released whether
+    /// this succeeds or fails.
+    ///
+    /// A session that ends without QUIT still calls this with empty
+    /// `deleted`, so its retrievals count.
     ///
     /// # Errors
     ///
@@ -234,17 +354,18 @@ pub trait Mailbox: Send {
     /// failure to write the retention log once messages are in the restore
     /// area: they are removed and restorable all the same (their restore
     /// window then starts at the next expiry run), and the report says so.
-    fn commit(self: Box<Self>, deleted: &[usize]) -> Result<CommitReport, StoreError>;
+    fn commit(self: Box<Self>, deleted: &[usize], retrieved: &[usize]) -> Result<CommitReport, StoreError>;
 
     /// Durably records that the messages at `indices` were retrieved at
-    /// `when`, for those not recorded before (the first retrieval starts
-    /// the retention clock). Called once at the end of a session, whether
-    /// it ends with QUIT or not.
+    /// `when`, for those not recorded before. [`commit`](Mailbox::commit)
+    /// does this itself with the time of the UPDATE; this is for tools and
+    /// tests that need another time.
     ///
     /// # Errors
     ///
+    /// [`StoreError::NoSuchMessage`] for an index out of range;
     /// [`StoreError::Io`] / [`StoreError::DiskFull`] if the record could
-    /// not be made durable; the messages are then simply kept longer.
+    /// not be made durable.
     fn record_retrievals(&mut self, indices: &[usize], when: SystemTime) -> Result<(), StoreError>;
 }
 
@@ -297,6 +418,27 @@ impl Uidl {
     pub fn is_valid(s: &str) -> bool {
         is_valid_uidl(s.as_bytes())
     }
+}
+
+/// The folder names every backend accepts (Sieve `fileinto`, checked
+/// strictly because they come from users' scripts): 1 to 255 characters,
+/// letters, digits and ` _-+.@`, not starting with `.`, no `..`, not
+/// `INBOX` (the maildrop itself).
+///
+/// # Errors
+///
+/// [`StoreError::InvalidFolder`] for any other name.
+pub(crate) fn check_folder_name(folder: &str) -> Result<(), StoreError> {
+    let ok = !folder.is_empty()
+        && folder.len() <= 255
+        && !folder.starts_with('.')
+        && !folder.contains("..")
+        && !folder.eq_ignore_ascii_case("INBOX")
+        && folder.chars().all(|c| c.is_alphanumeric() || " _-+.@".contains(c));
+    if !ok {
+        return Err(StoreError::InvalidFolder(folder.to_owned()));
+    }
+    Ok(())
 }
 
 /// True if `b` is 1..=70 octets, each in 0x21..=0x7E (RFC 1939 §7).
@@ -362,31 +504,26 @@ impl TryFrom<&str> for Uidl {
 pub struct InvalidUidl(pub String);
 
 /// An opaque handle to a stored message, meaningful only to the backend that
-/// produced it.
+/// produced it: bytes the backend chose (for Maildir, `new/<file>` or
+/// `cur/<file>`; a database backend might use a row id). No caller may
+/// interpret them.
 ///
 /// Callers address messages by index ([`Mailbox::open_message`]); the key is
 /// exposed for logging and for tools that want to tell messages apart.
 #[derive(Clone, PartialEq, Eq, Hash)]
-pub struct MessageKey(KeyRepr);
-
-/// The backends' key shapes. A new backend adds a variant.
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum KeyRepr {
-    /// A Maildir file: its subdirectory and current file name. The name is
-    /// kept as an `OsString` because maildir(5) tells readers not to assume
-    /// anything about names written by other programs (not even UTF-8).
-    Maildir { sub: maildir::Sub, name: OsString },
-}
+pub struct MessageKey(Box<[u8]>);
 
 impl MessageKey {
-    pub(crate) fn maildir(sub: maildir::Sub, name: OsString) -> Self {
-        MessageKey(KeyRepr::Maildir { sub, name })
+    /// A key made of backend-chosen bytes; only a backend calls this.
+    #[must_use]
+    pub fn new(bytes: impl Into<Vec<u8>>) -> Self {
+        MessageKey(bytes.into().into_boxed_slice())
     }
 
-    pub(crate) fn as_maildir(&self) -> (maildir::Sub, &std::ffi::OsStr) {
-        match &self.0 {
-            KeyRepr::Maildir { sub, name } => (*sub, name),
-        }
+    /// The backend's bytes, for the backend that made the key.
+    #[must_use]
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
     }
 }
 
@@ -396,14 +533,10 @@ impl fmt::Debug for MessageKey {
     }
 }
 
-/// Shows the key as `new/<name>` or `cur/<name>` (lossy for non-UTF-8 names).
+/// Shows the key's bytes as text (lossy for non-UTF-8 bytes), for logs.
 impl fmt::Display for MessageKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.0 {
-            KeyRepr::Maildir { sub, name } => {
-                write!(f, "{}/{}", sub.as_str(), name.to_string_lossy())
-            }
-        }
+        f.write_str(&String::from_utf8_lossy(&self.0))
     }
 }
 
@@ -415,9 +548,32 @@ pub struct Delivered {
     /// The message's POP3 size, with the same meaning as
     /// [`MessageInfo::size`] (CRLF octets, final CRLF included).
     pub size: u64,
-    /// Where the message now lives (for Maildir: the file in `new/`).
-    pub path: PathBuf,
+    /// Where the message now lives, for logs and admin output (for
+    /// Maildir: the path of the file in `new/`). Not an address callers
+    /// can use: read messages through [`Mailstore::open`].
+    pub location: String,
 }
+
+/// What [`Mailstore::expire`] did (or would do, in a dry run).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExpireReport {
+    /// Messages that expired: UIDL and why.
+    pub expired: Vec<(String, retention::ExpiryReason)>,
+    /// Messages purged from the restore area (their window is over).
+    pub purged: usize,
+    /// True if the maildrop was in use and left alone.
+    pub skipped_in_use: bool,
+}
+
+/// A message in the restore area ([`MailstoreAdmin::removed_messages`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemovedMessage {
+    /// Its UIDL, the same it had before removal.
+    pub uidl: String,
+    /// When it was removed, if the backend knows.
+    pub removed_at: Option<SystemTime>,
+}
+
 
 /// What [`Mailbox::commit`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

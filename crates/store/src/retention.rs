@@ -77,6 +77,15 @@ impl Default for Policy {
 }
 
 impl Policy {
+    /// Whether expiry can remove anything under this policy; when not,
+    /// login-time expiry is skipped (it would be a second scan of the
+    /// maildrop on every login for nothing; the restore area's purge is
+    /// left to the timer).
+    #[must_use]
+    pub fn can_expire(&self) -> bool {
+        self.retrieved != Days::Never || self.max_age != Days::Never
+    }
+
     /// The EXPIRE value that is true for this policy: the shortest time a
     /// retrieved message may stay. `max_age` counts from delivery, which is
     /// never after retrieval, so it bounds the promise too.

@@ -148,7 +148,7 @@ fn a_settled_big_maildrop_is_listed_once_and_then_served_from_the_cache() {
     // A session that ends with QUIT and changes nothing (all in cur/,
     // nothing deleted) keeps the listing, as does one that just ends.
     let mailbox = store.open("big").unwrap();
-    assert_eq!(mailbox.commit(&[]).unwrap().removed, 0);
+    assert_eq!(mailbox.commit(&[], &[]).unwrap().removed, 0);
     drop(store.open("big").unwrap());
     let stats = store.listing_cache_stats();
     assert_eq!((stats.hits, stats.misses, stats.stored), (3, 1, 1));
@@ -253,7 +253,7 @@ fn every_change_to_new_or_cur_is_seen_by_the_next_open() {
         ),
         ("a session deleting a message", |store, user, _| {
             let mailbox = store.open(user).unwrap();
-            assert_eq!(mailbox.commit(&[0]).unwrap().removed, 1);
+            assert_eq!(mailbox.commit(&[0], &[]).unwrap().removed, 1);
         }),
         (
             "a message moved new/ -> cur/ by another program",

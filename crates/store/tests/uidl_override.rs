@@ -10,6 +10,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pobox_store::MailstoreAdmin as _;
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Policy, RetentionConfig};
 use pobox_store::{
@@ -80,7 +81,7 @@ fn imported_messages_keep_their_uidl_and_time_and_a_rerun_stores_nothing() {
             ImportOutcome::Imported(d) => {
                 assert_eq!(d.uidl.as_str(), *uidl);
                 assert_eq!(
-                    fs::metadata(&d.path).unwrap().modified().unwrap(),
+                    fs::metadata(&d.location).unwrap().modified().unwrap(),
                     at(1_600_000_000 + i as u64)
                 );
             }
@@ -180,7 +181,7 @@ fn assigned_uidls_survive_new_to_cur_and_sessions_and_reruns() {
     );
     assert_eq!(uidls(&store, "alice"), ["00000001663a1b2c"]);
     // A session that commits moves new/ -> cur/ (flags change the name).
-    store.open("alice").unwrap().commit(&[]).unwrap();
+    store.open("alice").unwrap().commit(&[], &[]).unwrap();
     assert!(fs::read_dir(f.root("alice").join("cur")).unwrap().count() == 1);
     assert_eq!(uidls(&store, "alice"), ["00000001663a1b2c"]);
     let import = store.begin_import("alice").unwrap();
@@ -283,7 +284,7 @@ fn a_message_keeps_its_imported_uidl_through_the_restore_area() {
             &mut &msg(2)[..],
         )
         .unwrap();
-    store.open("alice").unwrap().commit(&[0, 1]).unwrap();
+    store.open("alice").unwrap().commit(&[0, 1], &[]).unwrap();
     assert!(uidls(&store, "alice").is_empty());
     let mut removed: Vec<String> = store
         .removed_messages("alice")

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use pobox_server::date::{parse_time, rfc3339};
 use pobox_server::sessions::SessionInfo;
-use pobox_store::StoreError;
+use pobox_store::{MailstoreAdmin, StoreError};
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -250,12 +250,12 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
         }
         MailboxCommand::Release { user, folder, id } => {
             ensure_user(&users, &user)?;
-            let path = store.release(&user, &folder, &id)?;
-            println!("released {id} from {folder} into {user}'s inbox ({})", path.display());
+            let location = store.release(&user, &folder, &id)?;
+            println!("released {id} from {folder} into {user}'s inbox ({location})");
         }
         MailboxCommand::Purge { user, dry_run, yes } => {
             ensure_user(&users, &user)?;
-            let window = store.retention().for_user(&user).restore_days;
+            let window = pobox_store::Mailstore::policy(&store, &user).restore_days;
             let messages = store.inspect(&user)?;
             let bytes: u64 = messages.iter().map(|m| m.size).sum();
             let fate = if window > 0 {

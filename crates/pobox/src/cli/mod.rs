@@ -99,6 +99,6 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<MaildirStore> {
         .map_err(|e| anyhow::anyhow!("mail_location: {e}"))?;
     Ok(MaildirStore::new(location)
         .with_max_size(settings.server.lmtp_max_message_size)
-        .with_retention(settings.server.retention.clone())
+        .with_retention(settings.retention.clone())
         .with_quota(settings.quota.clone()))
 }

@@ -127,7 +127,7 @@ impl Reloader {
         // policies change. Open maildrops keep the policy they opened with.
         self.store.set_policies(
             Some(settings.server.lmtp_max_message_size),
-            settings.server.retention.clone(),
+            settings.retention.clone(),
             settings.quota.clone(),
         );
         let users_changed = settings.passwd_file != self.current_passwd_file();

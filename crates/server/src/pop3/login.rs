@@ -19,7 +19,6 @@ use pobox_proto::pop3::server::{
     SCRAM_SHA_256_PLUS, XOAUTH2,
 };
 use pobox_store::history::{Login, LoginHistory};
-use pobox_store::retention::Days;
 use pobox_store::StoreError;
 use tracing::{debug, info, warn};
 
@@ -207,48 +206,13 @@ impl Driver<'_> {
             if let Err(d) = svc.sessions.check_login_delay(user, delay, Instant::now()) {
                 return Err(LoginFailure::LoginDelay(d.as_secs() as u32));
             }
-            // Apply retention before the snapshot, so that what has expired
-            // (mail retrieved N days ago, or older than max_age) is not
-            // offered again.
-            // Only when the policy can expire anything: otherwise it is a
-            // second scan of the maildrop on every login for nothing (the
-            // restore area's purge is left to the timer).
-            let can_expire = policy.retrieved != Days::Never || policy.max_age != Days::Never;
-            let mut attempts = 0;
-            let opened = loop {
-                attempts += 1;
-                let expiry_skipped = can_expire
-                    && match svc.store.expire(user, SystemTime::now(), false) {
-                        Ok(report) => {
-                            crate::metrics::expiry(report.expired.len(), report.purged);
-                            report.skipped_in_use
-                        }
-                        Err(e) => {
-                            warn!(target: LOG_TARGET, %user, error = %e, "expiry at login failed");
-                            false
-                        }
-                    };
-                let opened = svc.store.open(user);
-                let retry = match &opened {
-                    // The lock may be held for a moment by something that
-                    // is not a session: the expiry timer, an admin command.
-                    // Only a session of this user means [IN-USE]; otherwise
-                    // wait briefly (RFC 1939 asks for exclusive access, not
-                    // for refusing at random).
-                    Err(StoreError::InUse) => !svc.sessions.has_user(user),
-                    // The expiry found the maildrop held (say, by a session
-                    // that is still in UPDATE) and the lock came free before
-                    // the snapshot: expire first, or expired mail is offered
-                    // again.
-                    Ok(_) => expiry_skipped,
-                    Err(_) => false,
-                };
-                if !retry || attempts >= 40 {
-                    break opened;
-                }
-                drop(opened);
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            };
+            // Login-time retention is the store's: open expires under the
+            // lock it takes, and waits briefly for maintenance holding it.
+            let opened = svc.store.open(user);
+            if let Ok(mailbox) = &opened {
+                let expired = mailbox.expired_at_open();
+                crate::metrics::expiry(expired.expired.len(), expired.purged);
+            }
             match opened {
                 Ok(mailbox) => {
                     // Under the maildrop lock: one writer per history file.

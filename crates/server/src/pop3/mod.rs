@@ -93,8 +93,10 @@ pub(crate) async fn serve(
         Stream::Plain(tcp)
     };
     let secure = stream.is_tls();
-    let (expire, expire_per_user) = svc.config.retention.advertised_expire();
-    let login_delay = svc.config.retention.advertised_login_delay();
+    // The store's retention policies, the only copy (CAPA is derived from them).
+    let retention = svc.store.retention();
+    let (expire, expire_per_user) = retention.advertised_expire();
+    let login_delay = retention.advertised_login_delay();
     let config = SessionConfig {
         greeting: "pobox POP3 server ready".into(),
         secure,
@@ -499,23 +501,15 @@ impl Driver<'_> {
         let Ok(mailbox) = Arc::try_unwrap(mailbox) else {
             return UpdateResult::Failed("maildrop busy".into());
         };
-        let mut mailbox = mailbox.into_inner().unwrap_or_else(|p| p.into_inner());
+        let mailbox = mailbox.into_inner().unwrap_or_else(|p| p.into_inner());
         let user = mailbox.user().to_string();
         let requested = deleted.len();
         let retrieved: Vec<usize> = std::mem::take(&mut self.retrieved).into_iter().collect();
-        // RFC 2449 §6.7 EXPIRE 0: what was retrieved in this session is
-        // removed at its end, whether or not the client sent DELE.
-        let mut remove = deleted;
-        if self.policy.retrieved == Days::After(0) {
-            remove.extend(&retrieved);
-            remove.sort_unstable();
-            remove.dedup();
-        }
         let history = self.history.take();
         let result = tokio::task::spawn_blocking(move || {
-            if let Err(e) = mailbox.record_retrievals(&retrieved, SystemTime::now()) {
-                warn!(user = %mailbox.user(), error = %e, "cannot record retrievals");
-            }
+            // The store applies EXPIRE 0 (RFC 2449 §6.7); this is what it
+            // will remove, for the history.
+            let remove = mailbox.removals(&deleted, &retrieved);
             let uidls = |indices: &[usize]| -> Vec<String> {
                 indices
                     .iter()
@@ -533,7 +527,7 @@ impl Driver<'_> {
                     warn!(user = %mailbox.user(), error = %e, "cannot record the session in the login history");
                 }
             }
-            mailbox.commit(&remove)
+            mailbox.commit(&deleted, &retrieved)
         })
         .await
         .map_err(|e| e.to_string());

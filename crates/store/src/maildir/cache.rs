@@ -57,7 +57,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use super::scan::{self, DirStamp};
+use super::scan;
+use crate::stamp::FileStamp;
 use super::{Maildir, Sub};
 use crate::{MessageInfo, StoreError};
 
@@ -109,9 +110,9 @@ struct Inner {
 
 struct Entry {
     /// `[new/, cur/]`.
-    stamps: [DirStamp; 2],
+    stamps: [FileStamp; 2],
     /// `pobox-uidls` (`None`: there was none).
-    uidls: Option<DirStamp>,
+    uidls: Option<FileStamp>,
     /// With `retrieved: None` everywhere: retrieval times come from the
     /// retention log at each open.
     messages: Arc<Vec<MessageInfo>>,
@@ -205,7 +206,7 @@ impl Inner {
     fn insert(
         &mut self,
         path: &Path,
-        (stamps, uidls): ([DirStamp; 2], Option<DirStamp>),
+        (stamps, uidls): ([FileStamp; 2], Option<FileStamp>),
         messages: Arc<Vec<MessageInfo>>,
         max: usize,
     ) {
@@ -244,8 +245,8 @@ impl Inner {
 /// The stamps of `md`'s `new/` and `cur/` now, through the handles the
 /// scan reads them by, and of its UIDL overrides; `None` if any cannot be
 /// stat'ed.
-fn current_stamps(md: &Maildir) -> Option<([DirStamp; 2], Option<DirStamp>)> {
-    let stamp = |sub: Sub| rustix::fs::fstat(md.fd(sub)).ok().map(|st| DirStamp::of_stat(&st));
+fn current_stamps(md: &Maildir) -> Option<([FileStamp; 2], Option<FileStamp>)> {
+    let stamp = |sub: Sub| rustix::fs::fstat(md.fd(sub)).ok().map(|st| FileStamp::of_stat(&st));
     Some(([stamp(Sub::New)?, stamp(Sub::Cur)?], md.uidls_stamp().ok()?))
 }
 

@@ -15,7 +15,8 @@ use std::os::unix::ffi::OsStrExt;
 
 use rustix::fs::AtFlags;
 
-use super::{Maildir, Sub, io_error, name, retention, scan};
+use super::deliver::{self, Existing};
+use super::{Maildir, MaildirKey, Sub, io_error, name, retention, scan};
 use crate::{CommitReport, MessageInfo, StoreError};
 
 /// Applies UPDATE to `md` for the session snapshot `messages`.
@@ -168,11 +169,11 @@ fn mark_seen(md: &Maildir, file: &OsStr) -> bool {
     if !file.as_bytes().contains(&b':') {
         seen.push(":2,");
     }
-    match rustix::fs::renameat(md.fd(Sub::New), file, md.fd(Sub::Cur), &seen) {
+    match deliver::place(md.fd(Sub::New), file, md.fd(Sub::Cur), &seen, Existing::Replace) {
         Ok(()) => true,
-        Err(rustix::io::Errno::NOENT) => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
         Err(e) => {
-            let err = io_error(format_args!("moving {} to cur/", from.display()), e.into());
+            let err = io_error(format_args!("moving {} to cur/", from.display()), e);
             tracing::warn!(error = %err, "could not mark message seen");
             false
         }

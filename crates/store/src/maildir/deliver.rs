@@ -126,7 +126,7 @@ pub(super) fn write_message(
     Ok(NamedDelivery::Stored(Delivered {
         uidl: name::uidl_for(OsStr::new(base)),
         size: sizes.wire,
-        path: dst,
+        location: dst.display().to_string(),
     }))
 }
 
@@ -332,6 +332,10 @@ impl Normaliser {
 /// a base, and racing fetchers must not overwrite each other.)
 ///
 /// Both names are single components relative to directory handles.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the single writer: a delivery's tmp/ -> new/ step"
+)]
 fn move_noreplace(
     from_dir: BorrowedFd<'_>,
     from: &OsStr,
@@ -351,6 +355,47 @@ fn move_noreplace(
         tracing::warn!(file = %from.to_string_lossy(), error = %e, "could not unlink tmp file after link");
     }
     Ok(())
+}
+
+/// What [`place`] does when the destination name exists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Existing {
+    /// Replace it (`renameat`): the name is this message's own, as in
+    /// `new/X` -> `cur/X:2,` or a move into the restore area.
+    Replace,
+    /// Fail with `AlreadyExists` and move nothing, as
+    /// [`move_noreplace`] does: a message coming back into the maildrop
+    /// (release, restore) must never overwrite one that is there.
+    Refuse,
+}
+
+/// Moves a message that is already stored from one directory to another:
+/// `new/` -> `cur/` at UPDATE, into and out of the restore area, out of a
+/// folder into the inbox. With [`deliver`] the only functions that put a
+/// message file under a name in a Maildir (architecture rule 6; the clippy
+/// fence in `clippy.toml` bans every rename API elsewhere). The caller
+/// fsyncs the directories, batching them over many moves.
+///
+/// Both names are single components relative to directory handles.
+///
+/// # Errors
+///
+/// The rename's error; `NotFound` if `from` is gone.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the single writer's move primitive for files already delivered"
+)]
+pub(super) fn place(
+    from_dir: BorrowedFd<'_>,
+    from: &OsStr,
+    to_dir: BorrowedFd<'_>,
+    to: &OsStr,
+    existing: Existing,
+) -> io::Result<()> {
+    match existing {
+        Existing::Replace => rustix::fs::renameat(from_dir, from, to_dir, to).map_err(Into::into),
+        Existing::Refuse => move_noreplace(from_dir, from, to_dir, to),
+    }
 }
 
 /// Unlinks the `tmp/` file when dropped, unless disarmed after the move

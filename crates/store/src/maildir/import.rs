@@ -33,7 +33,7 @@ use std::time::SystemTime;
 use sha2::{Digest, Sha256};
 
 use super::uidls::{UidlMap, is_valid_override_base};
-use super::{BaseIndex, Maildir, MaildirStore, NamedDelivery, deliver, lock, name};
+use super::{BaseIndex, Maildir, MaildirKey, MaildirStore, NamedDelivery, deliver, lock, name};
 use crate::{Delivered, StoreError, Uidl};
 
 /// What [`UserImport::import`] did.
@@ -102,7 +102,8 @@ impl MaildirStore {
     /// holds it; filesystem errors.
     pub fn begin_import(&self, user: &str) -> Result<UserImport, StoreError> {
         let maildir = self.maildir(user)?;
-        let lock = self.locks.acquire(maildir.lock_key()?, maildir.path())?;
+        // Held for the whole import, like a session: logins answer [IN-USE].
+        let lock = self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Session)?;
         let (overrides, _) = maildir.load_uidls()?;
         let messages = maildir.scan()?;
         let mut by_uidl = HashMap::with_capacity(messages.len());

@@ -29,10 +29,11 @@
 //! leases. Deliveries do not take this lock: Maildir needs no lock for
 //! writers, and mail must keep arriving while a session is open.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use nix::fcntl::{FcntlArg, fcntl};
 use nix::libc;
@@ -51,15 +52,34 @@ pub(super) const LOCK_FILE: &str = ".pobox-maildrops.lock";
 pub(super) struct LockTable {
     path: PathBuf,
     inner: Mutex<Inner>,
+    /// Signalled whenever a lock of this table is released: a session's
+    /// open waits on it while maintenance holds the maildrop.
+    released: Condvar,
 }
+
+/// Who holds a maildrop through this table. A POP3 session's open answers
+/// `[IN-USE]` at once for another session (RFC 1939 §8) but waits, briefly
+/// and without polling, for maintenance (the expiry timer, an admin command
+/// run inside the server), which holds a maildrop for a moment only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Holder {
+    /// A POP3 session, from login to UPDATE.
+    Session,
+    /// Expiry, restore or purge: short, never waits for a client.
+    Maintenance,
+}
+
+/// How long a session's open waits for maintenance to let go before it
+/// answers `[IN-USE]` after all: the bound the server's old retry loop had.
+const MAINTENANCE_WAIT: Duration = Duration::from_secs(2);
 
 #[derive(Debug, Default)]
 struct Inner {
     /// Opened on first use (or by [`LockTable::open`]) and kept open: every
     /// lock of this table lives on this one description.
     file: Option<File>,
-    /// Maildrops (device, inode) locked through this table.
-    held: HashSet<(u64, u64)>,
+    /// Maildrops (device, inode) locked through this table, and by whom.
+    held: HashMap<(u64, u64), Holder>,
     /// Holders per locked byte (more than one only on a hash collision).
     bytes: HashMap<i64, u32>,
 }
@@ -68,7 +88,7 @@ impl LockTable {
     /// A table over the lock file at `path`; nothing is opened yet.
     #[must_use]
     pub(super) fn new(path: PathBuf) -> Self {
-        LockTable { path, inner: Mutex::new(Inner::default()) }
+        LockTable { path, inner: Mutex::new(Inner::default()), released: Condvar::new() }
     }
 
     /// The lock file.
@@ -101,22 +121,37 @@ impl LockTable {
         use std::os::unix::fs::MetadataExt;
         let meta = std::fs::metadata(maildir)
             .map_err(|e| io_error(format_args!("stat {}", maildir.display()), e))?;
-        self.acquire((meta.dev(), meta.ino()), maildir)
+        self.acquire((meta.dev(), meta.ino()), maildir, Holder::Session)
     }
 
     /// Takes the lock on the maildrop directory with device and inode
     /// `key` (from the handle the Maildir was opened through, so the lock
     /// is on the directory actually used), at `maildir` (for messages),
-    /// without waiting.
+    /// without waiting, except that a [`Holder::Session`] waits up to
+    /// [`MAINTENANCE_WAIT`] for maintenance in this process to finish
+    /// (woken by the release, no polling).
     ///
     /// # Errors
     ///
     /// [`StoreError::InUse`] if this process or another one holds it;
     /// [`StoreError::Io`] if the lock file cannot be used.
-    pub(super) fn acquire(self: &Arc<Self>, key: (u64, u64), maildir: &Path) -> Result<MaildropLock, StoreError> {
+    pub(super) fn acquire(
+        self: &Arc<Self>,
+        key: (u64, u64),
+        maildir: &Path,
+        who: Holder,
+    ) -> Result<MaildropLock, StoreError> {
         let byte = byte_for(key);
         let mut inner = self.lock_inner();
-        if inner.held.contains(&key) {
+        let deadline = Instant::now() + MAINTENANCE_WAIT;
+        while who == Holder::Session && inner.held.get(&key) == Some(&Holder::Maintenance) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(StoreError::InUse);
+            }
+            inner = self.released.wait_timeout(inner, left).unwrap_or_else(|p| p.into_inner()).0;
+        }
+        if inner.held.contains_key(&key) {
             return Err(StoreError::InUse);
         }
         if !inner.bytes.contains_key(&byte) {
@@ -137,7 +172,7 @@ impl LockTable {
             }
         }
         *inner.bytes.entry(byte).or_insert(0) += 1;
-        inner.held.insert(key);
+        inner.held.insert(key, who);
         Ok(MaildropLock { table: Arc::clone(self), key, byte })
     }
 
@@ -163,6 +198,8 @@ impl LockTable {
                 tracing::error!(lock_file = %self.path.display(), error = %e, "cannot unlock maildrop");
             }
         }
+        drop(inner);
+        self.released.notify_all();
     }
 
     fn ensure_open<'a>(&self, inner: &'a mut Inner) -> Result<&'a File, StoreError> {
@@ -241,6 +278,34 @@ mod tests {
         assert!(matches!(t.acquire_path(&drop_dir), Err(StoreError::InUse)));
         drop(first);
         t.acquire_path(&drop_dir).expect("released on drop");
+    }
+
+    #[test]
+    fn a_session_waits_for_maintenance_but_not_for_a_session() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let drop_dir = dir.path().join("u");
+        std::fs::create_dir(&drop_dir).unwrap();
+        let meta = std::fs::metadata(&drop_dir).unwrap();
+        let key = (meta.dev(), meta.ino());
+        let t = table(dir.path());
+        // Maintenance that ends: the session's open gets the lock, woken
+        // by the release (whether it was already waiting or not).
+        let maintenance = t.acquire(key, &drop_dir, Holder::Maintenance).unwrap();
+        let waiter = {
+            let (t, d) = (Arc::clone(&t), drop_dir.clone());
+            std::thread::spawn(move || t.acquire(key, &d, Holder::Session).map(drop))
+        };
+        drop(maintenance);
+        waiter.join().unwrap().expect("maintenance finished, so the session opens");
+        // Maintenance never waits, and a session never waits for a session.
+        let session = t.acquire(key, &drop_dir, Holder::Session).unwrap();
+        assert!(matches!(t.acquire(key, &drop_dir, Holder::Maintenance), Err(StoreError::InUse)));
+        assert!(matches!(t.acquire(key, &drop_dir, Holder::Session), Err(StoreError::InUse)));
+        drop(session);
+        // Maintenance that does not end within the bound: [IN-USE] after all.
+        let _stuck = t.acquire(key, &drop_dir, Holder::Maintenance).unwrap();
+        assert!(matches!(t.acquire(key, &drop_dir, Holder::Session), Err(StoreError::InUse)));
     }
 
     #[test]

@@ -87,7 +87,10 @@ impl Maildir {
         // Best effort: a failure only means the next delivery rescans.
         // The rename replaces the name `maildirsize` (a link there
         // included), never the file a link points to.
-        if write().is_ok() && rustix::fs::renameat(self.root_fd(), tmp.as_str(), self.root_fd(), FILE).is_err() {
+        // Not a message: Maildir++'s own write-then-rename of `maildirsize`.
+        #[allow(clippy::disallowed_methods, reason = "replaces maildirsize, not a message")]
+        let renamed = || rustix::fs::renameat(self.root_fd(), tmp.as_str(), self.root_fd(), FILE);
+        if write().is_ok() && renamed().is_err() {
             let _ = rustix::fs::unlinkat(self.root_fd(), tmp.as_str(), AtFlags::empty());
         }
         Ok(usage)

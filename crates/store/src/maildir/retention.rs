@@ -19,8 +19,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rustix::fs::{AtFlags, FileType, OFlags};
 use rustix::io::Errno;
 
-use super::{Maildir, Sub, dirs, io_error, name, scan};
-use crate::StoreError;
+use super::deliver::{self, Existing};
+use super::{Maildir, MaildirStore, Sub, commit, dirs, io_error, lock, name, scan};
+use crate::retention::{self as policy, Policy};
+use crate::{CommitReport, ExpireReport, RemovedMessage, StoreError};
 
 /// The log's file name in the Maildir root.
 pub(crate) const LOG_NAME: &str = "pobox-retention.log";
@@ -180,6 +182,8 @@ impl Maildir {
         .map_err(|e| err(e.into()))?;
         file.write_all(text.as_bytes()).map_err(err)?;
         file.sync_all().map_err(err)?;
+        // Not a message: the log's own write-then-rename, in the root.
+        #[allow(clippy::disallowed_methods, reason = "replaces the retention log, not a message")]
         rustix::fs::renameat(self.root_fd(), LOG_TMP, self.root_fd(), LOG_NAME).map_err(|e| err(e.into()))?;
         self.sync_root()
     }
@@ -203,13 +207,10 @@ impl Maildir {
                 None => return Ok(false),
             }
         }
-        match rustix::fs::renameat(self.fd(from_sub), &from, area.fd(Sub::Cur), &from) {
+        match deliver::place(self.fd(from_sub), &from, area.fd(Sub::Cur), &from, Existing::Replace) {
             Ok(()) => Ok(true),
-            Err(Errno::NOENT) => Ok(false),
-            Err(e) => Err(io_error(
-                format_args!("moving {} aside", self.dir(from_sub).join(&from).display()),
-                e.into(),
-            )),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io_error(format_args!("moving {} aside", self.dir(from_sub).join(&from).display()), e)),
         }
     }
 
@@ -273,6 +274,219 @@ fn parse_record(line: &str) -> Option<Record> {
         "D" => Some(Record::Deleted(uidl, at)),
         "U" => Some(Record::Restored(uidl, at)),
         _ => None,
+    }
+}
+
+// The retention operations on a maildrop: expiry (the timer, `pobox
+// mailbox expire`, and login through `open`), restore and purge.
+impl MaildirStore {
+    /// Applies `user`'s retention policy at `now`: expired messages are
+    /// removed (into the restore area when the policy has a window), and
+    /// restore-area messages past their window are purged.
+    ///
+    /// Takes the maildrop lock without waiting: a maildrop held by a POP3
+    /// session is never touched (`skipped_in_use`), so a session's message
+    /// numbers never change under it. With `dry_run` nothing changes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] / [`StoreError::DiskFull`] on filesystem errors.
+    pub fn expire(
+        &self,
+        user: &str,
+        now: SystemTime,
+        dry_run: bool,
+    ) -> Result<ExpireReport, StoreError> {
+        let maildir = self.maildir(user)?;
+        let _lock = match self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Maintenance) {
+            Ok(l) => l,
+            Err(StoreError::InUse) => {
+                return Ok(ExpireReport {
+                    skipped_in_use: true,
+                    ..Default::default()
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let policy = self.policies.load().retention.for_user(user);
+        self.expire_locked(&maildir, user, &policy, now, dry_run)
+    }
+
+    /// [`expire`](MaildirStore::expire) for a caller that holds the
+    /// maildrop lock (a session's open, or `expire` itself).
+    pub(super) fn expire_locked(
+        &self,
+        maildir: &Maildir,
+        user: &str,
+        policy: &Policy,
+        now: SystemTime,
+        dry_run: bool,
+    ) -> Result<ExpireReport, StoreError> {
+        let policy = *policy;
+        let messages = maildir.scan()?;
+        let log = maildir.load_log()?;
+        let mut report = ExpireReport::default();
+        let mut expired = Vec::new();
+        for (i, m) in messages.iter().enumerate() {
+            let retrieved = log.retrieved.get(m.uidl.as_str()).copied();
+            if let Some(reason) = policy::expiry(now, &policy, m.received, retrieved) {
+                report.expired.push((m.uidl.as_str().to_owned(), reason));
+                expired.push(i);
+            }
+        }
+        let removed = maildir.list_restore_area()?;
+        let due: Vec<_> = removed
+            .iter()
+            .filter(|(_, uidl)| {
+                // A file without a D record was moved aside by a run that
+                // crashed before logging: its window starts now.
+                log.deleted
+                    .get(uidl)
+                    .is_some_and(|at| policy::purge_due(now, &policy, *at))
+            })
+            .collect();
+        report.purged = due.len();
+        if dry_run {
+            return Ok(report);
+        }
+        if !expired.is_empty() {
+            let commit =
+                commit::commit(maildir, &messages, &expired, policy.restore_days > 0, now)?;
+            if commit.unlogged {
+                tracing::warn!(%user, "expired messages are in the restore area, but their removal was not logged");
+            }
+            if commit.failed > 0 {
+                tracing::warn!(
+                    %user,
+                    failed = commit.failed,
+                    "some expired messages could not be removed"
+                );
+            }
+        }
+        let mut late = Vec::new();
+        for (_, uidl) in &removed {
+            if !log.deleted.contains_key(uidl) {
+                late.push(Record::Deleted(uidl.clone(), now));
+            }
+        }
+        maildir.append_log(&late)?;
+        if let Some(area) = maildir.restore_area(false)?
+            && !due.is_empty()
+        {
+            for (file, _) in &due {
+                match rustix::fs::unlinkat(area.fd(Sub::Cur), file, rustix::fs::AtFlags::empty()) {
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+                    Err(e) => {
+                        return Err(io_error(
+                            format_args!("purging {}", area.dir(Sub::Cur).join(file).display()),
+                            e.into(),
+                        ));
+                    }
+                }
+            }
+            area.sync(Sub::Cur)?;
+        }
+        // Keep the log small: once it is mostly records of messages that no
+        // longer exist, rewrite it without them.
+        let log = maildir.load_log()?;
+        if log.lines > 64 {
+            let live: std::collections::HashSet<String> = maildir
+                .scan()?
+                .into_iter()
+                .map(|m| m.uidl.into_string())
+                .chain(maildir.list_restore_area()?.into_iter().map(|(_, u)| u))
+                .collect();
+            let live_entries = log
+                .retrieved
+                .keys()
+                .chain(log.deleted.keys())
+                .filter(|u| live.contains(*u))
+                .count();
+            if log.lines > 2 * live_entries {
+                maildir.compact_log(&log, &|u| live.contains(u))?;
+            }
+        }
+        Ok(report)
+    }
+
+    /// Brings messages back from the restore area into `cur/`, with their
+    /// original names and so their original UIDLs; only those removed at
+    /// or after `since`, if given. Their retention clock starts afresh.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`] while a session holds the maildrop;
+    /// [`StoreError::Io`] on filesystem errors.
+    pub(super) fn restore_removed(
+        &self,
+        user: &str,
+        since: Option<SystemTime>,
+        now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
+        let maildir = self.maildir(user)?;
+        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Maintenance)?;
+        let log = maildir.load_log()?;
+        let Some(area) = maildir.restore_area(false)? else {
+            return Ok(Vec::new());
+        };
+        let mut restored = Vec::new();
+        let mut records = Vec::new();
+        for (file, uidl) in maildir.list_restore_area()? {
+            let removed_at = log.deleted.get(&uidl).copied();
+            if let (Some(since), Some(at)) = (since, removed_at)
+                && at < since
+            {
+                continue;
+            }
+            let from = area.dir(Sub::Cur).join(&file);
+            match deliver::place(area.fd(Sub::Cur), &file, maildir.fd(Sub::Cur), &file, Existing::Refuse) {
+                Ok(()) => {
+                    records.push(Record::Restored(uidl.clone(), now));
+                    restored.push(uidl);
+                }
+                Err(e) => return Err(io_error(format_args!("restoring {}", from.display()), e)),
+            }
+        }
+        if !restored.is_empty() {
+            maildir.forget_usage();
+            maildir.sync(Sub::Cur)?;
+            area.sync(Sub::Cur)?;
+            maildir.append_log(&records)?;
+        }
+        Ok(restored)
+    }
+
+    /// The messages in `user`'s restore area.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Io`] on filesystem errors.
+    pub(super) fn restore_area(&self, user: &str) -> Result<Vec<RemovedMessage>, StoreError> {
+        let maildir = self.maildir(user)?;
+        let log = maildir.load_log()?;
+        Ok(maildir
+            .list_restore_area()?
+            .into_iter()
+            .map(|(_, uidl)| RemovedMessage {
+                removed_at: log.deleted.get(&uidl).copied(),
+                uidl,
+            })
+            .collect())
+    }
+
+    /// Removes every message of `user` (into the restore area when the
+    /// policy has a window). Refuses while a session holds the maildrop.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`], or filesystem errors.
+    pub(super) fn purge_all(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
+        let maildir = self.maildir(user)?;
+        let _lock = self.locks.acquire(maildir.lock_key()?, maildir.path(), lock::Holder::Maintenance)?;
+        let messages = maildir.scan()?;
+        let all: Vec<usize> = (0..messages.len()).collect();
+        let aside = self.policies.load().retention.for_user(user).restore_days > 0;
+        commit::commit(&maildir, &messages, &all, aside, now)
     }
 }
 

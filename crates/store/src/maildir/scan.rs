@@ -5,19 +5,19 @@
 //! for 36 hours.
 
 use std::ffi::{CStr, OsStr, OsString};
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::BorrowedFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, RawDir};
 use rustix::io::Errno;
 
-use super::{Maildir, Sub, dirs, io_error, name};
-use crate::{MessageInfo, MessageKey, StoreError};
+use super::{Maildir, MaildirKey, Sub, dirs, io_error, name};
+use crate::stamp::FileStamp;
+use crate::{MessageInfo, StoreError};
 
 /// maildir(5): "When a cleaning program notices a file in tmp that has not
 /// been accessed in 36 hours, it deletes the file."
@@ -100,57 +100,9 @@ pub(super) struct Listing {
     pub(super) messages: Vec<MessageInfo>,
     /// `[new/, cur/]` as stat'ed before each was read, if a second stat
     /// after both were read found them unchanged; `None` otherwise.
-    pub(super) stamps: Option<[DirStamp; 2]>,
+    pub(super) stamps: Option<[FileStamp; 2]>,
     /// `pobox-uidls` as stat'ed before it was read (`None`: no such file).
-    pub(super) uidls: Option<DirStamp>,
-}
-
-/// What identifies a directory and tells whether its entries changed:
-/// device, inode, size, and modification and change times to the
-/// nanosecond. Any create, unlink or rename in the directory sets both
-/// times to the current (coarse) kernel time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct DirStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl DirStamp {
-    pub(super) fn of(meta: &fs::Metadata) -> DirStamp {
-        DirStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        }
-    }
-
-    /// [`of`](DirStamp::of) from an `fstat`, with the same conversions
-    /// `Metadata` makes, so both give equal stamps for one directory.
-    // The field types differ between targets (i64/u64, u32/u64).
-    #[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
-    pub(super) fn of_stat(st: &rustix::fs::Stat) -> DirStamp {
-        DirStamp {
-            dev: st.st_dev as u64,
-            ino: st.st_ino as u64,
-            size: st.st_size as u64,
-            mtime: (st.st_mtime as i64, st.st_mtime_nsec as i64),
-            ctime: (st.st_ctime as i64, st.st_ctime_nsec as i64),
-        }
-    }
-
-    /// True if neither time is later than `at - margin`. False as well
-    /// when `at` is before 1970, which no real clock is.
-    pub(super) fn unchanged_since(&self, at: SystemTime, margin: Duration) -> bool {
-        let nanos = |(secs, nsec): (i64, i64)| i128::from(secs) * 1_000_000_000 + i128::from(nsec);
-        let latest = nanos(self.mtime).max(nanos(self.ctime));
-        at.duration_since(UNIX_EPOCH)
-            .is_ok_and(|at| latest + margin.as_nanos() as i128 <= at.as_nanos() as i128)
-    }
+    pub(super) uidls: Option<FileStamp>,
 }
 
 /// The directory entries of `new/` and `cur/` are read with `getdents`
@@ -173,7 +125,7 @@ pub(super) fn scan_listing(md: &Maildir) -> Result<Listing, StoreError> {
         // with (never a link, see dirs.rs), so this scan reads from the
         // start whoever else reads it.
         let dir = dirs::reopen(md.fd(sub)).map_err(read_err)?;
-        let before = DirStamp::of(&dir.metadata().map_err(read_err)?);
+        let before = FileStamp::of(&dir.metadata().map_err(read_err)?);
         read_messages(&dir, &path, sub, &mut buf, &mut messages)?;
         opened.push((dir, path, before));
     }
@@ -185,7 +137,7 @@ pub(super) fn scan_listing(md: &Maildir) -> Result<Listing, StoreError> {
         let after = dir
             .metadata()
             .map_err(|e| io_error(format_args!("reading {}", path.display()), e))?;
-        unchanged &= DirStamp::of(&after) == *before;
+        unchanged &= FileStamp::of(&after) == *before;
     }
     // Names are unique within a directory, so only a name present in both
     // new/ and cur/ with the same mtime can tie on (time, name); new/ first,
@@ -281,7 +233,7 @@ fn message_info(
         uidl: name::uidl_for(name::base_of(file_name)),
         size,
         received,
-        key: MessageKey::maildir(sub, file_name.to_os_string()),
+        key: super::maildir_key(sub, file_name),
         retrieved: None,
     }))
 }

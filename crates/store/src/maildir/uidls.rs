@@ -33,8 +33,8 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use rustix::fs::OFlags;
 use rustix::io::Errno;
 
-use super::scan::DirStamp;
-use super::{Maildir, io_error, name};
+use crate::stamp::FileStamp;
+use super::{Maildir, MaildirKey, io_error, name};
 use crate::{MessageInfo, StoreError, Uidl, is_valid_uidl};
 
 /// The file's name in the Maildir root.
@@ -132,7 +132,7 @@ impl Maildir {
     /// Reads `pobox-uidls`, with its stamp (taken before reading, so a
     /// later append makes the stamp differ from the file's). A missing
     /// file is an empty map and no stamp.
-    pub(super) fn load_uidls(&self) -> Result<(UidlMap, Option<DirStamp>), StoreError> {
+    pub(super) fn load_uidls(&self) -> Result<(UidlMap, Option<FileStamp>), StoreError> {
         let path = self.path().join(UIDLS_NAME);
         let mut file = match self.open_in_root(UIDLS_NAME, OFlags::RDONLY) {
             Ok(f) => f,
@@ -151,7 +151,7 @@ impl Maildir {
             }
         };
         let err = |e: io::Error| io_error(format_args!("reading {}", path.display()), e);
-        let stamp = DirStamp::of(&file.metadata().map_err(err)?);
+        let stamp = FileStamp::of(&file.metadata().map_err(err)?);
         let mut text = Vec::new();
         file.read_to_end(&mut text).map_err(err)?;
         let (map, bad) = UidlMap::parse(&text);
@@ -162,13 +162,13 @@ impl Maildir {
     }
 
     /// The stamp of `pobox-uidls` now: `Ok(None)` if there is none.
-    pub(super) fn uidls_stamp(&self) -> io::Result<Option<DirStamp>> {
+    pub(super) fn uidls_stamp(&self) -> io::Result<Option<FileStamp>> {
         match rustix::fs::statat(
             self.root_fd(),
             UIDLS_NAME,
             rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
         ) {
-            Ok(st) => Ok(Some(DirStamp::of_stat(&st))),
+            Ok(st) => Ok(Some(FileStamp::of_stat(&st))),
             Err(Errno::NOENT) => Ok(None),
             Err(e) => Err(e.into()),
         }
