@@ -32,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
             match action {
                 Action::Send(bytes) => assert!(bytes.ends_with(b"\r\n")),
                 Action::Authenticate(c) => {
-                    let ok = matches!(&c, Credentials::Password { password, .. } if password.0 == b"pw");
+                    let ok = matches!(&c, Credentials::Password { password, .. } if password.as_bytes() == b"pw");
                     session.handle_login(if ok {
                         Ok(LoginGrant {
                             user: c.user().to_string(),
