@@ -16,12 +16,21 @@ pub(crate) enum Stream {
     Plain(TcpStream),
     /// TLS (port 995, or port 110 after STLS).
     Tls(Box<TlsStream<TcpStream>>),
+    /// An in-memory pipe (`tokio::io::duplex`) standing in for the socket,
+    /// for driver tests (`testkit`). Never upgraded to TLS.
+    #[cfg(feature = "testkit")]
+    Memory(tokio::io::DuplexStream),
 }
 
 impl Stream {
     /// True once TLS is up.
     pub(crate) fn is_tls(&self) -> bool {
         matches!(self, Stream::Tls(_))
+    }
+
+    /// True if STLS could upgrade this stream (cleartext TCP only).
+    pub(crate) fn can_start_tls(&self) -> bool {
+        matches!(self, Stream::Plain(_))
     }
 }
 
@@ -34,6 +43,8 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            #[cfg(feature = "testkit")]
+            Stream::Memory(s) => Pin::new(s).poll_read(cx, buf),
         }
     }
 }
@@ -47,6 +58,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            #[cfg(feature = "testkit")]
+            Stream::Memory(s) => Pin::new(s).poll_write(cx, buf),
         }
     }
 
@@ -54,6 +67,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            #[cfg(feature = "testkit")]
+            Stream::Memory(s) => Pin::new(s).poll_flush(cx),
         }
     }
 
@@ -61,6 +76,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            #[cfg(feature = "testkit")]
+            Stream::Memory(s) => Pin::new(s).poll_shutdown(cx),
         }
     }
 
@@ -72,6 +89,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+            #[cfg(feature = "testkit")]
+            Stream::Memory(s) => Pin::new(s).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -79,6 +98,8 @@ impl AsyncWrite for Stream {
         match self {
             Stream::Plain(s) => s.is_write_vectored(),
             Stream::Tls(s) => s.is_write_vectored(),
+            #[cfg(feature = "testkit")]
+            Stream::Memory(s) => s.is_write_vectored(),
         }
     }
 }

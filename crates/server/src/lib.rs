@@ -23,6 +23,8 @@
 //! - [`http`]: the small HTTP/1.1 server behind metrics, ACME HTTP-01 and
 //!   autoconfig.
 //! - [`autoconfig`]: the client autoconfiguration documents.
+//! - `testkit` (feature `testkit`, tests only): a POP3 session over an
+//!   in-memory stream, for driver tests under paused time.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -52,6 +54,8 @@ pub mod sessions;
 pub mod shutdown;
 pub mod throttle;
 pub mod tls;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 pub mod vacation;
 
 use std::io;

@@ -19,26 +19,16 @@ use std::time::{Duration, Instant};
 
 use pobox_auth::UserDb;
 use pobox_server::config::MailAuthConfig;
-use pobox_server::{Config, ListenAddr, Protocol, Services};
+use pobox_server::{Config, Protocol, Services};
 use pobox_store::{MailLocation, MaildirStore};
-use tokio::sync::oneshot;
+
+mod support;
 
 struct TestServer {
+    /// Before the directory: stopped before it is removed.
+    _server: support::Running,
     lmtp: String,
     dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<std::sync::mpsc::Receiver<()>>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-            if let Some(done) = self.done.take() {
-                let _ = done.recv_timeout(Duration::from_secs(15));
-            }
-        }
-    }
 }
 
 fn start() -> TestServer {
@@ -57,24 +47,9 @@ fn start() -> TestServer {
     }
     let location = MailLocation::new(format!("{}/mail/{{user}}", dir.path().display())).unwrap();
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(MaildirStore::new(location)), None));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-            let lmtp = pobox_server::bind(Protocol::Lmtp, &any).await.unwrap();
-            addr_tx.send(lmtp.local.clone()).unwrap();
-            pobox_server::run(svc, vec![lmtp], async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        });
-        let _ = done_tx.send(());
-    });
-    let lmtp = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    TestServer { lmtp, dir, stop: Some(stop_tx), done: Some(done_rx) }
+    let server = support::spawn(svc, &[Protocol::Lmtp]);
+    let lmtp = server.addrs[0].clone();
+    TestServer { _server: server, lmtp, dir }
 }
 
 impl TestServer {

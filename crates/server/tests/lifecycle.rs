@@ -8,15 +8,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pobox_auth::UserDb;
-use pobox_server::{Config, ListenAddr, Protocol, Services};
+use pobox_server::{Config, Protocol, Services};
 use pobox_store::{MailLocation, Mailstore, MaildirStore};
-use tokio::sync::oneshot;
+
+mod support;
 
 struct TestServer {
+    /// Before the directory: stopped before it is removed.
+    server: support::Running,
     addr: String,
     store: MaildirStore,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<std::sync::mpsc::Receiver<()>>,
     _dir: tempfile::TempDir,
 }
 
@@ -28,25 +29,9 @@ fn start(config: Config) -> TestServer {
     let store = MaildirStore::new(location);
     store.deliver("alice", &mut &b"Subject: one\n\nbody\n"[..]).unwrap();
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store.clone()), None));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let l = pobox_server::bind(Protocol::Pop3, &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()))
-                .await
-                .unwrap();
-            addr_tx.send(l.local.clone()).unwrap();
-            pobox_server::run(svc, vec![l], async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        });
-        let _ = done_tx.send(());
-    });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    TestServer { addr, store, stop: Some(stop_tx), done: Some(done_rx), _dir: dir }
+    let server = support::spawn(svc, &[Protocol::Pop3]);
+    let addr = server.addrs[0].clone();
+    TestServer { server, addr, store, _dir: dir }
 }
 
 struct Client {
@@ -114,7 +99,7 @@ fn shutdown_lets_sessions_finish_then_closes_them_without_update() {
     c.cmd("USER alice");
     assert!(c.cmd("PASS pw").starts_with("+OK"));
     assert!(c.cmd("DELE 1").starts_with("+OK"));
-    server.stop.take().unwrap().send(()).unwrap();
+    server.server.stop();
     // During the grace period the session still works...
     std::thread::sleep(Duration::from_millis(200));
     assert!(c.cmd("NOOP").starts_with("+OK"));
@@ -130,7 +115,7 @@ fn shutdown_lets_sessions_finish_then_closes_them_without_update() {
     // After the grace period: a goodbye, then the connection closes.
     let rest = c.rest();
     assert!(rest.starts_with("-ERR [SYS/TEMP]"), "{rest:?}");
-    server.done.take().unwrap().recv_timeout(Duration::from_secs(20)).unwrap();
+    server.server.wait_stopped(Duration::from_secs(20));
     assert_eq!(message_count(&server.store), 1, "shutdown must not run UPDATE");
 }
 
@@ -139,7 +124,7 @@ fn shutdown_returns_at_once_when_no_session_is_open() {
     let mut server = start(Config { shutdown_grace: Duration::from_secs(30), ..fast_config() });
     let mut c = Client::connect(&server.addr);
     assert!(c.cmd("QUIT").starts_with("+OK"));
-    server.stop.take().unwrap().send(()).unwrap();
+    server.server.stop();
     // Well inside the 30 s grace: nothing to wait for.
-    server.done.take().unwrap().recv_timeout(Duration::from_secs(10)).unwrap();
+    server.server.wait_stopped(Duration::from_secs(10));
 }

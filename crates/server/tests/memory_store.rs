@@ -10,30 +10,28 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use pobox_auth::UserDb;
-use pobox_server::{Config, ListenAddr, Protocol, Services};
+use pobox_server::{Config, Protocol, Services};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
 use pobox_store::{Mailstore, MailstoreAdmin, MemoryStore};
 
-/// Serves `store` on 127.0.0.1 until the test process ends; returns the
-/// address and keeps the user database's directory alive.
-fn serve(store: MemoryStore) -> (String, tempfile::TempDir) {
+mod support;
+
+/// Serves `store` on 127.0.0.1; returns the address and what keeps the
+/// server and its user database alive (dropping it stops the server).
+fn serve(store: MemoryStore) -> (String, Served) {
     let dir = tempfile::tempdir().unwrap();
     let users = UserDb::open(dir.path().join("users"));
     users.add("alice", b"pw").unwrap();
     let config = Config { auth_failure_delay: Duration::ZERO, ..Config::default() };
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store), None));
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let l = pobox_server::bind(Protocol::Pop3, &ListenAddr::Tcp("127.0.0.1:0".parse().unwrap()))
-                .await
-                .unwrap();
-            addr_tx.send(l.local.clone()).unwrap();
-            pobox_server::run(svc, vec![l], std::future::pending()).await;
-        });
-    });
-    (addr_rx.recv_timeout(Duration::from_secs(10)).unwrap(), dir)
+    let server = support::spawn(svc, &[Protocol::Pop3]);
+    (server.addrs[0].clone(), Served { _server: server, _dir: dir })
+}
+
+/// The server, then (dropped after it) the directory of its user database.
+struct Served {
+    _server: support::Running,
+    _dir: tempfile::TempDir,
 }
 
 struct Client {
@@ -90,7 +88,7 @@ fn a_session_lists_retrieves_and_deletes_from_the_memory_store() {
     store.deliver("alice", &mut &b"Subject: one\n\nbody\n"[..]).unwrap();
     store.deliver("alice", &mut &b"Subject: two\r\n\r\nx\r\n"[..]).unwrap();
     let uidls: Vec<String> = store.inspect("alice").unwrap().into_iter().map(|m| m.uidl.into_string()).collect();
-    let (addr, _dir) = serve(store.clone());
+    let (addr, _served) = serve(store.clone());
     let mut c = Client::login(&addr);
     assert_eq!(c.cmd("STAT"), format!("+OK 2 {}\r\n", 22 + 19));
     assert_eq!(c.multi("UIDL"), [format!("1 {}\r\n", uidls[0]), format!("2 {}\r\n", uidls[1])]);
@@ -104,7 +102,7 @@ fn a_session_lists_retrieves_and_deletes_from_the_memory_store() {
 #[test]
 fn a_held_maildrop_is_in_use() {
     let store = MemoryStore::new();
-    let (addr, _dir) = serve(store.clone());
+    let (addr, _served) = serve(store.clone());
     let held = store.open("alice").unwrap();
     let mut c = Client::connect(&addr);
     c.cmd("USER alice");
@@ -119,7 +117,7 @@ fn expire_zero_removes_what_was_retrieved_at_quit() {
     let store = store_with(Policy { retrieved: Days::After(0), ..Policy::default() });
     store.deliver("alice", &mut &b"a\n"[..]).unwrap();
     store.deliver("alice", &mut &b"b\n"[..]).unwrap();
-    let (addr, _dir) = serve(store.clone());
+    let (addr, _served) = serve(store.clone());
     let mut c = Client::login(&addr);
     assert!(c.multi("CAPA").contains(&"EXPIRE 0\r\n".to_owned()));
     c.multi("RETR 2");
@@ -137,7 +135,7 @@ fn login_expires_mail_retrieved_too_long_ago() {
     let mut mb = store.open("alice").unwrap();
     mb.record_retrievals(&[0], SystemTime::now() - Duration::from_secs(3 * 86_400)).unwrap();
     drop(mb);
-    let (addr, _dir) = serve(store.clone());
+    let (addr, _served) = serve(store.clone());
     let mut c = Client::login(&addr);
     assert_eq!(c.cmd("STAT"), "+OK 1 5\r\n", "the old message expired at login");
     assert_eq!(c.multi("RETR 1"), ["new\r\n"]);

@@ -15,9 +15,11 @@ use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use pobox_auth::UserDb;
 use pobox_auth::oauth::OAuthConfig;
-use pobox_server::{Config, ListenAddr, Protocol, Services};
+use pobox_server::{Config, Protocol, Services};
 use pobox_store::{MailLocation, MaildirStore};
 use ring::signature::{self, KeyPair as _};
+
+mod support;
 
 const ISSUER: &str = "https://idp.example";
 const AUDIENCE: &str = "pop.example";
@@ -57,8 +59,9 @@ impl Idp {
 }
 
 /// A server with alice (sub mapped) and bob (sub mapped), OAuth configured
-/// with `username_claim` (`None`: the default). Returns the POP3 address.
-fn start(dir: &Path, username_claim: Option<&str>) -> (String, tokio::sync::oneshot::Sender<()>) {
+/// with `username_claim` (`None`: the default). Returns the POP3 address
+/// and the server (stopped when dropped).
+fn start(dir: &Path, username_claim: Option<&str>) -> (String, support::Running) {
     let passwd = dir.join("users");
     std::fs::write(
         &passwd,
@@ -83,21 +86,8 @@ fn start(dir: &Path, username_claim: Option<&str>) -> (String, tokio::sync::ones
         ..Config::default()
     };
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(MaildirStore::new(location)), None));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-            let listener = pobox_server::bind(Protocol::Pop3, &any).await.unwrap();
-            addr_tx.send(listener.local.clone()).unwrap();
-            pobox_server::run(svc, vec![listener], async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        });
-    });
-    (addr_rx.recv_timeout(Duration::from_secs(10)).unwrap(), stop_tx)
+    let server = support::spawn(svc, &[Protocol::Pop3]);
+    (server.addrs[0].clone(), server)
 }
 
 /// Runs one XOAUTH2 or OAUTHBEARER exchange on a fresh loopback connection

@@ -12,28 +12,18 @@ use std::time::Duration;
 
 use pobox_auth::UserDb;
 use pobox_server::config::MailAuthConfig;
-use pobox_server::{Config, ListenAddr, Protocol, Services};
+use pobox_server::{Config, Protocol, Services};
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore};
-use tokio::sync::oneshot;
+
+mod support;
 
 struct TestServer {
+    /// Before the directory: stopped before it is removed.
+    _server: support::Running,
     policy: String,
     lmtp: String,
     _dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<std::sync::mpsc::Receiver<()>>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-            if let Some(done) = self.done.take() {
-                let _ = done.recv_timeout(Duration::from_secs(15));
-            }
-        }
-    }
 }
 
 /// alice (10 messages allowed, none yet), bob (1 allowed, 1 there: full),
@@ -74,25 +64,9 @@ fn start_with(permanent: bool, reject_unknown: bool, max_connections: usize) -> 
         ..Config::default()
     };
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store), None));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-            let policy = pobox_server::bind(Protocol::Policy, &any).await.unwrap();
-            let lmtp = pobox_server::bind(Protocol::Lmtp, &any).await.unwrap();
-            addr_tx.send((policy.local.clone(), lmtp.local.clone())).unwrap();
-            pobox_server::run(svc, vec![policy, lmtp], async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        });
-        let _ = done_tx.send(());
-    });
-    let (policy, lmtp) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    TestServer { policy, lmtp, _dir: dir, stop: Some(stop_tx), done: Some(done_rx) }
+    let server = support::spawn(svc, &[Protocol::Policy, Protocol::Lmtp]);
+    let (policy, lmtp) = (server.addrs[0].clone(), server.addrs[1].clone());
+    TestServer { _server: server, policy, lmtp, _dir: dir }
 }
 
 /// A policy request as Postfix's smtpd sends it (a subset of its

@@ -15,21 +15,24 @@ use pobox_auth::UserDb;
 use pobox_auth::oauth::OAuthConfig;
 use pobox_auth::scram::ScramClient;
 use pobox_server::tls::CertPair;
-use pobox_server::{Config, ListenAddr, Protocol, Services, Tls};
+use pobox_server::{Config, Protocol, Services, Tls};
 use pobox_store::{MailLocation, Mailstore, MaildirStore};
 use ring::signature::{self, KeyPair as _};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
+mod support;
+
 const ISSUER: &str = "https://idp.example";
 const AUDIENCE: &str = "pop.example";
 
 struct Server {
+    /// Before the directory: stopped before it is removed.
+    _server: support::Running,
     pop3: String,
     pop3s: String,
     svc: Arc<Services>,
     dir: tempfile::TempDir,
-    _stop: tokio::sync::oneshot::Sender<()>,
 }
 
 fn write_cert(dir: &Path, name: &str) -> CertPair {
@@ -51,24 +54,9 @@ fn start(config: Config) -> Server {
     let pair = write_cert(dir.path(), "server");
     let tls = Tls::load(vec![pair]).unwrap();
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store), Some(tls)));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let svc2 = svc.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-            let a = pobox_server::bind(Protocol::Pop3, &any).await.unwrap();
-            let b = pobox_server::bind(Protocol::Pop3s, &any).await.unwrap();
-            addr_tx.send((a.local.clone(), b.local.clone())).unwrap();
-            pobox_server::run(svc2, vec![a, b], async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        });
-    });
-    let (pop3, pop3s) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    Server { pop3, pop3s, svc, dir, _stop: stop_tx }
+    let server = support::spawn(svc.clone(), &[Protocol::Pop3, Protocol::Pop3s]);
+    let (pop3, pop3s) = (server.addrs[0].clone(), server.addrs[1].clone());
+    Server { _server: server, pop3, pop3s, svc, dir }
 }
 
 fn fast() -> Config {

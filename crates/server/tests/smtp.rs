@@ -19,30 +19,20 @@ use std::time::{Duration, Instant};
 
 use pobox_auth::UserDb;
 use pobox_server::config::{DnsResolver, MailAuthConfig};
-use pobox_server::{Config, ListenAddr, Protocol, Services};
+use pobox_server::{Config, Protocol, Services};
 use pobox_store::{MailLocation, MaildirStore};
-use tokio::sync::oneshot;
+
+mod support;
 
 const HOST: &str = "mx.example.org";
 
 struct TestServer {
+    /// Before the directory: stopped before it is removed.
+    _server: support::Running,
     smtp: String,
     pop3: String,
     lmtp: String,
     dir: tempfile::TempDir,
-    stop: Option<oneshot::Sender<()>>,
-    done: Option<std::sync::mpsc::Receiver<()>>,
-}
-
-impl Drop for TestServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-            if let Some(done) = self.done.take() {
-                let _ = done.recv_timeout(Duration::from_secs(15));
-            }
-        }
-    }
 }
 
 fn base_config() -> Config {
@@ -87,26 +77,9 @@ fn start_with(mut config: Config, setup: impl FnOnce(&Path)) -> TestServer {
     let store = MaildirStore::new(location);
     let tls = pobox_server::tls::load_or_generate_many(&dir.path().join("tls"), Vec::new(), HOST, &[]).unwrap();
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store), Some(tls)));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-            let smtp = pobox_server::bind(Protocol::Smtp, &any).await.unwrap();
-            let pop3 = pobox_server::bind(Protocol::Pop3, &any).await.unwrap();
-            let lmtp = pobox_server::bind(Protocol::Lmtp, &any).await.unwrap();
-            addr_tx.send((smtp.local.clone(), pop3.local.clone(), lmtp.local.clone())).unwrap();
-            pobox_server::run(svc, vec![smtp, pop3, lmtp], async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        });
-        let _ = done_tx.send(());
-    });
-    let (smtp, pop3, lmtp) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    TestServer { smtp, pop3, lmtp, dir, stop: Some(stop_tx), done: Some(done_rx) }
+    let server = support::spawn(svc, &[Protocol::Smtp, Protocol::Pop3, Protocol::Lmtp]);
+    let (smtp, pop3, lmtp) = (server.addrs[0].clone(), server.addrs[1].clone(), server.addrs[2].clone());
+    TestServer { _server: server, smtp, pop3, lmtp, dir }
 }
 
 impl TestServer {

@@ -40,6 +40,26 @@ pub struct MemoryStore {
     max_size: Option<u64>,
     retention: Arc<RetentionConfig>,
     quota: Arc<QuotaConfig>,
+    clock: Clock,
+}
+
+/// Where the store reads "now" (delivery time, expiry at open, removal
+/// time at commit): the system clock unless a test supplies its own, so
+/// retention can be driven by a test's clock (e.g. tokio's paused time).
+/// Operations that take a `now` argument use that instead.
+#[derive(Clone, Default)]
+struct Clock(Option<Arc<dyn Fn() -> SystemTime + Send + Sync>>);
+
+impl Clock {
+    fn now(&self) -> SystemTime {
+        self.0.as_ref().map_or_else(SystemTime::now, |clock| clock())
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Clock(custom)" } else { "Clock(system)" })
+    }
 }
 
 #[derive(Debug, Default)]
@@ -114,6 +134,15 @@ impl MemoryStore {
         self
     }
 
+    /// Reads the time from `clock` instead of the system clock (see
+    /// `Clock`): for tests that move time, such as the server's driver
+    /// tests under tokio's paused clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
+        self.clock = Clock(Some(Arc::new(clock)));
+        self
+    }
+
     fn users(&self) -> MutexGuard<'_, HashMap<String, Maildrop>> {
         // A panic while the map was held leaves each maildrop consistent:
         // every change below is made in one step.
@@ -144,7 +173,7 @@ impl MemoryStore {
             uidl: Uidl::try_from(format!("mem{id:016x}")).expect("hex digits are a valid UIDL"),
             bytes: bytes.into(),
             size,
-            received: SystemTime::now(),
+            received: self.clock.now(),
             retrieved: None,
         })
     }
@@ -233,7 +262,7 @@ impl Mailstore for MemoryStore {
             }
             drop.locked = true;
             let expired = match policy.can_expire() {
-                true => expire_in(drop, &policy, SystemTime::now(), false),
+                true => expire_in(drop, &policy, self.clock.now(), false),
                 false => ExpireReport::default(),
             };
             Ok((drop.inbox.clone(), expired))
@@ -444,7 +473,7 @@ impl Mailbox for MemoryMailbox {
         if let Some(&index) = remove_at.iter().find(|&&i| i >= self.messages.len()) {
             return Err(StoreError::NoSuchMessage { index });
         }
-        let now = SystemTime::now();
+        let now = self.store.clock.now();
         if let Err(e) = self.record_retrievals(retrieved, now) {
             tracing::warn!(user = %self.user, error = %e, "cannot record retrievals");
         }
@@ -476,6 +505,32 @@ impl Mailbox for MemoryMailbox {
 #[cfg(test)]
 mod tests {
     use super::normalise;
+    use crate::retention::{Days, Policy, RetentionConfig};
+    use crate::{Mailstore, MailstoreAdmin, MemoryStore};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, SystemTime};
+
+    /// Delivery time and expiry at open read the injected clock, not the
+    /// system's: a message one second short of `max_age` stays, and goes
+    /// once the clock reaches it.
+    #[test]
+    fn retention_follows_the_injected_clock() {
+        let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000_000);
+        let now = Arc::new(Mutex::new(start));
+        let clock = Arc::clone(&now);
+        let policy = Policy { max_age: Days::After(1), ..Policy::default() };
+        let store = MemoryStore::new()
+            .with_retention(RetentionConfig { default: policy, ..RetentionConfig::default() })
+            .with_clock(move || *clock.lock().unwrap());
+        store.deliver("alice", &mut &b"x\n"[..]).unwrap();
+        assert_eq!(store.inspect("alice").unwrap()[0].received, start);
+        *now.lock().unwrap() = start + Duration::from_secs(86_399);
+        assert_eq!(store.open("alice").unwrap().messages().len(), 1);
+        *now.lock().unwrap() = start + Duration::from_secs(86_400);
+        let mailbox = store.open("alice").unwrap();
+        assert_eq!(mailbox.messages().len(), 0);
+        assert_eq!(mailbox.expired_at_open().expired.len(), 1);
+    }
 
     #[test]
     fn stores_what_maildir_stores() {

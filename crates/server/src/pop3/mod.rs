@@ -92,6 +92,38 @@ pub(crate) async fn serve(
     } else {
         Stream::Plain(tcp)
     };
+    let listener = if implicit_tls { crate::Protocol::Pop3s } else { crate::Protocol::Pop3 };
+    drive(stream, peer, listener, svc, shutdown, ip_slot, started, login_deadline).await;
+}
+
+/// Serves a POP3 session over an in-memory stream, from the greeting to
+/// the end (see [`crate::testkit::pop3_session`]).
+#[cfg(feature = "testkit")]
+pub(crate) async fn serve_memory(
+    stream: tokio::io::DuplexStream,
+    peer: SocketAddr,
+    svc: Arc<Services>,
+    shutdown: Shutdown,
+) {
+    let login_deadline = tokio::time::Instant::now() + svc.config.login_deadline;
+    drive(Stream::Memory(stream), peer, crate::Protocol::Pop3, svc, shutdown, None, Instant::now(), login_deadline)
+        .await;
+}
+
+/// Runs one session over an established stream (after any implicit TLS
+/// handshake): greeting, AUTHORIZATION, TRANSACTION, UPDATE, and the
+/// release of the maildrop. `listener` is the protocol it came in on.
+#[allow(clippy::too_many_arguments)] // one call per transport, each naming them all
+async fn drive(
+    stream: Stream,
+    peer: SocketAddr,
+    listener: crate::Protocol,
+    svc: Arc<Services>,
+    shutdown: Shutdown,
+    ip_slot: Option<IpSlot>,
+    started: Instant,
+    login_deadline: tokio::time::Instant,
+) {
     let secure = stream.is_tls();
     // The store's retention policies, the only copy (CAPA is derived from them).
     let retention = svc.store.retention();
@@ -100,7 +132,7 @@ pub(crate) async fn serve(
     let config = SessionConfig {
         greeting: "pobox POP3 server ready".into(),
         secure,
-        stls_available: !secure && svc.tls.is_some(),
+        stls_available: stream.can_start_tls() && svc.tls.is_some(),
         plaintext_auth_allowed: secure
             || (svc.config.plaintext_auth_on_loopback && peer.ip().is_loopback())
             || svc.config.allow_plaintext_auth,
@@ -132,7 +164,7 @@ pub(crate) async fn serve(
         slots: Box::new(Slots {
             ip: ip_slot,
             user_ip: None,
-            listener: if implicit_tls { crate::Protocol::Pop3s } else { crate::Protocol::Pop3 },
+            listener,
         }),
     };
     driver.offer_mechanisms().await;
@@ -616,6 +648,11 @@ async fn read_input(stream: &mut Stream, inbuf: &mut Vec<u8>) -> std::io::Result
                 other => return other,
             }
         },
+        #[cfg(feature = "testkit")]
+        Stream::Memory(_) => {
+            inbuf.reserve(READ_CHUNK);
+            stream.read_buf(inbuf).await
+        }
         Stream::Tls(_) => {
             inbuf.reserve(READ_CHUNK);
             stream.read_buf(inbuf).await

@@ -1,7 +1,9 @@
-//! What the raw-socket intake tests (`data_end.rs`, `bdat.rs`) share: a
-//! server with SMTP and LMTP listeners on loopback over a Maildir in a
-//! temporary directory, and a raw client that sends bytes and reads
-//! replies. Each test binary uses part of it.
+//! What the server tests share. [`spawn`]: a server on its own runtime
+//! thread with listeners on loopback, stopped when the handle is dropped
+//! (every test binary that runs listeners uses it). And for the raw-socket
+//! intake tests (`data_end.rs`, `bdat.rs`): a server with SMTP and LMTP
+//! listeners over a Maildir in a temporary directory, and a raw client
+//! that sends bytes and reads replies. Each test binary uses part of it.
 #![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -16,15 +18,59 @@ use pobox_server::{Config, ListenAddr, Protocol, Services};
 use pobox_store::{MailLocation, MaildirStore};
 use tokio::sync::oneshot;
 
-pub(crate) struct TestServer {
-    pub(crate) smtp: String,
-    pub(crate) lmtp: String,
-    pub(crate) dir: tempfile::TempDir,
+/// A server started by [`spawn`]. Dropping it stops the server and waits
+/// (up to 15 s) for it to finish, so a test's temporary directory outlives
+/// the sessions using it: declare it before the directory in a struct.
+pub(crate) struct Running {
+    /// The bound addresses, in the order of the protocols given to [`spawn`].
+    pub(crate) addrs: Vec<String>,
     stop: Option<oneshot::Sender<()>>,
     done: Option<std::sync::mpsc::Receiver<()>>,
 }
 
-impl Drop for TestServer {
+/// Serves `svc` on a new thread with its own tokio runtime, one listener
+/// on 127.0.0.1 (any free port) per entry of `protocols`; returns once
+/// they are bound.
+pub(crate) fn spawn(svc: Arc<Services>, protocols: &[Protocol]) -> Running {
+    let protocols = protocols.to_vec();
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        rt.block_on(async move {
+            let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
+            let mut listeners = Vec::new();
+            for protocol in protocols {
+                listeners.push(pobox_server::bind(protocol, &any).await.unwrap());
+            }
+            addr_tx.send(listeners.iter().map(|l| l.local.clone()).collect::<Vec<_>>()).unwrap();
+            pobox_server::run(svc, listeners, async {
+                let _ = stop_rx.await;
+            })
+            .await;
+        });
+        let _ = done_tx.send(());
+    });
+    let addrs = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    Running { addrs, stop: Some(stop_tx), done: Some(done_rx) }
+}
+
+impl Running {
+    /// Starts the shutdown (listeners close, sessions get
+    /// `shutdown_grace`); panics if the server had already stopped.
+    pub(crate) fn stop(&mut self) {
+        self.stop.take().expect("stopped once").send(()).expect("the server was still running");
+    }
+
+    /// Waits (at most `limit`) until the server has finished; panics if it
+    /// has not.
+    pub(crate) fn wait_stopped(&mut self, limit: Duration) {
+        self.done.take().expect("waited once").recv_timeout(limit).unwrap();
+    }
+}
+
+impl Drop for Running {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -33,6 +79,14 @@ impl Drop for TestServer {
             }
         }
     }
+}
+
+pub(crate) struct TestServer {
+    /// Before `dir`: stopped before the directory is removed.
+    _server: Running,
+    pub(crate) smtp: String,
+    pub(crate) lmtp: String,
+    pub(crate) dir: tempfile::TempDir,
 }
 
 pub(crate) fn config() -> Config {
@@ -68,25 +122,9 @@ pub(crate) fn start_with(mut config: Config, setup: impl FnOnce(&std::path::Path
     let location = MailLocation::new(format!("{}/mail/{{user}}", dir.path().display())).unwrap();
     let store = MaildirStore::new(location);
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(store), None));
-    let (stop_tx, stop_rx) = oneshot::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        rt.block_on(async move {
-            let any = ListenAddr::Tcp("127.0.0.1:0".parse().unwrap());
-            let smtp = pobox_server::bind(Protocol::Smtp, &any).await.unwrap();
-            let lmtp = pobox_server::bind(Protocol::Lmtp, &any).await.unwrap();
-            addr_tx.send((smtp.local.clone(), lmtp.local.clone())).unwrap();
-            pobox_server::run(svc, vec![smtp, lmtp], async {
-                let _ = stop_rx.await;
-            })
-            .await;
-        });
-        let _ = done_tx.send(());
-    });
-    let (smtp, lmtp) = addr_rx.recv_timeout(Duration::from_secs(10)).unwrap();
-    TestServer { smtp, lmtp, dir, stop: Some(stop_tx), done: Some(done_rx) }
+    let server = spawn(svc, &[Protocol::Smtp, Protocol::Lmtp]);
+    let (smtp, lmtp) = (server.addrs[0].clone(), server.addrs[1].clone());
+    TestServer { _server: server, smtp, lmtp, dir }
 }
 
 impl TestServer {
