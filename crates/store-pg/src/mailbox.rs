@@ -1,0 +1,1 @@
+//! A maildrop a session holds.
