@@ -244,7 +244,7 @@ pub fn schema_status(cfg: &PgConfig) -> Result<SchemaStatus, StoreError> {
 /// Errors inside the crate: the driver's, the pool's, or the port's own.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PgError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -266,6 +266,18 @@ impl From<PgError> for StoreError {
             PgError::Store(e) => e,
             other => db_error(other.to_string()),
         }
+    }
+}
+
+/// The driver's error with the server's message and SQLSTATE (its
+/// `Display` alone says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
     }
 }
 

@@ -191,8 +191,11 @@ pub(crate) fn store_message(
     db.run(async {
         if let Some(quota) = intake.quota {
             // Serialises this user's deliveries from every node for the
-            // check: the sum below sees every committed delivery.
-            tx.execute("SELECT 1 FROM maildrops WHERE id = $1 FOR UPDATE", &[&maildrop]).await?;
+            // check: the sum below sees every committed delivery. NO KEY
+            // UPDATE, not UPDATE: the message row's foreign key already
+            // holds KEY SHARE on this row, and two deliveries upgrading
+            // that to UPDATE would deadlock each other.
+            tx.execute("SELECT 1 FROM maildrops WHERE id = $1 FOR NO KEY UPDATE", &[&maildrop]).await?;
             let usage = usage_of(&*tx, maildrop, id).await?;
             if quota.exceeded_by(usage, size) {
                 return Err(StoreError::OverQuota(format!(

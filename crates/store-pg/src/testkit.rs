@@ -161,6 +161,26 @@ impl TestPg {
         cfg
     }
 
+    /// Runs `sql` with `psql` on the database of `url` (one made by
+    /// [`create_database`](TestPg::create_database)) and returns its
+    /// unaligned, tuples-only output, trimmed: for tests that look at the
+    /// tables themselves.
+    ///
+    /// # Panics
+    ///
+    /// If `psql` fails.
+    #[must_use]
+    pub fn psql(&self, url: &str, sql: &str) -> String {
+        let out = self
+            .command("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+        assert!(out.status.success(), "psql {sql:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Stops the server (fast shutdown: sessions are cut, data kept).
     pub fn stop(&self) {
         self.run("pg_ctl", &["stop", "-D", path_str(&self.data()), "-m", "fast", "-w"]);
