@@ -43,6 +43,8 @@ pub struct TestPg {
     /// process's end closes the pipe.
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
     owned: bool,
+    /// Server options beyond the port and address (TLS).
+    extra: String,
 }
 
 /// Whether PostgreSQL 15 can run here; if not, fails the test, or skips
@@ -76,6 +78,24 @@ impl TestPg {
     /// If `initdb` or `pg_ctl` fail (their output is in the message).
     #[must_use]
     pub fn start() -> TestPg {
+        TestPg::init(false)
+    }
+
+    /// [`start`](TestPg::start) with TLS on (`ssl=on`), a self-signed
+    /// certificate for `127.0.0.1` and `localhost`; [`ca_file`](TestPg::ca_file)
+    /// is that certificate, for [`PgConfig::ca_file`].
+    #[must_use]
+    pub fn start_tls() -> TestPg {
+        TestPg::init(true)
+    }
+
+    /// The PEM certificate a TLS cluster presents (its own root).
+    #[must_use]
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    fn init(tls: bool) -> TestPg {
         let root = std::env::temp_dir().join(format!("pobox-pg-{}-{}", std::process::id(), next_cluster()));
         std::fs::create_dir(&root).expect("creating the cluster directory");
         let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_owned());
@@ -86,7 +106,31 @@ impl TestPg {
                 .unwrap_or_else(|| panic!("running as root needs the user {user} (created by postgresql-15)"));
             nix::unistd::chown(&root, Some(u.uid), Some(u.gid)).expect("chown of the cluster directory");
         }
-        let pg = TestPg { dir: root, port: free_port(), run_as, watchdog: Mutex::new(None), owned: true };
+        let owner = match &run_as {
+            Some(user) => nix::unistd::User::from_name(user).ok().flatten().map(|u| (u.uid, u.gid)),
+            None => None,
+        };
+        let mut pg =
+            TestPg { dir: root, port: free_port(), run_as, watchdog: Mutex::new(None), owned: true, extra: String::new() };
+        if tls {
+            let cert = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned(), "localhost".to_owned()])
+                .expect("generating the test certificate");
+            let (crt, key) = (pg.dir.join("server.crt"), pg.dir.join("server.key"));
+            std::fs::write(&crt, cert.cert.pem()).expect("writing server.crt");
+            std::fs::write(&key, cert.signing_key.serialize_pem()).expect("writing server.key");
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).expect("chmod server.key");
+            for f in [&crt, &key] {
+                if let Some((uid, gid)) = owner {
+                    nix::unistd::chown(f, Some(uid), Some(gid)).expect("chown of the certificate");
+                }
+            }
+            pg.extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                path_str(&crt),
+                path_str(&key)
+            );
+        }
         let data = pg.data();
         pg.run(
             "initdb",
@@ -189,9 +233,10 @@ impl TestPg {
     /// Starts the server again on the same port (after [`stop`](TestPg::stop)).
     pub fn start_again(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=300",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=300{}",
             self.port,
-            path_str(&self.dir)
+            path_str(&self.dir),
+            self.extra
         );
         let log = self.dir.join("server.log");
         self.run("pg_ctl", &["start", "-D", path_str(&self.data()), "-l", path_str(&log), "-w", "-o", &opts]);

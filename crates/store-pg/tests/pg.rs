@@ -281,3 +281,26 @@ fn the_password_never_shows_in_errors_or_debug_output() {
     assert!(!err.contains("s3cret"), "{err}");
     assert!(StoreError::LeaseLost.is_temporary());
 }
+
+#[test]
+fn tls_to_the_database_verifies_its_certificate() {
+    if !require("tls_to_the_database_verifies_its_certificate") {
+        return;
+    }
+    let pg = TestPg::start_tls();
+    let url = pg.create_database().replace("sslmode=disable", "sslmode=require");
+    let cfg = PgConfig { url, ca_file: Some(pg.ca_file()), pool_size: 2, node: "tls".into(), ..PgConfig::default() };
+    migrate(&cfg).unwrap();
+    let store = PgStore::connect(cfg.clone()).unwrap();
+    deliver(&store, "alice", "over TLS\n");
+    let encrypted = pg.psql(
+        &cfg.url.replace("sslmode=require", "sslmode=disable"),
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+          WHERE s.ssl AND a.application_name = 'pobox tls'",
+    );
+    assert_ne!(encrypted, "0", "the store's connections use TLS");
+    // Without the cluster's certificate among the roots: refused.
+    let untrusted = PgConfig { ca_file: None, ..cfg };
+    let err = PgStore::connect(untrusted).unwrap_err();
+    assert!(err.is_temporary(), "{err}");
+}
