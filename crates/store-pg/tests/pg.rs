@@ -16,8 +16,15 @@ use pobox_store_pg::{CHUNK_SIZE, PgConfig, PgStore, migrate, schema, schema_stat
 /// Two nodes on one fresh database.
 fn two_nodes(pg: &TestPg, lease_secs: u64) -> (PgConfig, PgStore, PgStore) {
     let a = pg.migrated("node-a", lease_secs);
-    let b = PgConfig { node: "node-b".into(), ..a.clone() };
-    (a.clone(), PgStore::connect(a).unwrap(), PgStore::connect(b).unwrap())
+    let b = PgConfig {
+        node: "node-b".into(),
+        ..a.clone()
+    };
+    (
+        a.clone(),
+        PgStore::connect(a).unwrap(),
+        PgStore::connect(b).unwrap(),
+    )
 }
 
 fn deliver(s: &PgStore, user: &str, text: &str) {
@@ -47,16 +54,39 @@ fn a_maildrop_held_on_one_node_is_in_use_on_the_other() {
     deliver(&a, "alice", "one\n");
     deliver(&b, "alice", "two\n");
     let session = a.open("alice").unwrap();
-    assert_eq!(session.messages().len(), 2, "each node delivers into the one maildrop");
-    assert!(matches!(b.open("alice"), Err(StoreError::InUse)), "[IN-USE] on the other node");
-    assert!(matches!(a.open("alice"), Err(StoreError::InUse)), "and on the same node");
-    assert_eq!(pg.psql(&cfg.url, "SELECT node FROM maildrop_lease"), "node-a");
-    assert!(matches!(b.purge("alice", SystemTime::now()), Err(StoreError::InUse)), "admin changes wait too");
-    assert!(b.expire("alice", SystemTime::now(), false).unwrap().skipped_in_use);
+    assert_eq!(
+        session.messages().len(),
+        2,
+        "each node delivers into the one maildrop"
+    );
+    assert!(
+        matches!(b.open("alice"), Err(StoreError::InUse)),
+        "[IN-USE] on the other node"
+    );
+    assert!(
+        matches!(a.open("alice"), Err(StoreError::InUse)),
+        "and on the same node"
+    );
+    assert_eq!(
+        pg.psql(&cfg.url, "SELECT node FROM maildrop_lease"),
+        "node-a"
+    );
+    assert!(
+        matches!(b.purge("alice", SystemTime::now()), Err(StoreError::InUse)),
+        "admin changes wait too"
+    );
+    assert!(
+        b.expire("alice", SystemTime::now(), false)
+            .unwrap()
+            .skipped_in_use
+    );
     drop(session);
     let on_b = b.open("alice").expect("released when the session ends");
     assert_eq!(on_b.messages().len(), 2);
-    assert_eq!(pg.psql(&cfg.url, "SELECT node || ' ' || token FROM maildrop_lease"), "node-b 2");
+    assert_eq!(
+        pg.psql(&cfg.url, "SELECT node || ' ' || token FROM maildrop_lease"),
+        "node-b 2"
+    );
 }
 
 #[test]
@@ -73,12 +103,26 @@ fn an_expired_lease_is_taken_over_and_the_old_holder_cannot_commit() {
     // Node A is cut off from the database: its lease is no longer renewed.
     a.stop_lease_renewal();
     let new = retry(100, || b.open("alice")).expect("taken over once the lease expired");
-    assert_eq!(pg.psql(&cfg.url, "SELECT node || ' ' || token FROM maildrop_lease"), "node-b 2", "a higher token");
+    assert_eq!(
+        pg.psql(&cfg.url, "SELECT node || ' ' || token FROM maildrop_lease"),
+        "node-b 2",
+        "a higher token"
+    );
     let err = old.commit(&[0, 1, 2], &[0]).unwrap_err();
     assert!(matches!(err, StoreError::LeaseLost), "{err:?}");
     assert!(err.is_temporary());
-    assert_eq!(a.inspect("alice").unwrap().len(), 3, "the fenced UPDATE removed nothing");
-    assert!(a.inspect("alice").unwrap().iter().all(|m| m.retrieved.is_none()), "nor recorded anything");
+    assert_eq!(
+        a.inspect("alice").unwrap().len(),
+        3,
+        "the fenced UPDATE removed nothing"
+    );
+    assert!(
+        a.inspect("alice")
+            .unwrap()
+            .iter()
+            .all(|m| m.retrieved.is_none()),
+        "nor recorded anything"
+    );
     // The old holder's release (on drop) did not free the new holder's lease.
     assert!(matches!(a.open("alice"), Err(StoreError::InUse)));
     let report = new.commit(&[1], &[]).unwrap();
@@ -114,7 +158,11 @@ fn two_nodes_delivering_at_once_store_every_message_exactly_once() {
         for (n, store) in [&a, &b, &a, &b].into_iter().enumerate() {
             s.spawn(move || {
                 for i in 0..15 {
-                    deliver(store, "alice", &format!("Subject: {n}-{i}\n\nbody {n} {i}\n"));
+                    deliver(
+                        store,
+                        "alice",
+                        &format!("Subject: {n}-{i}\n\nbody {n} {i}\n"),
+                    );
                 }
             });
         }
@@ -127,11 +175,15 @@ fn two_nodes_delivering_at_once_store_every_message_exactly_once() {
     let mut bodies = HashSet::new();
     for i in 0..mb.messages().len() {
         let mut text = String::new();
-        mb.open_message(i).unwrap().read_to_string(&mut text).unwrap();
+        mb.open_message(i)
+            .unwrap()
+            .read_to_string(&mut text)
+            .unwrap();
         assert!(bodies.insert(text), "no message twice");
     }
-    let want: HashSet<String> =
-        (0..4).flat_map(|n| (0..15).map(move |i| format!("Subject: {n}-{i}\n\nbody {n} {i}\n"))).collect();
+    let want: HashSet<String> = (0..4)
+        .flat_map(|n| (0..15).map(move |i| format!("Subject: {n}-{i}\n\nbody {n} {i}\n")))
+        .collect();
     assert_eq!(bodies, want, "every message once");
 }
 
@@ -142,7 +194,13 @@ fn concurrent_deliveries_from_two_nodes_never_exceed_the_quota() {
     }
     let pg = TestPg::shared();
     let (_, a, b) = two_nodes(pg, 30);
-    let q = || QuotaConfig { default: Quota { bytes: None, messages: Some(10) }, users: HashMap::new() };
+    let q = || QuotaConfig {
+        default: Quota {
+            bytes: None,
+            messages: Some(10),
+        },
+        users: HashMap::new(),
+    };
     let (a, b) = (a.with_quota(q()), b.with_quota(q()));
     let accepted: usize = std::thread::scope(|s| {
         let handles: Vec<_> = [&a, &b, &a, &b]
@@ -150,10 +208,12 @@ fn concurrent_deliveries_from_two_nodes_never_exceed_the_quota() {
             .map(|store| {
                 s.spawn(move || {
                     (0..8)
-                        .filter(|i| match store.deliver("alice", &mut format!("m{i}\n").as_bytes()) {
-                            Ok(_) => true,
-                            Err(StoreError::OverQuota(_)) => false,
-                            Err(e) => panic!("{e}"),
+                        .filter(|i| {
+                            match store.deliver("alice", &mut format!("m{i}\n").as_bytes()) {
+                                Ok(_) => true,
+                                Err(StoreError::OverQuota(_)) => false,
+                                Err(e) => panic!("{e}"),
+                            }
                         })
                         .count()
                 })
@@ -173,7 +233,11 @@ struct Generated {
 }
 
 fn generated_byte(pos: u64) -> u8 {
-    if pos % 78 == 77 { b'\n' } else { b'a' + (pos % 26) as u8 }
+    if pos % 78 == 77 {
+        b'\n'
+    } else {
+        b'a' + (pos % 26) as u8
+    }
 }
 
 impl Read for Generated {
@@ -197,11 +261,26 @@ fn a_20_mb_message_is_stored_and_read_in_chunks() {
     let store = PgStore::connect(cfg.clone()).unwrap();
     let len: u64 = 20 * 1024 * 1024 / 78 * 78; // whole lines: stored as given
     let lines = len / 78;
-    let d = store.deliver("alice", &mut Generated { len, pos: 0 }).unwrap();
+    let d = store
+        .deliver("alice", &mut Generated { len, pos: 0 })
+        .unwrap();
     assert_eq!(d.size, len + lines, "every LF counts as CRLF");
-    let chunks: u64 = pg.psql(&cfg.url, "SELECT count(*) FROM message_chunks").parse().unwrap();
-    let biggest: usize = pg.psql(&cfg.url, "SELECT max(octet_length(data)) FROM message_chunks").parse().unwrap();
-    assert_eq!(chunks, len.div_ceil(CHUNK_SIZE as u64), "stored in {CHUNK_SIZE}-byte chunks");
+    let chunks: u64 = pg
+        .psql(&cfg.url, "SELECT count(*) FROM message_chunks")
+        .parse()
+        .unwrap();
+    let biggest: usize = pg
+        .psql(
+            &cfg.url,
+            "SELECT max(octet_length(data)) FROM message_chunks",
+        )
+        .parse()
+        .unwrap();
+    assert_eq!(
+        chunks,
+        len.div_ceil(CHUNK_SIZE as u64),
+        "stored in {CHUNK_SIZE}-byte chunks"
+    );
     assert_eq!(biggest, CHUNK_SIZE);
     let mb = store.open("alice").unwrap();
     assert_eq!(mb.messages()[0].size, d.size);
@@ -213,7 +292,10 @@ fn a_20_mb_message_is_stored_and_read_in_chunks() {
         if n == 0 {
             break;
         }
-        assert!(n <= CHUNK_SIZE, "the reader holds one chunk at a time, not the message");
+        assert!(
+            n <= CHUNK_SIZE,
+            "the reader holds one chunk at a time, not the message"
+        );
         for (i, &b) in buf[..n].iter().enumerate() {
             assert_eq!(b, generated_byte(pos + i as u64), "byte {}", pos + i as u64);
         }
@@ -235,17 +317,30 @@ fn a_database_restart_gives_temporary_errors_then_service_resumes() {
     pg.stop();
     let err = store.deliver("alice", &mut &b"during\n"[..]).unwrap_err();
     assert!(err.is_temporary(), "LMTP 4xx: {err}");
-    let err = store.open("bob").err().expect("no maildrop while the database is down");
+    let err = store
+        .open("bob")
+        .err()
+        .expect("no maildrop while the database is down");
     assert!(err.is_temporary(), "[SYS/TEMP]: {err}");
-    assert!(session.open_message(0).is_err(), "a read fails, nothing panics");
+    assert!(
+        session.open_message(0).is_err(),
+        "a read fails, nothing panics"
+    );
     pg.start_again();
     deliver(&store, "alice", "after\n");
     // The session's lease survived the restart: its UPDATE goes through.
     assert_eq!(session.commit(&[0], &[]).unwrap().removed, 1);
     let mb = store.open("alice").unwrap();
     let mut text = String::new();
-    mb.open_message(0).unwrap().read_to_string(&mut text).unwrap();
-    assert_eq!((mb.messages().len(), text.as_str()), (1, "after\n"), "nothing lost, nothing twice");
+    mb.open_message(0)
+        .unwrap()
+        .read_to_string(&mut text)
+        .unwrap();
+    assert_eq!(
+        (mb.messages().len(), text.as_str()),
+        (1, "after\n"),
+        "nothing lost, nothing twice"
+    );
 }
 
 #[test]
@@ -254,11 +349,18 @@ fn connect_refuses_an_unmigrated_database_and_migrate_is_idempotent() {
         return;
     }
     let pg = TestPg::shared();
-    let cfg = PgConfig { url: pg.create_database(), pool_size: 2, ..PgConfig::default() };
+    let cfg = PgConfig {
+        url: pg.create_database(),
+        pool_size: 2,
+        ..PgConfig::default()
+    };
     let err = PgStore::connect(cfg.clone()).unwrap_err().to_string();
     assert!(err.contains("pobox db migrate"), "{err}");
     let status = schema_status(&cfg).unwrap();
-    assert_eq!((status.current, status.latest), (0, schema::latest_version()));
+    assert_eq!(
+        (status.current, status.latest),
+        (0, schema::latest_version())
+    );
     assert_eq!(status.pending.len(), schema::latest_version() as usize);
     // Two nodes migrating at once: each version applied exactly once.
     let reports: Vec<_> = std::thread::scope(|s| {
@@ -275,7 +377,10 @@ fn connect_refuses_an_unmigrated_database_and_migrate_is_idempotent() {
 
 #[test]
 fn the_password_never_shows_in_errors_or_debug_output() {
-    let cfg = PgConfig { url: "postgres://pobox:s3cret@127.0.0.1:1/x".into(), ..PgConfig::default() };
+    let cfg = PgConfig {
+        url: "postgres://pobox:s3cret@127.0.0.1:1/x".into(),
+        ..PgConfig::default()
+    };
     assert!(!format!("{cfg:?}").contains("s3cret"));
     let err = PgStore::connect(cfg).unwrap_err().to_string();
     assert!(!err.contains("s3cret"), "{err}");
@@ -288,8 +393,16 @@ fn tls_to_the_database_verifies_its_certificate() {
         return;
     }
     let pg = TestPg::start_tls();
-    let url = pg.create_database().replace("sslmode=disable", "sslmode=require");
-    let cfg = PgConfig { url, ca_file: Some(pg.ca_file()), pool_size: 2, node: "tls".into(), ..PgConfig::default() };
+    let url = pg
+        .create_database()
+        .replace("sslmode=disable", "sslmode=require");
+    let cfg = PgConfig {
+        url,
+        ca_file: Some(pg.ca_file()),
+        pool_size: 2,
+        node: "tls".into(),
+        ..PgConfig::default()
+    };
     migrate(&cfg).unwrap();
     let store = PgStore::connect(cfg.clone()).unwrap();
     deliver(&store, "alice", "over TLS\n");
@@ -300,7 +413,10 @@ fn tls_to_the_database_verifies_its_certificate() {
     );
     assert_ne!(encrypted, "0", "the store's connections use TLS");
     // Without the cluster's certificate among the roots: refused.
-    let untrusted = PgConfig { ca_file: None, ..cfg };
+    let untrusted = PgConfig {
+        ca_file: None,
+        ..cfg
+    };
     let err = PgStore::connect(untrusted).unwrap_err();
     assert!(err.is_temporary(), "{err}");
 }
