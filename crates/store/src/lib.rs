@@ -34,10 +34,9 @@
 //! them, so an async trait would only hide a thread hop. The async server
 //! therefore calls this crate inside `tokio::task::spawn_blocking`, and a
 //! message body is read through a plain [`std::io::Read`] in constant memory.
-//! A network backend added later (PostgreSQL, see `rust-deps.md` §6)
-//! implements the *same* synchronous traits on top of a blocking client, or
-//! on an async client driven by its own runtime handle (`Handle::block_on`
-//! from the blocking thread). Keeping the trait sync keeps this crate a leaf
+//! The network backend (PostgreSQL, crate `pobox-store-pg`) implements
+//! the *same* synchronous traits on an async client driven by a runtime
+//! of its own (`block_on` from the blocking thread). Keeping the trait sync keeps this crate a leaf
 //! with no tokio dependency, which CI checks with `cargo tree`.
 //!
 //! # Layout
@@ -49,7 +48,9 @@
 //! * `stamp.rs`: [`stamp::FileStamp`], "has this file changed" for caches.
 //! * `maildir/`: the Maildir backend (its `mod.rs` maps its files).
 //! * `memory.rs` (feature `memory`): [`MemoryStore`], the in-memory
-//!   backend the behaviour suite (`tests/behaviour.rs`) runs beside Maildir.
+//!   backend the behaviour suite (`tests/suite/mod.rs`, run by
+//!   `tests/behaviour.rs` and by `pobox-store-pg`'s) runs beside Maildir
+//!   and PostgreSQL.
 //! * `history.rs`: the per-user login history (which credential took what).
 
 #![forbid(unsafe_code)]
@@ -70,7 +71,7 @@ pub mod retention;
 pub mod stamp;
 
 pub use maildir::{
-    AssignOutcome, BaseIndex, ImportOutcome, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir,
+    AssignOutcome, BaseIndex, InvalidMailLocation, ListingCacheStats, MailLocation, Maildir,
     MaildirStore, NamedDelivery, UserImport, wire_size_of,
 };
 #[cfg(feature = "memory")]
@@ -181,6 +182,11 @@ pub trait Mailstore: Send + Sync + 'static {
     ///
     /// Filesystem errors reading the usage.
     fn quota_exceeded_by(&self, user: &str, size: u64) -> Result<Option<quota::Usage>, StoreError>;
+
+    /// Replaces the size limit, the retention and the quota policies
+    /// (a configuration reload). Operations under way are not affected:
+    /// an open maildrop keeps the retention policy it was opened with.
+    fn set_policies(&self, max_size: Option<u64>, retention: retention::RetentionConfig, quota: quota::QuotaConfig);
 }
 
 /// The operations `pobox mailbox` and `pobox user` run on a store while
@@ -252,6 +258,38 @@ pub trait MailstoreAdmin: Mailstore {
     ///
     /// Backend errors.
     fn usage(&self, user: &str) -> Result<(quota::Usage, quota::Quota), StoreError>;
+
+    /// Imports one message under a given UIDL and delivery time (export
+    /// and import between backends, keeping UIDLs). Idempotent by UIDL:
+    /// a message with that UIDL in the maildrop means
+    /// [`ImportOutcome::AlreadyPresent`] and nothing is written. Durable
+    /// before `Ok`. Not limited by size or quota (the mail was accepted
+    /// once already) but counted in the usage. Takes the maildrop lock for
+    /// the call, so it fails with [`StoreError::InUse`] while a session
+    /// holds the maildrop.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::InUse`]; [`StoreError::UidlRefused`] if another
+    /// message cannot share the UIDL; backend errors (nothing partial is
+    /// left behind).
+    fn import_message(
+        &self,
+        user: &str,
+        uidl: &Uidl,
+        received: SystemTime,
+        message: &mut dyn io::Read,
+    ) -> Result<ImportOutcome, StoreError>;
+}
+
+/// What [`MailstoreAdmin::import_message`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImportOutcome {
+    /// The message was stored and is durable.
+    Imported(Delivered),
+    /// A message with this UIDL is already in the maildrop; nothing was
+    /// written.
+    AlreadyPresent,
 }
 
 /// One user's maildrop, opened exclusively for a POP3 session.
@@ -428,7 +466,7 @@ impl Uidl {
 /// # Errors
 ///
 /// [`StoreError::InvalidFolder`] for any other name.
-pub(crate) fn check_folder_name(folder: &str) -> Result<(), StoreError> {
+pub fn check_folder_name(folder: &str) -> Result<(), StoreError> {
     let ok = !folder.is_empty()
         && folder.len() <= 255
         && !folder.starts_with('.')
@@ -657,6 +695,12 @@ pub enum StoreError {
         /// What is wrong with it.
         reason: String,
     },
+    /// The session's hold on its maildrop ran out and another session
+    /// may have taken it (a database backend's lease, renewed too late
+    /// after a network or database outage). The UPDATE was refused as a
+    /// whole: nothing was removed. Temporary: the client logs in again.
+    #[error("maildrop lock lost before UPDATE; nothing was changed")]
+    LeaseLost,
     /// Any other I/O error. Treated as temporary.
     #[error("{context}: {source}")]
     Io {
@@ -676,6 +720,7 @@ impl StoreError {
     pub fn is_temporary(&self) -> bool {
         match self {
             StoreError::InUse
+            | StoreError::LeaseLost
             | StoreError::DiskFull(_)
             | StoreError::Io { .. }
             | StoreError::Unsafe { .. } => true,
@@ -696,6 +741,7 @@ impl StoreError {
     pub fn public_message(&self) -> &'static str {
         match self {
             StoreError::InUse => "maildrop already locked by another session",
+            StoreError::LeaseLost => "maildrop lock lost, no messages deleted; try again",
             StoreError::NoSuchUser(_) => "no such mailbox",
             StoreError::TooLarge { .. } => "message too large",
             StoreError::NoSuchMessage { .. } => "no such message",

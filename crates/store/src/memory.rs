@@ -25,21 +25,22 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
+use arc_swap::ArcSwap;
+
 use crate::quota::{Quota, QuotaConfig, Usage};
 use crate::retention::{self, Policy, RetentionConfig};
 use crate::{
-    CommitReport, Delivered, ExpireReport, Mailbox, Mailstore, MailstoreAdmin, MessageInfo, MessageKey,
+    CommitReport, Delivered, ExpireReport, ImportOutcome, Mailbox, Mailstore, MailstoreAdmin, MessageInfo, MessageKey,
     RemovedMessage, StoreError, Uidl,
 };
 
 /// An in-memory [`Mailstore`] (see the module documentation). Clones share
 /// the same maildrops.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub struct MemoryStore {
     shared: Arc<Shared>,
-    max_size: Option<u64>,
-    retention: Arc<RetentionConfig>,
-    quota: Arc<QuotaConfig>,
+    /// Replaced whole by [`Mailstore::set_policies`], as Maildir's are.
+    policies: ArcSwap<Policies>,
     clock: Clock,
 }
 
@@ -59,6 +60,22 @@ impl Clock {
 impl std::fmt::Debug for Clock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(if self.0.is_some() { "Clock(custom)" } else { "Clock(system)" })
+    }
+}
+
+/// The policies a reload replaces together.
+#[derive(Debug, Clone, Default)]
+struct Policies {
+    max_size: Option<u64>,
+    retention: Arc<RetentionConfig>,
+    quota: Arc<QuotaConfig>,
+}
+
+/// A clone shares the maildrops and starts with the same policies, but
+/// replaces its own (as a cloned `MaildirStore` does).
+impl Clone for MemoryStore {
+    fn clone(&self) -> Self {
+        MemoryStore { shared: Arc::clone(&self.shared), policies: ArcSwap::new(self.policies.load_full()), clock: self.clock.clone() }
     }
 }
 
@@ -115,22 +132,22 @@ impl MemoryStore {
 
     /// Limits delivered messages to `max` POP3 octets.
     #[must_use]
-    pub fn with_max_size(mut self, max: u64) -> Self {
-        self.max_size = Some(max);
+    pub fn with_max_size(self, max: u64) -> Self {
+        self.update(|p| p.max_size = Some(max));
         self
     }
 
     /// Applies retention policies.
     #[must_use]
-    pub fn with_retention(mut self, retention: RetentionConfig) -> Self {
-        self.retention = Arc::new(retention);
+    pub fn with_retention(self, retention: RetentionConfig) -> Self {
+        self.update(|p| p.retention = Arc::new(retention));
         self
     }
 
     /// Applies quotas to deliveries.
     #[must_use]
-    pub fn with_quota(mut self, quota: QuotaConfig) -> Self {
-        self.quota = Arc::new(quota);
+    pub fn with_quota(self, quota: QuotaConfig) -> Self {
+        self.update(|p| p.quota = Arc::new(quota));
         self
     }
 
@@ -141,6 +158,20 @@ impl MemoryStore {
     pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
         self.clock = Clock(Some(Arc::new(clock)));
         self
+    }
+
+    fn update(&self, change: impl FnOnce(&mut Policies)) {
+        let mut p = Policies::clone(&self.policies.load());
+        change(&mut p);
+        self.policies.store(Arc::new(p));
+    }
+
+    fn retention_for(&self, user: &str) -> Policy {
+        self.policies.load().retention.for_user(user)
+    }
+
+    fn quota_for(&self, user: &str) -> Quota {
+        self.policies.load().quota.for_user(user)
     }
 
     fn users(&self) -> MutexGuard<'_, HashMap<String, Maildrop>> {
@@ -157,6 +188,20 @@ impl MemoryStore {
     }
 
     fn store_bytes(&self, message: &mut dyn io::Read, limit: Option<u64>) -> Result<Stored, StoreError> {
+        let id = next_id();
+        // Unique in the process, and never reused: the counter only grows.
+        let uidl = Uidl::try_from(format!("mem{id:016x}")).expect("hex digits are a valid UIDL");
+        self.store_bytes_as(id, uidl, self.clock.now(), message, limit)
+    }
+
+    fn store_bytes_as(
+        &self,
+        id: u64,
+        uidl: Uidl,
+        received: SystemTime,
+        message: &mut dyn io::Read,
+        limit: Option<u64>,
+    ) -> Result<Stored, StoreError> {
         let mut raw = Vec::new();
         message.read_to_end(&mut raw).map_err(|e| StoreError::Io { context: "reading the message".into(), source: e })?;
         let bytes = normalise(&raw);
@@ -166,16 +211,7 @@ impl MemoryStore {
         {
             return Err(StoreError::TooLarge { limit });
         }
-        let id = next_id();
-        Ok(Stored {
-            id,
-            // Unique in the process, and never reused: the counter only grows.
-            uidl: Uidl::try_from(format!("mem{id:016x}")).expect("hex digits are a valid UIDL"),
-            bytes: bytes.into(),
-            size,
-            received: self.clock.now(),
-            retrieved: None,
-        })
+        Ok(Stored { id, uidl, bytes: bytes.into(), size, received, retrieved: None })
     }
 }
 
@@ -255,7 +291,7 @@ fn expire_in(drop: &mut Maildrop, policy: &Policy, now: SystemTime, dry_run: boo
 
 impl Mailstore for MemoryStore {
     fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError> {
-        let policy = self.retention.for_user(user);
+        let policy = self.retention_for(user);
         let (messages, expired) = self.with_maildrop(user, |drop| {
             if drop.locked {
                 return Err(StoreError::InUse);
@@ -280,18 +316,20 @@ impl Mailstore for MemoryStore {
 
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         check_user(user)?;
-        let quota = self.quota.for_user(user);
+        let policies = self.policies.load_full();
+        let max_size = policies.max_size;
+        let quota = policies.quota.for_user(user);
         let usage = self.with_maildrop(user, |d| usage_of(d))?;
         if !quota.is_unlimited() && quota.exceeded_by(usage, 0) {
             return Err(StoreError::OverQuota(format!("{} messages, {} octets in use", usage.messages, usage.bytes)));
         }
         let room = quota.bytes.map(|limit| limit.saturating_sub(usage.bytes));
-        let limit = match (self.max_size, room) {
+        let limit = match (max_size, room) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
         let stored = match self.store_bytes(message, limit) {
-            Err(StoreError::TooLarge { .. }) if room.is_some_and(|r| self.max_size.is_none_or(|m| r < m)) => {
+            Err(StoreError::TooLarge { .. }) if room.is_some_and(|r| max_size.is_none_or(|m| r < m)) => {
                 return Err(StoreError::OverQuota(format!("{} octets free", room.unwrap_or(0))));
             }
             other => other?,
@@ -302,7 +340,7 @@ impl Mailstore for MemoryStore {
     }
 
     fn expire(&self, user: &str, now: SystemTime, dry_run: bool) -> Result<ExpireReport, StoreError> {
-        let policy = self.retention.for_user(user);
+        let policy = self.retention_for(user);
         self.with_maildrop(user, |drop| {
             if drop.locked {
                 return ExpireReport { skipped_in_use: true, ..Default::default() };
@@ -312,17 +350,21 @@ impl Mailstore for MemoryStore {
     }
 
     fn retention(&self) -> Arc<RetentionConfig> {
-        Arc::clone(&self.retention)
+        Arc::clone(&self.policies.load().retention)
     }
 
     fn policy(&self, user: &str) -> Policy {
-        self.retention.for_user(user)
+        self.retention_for(user)
+    }
+
+    fn set_policies(&self, max_size: Option<u64>, retention: RetentionConfig, quota: QuotaConfig) {
+        self.policies.store(Arc::new(Policies { max_size, retention: Arc::new(retention), quota: Arc::new(quota) }));
     }
 
     fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         check_user(user)?;
         crate::check_folder_name(folder)?;
-        let stored = self.store_bytes(message, self.max_size)?;
+        let stored = self.store_bytes(message, self.policies.load().max_size)?;
         let delivered =
             Delivered { uidl: stored.uidl.clone(), size: stored.size, location: format!("memory:{user}/{folder}/{}", stored.id) };
         self.with_maildrop(user, |d| d.folders.entry(folder.to_owned()).or_default().push(stored))?;
@@ -330,7 +372,7 @@ impl Mailstore for MemoryStore {
     }
 
     fn quota(&self, user: &str) -> Quota {
-        self.quota.for_user(user)
+        self.quota_for(user)
     }
 
     fn quota_full(&self, user: &str) -> Result<Option<Usage>, StoreError> {
@@ -338,7 +380,7 @@ impl Mailstore for MemoryStore {
     }
 
     fn quota_exceeded_by(&self, user: &str, size: u64) -> Result<Option<Usage>, StoreError> {
-        let quota = self.quota.for_user(user);
+        let quota = self.quota_for(user);
         if quota.is_unlimited() {
             return Ok(None);
         }
@@ -391,7 +433,7 @@ impl MailstoreAdmin for MemoryStore {
     }
 
     fn purge(&self, user: &str, now: SystemTime) -> Result<CommitReport, StoreError> {
-        let aside = self.retention.for_user(user).restore_days > 0;
+        let aside = self.retention_for(user).restore_days > 0;
         self.with_maildrop(user, |d| {
             if d.locked {
                 return Err(StoreError::InUse);
@@ -416,7 +458,41 @@ impl MailstoreAdmin for MemoryStore {
     }
 
     fn usage(&self, user: &str) -> Result<(Usage, Quota), StoreError> {
-        Ok((self.with_maildrop(user, |d| usage_of(d))?, self.quota.for_user(user)))
+        Ok((self.with_maildrop(user, |d| usage_of(d))?, self.quota_for(user)))
+    }
+
+    fn import_message(
+        &self,
+        user: &str,
+        uidl: &Uidl,
+        received: SystemTime,
+        message: &mut dyn io::Read,
+    ) -> Result<ImportOutcome, StoreError> {
+        check_user(user)?;
+        // Checked before reading the message, and again when storing it:
+        // the lock is not held while the bytes are read.
+        let present = self.with_maildrop(user, |d| {
+            if d.locked {
+                return Err(StoreError::InUse);
+            }
+            Ok(d.inbox.iter().any(|m| m.uidl == *uidl))
+        })??;
+        if present {
+            return Ok(ImportOutcome::AlreadyPresent);
+        }
+        let stored = self.store_bytes_as(next_id(), uidl.clone(), received, message, None)?;
+        let delivered = Delivered { uidl: uidl.clone(), size: stored.size, location: format!("memory:{user}/{}", stored.id) };
+        self.with_maildrop(user, |d| {
+            if d.locked {
+                return Err(StoreError::InUse);
+            }
+            if d.inbox.iter().any(|m| m.uidl == *uidl) {
+                return Ok(ImportOutcome::AlreadyPresent);
+            }
+            d.inbox.push(stored);
+            d.inbox.sort_by_key(|m| (m.received, m.id));
+            Ok(ImportOutcome::Imported(delivered))
+        })?
     }
 }
 

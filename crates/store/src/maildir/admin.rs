@@ -10,9 +10,21 @@ use std::ffi::OsStr;
 use super::deliver::{self, Existing};
 use super::{MaildirKey, MaildirStore, Sub, dirs, io_error, name, open_read};
 use crate::quota::{Quota, Usage};
-use crate::{CommitReport, MailstoreAdmin, MessageInfo, RemovedMessage, StoreError};
+use crate::{CommitReport, ImportOutcome, MailstoreAdmin, MessageInfo, RemovedMessage, StoreError, Uidl};
 
 impl MailstoreAdmin for MaildirStore {
+    /// One [`UserImport`](super::UserImport) for one message: the lock,
+    /// idempotence by UIDL and durability are that type's.
+    fn import_message(
+        &self,
+        user: &str,
+        uidl: &Uidl,
+        received: SystemTime,
+        message: &mut dyn io::Read,
+    ) -> Result<ImportOutcome, StoreError> {
+        self.begin_import(user)?.import(uidl.as_str(), received, message)
+    }
+
     /// `user`'s usage and quota (usage from `maildirsize`, rescanned only
     /// when that file cannot be trusted).
     ///

@@ -34,17 +34,7 @@ use sha2::{Digest, Sha256};
 
 use super::uidls::{UidlMap, is_valid_override_base};
 use super::{BaseIndex, Maildir, MaildirKey, MaildirStore, NamedDelivery, deliver, lock, name};
-use crate::{Delivered, StoreError, Uidl};
-
-/// What [`UserImport::import`] did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ImportOutcome {
-    /// The message was stored and is durable.
-    Imported(Delivered),
-    /// A message with this UIDL is already in the maildrop; nothing was
-    /// written.
-    AlreadyPresent,
-}
+use crate::{ImportOutcome, StoreError, Uidl};
 
 /// What [`UserImport::assign`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

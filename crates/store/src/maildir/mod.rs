@@ -77,7 +77,8 @@ use crate::{
 };
 
 pub use cache::{DEFAULT_MAX_MESSAGES as LISTING_CACHE_DEFAULT_MAX, ListingCacheStats, MIN_MESSAGES as LISTING_CACHE_MIN};
-pub use import::{AssignOutcome, ImportOutcome, UserImport};
+pub use import::{AssignOutcome, UserImport};
+pub use crate::ImportOutcome;
 pub use scan::wire_size_of;
 pub use store::MaildirStore;
 

@@ -179,6 +179,10 @@ impl MaildirStore {
 }
 
 impl Mailstore for MaildirStore {
+    fn set_policies(&self, max_size: Option<u64>, retention: RetentionConfig, quota: QuotaConfig) {
+        MaildirStore::set_policies(self, max_size, retention, quota);
+    }
+
     fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError> {
         let maildir = self.maildir(user)?;
         // Lock first, then look: the snapshot must be taken under the lock so
