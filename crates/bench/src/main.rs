@@ -18,6 +18,7 @@
 mod client;
 mod corpus;
 mod dovecot;
+mod postgres;
 mod procfs;
 mod raw;
 mod report;
@@ -61,6 +62,11 @@ struct Args {
     /// Do not start Dovecot.
     #[arg(long)]
     no_dovecot: bool,
+    /// Also run pobox on PostgreSQL: one node (`pobox-pg`) and two nodes on
+    /// one database (`pobox-pg2`), on a throwaway PostgreSQL 15 cluster
+    /// loaded with the same Maildirs.
+    #[arg(long)]
+    postgres: bool,
     /// Do not pin servers and load generator to separate CPUs.
     #[arg(long)]
     no_pin: bool,
@@ -233,10 +239,22 @@ fn run(args: Args) -> anyhow::Result<usize> {
 
     let pobox_bin = find_pobox(args.pobox.as_deref())?;
     let server_pin = pin.then_some(args.server_cpu.as_str());
+    let cluster = if args.postgres { Some(postgres::start_cluster(server_pin)?) } else { None };
+    let mut pg_servers = Vec::new();
+    if let Some(pg) = &cluster {
+        for (name, nodes) in [("pobox-pg", 1), ("pobox-pg2", 2)] {
+            pg_servers.push(postgres::PgServer::prepare(name, nodes, &work, &pobox_bin, pg, &passwd, &cert, &key)?);
+        }
+    }
     let start_servers = || -> anyhow::Result<Vec<Server>> {
         let mut v = vec![servers::start_pobox(&work, &pobox_bin, server_pin, &passwd, &cert, &key)?];
         if with_dovecot {
             v.push(dovecot::start(&work, server_pin, &passwd, &cert, &key, uid)?);
+        }
+        if let Some(pg) = &cluster {
+            for p in &pg_servers {
+                v.push(p.start(&pobox_bin, server_pin, pg)?);
+            }
         }
         for s in &v {
             println!("started {:<8} pid {:<7} pop3 {} pop3s {:?} lmtp {:?}", s.name, s.pid, s.pop3, s.pop3s, s.lmtp);
@@ -270,7 +288,10 @@ fn run(args: Args) -> anyhow::Result<usize> {
             let load = procfs::loadavg();
             println!("== {name} (load average {load})");
             loads.push(format!("{name}: {load}"));
-            let srv: Vec<&Server> = servers.iter().collect();
+            // The big maildrop and the idle sessions are one node's
+            // figures: the two-node server adds nothing there.
+            let single_node = matches!(*name, "idle" | "big-maildrop");
+            let srv: Vec<&Server> = servers.iter().filter(|s| !single_node || s.nodes() == 1).collect();
             let mut with_raw = srv.clone();
             with_raw.extend(raw.as_ref());
             match *name {

@@ -184,6 +184,32 @@ fn summary(meta: &Meta, records: &[Record], charts: &[String]) -> String {
         let _ = writeln!(s, "| {sc} | {var} | {metric} | {} | {} | {adv} | {} | {raw} |", cell("pobox"), cell("dovecot"), cell("raw"));
     }
 
+    if records.iter().any(|r| r.server.starts_with("pobox-pg")) {
+        let _ = writeln!(s, "\n## pobox on PostgreSQL beside pobox on Maildir (same run)\n");
+        let _ = writeln!(s, "One PostgreSQL 15 cluster on the server CPU; its CPU counts as the server's. `pobox-pg`: one node; `pobox-pg2`: two nodes on one database, workers spread across them. Ratios > 1 mean better than Maildir.\n");
+        let _ = writeln!(s, "| scenario | variant | metric | Maildir | PostgreSQL, 1 node | PostgreSQL, 2 nodes | 1 node / Maildir | 2 nodes / Maildir |");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|");
+        for Row { key: (sc, var, metric), by } in rows(records) {
+            if !by.keys().any(|k| k.starts_with("pobox-pg")) {
+                continue;
+            }
+            let cell = |name: &str| by.get(name).map(|r| spread(r)).unwrap_or_else(|| "–".into());
+            let ratio = |name: &str| match (by.get(name), by.get("pobox")) {
+                (Some(p), Some(m)) => format!("{:.2}×", advantage(p, m)),
+                _ => "–".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {sc} | {var} | {metric} | {} | {} | {} | {} | {} |",
+                cell("pobox"),
+                cell("pobox-pg"),
+                cell("pobox-pg2"),
+                ratio("pobox-pg"),
+                ratio("pobox-pg2")
+            );
+        }
+    }
+
     let _ = writeln!(s, "\n## Secondary figures (median, min–max)\n");
     let _ = writeln!(s, "| scenario | variant | server | figures |\n|---|---|---|---|");
     for r in records.iter().filter(|r| !r.extra.is_empty()) {

@@ -13,7 +13,8 @@ use anyhow::{Context, bail};
 
 use crate::procfs;
 
-/// A running server.
+/// A running server: one process, or several nodes sharing one store
+/// (pobox on PostgreSQL) that the load is spread across.
 pub(crate) struct Server {
     pub(crate) name: &'static str,
     pub(crate) pop3: SocketAddr,
@@ -23,6 +24,12 @@ pub(crate) struct Server {
     child: Child,
     pub(crate) log: PathBuf,
     tck: f64,
+    /// Further nodes of the same server, after the first (whose addresses
+    /// are the fields above). Worker `w` talks to node `w % nodes`.
+    more: Vec<Server>,
+    /// Processes outside the server that do its work and whose CPU counts
+    /// as the server's (PostgreSQL's postmaster, with its backends).
+    helpers: Vec<u32>,
 }
 
 /// How to pin: `Some("0")` runs the command under `taskset -c 0`.
@@ -59,7 +66,8 @@ impl Server {
             .spawn()
             .with_context(|| format!("starting {name}"))?;
         let pid = child.id();
-        let mut s = Server { name, pop3, pop3s, lmtp, pid, child, log, tck: procfs::clk_tck() };
+        let mut s =
+            Server { name, pop3, pop3s, lmtp, pid, child, log, tck: procfs::clk_tck(), more: Vec::new(), helpers: Vec::new() };
         s.wait_ready(Duration::from_secs(30))?;
         Ok(s)
     }
@@ -89,25 +97,81 @@ impl Server {
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    /// CPU seconds used so far by the server's processes.
+    /// Adds `node` as a further node of this server (see [`Server::pop3_for`]).
+    pub(crate) fn with_node(mut self, node: Server) -> Server {
+        self.more.push(node);
+        self
+    }
+
+    /// Counts `pid` (and its children) in this server's CPU time.
+    pub(crate) fn with_helper(mut self, pid: u32) -> Server {
+        self.helpers.push(pid);
+        self
+    }
+
+    /// How many nodes serve this server's clients.
+    pub(crate) fn nodes(&self) -> usize {
+        1 + self.more.len()
+    }
+
+    fn node(&self, w: usize) -> &Server {
+        match w % self.nodes() {
+            0 => self,
+            i => &self.more[i - 1],
+        }
+    }
+
+    /// The POP3 address worker `w` uses: nodes take workers in turn.
+    pub(crate) fn pop3_for(&self, w: usize) -> SocketAddr {
+        self.node(w).pop3
+    }
+
+    /// The POP3S address worker `w` uses.
+    pub(crate) fn pop3s_for(&self, w: usize) -> Option<SocketAddr> {
+        self.node(w).pop3s
+    }
+
+    /// The LMTP address worker `w` uses.
+    pub(crate) fn lmtp_for(&self, w: usize) -> Option<SocketAddr> {
+        self.node(w).lmtp
+    }
+
+    /// CPU seconds used so far by the server's processes: every node, and
+    /// the helpers that work for it (the database).
     pub(crate) fn cpu_secs(&self) -> f64 {
-        procfs::cpu_ticks(self.pid) as f64 / self.tck
+        let own = procfs::cpu_ticks(self.pid) + self.helpers.iter().map(|&p| procfs::cpu_ticks(p)).sum::<u64>();
+        own as f64 / self.tck + self.more.iter().map(Server::cpu_secs).sum::<f64>()
     }
 
+    /// Memory of the server's own processes (every node; not the
+    /// database's, which a pool keeps constant whatever the sessions).
     pub(crate) fn mem(&self) -> procfs::Mem {
-        procfs::mem(self.pid)
+        let mut m = procfs::mem(self.pid);
+        for n in &self.more {
+            let o = n.mem();
+            m.rss_kib += o.rss_kib;
+            m.pss_kib += o.pss_kib;
+            m.processes += o.processes;
+        }
+        m
     }
 
-    /// Errors if the server died.
+    /// Errors if the server (any node) died.
     pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
         if let Some(st) = self.child.try_wait()? {
             bail!("{} died ({st}); log:\n{}", self.name, self.log_tail());
         }
+        for n in &mut self.more {
+            n.check_alive()?;
+        }
         Ok(())
     }
 
-    /// SIGTERM, then SIGKILL after 15 s.
+    /// SIGTERM, then SIGKILL after 15 s (every node).
     pub(crate) fn stop(mut self) {
+        for n in std::mem::take(&mut self.more) {
+            n.stop();
+        }
         let _ = Command::new("kill").arg("-TERM").arg(self.pid.to_string()).status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(15) {

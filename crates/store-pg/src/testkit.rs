@@ -194,6 +194,14 @@ impl TestPg {
         })
     }
 
+    /// The postmaster's process id while the cluster runs (its backends
+    /// are its children): for tools that pin or measure the database.
+    #[must_use]
+    pub fn postmaster_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data().join("postmaster.pid")).ok()?;
+        text.lines().next()?.trim().parse().ok()
+    }
+
     /// The port on 127.0.0.1.
     #[must_use]
     pub fn port(&self) -> u16 {

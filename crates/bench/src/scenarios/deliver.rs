@@ -36,8 +36,11 @@ pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
         let mut per: Vec<Acc> = servers.iter().map(|_| Acc::default()).collect();
         for _ in 0..ctx.plan.reps {
             for (si, server) in servers.iter().enumerate() {
-                let Some(addr) = server.lmtp else { continue };
+                if server.lmtp.is_none() {
+                    continue;
+                }
                 let rep = run_workers(server, conc, |w| {
+                    let addr = server.lmtp_for(w).expect("checked above");
                     let rcpt = ctx.users.deliver[w].clone();
                     let corpus = ctx.corpus.clone();
                     let (deadline, max) = (Instant::now() + ctx.plan.duration, ctx.plan.max_iters);

@@ -48,12 +48,14 @@ pub(crate) async fn run(ctx: &mut Ctx, mode: Mode, servers: &[&Server]) {
         let mut per: Vec<Acc> = servers.iter().map(|_| Acc::default()).collect();
         for _ in 0..ctx.plan.reps {
             for (si, server) in servers.iter().enumerate() {
-                let addr = if mode == Mode::Tls { server.pop3s } else { Some(server.pop3) };
-                let Some(addr) = addr else { continue };
+                if mode == Mode::Tls && server.pop3s.is_none() {
+                    continue;
+                }
                 let tls = (mode == Mode::Tls).then(|| ctx.tls.clone());
-                let ep = Endpoint { addr, tls };
                 let rep = run_workers(server, conc, |w| {
-                    let (ep, users, corpus) = (ep.clone(), ctx.users.clone(), ctx.corpus.clone());
+                    let addr = if mode == Mode::Tls { server.pop3s_for(w) } else { Some(server.pop3_for(w)) };
+                    let ep = Endpoint { addr: addr.expect("checked above"), tls: tls.clone() };
+                    let (users, corpus) = (ctx.users.clone(), ctx.corpus.clone());
                     let (deadline, max) = (Instant::now() + ctx.plan.duration, ctx.plan.max_iters);
                     async move { worker(ep, users, corpus, mode, conc, w, deadline, max).await }
                 })

@@ -17,9 +17,8 @@ pub(crate) async fn run(ctx: &mut Ctx, servers: &[&Server]) {
         let mut per: Vec<(Vec<f64>, Vec<f64>, Tally)> = servers.iter().map(|_| Default::default()).collect();
         for _ in 0..ctx.plan.reps {
             for (si, server) in servers.iter().enumerate() {
-                let ep = Endpoint { addr: server.pop3, tls: None };
                 let rep = run_workers(server, conc, |w| {
-                    let (ep, users) = (ep.clone(), ctx.users.clone());
+                    let (ep, users) = (Endpoint { addr: server.pop3_for(w), tls: None }, ctx.users.clone());
                     let (deadline, max) = (Instant::now() + ctx.plan.duration, ctx.plan.max_iters);
                     async move { worker(ep, users, conc, w, deadline, max).await }
                 })
