@@ -52,7 +52,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ring::signature;
 
 use crate::secret::Secret;
-use crate::{Authenticated, UserDb};
+use crate::{Authenticated, Credential, UserDb};
 
 /// What a token must satisfy.
 #[derive(Debug, Clone)]
@@ -412,7 +412,13 @@ impl OAuthValidator {
             return Err(OAuthError::User);
         }
         match users.exists(&user) {
-            Ok(true) => Ok(Authenticated::new(&user)),
+            Ok(true) => {
+                // Minting site: a validated token (JWT or introspection
+                // answer) names this existing user.
+                #[allow(clippy::disallowed_methods)]
+                let proof = Authenticated::vouched_by_auth(&user, Credential::BearerToken);
+                Ok(proof)
+            }
             Ok(false) => Err(OAuthError::User),
             Err(e) => Err(OAuthError::Temporary(e.to_string())),
         }

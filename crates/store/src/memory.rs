@@ -28,6 +28,7 @@ use std::time::SystemTime;
 use crate::quota::{Quota, QuotaConfig, Usage};
 use crate::retention::{self, Policy, RetentionConfig};
 use crate::{
+    Authenticated,
     CommitReport, Delivered, ExpireReport, Mailbox, Mailstore, MailstoreAdmin, MessageInfo, MessageKey,
     RemovedMessage, StoreError, Uidl,
 };
@@ -225,7 +226,8 @@ fn expire_in(drop: &mut Maildrop, policy: &Policy, now: SystemTime, dry_run: boo
 }
 
 impl Mailstore for MemoryStore {
-    fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError> {
+    fn open(&self, login: &Authenticated) -> Result<Box<dyn Mailbox>, StoreError> {
+        let user = login.user();
         let policy = self.retention.for_user(user);
         let (messages, expired) = self.with_maildrop(user, |drop| {
             if drop.locked {
