@@ -105,6 +105,14 @@ pub trait Mailstore: Send + Sync + 'static {
     /// # }
     /// ```
     ///
+    /// ```
+    /// # // The same call with a proof compiles (tests' constructor here).
+    /// # fn f(store: &dyn pobox_store::Mailstore) {
+    /// # let login = pobox_identity::Authenticated::for_tests("alice");
+    /// let mailbox = store.open(&login);
+    /// # }
+    /// ```
+    ///
     /// Takes the maildrop lock **without waiting** (RFC 1939 §8: the server
     /// answers `-ERR` at once if it cannot get exclusive access), then
     /// snapshots the message list. Message numbers, sizes and UIDLs are fixed
