@@ -20,7 +20,7 @@
 //! paths) says `#[allow(clippy::disallowed_methods)]` with a comment. A new
 //! call anywhere else fails `cargo clippy -- -D warnings`.
 //!
-//! Tests get [`Authenticated::for_tests`] behind the `test-util` feature,
+//! Tests get `Authenticated::for_tests` behind the `test-util` feature,
 //! which only `[dev-dependencies]` enable: a build without dev-dependencies
 //! (every binary pobox ships) does not contain it, so a stray use outside
 //! test code fails to compile there.
