@@ -13,9 +13,12 @@
 //! * runs the server side of SCRAM-SHA-256(-PLUS) as a pure step machine
 //!   ([`scram`]) and validates OAuth 2.0 bearer tokens (JWT against a JWKS
 //!   file) for OAUTHBEARER and XOAUTH2 ([`oauth`]);
-//! * mints [`Authenticated`], the only proof of a successful login. Its field
-//!   is private, so code outside this crate cannot fabricate one, and the
-//!   server can only open a mailbox for a user who really authenticated.
+//! * mints [`Authenticated`] (type from `pobox-identity`), the only proof
+//!   of a successful login, at each successful verification. Its fields are
+//!   private and its constructor is fenced in `clippy.toml`, so code outside
+//!   these verifiers cannot fabricate one, and the server can only open a
+//!   maildrop (`pobox_store::Mailstore::open`) for a user who really
+//!   authenticated.
 //!
 //! What it does not do:
 //!
@@ -25,8 +28,9 @@
 //!   concurrency limit;
 //! * no rate limiting or lockout after failed logins, and no logging of
 //!   failed attempts: that is the server's job, which knows the peer address;
-//! * no mail storage access; the only pobox crate it uses is `pobox-proto`,
-//!   for the shared [`Secret`] type;
+//! * no mail storage access; the only pobox crates it uses are
+//!   `pobox-proto`, for the shared [`Secret`] type, and `pobox-identity`,
+//!   for the proof it mints;
 //! * no SASL framing (challenges, `*` cancel): the session in `pobox-proto`
 //!   frames the exchange, the server feeds each decoded message to the
 //!   mechanism here;
@@ -78,72 +82,12 @@ pub use apppass::{AppPasswordInfo, NewAppPassword};
 pub use secret::Secret;
 pub use userdb::{HashedAdd, LoadWarning, UserDb, UserDbError, UserEntry, valid_username};
 
-/// Proof that a user authenticated.
-///
-/// Only this crate creates values of this type (from [`UserDb::verify`] and
-/// [`UserDb::verify_apop`]), so a function that takes `&Authenticated` cannot
-/// be reached without a successful login.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Authenticated {
-    user: String,
-    credential: Credential,
-}
-
-/// Which of the user's credentials proved the login: what the login
-/// history records, so "which device took my mail" has an answer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Credential {
-    /// The main password of the passwd-file line, or a secret derived from
-    /// it (SCRAM, APOP).
-    Password,
-    /// The app password with this label ([`apppass`]).
-    AppPassword(String),
-}
-
-impl Credential {
-    /// `password`, or the app password's label (labels cannot be
-    /// `password` or `oauth`, see [`apppass::valid_label`]).
-    #[must_use]
-    pub fn label(&self) -> &str {
-        match self {
-            Credential::Password => "password",
-            Credential::AppPassword(label) => label,
-        }
-    }
-}
-
-impl Authenticated {
-    /// Only for this crate's verifiers: a login with the main password.
-    fn new(user: &str) -> Self {
-        Self {
-            user: user.to_owned(),
-            credential: Credential::Password,
-        }
-    }
-
-    /// Only for this crate's verifiers: a login with an app password.
-    fn with_app_password(user: &str, label: &str) -> Self {
-        Self {
-            user: user.to_owned(),
-            credential: Credential::AppPassword(label.to_owned()),
-        }
-    }
-
-    /// The credential that proved this login. A bearer token (OAUTHBEARER,
-    /// XOAUTH2) reports [`Credential::Password`] here; the server, which
-    /// knows the mechanism, labels those logins `oauth`.
-    #[must_use]
-    pub fn credential(&self) -> &Credential {
-        &self.credential
-    }
-
-    /// The authenticated user's name, exactly as it appears in the passwd-file.
-    #[must_use]
-    pub fn user(&self) -> &str {
-        &self.user
-    }
-}
+/// The proof of a successful login and the credential that gave it. The
+/// type lives in `pobox-identity` (so `pobox-store` can demand it without
+/// depending on this crate); this crate is the only place that mints one,
+/// in its verifiers: [`UserDb::verify`], [`UserDb::verify_apop`], the SCRAM
+/// final step ([`scram`]) and bearer-token validation ([`oauth`]).
+pub use pobox_identity::{Authenticated, Credential};
 
 /// Why authentication did not succeed.
 #[derive(Debug, thiserror::Error)]

@@ -52,7 +52,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use ring::signature;
 
 use crate::secret::Secret;
-use crate::{Authenticated, UserDb};
+use crate::{Authenticated, Credential, UserDb};
 
 /// What a token must satisfy.
 #[derive(Debug, Clone)]
@@ -412,7 +412,13 @@ impl OAuthValidator {
             return Err(OAuthError::User);
         }
         match users.exists(&user) {
-            Ok(true) => Ok(Authenticated::new(&user)),
+            Ok(true) => {
+                // Minting site: a validated token (JWT or introspection
+                // answer) names this existing user.
+                #[allow(clippy::disallowed_methods)]
+                let proof = Authenticated::vouched_by_auth(&user, Credential::BearerToken);
+                Ok(proof)
+            }
             Ok(false) => Err(OAuthError::User),
             Err(e) => Err(OAuthError::Temporary(e.to_string())),
         }
@@ -831,6 +837,33 @@ mod tests {
         }
         assert!(idp.login(claim, None, serde_json::json!({"sub": 248289761001u64})).is_err(), "sub is a string");
         assert!(idp.login(claim, None, serde_json::json!({"email": "alice", "email_verified": true})).is_err());
+    }
+
+    /// A token's proof says it was a bearer token, not the password: the
+    /// login history labels it `oauth`, and `require_app_passwords` (which
+    /// refuses `Credential::Password`) lets it through.
+    #[test]
+    fn a_bearer_token_proof_names_its_credential() {
+        let idp = Idp::new("alice:{PLAIN}x::::::oauth_sub=s-1\n");
+        let jwt = idp.validator("sub").authenticate(
+            &idp.users(),
+            Some("alice"),
+            &idp.token(serde_json::json!({"sub": "s-1"})),
+            SystemTime::now(),
+        );
+        let proof = jwt.unwrap();
+        assert_eq!(proof.user(), "alice");
+        assert_eq!(proof.credential(), &Credential::BearerToken);
+        assert_eq!(proof.credential().label(), "oauth");
+        let exp = unix_secs(SystemTime::now()) + 300;
+        let answer = serde_json::json!({"active": true, "sub": "s-1", "aud": AUD, "exp": exp});
+        let introspected = idp.validator("sub").authenticate_introspected(
+            &idp.users(),
+            None,
+            answer.as_object().unwrap(),
+            SystemTime::now(),
+        );
+        assert_eq!(introspected.unwrap().credential(), &Credential::BearerToken);
     }
 
     /// RFC 7662 answers go through the same checks and user mapping as a

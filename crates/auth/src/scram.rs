@@ -47,7 +47,7 @@ use ring::{digest, hmac, pbkdf2, rand as ring_rand};
 use subtle::ConstantTimeEq as _;
 
 use crate::secret::Secret;
-use crate::{AuthError, Authenticated, UserDb};
+use crate::{AuthError, Authenticated, Credential, UserDb};
 
 /// PBKDF2 rounds for secrets written by [`ScramSecret::derive`]. RFC 7677
 /// §4 asks for at least 4096; Dovecot's default is 4096. We use more
@@ -550,8 +550,11 @@ fn client_final(
         return Err(ScramError::InvalidProof);
     }
     let server_signature = hmac_sha256(&secret.server_key, auth_message.as_bytes());
+    // Minting site: the client proved the key derived from the password.
+    #[allow(clippy::disallowed_methods)]
+    let authenticated = Authenticated::vouched_by_auth(user, Credential::Password);
     Ok(ScramStep::Success {
-        authenticated: Authenticated::new(user),
+        authenticated,
         server_final: format!("v={}", BASE64.encode(server_signature)).into_bytes(),
     })
 }

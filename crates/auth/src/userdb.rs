@@ -110,7 +110,7 @@ use sha2::Sha256;
 use crate::hash::{self, StoredPassword};
 use crate::saslprep;
 use crate::scram::ScramSecret;
-use crate::{AuthError, Authenticated};
+use crate::{AuthError, Authenticated, Credential};
 
 /// Longest user name [`valid_username`] accepts, in bytes.
 pub const MAX_USERNAME_LEN: usize = 64;
@@ -355,11 +355,17 @@ impl UserDb {
             crate::apppass::AppCheck::NoCandidate
         };
         if let crate::apppass::AppCheck::Valid(label) = &app {
-            return Ok(Authenticated::with_app_password(user, label));
+            // Minting site: the app password with this label checked out.
+            #[allow(clippy::disallowed_methods)]
+            let proof = Authenticated::vouched_by_auth(user, Credential::AppPassword(label.clone()));
+            return Ok(proof);
         }
         match snapshot.users.get(user) {
             Some(stored) if candidates.iter().any(|c| stored.verify(c)) => {
-                Ok(Authenticated::new(user))
+                // Minting site: the passwd-file's password checked out.
+                #[allow(clippy::disallowed_methods)]
+                let proof = Authenticated::vouched_by_auth(user, Credential::Password);
+                Ok(proof)
             }
             Some(_) => match app {
                 // The app-password file could not be read: maybe it was one.
@@ -422,7 +428,10 @@ impl UserDb {
             bool::from(expected.as_slice().ct_eq(&claimed))
         });
         if matches {
-            Ok(Authenticated::new(user))
+            // Minting site: the APOP digest of the cleartext password matched.
+            #[allow(clippy::disallowed_methods)]
+            let proof = Authenticated::vouched_by_auth(user, Credential::Password);
+            Ok(proof)
         } else {
             Err(AuthError::InvalidCredentials)
         }

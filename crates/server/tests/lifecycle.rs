@@ -7,6 +7,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pobox_identity::Authenticated;
 use pobox_auth::UserDb;
 use pobox_server::{Config, Protocol, Services};
 use pobox_store::{MailLocation, Mailstore, MaildirStore};
@@ -69,7 +70,7 @@ fn fast_config() -> Config {
 }
 
 fn message_count(store: &MaildirStore) -> usize {
-    let mb = store.open("alice").unwrap();
+    let mb = store.open(&Authenticated::for_tests("alice")).unwrap();
     mb.messages().len()
 }
 

@@ -9,6 +9,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_auth::UserDb;
 use pobox_server::{Config, Protocol, Services};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
@@ -103,7 +104,7 @@ fn a_session_lists_retrieves_and_deletes_from_the_memory_store() {
 fn a_held_maildrop_is_in_use() {
     let store = MemoryStore::new();
     let (addr, _served) = serve(store.clone());
-    let held = store.open("alice").unwrap();
+    let held = store.open(&Authenticated::for_tests("alice")).unwrap();
     let mut c = Client::connect(&addr);
     c.cmd("USER alice");
     let reply = c.cmd("PASS pw");
@@ -132,7 +133,7 @@ fn login_expires_mail_retrieved_too_long_ago() {
     let store = store_with(Policy { retrieved: Days::After(1), ..Policy::default() });
     store.deliver("alice", &mut &b"old\n"[..]).unwrap();
     store.deliver("alice", &mut &b"new\n"[..]).unwrap();
-    let mut mb = store.open("alice").unwrap();
+    let mut mb = store.open(&Authenticated::for_tests("alice")).unwrap();
     mb.record_retrievals(&[0], SystemTime::now() - Duration::from_secs(3 * 86_400)).unwrap();
     drop(mb);
     let (addr, _served) = serve(store.clone());

@@ -62,6 +62,15 @@ impl Idp {
 /// with `username_claim` (`None`: the default). Returns the POP3 address
 /// and the server (stopped when dropped).
 fn start(dir: &Path, username_claim: Option<&str>) -> (String, support::Running) {
+    start_with(dir, username_claim, |_| {})
+}
+
+/// [`start`], with `adjust` applied to the server's configuration.
+fn start_with(
+    dir: &Path,
+    username_claim: Option<&str>,
+    adjust: impl FnOnce(&mut Config),
+) -> (String, support::Running) {
     let passwd = dir.join("users");
     std::fs::write(
         &passwd,
@@ -73,7 +82,7 @@ fn start(dir: &Path, username_claim: Option<&str>) -> (String, support::Running)
     .unwrap();
     let users = UserDb::open(passwd);
     let location = MailLocation::new(format!("{}/mail/{{user}}", dir.display())).unwrap();
-    let config = Config {
+    let mut config = Config {
         auth_failure_delay: Duration::ZERO,
         oauth: Some(OAuthConfig {
             jwks_file: Some(dir.join("jwks.json")),
@@ -85,6 +94,7 @@ fn start(dir: &Path, username_claim: Option<&str>) -> (String, support::Running)
         }),
         ..Config::default()
     };
+    adjust(&mut config);
     let svc = Arc::new(Services::new(config, Arc::new(users), Arc::new(MaildirStore::new(location)), None));
     let server = support::spawn(svc, &[Protocol::Pop3]);
     (server.addrs[0].clone(), server)
@@ -152,4 +162,41 @@ fn an_email_identity_needs_email_verified() {
     assert_eq!(login(&addr, "OAUTHBEARER", "alice", &denied), "-ERR [AUTH] authentication failed");
     let r = login(&addr, "OAUTHBEARER", "alice", &verified);
     assert!(r.starts_with("+OK logged in"), "{r}");
+}
+
+/// The proof a token mints says "bearer token": the login history records
+/// `oauth` for it, and `require_app_passwords` (which refuses the main
+/// password) lets it in, while alice's password stays refused.
+#[test]
+fn a_bearer_token_login_is_recorded_as_oauth_and_is_not_a_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Idp::new(dir.path());
+    let history = dir.path().join("logins");
+    let (addr, _stop) = start_with(dir.path(), None, |config| {
+        config.require_app_passwords = true;
+        config.login_history_dir = Some(history.clone());
+    });
+    let alice = idp.token(serde_json::json!({"sub": ALICE_SUB}));
+    for mechanism in ["XOAUTH2", "OAUTHBEARER"] {
+        let r = login(&addr, mechanism, "alice", &alice);
+        assert!(r.starts_with("+OK logged in"), "{mechanism}: {r}");
+    }
+    let tcp = TcpStream::connect(&addr).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut s = BufReader::new(tcp);
+    let mut send = |text: &str| -> String {
+        if !text.is_empty() {
+            s.get_mut().write_all(format!("{text}\r\n").as_bytes()).unwrap();
+        }
+        let mut reply = String::new();
+        s.read_line(&mut reply).unwrap();
+        reply.trim_end().to_string()
+    };
+    assert!(send("").starts_with("+OK"));
+    assert!(send("USER alice").starts_with("+OK"));
+    assert_eq!(send("PASS alice-pw"), "-ERR [AUTH] authentication failed", "the main password is refused");
+    let logins = pobox_store::history::LoginHistory::new(&history).sessions("alice").unwrap();
+    let recorded: Vec<(&str, &str)> =
+        logins.iter().map(|l| (l.login.credential.as_str(), l.login.mechanism.as_str())).collect();
+    assert_eq!(recorded, [("oauth", "XOAUTH2"), ("oauth", "OAUTHBEARER")]);
 }

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use pobox_store::quota::{Quota, QuotaConfig, Usage};
 use pobox_store::retention::{self, Policy, RetentionConfig};
 use pobox_store::{
+    Authenticated,
     Delivered, ExpireReport, ImportOutcome, Mailbox, Mailstore, MessageInfo, MessageKey,
     StoreError, Uidl,
 };
@@ -416,7 +417,8 @@ impl PgStore {
 }
 
 impl Mailstore for PgStore {
-    fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError> {
+    fn open(&self, login: &Authenticated) -> Result<Box<dyn Mailbox>, StoreError> {
+        let user = login.user();
         let policy = self.policies.load().retention.for_user(user);
         let maildrop = self.maildrop(user, true)?.expect("created");
         let lease = Lease::acquire(&self.db, maildrop)?;

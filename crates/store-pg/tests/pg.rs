@@ -8,6 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::io::{self, Read};
 use std::time::{Duration, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::{Mailstore, MailstoreAdmin, StoreError};
 use pobox_store_pg::testkit::{TestPg, require};
@@ -53,18 +54,18 @@ fn a_maildrop_held_on_one_node_is_in_use_on_the_other() {
     let (cfg, a, b) = two_nodes(pg, 30);
     deliver(&a, "alice", "one\n");
     deliver(&b, "alice", "two\n");
-    let session = a.open("alice").unwrap();
+    let session = a.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(
         session.messages().len(),
         2,
         "each node delivers into the one maildrop"
     );
     assert!(
-        matches!(b.open("alice"), Err(StoreError::InUse)),
+        matches!(b.open(&Authenticated::for_tests("alice")), Err(StoreError::InUse)),
         "[IN-USE] on the other node"
     );
     assert!(
-        matches!(a.open("alice"), Err(StoreError::InUse)),
+        matches!(a.open(&Authenticated::for_tests("alice")), Err(StoreError::InUse)),
         "and on the same node"
     );
     assert_eq!(
@@ -81,7 +82,7 @@ fn a_maildrop_held_on_one_node_is_in_use_on_the_other() {
             .skipped_in_use
     );
     drop(session);
-    let on_b = b.open("alice").expect("released when the session ends");
+    let on_b = b.open(&Authenticated::for_tests("alice")).expect("released when the session ends");
     assert_eq!(on_b.messages().len(), 2);
     assert_eq!(
         pg.psql(&cfg.url, "SELECT node || ' ' || token FROM maildrop_lease"),
@@ -99,10 +100,10 @@ fn an_expired_lease_is_taken_over_and_the_old_holder_cannot_commit() {
     for i in 0..3 {
         deliver(&a, "alice", &format!("m{i}\n"));
     }
-    let old = a.open("alice").unwrap();
+    let old = a.open(&Authenticated::for_tests("alice")).unwrap();
     // Node A is cut off from the database: its lease is no longer renewed.
     a.stop_lease_renewal();
-    let new = retry(100, || b.open("alice")).expect("taken over once the lease expired");
+    let new = retry(100, || b.open(&Authenticated::for_tests("alice"))).expect("taken over once the lease expired");
     assert_eq!(
         pg.psql(&cfg.url, "SELECT node || ' ' || token FROM maildrop_lease"),
         "node-b 2",
@@ -124,7 +125,7 @@ fn an_expired_lease_is_taken_over_and_the_old_holder_cannot_commit() {
         "nor recorded anything"
     );
     // The old holder's release (on drop) did not free the new holder's lease.
-    assert!(matches!(a.open("alice"), Err(StoreError::InUse)));
+    assert!(matches!(a.open(&Authenticated::for_tests("alice")), Err(StoreError::InUse)));
     let report = new.commit(&[1], &[]).unwrap();
     assert_eq!(report.removed, 1, "the new holder commits");
     assert_eq!(b.inspect("alice").unwrap().len(), 2);
@@ -140,11 +141,11 @@ fn a_long_session_keeps_its_lease_through_renewals() {
     // seconds late for the other node to get in.
     let (_, a, b) = two_nodes(pg, 3);
     deliver(&a, "alice", "a\n");
-    let session = a.open("alice").unwrap();
+    let session = a.open(&Authenticated::for_tests("alice")).unwrap();
     // Over twice the lease time: without renewals it would have expired.
     for _ in 0..8 {
         std::thread::sleep(Duration::from_secs(1));
-        assert!(matches!(b.open("alice"), Err(StoreError::InUse)));
+        assert!(matches!(b.open(&Authenticated::for_tests("alice")), Err(StoreError::InUse)));
     }
     assert_eq!(session.commit(&[0], &[]).unwrap().removed, 1);
 }
@@ -173,7 +174,7 @@ fn two_nodes_delivering_at_once_store_every_message_exactly_once() {
     assert_eq!(listed.len(), 60);
     let uidls: HashSet<_> = listed.iter().map(|m| m.uidl.clone()).collect();
     assert_eq!(uidls.len(), 60, "UIDLs unique");
-    let mb = b.open("alice").unwrap();
+    let mb = b.open(&Authenticated::for_tests("alice")).unwrap();
     let mut bodies = HashSet::new();
     for i in 0..mb.messages().len() {
         let mut text = String::new();
@@ -284,7 +285,7 @@ fn a_20_mb_message_is_stored_and_read_in_chunks() {
         "stored in {CHUNK_SIZE}-byte chunks"
     );
     assert_eq!(biggest, CHUNK_SIZE);
-    let mb = store.open("alice").unwrap();
+    let mb = store.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(mb.messages()[0].size, d.size);
     let mut reader = mb.open_message(0).unwrap();
     let mut buf = vec![0u8; 4 * CHUNK_SIZE];
@@ -315,12 +316,12 @@ fn a_database_restart_gives_temporary_errors_then_service_resumes() {
     let cfg = pg.migrated("restart", 30);
     let store = PgStore::connect(cfg).unwrap();
     deliver(&store, "alice", "before\n");
-    let session = store.open("alice").unwrap();
+    let session = store.open(&Authenticated::for_tests("alice")).unwrap();
     pg.stop();
     let err = store.deliver("alice", &mut &b"during\n"[..]).unwrap_err();
     assert!(err.is_temporary(), "LMTP 4xx: {err}");
     let err = store
-        .open("bob")
+        .open(&Authenticated::for_tests("bob"))
         .err()
         .expect("no maildrop while the database is down");
     assert!(err.is_temporary(), "[SYS/TEMP]: {err}");
@@ -332,7 +333,7 @@ fn a_database_restart_gives_temporary_errors_then_service_resumes() {
     deliver(&store, "alice", "after\n");
     // The session's lease survived the restart: its UPDATE goes through.
     assert_eq!(session.commit(&[0], &[]).unwrap().removed, 1);
-    let mb = store.open("alice").unwrap();
+    let mb = store.open(&Authenticated::for_tests("alice")).unwrap();
     let mut text = String::new();
     mb.open_message(0)
         .unwrap()
@@ -441,7 +442,7 @@ fn callable_from_blocking_threads_and_even_from_inside_another_runtime() {
         tokio::task::spawn_blocking(move || {
             s.deliver("alice", &mut &b"from spawn_blocking\n"[..])
                 .unwrap();
-            let mb = s.open("alice").unwrap();
+            let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
             let mut text = String::new();
             mb.open_message(0)
                 .unwrap()

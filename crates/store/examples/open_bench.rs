@@ -16,6 +16,7 @@ use std::fs::{self, File, FileTimes};
 use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_store::{MailLocation, MaildirStore, Mailstore};
 
 fn build(maildir: &Path, count: usize) {
@@ -72,7 +73,7 @@ fn main() {
 
     let open = |store: &MaildirStore| {
         let t = Instant::now();
-        let mailbox = store.open("bench").unwrap();
+        let mailbox = store.open(&Authenticated::for_tests("bench")).unwrap();
         let elapsed = t.elapsed();
         assert_eq!(mailbox.messages().len(), count);
         elapsed

@@ -5,7 +5,8 @@
 //!
 //! * Delivers messages into a user's maildrop ([`Mailstore::deliver`]), the
 //!   only code in pobox that creates message files (architecture rule 6).
-//! * Opens a maildrop for one POP3 session ([`Mailstore::open`]): takes the
+//! * Opens a maildrop for one POP3 session ([`Mailstore::open`]), for the
+//!   user an [`Authenticated`] proof names: takes the
 //!   RFC 1939 §8 exclusive lock without waiting, snapshots the message list
 //!   with the exact octet counts `LIST` must report (RFC 1939 §5, counted with
 //!   CRLF line endings) and the persistent `UIDL` identifiers (RFC 1939 §7).
@@ -21,8 +22,14 @@
 //! * No network and no protocol: CRLF wire encoding, dot-stuffing and `TOP`
 //!   belong to `pobox-proto`; sessions, timeouts and `[IN-USE]` replies to
 //!   `pobox-server`.
-//! * No authentication: callers pass a user name that `pobox-auth` already
-//!   accepted (the Maildir backend re-checks it only as defence in depth).
+//! * No authentication. [`Mailstore::open`], the one call a network client
+//!   reaches, takes an [`Authenticated`] (from `pobox-identity`) that only
+//!   `pobox-auth` mints, so a session cannot open a maildrop without a
+//!   login. The other per-user calls take a plain `&str`: their user names
+//!   come from the MTA (delivery, quota checks at RCPT), the retention
+//!   timer, or the local admin (`pobox mailbox`, `pobox user`, `pobox
+//!   import`), who is trusted by running on the host. The Maildir backend
+//!   re-checks every name only as defence in depth.
 //! * No message parsing: bytes are stored as received, apart from line-ending
 //!   normalisation to LF (the classic Maildir format).
 //! * No async: see below.
@@ -77,13 +84,35 @@ pub use maildir::{
 #[cfg(feature = "memory")]
 pub use memory::MemoryStore;
 
+/// The proof of authentication [`Mailstore::open`] takes (`pobox-identity`).
+pub use pobox_identity::Authenticated;
+
 /// A storage backend holding the maildrops of many users.
 ///
 /// Implementations are shared by every session of the server (hence
 /// `Send + Sync + 'static`) and are called from blocking threads; see the
 /// crate documentation for why the trait is synchronous.
 pub trait Mailstore: Send + Sync + 'static {
-    /// Opens `user`'s maildrop exclusively for one POP3 session.
+    /// Opens the maildrop of the user `login` names, exclusively, for one
+    /// POP3 session.
+    ///
+    /// Only `pobox-auth` mints an [`Authenticated`], so this cannot be
+    /// called for a user who did not log in; a backend opens exactly
+    /// `login.user()`.
+    ///
+    /// ```compile_fail
+    /// # fn f(store: &dyn pobox_store::Mailstore) {
+    /// store.open("alice"); // a bare name is not a login
+    /// # }
+    /// ```
+    ///
+    /// ```
+    /// # // The same call with a proof compiles (tests' constructor here).
+    /// # fn f(store: &dyn pobox_store::Mailstore) {
+    /// # let login = pobox_identity::Authenticated::for_tests("alice");
+    /// let mailbox = store.open(&login);
+    /// # }
+    /// ```
     ///
     /// Takes the maildrop lock **without waiting** (RFC 1939 §8: the server
     /// answers `-ERR` at once if it cannot get exclusive access), then
@@ -110,7 +139,7 @@ pub trait Mailstore: Send + Sync + 'static {
     ///   bounded time, rather than refused.
     /// * [`StoreError::NoSuchUser`] if the user name cannot name a maildrop.
     /// * [`StoreError::Io`] / [`StoreError::DiskFull`] on filesystem errors.
-    fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError>;
+    fn open(&self, login: &Authenticated) -> Result<Box<dyn Mailbox>, StoreError>;
 
     /// Delivers one message to `user`'s maildrop.
     ///

@@ -30,6 +30,7 @@ use arc_swap::ArcSwap;
 use crate::quota::{Quota, QuotaConfig, Usage};
 use crate::retention::{self, Policy, RetentionConfig};
 use crate::{
+    Authenticated,
     CommitReport, Delivered, ExpireReport, ImportOutcome, Mailbox, Mailstore, MailstoreAdmin, MessageInfo, MessageKey,
     RemovedMessage, StoreError, Uidl,
 };
@@ -290,7 +291,8 @@ fn expire_in(drop: &mut Maildrop, policy: &Policy, now: SystemTime, dry_run: boo
 }
 
 impl Mailstore for MemoryStore {
-    fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError> {
+    fn open(&self, login: &Authenticated) -> Result<Box<dyn Mailbox>, StoreError> {
+        let user = login.user();
         let policy = self.retention_for(user);
         let (messages, expired) = self.with_maildrop(user, |drop| {
             if drop.locked {
@@ -601,9 +603,9 @@ mod tests {
         store.deliver("alice", &mut &b"x\n"[..]).unwrap();
         assert_eq!(store.inspect("alice").unwrap()[0].received, start);
         *now.lock().unwrap() = start + Duration::from_secs(86_399);
-        assert_eq!(store.open("alice").unwrap().messages().len(), 1);
+        assert_eq!(store.open(&crate::Authenticated::for_tests("alice")).unwrap().messages().len(), 1);
         *now.lock().unwrap() = start + Duration::from_secs(86_400);
-        let mailbox = store.open("alice").unwrap();
+        let mailbox = store.open(&crate::Authenticated::for_tests("alice")).unwrap();
         assert_eq!(mailbox.messages().len(), 0);
         assert_eq!(mailbox.expired_at_open().expired.len(), 1);
     }

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
+use pobox_identity::Authenticated;
 use pobox_store::MailstoreAdmin as _;
 use pobox_store::retention::{Policy, RetentionConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore};
@@ -75,7 +76,7 @@ fn update_on_a_full_disk_reports_the_messages_removed_and_restorable() {
     let filler = mnt.join("filler");
     fill(&filler);
 
-    let mb = store.open("eve").unwrap();
+    let mb = store.open(&Authenticated::for_tests("eve")).unwrap();
     let report = match mb.commit(&[0, 1], &[]) {
         Ok(r) => r,
         Err(e) => panic!("UPDATE on a full disk failed as a whole ({e}) although both messages were moved aside"),

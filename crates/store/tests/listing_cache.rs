@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::thread::sleep;
 use std::time::{Duration, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_store::maildir::{LISTING_CACHE_DEFAULT_MAX, LISTING_CACHE_MIN};
 use pobox_store::{ListingCacheStats, MailLocation, Mailbox, Maildir, MaildirStore, Mailstore};
 
@@ -118,7 +119,7 @@ fn fresh(path: &Path) -> Vec<(String, u64, String, SystemTime)> {
 }
 
 fn open_and_list(store: &MaildirStore, user: &str) -> Vec<(String, u64, String, SystemTime)> {
-    listing(&*store.open(user).unwrap())
+    listing(&*store.open(&Authenticated::for_tests(user)).unwrap())
 }
 
 #[test]
@@ -147,9 +148,9 @@ fn a_settled_big_maildrop_is_listed_once_and_then_served_from_the_cache() {
 
     // A session that ends with QUIT and changes nothing (all in cur/,
     // nothing deleted) keeps the listing, as does one that just ends.
-    let mailbox = store.open("big").unwrap();
+    let mailbox = store.open(&Authenticated::for_tests("big")).unwrap();
     assert_eq!(mailbox.commit(&[], &[]).unwrap().removed, 0);
-    drop(store.open("big").unwrap());
+    drop(store.open(&Authenticated::for_tests("big")).unwrap());
     let stats = store.listing_cache_stats();
     assert_eq!((stats.hits, stats.misses, stats.stored), (3, 1, 1));
 
@@ -252,7 +253,7 @@ fn every_change_to_new_or_cur_is_seen_by_the_next_open() {
             },
         ),
         ("a session deleting a message", |store, user, _| {
-            let mailbox = store.open(user).unwrap();
+            let mailbox = store.open(&Authenticated::for_tests(user)).unwrap();
             assert_eq!(mailbox.commit(&[0], &[]).unwrap().removed, 1);
         }),
         (
@@ -317,14 +318,14 @@ fn retrieval_times_from_the_log_apply_to_cached_snapshots_without_changing_the_c
     let t1 = t0 + Duration::from_secs(60);
 
     // The first session is the scan that gets cached; it retrieves two.
-    let mut mailbox = store.open("r").unwrap();
+    let mut mailbox = store.open(&Authenticated::for_tests("r")).unwrap();
     assert!(mailbox.messages().iter().all(|m| m.retrieved.is_none()));
     mailbox.record_retrievals(&[0, 5], t0).unwrap();
     assert_eq!(mailbox.messages()[0].retrieved, Some(t0));
     drop(mailbox);
 
     // The next one is served from the cache, with the log applied.
-    let mut mailbox = store.open("r").unwrap();
+    let mut mailbox = store.open(&Authenticated::for_tests("r")).unwrap();
     assert_eq!(store.listing_cache_stats().hits, 1);
     let retrieved: Vec<_> = mailbox.messages().iter().map(|m| m.retrieved).collect();
     assert_eq!(retrieved[0], Some(t0));
@@ -333,7 +334,7 @@ fn retrieval_times_from_the_log_apply_to_cached_snapshots_without_changing_the_c
     // The first retrieval wins; a new one is added.
     mailbox.record_retrievals(&[0, 7], t1).unwrap();
     drop(mailbox);
-    let mailbox = store.open("r").unwrap();
+    let mailbox = store.open(&Authenticated::for_tests("r")).unwrap();
     assert_eq!(store.listing_cache_stats().hits, 2);
     assert_eq!(mailbox.messages()[0].retrieved, Some(t0));
     assert_eq!(mailbox.messages()[7].retrieved, Some(t1));
@@ -342,7 +343,7 @@ fn retrieval_times_from_the_log_apply_to_cached_snapshots_without_changing_the_c
     // The cached listing itself never carried those times: without the
     // log (it is advisory), a cached snapshot shows none.
     fs::remove_file(path.join("pobox-retention.log")).unwrap();
-    let mailbox = store.open("r").unwrap();
+    let mailbox = store.open(&Authenticated::for_tests("r")).unwrap();
     assert_eq!(store.listing_cache_stats().hits, 3);
     assert!(mailbox.messages().iter().all(|m| m.retrieved.is_none()));
 }

@@ -13,6 +13,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_store::{
     MailLocation, Mailbox, Maildir, MaildirStore, Mailstore, NamedDelivery, StoreError, Uidl,
     wire_size_of,
@@ -47,7 +48,7 @@ impl Fixture {
     }
 
     fn open(&self, user: &str) -> Box<dyn Mailbox> {
-        self.store.open(user).unwrap()
+        self.store.open(&Authenticated::for_tests(user)).unwrap()
     }
 }
 
@@ -353,7 +354,7 @@ fn user_names_that_escape_the_template_are_refused() {
         Err(StoreError::NoSuchUser(_))
     ));
     assert!(matches!(
-        fx.store.open("a/b"),
+        fx.store.open(&Authenticated::for_tests("a/b")),
         Err(StoreError::NoSuchUser(_))
     ));
 }
@@ -737,7 +738,7 @@ fn store_is_usable_as_a_trait_object_across_threads() {
     std::thread::spawn(move || s2.deliver("u", &mut &b"hi\n"[..]).unwrap())
         .join()
         .unwrap();
-    let mb = store.open("u").unwrap();
+    let mb = store.open(&Authenticated::for_tests("u")).unwrap();
     let mb = std::thread::spawn(move || {
         assert_eq!(mb.messages().len(), 1);
         mb
@@ -745,7 +746,7 @@ fn store_is_usable_as_a_trait_object_across_threads() {
     .join()
     .unwrap();
     assert_eq!(mb.commit(&[0], &[]).unwrap().removed, 1);
-    assert!(store.open("u").unwrap().messages().is_empty());
+    assert!(store.open(&Authenticated::for_tests("u")).unwrap().messages().is_empty());
 }
 
 /// `read_if_cached` returns a hot message whole, and nothing when reading

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use pobox_identity::Authenticated;
 use pobox_store::MailstoreAdmin as _;
 use pobox_store::quota::{Quota, QuotaConfig, Usage};
 use pobox_store::{MailLocation, Mailstore, MaildirStore, StoreError};
@@ -20,7 +21,7 @@ fn message_quota_refuses_the_next_delivery_and_frees_up_after_deletion() {
     assert!(matches!(s.deliver("u", &mut &b"c\n"[..]), Err(StoreError::OverQuota(_))));
     assert_eq!(s.usage("u").unwrap().0, Usage { bytes: 6, messages: 2 });
     // A POP3 session deletes one: room again, without a rescan.
-    s.open("u").unwrap().commit(&[0], &[]).unwrap();
+    s.open(&Authenticated::for_tests("u")).unwrap().commit(&[0], &[]).unwrap();
     assert_eq!(s.usage("u").unwrap().0, Usage { bytes: 3, messages: 1 });
     s.deliver("u", &mut &b"c\n"[..]).unwrap();
 }
@@ -56,13 +57,13 @@ fn folders_are_separate_validated_and_releasable() {
     let s = store(&dir, Quota::default());
     let d = s.deliver_to_folder("u", "Junk", &mut &b"Subject: spam?\n\nhi\n"[..]).unwrap();
     assert!(std::path::Path::new(&d.location).starts_with(dir.path().join("u/.Junk/new")));
-    assert!(s.open("u").unwrap().messages().is_empty(), "POP3 does not see folders");
+    assert!(s.open(&Authenticated::for_tests("u")).unwrap().messages().is_empty(), "POP3 does not see folders");
     for bad in ["", "../x", ".hidden", "a/b", "INBOX", "a..b"] {
         assert!(matches!(s.deliver_to_folder("u", bad, &mut &b"x\n"[..]), Err(StoreError::InvalidFolder(_))), "{bad}");
     }
     let released = s.release("u", "Junk", d.uidl.as_str()).unwrap();
     assert!(std::path::Path::new(&released).starts_with(dir.path().join("u/new")));
-    let mb = s.open("u").unwrap();
+    let mb = s.open(&Authenticated::for_tests("u")).unwrap();
     assert_eq!(mb.messages().len(), 1);
     assert_eq!(mb.messages()[0].uidl, d.uidl, "released intact, same UIDL");
     drop(mb);

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_store::MailstoreAdmin as _;
 use pobox_store::retention::{Days, ExpiryReason, Policy, RetentionConfig};
 use pobox_store::{MailLocation, MaildirStore, Mailstore, StoreError};
@@ -40,7 +41,7 @@ fn uidls(store: &MaildirStore) -> Vec<String> {
 
 /// Marks message `index` retrieved at `when`, as a session ending does.
 fn retrieve(store: &MaildirStore, index: usize, when: SystemTime) {
-    let mut mb = store.open("alice").unwrap();
+    let mut mb = store.open(&Authenticated::for_tests("alice")).unwrap();
     mb.record_retrievals(&[index], when).unwrap();
     // Dropped without QUIT: the record must survive anyway.
 }
@@ -53,7 +54,7 @@ fn retrieval_is_recorded_durably_even_without_quit_and_only_first_counts() {
     let t0 = SystemTime::now();
     retrieve(&s, 0, t0);
     retrieve(&s, 0, t0 + DAY);
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     assert_eq!(
         mb.messages()[0].retrieved.map(secs),
@@ -152,7 +153,7 @@ fn restore_window_moves_aside_and_restore_keeps_uidls() {
     deliver(&s, 3);
     let before = uidls(&s);
     // A POP3 session deletes two messages.
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     let report = mb.commit(&[0, 2], &[]).unwrap();
     assert_eq!(report.removed, 2);
     assert_eq!(uidls(&s), vec![before[1].clone()]);
@@ -211,7 +212,7 @@ fn removed_messages_are_purged_after_the_window() {
         },
     );
     deliver(&s, 2);
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     mb.commit(&[0], &[]).unwrap();
     let now = SystemTime::now();
     assert_eq!(s.expire("alice", now + 6 * DAY, false).unwrap().purged, 0);
@@ -231,7 +232,7 @@ fn without_a_window_deletion_is_final() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(&dir, Policy::default());
     deliver(&s, 1);
-    s.open("alice").unwrap().commit(&[0], &[]).unwrap();
+    s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[0], &[]).unwrap();
     assert!(s.removed_messages("alice").unwrap().is_empty());
     assert!(!dir.path().join("alice/.pobox-deleted").exists());
 }

@@ -16,6 +16,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_store::MailstoreAdmin as _;
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Days, Policy, RetentionConfig};
@@ -169,7 +170,7 @@ fn everything(store: &MaildirStore, user: &str) -> (Vec<u8>, Option<String>) {
     }
     let _ = store.removed_messages(user);
     let _ = store.release(user, "Junk", "1000000000.M1P1.canary");
-    let open_error = match store.open(user) {
+    let open_error = match store.open(&Authenticated::for_tests(user)) {
         Ok(mut mb) => {
             let n = mb.messages().len();
             for i in 0..n {
@@ -282,7 +283,7 @@ fn eve_links_new_to_a_secret_dir_and_cur_to_alices_new() {
     let (secret_before, alice_before) = (snapshot(&secret), snapshot(&alice));
 
     let store = MaildirStore::new(location(&mail));
-    match store.open("eve") {
+    match store.open(&Authenticated::for_tests("eve")) {
         Ok(mut mb) => {
             let mut leaked = Vec::new();
             for i in 0..mb.messages().len() {
@@ -318,7 +319,7 @@ fn maildirsize_link_to_a_victim_is_not_appended_to() {
     let before = snapshot(&victim);
 
     let store = MaildirStore::new(location(&mail));
-    let mb = store.open("eve").unwrap();
+    let mb = store.open(&Authenticated::for_tests("eve")).unwrap();
     let report = mb.commit(&[0], &[]).unwrap();
     assert_eq!(report.removed, 1);
     assert_eq!(snapshot(&victim), before, "the victim was written through maildirsize");
@@ -361,7 +362,7 @@ fn a_part_owned_by_another_user_is_refused() {
     let eve = maildir(&mail, "eve");
     std::os::unix::fs::chown(eve.join("cur"), Some(4242), None).unwrap();
     let store = MaildirStore::new(location(&mail));
-    let err = store.open("eve").map(|_| ()).unwrap_err().to_string();
+    let err = store.open(&Authenticated::for_tests("eve")).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains(&eve.join("cur").display().to_string()) && err.contains("4242"), "{err}");
     // The root's own owner may be anyone when we are root: a Maildir
     // owned by the mail user (home directories) is served.
@@ -370,7 +371,7 @@ fn a_part_owned_by_another_user_is_refused() {
     for d in ["tmp", "new", "cur"] {
         std::os::unix::fs::chown(eve.join(d), Some(4242), None).unwrap();
     }
-    assert_eq!(store.open("eve").unwrap().messages().len(), 2);
+    assert_eq!(store.open(&Authenticated::for_tests("eve")).unwrap().messages().len(), 2);
 }
 
 /// An admin's symlink *above* `{user}` (e.g. `/var/mail -> /srv/mail`) is
@@ -383,14 +384,14 @@ fn a_link_above_the_user_component_is_followed() {
     maildir(&real, "eve");
     symlink(&real, top.path().join("mail")).unwrap();
     let store = MaildirStore::new(location(&top.path().join("mail")));
-    assert_eq!(store.open("eve").unwrap().messages().len(), 2);
+    assert_eq!(store.open(&Authenticated::for_tests("eve")).unwrap().messages().len(), 2);
     store.deliver("eve", &mut &b"Subject: x\n\ny\n"[..]).unwrap();
     assert_eq!(fs::read_dir(real.join("eve/new")).unwrap().count(), 2);
 
     let nested = MaildirStore::new(MailLocation::new(format!("{}/{{user}}/Maildir", top.path().display())).unwrap());
     fs::create_dir(top.path().join("bob")).unwrap();
     symlink(real.join("eve"), top.path().join("bob/Maildir")).unwrap();
-    let err = nested.open("bob").map(|_| ()).unwrap_err().to_string();
+    let err = nested.open(&Authenticated::for_tests("bob")).map(|_| ()).unwrap_err().to_string();
     assert!(err.contains("bob/Maildir"), "{err}");
 }
 
@@ -403,7 +404,7 @@ fn a_link_planted_during_the_session_is_not_followed() {
     let mail = top.path().join("mail");
     let eve = maildir(&mail, "eve");
     let store = MaildirStore::new(location(&mail));
-    let mb = store.open("eve").unwrap();
+    let mb = store.open(&Authenticated::for_tests("eve")).unwrap();
     let names: Vec<String> = fs::read_dir(eve.join("new")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     let decoy = top.path().join("decoy");
     fs::create_dir(&decoy).unwrap();
@@ -440,7 +441,7 @@ fn a_session_holds_one_directory_handle() {
     }
     let count = || fs::read_dir("/proc/self/fd").unwrap().count();
     let before = count();
-    let sessions: Vec<_> = (0..50).map(|i| store.open(&format!("u{i}")).unwrap()).collect();
+    let sessions: Vec<_> = (0..50).map(|i| store.open(&Authenticated::for_tests(&format!("u{i}"))).unwrap()).collect();
     let after = count();
     // 50 root handles and the shared lock file; other tests of this binary
     // run in parallel threads and may hold a few files meanwhile.

@@ -10,6 +10,7 @@ use std::fs;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use pobox_identity::Authenticated;
 use pobox_store::MailstoreAdmin as _;
 use pobox_store::quota::{Quota, QuotaConfig};
 use pobox_store::retention::{Policy, RetentionConfig};
@@ -48,7 +49,7 @@ fn msg(i: usize) -> Vec<u8> {
 
 /// (UIDL, size) as a POP3 session sees them.
 fn session_view(store: &MaildirStore, user: &str) -> Vec<(String, u64)> {
-    let mb = store.open(user).unwrap();
+    let mb = store.open(&Authenticated::for_tests(user)).unwrap();
     mb.messages()
         .iter()
         .map(|m| (m.uidl.as_str().to_owned(), m.size))
@@ -181,7 +182,7 @@ fn assigned_uidls_survive_new_to_cur_and_sessions_and_reruns() {
     );
     assert_eq!(uidls(&store, "alice"), ["00000001663a1b2c"]);
     // A session that commits moves new/ -> cur/ (flags change the name).
-    store.open("alice").unwrap().commit(&[], &[]).unwrap();
+    store.open(&Authenticated::for_tests("alice")).unwrap().commit(&[], &[]).unwrap();
     assert!(fs::read_dir(f.root("alice").join("cur")).unwrap().count() == 1);
     assert_eq!(uidls(&store, "alice"), ["00000001663a1b2c"]);
     let import = store.begin_import("alice").unwrap();
@@ -284,7 +285,7 @@ fn a_message_keeps_its_imported_uidl_through_the_restore_area() {
             &mut &msg(2)[..],
         )
         .unwrap();
-    store.open("alice").unwrap().commit(&[0, 1], &[]).unwrap();
+    store.open(&Authenticated::for_tests("alice")).unwrap().commit(&[0, 1], &[]).unwrap();
     assert!(uidls(&store, "alice").is_empty());
     let mut removed: Vec<String> = store
         .removed_messages("alice")
@@ -336,7 +337,7 @@ fn imports_are_counted_in_the_quota_bookkeeping_but_not_limited() {
 fn importing_refuses_a_maildrop_a_session_holds() {
     let f = Fixture::new();
     let store = f.store();
-    let session = store.open("alice").unwrap();
+    let session = store.open(&Authenticated::for_tests("alice")).unwrap();
     assert!(matches!(
         store.begin_import("alice"),
         Err(StoreError::InUse)
@@ -357,7 +358,7 @@ fn the_uidl_listing_takes_no_lock_and_creates_nothing() {
     store
         .import_message("alice", "u-1", at(1), &mut &msg(0)[..])
         .unwrap();
-    let _session = store.open("alice").unwrap();
+    let _session = store.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(
         store.uidl_listing("alice").unwrap(),
         Some(vec![("u-1".to_owned(), msg(0).len() as u64)])
@@ -373,7 +374,7 @@ fn a_linked_overrides_file_is_refused_and_its_target_untouched() {
     fs::write(&canary, "precious\n").unwrap();
     std::os::unix::fs::symlink(&canary, f.root("alice").join("pobox-uidls")).unwrap();
     assert!(matches!(
-        store.open("alice").err(),
+        store.open(&Authenticated::for_tests("alice")).err(),
         Some(StoreError::Unsafe { .. })
     ));
     assert!(matches!(

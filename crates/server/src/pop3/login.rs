@@ -178,11 +178,9 @@ impl Driver<'_> {
         mechanism: &'static str,
         started: Instant,
     ) -> Result<LoginGrant, LoginFailure> {
-        // Bearer tokens are validated by `oauth`, not by a stored secret:
-        // the mechanism says which credential it was.
-        let oauth = matches!(mechanism, OAUTHBEARER | XOAUTH2);
-        let credential = if oauth { "oauth".to_owned() } else { authenticated.credential().label().to_owned() };
-        if self.svc.config.require_app_passwords && !oauth && *authenticated.credential() == Credential::Password {
+        // The proof names the credential (a bearer token is `oauth`).
+        let credential = authenticated.credential().label().to_owned();
+        if self.svc.config.require_app_passwords && *authenticated.credential() == Credential::Password {
             let user = authenticated.user().to_owned();
             info!(target: LOG_TARGET, peer = %self.peer, user = %user, %mechanism,
                   "main password refused: require_app_passwords is set, the device needs an app password");
@@ -211,7 +209,8 @@ impl Driver<'_> {
             }
             // Login-time retention is the store's: open expires under the
             // lock it takes, and waits briefly for maintenance holding it.
-            let opened = svc.store.open(user);
+            // Only the proof auth minted opens a maildrop.
+            let opened = svc.store.open(&authenticated);
             if let Ok(mailbox) = &opened {
                 let expired = mailbox.expired_at_open();
                 crate::metrics::expiry(expired.expired.len(), expired.purged);

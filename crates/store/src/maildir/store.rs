@@ -13,7 +13,7 @@ use super::mailbox::MaildirMailbox;
 use super::{ListingCacheStats, MailLocation, Maildir, cache, lock};
 use crate::quota::{Quota, QuotaConfig, Usage};
 use crate::retention::{Policy, RetentionConfig};
-use crate::{Delivered, ExpireReport, Mailbox, Mailstore, StoreError};
+use crate::{Authenticated, Delivered, ExpireReport, Mailbox, Mailstore, StoreError};
 
 /// The Maildir [`Mailstore`]: one Maildir per user, found through a
 /// [`MailLocation`] template.
@@ -183,7 +183,8 @@ impl Mailstore for MaildirStore {
         MaildirStore::set_policies(self, max_size, retention, quota);
     }
 
-    fn open(&self, user: &str) -> Result<Box<dyn Mailbox>, StoreError> {
+    fn open(&self, login: &Authenticated) -> Result<Box<dyn Mailbox>, StoreError> {
+        let user = login.user();
         let maildir = self.maildir(user)?;
         // Lock first, then look: the snapshot must be taken under the lock so
         // that two sessions never both believe they own a message.

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::time::{Duration, SystemTime};
 
+use pobox_identity::Authenticated;
 use pobox_store::quota::{Quota, QuotaConfig, Usage};
 use pobox_store::retention::{Days, ExpiryReason, Policy, RetentionConfig};
 use pobox_store::{ImportOutcome, MailstoreAdmin, StoreError, Uidl};
@@ -68,7 +69,7 @@ fn uidls(s: &Fixture, user: &str) -> Vec<String> {
 
 fn a_new_user_has_an_empty_maildrop(make: Make) {
     let s = make(Setup::default());
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert!(mb.messages().is_empty());
     assert_eq!(mb.user(), "alice");
 }
@@ -76,7 +77,7 @@ fn a_new_user_has_an_empty_maildrop(make: Make) {
 fn unusable_user_names_are_refused(make: Make) {
     let s = make(Setup::default());
     for bad in ["", "../x", ".hidden", "a/b"] {
-        assert!(matches!(s.open(bad), Err(StoreError::NoSuchUser(_))), "{bad:?}");
+        assert!(matches!(s.open(&Authenticated::for_tests(bad)), Err(StoreError::NoSuchUser(_))), "{bad:?}");
         assert!(matches!(s.deliver(bad, &mut &b"x\n"[..]), Err(StoreError::NoSuchUser(_))), "{bad:?}");
     }
 }
@@ -87,7 +88,7 @@ fn sizes_are_exact_wire_octets_and_bytes_are_stored_with_lf(make: Make) {
     let d = deliver(&s, "alice", "Subject: a\r\n\r\nline\nlast");
     let wire = "Subject: a\r\n\r\nline\r\nlast\r\n".len() as u64;
     assert_eq!(d.size, wire);
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(mb.messages().len(), 1);
     assert_eq!(mb.messages()[0].size, wire);
     assert_eq!(mb.messages()[0].uidl, d.uidl, "Delivered names the UIDL the listing shows");
@@ -98,24 +99,24 @@ fn sizes_are_exact_wire_octets_and_bytes_are_stored_with_lf(make: Make) {
 fn one_session_per_maildrop_and_drop_releases_without_changes(make: Make) {
     let s = make(Setup::default());
     deliver(&s, "alice", "a\n");
-    let first = s.open("alice").unwrap();
-    let err = s.open("alice").err().expect("a second session must be refused");
+    let first = s.open(&Authenticated::for_tests("alice")).unwrap();
+    let err = s.open(&Authenticated::for_tests("alice")).err().expect("a second session must be refused");
     assert!(matches!(err, StoreError::InUse), "{err:?}");
     assert!(err.is_temporary(), "[IN-USE] is temporary");
-    s.open("bob").expect("another user's maildrop is independent");
+    s.open(&Authenticated::for_tests("bob")).expect("another user's maildrop is independent");
     drop(first);
-    let again = s.open("alice").expect("released on drop");
+    let again = s.open(&Authenticated::for_tests("alice")).expect("released on drop");
     assert_eq!(again.messages().len(), 1, "no UPDATE without commit");
 }
 
 fn mail_delivered_during_a_session_waits_for_the_next(make: Make) {
     let s = make(Setup::default());
     deliver(&s, "alice", "a\n");
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     deliver(&s, "alice", "b\n");
     assert_eq!(mb.messages().len(), 1, "the snapshot is fixed");
     mb.commit(&[], &[]).unwrap();
-    assert_eq!(s.open("alice").unwrap().messages().len(), 2);
+    assert_eq!(s.open(&Authenticated::for_tests("alice")).unwrap().messages().len(), 2);
 }
 
 fn uidls_are_stable_unique_and_never_reused(make: Make) {
@@ -128,9 +129,9 @@ fn uidls_are_stable_unique_and_never_reused(make: Make) {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), 3);
-    s.open("alice").unwrap().commit(&[], &[0]).unwrap();
+    s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[], &[0]).unwrap();
     assert_eq!(uidls(&s, "alice"), before, "same UIDLs after a session");
-    s.open("alice").unwrap().commit(&[1], &[]).unwrap();
+    s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[1], &[]).unwrap();
     let d = deliver(&s, "alice", "m1\n");
     assert!(!before.contains(&d.uidl.as_str().to_owned()), "a deleted message's UIDL is not reused");
     assert_eq!(uidls(&s, "alice"), vec![before[0].clone(), before[2].clone(), d.uidl.into_string()]);
@@ -142,10 +143,10 @@ fn commit_removes_exactly_the_marked_messages(make: Make) {
         deliver(&s, "alice", &format!("m{i}\n"));
     }
     let before = uidls(&s, "alice");
-    let report = s.open("alice").unwrap().commit(&[1, 3, 3], &[]).unwrap();
+    let report = s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[1, 3, 3], &[]).unwrap();
     assert_eq!((report.removed, report.restorable, report.failed), (2, 0, 0));
     assert_eq!(uidls(&s, "alice"), vec![before[0].clone(), before[2].clone()]);
-    let err = s.open("alice").unwrap().commit(&[0, 5], &[]).unwrap_err();
+    let err = s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[0, 5], &[]).unwrap_err();
     assert!(matches!(err, StoreError::NoSuchMessage { index: 5 }));
     assert_eq!(uidls(&s, "alice").len(), 2, "nothing removed on a bad index");
 }
@@ -155,14 +156,14 @@ fn commit_records_retrievals_once(make: Make) {
     deliver(&s, "alice", "a\n");
     deliver(&s, "alice", "b\n");
     let t0 = SystemTime::now() - DAY;
-    let mut mb = s.open("alice").unwrap();
+    let mut mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     mb.record_retrievals(&[0], t0).unwrap();
     mb.commit(&[], &[0, 1]).unwrap();
     let listed = s.inspect("alice").unwrap();
     let secs = |t: SystemTime| t.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_secs();
     assert_eq!(listed[0].retrieved.map(secs), Some(secs(t0)), "only the first retrieval counts");
     assert!(listed[1].retrieved.is_some(), "commit records what the session retrieved");
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert!(mb.messages().iter().all(|m| m.retrieved.is_some()), "a session sees the records");
 }
 
@@ -172,7 +173,7 @@ fn expire_zero_removes_what_the_session_retrieved(make: Make) {
         deliver(&s, "alice", &format!("m{i}\n"));
     }
     let before = uidls(&s, "alice");
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(mb.removals(&[2], &[0]), vec![0, 2]);
     let report = mb.commit(&[2], &[0]).unwrap();
     assert_eq!(report.removed, 2);
@@ -182,7 +183,7 @@ fn expire_zero_removes_what_the_session_retrieved(make: Make) {
 fn without_expire_zero_retrieved_mail_stays(make: Make) {
     let s = make(Setup { policy: Policy { retrieved: Days::After(3), ..Policy::default() }, ..Setup::default() });
     deliver(&s, "alice", "a\n");
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(mb.removals(&[], &[0]), Vec::<usize>::new());
     mb.commit(&[], &[0]).unwrap();
     assert_eq!(uidls(&s, "alice").len(), 1);
@@ -192,10 +193,10 @@ fn open_expires_retrieved_mail_before_the_snapshot(make: Make) {
     let s = make(Setup { policy: Policy { retrieved: Days::After(1), ..Policy::default() }, ..Setup::default() });
     deliver(&s, "alice", "old\n");
     deliver(&s, "alice", "fresh\n");
-    let mut mb = s.open("alice").unwrap();
+    let mut mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     mb.record_retrievals(&[0], SystemTime::now() - 2 * DAY).unwrap();
     drop(mb);
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(mb.messages().len(), 1, "expired at login, never offered again");
     assert_eq!(read(&*mb, 0), b"fresh\n");
     let report = mb.expired_at_open();
@@ -208,7 +209,7 @@ fn expiry_skips_a_held_maildrop_and_dry_run_changes_nothing(make: Make) {
     deliver(&s, "alice", "a\n");
     deliver(&s, "alice", "b\n");
     let later = SystemTime::now() + 2 * DAY;
-    let session = s.open("alice").unwrap();
+    let session = s.open(&Authenticated::for_tests("alice")).unwrap();
     let report = s.expire("alice", later, false).unwrap();
     assert!(report.skipped_in_use);
     assert!(report.expired.is_empty());
@@ -227,7 +228,7 @@ fn removed_mail_is_restorable_within_the_window_and_purged_after(make: Make) {
         deliver(&s, "alice", &format!("m{i}\n"));
     }
     let before = uidls(&s, "alice");
-    let report = s.open("alice").unwrap().commit(&[0, 2], &[]).unwrap();
+    let report = s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[0, 2], &[]).unwrap();
     assert_eq!((report.removed, report.restorable), (2, 2));
     let mut removed: Vec<String> = s.removed_messages("alice").unwrap().into_iter().map(|m| m.uidl).collect();
     removed.sort();
@@ -235,7 +236,7 @@ fn removed_mail_is_restorable_within_the_window_and_purged_after(make: Make) {
     want.sort();
     assert_eq!(removed, want);
     // A session holds the maildrop: restore waits for it to end.
-    let session = s.open("alice").unwrap();
+    let session = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert!(matches!(s.restore("alice", None, SystemTime::now()), Err(StoreError::InUse)));
     drop(session);
     let mut restored = s.restore("alice", None, SystemTime::now()).unwrap();
@@ -248,7 +249,7 @@ fn removed_mail_is_restorable_within_the_window_and_purged_after(make: Make) {
     assert_eq!(now, all, "restored with their UIDLs");
     assert!(s.removed_messages("alice").unwrap().is_empty());
     // Removed again, then past the window: purged for good.
-    s.open("alice").unwrap().commit(&[0], &[]).unwrap();
+    s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[0], &[]).unwrap();
     assert_eq!(s.expire("alice", SystemTime::now() + 3 * DAY, false).unwrap().purged, 0);
     assert_eq!(s.expire("alice", SystemTime::now() + 8 * DAY, false).unwrap().purged, 1);
     assert!(s.removed_messages("alice").unwrap().is_empty());
@@ -258,7 +259,7 @@ fn removed_mail_is_restorable_within_the_window_and_purged_after(make: Make) {
 fn without_a_window_removal_is_final(make: Make) {
     let s = make(Setup::default());
     deliver(&s, "alice", "a\n");
-    let report = s.open("alice").unwrap().commit(&[0], &[]).unwrap();
+    let report = s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[0], &[]).unwrap();
     assert_eq!((report.removed, report.restorable), (1, 0));
     assert!(s.removed_messages("alice").unwrap().is_empty());
     assert!(s.restore("alice", None, SystemTime::now()).unwrap().is_empty());
@@ -268,7 +269,7 @@ fn purge_removes_everything_but_not_under_a_session(make: Make) {
     let s = make(Setup::default());
     deliver(&s, "alice", "a\n");
     deliver(&s, "alice", "b\n");
-    let session = s.open("alice").unwrap();
+    let session = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert!(matches!(s.purge("alice", SystemTime::now()), Err(StoreError::InUse)));
     drop(session);
     assert_eq!(s.purge("alice", SystemTime::now()).unwrap().removed, 2);
@@ -302,14 +303,14 @@ fn quota_counts_wire_octets_and_refuses_over_it(make: Make) {
     deliver(&s, "alice", "x\n");
     assert_eq!(s.quota_full("alice").unwrap(), Some(Usage { bytes: 8, messages: 2 }), "message count reached");
     assert!(matches!(s.deliver("alice", &mut &b"y\n"[..]), Err(StoreError::OverQuota(_))));
-    s.open("alice").unwrap().commit(&[0], &[]).unwrap();
+    s.open(&Authenticated::for_tests("alice")).unwrap().commit(&[0], &[]).unwrap();
     assert_eq!(s.usage("alice").unwrap().0, Usage { bytes: 3, messages: 1 });
 }
 
 fn folders_are_hidden_from_pop3_and_releasable(make: Make) {
     let s = make(Setup::default());
     let d = s.deliver_to_folder("alice", "Junk", &mut &b"Subject: spam?\n\nhi\n"[..]).unwrap();
-    assert!(s.open("alice").unwrap().messages().is_empty(), "POP3 does not see folders");
+    assert!(s.open(&Authenticated::for_tests("alice")).unwrap().messages().is_empty(), "POP3 does not see folders");
     for bad in ["", "../x", ".hidden", "a/b", "INBOX", "a..b"] {
         assert!(
             matches!(s.deliver_to_folder("alice", bad, &mut &b"x\n"[..]), Err(StoreError::InvalidFolder(_))),
@@ -317,7 +318,7 @@ fn folders_are_hidden_from_pop3_and_releasable(make: Make) {
         );
     }
     s.release("alice", "Junk", d.uidl.as_str()).unwrap();
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(mb.messages().len(), 1);
     assert_eq!(mb.messages()[0].uidl, d.uidl, "released intact, same UIDL");
     assert_eq!(read(&*mb, 0), b"Subject: spam?\n\nhi\n");
@@ -328,7 +329,7 @@ fn folders_are_hidden_from_pop3_and_releasable(make: Make) {
 fn inspect_and_head_list_without_locking(make: Make) {
     let s = make(Setup::default());
     deliver(&s, "alice", "Subject: hello\n\nbody\n");
-    let _session = s.open("alice").unwrap();
+    let _session = s.open(&Authenticated::for_tests("alice")).unwrap();
     let listed = s.inspect("alice").unwrap();
     assert_eq!(listed.len(), 1);
     assert_eq!(s.head("alice", &listed[0], 14).unwrap(), b"Subject: hello");
@@ -352,7 +353,7 @@ fn import_keeps_uidl_and_time_and_is_idempotent(make: Make) {
     assert_eq!(listed[0].uidl, uidl, "ordered by its delivery time, before newer mail");
     assert_eq!(secs(listed[0].received), secs(received));
     assert_eq!(listed[1].uidl, fresh.uidl);
-    let mb = s.open("alice").unwrap();
+    let mb = s.open(&Authenticated::for_tests("alice")).unwrap();
     assert_eq!(read(&*mb, 0), b"Subject: old\n\nbody\n");
     let other = Uidl::try_from("imported-0002").unwrap();
     let err = s.import_message("alice", &other, received, &mut &b"x\n"[..]).unwrap_err();
@@ -364,7 +365,7 @@ fn import_keeps_uidl_and_time_and_is_idempotent(make: Make) {
 fn set_policies_applies_to_new_operations_only(make: Make) {
     let s = make(Setup::default());
     deliver(&s, "alice", "a\n");
-    let session = s.open("alice").unwrap();
+    let session = s.open(&Authenticated::for_tests("alice")).unwrap();
     let window = Policy { restore_days: 3, ..Policy::default() };
     s.set_policies(Some(5), retention(window), quota(Quota { bytes: None, messages: Some(1) }));
     assert_eq!(session.policy().restore_days, 0, "an open maildrop keeps its policy");
