@@ -152,6 +152,9 @@ pub struct Config {
     /// The PROXY protocol (`proxy.rs`): which listeners expect the header,
     /// and from whom.
     pub proxy_protocol: ProxyProtocol,
+    /// Where the health endpoint (`GET /health`, `health.rs`) listens;
+    /// `None`: off.
+    pub health: Option<SocketAddr>,
 }
 
 /// Listeners behind a load balancer that sends the PROXY protocol header
@@ -274,6 +277,7 @@ impl Default for Config {
             login_history_dir: None,
             require_app_passwords: false,
             proxy_protocol: ProxyProtocol::default(),
+            health: None,
         }
     }
 }
