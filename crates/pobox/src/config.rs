@@ -1316,6 +1316,41 @@ mod tests {
     }
 
     #[test]
+    fn proxy_protocol_and_health_keys() {
+        let s = parse("").unwrap();
+        assert!(s.server.proxy_protocol.listeners.is_empty());
+        assert_eq!(s.server.health, None);
+        let s = parse(
+            "pop3 = [\"0.0.0.0:110\"]\n[proxy_protocol]\nlisteners = [\"0.0.0.0:110\"]\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"2001:db8::/32\"]\nheader_timeout_secs = 3\n\
+             [health]\nlisten = \"127.0.0.1:9186\"",
+        )
+        .unwrap();
+        let p = &s.server.proxy_protocol;
+        assert_eq!(p.listeners, vec!["0.0.0.0:110".parse().unwrap()]);
+        assert_eq!(p.trusted_proxies.len(), 3);
+        assert_eq!(p.trusted_proxies[1].to_string(), "192.0.2.1/32", "a bare address is one host");
+        assert_eq!(p.header_timeout, Duration::from_secs(3));
+        assert_eq!(s.server.health, Some("127.0.0.1:9186".parse().unwrap()));
+        check_proxy_listeners(&s).unwrap();
+        for (text, key) in [
+            ("[proxy_protocol]\nlisteners = [\"unix:/run/x\"]\ntrusted_proxies = [\"127.0.0.1\"]", "listeners"),
+            ("[proxy_protocol]\nlisteners = [\"127.0.0.1:110\"]", "trusted_proxies: empty"),
+            ("[proxy_protocol]\ntrusted_proxies = [\"10.0.0.0/33\"]", "trusted_proxies"),
+            ("[proxy_protocol]\nheader_timeout_secs = 0", "header_timeout_secs"),
+            ("[proxy_protocol]\nlisten = []", "unknown field"),
+            ("[health]\nlisten = \"localhost:1\"", "health.listen"),
+        ] {
+            let err = format!("{:#}", parse(text).err().unwrap_or_else(|| panic!("{text:?} accepted")));
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        // An address that is no listener (a typo, or a flag replaced it).
+        let s = parse("pop3 = [\"0.0.0.0:110\"]\n[proxy_protocol]\nlisteners = [\"0.0.0.0:111\"]\ntrusted_proxies = [\"127.0.0.1\"]").unwrap();
+        let err = check_proxy_listeners(&s).unwrap_err().to_string();
+        assert!(err.contains("0.0.0.0:111") && err.contains("not one of the configured"), "{err}");
+    }
+
+    #[test]
     fn metrics_key_is_off_by_default_and_names_itself_when_invalid() {
         assert_eq!(parse("").unwrap().server.metrics, None);
         let s = parse("metrics = \"127.0.0.1:9185\"").unwrap();

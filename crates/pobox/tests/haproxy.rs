@@ -548,3 +548,75 @@ fn a_draining_node_answers_503_and_goes_down_in_haproxy_while_the_other_serves()
     assert!(status.success(), "{status:?}");
     assert_eq!(health(p0.health), None, "the endpoint is gone with the process");
 }
+
+/// Reads one SMTP/LMTP reply (all its lines); returns the last line.
+fn reply(r: &mut BufReader<TcpStream>) -> String {
+    for _ in 0..50 {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            return l;
+        }
+        if l.as_bytes().get(3) != Some(&b'-') {
+            return l;
+        }
+    }
+    panic!("reply longer than 50 lines");
+}
+
+/// One mail transaction after a PROXY header: `hello` is `LHLO` or `EHLO`.
+fn transaction(port: u16, header: &[u8], hello: &str, rcpt: &str) {
+    let mut s = connect_from(Ipv4Addr::LOCALHOST, port);
+    s.write_all(header).unwrap();
+    let mut r = BufReader::new(s);
+    let greeting = reply(&mut r);
+    assert!(greeting.starts_with("220"), "greeting {greeting:?}");
+    for (cmd, want) in [
+        (format!("{hello} client.example"), "250"),
+        ("MAIL FROM:<sender@example.org>".to_string(), "250"),
+        (format!("RCPT TO:<{rcpt}>"), "250"),
+        ("DATA".to_string(), "354"),
+        ("Subject: via proxy\r\n\r\nbody\r\n.".to_string(), "250"),
+        ("QUIT".to_string(), "221"),
+    ] {
+        r.get_mut().write_all(format!("{cmd}\r\n").as_bytes()).unwrap();
+        let got = reply(&mut r);
+        assert!(got.starts_with(want), "{cmd:?} answered {got:?}");
+    }
+}
+
+/// The header works on the mail intake listeners too: the `Received`
+/// trace line names the address the header carried (LMTP: v2, SMTP: v1).
+#[test]
+fn lmtp_and_smtp_listeners_take_the_header_and_trace_the_client() {
+    let store = SharedStore::new();
+    let data = Dir::new();
+    let (lmtp, smtp) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let mut b = data
+        .server()
+        .listeners_in_config()
+        .config("lmtp", &format!("[{lmtp:?}]"))
+        .config("smtp", &format!("[{smtp:?}]"))
+        .config("check_spf_dkim_dmarc", "false")
+        .config(
+            "proxy_protocol",
+            &format!("{{ listeners = [{lmtp:?}, {smtp:?}], trusted_proxies = [\"127.0.0.1\"], header_timeout_secs = 2 }}"),
+        );
+    for (k, v) in store.node_keys() {
+        b = b.config(k, &v);
+    }
+    let node = b.start();
+    let port = |a: &str| a.rsplit(':').next().unwrap().parse::<u16>().unwrap();
+    let mut v2 = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x0c".to_vec();
+    v2.extend([192, 0, 2, 9, 127, 0, 0, 1, 0x1f, 0x90, 0, 24]);
+    transaction(port(&lmtp), &v2, "LHLO", "bob@localhost");
+    transaction(port(&smtp), b"PROXY TCP4 198.51.100.7 127.0.0.1 5000 25\r\n", "EHLO", "bob@localhost");
+    let mail = store.dir.data().join("mail/bob/new");
+    let texts: Vec<String> = std::fs::read_dir(&mail)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert_eq!(texts.len(), 2, "{}", node.dump());
+    assert!(texts.iter().any(|t| t.contains("192.0.2.9")), "LMTP trace without the client:\n{texts:#?}");
+    assert!(texts.iter().any(|t| t.contains("198.51.100.7")), "SMTP trace without the client:\n{texts:#?}");
+    assert!(!texts.iter().any(|t| t.contains("127.0.0.1")), "the proxy's address was traced:\n{texts:#?}");
+}
