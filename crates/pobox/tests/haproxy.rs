@@ -599,7 +599,9 @@ fn lmtp_and_smtp_listeners_take_the_header_and_trace_the_client() {
         .config("check_spf_dkim_dmarc", "false")
         .config(
             "proxy_protocol",
-            &format!("{{ listeners = [{lmtp:?}, {smtp:?}], trusted_proxies = [\"127.0.0.1\"], header_timeout_secs = 2 }}"),
+            &format!(
+                "{{ listeners = [{lmtp:?}, {smtp:?}], trusted_proxies = [\"127.0.0.1\"], header_timeout_secs = 2 }}"
+            ),
         );
     for (k, v) in store.node_keys() {
         b = b.config(k, &v);
@@ -611,10 +613,8 @@ fn lmtp_and_smtp_listeners_take_the_header_and_trace_the_client() {
     transaction(port(&lmtp), &v2, "LHLO", "bob@localhost");
     transaction(port(&smtp), b"PROXY TCP4 198.51.100.7 127.0.0.1 5000 25\r\n", "EHLO", "bob@localhost");
     let mail = store.dir.data().join("mail/bob/new");
-    let texts: Vec<String> = std::fs::read_dir(&mail)
-        .unwrap()
-        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
-        .collect();
+    let texts: Vec<String> =
+        std::fs::read_dir(&mail).unwrap().map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
     assert_eq!(texts.len(), 2, "{}", node.dump());
     assert!(texts.iter().any(|t| t.contains("192.0.2.9")), "LMTP trace without the client:\n{texts:#?}");
     assert!(texts.iter().any(|t| t.contains("198.51.100.7")), "SMTP trace without the client:\n{texts:#?}");

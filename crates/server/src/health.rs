@@ -21,7 +21,8 @@ use std::time::Duration;
 use crate::http::{Handler, Limits, Request, Response};
 
 /// Bounds: a balancer's probe is one small request without a body.
-pub const LIMITS: Limits = Limits { max_head: 4 * 1024, max_body: 0, timeout: Duration::from_secs(5), max_connections: 16 };
+pub const LIMITS: Limits =
+    Limits { max_head: 4 * 1024, max_body: 0, timeout: Duration::from_secs(5), max_connections: 16 };
 
 /// The node's state as the endpoint reports it; shared by every
 /// configuration generation.
@@ -51,11 +52,7 @@ impl Health {
         if request.path != "/health" {
             return Response::text(404, "Not Found");
         }
-        if self.draining() {
-            Response::text(503, "draining")
-        } else {
-            Response::text(200, "ok")
-        }
+        if self.draining() { Response::text(503, "draining") } else { Response::text(200, "ok") }
     }
 
     /// The endpoint's handler, for [`crate::http::serve`].

@@ -265,10 +265,10 @@ mod tests {
             "PROXY TCP4  192.0.2.7 198.51.100.1 56324 110\r\n",  // two spaces
             "PROXY TCP4 2001:db8::7 198.51.100.1 56324 110\r\n", // family mismatch
             "PROXY TCP6 192.0.2.7 2001:db8::1 56324 110\r\n",
-            "PROXY TCP4 192.0.2.7 198.51.100.1 065535 110\r\n",  // leading zero
-            "PROXY TCP4 192.0.2.7 198.51.100.1 65536 110\r\n",   // out of range
+            "PROXY TCP4 192.0.2.7 198.51.100.1 065535 110\r\n", // leading zero
+            "PROXY TCP4 192.0.2.7 198.51.100.1 65536 110\r\n",  // out of range
             "PROXY TCP4 192.0.2.7 198.51.100.1 -1 110\r\n",
-            "PROXY TCP4 192.0.2.07 198.51.100.1 1 110\r\n",      // octet with a leading zero
+            "PROXY TCP4 192.0.2.07 198.51.100.1 1 110\r\n", // octet with a leading zero
             "PROXY UDP4 192.0.2.7 198.51.100.1 1 110\r\n",
             "PROXY tcp4 192.0.2.7 198.51.100.1 1 110\r\n",
         ] {
@@ -294,7 +294,10 @@ mod tests {
     fn v2_commands_and_families() {
         assert_eq!(parse_v2(0x21, 0x11, &ipv4_body(&[])), Ok(client("127.0.0.2:56304")));
         // TLVs after the addresses are skipped, whatever they hold.
-        assert_eq!(parse_v2(0x21, 0x11, &ipv4_body(&[0x05, 0, 3, b'a', b'b', b'c', 0xff])), Ok(client("127.0.0.2:56304")));
+        assert_eq!(
+            parse_v2(0x21, 0x11, &ipv4_body(&[0x05, 0, 3, b'a', b'b', b'c', 0xff])),
+            Ok(client("127.0.0.2:56304"))
+        );
         let mut v6 = vec![0u8; 36];
         v6[15] = 1;
         v6[32..34].copy_from_slice(&995u16.to_be_bytes());
