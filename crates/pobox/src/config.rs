@@ -397,6 +397,9 @@ pub struct RawProxyProtocol {
 pub struct RawHealth {
     /// `IP:PORT` of the endpoint; unset: off.
     pub listen: Option<String>,
+    /// Seconds after SIGTERM during which the endpoint answers 503 and the
+    /// listeners still accept (default 0, at most 30).
+    pub drain_delay_secs: Option<u64>,
 }
 
 fn proxy_protocol(raw: Option<RawProxyProtocol>) -> anyhow::Result<pobox_server::config::ProxyProtocol> {
@@ -428,8 +431,18 @@ fn proxy_protocol(raw: Option<RawProxyProtocol>) -> anyhow::Result<pobox_server:
     Ok(out)
 }
 
-fn health_listen(raw: Option<RawHealth>) -> anyhow::Result<Option<SocketAddr>> {
-    match raw.and_then(|h| h.listen) {
+fn health_drain_delay(raw: Option<&RawHealth>) -> anyhow::Result<Duration> {
+    match raw.and_then(|h| h.drain_delay_secs) {
+        None => Ok(Duration::ZERO),
+        Some(s @ 0..=30) => Ok(Duration::from_secs(s)),
+        Some(s) => bail!(
+            "health.drain_delay_secs: {s} is above 30 (with shutdown_grace_secs it must fit systemd's TimeoutStopSec, 60 s)"
+        ),
+    }
+}
+
+fn health_listen(raw: Option<&RawHealth>) -> anyhow::Result<Option<SocketAddr>> {
+    match raw.and_then(|h| h.listen.clone()) {
         None => Ok(None),
         Some(a) => Ok(Some(a.parse::<SocketAddr>().map_err(|_| {
             anyhow::anyhow!("health.listen: {a:?} is not an IP:PORT address, e.g. \"127.0.0.1:9186\"")
@@ -956,7 +969,8 @@ impl Settings {
                 Some(o) => oauth_remote(&data_dir, o)?,
             },
             proxy_protocol: proxy_protocol(raw.proxy_protocol)?,
-            health: health_listen(raw.health)?,
+            health: health_listen(raw.health.as_ref())?,
+            health_drain_delay: health_drain_delay(raw.health.as_ref())?,
         };
         let mut tls_pairs = Vec::new();
         if let (Some(cert), Some(key)) = (&raw.tls_cert, &raw.tls_key) {
@@ -1323,7 +1337,7 @@ mod tests {
         let s = parse(
             "pop3 = [\"0.0.0.0:110\"]\n[proxy_protocol]\nlisteners = [\"0.0.0.0:110\"]\n\
              trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"2001:db8::/32\"]\nheader_timeout_secs = 3\n\
-             [health]\nlisten = \"127.0.0.1:9186\"",
+             [health]\nlisten = \"127.0.0.1:9186\"\ndrain_delay_secs = 4",
         )
         .unwrap();
         let p = &s.server.proxy_protocol;
@@ -1332,6 +1346,7 @@ mod tests {
         assert_eq!(p.trusted_proxies[1].to_string(), "192.0.2.1/32", "a bare address is one host");
         assert_eq!(p.header_timeout, Duration::from_secs(3));
         assert_eq!(s.server.health, Some("127.0.0.1:9186".parse().unwrap()));
+        assert_eq!(s.server.health_drain_delay, Duration::from_secs(4));
         check_proxy_listeners(&s).unwrap();
         for (text, key) in [
             ("[proxy_protocol]\nlisteners = [\"unix:/run/x\"]\ntrusted_proxies = [\"127.0.0.1\"]", "listeners"),
@@ -1340,6 +1355,7 @@ mod tests {
             ("[proxy_protocol]\nheader_timeout_secs = 0", "header_timeout_secs"),
             ("[proxy_protocol]\nlisten = []", "unknown field"),
             ("[health]\nlisten = \"localhost:1\"", "health.listen"),
+            ("[health]\ndrain_delay_secs = 31", "health.drain_delay_secs"),
         ] {
             let err = format!("{:#}", parse(text).err().unwrap_or_else(|| panic!("{text:?} accepted")));
             assert!(err.contains(key), "{text:?}: {err}");

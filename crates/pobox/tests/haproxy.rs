@@ -140,6 +140,7 @@ fn start_node<'d>(
     ports: NodePorts,
     tls: Option<(PathBuf, PathBuf)>,
     grace_secs: u32,
+    drain_delay_secs: u32,
 ) -> Server<'d> {
     let (p, s) = (format!("127.0.0.1:{}", ports.pop3), format!("127.0.0.1:{}", ports.pop3s));
     let mut b = data
@@ -151,7 +152,10 @@ fn start_node<'d>(
             "proxy_protocol",
             &format!("{{ listeners = [{p:?}, {s:?}], trusted_proxies = [\"127.0.0.1/32\"], header_timeout_secs = 2 }}"),
         )
-        .config("health", &format!("{{ listen = \"127.0.0.1:{}\" }}", ports.health))
+        .config(
+            "health",
+            &format!("{{ listen = \"127.0.0.1:{}\", drain_delay_secs = {drain_delay_secs} }}", ports.health),
+        )
         // Penalties capped at 1 s so the throttle test stays short.
         .config("auth_penalty_max_ms", "1000")
         .config("shutdown_grace_secs", &grace_secs.to_string())
@@ -293,11 +297,11 @@ fn ports() -> NodePorts {
 impl<'d> Cluster<'d> {
     /// Node 0 generates the self-signed certificate and node 1 serves the
     /// same one, so a client verifies either behind the balancer.
-    fn start(dirs: &'d Dirs, grace_secs: [u32; 2]) -> Cluster<'d> {
+    fn start(dirs: &'d Dirs, grace_secs: [u32; 2], drain_delay_secs: [u32; 2]) -> Cluster<'d> {
         let ports = [ports(), ports()];
-        let a = start_node(&dirs.nodes[0], &dirs.store, ports[0], None, grace_secs[0]);
+        let a = start_node(&dirs.nodes[0], &dirs.store, ports[0], None, grace_secs[0], drain_delay_secs[0]);
         let pair = (dirs.nodes[0].cert(), dirs.nodes[0].data().join("tls/key.pem"));
-        let b = start_node(&dirs.nodes[1], &dirs.store, ports[1], Some(pair), grace_secs[1]);
+        let b = start_node(&dirs.nodes[1], &dirs.store, ports[1], Some(pair), grace_secs[1], drain_delay_secs[1]);
         let haproxy = Haproxy::start(&dirs.nodes[0], &ports);
         Cluster { nodes: [a, b], ports, haproxy }
     }
@@ -328,7 +332,7 @@ fn the_client_address_from_proxy_v1_and_v2_reaches_logs_and_login_history_on_bot
         return;
     }
     let dirs = Dirs::new();
-    let cluster = Cluster::start(&dirs, [1, 1]);
+    let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
     // Two sessions per frontend: round robin gives each node one of each.
     for port in [cluster.haproxy.pop3_v2, cluster.haproxy.pop3_v2, cluster.haproxy.pop3_v1, cluster.haproxy.pop3_v1] {
         let mut c = Client::from(CLIENT, port);
@@ -364,7 +368,7 @@ fn throttling_hits_the_abusive_address_while_another_address_still_logs_in() {
         return;
     }
     let dirs = Dirs::new();
-    let cluster = Cluster::start(&dirs, [1, 1]);
+    let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
     // 16 wrong passwords from 127.0.0.2, each for a different name so only
     // the per-address penalty grows: eight per node (round robin), whose
     // last two wait (three free failures; the counts leak a little, so the
@@ -410,7 +414,7 @@ fn spoofed_missing_garbage_and_oversized_headers_are_refused_without_harm() {
         return;
     }
     let dirs = Dirs::new();
-    let cluster = Cluster::start(&dirs, [1, 1]);
+    let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
     let node = &cluster.nodes[0];
     let pop3 = cluster.ports[0].pop3;
     // A client pretending to be a balancer: a header naming someone else,
@@ -473,7 +477,7 @@ fn pop3s_through_haproxy_with_proxy_v2_header_before_tls() {
         return;
     }
     let dirs = Dirs::new();
-    let cluster = Cluster::start(&dirs, [1, 1]);
+    let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
     let port = cluster.haproxy.pop3s_v2;
     // curl from 127.0.0.2, verifying the nodes' certificate; twice, so
     // both nodes do a TLS handshake after the header.
@@ -515,19 +519,28 @@ fn a_draining_node_answers_503_and_goes_down_in_haproxy_while_the_other_serves()
         return;
     }
     let dirs = Dirs::new();
-    // Node 0 drains for up to 60 s while a session is open.
-    let mut cluster = Cluster::start(&dirs, [60, 1]);
+    // Node 0: after SIGTERM it keeps accepting for 10 s while /health says
+    // 503, then drains for up to 60 s while a session is open.
+    let mut cluster = Cluster::start(&dirs, [60, 1], [10, 0]);
     let p0 = cluster.ports[0];
     assert_eq!(health(p0.health), Some(200));
     // A logged-in session on node 0 (a PROXY header sent by hand from the
-    // trusted address) keeps it draining after SIGTERM.
+    // trusted address) keeps the process alive through the drain.
+    let held_header = b"PROXY TCP4 127.0.0.2 127.0.0.1 4000 110\r\n";
     let mut s = connect_from(Ipv4Addr::LOCALHOST, p0.pop3);
-    s.write_all(b"PROXY TCP4 127.0.0.2 127.0.0.1 4000 110\r\n").unwrap();
+    s.write_all(held_header).unwrap();
     let mut held = Client::on(s);
     assert!(held.login("bob", PW).starts_with("+OK"));
     cluster.nodes[0].sigterm();
-    assert!(cluster.nodes[0].stderr_eventually_contains("shutting down"), "{}", cluster.dump());
+    assert!(cluster.nodes[0].stderr_eventually_contains("health endpoint reports draining"), "{}", cluster.dump());
     assert_eq!(health(p0.health), Some(503), "the draining node must say so");
+    // Within the drain delay the node still greets a new connection, so
+    // clients the balancer sends before it notices are not refused.
+    let mut s = connect_from(Ipv4Addr::LOCALHOST, p0.pop3);
+    s.write_all(held_header).unwrap();
+    let late = Client::on(s);
+    assert!(late.greeting.starts_with("+OK"), "refused within the drain delay: {:?}", late.greeting);
+    drop(late);
     let down = eventually(Duration::from_secs(20), || {
         let s = cluster.haproxy.statuses();
         s.iter().filter(|(_, n, _)| n == "node0").all(|(_, _, st)| st.starts_with("DOWN"))
@@ -542,7 +555,14 @@ fn a_draining_node_answers_503_and_goes_down_in_haproxy_while_the_other_serves()
         assert!(c.cmd("QUIT").starts_with("+OK"));
     }
     assert_eq!(lines_with(&cluster.nodes[0].stderr(), &["user=alice"]).len(), 0, "a draining node got a new session");
-    // The held session ends normally and node 0 exits.
+    // After the delay the listeners close; the held session ends normally
+    // and node 0 exits.
+    assert!(
+        eventually(Duration::from_secs(30), || cluster.nodes[0].stderr().contains("shutting down: no new connections")),
+        "{}",
+        cluster.dump()
+    );
+    assert_eq!(health(p0.health), Some(503));
     assert!(held.cmd("QUIT").starts_with("+OK"));
     let status = cluster.nodes[0].wait(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");

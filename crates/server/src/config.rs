@@ -155,6 +155,10 @@ pub struct Config {
     /// Where the health endpoint (`GET /health`, `health.rs`) listens;
     /// `None`: off.
     pub health: Option<SocketAddr>,
+    /// How long after SIGTERM the listeners keep accepting while the health
+    /// endpoint already answers 503, so that balancers take the node out
+    /// before it refuses connections; zero: drain at once.
+    pub health_drain_delay: Duration,
 }
 
 /// Listeners behind a load balancer that sends the PROXY protocol header
@@ -278,6 +282,7 @@ impl Default for Config {
             require_app_passwords: false,
             proxy_protocol: ProxyProtocol::default(),
             health: None,
+            health_drain_delay: Duration::ZERO,
         }
     }
 }

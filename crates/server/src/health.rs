@@ -2,6 +2,9 @@
 //! the node accepts connections and `503` from the moment a shutdown starts
 //! draining, so the balancer takes the node out before its listeners close
 //! (HAProxy: `option httpchk GET /health`, `http-check expect status 200`).
+//! With `health_drain_delay` (`[health] drain_delay_secs`) the listeners go
+//! on accepting for that long after the 503 starts, so connections the
+//! balancer sends before its next check are served, not refused.
 //!
 //! What it checks, and why no more: the process is up, its runtime answers,
 //! and it is not draining. It does not touch the store or the user

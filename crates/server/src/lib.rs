@@ -536,8 +536,15 @@ pub async fn run_reloadable(
         }
     }
     let grace = current.load().config.shutdown_grace;
-    // First, so that balancers stop sending while sessions finish.
+    // First, so that balancers stop sending while sessions finish; with a
+    // drain delay, new connections are still served until they have
+    // noticed (a balancer checks every few seconds).
     current.load().health.set_draining();
+    let delay = current.load().config.health_drain_delay;
+    if !delay.is_zero() {
+        info!(delay_secs = delay.as_secs(), "health endpoint reports draining; accepting for the drain delay");
+        tokio::time::sleep(delay).await;
+    }
     drain(&trigger, &connections, max_connections, grace).await;
     for r in running {
         r.task.abort();
