@@ -640,3 +640,36 @@ fn lmtp_and_smtp_listeners_take_the_header_and_trace_the_client() {
     assert!(texts.iter().any(|t| t.contains("198.51.100.7")), "SMTP trace without the client:\n{texts:#?}");
     assert!(!texts.iter().any(|t| t.contains("127.0.0.1")), "the proxy's address was traced:\n{texts:#?}");
 }
+
+/// A balancer connection still waiting for its header does not hold up a
+/// shutdown: draining ends the wait (else SIGTERM would wait for the
+/// header timeout, 30 s here, or the 20 s grace, whichever came first).
+#[test]
+fn a_pending_header_does_not_delay_shutdown() {
+    let store = SharedStore::new();
+    let data = Dir::new();
+    let pop3 = format!("127.0.0.1:{}", free_port());
+    let mut b = data
+        .server()
+        .listeners_in_config()
+        .config("pop3", &format!("[{pop3:?}]"))
+        .config("shutdown_grace_secs", "20")
+        .log("info,pobox_server=debug")
+        .config(
+            "proxy_protocol",
+            &format!("{{ listeners = [{pop3:?}], trusted_proxies = [\"127.0.0.1\"], header_timeout_secs = 30 }}"),
+        );
+    for (k, v) in store.node_keys() {
+        b = b.config(k, &v);
+    }
+    let mut node = b.start();
+    // Half a header from the trusted address, then silence.
+    let mut s = connect_from(Ipv4Addr::LOCALHOST, node.pop3);
+    s.write_all(b"PROXY TCP4 127.0.0.2").unwrap();
+    assert!(node.stderr_eventually_contains("reading the PROXY header"), "{}", node.dump());
+    node.sigterm();
+    // Far below the 20 s the drain would otherwise wait for the slot.
+    let status = node.wait(Duration::from_secs(12));
+    assert!(status.success(), "{status:?}");
+    assert!(util::read_until_closed(&mut s).is_empty());
+}

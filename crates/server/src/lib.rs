@@ -736,7 +736,15 @@ async fn accept_loop(listener: Listener, current: Arc<ArcSwap<Services>>, shutdo
                 // peer never stalls the accept loop.
                 tokio::spawn(async move {
                     let mut tcp = tcp;
-                    match proxy::accept(&mut tcp, addr, &svc.config.proxy_protocol).await {
+                    tracing::debug!(%protocol, proxy = %addr, "reading the PROXY header");
+                    let mut stopping = shutdown.clone();
+                    // A shutdown that starts draining meanwhile ends the
+                    // wait: no new session starts on a draining server.
+                    let header = tokio::select! {
+                        h = proxy::accept(&mut tcp, addr, &svc.config.proxy_protocol) => h,
+                        () = stopping.draining() => return,
+                    };
+                    match header {
                         Ok(client) => {
                             tracing::debug!(%protocol, proxy = %addr, client = %client, "PROXY header accepted");
                             dispatch(protocol, Accepted::Tcp(tcp, client), client.to_string(), svc, shutdown, permit);
