@@ -14,7 +14,9 @@
 //! changes only that struct's keys.
 //!
 //! Needs `haproxy` and `curl` (Debian packages; `.ci/run` installs them);
-//! without them the tests fail unless `POBOX_ALLOW_SKIP=1`.
+//! without them the tests fail unless `POBOX_ALLOW_SKIP=1`. The last two
+//! tests send headers by hand and need neither: LMTP and SMTP listeners
+//! behind the header, and a pending header during shutdown.
 
 #![allow(unreachable_pub)]
 
