@@ -193,6 +193,11 @@ pub struct RawConfig {
     /// (which credential logged in from where, what it retrieved and
     /// deleted). Default true.
     pub login_history: Option<bool>,
+    /// Listeners behind a load balancer that sends the PROXY protocol
+    /// header, and the balancers trusted to send it.
+    pub proxy_protocol: Option<RawProxyProtocol>,
+    /// The health endpoint for load balancers (`GET /health`).
+    pub health: Option<RawHealth>,
 }
 
 /// `[autoconfig]`: the documents mail clients fetch to set themselves up,
@@ -371,6 +376,96 @@ pub struct RawPolicyService {
     pub max_connections: Option<usize>,
 }
 
+
+/// `[proxy_protocol]`: listeners whose connections come from a load
+/// balancer and start with its PROXY header (v1 or v2).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawProxyProtocol {
+    /// Listener addresses (`IP:PORT`, as in `pop3`, `pop3s`, `lmtp`,
+    /// `smtp` or `[policy] listen`) that expect the header.
+    pub listeners: Option<Vec<String>>,
+    /// Networks (`IP/PREFIX` or `IP`) allowed to connect to those listeners.
+    pub trusted_proxies: Option<Vec<String>>,
+    /// Seconds the whole header may take (default 5, 1..=60).
+    pub header_timeout_secs: Option<u64>,
+}
+
+/// `[health]`: the load balancer's health check.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealth {
+    /// `IP:PORT` of the endpoint; unset: off.
+    pub listen: Option<String>,
+    /// Seconds after SIGTERM during which the endpoint answers 503 and the
+    /// listeners still accept (default 0, at most 30).
+    pub drain_delay_secs: Option<u64>,
+}
+
+fn proxy_protocol(raw: Option<RawProxyProtocol>) -> anyhow::Result<pobox_server::config::ProxyProtocol> {
+    let mut out = pobox_server::config::ProxyProtocol::default();
+    let Some(raw) = raw else {
+        return Ok(out);
+    };
+    for a in raw.listeners.unwrap_or_default() {
+        let addr = a.parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!("proxy_protocol.listeners: {a:?} is not an IP:PORT listener address (unix sockets carry no PROXY header)")
+        })?;
+        out.listeners.push(addr);
+    }
+    for n in raw.trusted_proxies.unwrap_or_default() {
+        let net = n
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| n.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+            .map_err(|_| anyhow::anyhow!("proxy_protocol.trusted_proxies: {n:?} is not an IP/PREFIX network or IP address"))?;
+        out.trusted_proxies.push(net);
+    }
+    if !out.listeners.is_empty() && out.trusted_proxies.is_empty() {
+        bail!("proxy_protocol.trusted_proxies: empty, so every connection to proxy_protocol.listeners would be refused; name the load balancers' addresses");
+    }
+    match raw.header_timeout_secs {
+        Some(s @ 1..=60) => out.header_timeout = Duration::from_secs(s),
+        Some(s) => bail!("proxy_protocol.header_timeout_secs: {s} is outside 1..=60"),
+        None => {}
+    }
+    Ok(out)
+}
+
+fn health_drain_delay(raw: Option<&RawHealth>) -> anyhow::Result<Duration> {
+    match raw.and_then(|h| h.drain_delay_secs) {
+        None => Ok(Duration::ZERO),
+        Some(s @ 0..=30) => Ok(Duration::from_secs(s)),
+        Some(s) => bail!(
+            "health.drain_delay_secs: {s} is above 30 (with shutdown_grace_secs it must fit systemd's TimeoutStopSec, 60 s)"
+        ),
+    }
+}
+
+fn health_listen(raw: Option<&RawHealth>) -> anyhow::Result<Option<SocketAddr>> {
+    match raw.and_then(|h| h.listen.clone()) {
+        None => Ok(None),
+        Some(a) => Ok(Some(a.parse::<SocketAddr>().map_err(|_| {
+            anyhow::anyhow!("health.listen: {a:?} is not an IP:PORT address, e.g. \"127.0.0.1:9186\"")
+        })?)),
+    }
+}
+
+/// Every `[proxy_protocol] listeners` address must be a TCP listener of
+/// the final list (after `serve`'s address flags): a typo would otherwise
+/// leave a balancer's listener taking headers as commands.
+///
+/// # Errors
+/// The address that matches no listener.
+pub fn check_proxy_listeners(settings: &Settings) -> anyhow::Result<()> {
+    let all: Vec<&ListenAddr> =
+        [&settings.pop3, &settings.pop3s, &settings.lmtp, &settings.smtp, &settings.policy].into_iter().flatten().collect();
+    for a in &settings.server.proxy_protocol.listeners {
+        if !all.contains(&&ListenAddr::Tcp(*a)) {
+            bail!("proxy_protocol.listeners: {a} is not one of the configured TCP listeners (pop3, pop3s, lmtp, smtp, policy.listen)");
+        }
+    }
+    Ok(())
+}
 
 /// `[relay]`: where Sieve vacation replies are submitted.
 #[derive(Debug, Default, Deserialize)]
@@ -873,6 +968,9 @@ impl Settings {
                 None => None,
                 Some(o) => oauth_remote(&data_dir, o)?,
             },
+            proxy_protocol: proxy_protocol(raw.proxy_protocol)?,
+            health: health_listen(raw.health.as_ref())?,
+            health_drain_delay: health_drain_delay(raw.health.as_ref())?,
         };
         let mut tls_pairs = Vec::new();
         if let (Some(cert), Some(key)) = (&raw.tls_cert, &raw.tls_key) {
@@ -1229,6 +1327,43 @@ mod tests {
         assert_eq!(s.mail_location, "/tmp/pobox-test/mail/{user}");
         assert_eq!(s.server.session_timeout, Duration::from_secs(600));
         assert!(!s.server.allow_plaintext_auth);
+    }
+
+    #[test]
+    fn proxy_protocol_and_health_keys() {
+        let s = parse("").unwrap();
+        assert!(s.server.proxy_protocol.listeners.is_empty());
+        assert_eq!(s.server.health, None);
+        let s = parse(
+            "pop3 = [\"0.0.0.0:110\"]\n[proxy_protocol]\nlisteners = [\"0.0.0.0:110\"]\n\
+             trusted_proxies = [\"10.0.0.0/8\", \"192.0.2.1\", \"2001:db8::/32\"]\nheader_timeout_secs = 3\n\
+             [health]\nlisten = \"127.0.0.1:9186\"\ndrain_delay_secs = 4",
+        )
+        .unwrap();
+        let p = &s.server.proxy_protocol;
+        assert_eq!(p.listeners, vec!["0.0.0.0:110".parse().unwrap()]);
+        assert_eq!(p.trusted_proxies.len(), 3);
+        assert_eq!(p.trusted_proxies[1].to_string(), "192.0.2.1/32", "a bare address is one host");
+        assert_eq!(p.header_timeout, Duration::from_secs(3));
+        assert_eq!(s.server.health, Some("127.0.0.1:9186".parse().unwrap()));
+        assert_eq!(s.server.health_drain_delay, Duration::from_secs(4));
+        check_proxy_listeners(&s).unwrap();
+        for (text, key) in [
+            ("[proxy_protocol]\nlisteners = [\"unix:/run/x\"]\ntrusted_proxies = [\"127.0.0.1\"]", "listeners"),
+            ("[proxy_protocol]\nlisteners = [\"127.0.0.1:110\"]", "trusted_proxies: empty"),
+            ("[proxy_protocol]\ntrusted_proxies = [\"10.0.0.0/33\"]", "trusted_proxies"),
+            ("[proxy_protocol]\nheader_timeout_secs = 0", "header_timeout_secs"),
+            ("[proxy_protocol]\nlisten = []", "unknown field"),
+            ("[health]\nlisten = \"localhost:1\"", "health.listen"),
+            ("[health]\ndrain_delay_secs = 31", "health.drain_delay_secs"),
+        ] {
+            let err = format!("{:#}", parse(text).err().unwrap_or_else(|| panic!("{text:?} accepted")));
+            assert!(err.contains(key), "{text:?}: {err}");
+        }
+        // An address that is no listener (a typo, or a flag replaced it).
+        let s = parse("pop3 = [\"0.0.0.0:110\"]\n[proxy_protocol]\nlisteners = [\"0.0.0.0:111\"]\ntrusted_proxies = [\"127.0.0.1\"]").unwrap();
+        let err = check_proxy_listeners(&s).unwrap_err().to_string();
+        assert!(err.contains("0.0.0.0:111") && err.contains("not one of the configured"), "{err}");
     }
 
     #[test]

@@ -149,6 +149,50 @@ pub struct Config {
     /// LOGIN, and SCRAM and APOP, whose secrets derive from it): every
     /// device must use its own app password. Bearer tokens still work.
     pub require_app_passwords: bool,
+    /// The PROXY protocol (`proxy.rs`): which listeners expect the header,
+    /// and from whom.
+    pub proxy_protocol: ProxyProtocol,
+    /// Where the health endpoint (`GET /health`, `health.rs`) listens;
+    /// `None`: off.
+    pub health: Option<SocketAddr>,
+    /// How long after SIGTERM the listeners keep accepting while the health
+    /// endpoint already answers 503, so that balancers take the node out
+    /// before it refuses connections; zero: drain at once.
+    pub health_drain_delay: Duration,
+}
+
+/// Listeners behind a load balancer that sends the PROXY protocol header
+/// (HAProxy's v1 or v2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyProtocol {
+    /// The TCP listener addresses (as configured) whose connections must
+    /// start with the header; empty: none.
+    pub listeners: Vec<SocketAddr>,
+    /// Peers allowed to send it; on those listeners every other peer is
+    /// closed unread.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long the whole header may take to arrive.
+    pub header_timeout: Duration,
+}
+
+impl ProxyProtocol {
+    /// Whether the listener bound for `configured` (or, for a socket
+    /// systemd passed, bound at `local`) expects the header.
+    #[must_use]
+    pub fn expects(&self, configured: Option<&ListenAddr>, local: &str) -> bool {
+        let addr = match configured {
+            Some(ListenAddr::Tcp(a)) => Some(*a),
+            Some(ListenAddr::Unix(_)) => None,
+            None => local.parse().ok(),
+        };
+        addr.is_some_and(|a| self.listeners.contains(&a))
+    }
+}
+
+impl Default for ProxyProtocol {
+    fn default() -> ProxyProtocol {
+        ProxyProtocol { listeners: Vec::new(), trusted_proxies: Vec::new(), header_timeout: Duration::from_secs(5) }
+    }
 }
 
 /// Which DNS servers the SPF/DKIM/DMARC checks ask.
@@ -236,6 +280,9 @@ impl Default for Config {
             outbound: None,
             login_history_dir: None,
             require_app_passwords: false,
+            proxy_protocol: ProxyProtocol::default(),
+            health: None,
+            health_drain_delay: Duration::ZERO,
         }
     }
 }

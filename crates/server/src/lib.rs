@@ -20,8 +20,10 @@
 //! - [`credcache`]: the cache of successful password verifications.
 //! - [`privdrop`]: switching to the unprivileged user.
 //! - [`metrics`]: counters and the OpenMetrics endpoint.
-//! - [`http`]: the small HTTP/1.1 server behind metrics, ACME HTTP-01 and
-//!   autoconfig.
+//! - [`http`]: the small HTTP/1.1 server behind metrics, ACME HTTP-01,
+//!   autoconfig and the health endpoint.
+//! - [`health`]: `GET /health` for load balancers (503 while draining).
+//! - [`proxy`]: the PROXY protocol header (v1/v2) from a trusted balancer.
 //! - [`autoconfig`]: the client autoconfiguration documents.
 //! - `testkit` (feature `testkit`, tests only): a POP3 session over an
 //!   in-memory stream, for driver tests under paused time.
@@ -37,6 +39,7 @@ mod control;
 pub mod credcache;
 pub mod date;
 pub mod delivery;
+pub mod health;
 pub mod http;
 mod intake;
 mod lmtp;
@@ -49,6 +52,7 @@ mod pop3;
 mod smtp;
 mod spool;
 pub mod privdrop;
+pub mod proxy;
 pub mod relay;
 pub mod sessions;
 pub mod shutdown;
@@ -117,6 +121,8 @@ pub struct Services {
     /// Wakes the outbox sender when a reply is queued (shared by every
     /// generation, like the sender task).
     outbox_wake: Arc<tokio::sync::Notify>,
+    /// What the health endpoint reports (shared by every generation).
+    pub health: Arc<health::Health>,
 }
 
 impl Services {
@@ -151,6 +157,7 @@ impl Services {
             tls,
             sessions: Arc::default(),
             auth_slots: Arc::new(Semaphore::new(cpus)),
+            health: Arc::default(),
         }
     }
 
@@ -186,6 +193,7 @@ impl Services {
             policy_slots: self.policy_slots.clone(),
             sessions: self.sessions.clone(),
             auth_slots: self.auth_slots.clone(),
+            health: self.health.clone(),
             store: self.store.clone(),
             config,
             users,
@@ -532,6 +540,15 @@ pub async fn run_reloadable(
         }
     }
     let grace = current.load().config.shutdown_grace;
+    // First, so that balancers stop sending while sessions finish; with a
+    // drain delay, new connections are still served until they have
+    // noticed (a balancer checks every few seconds).
+    current.load().health.set_draining();
+    let delay = current.load().config.health_drain_delay;
+    if !delay.is_zero() {
+        info!(delay_secs = delay.as_secs(), "health endpoint reports draining; accepting for the drain delay");
+        tokio::time::sleep(delay).await;
+    }
     drain(&trigger, &connections, max_connections, grace).await;
     for r in running {
         r.task.abort();
@@ -713,76 +730,120 @@ async fn accept_loop(listener: Listener, current: Arc<ArcSwap<Services>>, shutdo
             tokio::spawn(refuse_busy(conn, protocol));
             continue;
         };
-        // Per-IP limit: one host cannot take all the slots (LMTP over a
-        // unix socket has no IP and is not limited). For POP3 it counts
-        // connections that have not authenticated yet: the driver gives
-        // the slot back once the client proves a user's credentials.
-        let ip_slot = match &conn {
-            Accepted::Tcp(_, addr) if !matches!(protocol, Protocol::Lmtp | Protocol::Policy) => {
-                let (table, max) = if protocol == Protocol::Smtp {
-                    (&svc.smtp.per_ip, svc.config.smtp_max_connections_per_ip)
-                } else {
-                    (&svc.per_ip, svc.config.max_connections_per_ip)
-                };
-                match table.try_acquire(addr.ip(), max) {
-                    Some(slot) => Some(slot),
-                    None => {
-                        metrics::refused(protocol, metrics::Refusal::PerIp);
-                        // The one place a connection is refused for its
-                        // address: before login for POP3, always for SMTP.
-                        let what = if protocol == Protocol::Smtp {
-                            "smtp_max_connections_per_ip"
-                        } else {
-                            "max_connections_per_ip (connections not logged in yet)"
-                        };
-                        warn!(%protocol, %peer, ip = %addr.ip(), limit = max,
-                              "connection refused: {what} reached for this address");
-                        tokio::spawn(refuse_busy(conn, protocol));
-                        continue;
-                    }
-                }
-            }
-            _ => None,
-        };
         let shutdown = shutdown.clone();
-        // One spawn per protocol, not one async block matching on it: a
-        // task's memory is its future's size, and a shared block would make
-        // every idle POP3 session as big as the largest SMTP state.
-        let slots = (permit, ip_slot, metrics::session(protocol));
-        match (protocol, conn) {
-            // POP3 holds its per-IP slot itself, to release it at login.
-            (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => {
-                spawn_holding(slots.0, pop3::serve(tcp, addr, false, svc, shutdown, slots.1));
-            }
-            (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => {
-                spawn_holding(slots.0, pop3::serve(tcp, addr, true, svc, shutdown, slots.1));
-            }
-            (Protocol::Lmtp, Accepted::Tcp(tcp, addr)) => {
-                // Replies are small and pipelined; do not let Nagle hold them.
-                let _ = tcp.set_nodelay(true);
-                spawn_holding(slots, lmtp::serve(tcp, addr.to_string(), svc, shutdown));
-            }
-            (Protocol::Lmtp, Accepted::Unix(s)) => spawn_holding(slots, lmtp::serve(s, "unix".into(), svc, shutdown)),
-            (Protocol::Smtp, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, smtp::serve(tcp, addr, svc, shutdown)),
-            (Protocol::Policy, conn) => {
-                // Its own cap as well: policy connections are long-lived
-                // (one per Postfix smtpd) and must not use up POP3's room.
-                let Ok(policy_slot) = svc.policy_slots.clone().try_acquire_owned() else {
-                    metrics::refused(protocol, metrics::Refusal::MaxConnections);
-                    warn!(%peer, limit = svc.config.policy_max_connections, "policy connection refused: [policy] max_connections reached");
-                    continue;
-                };
-                let slots = (slots, policy_slot);
-                match conn {
-                    Accepted::Tcp(tcp, addr) => {
-                        let _ = tcp.set_nodelay(true);
-                        spawn_holding(slots, policy::serve(tcp, addr.to_string(), svc, shutdown));
+        match conn {
+            Accepted::Tcp(tcp, addr)
+                if svc.config.proxy_protocol.expects(listener.configured.as_ref(), &listener.local) =>
+            {
+                // The header is read in the connection's own task, holding
+                // its global slot for at most the header timeout: a slow
+                // peer never stalls the accept loop.
+                tokio::spawn(async move {
+                    let mut tcp = tcp;
+                    tracing::debug!(%protocol, proxy = %addr, "reading the PROXY header");
+                    let mut stopping = shutdown.clone();
+                    // A shutdown that starts draining meanwhile ends the
+                    // wait: no new session starts on a draining server.
+                    let header = tokio::select! {
+                        h = proxy::accept(&mut tcp, addr, &svc.config.proxy_protocol) => h,
+                        () = stopping.draining() => return,
+                    };
+                    match header {
+                        Ok(client) => {
+                            tracing::debug!(%protocol, proxy = %addr, client = %client, "PROXY header accepted");
+                            dispatch(protocol, Accepted::Tcp(tcp, client), client.to_string(), svc, shutdown, permit);
+                        }
+                        Err(why) => {
+                            metrics::refused(protocol, metrics::Refusal::ProxyHeader);
+                            warn!(%protocol, %peer, reason = %why, "connection refused: PROXY protocol");
+                        }
                     }
-                    Accepted::Unix(s) => spawn_holding(slots, policy::serve(s, "unix".into(), svc, shutdown)),
+                });
+            }
+            conn => dispatch(protocol, conn, peer, svc, shutdown, permit),
+        }
+    }
+}
+
+/// Serves an accepted connection whose client address is known (the
+/// socket's peer, or the one a trusted PROXY header named): applies the
+/// per-IP limit and starts the protocol's session.
+fn dispatch(
+    protocol: Protocol,
+    conn: Accepted,
+    peer: String,
+    svc: Arc<Services>,
+    shutdown: Shutdown,
+    permit: tokio::sync::OwnedSemaphorePermit,
+) {
+    // Per-IP limit: one host cannot take all the slots (LMTP over a
+    // unix socket has no IP and is not limited). For POP3 it counts
+    // connections that have not authenticated yet: the driver gives
+    // the slot back once the client proves a user's credentials.
+    let ip_slot = match &conn {
+        Accepted::Tcp(_, addr) if !matches!(protocol, Protocol::Lmtp | Protocol::Policy) => {
+            let (table, max) = if protocol == Protocol::Smtp {
+                (&svc.smtp.per_ip, svc.config.smtp_max_connections_per_ip)
+            } else {
+                (&svc.per_ip, svc.config.max_connections_per_ip)
+            };
+            match table.try_acquire(addr.ip(), max) {
+                Some(slot) => Some(slot),
+                None => {
+                    metrics::refused(protocol, metrics::Refusal::PerIp);
+                    // The one place a connection is refused for its
+                    // address: before login for POP3, always for SMTP.
+                    let what = if protocol == Protocol::Smtp {
+                        "smtp_max_connections_per_ip"
+                    } else {
+                        "max_connections_per_ip (connections not logged in yet)"
+                    };
+                    warn!(%protocol, %peer, ip = %addr.ip(), limit = max,
+                          "connection refused: {what} reached for this address");
+                    tokio::spawn(refuse_busy(conn, protocol));
+                    return;
                 }
             }
-            (_, Accepted::Unix(_)) => {}
         }
+        _ => None,
+    };
+    // One spawn per protocol, not one async block matching on it: a
+    // task's memory is its future's size, and a shared block would make
+    // every idle POP3 session as big as the largest SMTP state.
+    let slots = (permit, ip_slot, metrics::session(protocol));
+    match (protocol, conn) {
+        // POP3 holds its per-IP slot itself, to release it at login.
+        (Protocol::Pop3, Accepted::Tcp(tcp, addr)) => {
+            spawn_holding(slots.0, pop3::serve(tcp, addr, false, svc, shutdown, slots.1));
+        }
+        (Protocol::Pop3s, Accepted::Tcp(tcp, addr)) => {
+            spawn_holding(slots.0, pop3::serve(tcp, addr, true, svc, shutdown, slots.1));
+        }
+        (Protocol::Lmtp, Accepted::Tcp(tcp, addr)) => {
+            // Replies are small and pipelined; do not let Nagle hold them.
+            let _ = tcp.set_nodelay(true);
+            spawn_holding(slots, lmtp::serve(tcp, addr.to_string(), svc, shutdown));
+        }
+        (Protocol::Lmtp, Accepted::Unix(s)) => spawn_holding(slots, lmtp::serve(s, "unix".into(), svc, shutdown)),
+        (Protocol::Smtp, Accepted::Tcp(tcp, addr)) => spawn_holding(slots, smtp::serve(tcp, addr, svc, shutdown)),
+        (Protocol::Policy, conn) => {
+            // Its own cap as well: policy connections are long-lived
+            // (one per Postfix smtpd) and must not use up POP3's room.
+            let Ok(policy_slot) = svc.policy_slots.clone().try_acquire_owned() else {
+                metrics::refused(protocol, metrics::Refusal::MaxConnections);
+                warn!(%peer, limit = svc.config.policy_max_connections, "policy connection refused: [policy] max_connections reached");
+                return;
+            };
+            let slots = (slots, policy_slot);
+            match conn {
+                Accepted::Tcp(tcp, addr) => {
+                    let _ = tcp.set_nodelay(true);
+                    spawn_holding(slots, policy::serve(tcp, addr.to_string(), svc, shutdown));
+                }
+                Accepted::Unix(s) => spawn_holding(slots, policy::serve(s, "unix".into(), svc, shutdown)),
+            }
+        }
+        (_, Accepted::Unix(_)) => {}
     }
 }
 

@@ -204,6 +204,9 @@ pub enum Refusal {
     PerIp,
     /// `max_connections_per_user_ip` reached (POP3, at login).
     PerUserIp,
+    /// On a PROXY protocol listener: an untrusted peer, or no valid
+    /// header in time.
+    ProxyHeader,
 }
 
 impl Refusal {
@@ -212,6 +215,7 @@ impl Refusal {
             Refusal::MaxConnections => "max_connections",
             Refusal::PerIp => "per_ip",
             Refusal::PerUserIp => "per_user_ip",
+            Refusal::ProxyHeader => "proxy_header",
         }
     }
 }
@@ -303,6 +307,7 @@ impl Metrics {
                 let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::PerUserIp.label())]);
             }
             let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::MaxConnections.label())]);
+            let _ = m.refused.get_or_create(&[("protocol", p), ("reason", Refusal::ProxyHeader.label())]);
         }
         for p in ["pop3", "smtp"] {
             let _ = m.starttls.get_or_create(&[("protocol", p)]);

@@ -8,8 +8,10 @@
 //! the mail location (the store with its lock table stays), the log
 //! settings, and the sizes fixed when shared state was built (connection
 //! slots, penalty cap, credential cache lifetime, DATA budgets, DNS
-//! resolver, expiry interval), plus any listener that cannot be bound now
-//! that privileges are dropped.
+//! resolver, expiry interval), the health endpoint's address, plus any
+//! listener that cannot be bound now that privileges are dropped.
+//! `[proxy_protocol]` does apply: each connection reads it from the
+//! generation it was accepted under.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -262,11 +264,22 @@ fn needs_restart(started: &Settings, new: &Settings) -> Vec<String> {
         ("retention.expire_interval_secs", a.expire_interval != b.expire_interval),
         // Its listeners and documents are built once at start.
         ("[autoconfig] (listeners and the documents they serve)", autoconfig_changed(started, new)),
+        // Bound once at start (`a` holds the bound address: port 0 resolved).
+        ("health.listen", health_moved(a.health, b.health)),
     ]
     .into_iter()
     .filter(|(_, changed)| *changed)
     .map(|(key, _)| key.to_string())
     .collect()
+}
+
+/// A `[health] listen` that names another address than the bound one
+/// (port 0 in the file matches the port it resolved to).
+fn health_moved(bound: Option<std::net::SocketAddr>, wanted: Option<std::net::SocketAddr>) -> bool {
+    match (bound, wanted) {
+        (Some(b), Some(w)) => b.ip() != w.ip() || (w.port() != 0 && w.port() != b.port()),
+        (b, w) => b.is_some() != w.is_some(),
+    }
 }
 
 fn autoconfig_changed(started: &Settings, new: &Settings) -> bool {
@@ -305,5 +318,19 @@ mod tests {
         assert!(needs_restart(&old, &same_fixed).is_empty());
         let moved = settings("max_connections = 11\nmail_location = \"/srv/{user}\"\nuser = \"mail\"\n");
         assert_eq!(needs_restart(&old, &moved), ["user", "mail_location", "max_connections"]);
+    }
+
+    #[test]
+    fn the_health_listener_needs_a_restart_to_move_and_proxy_protocol_does_not() {
+        let mut old = settings("[health]\nlisten = \"127.0.0.1:0\"\n");
+        // What serve keeps after binding: the resolved port.
+        old.server.health = Some("127.0.0.1:41234".parse().unwrap());
+        let same = settings(
+            "[health]\nlisten = \"127.0.0.1:0\"\n[proxy_protocol]\nlisteners = []\ntrusted_proxies = [\"10.0.0.1\"]\n",
+        );
+        assert!(needs_restart(&old, &same).is_empty());
+        assert!(needs_restart(&old, &settings("[health]\nlisten = \"127.0.0.1:41234\"\n")).is_empty());
+        assert_eq!(needs_restart(&old, &settings("[health]\nlisten = \"127.0.0.1:9186\"\n")), ["health.listen"]);
+        assert_eq!(needs_restart(&old, &settings("")), ["health.listen"]);
     }
 }

@@ -47,7 +47,7 @@ pub(super) fn apply_overrides(settings: &mut Settings, args: &ServeArgs) -> anyh
     if settings.smtp.iter().any(|a| matches!(a, ListenAddr::Unix(_))) {
         anyhow::bail!("--smtp: SMTP listens on TCP only (IP:PORT)");
     }
-    Ok(())
+    crate::config::check_proxy_listeners(settings)
 }
 
 fn override_addr(list: &mut Vec<ListenAddr>, flag: &str, value: Option<String>) -> anyhow::Result<()> {
@@ -171,6 +171,15 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if let Some(m) = &metrics {
         settings.server.metrics = m.local_addr().ok();
     }
+    let health = settings
+        .server
+        .health
+        .map(|a| pobox_server::http::bind_std(a, "health.listen"))
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if let Some(h) = &health {
+        settings.server.health = h.local_addr().ok();
+    }
     let autoconfig = bind_autoconfig(&settings, &bound, acme.as_mut(), tls.as_ref())?;
 
     // The self-signed pair we generated as root must stay readable for
@@ -222,7 +231,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     for (listener, tls, handler) in autoconfig.listeners {
         runtime.spawn(pobox_server::http::serve(listener, tls, pobox_server::autoconfig::LIMITS, "autoconfig", handler));
     }
-    runtime.block_on(serve(settings, source, users, store, tls, bound, dropped, open_files, acme, autoconfig_urls))
+    runtime.block_on(serve(settings, source, users, store, tls, bound, dropped, open_files, acme, autoconfig_urls, health))
 }
 
 /// The autoconfig listeners, bound, each with its TLS (HTTPS) and handler.
@@ -390,6 +399,7 @@ async fn serve(
     open_files: OpenFiles,
     acme: Option<pobox_server::acme::Acme>,
     autoconfig_urls: Vec<String>,
+    health: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
     let stop = stop_signal();
     // Now too: without a handler, SIGHUP would end the process.
@@ -411,8 +421,18 @@ async fn serve(
         };
         println!("  {what:<12} {}", l.local);
     }
+    let proxy = &settings.server.proxy_protocol;
+    let proxied: Vec<&str> =
+        listeners.iter().filter(|l| proxy.expects(l.configured.as_ref(), &l.local)).map(|l| l.local.as_str()).collect();
+    if !proxied.is_empty() {
+        let trusted: Vec<String> = proxy.trusted_proxies.iter().map(ToString::to_string).collect();
+        println!("  PROXY header {} (from {} only)", proxied.join(", "), trusted.join(", "));
+    }
     if let Some(addr) = settings.server.metrics {
         println!("  metrics      http://{addr}/metrics");
+    }
+    if let Some(addr) = settings.server.health {
+        println!("  health       http://{addr}/health");
     }
     for url in &autoconfig_urls {
         println!("  autoconfig   {url}");
@@ -471,6 +491,10 @@ async fn serve(
 
     let store = Arc::new(store);
     let svc = Arc::new(Services::new(settings.server.clone(), users, store.clone(), tls));
+    if let Some(listener) = health {
+        // Answers 503 from the moment a shutdown starts draining.
+        tokio::spawn(pobox_server::health::serve(listener, svc.health.clone()));
+    }
     let (reloads, reload_rx) = tokio::sync::mpsc::channel(1);
     let reloader = super::reload::Reloader::new(source, settings, svc.clone(), store, reloads);
     let reload_task = tokio::spawn(reloader.run(hup));
