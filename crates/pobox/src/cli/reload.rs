@@ -15,7 +15,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pobox_server::{ListenAddr, Protocol, Reload, Services, Tls};
-use pobox_store::MaildirStore;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -70,7 +69,7 @@ pub(super) struct Reloader {
     /// compared with these, so it is named at every reload until then.
     started: Settings,
     services: Arc<Services>,
-    store: Arc<MaildirStore>,
+    store: super::Store,
     reloads: mpsc::Sender<Reload>,
 }
 
@@ -79,7 +78,7 @@ impl Reloader {
         source: Source,
         started: Settings,
         services: Arc<Services>,
-        store: Arc<MaildirStore>,
+        store: super::Store,
         reloads: mpsc::Sender<Reload>,
     ) -> Reloader {
         Reloader { source, started, services, store, reloads }
@@ -125,11 +124,7 @@ impl Reloader {
         }
         // The store (its lock table and listing cache) stays; only its
         // policies change. Open maildrops keep the policy they opened with.
-        self.store.set_policies(
-            Some(settings.server.lmtp_max_message_size),
-            settings.retention.clone(),
-            settings.quota.clone(),
-        );
+        self.store.set_policies(&settings);
         let users_changed = settings.passwd_file != self.current_passwd_file();
         let services = Arc::new(self.services.next(settings.server.clone(), users, tls, users_changed));
         let (done, answer) = oneshot::channel();

@@ -122,7 +122,8 @@ struct Tally {
 /// any account or message that could not be imported.
 pub fn run(data: &Path, config: Option<&Path>, args: &Pop3Args) -> anyhow::Result<()> {
     let settings = Settings::load(data, config)?;
-    let store = super::super::open_store(&settings)?;
+    let opened = super::super::open_store(&settings)?;
+    let store = opened.maildir("pobox import pop3")?;
     let users = super::super::open_users(&settings);
     let jobs = jobs(args)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
@@ -132,7 +133,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: &Pop3Args) -> anyhow::Resul
     let mut failed_messages = 0usize;
     for job in &jobs {
         let progress = display.account(&job.to);
-        let result = import_account(&runtime, &store, &users, job, args.dry_run, &spool_dir, &progress, &display);
+        let result = import_account(&runtime, store, &users, job, args.dry_run, &spool_dir, &progress, &display);
         progress.finish();
         match result {
             Ok(t) => {
