@@ -167,14 +167,13 @@ impl Target<'_> {
 
 fn copy_user(source: &dyn MailstoreAdmin, sink: Sink<'_>, user: &str, args: &MaildirArgs) -> anyhow::Result<Counts> {
     let messages = source.inspect(user).context("reading the source")?;
+    // A Maildir target is read without creating the user's maildrop (a
+    // dry run must not leave directories behind).
     let present: HashSet<String> = match &sink {
-        Sink::Port(store) => store.inspect(user),
-        Sink::Maildir(store) => MailstoreAdmin::inspect(*store, user),
+        Sink::Port(store) => store.inspect(user).map(|v| v.into_iter().map(|m| m.uidl.into_string()).collect()),
+        Sink::Maildir(store) => store.uidl_listing(user).map(|v| v.unwrap_or_default().into_iter().map(|(u, _)| u).collect()),
     }
-    .context("reading the target")?
-    .into_iter()
-    .map(|m| m.uidl.into_string())
-    .collect();
+    .context("reading the target")?;
     let mut counts = Counts { source: messages.len(), ..Counts::default() };
     let todo: Vec<_> = messages.iter().filter(|m| !present.contains(m.uidl.as_str())).collect();
     counts.present = messages.len() - todo.len();
