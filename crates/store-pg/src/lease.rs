@@ -116,7 +116,7 @@ impl Lease {
     }
 
     /// Inside a fenced transaction: releases the lease when it commits.
-    pub(crate) async fn release_in(&mut self, tx: &impl GenericClient) -> Result<(), PgError> {
+    pub(crate) async fn release_in(&self, tx: &impl GenericClient) -> Result<(), PgError> {
         tx.execute(RELEASE, &[&self.maildrop, &self.token]).await?;
         Ok(())
     }

@@ -465,7 +465,7 @@ impl Uidl {
 /// # Errors
 ///
 /// [`StoreError::InvalidFolder`] for any other name.
-pub(crate) fn check_folder_name(folder: &str) -> Result<(), StoreError> {
+pub fn check_folder_name(folder: &str) -> Result<(), StoreError> {
     let ok = !folder.is_empty()
         && folder.len() <= 255
         && !folder.starts_with('.')
