@@ -121,6 +121,22 @@ pub fn message(id: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The message as the sender wrote it: a stored copy starts with the
+/// trace headers LMTP adds (Return-Path, Received), then the sent bytes.
+pub fn as_sent(stored: &[u8]) -> &[u8] {
+    let at = stored.windows(13).position(|w| w == b"Message-ID: <").expect("Message-ID");
+    &stored[at..]
+}
+
+/// Asserts that `stored` is `id`'s message with trace headers before it.
+pub fn assert_intact(what: &str, id: &str, stored: &[u8]) {
+    assert!(
+        as_sent(stored) == message(id).as_slice(),
+        "{what}: {id} damaged:\n{}",
+        String::from_utf8_lossy(stored)
+    );
+}
+
 /// The id in a message's Message-ID header.
 pub fn id_of(body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
