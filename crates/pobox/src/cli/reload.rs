@@ -244,6 +244,8 @@ fn needs_restart(started: &Settings, new: &Settings) -> Vec<String> {
     [
         ("user", started.user != new.user),
         ("mail_location", started.mail_location != new.mail_location),
+        // The store, its pool and its leases are built once.
+        ("[store] (backend and connection)", started.store != new.store),
         ("log", started.log != new.log),
         ("log_format", started.log_json != new.log_json),
         ("lmtp_socket (of existing sockets)", started.lmtp_socket != new.lmtp_socket),
