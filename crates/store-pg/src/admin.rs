@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use pobox_store::quota::{Quota, Usage};
-use pobox_store::{CommitReport, ImportOutcome, MailstoreAdmin, MessageInfo, RemovedMessage, StoreError, Uidl};
+use pobox_store::{
+    CommitReport, ImportOutcome, MailstoreAdmin, MessageInfo, RemovedMessage, StoreError, Uidl,
+};
 
 use crate::body::ChunkReader;
 use crate::lease::Lease;
@@ -22,8 +24,9 @@ impl PgStore {
         maildrop: i64,
         change: impl for<'t> FnOnce(
             &'t tokio_postgres::Transaction<'t>,
-        ) -> std::pin::Pin<Box<dyn Future<Output = Result<T, PgError>> + Send + 't>>
-        + Send,
+        ) -> std::pin::Pin<
+            Box<dyn Future<Output = Result<T, PgError>> + Send + 't>,
+        > + Send,
     ) -> Result<T, StoreError> {
         let mut lease = Lease::acquire(&self.db, maildrop)?;
         let db = &self.db;
@@ -73,10 +76,20 @@ impl MailstoreAdmin for PgStore {
         })?;
         let chunks = chunks.ok_or_else(vanished)?;
         let mut out = Vec::new();
-        ChunkReader { db: Arc::clone(&self.db), message: id, chunks, next: 0, buf: Vec::new(), pos: 0 }
-            .take(limit as u64)
-            .read_to_end(&mut out)
-            .map_err(|e| StoreError::Io { context: format!("reading message {id}"), source: e })?;
+        ChunkReader {
+            db: Arc::clone(&self.db),
+            message: id,
+            chunks,
+            next: 0,
+            buf: Vec::new(),
+            pos: 0,
+        }
+        .take(limit as u64)
+        .read_to_end(&mut out)
+        .map_err(|e| StoreError::Io {
+            context: format!("reading message {id}"),
+            source: e,
+        })?;
         Ok(out)
     }
 
@@ -97,10 +110,21 @@ impl MailstoreAdmin for PgStore {
                     .await?,
             )
         })?;
-        Ok(rows.iter().map(|r| RemovedMessage { uidl: r.get(0), removed_at: Some(r.get(1)) }).collect())
+        Ok(rows
+            .iter()
+            .map(|r| RemovedMessage {
+                uidl: r.get(0),
+                removed_at: Some(r.get(1)),
+            })
+            .collect())
     }
 
-    fn restore(&self, user: &str, since: Option<SystemTime>, _now: SystemTime) -> Result<Vec<String>, StoreError> {
+    fn restore(
+        &self,
+        user: &str,
+        since: Option<SystemTime>,
+        _now: SystemTime,
+    ) -> Result<Vec<String>, StoreError> {
         let Some(maildrop) = self.maildrop(user, false)? else {
             return Ok(Vec::new());
         };
@@ -132,7 +156,11 @@ impl MailstoreAdmin for PgStore {
                 remove(tx, maildrop, &ids, aside, now).await
             })
         })? as usize;
-        Ok(CommitReport { removed: moved, restorable: if aside { moved } else { 0 }, ..CommitReport::default() })
+        Ok(CommitReport {
+            removed: moved,
+            restorable: if aside { moved } else { 0 },
+            ..CommitReport::default()
+        })
     }
 
     fn release(&self, user: &str, folder: &str, uidl: &str) -> Result<String, StoreError> {
@@ -159,7 +187,10 @@ impl MailstoreAdmin for PgStore {
     }
 
     fn usage(&self, user: &str) -> Result<(Usage, Quota), StoreError> {
-        Ok((self.usage_for(user)?, self.policies.load().quota.for_user(user)))
+        Ok((
+            self.usage_for(user)?,
+            self.policies.load().quota.for_user(user),
+        ))
     }
 
     fn import_message(
@@ -177,7 +208,10 @@ impl MailstoreAdmin for PgStore {
             let client = db.pool.get().await?;
             Ok::<_, PgError>(
                 client
-                    .query_opt("SELECT 1 FROM messages WHERE maildrop_id = $1 AND uidl = $2", &[&maildrop, &uidl.as_str()])
+                    .query_opt(
+                        "SELECT 1 FROM messages WHERE maildrop_id = $1 AND uidl = $2",
+                        &[&maildrop, &uidl.as_str()],
+                    )
                     .await?
                     .is_some(),
             )
@@ -185,8 +219,15 @@ impl MailstoreAdmin for PgStore {
         if present {
             return Ok(ImportOutcome::AlreadyPresent);
         }
-        let intake =
-            Intake { user, folder: None, uidl: Some(uidl), received, limit: None, quota: None, lease: Some(&lease) };
+        let intake = Intake {
+            user,
+            folder: None,
+            uidl: Some(uidl),
+            received,
+            limit: None,
+            quota: None,
+            lease: Some(&lease),
+        };
         store_message(&self.db, maildrop, intake, message)
     }
 }

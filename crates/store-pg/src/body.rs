@@ -55,7 +55,11 @@ impl Normaliser {
 
     fn push(&mut self, b: u8, out: &mut Vec<u8>) {
         // A bare LF goes on the wire as CRLF.
-        self.wire += if b == b'\n' && self.last != Some(b'\r') { 2 } else { 1 };
+        self.wire += if b == b'\n' && self.last != Some(b'\r') {
+            2
+        } else {
+            1
+        };
         self.stored += 1;
         self.last = Some(b);
         out.push(b);
@@ -92,7 +96,10 @@ impl io::Read for ChunkReader {
                 })
                 .map_err(|e| io::Error::other(e.to_string()))?;
             let Some(row) = row else {
-                return Err(io::Error::new(io::ErrorKind::NotFound, format!("message {message} vanished while read")));
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("message {message} vanished while read"),
+                ));
             };
             self.buf = row.get(0);
             self.pos = 0;
@@ -133,7 +140,11 @@ mod tests {
         ] {
             let (stored, wire) = store(pieces);
             assert_eq!(stored, want, "{pieces:?}");
-            assert_eq!(wire, pobox_store::wire_size_of(&stored[..]).unwrap(), "{pieces:?}");
+            assert_eq!(
+                wire,
+                pobox_store::wire_size_of(&stored[..]).unwrap(),
+                "{pieces:?}"
+            );
         }
     }
 }

@@ -45,10 +45,12 @@ impl Drop for Db {
 
 impl Db {
     pub(crate) fn open(cfg: &PgConfig) -> Result<Db, StoreError> {
-        let mut pg: tokio_postgres::Config = cfg
-            .url
-            .parse()
-            .map_err(|e| db_error(format!("invalid database URL {}: {e}", redact_url(&cfg.url))))?;
+        let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| {
+            db_error(format!(
+                "invalid database URL {}: {e}",
+                redact_url(&cfg.url)
+            ))
+        })?;
         if let Some(file) = &cfg.password_file {
             let text = std::fs::read_to_string(file).map_err(|e| StoreError::Io {
                 context: format!("reading the database password file {}", file.display()),
@@ -60,15 +62,24 @@ impl Db {
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
-        pg.application_name(&format!("pobox {}", cfg.node));
+        pg.application_name(format!("pobox {}", cfg.node));
         let tls = tls_connector(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("pobox-pg")
             .enable_all()
             .build()
-            .map_err(|e| StoreError::Io { context: "starting the PostgreSQL runtime".into(), source: e })?;
-        let manager = Manager::from_config(pg, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+            .map_err(|e| StoreError::Io {
+                context: "starting the PostgreSQL runtime".into(),
+                source: e,
+            })?;
+        let manager = Manager::from_config(
+            pg,
+            tls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(manager)
             .max_size(cfg.pool_size.max(1))
             .runtime(deadpool_postgres::Runtime::Tokio1)
@@ -98,9 +109,16 @@ impl Db {
         F: Future + Send,
         F::Output: Send,
     {
-        let rt = self.rt.as_ref().expect("the runtime lives as long as the store");
+        let rt = self
+            .rt
+            .as_ref()
+            .expect("the runtime lives as long as the store");
         if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| s.spawn(|| rt.block_on(f)).join().expect("a database call panicked"))
+            std::thread::scope(|s| {
+                s.spawn(|| rt.block_on(f))
+                    .join()
+                    .expect("a database call panicked")
+            })
         } else {
             rt.block_on(f)
         }
@@ -113,11 +131,19 @@ fn tls_connector(cfg: &PgConfig) -> Result<tokio_postgres_rustls::MakeRustlsConn
         Some(file) => {
             let certs = CertificateDer::pem_file_iter(file)
                 .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-                .map_err(|e| db_error(format!("reading the database CA file {}: {e}", file.display())))?;
+                .map_err(|e| {
+                    db_error(format!(
+                        "reading the database CA file {}: {e}",
+                        file.display()
+                    ))
+                })?;
             for cert in certs {
-                roots
-                    .add(cert)
-                    .map_err(|e| db_error(format!("a certificate in {} is unusable: {e}", file.display())))?;
+                roots.add(cert).map_err(|e| {
+                    db_error(format!(
+                        "a certificate in {} is unusable: {e}",
+                        file.display()
+                    ))
+                })?;
             }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
@@ -142,7 +168,13 @@ pub(crate) fn redact_url(url: &str) -> String {
     }
     // key=value form: password=secret
     url.split_whitespace()
-        .map(|kv| if kv.starts_with("password=") { "password=***" } else { kv })
+        .map(|kv| {
+            if kv.starts_with("password=") {
+                "password=***"
+            } else {
+                kv
+            }
+        })
         .collect::<Vec<_>>()
         .join(" ")
 }
@@ -153,8 +185,14 @@ mod tests {
 
     #[test]
     fn passwords_never_show() {
-        assert_eq!(redact_url("postgres://u:s3cret@h:5/db"), "postgres://u:***@h:5/db");
+        assert_eq!(
+            redact_url("postgres://u:s3cret@h:5/db"),
+            "postgres://u:***@h:5/db"
+        );
         assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
-        assert_eq!(redact_url("host=h password=s3cret user=u"), "host=h password=*** user=u");
+        assert_eq!(
+            redact_url("host=h password=s3cret user=u"),
+            "host=h password=*** user=u"
+        );
     }
 }

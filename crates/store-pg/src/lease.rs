@@ -28,15 +28,18 @@ use tokio_postgres::GenericClient;
 use crate::PgError;
 use crate::connect::Db;
 
-/// The leases this node holds: handle → (maildrop, token, lost flag).
+/// One lease the node holds: maildrop, token, and whether it was lost.
+type HeldLease = (i64, i64, Arc<AtomicBool>);
+
+/// The leases this node holds, by handle.
 #[derive(Default)]
 pub(crate) struct Held {
     next: AtomicU64,
-    map: Mutex<HashMap<u64, (i64, i64, Arc<AtomicBool>)>>,
+    map: Mutex<HashMap<u64, HeldLease>>,
 }
 
 impl Held {
-    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, (i64, i64, Arc<AtomicBool>)>> {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<u64, HeldLease>> {
         self.map.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -78,7 +81,11 @@ impl Lease {
         let secs = db.lease_secs as f64;
         let row = db.run(async {
             let client = db.pool.get().await?;
-            Ok::<_, PgError>(client.query_opt(ACQUIRE, &[&maildrop, &db.node, &secs]).await?)
+            Ok::<_, PgError>(
+                client
+                    .query_opt(ACQUIRE, &[&maildrop, &db.node, &secs])
+                    .await?,
+            )
         })?;
         let Some(row) = row else {
             return Err(StoreError::InUse.into());
@@ -86,8 +93,17 @@ impl Lease {
         let token: i64 = row.get(0);
         let handle = db.held.next.fetch_add(1, Ordering::Relaxed);
         let lost = Arc::new(AtomicBool::new(false));
-        db.held.map().insert(handle, (maildrop, token, Arc::clone(&lost)));
-        Ok(Lease { db: Arc::clone(db), handle, maildrop, token, lost, released: false })
+        db.held
+            .map()
+            .insert(handle, (maildrop, token, Arc::clone(&lost)));
+        Ok(Lease {
+            db: Arc::clone(db),
+            handle,
+            maildrop,
+            token,
+            lost,
+            released: false,
+        })
     }
 
     /// True once the renewer found the lease taken over.
@@ -156,16 +172,20 @@ impl Renewer {
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         *db.stop_renewer.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
         let weak: Weak<Db> = Arc::downgrade(db);
-        let period = Duration::from_millis(db.lease_secs * 1000 / 3).max(Duration::from_millis(100));
-        let spawned = std::thread::Builder::new().name("pobox-pg-leases".into()).spawn(move || {
-            // Disconnected (the store is gone) ends the loop; a timeout is a tick.
-            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(period) {
-                let Some(db) = weak.upgrade() else { return };
-                if !db.renewal_stopped.load(Ordering::SeqCst) {
-                    renew(&db);
+        let period =
+            Duration::from_millis(db.lease_secs * 1000 / 3).max(Duration::from_millis(100));
+        let spawned = std::thread::Builder::new()
+            .name("pobox-pg-leases".into())
+            .spawn(move || {
+                // Disconnected (the store is gone) ends the loop; a timeout is a tick.
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = rx.recv_timeout(period)
+                {
+                    let Some(db) = weak.upgrade() else { return };
+                    if !db.renewal_stopped.load(Ordering::SeqCst) {
+                        renew(&db);
+                    }
                 }
-            }
-        });
+            });
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the lease renewer; sessions longer than the lease lose it");
         }
@@ -175,8 +195,13 @@ impl Renewer {
 /// Renews every lease this node holds in one statement and marks those
 /// that were taken over.
 fn renew(db: &Db) {
-    let held: Vec<(i64, i64, Arc<AtomicBool>)> =
-        db.held.map().values().filter(|(_, _, lost)| !lost.load(Ordering::SeqCst)).cloned().collect();
+    let held: Vec<HeldLease> = db
+        .held
+        .map()
+        .values()
+        .filter(|(_, _, lost)| !lost.load(Ordering::SeqCst))
+        .cloned()
+        .collect();
     if held.is_empty() {
         return;
     }
@@ -189,8 +214,10 @@ fn renew(db: &Db) {
     });
     match renewed {
         Ok(rows) => {
-            let kept: std::collections::HashSet<(i64, i64)> =
-                rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1))).collect();
+            let kept: std::collections::HashSet<(i64, i64)> = rows
+                .iter()
+                .map(|r| (r.get::<_, i64>(0), r.get::<_, i64>(1)))
+                .collect();
             for (maildrop, token, lost) in &held {
                 if !kept.contains(&(*maildrop, *token)) {
                     tracing::warn!(maildrop, token, "maildrop lease lost to another session");

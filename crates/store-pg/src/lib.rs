@@ -98,7 +98,10 @@ impl Default for PgConfig {
             ca_file: None,
             pool_size: 16,
             lease_secs: 30,
-            node: rustix::system::uname().nodename().to_string_lossy().into_owned(),
+            node: rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned(),
         }
     }
 }
@@ -126,7 +129,9 @@ pub struct PgStore {
 
 impl fmt::Debug for PgStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PgStore").field("node", &self.db.node).finish_non_exhaustive()
+        f.debug_struct("PgStore")
+            .field("node", &self.db.node)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,14 +156,17 @@ impl PgStore {
         let db = connect::Db::open(&cfg)?;
         let current = db.run(async {
             let client = db.pool.get().await?;
-            Ok::<_, PgError>(schema::current_version(&client).await?)
+            schema::current_version(&client).await
         })?;
         if current != schema::latest_version() {
             return Err(schema::version_error(current));
         }
         let db = Arc::new(db);
         lease::Renewer::start(&db);
-        Ok(PgStore { db, policies: ArcSwap::from_pointee(Policies::default()) })
+        Ok(PgStore {
+            db,
+            policies: ArcSwap::from_pointee(Policies::default()),
+        })
     }
 
     /// Limits delivered messages to `max` POP3 octets.
@@ -184,8 +192,17 @@ impl PgStore {
 
     /// Replaces the size limit, retention and quota policies (a reload);
     /// open maildrops keep the retention policy they were opened with.
-    pub fn set_policies(&self, max_size: Option<u64>, retention: RetentionConfig, quota: QuotaConfig) {
-        self.policies.store(Arc::new(Policies { max_size, retention: Arc::new(retention), quota: Arc::new(quota) }));
+    pub fn set_policies(
+        &self,
+        max_size: Option<u64>,
+        retention: RetentionConfig,
+        quota: QuotaConfig,
+    ) {
+        self.policies.store(Arc::new(Policies {
+            max_size,
+            retention: Arc::new(retention),
+            quota: Arc::new(quota),
+        }));
     }
 
     fn update(&self, change: impl FnOnce(&mut Policies)) {
@@ -205,7 +222,9 @@ impl PgStore {
     /// nodes may take the maildrops over. For tests of the fencing.
     #[cfg(feature = "testkit")]
     pub fn stop_lease_renewal(&self) {
-        self.db.renewal_stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.db
+            .renewal_stopped
+            .store(true, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -221,7 +240,7 @@ pub fn migrate(cfg: &PgConfig) -> Result<MigrationReport, StoreError> {
     let db = connect::Db::open(cfg)?;
     db.run(async {
         let mut client = db.pool.get().await?;
-        Ok::<_, PgError>(schema::apply(&mut client).await?)
+        schema::apply(&mut client).await
     })
     .map_err(Into::into)
 }
@@ -236,7 +255,7 @@ pub fn schema_status(cfg: &PgConfig) -> Result<SchemaStatus, StoreError> {
     let db = connect::Db::open(cfg)?;
     db.run(async {
         let client = db.pool.get().await?;
-        Ok::<_, PgError>(schema::status(&client).await?)
+        schema::status(&client).await
     })
     .map_err(Into::into)
 }
@@ -244,7 +263,7 @@ pub fn schema_status(cfg: &PgConfig) -> Result<SchemaStatus, StoreError> {
 /// Errors inside the crate: the driver's, the pool's, or the port's own.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PgError {
-    #[error("database: {0}")]
+    #[error("database: {}", describe(.0))]
     Db(#[from] tokio_postgres::Error),
     #[error("database pool: {0}")]
     Pool(#[from] deadpool_postgres::PoolError),
@@ -269,6 +288,21 @@ impl From<PgError> for StoreError {
     }
 }
 
+/// The driver's error with the server's message and SQLSTATE (its
+/// `Display` alone says only "db error").
+fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} {}: {}", db.severity(), db.code().code(), db.message()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 pub(crate) fn db_error(text: String) -> StoreError {
-    StoreError::Io { context: "PostgreSQL store".into(), source: io::Error::other(text) }
+    StoreError::Io {
+        context: "PostgreSQL store".into(),
+        source: io::Error::other(text),
+    }
 }

@@ -44,13 +44,26 @@ impl PgMailbox {
     ) -> Self {
         let ids = messages.iter().map(|m| (m.id, m.chunks)).collect();
         let infos = messages.into_iter().map(|m| m.info).collect();
-        PgMailbox { db, user: user.to_owned(), lease, ids, infos, policy, expired }
+        PgMailbox {
+            db,
+            user: user.to_owned(),
+            lease,
+            ids,
+            infos,
+            policy,
+            expired,
+        }
     }
 
     fn check(&self, indices: &[usize]) -> Result<Vec<i64>, StoreError> {
         indices
             .iter()
-            .map(|&i| self.ids.get(i).map(|m| m.0).ok_or(StoreError::NoSuchMessage { index: i }))
+            .map(|&i| {
+                self.ids
+                    .get(i)
+                    .map(|m| m.0)
+                    .ok_or(StoreError::NoSuchMessage { index: i })
+            })
             .collect()
     }
 }
@@ -65,16 +78,31 @@ impl Mailbox for PgMailbox {
     }
 
     fn open_message(&self, index: usize) -> Result<Box<dyn io::Read + Send>, StoreError> {
-        let &(id, chunks) = self.ids.get(index).ok_or(StoreError::NoSuchMessage { index })?;
+        let &(id, chunks) = self
+            .ids
+            .get(index)
+            .ok_or(StoreError::NoSuchMessage { index })?;
         let db = &self.db;
         let exists = db.run(async {
             let client = db.pool.get().await?;
-            Ok::<_, PgError>(client.query_opt("SELECT 1 FROM messages WHERE id = $1", &[&id]).await?.is_some())
+            Ok::<_, PgError>(
+                client
+                    .query_opt("SELECT 1 FROM messages WHERE id = $1", &[&id])
+                    .await?
+                    .is_some(),
+            )
         })?;
         if !exists {
             return Err(StoreError::Vanished(self.infos[index].key.to_string()));
         }
-        Ok(Box::new(ChunkReader { db: Arc::clone(&self.db), message: id, chunks, next: 0, buf: Vec::new(), pos: 0 }))
+        Ok(Box::new(ChunkReader {
+            db: Arc::clone(&self.db),
+            message: id,
+            chunks,
+            next: 0,
+            buf: Vec::new(),
+            pos: 0,
+        }))
     }
 
     fn policy(&self) -> &Policy {
@@ -85,7 +113,11 @@ impl Mailbox for PgMailbox {
         &self.expired
     }
 
-    fn commit(mut self: Box<Self>, deleted: &[usize], retrieved: &[usize]) -> Result<CommitReport, StoreError> {
+    fn commit(
+        mut self: Box<Self>,
+        deleted: &[usize],
+        retrieved: &[usize],
+    ) -> Result<CommitReport, StoreError> {
         let remove_ids = self.check(&self.removals(deleted, retrieved))?;
         let retrieved_ids = self.check(retrieved)?;
         if self.lease.is_lost() {

@@ -22,11 +22,14 @@ struct Migration {
 
 /// Every migration this build knows, in order; the last is the version
 /// the store requires.
-const MIGRATIONS: &[Migration] =
-    &[Migration { version: 1, name: "initial", sql: include_str!("../migrations/0001_initial.sql") }];
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "initial",
+    sql: include_str!("../migrations/0001_initial.sql"),
+}];
 
 /// The advisory lock key of migrations ("pobox" in ASCII, as a number).
-const MIGRATION_LOCK: i64 = 0x706f_626f_78;
+const MIGRATION_LOCK: i64 = 0x0070_6f62_6f78;
 
 /// The schema version this build needs.
 #[must_use]
@@ -77,7 +80,10 @@ pub(crate) async fn current_version(client: &Client) -> Result<i32, PgError> {
     if !exists {
         return Ok(0);
     }
-    Ok(client.query_one("SELECT coalesce(max(version), 0) FROM pobox_schema", &[]).await?.get(0))
+    Ok(client
+        .query_one("SELECT coalesce(max(version), 0) FROM pobox_schema", &[])
+        .await?
+        .get(0))
 }
 
 pub(crate) async fn status(client: &Client) -> Result<SchemaStatus, PgError> {
@@ -98,17 +104,32 @@ pub(crate) async fn apply(client: &mut Client) -> Result<MigrationReport, PgErro
     let mut applied = Vec::new();
     for m in MIGRATIONS {
         let tx = client.transaction().await?;
-        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK]).await?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await?;
         tx.batch_execute(CREATE_SCHEMA_TABLE).await?;
-        let done = tx.query_opt("SELECT 1 FROM pobox_schema WHERE version = $1", &[&m.version]).await?.is_some();
+        let done = tx
+            .query_opt(
+                "SELECT 1 FROM pobox_schema WHERE version = $1",
+                &[&m.version],
+            )
+            .await?
+            .is_some();
         if done {
             tx.rollback().await?;
             continue;
         }
         tx.batch_execute(m.sql).await?;
-        tx.execute("INSERT INTO pobox_schema (version, name) VALUES ($1, $2)", &[&m.version, &m.name]).await?;
+        tx.execute(
+            "INSERT INTO pobox_schema (version, name) VALUES ($1, $2)",
+            &[&m.version, &m.name],
+        )
+        .await?;
         tx.commit().await?;
-        tracing::info!(version = m.version, name = m.name, "applied database migration");
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied database migration"
+        );
         applied.push((m.version, m.name.to_owned()));
     }
     let to = current_version(client).await?;

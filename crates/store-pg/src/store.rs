@@ -8,7 +8,10 @@ use std::time::SystemTime;
 
 use pobox_store::quota::{Quota, QuotaConfig, Usage};
 use pobox_store::retention::{self, Policy, RetentionConfig};
-use pobox_store::{Delivered, ExpireReport, ImportOutcome, Mailbox, Mailstore, MessageInfo, MessageKey, StoreError, Uidl};
+use pobox_store::{
+    Delivered, ExpireReport, ImportOutcome, Mailbox, Mailstore, MessageInfo, MessageKey,
+    StoreError, Uidl,
+};
 use tokio_postgres::GenericClient;
 use tokio_postgres::types::ToSql;
 
@@ -39,7 +42,11 @@ pub(crate) fn id_of(key: &MessageKey) -> Option<i64> {
 /// `user`'s maildrop id; with `create`, made on first use (as Maildir
 /// creates the directory). The row is never deleted, so callers may keep
 /// the id.
-pub(crate) async fn maildrop_id(client: &impl GenericClient, user: &str, create: bool) -> Result<Option<i64>, PgError> {
+pub(crate) async fn maildrop_id(
+    client: &impl GenericClient,
+    user: &str,
+    create: bool,
+) -> Result<Option<i64>, PgError> {
     const FIND: &str = "SELECT id FROM maildrops WHERE name = $1";
     if let Some(row) = client.query_opt(FIND, &[&user]).await? {
         return Ok(Some(row.get(0)));
@@ -47,13 +54,21 @@ pub(crate) async fn maildrop_id(client: &impl GenericClient, user: &str, create:
     if !create {
         return Ok(None);
     }
-    client.execute("INSERT INTO maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING", &[&user]).await?;
+    client
+        .execute(
+            "INSERT INTO maildrops (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[&user],
+        )
+        .await?;
     // A new statement sees a row another node inserted meanwhile.
     Ok(Some(client.query_one(FIND, &[&user]).await?.get(0)))
 }
 
 /// The live messages of a maildrop, in snapshot order.
-pub(crate) async fn inbox(client: &impl GenericClient, maildrop: i64) -> Result<Vec<Snapshot>, PgError> {
+pub(crate) async fn inbox(
+    client: &impl GenericClient,
+    maildrop: i64,
+) -> Result<Vec<Snapshot>, PgError> {
     let rows = client
         .query(
             "SELECT id, uidl, size, received_at, retrieved_at, chunks FROM messages
@@ -85,7 +100,11 @@ pub(crate) async fn inbox(client: &impl GenericClient, maildrop: i64) -> Result<
 
 /// The maildrop's usage: its live messages (folders and the restore area
 /// do not count, as on Maildir).
-pub(crate) async fn usage_of(client: &impl GenericClient, maildrop: i64, except: i64) -> Result<Usage, PgError> {
+pub(crate) async fn usage_of(
+    client: &impl GenericClient,
+    maildrop: i64,
+    except: i64,
+) -> Result<Usage, PgError> {
     let row = client
         .query_one(
             "SELECT coalesce(sum(size), 0)::bigint, count(*) FROM messages
@@ -93,7 +112,10 @@ pub(crate) async fn usage_of(client: &impl GenericClient, maildrop: i64, except:
             &[&maildrop, &except],
         )
         .await?;
-    Ok(Usage { bytes: row.get::<_, i64>(0) as u64, messages: row.get::<_, i64>(1) as u64 })
+    Ok(Usage {
+        bytes: row.get::<_, i64>(0) as u64,
+        messages: row.get::<_, i64>(1) as u64,
+    })
 }
 
 /// How a message enters the store.
@@ -143,7 +165,8 @@ pub(crate) fn store_message(
         }
     };
     let id: i64 = row.get(0);
-    let uidl = Uidl::try_from(row.get::<_, String>(1)).map_err(|e| crate::db_error(e.to_string()))?;
+    let uidl =
+        Uidl::try_from(row.get::<_, String>(1)).map_err(|e| crate::db_error(e.to_string()))?;
 
     let mut norm = Normaliser::default();
     let mut raw = vec![0u8; 64 * 1024];
@@ -151,8 +174,11 @@ pub(crate) fn store_message(
     let mut seq: i32 = 0;
     let put = |seq: i32, data: &[u8]| -> Result<(), StoreError> {
         let params: [&(dyn ToSql + Sync); 3] = [&id, &seq, &data];
-        db.run(tx.execute("INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)", &params))
-            .map_err(PgError::from)?;
+        db.run(tx.execute(
+            "INSERT INTO message_chunks (message_id, seq, data) VALUES ($1, $2, $3)",
+            &params,
+        ))
+        .map_err(PgError::from)?;
         Ok(())
     };
     let over = |wire: u64| -> Option<StoreError> {
@@ -167,7 +193,12 @@ pub(crate) fn store_message(
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(StoreError::Io { context: "reading the message".into(), source: e }),
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: "reading the message".into(),
+                    source: e,
+                });
+            }
         };
         norm.feed(&raw[..n], &mut out);
         if let Some(e) = over(norm.wire) {
@@ -191,8 +222,15 @@ pub(crate) fn store_message(
     db.run(async {
         if let Some(quota) = intake.quota {
             // Serialises this user's deliveries from every node for the
-            // check: the sum below sees every committed delivery.
-            tx.execute("SELECT 1 FROM maildrops WHERE id = $1 FOR UPDATE", &[&maildrop]).await?;
+            // check: the sum below sees every committed delivery. NO KEY
+            // UPDATE, not UPDATE: the message row's foreign key already
+            // holds KEY SHARE on this row, and two deliveries upgrading
+            // that to UPDATE would deadlock each other.
+            tx.execute(
+                "SELECT 1 FROM maildrops WHERE id = $1 FOR NO KEY UPDATE",
+                &[&maildrop],
+            )
+            .await?;
             let usage = usage_of(&*tx, maildrop, id).await?;
             if quota.exceeded_by(usage, size) {
                 return Err(StoreError::OverQuota(format!(
@@ -218,7 +256,11 @@ pub(crate) fn store_message(
         Some(folder) => format!("postgres:{}/{folder}/{id}", intake.user),
         None => format!("postgres:{}/{id}", intake.user),
     };
-    Ok(ImportOutcome::Imported(Delivered { uidl, size, location }))
+    Ok(ImportOutcome::Imported(Delivered {
+        uidl,
+        size,
+        location,
+    }))
 }
 
 /// Expiry of a maildrop whose lease `lease` holds, at `now`, in one
@@ -243,7 +285,10 @@ pub(crate) async fn expire_locked(
         }
     }
     let removed = tx
-        .query("SELECT id, removed_at FROM messages WHERE maildrop_id = $1 AND removed_at IS NOT NULL", &[&lease.maildrop])
+        .query(
+            "SELECT id, removed_at FROM messages WHERE maildrop_id = $1 AND removed_at IS NOT NULL",
+            &[&lease.maildrop],
+        )
         .await?;
     let purge: Vec<i64> = removed
         .iter()
@@ -256,7 +301,11 @@ pub(crate) async fn expire_locked(
         return Ok(report);
     }
     remove(&*tx, lease.maildrop, &expired, policy.restore_days > 0, now).await?;
-    tx.execute("DELETE FROM messages WHERE id = ANY($1) AND maildrop_id = $2", &[&purge, &lease.maildrop]).await?;
+    tx.execute(
+        "DELETE FROM messages WHERE id = ANY($1) AND maildrop_id = $2",
+        &[&purge, &lease.maildrop],
+    )
+    .await?;
     tx.commit().await?;
     Ok(report)
 }
@@ -315,7 +364,12 @@ impl PgStore {
         self.usage_now(user)
     }
 
-    fn deliver_into(&self, user: &str, folder: Option<&str>, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
+    fn deliver_into(
+        &self,
+        user: &str,
+        folder: Option<&str>,
+        message: &mut dyn io::Read,
+    ) -> Result<Delivered, StoreError> {
         check_user(user)?;
         if let Some(folder) = folder {
             pobox_store::check_folder_name(folder)?;
@@ -343,10 +397,20 @@ impl PgStore {
                 limit = Some((room, true));
             }
         }
-        let intake = Intake { user, folder, uidl: None, received: SystemTime::now(), limit, quota, lease: None };
+        let intake = Intake {
+            user,
+            folder,
+            uidl: None,
+            received: SystemTime::now(),
+            limit,
+            quota,
+            lease: None,
+        };
         match store_message(&self.db, maildrop, intake, message)? {
             ImportOutcome::Imported(d) => Ok(d),
-            ImportOutcome::AlreadyPresent => Err(crate::db_error("a generated UIDL clashed; try again".into())),
+            ImportOutcome::AlreadyPresent => Err(crate::db_error(
+                "a generated UIDL clashed; try again".into(),
+            )),
         }
     }
 }
@@ -358,10 +422,11 @@ impl Mailstore for PgStore {
         let lease = Lease::acquire(&self.db, maildrop)?;
         let db = &self.db;
         let expired = if policy.can_expire() {
-            db.run(expire_locked(db, &lease, &policy, SystemTime::now(), false)).unwrap_or_else(|e| {
-                tracing::warn!(%user, error = %e, "expiry at login failed");
-                ExpireReport::default()
-            })
+            db.run(expire_locked(db, &lease, &policy, SystemTime::now(), false))
+                .unwrap_or_else(|e| {
+                    tracing::warn!(%user, error = %e, "expiry at login failed");
+                    ExpireReport::default()
+                })
         } else {
             ExpireReport::default()
         };
@@ -369,14 +434,26 @@ impl Mailstore for PgStore {
             let client = db.pool.get().await?;
             inbox(&**client, maildrop).await
         })?;
-        Ok(Box::new(PgMailbox::new(Arc::clone(&self.db), user, lease, messages, policy, expired)))
+        Ok(Box::new(PgMailbox::new(
+            Arc::clone(&self.db),
+            user,
+            lease,
+            messages,
+            policy,
+            expired,
+        )))
     }
 
     fn deliver(&self, user: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
         self.deliver_into(user, None, message)
     }
 
-    fn expire(&self, user: &str, now: SystemTime, dry_run: bool) -> Result<ExpireReport, StoreError> {
+    fn expire(
+        &self,
+        user: &str,
+        now: SystemTime,
+        dry_run: bool,
+    ) -> Result<ExpireReport, StoreError> {
         let policy = self.policies.load().retention.for_user(user);
         let Some(maildrop) = self.maildrop(user, false)? else {
             return Ok(ExpireReport::default());
@@ -384,11 +461,16 @@ impl Mailstore for PgStore {
         let lease = match Lease::acquire(&self.db, maildrop) {
             Ok(lease) => lease,
             Err(PgError::Store(StoreError::InUse)) => {
-                return Ok(ExpireReport { skipped_in_use: true, ..Default::default() });
+                return Ok(ExpireReport {
+                    skipped_in_use: true,
+                    ..Default::default()
+                });
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(self.db.run(expire_locked(&self.db, &lease, &policy, now, dry_run))?)
+        Ok(self
+            .db
+            .run(expire_locked(&self.db, &lease, &policy, now, dry_run))?)
     }
 
     fn policy(&self, user: &str) -> Policy {
@@ -399,7 +481,12 @@ impl Mailstore for PgStore {
         Arc::clone(&self.policies.load().retention)
     }
 
-    fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {
+    fn deliver_to_folder(
+        &self,
+        user: &str,
+        folder: &str,
+        message: &mut dyn io::Read,
+    ) -> Result<Delivered, StoreError> {
         self.deliver_into(user, Some(folder), message)
     }
 

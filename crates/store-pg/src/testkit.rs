@@ -43,6 +43,8 @@ pub struct TestPg {
     /// process's end closes the pipe.
     watchdog: Mutex<Option<(Child, ChildStdin)>>,
     owned: bool,
+    /// Server options beyond the port and address (TLS).
+    extra: String,
 }
 
 /// Whether PostgreSQL 15 can run here; if not, fails the test, or skips
@@ -57,7 +59,9 @@ pub fn require(test: &str) -> bool {
         return true;
     }
     if std::env::var_os("POBOX_ALLOW_SKIP").is_some_and(|v| v == "1") {
-        eprintln!("SKIPPED {test}: needs PostgreSQL 15 (apt-get install postgresql-15) (POBOX_ALLOW_SKIP=1)");
+        eprintln!(
+            "SKIPPED {test}: needs PostgreSQL 15 (apt-get install postgresql-15) (POBOX_ALLOW_SKIP=1)"
+        );
         return false;
     }
     panic!(
@@ -76,17 +80,81 @@ impl TestPg {
     /// If `initdb` or `pg_ctl` fail (their output is in the message).
     #[must_use]
     pub fn start() -> TestPg {
-        let root = std::env::temp_dir().join(format!("pobox-pg-{}-{}", std::process::id(), next_cluster()));
+        TestPg::init(false)
+    }
+
+    /// [`start`](TestPg::start) with TLS on (`ssl=on`), a self-signed
+    /// certificate for `127.0.0.1` and `localhost`; [`ca_file`](TestPg::ca_file)
+    /// is that certificate, for [`PgConfig::ca_file`].
+    #[must_use]
+    pub fn start_tls() -> TestPg {
+        TestPg::init(true)
+    }
+
+    /// The PEM certificate a TLS cluster presents (its own root).
+    #[must_use]
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("server.crt")
+    }
+
+    fn init(tls: bool) -> TestPg {
+        let root = std::env::temp_dir().join(format!(
+            "pobox-pg-{}-{}",
+            std::process::id(),
+            next_cluster()
+        ));
         std::fs::create_dir(&root).expect("creating the cluster directory");
-        let run_as = nix::unistd::geteuid().is_root().then(|| "postgres".to_owned());
+        let run_as = nix::unistd::geteuid()
+            .is_root()
+            .then(|| "postgres".to_owned());
         if let Some(user) = &run_as {
             let u = nix::unistd::User::from_name(user)
                 .ok()
                 .flatten()
-                .unwrap_or_else(|| panic!("running as root needs the user {user} (created by postgresql-15)"));
-            nix::unistd::chown(&root, Some(u.uid), Some(u.gid)).expect("chown of the cluster directory");
+                .unwrap_or_else(|| {
+                    panic!("running as root needs the user {user} (created by postgresql-15)")
+                });
+            nix::unistd::chown(&root, Some(u.uid), Some(u.gid))
+                .expect("chown of the cluster directory");
         }
-        let pg = TestPg { dir: root, port: free_port(), run_as, watchdog: Mutex::new(None), owned: true };
+        let owner = match &run_as {
+            Some(user) => nix::unistd::User::from_name(user)
+                .ok()
+                .flatten()
+                .map(|u| (u.uid, u.gid)),
+            None => None,
+        };
+        let mut pg = TestPg {
+            dir: root,
+            port: free_port(),
+            run_as,
+            watchdog: Mutex::new(None),
+            owned: true,
+            extra: String::new(),
+        };
+        if tls {
+            let cert = rcgen::generate_simple_self_signed(vec![
+                "127.0.0.1".to_owned(),
+                "localhost".to_owned(),
+            ])
+            .expect("generating the test certificate");
+            let (crt, key) = (pg.dir.join("server.crt"), pg.dir.join("server.key"));
+            std::fs::write(&crt, cert.cert.pem()).expect("writing server.crt");
+            std::fs::write(&key, cert.signing_key.serialize_pem()).expect("writing server.key");
+            // PostgreSQL refuses a key others can read.
+            std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+                .expect("chmod server.key");
+            for f in [&crt, &key] {
+                if let Some((uid, gid)) = owner {
+                    nix::unistd::chown(f, Some(uid), Some(gid)).expect("chown of the certificate");
+                }
+            }
+            pg.extra = format!(
+                " -c ssl=on -c ssl_cert_file={} -c ssl_key_file={}",
+                path_str(&crt),
+                path_str(&key)
+            );
+        }
         let data = pg.data();
         pg.run(
             "initdb",
@@ -138,8 +206,14 @@ impl TestPg {
     pub fn create_database(&self) -> String {
         let name = format!("t{}", NEXT_DB.fetch_add(1, Ordering::Relaxed));
         let port = self.port.to_string();
-        self.run("createdb", &["-h", "127.0.0.1", "-p", &port, "-U", SUPERUSER, &name]);
-        format!("postgres://{SUPERUSER}@127.0.0.1:{}/{name}?sslmode=disable", self.port)
+        self.run(
+            "createdb",
+            &["-h", "127.0.0.1", "-p", &port, "-U", SUPERUSER, &name],
+        );
+        format!(
+            "postgres://{SUPERUSER}@127.0.0.1:{}/{name}?sslmode=disable",
+            self.port
+        )
     }
 
     /// A fresh database with the schema applied, as a [`PgConfig`] with a
@@ -161,20 +235,60 @@ impl TestPg {
         cfg
     }
 
+    /// Runs `sql` with `psql` on the database of `url` (one made by
+    /// [`create_database`](TestPg::create_database)) and returns its
+    /// unaligned, tuples-only output, trimmed: for tests that look at the
+    /// tables themselves.
+    ///
+    /// # Panics
+    ///
+    /// If `psql` fails.
+    #[must_use]
+    pub fn psql(&self, url: &str, sql: &str) -> String {
+        let out = self
+            .command("psql")
+            .args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", url, "-c", sql])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run psql: {e}"));
+        assert!(
+            out.status.success(),
+            "psql {sql:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
     /// Stops the server (fast shutdown: sessions are cut, data kept).
     pub fn stop(&self) {
-        self.run("pg_ctl", &["stop", "-D", path_str(&self.data()), "-m", "fast", "-w"]);
+        self.run(
+            "pg_ctl",
+            &["stop", "-D", path_str(&self.data()), "-m", "fast", "-w"],
+        );
     }
 
     /// Starts the server again on the same port (after [`stop`](TestPg::stop)).
     pub fn start_again(&self) {
         let opts = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=300",
+            "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=300{}",
             self.port,
-            path_str(&self.dir)
+            path_str(&self.dir),
+            self.extra
         );
         let log = self.dir.join("server.log");
-        self.run("pg_ctl", &["start", "-D", path_str(&self.data()), "-l", path_str(&log), "-w", "-o", &opts]);
+        self.run(
+            "pg_ctl",
+            &[
+                "start",
+                "-D",
+                path_str(&self.data()),
+                "-l",
+                path_str(&log),
+                "-w",
+                "-o",
+                &opts,
+            ],
+        );
     }
 
     /// [`stop`](TestPg::stop) then [`start_again`](TestPg::start_again).
@@ -247,12 +361,24 @@ impl Drop for TestPg {
         }
         let _ = self
             .command("pg_ctl")
-            .args(["stop", "-D", path_str(&self.data()), "-m", "immediate", "-w"])
+            .args([
+                "stop",
+                "-D",
+                path_str(&self.data()),
+                "-m",
+                "immediate",
+                "-w",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
         let _ = std::fs::remove_dir_all(&self.dir);
-        if let Some((mut child, mut stdin)) = self.watchdog.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some((mut child, mut stdin)) = self
+            .watchdog
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = stdin.flush();
             drop(stdin);
             let _ = child.wait();

@@ -9,11 +9,17 @@ use pobox_store_pg::testkit::{TestPg, require};
 
 fn postgres(setup: Setup) -> Fixture {
     let cfg = TestPg::shared().migrated("behaviour", 30);
-    let mut store = PgStore::connect(cfg).unwrap().with_retention(retention(setup.policy)).with_quota(quota(setup.quota));
+    let mut store = PgStore::connect(cfg)
+        .unwrap()
+        .with_retention(retention(setup.policy))
+        .with_quota(quota(setup.quota));
     if let Some(max) = setup.max_size {
         store = store.with_max_size(max);
     }
-    Fixture { store: Box::new(store), _keep: None }
+    Fixture {
+        store: Box::new(store),
+        _keep: None,
+    }
 }
 
 behaviour_suite!(pg_store, super::postgres, if super::require);

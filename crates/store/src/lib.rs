@@ -34,10 +34,9 @@
 //! them, so an async trait would only hide a thread hop. The async server
 //! therefore calls this crate inside `tokio::task::spawn_blocking`, and a
 //! message body is read through a plain [`std::io::Read`] in constant memory.
-//! A network backend added later (PostgreSQL, see `rust-deps.md` §6)
-//! implements the *same* synchronous traits on top of a blocking client, or
-//! on an async client driven by its own runtime handle (`Handle::block_on`
-//! from the blocking thread). Keeping the trait sync keeps this crate a leaf
+//! The network backend (PostgreSQL, crate `pobox-store-pg`) implements
+//! the *same* synchronous traits on an async client driven by a runtime
+//! of its own (`block_on` from the blocking thread). Keeping the trait sync keeps this crate a leaf
 //! with no tokio dependency, which CI checks with `cargo tree`.
 //!
 //! # Layout
@@ -49,7 +48,9 @@
 //! * `stamp.rs`: [`stamp::FileStamp`], "has this file changed" for caches.
 //! * `maildir/`: the Maildir backend (its `mod.rs` maps its files).
 //! * `memory.rs` (feature `memory`): [`MemoryStore`], the in-memory
-//!   backend the behaviour suite (`tests/behaviour.rs`) runs beside Maildir.
+//!   backend the behaviour suite (`tests/suite/mod.rs`, run by
+//!   `tests/behaviour.rs` and by `pobox-store-pg`'s) runs beside Maildir
+//!   and PostgreSQL.
 //! * `history.rs`: the per-user login history (which credential took what).
 
 #![forbid(unsafe_code)]
