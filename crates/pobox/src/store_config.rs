@@ -32,7 +32,7 @@ pub struct RawPostgres {
     pub ca_file: Option<PathBuf>,
     /// Most database connections this node opens (default 16).
     pub pool_size: Option<usize>,
-    /// Seconds a maildrop lease lasts without renewal (default 60): how
+    /// Seconds a maildrop lease lasts without renewal (default 30): how
     /// long a dead node's users wait before another node serves them.
     pub lease_secs: Option<u64>,
     /// This node's name in lease rows and logs (default: `hostname`).
@@ -84,8 +84,8 @@ pub struct PostgresSettings {
 /// Default pool size: enough for a busy node's blocking pool without
 /// exhausting PostgreSQL's default 100 connections with a few nodes.
 pub const DEFAULT_POOL_SIZE: usize = 16;
-/// Default lease time (rust-deps.md §6.3: renewed every third of it).
-pub const DEFAULT_LEASE_SECS: u64 = 60;
+/// Default lease time, the backend's own (renewed every third of it).
+pub const DEFAULT_LEASE_SECS: u64 = 30;
 /// Shortest lease accepted: renewal runs every third of it, and a lease
 /// shorter than a couple of seconds would expire under a busy database.
 pub const MIN_LEASE_SECS: u64 = 3;
@@ -98,11 +98,7 @@ pub const MAX_LEASE_SECS: u64 = 3600;
 /// # Errors
 /// A key out of range, a missing `url`, a password in the URL, each
 /// naming the key.
-pub fn store(
-    raw: Option<RawStore>,
-    data_dir: &Path,
-    hostname: &str,
-) -> anyhow::Result<StoreSettings> {
+pub fn store(raw: Option<RawStore>, data_dir: &Path, hostname: &str) -> anyhow::Result<StoreSettings> {
     let raw = raw.unwrap_or_default();
     match raw.backend.as_deref() {
         None | Some("maildir") => {
@@ -113,11 +109,9 @@ pub fn store(
             }
             Ok(StoreSettings::Maildir)
         }
-        Some("postgres") => Ok(StoreSettings::Postgres(postgres(
-            raw.postgres.unwrap_or_default(),
-            data_dir,
-            hostname,
-        )?)),
+        Some("postgres") => {
+            Ok(StoreSettings::Postgres(postgres(raw.postgres.unwrap_or_default(), data_dir, hostname)?))
+        }
         Some(other) => bail!("store.backend: {other:?} is neither \"maildir\" nor \"postgres\""),
     }
 }
@@ -135,15 +129,10 @@ fn postgres(raw: RawPostgres, data_dir: &Path, hostname: &str) -> anyhow::Result
     }
     let lease_secs = raw.lease_secs.unwrap_or(DEFAULT_LEASE_SECS);
     if !(MIN_LEASE_SECS..=MAX_LEASE_SECS).contains(&lease_secs) {
-        bail!(
-            "store.postgres.lease_secs: {lease_secs} is outside {MIN_LEASE_SECS}..={MAX_LEASE_SECS}"
-        );
+        bail!("store.postgres.lease_secs: {lease_secs} is outside {MIN_LEASE_SECS}..={MAX_LEASE_SECS}");
     }
     let node = raw.node.unwrap_or_else(|| hostname.to_string());
-    if node.is_empty()
-        || node.len() > 255
-        || node.chars().any(|c| c.is_whitespace() || c.is_control())
-    {
+    if node.is_empty() || node.len() > 255 || node.chars().any(|c| c.is_whitespace() || c.is_control()) {
         bail!("store.postgres.node: {node:?} must be 1 to 255 printable characters without spaces");
     }
     let resolve = |p: PathBuf| if p.is_absolute() { p } else { data_dir.join(p) };
@@ -162,10 +151,7 @@ fn postgres(raw: RawPostgres, data_dir: &Path, hostname: &str) -> anyhow::Result
 /// printed by `pobox check` and `pobox serve`, and may reach logs, so the
 /// secret belongs in `password_file` (mode 0600) instead.
 fn check_url(url: &str) -> anyhow::Result<()> {
-    let Some(rest) = url
-        .strip_prefix("postgres://")
-        .or_else(|| url.strip_prefix("postgresql://"))
-    else {
+    let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
         bail!("store.postgres.url: {url:?} must start with postgres:// or postgresql://");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
@@ -177,14 +163,8 @@ fn check_url(url: &str) -> anyhow::Result<()> {
         );
     }
     let query = rest.split_once('?').map_or("", |(_, q)| q);
-    if query.split('&').any(|kv| {
-        kv.split('=')
-            .next()
-            .is_some_and(|k| k.eq_ignore_ascii_case("password"))
-    }) {
-        bail!(
-            "store.postgres.url: contains a password parameter; put it in store.postgres.password_file instead"
-        );
+    if query.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("password"))) {
+        bail!("store.postgres.url: contains a password parameter; put it in store.postgres.password_file instead");
     }
     Ok(())
 }
@@ -207,14 +187,8 @@ mod tests {
 
     #[test]
     fn maildir_is_the_default() {
-        assert_eq!(
-            store(None, Path::new("/d"), "h").unwrap(),
-            StoreSettings::Maildir
-        );
-        assert_eq!(
-            parse("backend = \"maildir\"").unwrap(),
-            StoreSettings::Maildir
-        );
+        assert_eq!(store(None, Path::new("/d"), "h").unwrap(), StoreSettings::Maildir);
+        assert_eq!(parse("backend = \"maildir\"").unwrap(), StoreSettings::Maildir);
     }
 
     #[test]
@@ -224,17 +198,12 @@ mod tests {
              password_file = \"db.pass\"\nca_file = \"/etc/ssl/db.pem\"\n",
         )
         .unwrap();
-        let StoreSettings::Postgres(p) = s else {
-            panic!("not postgres")
-        };
+        let StoreSettings::Postgres(p) = s else { panic!("not postgres") };
         assert_eq!(p.pool_size, DEFAULT_POOL_SIZE);
         assert_eq!(p.lease_secs, DEFAULT_LEASE_SECS);
         assert_eq!(p.node, "mx1.example.org");
         assert!(!p.migrate_on_start);
-        assert_eq!(
-            p.password_file.as_deref(),
-            Some(Path::new("/srv/pobox/db.pass"))
-        );
+        assert_eq!(p.password_file.as_deref(), Some(Path::new("/srv/pobox/db.pass")));
         assert_eq!(p.ca_file.as_deref(), Some(Path::new("/etc/ssl/db.pem")));
     }
 
@@ -243,37 +212,26 @@ mod tests {
         let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
         assert!(err("backend = \"sqlite\"").contains("store.backend"));
         assert!(err("backend = \"postgres\"").contains("store.postgres.url: required"));
-        let pg = |extra: &str| {
-            format!("backend = \"postgres\"\n[postgres]\nurl = \"postgres://p@h/db\"\n{extra}")
-        };
+        let pg = |extra: &str| format!("backend = \"postgres\"\n[postgres]\nurl = \"postgres://p@h/db\"\n{extra}");
         assert!(err(&pg("lease_secs = 1")).contains("store.postgres.lease_secs"));
         assert!(err(&pg("pool_size = 1")).contains("store.postgres.pool_size"));
         assert!(err(&pg("node = \"a b\"")).contains("store.postgres.node"));
         assert!(err(&pg("port = 5")).contains("unknown field"));
-        assert!(
-            err("backend = \"maildir\"\n[postgres]\nurl = \"postgres://h/d\"")
-                .contains("store.postgres: set")
-        );
+        assert!(err("backend = \"maildir\"\n[postgres]\nurl = \"postgres://h/d\"").contains("store.postgres: set"));
     }
 
     #[test]
     fn a_password_in_the_url_is_refused() {
         let err = |url: &str| {
-            format!(
-                "{:#}",
-                parse(&format!(
-                    "backend = \"postgres\"\n[postgres]\nurl = \"{url}\""
-                ))
-                .unwrap_err()
-            )
+            format!("{:#}", parse(&format!("backend = \"postgres\"\n[postgres]\nurl = \"{url}\"")).unwrap_err())
         };
         assert!(err("postgres://pobox:secret@db/pobox").contains("password_file"));
         assert!(err("postgresql://db/pobox?sslmode=require&password=x").contains("password_file"));
         assert!(err("mysql://db/pobox").contains("postgres://"));
-        assert!(parse("backend = \"postgres\"\n[postgres]\nurl = \"postgres://pobox@db:5432/pobox?sslmode=require\"").is_ok());
-        assert_eq!(
-            display_url("postgres://p@h/db?sslmode=require"),
-            "postgres://p@h/db"
+        assert!(
+            parse("backend = \"postgres\"\n[postgres]\nurl = \"postgres://pobox@db:5432/pobox?sslmode=require\"")
+                .is_ok()
         );
+        assert_eq!(display_url("postgres://p@h/db?sslmode=require"), "postgres://p@h/db");
     }
 }

@@ -171,7 +171,9 @@ fn copy_user(source: &dyn MailstoreAdmin, sink: Sink<'_>, user: &str, args: &Mai
     // dry run must not leave directories behind).
     let present: HashSet<String> = match &sink {
         Sink::Port(store) => store.inspect(user).map(|v| v.into_iter().map(|m| m.uidl.into_string()).collect()),
-        Sink::Maildir(store) => store.uidl_listing(user).map(|v| v.unwrap_or_default().into_iter().map(|(u, _)| u).collect()),
+        Sink::Maildir(store) => {
+            store.uidl_listing(user).map(|v| v.unwrap_or_default().into_iter().map(|(u, _)| u).collect())
+        }
     }
     .context("reading the target")?;
     let mut counts = Counts { source: messages.len(), ..Counts::default() };

@@ -44,8 +44,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: &DbCommand) -> anyhow::Resul
             Ok(true)
         }
         DbCommand::Status => {
-            let status =
-                pobox_store_pg::schema_status(&cfg).map_err(|e| anyhow::anyhow!("PostgreSQL {url}: {e}"))?;
+            let status = pobox_store_pg::schema_status(&cfg).map_err(|e| anyhow::anyhow!("PostgreSQL {url}: {e}"))?;
             println!("{url}: schema version {}, this pobox needs {}", status.current, status.latest);
             for (version, name) in &status.pending {
                 println!("  pending: {version} ({name})");

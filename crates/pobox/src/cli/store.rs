@@ -67,12 +67,7 @@ impl Store {
     pub fn uidl_listing(&self, user: &str) -> anyhow::Result<Vec<(String, u64)>> {
         Ok(match &self.maildir {
             Some(m) => m.uidl_listing(user)?.unwrap_or_default(),
-            None => self
-                .admin
-                .inspect(user)?
-                .into_iter()
-                .map(|m| (m.uidl.into_string(), m.size))
-                .collect(),
+            None => self.admin.inspect(user)?.into_iter().map(|m| (m.uidl.into_string(), m.size)).collect(),
         })
     }
 
@@ -95,24 +90,19 @@ impl Store {
 pub fn open_store(settings: &Settings) -> anyhow::Result<Store> {
     match &settings.store {
         StoreSettings::Maildir => {
-            let location = MailLocation::new(settings.mail_location.clone())
-                .map_err(|e| anyhow::anyhow!("mail_location: {e}"))?;
+            let location =
+                MailLocation::new(settings.mail_location.clone()).map_err(|e| anyhow::anyhow!("mail_location: {e}"))?;
             let store = Arc::new(
                 MaildirStore::new(location)
                     .with_max_size(settings.server.lmtp_max_message_size)
                     .with_retention(settings.retention.clone())
                     .with_quota(settings.quota.clone()),
             );
-            Ok(Store {
-                admin: store.clone(),
-                maildir: Some(store),
-                backend: settings.store.clone(),
-            })
+            Ok(Store { admin: store.clone(), maildir: Some(store), backend: settings.store.clone() })
         }
         StoreSettings::Postgres(pg) => {
-            let store = PgStore::connect(pg_config(pg)).map_err(|e| {
-                anyhow::anyhow!("PostgreSQL {}: {e}", crate::store_config::display_url(&pg.url))
-            })?;
+            let store = PgStore::connect(pg_config(pg))
+                .map_err(|e| anyhow::anyhow!("PostgreSQL {}: {e}", crate::store_config::display_url(&pg.url)))?;
             let store = Arc::new(
                 store
                     .with_max_size(settings.server.lmtp_max_message_size)
@@ -162,9 +152,8 @@ pub fn open_for_serve(settings: &Settings) -> anyhow::Result<Store> {
                 tracing::info!(version, name = %name, "schema migration applied");
             }
         } else {
-            let status = pobox_store_pg::schema_status(&pg_config(pg)).map_err(|e| {
-                anyhow::anyhow!("PostgreSQL {}: {e}", crate::store_config::display_url(&pg.url))
-            })?;
+            let status = pobox_store_pg::schema_status(&pg_config(pg))
+                .map_err(|e| anyhow::anyhow!("PostgreSQL {}: {e}", crate::store_config::display_url(&pg.url)))?;
             if !status.is_current() {
                 anyhow::bail!(
                     "PostgreSQL {}: the schema is at version {} and this pobox needs {}; run `pobox db migrate` \

@@ -43,11 +43,7 @@ fn export_killed_midway_then_rerun_copies_each_message_once_with_its_uidl() {
     assert_eq!(killed.status.signal(), Some(9), "{}", killed.dump());
 
     let rerun = dir.pobox().args(["export", "maildir", &location]).assert_exit(0);
-    assert!(
-        rerun.stdout().contains("2 users, 7 messages: 5 copied, 2 already there"),
-        "{}",
-        rerun.dump()
-    );
+    assert!(rerun.stdout().contains("2 users, 7 messages: 5 copied, 2 already there"), "{}", rerun.dump());
     let again = dir.pobox().args(["export", "maildir", &location]).assert_exit(0);
     assert!(again.stdout().contains("7 messages: 0 copied, 7 already there"), "{}", again.dump());
 

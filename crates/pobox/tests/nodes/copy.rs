@@ -38,7 +38,8 @@ fn maildir_to_postgres_killed_and_rerun_then_back_to_maildir_keeps_uidls_and_byt
 
     // Into PostgreSQL, killed (SIGKILL) after the third message.
     let node = Dir::new();
-    let killed = cluster.cli(&node, "a").args(["import", "maildir", &old_mail]).env("POBOX_FAULT", "copy-message:3").output();
+    let killed =
+        cluster.cli(&node, "a").args(["import", "maildir", &old_mail]).env("POBOX_FAULT", "copy-message:3").output();
     assert_eq!(killed.status.signal(), Some(9), "{}", killed.dump());
     let dry = cluster.cli(&node, "a").args(["import", "maildir", "--dry-run", &old_mail]).assert_exit(0);
     assert!(dry.stdout().contains("7 messages: 4 to copy, 3 already there"), "{}", dry.dump());

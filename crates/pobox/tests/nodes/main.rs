@@ -130,11 +130,7 @@ pub fn as_sent(stored: &[u8]) -> &[u8] {
 
 /// Asserts that `stored` is `id`'s message with trace headers before it.
 pub fn assert_intact(what: &str, id: &str, stored: &[u8]) {
-    assert!(
-        as_sent(stored) == message(id).as_slice(),
-        "{what}: {id} damaged:\n{}",
-        String::from_utf8_lossy(stored)
-    );
+    assert!(as_sent(stored) == message(id).as_slice(), "{what}: {id} damaged:\n{}", String::from_utf8_lossy(stored));
 }
 
 /// The id in a message's Message-ID header.
@@ -186,7 +182,12 @@ pub fn lmtp_deliver(port: u16, user: &str, body: &[u8]) -> Outcome {
         let mut r = BufReader::new(s);
         let mut send = |text: &[u8]| w.write_all(text).map_err(|e| e.to_string());
         step(&mut r)?;
-        for cmd in ["LHLO nodes.test".to_string(), "MAIL FROM:<s@nodes.test>".into(), format!("RCPT TO:<{user}@example.org>"), "DATA".into()] {
+        for cmd in [
+            "LHLO nodes.test".to_string(),
+            "MAIL FROM:<s@nodes.test>".into(),
+            format!("RCPT TO:<{user}@example.org>"),
+            "DATA".into(),
+        ] {
             send(format!("{cmd}\r\n").as_bytes())?;
             let reply = step(&mut r)?;
             if !(reply.starts_with('2') || reply.starts_with("354")) {
