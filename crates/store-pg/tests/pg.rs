@@ -136,12 +136,14 @@ fn a_long_session_keeps_its_lease_through_renewals() {
         return;
     }
     let pg = TestPg::shared();
-    let (_, a, b) = two_nodes(pg, 1);
+    // A 3 s lease renewed every second; a renewal would have to be two
+    // seconds late for the other node to get in.
+    let (_, a, b) = two_nodes(pg, 3);
     deliver(&a, "alice", "a\n");
     let session = a.open("alice").unwrap();
-    // Three lease times: without renewal the lease would have expired.
-    for _ in 0..6 {
-        std::thread::sleep(Duration::from_millis(500));
+    // Over twice the lease time: without renewals it would have expired.
+    for _ in 0..8 {
+        std::thread::sleep(Duration::from_secs(1));
         assert!(matches!(b.open("alice"), Err(StoreError::InUse)));
     }
     assert_eq!(session.commit(&[0], &[]).unwrap().removed, 1);
