@@ -11,6 +11,7 @@
 //! - `delivery`: LMTP through both nodes at once lands exactly once.
 //! - `copy`: Maildir → PostgreSQL (killed part-way, rerun) → Maildir, with
 //!   the same UIDLs and bytes over POP3.
+//! - `reload`: SIGHUP brings new policies to the PostgreSQL store.
 //! - `outage`: a node SIGKILLed during deliveries and sessions and started
 //!   again; the database stopped and restarted under load.
 //!
@@ -27,6 +28,7 @@ mod copy;
 mod delivery;
 mod lock;
 mod outage;
+mod reload;
 mod schema;
 
 use std::io::{BufRead, BufReader, Write};
