@@ -66,3 +66,41 @@ fn maildir_to_postgres_killed_and_rerun_then_back_to_maildir_keeps_uidls_and_byt
     assert_eq!(contents(&server, "alice"), before[0][1..].to_vec(), "after PostgreSQL → Maildir");
     assert_eq!(contents(&server, "bob"), before[1], "after PostgreSQL → Maildir");
 }
+
+#[test]
+fn import_pop3_into_postgres_keeps_uidls_and_a_rerun_imports_nothing() {
+    let Some(pg) = shared_pg("import_pop3_into_postgres") else { return };
+    let cluster = Cluster::migrated(pg, &["alice"]);
+    // The old server: a Maildir pobox with alice's mail.
+    let old = Dir::new();
+    let cfg = old.scratch("old.toml");
+    std::fs::write(&cfg, format!("passwd_file = {:?}\n", cluster.users.users_file())).unwrap();
+    for i in 0..3 {
+        old.pobox()
+            .arg("--config")
+            .arg(&cfg)
+            .args(["deliver", "alice"])
+            .stdin(format!("Subject: p{i}\n\nbody {i}\n"))
+            .assert_exit(0);
+    }
+    let source = maildir_server(&cluster, &old).start();
+    let before = contents(&source, "alice");
+    let password = old.scratch("pw");
+    std::fs::write(&password, format!("{PW}\n")).unwrap();
+    std::fs::set_permissions(&password, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+
+    let node = Dir::new();
+    let import = |node: &Dir| {
+        let mut c = cluster.cli(node, "a");
+        c.args(["import", "pop3", "--insecure-plaintext", "--quiet", "--remote-user", "alice", "--to", "alice"])
+            .arg("--server")
+            .arg(format!("127.0.0.1:{}", source.pop3))
+            .arg("--password-file")
+            .arg(&password);
+        c.assert_exit(0)
+    };
+    import(&node);
+    import(&node);
+    let server = cluster.node(&node, "a");
+    assert_eq!(contents(&server, "alice"), before, "UIDLs and bytes after pobox import pop3 into PostgreSQL");
+}
