@@ -99,29 +99,49 @@ impl Db {
         })
     }
 
-    /// Runs `f` on the store's runtime, blocking the calling thread.
+    /// Runs `f` to completion, blocking the calling thread, with the
+    /// store's runtime as the current one (connections, timers and the
+    /// connection tasks live there; its worker threads drive the sockets).
     ///
-    /// Callers are on blocking threads (the server's `spawn_blocking`, the
-    /// CLI's main thread). From inside some runtime's task, `block_on`
-    /// would panic, so the work goes to a scoped thread instead.
-    pub(crate) fn run<F>(&self, f: F) -> F::Output
-    where
-        F: Future + Send,
-        F::Output: Send,
-    {
+    /// The future is polled here and the thread parks between polls, so
+    /// this works on any thread: the server's `spawn_blocking` threads (the
+    /// intended callers, as for Maildir), the CLI's main thread, and even
+    /// inside another runtime's task, where `Runtime::block_on` would panic
+    /// (that would stall that runtime's worker, so callers must not).
+    pub(crate) fn run<F: Future>(&self, f: F) -> F::Output {
         let rt = self
             .rt
             .as_ref()
             .expect("the runtime lives as long as the store");
-        if tokio::runtime::Handle::try_current().is_ok() {
-            std::thread::scope(|s| {
-                s.spawn(|| rt.block_on(f))
-                    .join()
-                    .expect("a database call panicked")
-            })
-        } else {
-            rt.block_on(f)
+        let _context = rt.enter();
+        park_until_ready(f)
+    }
+}
+
+/// Wakes a parked thread.
+struct Unpark(std::thread::Thread);
+
+impl std::task::Wake for Unpark {
+    fn wake(self: Arc<Self>) {
+        self.0.unpark();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Polls `f` on this thread until it is ready, parking in between (a
+/// spurious wake-up only costs one more poll).
+fn park_until_ready<F: Future>(f: F) -> F::Output {
+    let mut f = std::pin::pin!(f);
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = std::task::Context::from_waker(&waker);
+    loop {
+        if let std::task::Poll::Ready(out) = f.as_mut().poll(&mut cx) {
+            return out;
         }
+        std::thread::park();
     }
 }
 

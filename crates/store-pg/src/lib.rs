@@ -22,10 +22,13 @@
 //! The port is synchronous, and is called from blocking threads (as the
 //! server already does for Maildir). A [`PgStore`] owns a small tokio
 //! runtime that drives the async driver (tokio-postgres, a deadpool pool)
-//! and `block_on`s it from the calling thread. Called from inside another
-//! runtime's task by mistake, it hands the work to a scoped thread rather
-//! than panic, at the cost of a thread per call. One more thread per store
-//! renews the leases the node holds every `lease_secs / 3`.
+//! and waits on the calling thread for each operation (the future is
+//! polled there with the store's runtime entered; the runtime's workers
+//! drive the sockets). This never panics, even inside another runtime's
+//! task, but there it would stall that runtime's worker: call the store
+//! from blocking threads (`spawn_blocking`), as the server does for
+//! Maildir. One more thread per store renews the leases the node holds
+//! every `lease_secs / 3`.
 //!
 //! # Failures
 //!

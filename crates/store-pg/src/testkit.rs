@@ -1,7 +1,7 @@
 //! A throwaway PostgreSQL 15 cluster for tests (feature `testkit`), from
 //! Debian's `postgresql-15` (`/usr/lib/postgresql/15/bin`).
 //!
-//! * [`TestPg::start`] initialises a cluster in a temporary directory and
+//! * [`TestPg::new`] initialises a cluster in a temporary directory and
 //!   starts it on a free port on 127.0.0.1 only (no Unix socket outside
 //!   that directory), as an unprivileged user: when the tests run as
 //!   root (CI does) the binaries run as `postgres` through `runuser`, in a
@@ -9,7 +9,7 @@
 //!   loopback connections are accepted and nothing in it matters.
 //! * [`TestPg::create_database`] gives each test a fresh database, so
 //!   tests sharing a cluster ([`TestPg::shared`]) do not see each other.
-//! * [`TestPg::stop`], [`start`](TestPg::start_again),
+//! * [`TestPg::stop`], [`start`](TestPg::start),
 //!   [`restart`](TestPg::restart) for tests of outages.
 //! * Dropping a [`TestPg`] stops the cluster at once (`-m immediate`) and
 //!   removes its directory; the shared cluster is stopped by a watchdog
@@ -79,15 +79,19 @@ impl TestPg {
     ///
     /// If `initdb` or `pg_ctl` fail (their output is in the message).
     #[must_use]
-    pub fn start() -> TestPg {
+    #[allow(
+        clippy::new_without_default,
+        reason = "starting a server is not a default value"
+    )]
+    pub fn new() -> TestPg {
         TestPg::init(false)
     }
 
-    /// [`start`](TestPg::start) with TLS on (`ssl=on`), a self-signed
+    /// [`new`](TestPg::new) with TLS on (`ssl=on`), a self-signed
     /// certificate for `127.0.0.1` and `localhost`; [`ca_file`](TestPg::ca_file)
     /// is that certificate, for [`PgConfig::ca_file`].
     #[must_use]
-    pub fn start_tls() -> TestPg {
+    pub fn new_tls() -> TestPg {
         TestPg::init(true)
     }
 
@@ -171,7 +175,7 @@ impl TestPg {
                 "--no-instructions",
             ],
         );
-        pg.start_again();
+        pg.start();
         // Stops the cluster even if this process dies without unwinding.
         pg.arm_watchdog();
         pg
@@ -180,11 +184,11 @@ impl TestPg {
     /// One cluster for the whole test process, started on first use and
     /// stopped when the process exits. Tests use a database each
     /// ([`create_database`](TestPg::create_database)); a test that stops or
-    /// restarts the server needs its own [`TestPg::start`].
+    /// restarts the server needs its own [`TestPg::new`].
     pub fn shared() -> &'static TestPg {
         static SHARED: OnceLock<TestPg> = OnceLock::new();
         SHARED.get_or_init(|| {
-            let mut pg = TestPg::start();
+            let mut pg = TestPg::new();
             pg.owned = false;
             pg
         })
@@ -267,8 +271,8 @@ impl TestPg {
         );
     }
 
-    /// Starts the server again on the same port (after [`stop`](TestPg::stop)).
-    pub fn start_again(&self) {
+    /// Starts the server (again, after [`stop`](TestPg::stop)) on the same port.
+    pub fn start(&self) {
         let opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -k {} -c fsync=off -c max_connections=300{}",
             self.port,
@@ -291,10 +295,10 @@ impl TestPg {
         );
     }
 
-    /// [`stop`](TestPg::stop) then [`start_again`](TestPg::start_again).
+    /// [`stop`](TestPg::stop) then [`start`](TestPg::start).
     pub fn restart(&self) {
         self.stop();
-        self.start_again();
+        self.start();
     }
 
     fn data(&self) -> PathBuf {

@@ -311,7 +311,7 @@ fn a_database_restart_gives_temporary_errors_then_service_resumes() {
     if !require("a_database_restart_gives_temporary_errors_then_service_resumes") {
         return;
     }
-    let pg = TestPg::start();
+    let pg = TestPg::new();
     let cfg = pg.migrated("restart", 30);
     let store = PgStore::connect(cfg).unwrap();
     deliver(&store, "alice", "before\n");
@@ -328,7 +328,7 @@ fn a_database_restart_gives_temporary_errors_then_service_resumes() {
         session.open_message(0).is_err(),
         "a read fails, nothing panics"
     );
-    pg.start_again();
+    pg.start();
     deliver(&store, "alice", "after\n");
     // The session's lease survived the restart: its UPDATE goes through.
     assert_eq!(session.commit(&[0], &[]).unwrap().removed, 1);
@@ -394,7 +394,7 @@ fn tls_to_the_database_verifies_its_certificate() {
     if !require("tls_to_the_database_verifies_its_certificate") {
         return;
     }
-    let pg = TestPg::start_tls();
+    let pg = TestPg::new_tls();
     let url = pg
         .create_database()
         .replace("sslmode=disable", "sslmode=require");
@@ -421,4 +421,40 @@ fn tls_to_the_database_verifies_its_certificate() {
     };
     let err = PgStore::connect(untrusted).unwrap_err();
     assert!(err.is_temporary(), "{err}");
+}
+
+#[test]
+fn callable_from_blocking_threads_and_even_from_inside_another_runtime() {
+    if !require("callable_from_blocking_threads_and_even_from_inside_another_runtime") {
+        return;
+    }
+    let pg = TestPg::shared();
+    let store = std::sync::Arc::new(PgStore::connect(pg.migrated("rt", 30)).unwrap());
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    server.block_on(async {
+        // The server's way: a blocking-pool thread of its own runtime.
+        let s = std::sync::Arc::clone(&store);
+        tokio::task::spawn_blocking(move || {
+            s.deliver("alice", &mut &b"from spawn_blocking\n"[..])
+                .unwrap();
+            let mb = s.open("alice").unwrap();
+            let mut text = String::new();
+            mb.open_message(0)
+                .unwrap()
+                .read_to_string(&mut text)
+                .unwrap();
+            assert_eq!(text, "from spawn_blocking\n");
+            mb.commit(&[], &[0]).unwrap();
+        })
+        .await
+        .unwrap();
+        // Straight from a task (a caller's mistake): slow for that
+        // runtime, but no panic.
+        store.deliver("alice", &mut &b"from a task\n"[..]).unwrap();
+    });
+    assert_eq!(store.inspect("alice").unwrap().len(), 2);
 }
