@@ -198,6 +198,8 @@ pub struct RawConfig {
     pub proxy_protocol: Option<RawProxyProtocol>,
     /// The health endpoint for load balancers (`GET /health`).
     pub health: Option<RawHealth>,
+    /// `[store]`: the backend (`maildir` or `postgres`) and its keys.
+    pub store: Option<crate::store_config::RawStore>,
 }
 
 /// `[autoconfig]`: the documents mail clients fetch to set themselves up,
@@ -757,6 +759,8 @@ pub struct Settings {
     /// `[retention]`: handed to the store, which holds the only copy a
     /// running server uses (`Mailstore::retention`).
     pub retention: RetentionConfig,
+    /// `[store]`: which backend holds the maildrops.
+    pub store: crate::store_config::StoreSettings,
 }
 
 /// SMTP listens on port 25 by default (issue 4); `smtp = []` or `--smtp none`
@@ -1017,6 +1021,7 @@ impl Settings {
                 None => None,
             },
             autoconfig: autoconfig(raw.autoconfig, &server)?,
+            store: crate::store_config::store(raw.store, &data_dir, &server.hostname)?,
             server,
             quota,
             retention,

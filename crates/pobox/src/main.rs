@@ -11,6 +11,7 @@
 
 mod cli;
 mod config;
+mod store_config;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,12 @@ enum Command {
     /// Move users and mail in from another server, keeping every UIDL.
     #[command(subcommand)]
     Import(cli::import::ImportCommand),
+    /// Copy mail out of the configured store, keeping every UIDL.
+    #[command(subcommand)]
+    Export(ExportCommand),
+    /// The PostgreSQL store's schema: migrate, status.
+    #[command(subcommand)]
+    Db(cli::db::DbCommand),
     /// Compare UIDLs with another POP3 server (after an import).
     #[command(subcommand)]
     Uidl(cli::uidl::UidlCommand),
@@ -94,6 +101,14 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+}
+
+/// Where `pobox export` writes.
+#[derive(Debug, Subcommand)]
+enum ExportCommand {
+    /// The configured store's mail (e.g. PostgreSQL) into a Maildir tree
+    /// (LOCATION with {user}): UIDLs and delivery times kept, resumable.
+    Maildir(cli::copy::MaildirArgs),
 }
 
 /// `pobox completions` and `pobox man`: generated from the clap
@@ -204,6 +219,19 @@ fn main() -> ExitCode {
         }
         Command::Mailbox(cmd) => cli::mailbox::run(&args.data, args.config.as_deref(), cmd),
         Command::Import(cmd) => cli::import::run(&args.data, args.config.as_deref(), cmd),
+        Command::Export(ExportCommand::Maildir(a)) => {
+            cli::copy::run(&args.data, args.config.as_deref(), cli::copy::Direction::Export, &a)
+        }
+        Command::Db(cmd) => {
+            return match cli::db::run(&args.data, args.config.as_deref(), &cmd) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => {
+                    eprintln!("pobox: {e:#}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Command::Uidl(cmd) => return cli::uidl::run(&args.data, args.config.as_deref(), cmd),
         Command::Who { json } => cli::mailbox::who(&args.data, args.config.as_deref(), json),
         Command::Kick { user } => cli::mailbox::kick(&args.data, args.config.as_deref(), &user),

@@ -82,14 +82,20 @@ pub fn run(data: &Path, config: Option<&Path>) -> anyhow::Result<()> {
     // user, see main.rs).
     let euid = rustix::process::geteuid();
     if !euid.is_root() {
-        let store = super::open_store(&settings)?;
-        let (read, write) = super::service_paths(&settings, &store);
+        // Only the Maildir store has paths to check here; the database is
+        // checked below, where a failure is a finding and not an abort.
+        let maildir = match settings.store {
+            crate::store_config::StoreSettings::Maildir => Some(super::open_store(&settings)?),
+            crate::store_config::StoreSettings::Postgres(_) => None,
+        };
+        let (read, write) = super::service_paths(&settings, maildir.as_ref().and_then(super::Store::as_maildir));
         match privdrop::verify_access(&format!("uid {}", euid.as_raw()), &read, &write) {
             Ok(()) => r.ok(&format!("uid {} can read the users, keys and scripts and write the data dir", euid.as_raw())),
             Err(e) => r.error(&e),
         }
     }
     check_passwd(&settings, &mut r);
+    check_store(&settings, &mut r);
     check_tls(&settings, &mut r, uid);
     check_sieve(&settings, &mut r);
 
@@ -148,6 +154,47 @@ fn nix_user(name: &str) -> Option<(u32, String)> {
         let uid = f.nth(1)?.parse().ok()?;
         Some((uid, name.to_owned()))
     })
+}
+
+/// The store: Maildir's location, or PostgreSQL's connection and schema
+/// (this check connects, as `pobox serve` would).
+fn check_store(settings: &Settings, r: &mut Report) {
+    use crate::store_config::{StoreSettings, display_url};
+    let pg = match &settings.store {
+        StoreSettings::Maildir => {
+            r.ok(&format!("store: maildir at {}", settings.mail_location));
+            return;
+        }
+        StoreSettings::Postgres(pg) => pg,
+    };
+    let url = display_url(&pg.url);
+    if let Some(file) = &pg.password_file {
+        match std::fs::metadata(file) {
+            Err(e) => r.error(&format!("store.postgres.password_file {}: {e}", file.display())),
+            Ok(meta) if meta.mode() & 0o004 != 0 => r.warn(&format!(
+                "store.postgres.password_file {} is world-readable (mode {:o}); fix with: chmod o-r {}",
+                file.display(),
+                meta.mode() & 0o7777,
+                file.display()
+            )),
+            Ok(_) => {}
+        }
+    }
+    match pobox_store_pg::schema_status(&super::store::pg_config(pg)) {
+        Err(e) => r.error(&format!("store: postgres {url}: {e}")),
+        Ok(s) if s.is_current() => r.ok(&format!(
+            "store: postgres {url} reachable, schema version {} (current); node {}, lease {} s",
+            s.current, pg.node, pg.lease_secs
+        )),
+        Ok(s) if pg.migrate_on_start => r.warn(&format!(
+            "store: postgres {url} reachable, schema version {} of {}; pobox serve migrates it at start (migrate_on_start)",
+            s.current, s.latest
+        )),
+        Ok(s) => r.error(&format!(
+            "store: postgres {url} reachable, schema version {} but this pobox needs {}; run pobox db migrate",
+            s.current, s.latest
+        )),
+    }
 }
 
 fn check_passwd(settings: &Settings, r: &mut Report) {

@@ -11,7 +11,6 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Args;
-use std::sync::Arc;
 
 use pobox_server::delivery::{Outcome, Pipeline, Rcpt};
 use pobox_store::StoreError;
@@ -76,7 +75,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: DeliverArgs) -> ExitCode {
     // Vacation replies are queued in the data dir's outbox; the running
     // `pobox serve` sends them (this process exits as soon as the message
     // is stored).
-    let pipeline = Pipeline::new(Arc::new(store), settings.server.sieve.clone())
+    let pipeline = Pipeline::new(store.mailstore(), settings.server.sieve.clone())
         .with_outbound(pobox_server::delivery::Outbound::from_config(&settings.server, None));
     let to = args.address.clone().unwrap_or_else(|| format!("{}@localhost", args.user));
     let rcpt = Rcpt { from: &args.from, to: &to, user };

@@ -12,7 +12,7 @@ use anyhow::{Context, bail};
 use clap::Subcommand;
 use pobox_server::date::{parse_time, rfc3339};
 use pobox_server::sessions::SessionInfo;
-use pobox_store::{MailstoreAdmin, StoreError};
+use pobox_store::StoreError;
 use serde::Serialize;
 
 use crate::config::Settings;
@@ -255,7 +255,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: MailboxCommand) -> anyhow::R
         }
         MailboxCommand::Purge { user, dry_run, yes } => {
             ensure_user(&users, &user)?;
-            let window = pobox_store::Mailstore::policy(&store, &user).restore_days;
+            let window = store.policy(&user).restore_days;
             let messages = store.inspect(&user)?;
             let bytes: u64 = messages.iter().map(|m| m.size).sum();
             let fate = if window > 0 {

@@ -1,14 +1,18 @@
 //! One module per subcommand.
 
 pub mod check;
+pub mod copy;
+pub mod db;
 pub mod deliver;
 pub mod dns;
+mod fault;
 pub mod import;
 mod logins;
 pub mod mailbox;
 mod reload;
 pub mod serve;
 pub mod sieve;
+pub mod store;
 pub mod systemd;
 pub mod uidl;
 pub mod user;
@@ -16,7 +20,7 @@ pub mod user;
 use std::sync::Arc;
 
 use pobox_auth::UserDb;
-use pobox_store::{MailLocation, MaildirStore};
+pub use store::{Store, open_store};
 
 use crate::config::Settings;
 
@@ -38,7 +42,7 @@ pub fn act_as_service_user(data: &std::path::Path, config: Option<&std::path::Pa
 /// service user: (readable files, writable directories that exist). Call
 /// before dropping privileges: afterwards a path the service user cannot
 /// reach would look like one that does not exist.
-pub fn service_paths(settings: &Settings, store: &MaildirStore) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+pub fn service_paths(settings: &Settings, maildir: Option<&pobox_store::MaildirStore>) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
     let mut read = Vec::new();
     if may_exist(&settings.passwd_file) || settings.passwd_file_configured {
         read.push(settings.passwd_file.clone());
@@ -64,8 +68,11 @@ pub fn service_paths(settings: &Settings, store: &MaildirStore) -> (Vec<std::pat
     let sieve = &settings.server.sieve;
     read.extend(sieve.before.iter().chain(&sieve.after).cloned());
     let mut write = vec![settings.data_dir.clone()];
-    if let Some(parent) = store.lock_file().parent() {
+    if let Some(parent) = maildir.and_then(|m| m.lock_file().parent()) {
         write.push(parent.to_path_buf());
+    }
+    if let crate::store_config::StoreSettings::Postgres(pg) = &settings.store {
+        read.extend(pg.password_file.iter().chain(&pg.ca_file).cloned());
     }
     write.retain(|d| may_exist(d));
     (read, write)
@@ -88,17 +95,4 @@ pub fn open_users(settings: &Settings) -> Arc<UserDb> {
         eprintln!("pobox: warning: {}:{}: {} (line ignored)", users.app_password_path().display(), w.line, w.reason);
     }
     Arc::new(users)
-}
-
-/// The Maildir store for the configured location.
-///
-/// # Errors
-/// When the location template is invalid.
-pub fn open_store(settings: &Settings) -> anyhow::Result<MaildirStore> {
-    let location = MailLocation::new(settings.mail_location.clone())
-        .map_err(|e| anyhow::anyhow!("mail_location: {e}"))?;
-    Ok(MaildirStore::new(location)
-        .with_max_size(settings.server.lmtp_max_message_size)
-        .with_retention(settings.retention.clone())
-        .with_quota(settings.quota.clone()))
 }

@@ -17,7 +17,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pobox_server::{ListenAddr, Protocol, Reload, Services, Tls};
-use pobox_store::MaildirStore;
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{error, info, warn};
@@ -72,7 +71,7 @@ pub(super) struct Reloader {
     /// compared with these, so it is named at every reload until then.
     started: Settings,
     services: Arc<Services>,
-    store: Arc<MaildirStore>,
+    store: super::Store,
     reloads: mpsc::Sender<Reload>,
 }
 
@@ -81,7 +80,7 @@ impl Reloader {
         source: Source,
         started: Settings,
         services: Arc<Services>,
-        store: Arc<MaildirStore>,
+        store: super::Store,
         reloads: mpsc::Sender<Reload>,
     ) -> Reloader {
         Reloader { source, started, services, store, reloads }
@@ -127,11 +126,7 @@ impl Reloader {
         }
         // The store (its lock table and listing cache) stays; only its
         // policies change. Open maildrops keep the policy they opened with.
-        self.store.set_policies(
-            Some(settings.server.lmtp_max_message_size),
-            settings.retention.clone(),
-            settings.quota.clone(),
-        );
+        self.store.set_policies(&settings);
         let users_changed = settings.passwd_file != self.current_passwd_file();
         let services = Arc::new(self.services.next(settings.server.clone(), users, tls, users_changed));
         let (done, answer) = oneshot::channel();
@@ -251,6 +246,8 @@ fn needs_restart(started: &Settings, new: &Settings) -> Vec<String> {
     [
         ("user", started.user != new.user),
         ("mail_location", started.mail_location != new.mail_location),
+        // The store, its pool and its leases are built once.
+        ("[store] (backend and connection)", started.store != new.store),
         ("log", started.log != new.log),
         ("log_format", started.log_json != new.log_json),
         ("lmtp_socket (of existing sockets)", started.lmtp_socket != new.lmtp_socket),

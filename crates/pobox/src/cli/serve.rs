@@ -92,12 +92,20 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
         );
     }
     let users = super::open_users(&settings);
-    let store = super::open_store(&settings)?;
+    // Maildir now, as root; PostgreSQL after the privilege drop: its
+    // client runs threads, and privileges are dropped while the process
+    // has only one (see `privdrop`).
+    let maildir = match settings.store {
+        crate::store_config::StoreSettings::Maildir => Some(super::open_store(&settings)?),
+        crate::store_config::StoreSettings::Postgres(_) => None,
+    };
     // Now, while still root: the directory holding the maildrops may not be
     // writable by the user the daemon drops to.
-    store
-        .open_lock_file()
-        .with_context(|| format!("cannot open the maildrop lock file {}", store.lock_file().display()))?;
+    if let Some(maildir) = maildir.as_ref().and_then(super::Store::as_maildir) {
+        maildir
+            .open_lock_file()
+            .with_context(|| format!("cannot open the maildrop lock file {}", maildir.lock_file().display()))?;
+    }
     let needs_tls = !settings.pop3.is_empty()
         || !settings.pop3s.is_empty()
         || !settings.smtp.is_empty()
@@ -193,7 +201,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     own_files.extend(acme.iter().flat_map(pobox_server::acme::Acme::files));
     // The maildrop lock file, if root just created it: admin commands run
     // as the service user must be able to open it too.
-    own_files.push(store.lock_file().to_path_buf());
+    own_files.extend(maildir.as_ref().and_then(super::Store::as_maildir).map(|m| m.lock_file().to_path_buf()));
     // So that the next start, as the service user, can open it again.
     own_files.push(settings.data_dir.join(INSTANCE_FILE));
     // A spool dir left by a run as root: big messages are spooled there.
@@ -207,7 +215,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     }
     // Before the switch: only root may raise the hard limit.
     let open_files = raise_open_files(settings.server.max_connections);
-    let (must_read, must_write) = super::service_paths(&settings, &store);
+    let (must_read, must_write) = super::service_paths(&settings, maildir.as_ref().and_then(super::Store::as_maildir));
     let dropped = privdrop::drop_privileges(settings.user.as_deref(), &settings.data_dir, &own_files)
         .context("cannot drop privileges")?;
     // Refuse now rather than print a banner and then fail every login.
@@ -219,6 +227,10 @@ pub fn run(data: &Path, config: Option<&Path>, args: ServeArgs) -> anyhow::Resul
     if let Some(who) = who {
         privdrop::verify_access(&who, &must_read, &must_write).map_err(anyhow::Error::msg)?;
     }
+    let store = match maildir {
+        Some(store) => store,
+        None => super::store::open_for_serve(&settings)?,
+    };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -392,7 +404,7 @@ async fn serve(
     settings: Settings,
     source: super::reload::Source,
     users: Arc<pobox_auth::UserDb>,
-    store: pobox_store::MaildirStore,
+    store: super::Store,
     tls: Option<pobox_server::Tls>,
     bound: Vec<pobox_server::PreBound>,
     dropped: privdrop::Outcome,
@@ -438,7 +450,15 @@ async fn serve(
         println!("  autoconfig   {url}");
     }
     println!("  users        {} ({} users)", settings.passwd_file.display(), users.list().map(|u| u.len()).unwrap_or(0));
-    println!("  maildrops    {}", settings.mail_location);
+    match &settings.store {
+        crate::store_config::StoreSettings::Maildir => println!("  maildrops    {}", settings.mail_location),
+        crate::store_config::StoreSettings::Postgres(pg) => println!(
+            "  maildrops    PostgreSQL {} (node {}, lease {} s)",
+            crate::store_config::display_url(&pg.url),
+            pg.node,
+            pg.lease_secs
+        ),
+    }
     if let Some(tls) = &tls {
         let origin = if tls.generated { "generated now, self-signed" } else { "loaded" };
         println!("  certificate  {} ({origin})", tls.cert_path.display());
@@ -489,8 +509,7 @@ async fn serve(
     use std::io::Write;
     let _ = std::io::stdout().flush();
 
-    let store = Arc::new(store);
-    let svc = Arc::new(Services::new(settings.server.clone(), users, store.clone(), tls));
+    let svc = Arc::new(Services::new(settings.server.clone(), users, store.mailstore(), tls));
     if let Some(listener) = health {
         // Answers 503 from the moment a shutdown starts draining.
         tokio::spawn(pobox_server::health::serve(listener, svc.health.clone()));

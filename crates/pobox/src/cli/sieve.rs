@@ -2,7 +2,6 @@
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Subcommand;
@@ -59,7 +58,7 @@ pub fn run(data: &Path, config: Option<&Path>, cmd: SieveCommand) -> anyhow::Res
         SieveCommand::Test { user, from, to } => {
             let settings = Settings::load(data, config)?;
             let store = super::open_store(&settings)?;
-            let pipeline = Pipeline::new(Arc::new(store), settings.server.sieve.clone())
+            let pipeline = Pipeline::new(store.mailstore(), settings.server.sieve.clone())
                 .with_outbound(pobox_server::delivery::Outbound::from_config(&settings.server, None));
             let mut message = Vec::new();
             std::io::stdin().read_to_end(&mut message).context("cannot read the message from stdin")?;

@@ -154,7 +154,7 @@ fn verify(data: &Path, config: Option<&Path>, args: &VerifyArgs) -> anyhow::Resu
         let remote = runtime
             .block_on(pobox_fetch::remote_listing(&account, secret))
             .map_err(|e| anyhow::anyhow!("{}: {}:{port}: {e}", job.user, host))?;
-        let local = store.uidl_listing(&job.user)?.unwrap_or_default();
+        let local = store.uidl_listing(&job.user)?;
         let differences = compare(&remote, &local);
         for line in &differences {
             println!("{}: {line}", job.user);

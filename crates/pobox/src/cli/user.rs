@@ -10,7 +10,6 @@ use serde::Serialize;
 use super::logins;
 use super::mailbox::{clip, print_json, table};
 use crate::config::Settings;
-use pobox_store::MailstoreAdmin as _;
 
 /// User management.
 #[derive(Debug, Subcommand)]

@@ -20,6 +20,8 @@
 //!   real Dovecot 2.3 with mpop (issue 13), and 2.4 fixture files.
 //! - `vacation`: Sieve vacation and redirect through a relay (an SMTP sink the
 //!   test runs: plain, STARTTLS with its own CA, the relay down, SIGHUP).
+//! - `store_copy`: `pobox export maildir` / `import maildir` on Maildir
+//!   (resumable after SIGKILL, UIDLs and bytes kept).
 //! - `audit`: the POP3 findings of the issue-17 audit (no-QUIT retention,
 //!   error limits and the login deadline, CAPA in both states).
 //!
@@ -46,6 +48,7 @@ mod pop3;
 mod reload;
 mod retention;
 mod saslprep;
+mod store_copy;
 mod robustness;
 mod service;
 mod tls;

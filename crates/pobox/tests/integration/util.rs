@@ -743,6 +743,12 @@ impl Pop3 {
             .collect()
     }
 
+    /// Every message as (UIDL, bytes as RETR sent them, unstuffed), in
+    /// message-number order: what a client that downloads all would keep.
+    pub fn contents(&mut self) -> Vec<(String, Vec<u8>)> {
+        self.uidl().into_iter().map(|(n, uidl)| (uidl, unstuff(&self.cmd_multi(&format!("RETR {n}"))))).collect()
+    }
+
     /// `STAT` as (count, octets).
     pub fn stat(&mut self) -> (u64, u64) {
         let r = self.cmd("STAT");

@@ -142,7 +142,8 @@ pub fn run(data: &Path, config: Option<&Path>, args: &DovecotArgs) -> anyhow::Re
             .with_context(|| format!("cannot create data dir {}", settings.data_dir.display()))?;
     }
     let userdb = super::super::open_users(&settings);
-    let store = super::super::open_store(&settings)?;
+    let opened = super::super::open_store(&settings)?;
+    let store = opened.maildir("pobox import dovecot")?;
     if args.dry_run {
         println!("dry run: nothing will be changed");
     }
@@ -181,7 +182,7 @@ pub fn run(data: &Path, config: Option<&Path>, args: &DovecotArgs) -> anyhow::Re
                 problems += 1;
             }
         }
-        match import_mail(&store, user, args, &format) {
+        match import_mail(store, user, args, &format) {
             Ok(report) => print_report(&user.name, &report, args),
             Err(e) => {
                 eprintln!("pobox: error: {}: {e:#}", user.name);

@@ -15,6 +15,9 @@ pub enum ImportCommand {
     /// Mail from any live POP3 server (a provider, Courier, an old box),
     /// UIDLs kept, resumable; the source is left untouched.
     Pop3(pop3::Pop3Args),
+    /// Mail from a Maildir tree (LOCATION with {user}) into the configured
+    /// store, e.g. PostgreSQL: UIDLs and delivery times kept, resumable.
+    Maildir(super::copy::MaildirArgs),
 }
 
 /// Runs an import subcommand.
@@ -30,5 +33,6 @@ pub fn run(
     match cmd {
         ImportCommand::Dovecot(args) => dovecot::run(data, config, &args),
         ImportCommand::Pop3(args) => pop3::run(data, config, &args),
+        ImportCommand::Maildir(args) => super::copy::run(data, config, super::copy::Direction::Import, &args),
     }
 }

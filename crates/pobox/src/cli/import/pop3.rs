@@ -31,7 +31,7 @@ use pobox_fetch::plan::Listed;
 use pobox_fetch::progress::{AccountProgress, Display};
 use pobox_fetch::remote::{RemoteMaildrop, Retrieved};
 use pobox_fetch::spool::Spool;
-use pobox_store::{ImportOutcome, MaildirStore, StoreError, UserImport};
+use pobox_store::{ImportOutcome, StoreError, UserImport};
 
 use crate::config::Settings;
 
@@ -325,7 +325,7 @@ fn read_password_file(path: &Path) -> anyhow::Result<String> {
 #[allow(clippy::too_many_arguments)]
 fn import_account(
     runtime: &tokio::runtime::Runtime,
-    store: &MaildirStore,
+    store: &super::super::Store,
     users: &UserDb,
     job: &Job,
     dry_run: bool,
@@ -339,32 +339,54 @@ fn import_account(
     let secret = obtain_secret(&job.account)?;
     // Before connecting: a maildrop a POP3 session holds is no place to
     // write, and the lock is kept until the import ends.
-    let mut target = if dry_run {
-        Target::Peek(existing_uidls(store, &job.to)?)
-    } else {
-        Target::Import(Box::new(store.begin_import(&job.to).map_err(|e| in_use_hint(e, &job.to))?))
+    let mut target = match store.as_maildir() {
+        _ if dry_run => Target::Peek(existing_uidls(store, &job.to)?),
+        Some(maildir) => {
+            Target::Import(Box::new(maildir.begin_import(&job.to).map_err(|e| in_use_hint(e, &job.to))?))
+        }
+        // Another backend (PostgreSQL): one idempotent import per message
+        // through the port, which takes the maildrop lock for each.
+        None => Target::Port { store, user: job.to.clone(), present: existing_uidls(store, &job.to)? },
     };
     runtime.block_on(import_session(&job.account, secret, &mut target, dry_run, spool_dir, progress, display))
 }
 
 /// Where "already present" is looked up: the import itself, or (dry run)
 /// a listing read without taking the lock or creating anything.
-enum Target {
+enum Target<'a> {
     Import(Box<UserImport>),
+    Port { store: &'a super::super::Store, user: String, present: std::collections::HashSet<String> },
     Peek(std::collections::HashSet<String>),
 }
 
-impl Target {
+impl Target<'_> {
     fn contains(&self, uidl: &str) -> bool {
         match self {
             Target::Import(i) => i.contains(uidl),
-            Target::Peek(set) => set.contains(uidl),
+            Target::Port { present, .. } | Target::Peek(present) => present.contains(uidl),
+        }
+    }
+
+    fn import(
+        &mut self,
+        uidl: &str,
+        received: SystemTime,
+        message: &mut dyn std::io::Read,
+    ) -> Result<ImportOutcome, StoreError> {
+        match self {
+            Target::Import(import) => import.import(uidl, received, message),
+            Target::Port { store, user, .. } => {
+                let uidl = pobox_store::Uidl::try_from(uidl)
+                    .map_err(|_| StoreError::UidlRefused { uidl: uidl.to_string(), reason: "not a valid UIDL".into() })?;
+                store.import_message(user, &uidl, received, message)
+            }
+            Target::Peek(_) => unreachable!("a dry run imports nothing"),
         }
     }
 }
 
-fn existing_uidls(store: &MaildirStore, user: &str) -> anyhow::Result<std::collections::HashSet<String>> {
-    Ok(store.uidl_listing(user)?.unwrap_or_default().into_iter().map(|(u, _)| u).collect())
+fn existing_uidls(store: &super::super::Store, user: &str) -> anyhow::Result<std::collections::HashSet<String>> {
+    Ok(store.uidl_listing(user)?.into_iter().map(|(u, _)| u).collect())
 }
 
 fn in_use_hint(e: StoreError, user: &str) -> anyhow::Error {
@@ -380,7 +402,7 @@ fn in_use_hint(e: StoreError, user: &str) -> anyhow::Error {
 async fn import_session(
     account: &Account,
     secret: Secret,
-    target: &mut Target,
+    target: &mut Target<'_>,
     dry_run: bool,
     spool_dir: &Path,
     progress: &AccountProgress,
@@ -413,7 +435,6 @@ async fn import_session(
         let _ = remote.quit().await;
         return Ok(tally);
     }
-    let Target::Import(import) = target else { unreachable!("a real run imports") };
     progress.start(todo.len() as u64, todo.iter().map(|m| m.size).sum());
     let total = todo.len();
     let mut oversent = 0;
@@ -457,7 +478,7 @@ async fn import_session(
         let received = received_time(&mut spool).unwrap_or_else(SystemTime::now);
         let len = spool.len();
         let mut reader = spool.reader().context("reading the spool")?;
-        match import.import(uidl, received, &mut reader) {
+        match target.import(uidl, received, &mut reader) {
             Ok(ImportOutcome::Imported(_)) => {
                 tally.imported += 1;
                 tally.bytes += len;
@@ -511,7 +532,7 @@ async fn reconnect(
 /// Which listed messages to retrieve: those with a UIDL that is neither
 /// already in the maildrop nor shared with another message. Counts the
 /// rest in `tally`.
-fn plan(listed: &[Listed], target: &Target, tally: &mut Tally) -> Vec<Listed> {
+fn plan(listed: &[Listed], target: &Target<'_>, tally: &mut Tally) -> Vec<Listed> {
     let mut uses: std::collections::HashMap<&str, u32> = std::collections::HashMap::new();
     for m in listed {
         if let Some(u) = &m.uidl {
