@@ -65,9 +65,14 @@ const ACQUIRE: &str = "INSERT INTO maildrop_lease AS l (maildrop_id, node, token
 const RELEASE: &str =
     "UPDATE maildrop_lease SET expires_at = '-infinity' WHERE maildrop_id = $1 AND token = $2";
 
+/// Renews the leases the node still holds. A released lease keeps its
+/// token (tokens only grow), so the renewer must not take a row that was
+/// released after it listed the node's leases: without the `-infinity`
+/// test, a renewal racing a QUIT would lock the maildrop again for a whole
+/// lease time, and the user's next login would get `[IN-USE]`.
 const RENEW: &str = "UPDATE maildrop_lease AS l SET expires_at = now() + make_interval(secs => $3)
      FROM unnest($1::bigint[], $2::bigint[]) AS h(id, token)
-     WHERE l.maildrop_id = h.id AND l.token = h.token
+     WHERE l.maildrop_id = h.id AND l.token = h.token AND l.expires_at <> '-infinity'
      RETURNING l.maildrop_id, l.token";
 
 impl Lease {

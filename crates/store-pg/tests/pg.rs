@@ -151,6 +151,30 @@ fn a_long_session_keeps_its_lease_through_renewals() {
 }
 
 #[test]
+fn a_renewal_racing_a_release_never_locks_the_maildrop_again() {
+    if !require("a_renewal_racing_a_release_never_locks_the_maildrop_again") {
+        return;
+    }
+    let pg = TestPg::shared();
+    // A 1 s lease: the renewer runs every third of a second, each time
+    // listing the leases held and then renewing them. Sessions that open
+    // and commit back to back are released between those two steps again
+    // and again; a renewal must not bring a released lease back, or the
+    // next open would be refused for a whole lease time.
+    let (_, a, _b) = two_nodes(pg, 1);
+    deliver(&a, "alice", "a\n");
+    let started = std::time::Instant::now();
+    let mut sessions = 0;
+    while sessions < 5_000 && started.elapsed() < Duration::from_secs(3) {
+        let session = a
+            .open(&Authenticated::for_tests("alice"))
+            .unwrap_or_else(|e| panic!("session {sessions} after a clean release was refused: {e}"));
+        session.commit(&[], &[]).unwrap();
+        sessions += 1;
+    }
+}
+
+#[test]
 fn two_nodes_delivering_at_once_store_every_message_exactly_once() {
     if !require("two_nodes_delivering_at_once_store_every_message_exactly_once") {
         return;
