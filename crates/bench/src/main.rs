@@ -242,9 +242,9 @@ fn run(args: Args) -> anyhow::Result<usize> {
     let cluster = if args.postgres { Some(postgres::start_cluster(server_pin)?) } else { None };
     let mut pg_servers = Vec::new();
     if let Some(pg) = &cluster {
-        for (name, nodes) in [("pobox-pg", 1), ("pobox-pg2", 2)] {
-            pg_servers.push(postgres::PgServer::prepare(name, nodes, &work, &pobox_bin, pg, &passwd, &cert, &key)?);
-        }
+        let one = postgres::PgServer::prepare("pobox-pg", 1, &work, &pobox_bin, pg, None, &passwd, &cert, &key)?;
+        let two = postgres::PgServer::prepare("pobox-pg2", 2, &work, &pobox_bin, pg, Some(&one), &passwd, &cert, &key)?;
+        pg_servers.extend([one, two]);
     }
     let start_servers = || -> anyhow::Result<Vec<Server>> {
         let mut v = vec![servers::start_pobox(&work, &pobox_bin, server_pin, &passwd, &cert, &key)?];

@@ -43,13 +43,16 @@ pub(crate) fn start_cluster(pin: Option<&str>) -> anyhow::Result<TestPg> {
 /// harness restarts its servers.
 pub(crate) struct PgServer {
     name: &'static str,
+    /// The database's URL.
+    url: String,
     /// Per node: its directory (data dir, config, log) and ports.
     nodes: Vec<(std::path::PathBuf, [u16; 3])>,
 }
 
 impl PgServer {
-    /// Creates a fresh database on `pg` for `nodes` nodes, migrates it and
-    /// imports the `pobox` server's Maildir tree into it.
+    /// Creates a database on `pg` for `nodes` nodes: a copy of `from`'s if
+    /// given, else a fresh one, migrated and loaded with the `pobox`
+    /// server's Maildir tree (`pobox import maildir`, which keeps UIDLs).
     ///
     /// # Errors
     /// A failed migration or import.
@@ -60,12 +63,24 @@ impl PgServer {
         work: &Path,
         bin: &Path,
         pg: &TestPg,
+        from: Option<&PgServer>,
         passwd: &Path,
         cert: &Path,
         key: &Path,
     ) -> anyhow::Result<PgServer> {
-        let url = pg.create_database();
-        let mut out = PgServer { name, nodes: Vec::new() };
+        let url = match from {
+            // A copy of an already loaded database: PostgreSQL copies its
+            // files, much faster than a second import.
+            Some(template) => {
+                let (base, db) = template.url.rsplit_once('/').context("database URL")?;
+                let (template_db, params) = db.split_once('?').unwrap_or((db, ""));
+                let copy = format!("{template_db}_{}", name.replace('-', "_"));
+                let _ = pg.psql(&format!("{base}/postgres?{params}"), &format!("CREATE DATABASE {copy} TEMPLATE {template_db}"));
+                format!("{base}/{copy}?{params}")
+            }
+            None => pg.create_database(),
+        };
+        let mut out = PgServer { name, url: url.clone(), nodes: Vec::new() };
         for n in 0..nodes {
             let p = crate::setup::free_ports(3)?;
             let ports = [p[0], p[1], p[2]];
@@ -77,6 +92,9 @@ impl PgServer {
             );
             std::fs::write(node.join("pobox.toml"), pobox_config(work, &ports, passwd, cert, key) + &store)?;
             out.nodes.push((node, ports));
+        }
+        if from.is_some() {
+            return Ok(out);
         }
         let t = std::time::Instant::now();
         out.pobox(bin, &["db", "migrate"])?;
