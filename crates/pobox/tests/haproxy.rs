@@ -33,6 +33,9 @@ use std::time::Duration;
 use util::{Dir, PW, Server, TestCommand, eventually};
 
 const HAPROXY: &str = "/usr/sbin/haproxy";
+/// Servers over all of HAProxy's backends: two in each of the three
+/// balanced backends, one in each node's pinned backend.
+const SERVERS: usize = 8;
 /// The abusive client, and the one whose address is checked in logs.
 const CLIENT: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 /// Another client, which must not suffer for the first one.
@@ -158,8 +161,10 @@ fn start_node<'d>(
             "health",
             &format!("{{ listen = \"127.0.0.1:{}\", drain_delay_secs = {drain_delay_secs} }}", ports.health),
         )
-        // Penalties capped at 1 s so the throttle test stays short.
-        .config("auth_penalty_max_ms", "1000")
+        // Penalties capped at 4 s so the throttle test stays short, yet
+        // long enough that the next attempt of a busy test machine still
+        // arrives inside the penalty (see the throttle test).
+        .config("auth_penalty_max_ms", "4000")
         .config("shutdown_grace_secs", &grace_secs.to_string())
         .log("info,pobox_server=debug");
     for (k, v) in store.node_keys() {
@@ -183,6 +188,10 @@ struct Haproxy {
     /// Frontend sending PROXY v2 to the nodes' POP3S listeners (TLS passes
     /// through; the header comes before the ClientHello).
     pop3s_v2: u16,
+    /// One frontend per node, each with a backend holding only that node
+    /// (PROXY v2 to its POP3 listener): a test that needs an attempt to
+    /// reach a given node, not whichever round robin picks.
+    pinned: [u16; 2],
     /// HAProxy's stats socket.
     stats: PathBuf,
 }
@@ -190,12 +199,13 @@ struct Haproxy {
 impl Haproxy {
     fn start(dir: &Dir, nodes: &[NodePorts; 2]) -> Haproxy {
         let (pop3_v2, pop3_v1, pop3s_v2) = (free_port(), free_port(), free_port());
+        let pinned = [free_port(), free_port()];
         let stats = dir.scratch("haproxy.sock");
-        let backend = |name: &str, port: fn(&NodePorts) -> u16, proxy: &str| {
+        let backend_of = |name: &str, which: &[usize], port: fn(&NodePorts) -> u16, proxy: &str| {
             let mut b = format!(
                 "backend {name}\n  balance roundrobin\n  option httpchk GET /health\n  http-check expect status 200\n"
             );
-            for (i, n) in nodes.iter().enumerate() {
+            for (i, n) in nodes.iter().enumerate().filter(|(i, _)| which.contains(i)) {
                 b.push_str(&format!(
                     "  server node{i} 127.0.0.1:{} {proxy} check port {} inter 200ms fall 1 rise 1\n",
                     port(n),
@@ -204,17 +214,27 @@ impl Haproxy {
             }
             b
         };
+        let backend = |name: &str, port: fn(&NodePorts) -> u16, proxy: &str| backend_of(name, &[0, 1], port, proxy);
+        // `timeout check`: without it the check's read timeout is `inter`
+        // (200 ms), and with `fall 1` one slow answer on a loaded machine
+        // took a node out for a moment, so round robin skipped it.
         let cfg = format!(
             "global\n  maxconn 200\n  stats socket {} mode 600 level user\n\
-             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n\
+             defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 60s\n  timeout server 60s\n  timeout check 5s\n\
              frontend f_pop3_v2\n  bind 127.0.0.1:{pop3_v2}\n  default_backend pop3_v2\n\
              frontend f_pop3_v1\n  bind 127.0.0.1:{pop3_v1}\n  default_backend pop3_v1\n\
              frontend f_pop3s_v2\n  bind 127.0.0.1:{pop3s_v2}\n  default_backend pop3s_v2\n\
-             {}{}{}",
+             frontend f_node0\n  bind 127.0.0.1:{}\n  default_backend node0_v2\n\
+             frontend f_node1\n  bind 127.0.0.1:{}\n  default_backend node1_v2\n\
+             {}{}{}{}{}",
             stats.display(),
+            pinned[0],
+            pinned[1],
             backend("pop3_v2", |n| n.pop3, "send-proxy-v2"),
             backend("pop3_v1", |n| n.pop3, "send-proxy"),
             backend("pop3s_v2", |n| n.pop3s, "send-proxy-v2"),
+            backend_of("node0_v2", &[0], |n| n.pop3, "send-proxy-v2"),
+            backend_of("node1_v2", &[1], |n| n.pop3, "send-proxy-v2"),
         );
         let path = dir.scratch("haproxy.cfg");
         std::fs::write(&path, &cfg).unwrap();
@@ -231,11 +251,11 @@ impl Haproxy {
             .stderr(out)
             .spawn()
             .expect("start haproxy");
-        let h = Haproxy { child, log, pop3_v2, pop3_v1, pop3s_v2, stats };
+        let h = Haproxy { child, log, pop3_v2, pop3_v1, pop3s_v2, pinned, stats };
         // Every server of every backend checked and UP before a test uses it.
         let up = eventually(Duration::from_secs(20), || {
             let s = h.statuses();
-            s.len() == 6 && s.iter().all(|(_, _, st)| st == "UP")
+            s.len() == SERVERS && s.iter().all(|(_, _, st)| st == "UP")
         });
         assert!(up, "HAProxy never saw both nodes UP: {:?}\n{}", h.statuses(), h.log());
         h
@@ -335,19 +355,38 @@ fn the_client_address_from_proxy_v1_and_v2_reaches_logs_and_login_history_on_bot
     }
     let dirs = Dirs::new();
     let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
-    // Two sessions per frontend: round robin gives each node one of each.
-    for port in [cluster.haproxy.pop3_v2, cluster.haproxy.pop3_v2, cluster.haproxy.pop3_v1, cluster.haproxy.pop3_v1] {
-        let mut c = Client::from(CLIENT, port);
-        let r = c.login("alice", PW);
-        assert!(r.starts_with("+OK"), "login through HAProxy: {r}\n{}", cluster.dump());
-        assert!(c.cmd("STAT").starts_with("+OK 1 "));
-        assert!(c.cmd("QUIT").starts_with("+OK"));
+    // Sessions through each frontend until both nodes have served one of
+    // it. Round robin alone does not promise that a given session lands on
+    // a given node (a node's check may fail for a moment on a loaded
+    // machine), so the test counts where each session went instead of
+    // assuming an even split. Bounded: ten sessions per frontend.
+    let logins = |i: usize| lines_with(&cluster.nodes[i].stderr(), &["login", "user=alice"]).len();
+    let mut served = [0usize; 2];
+    for port in [cluster.haproxy.pop3_v2, cluster.haproxy.pop3_v1] {
+        let mut reached = [false; 2];
+        for _ in 0..10 {
+            if reached == [true, true] {
+                break;
+            }
+            let mut c = Client::from(CLIENT, port);
+            let r = c.login("alice", PW);
+            assert!(r.starts_with("+OK"), "login through HAProxy: {r}\n{}", cluster.dump());
+            assert!(c.cmd("STAT").starts_with("+OK 1 "));
+            assert!(c.cmd("QUIT").starts_with("+OK"));
+            // The node logged the login before answering; its log is read
+            // by a thread, hence the wait for the total to grow.
+            let total = served[0] + served[1] + 1;
+            assert!(eventually(Duration::from_secs(10), || logins(0) + logins(1) == total), "{}", cluster.dump());
+            let node = usize::from(logins(1) > served[1]);
+            served[node] += 1;
+            reached[node] = true;
+        }
+        assert_eq!(reached, [true, true], "port {port}: HAProxy never sent a session to each node\n{}", cluster.dump());
     }
-    for node in &cluster.nodes {
-        assert!(node.stderr_eventually_contains("user=alice"), "{}", cluster.dump());
+    for (i, node) in cluster.nodes.iter().enumerate() {
         let log = node.stderr();
         let logins = lines_with(&log, &["login", "user=alice"]);
-        assert!(!logins.is_empty(), "no login line\n{}", cluster.dump());
+        assert_eq!(logins.len(), served[i], "{}", cluster.dump());
         for l in &logins {
             assert!(l.contains("peer=127.0.0.2:"), "login line without the client's address: {l}");
         }
@@ -357,7 +396,7 @@ fn the_client_address_from_proxy_v1_and_v2_reaches_logs_and_login_history_on_bot
         // The login history records the client, not the balancer.
         let history = std::fs::read_to_string(node.dir.data().join("logins/alice.log")).unwrap_or_default();
         let logins: Vec<&str> = history.lines().filter(|l| l.starts_with("L\t")).collect();
-        assert_eq!(logins.len(), 2, "each node served two logins:\n{history}\n{}", cluster.dump());
+        assert_eq!(logins.len(), served[i], "node {i} served {} logins:\n{history}\n{}", served[i], cluster.dump());
         for l in logins {
             assert!(l.ends_with("\t127.0.0.2"), "history line {l:?}");
         }
@@ -371,14 +410,28 @@ fn throttling_hits_the_abusive_address_while_another_address_still_logs_in() {
     }
     let dirs = Dirs::new();
     let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
-    // 16 wrong passwords from 127.0.0.2, each for a different name so only
-    // the per-address penalty grows: eight per node (round robin), whose
-    // last two wait (three free failures; the counts leak a little, so the
-    // first penalty spaces the seventh attempt; see throttle.rs).
-    for i in 0..16 {
-        let mut c = Client::from(CLIENT, cluster.haproxy.pop3_v2);
-        let r = c.login(&format!("guess{i}"), "wrong");
-        assert!(r.starts_with("-ERR [AUTH]"), "wrong password answered {r:?}");
+    // Wrong passwords from 127.0.0.2, each for a different name so only
+    // the per-address penalty grows, sent to one node after the other
+    // through that node's pinned frontend. Each node keeps its own
+    // penalties, so only back-to-back failures on ONE node are sure to be
+    // throttled: three are free, the counts leak a little, so the sixth
+    // sets the first penalty (about 1 s) and the seventh waits if it comes
+    // within it, the eighth within about 2 s, later ones within 4 s (the
+    // cap). Alternating nodes promised nothing: while the client waited
+    // out one node's penalty, the other node's ran out. So: attempts until
+    // the node logs a throttled one, at most twelve per node.
+    let mut sent = 0;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        for _ in 0..12 {
+            let mut c = Client::from(CLIENT, cluster.haproxy.pinned[i]);
+            let r = c.login(&format!("guess{sent}"), "wrong");
+            assert!(r.starts_with("-ERR [AUTH]"), "wrong password answered {r:?}");
+            sent += 1;
+            if node.stderr().contains("auth throttled") {
+                break;
+            }
+        }
+        assert!(node.stderr_eventually_contains("auth throttled"), "node {i} not throttling:\n{}", node.dump());
     }
     // The other address logs in at once on whichever node it reaches.
     for port in [cluster.haproxy.pop3_v2, cluster.haproxy.pop3_v1] {
@@ -393,11 +446,10 @@ fn throttling_hits_the_abusive_address_while_another_address_still_logs_in() {
     for l in &throttled {
         assert!(l.contains("peer=127.0.0.2:"), "throttled someone else: {l}");
     }
-    for node in &cluster.nodes {
-        assert!(!lines_with(&node.stderr(), &["auth throttled"]).is_empty(), "node not throttling:\n{}", node.dump());
-    }
+    let failures = || lines_with(&cluster.logs(), &["authentication failed"]).len();
+    assert!(eventually(Duration::from_secs(10), || failures() == sent), "{sent} sent\n{}", cluster.dump());
+    let logs = cluster.logs();
     let failed = lines_with(&logs, &["authentication failed"]);
-    assert_eq!(failed.len(), 16, "{}", cluster.dump());
     assert!(failed.iter().all(|l| l.contains("ip=127.0.0.2 ")), "failure lines: {failed:#?}");
 }
 
@@ -547,7 +599,7 @@ fn a_draining_node_answers_503_and_goes_down_in_haproxy_while_the_other_serves()
         let s = cluster.haproxy.statuses();
         s.iter().filter(|(_, n, _)| n == "node0").all(|(_, _, st)| st.starts_with("DOWN"))
             && s.iter().filter(|(_, n, _)| n == "node1").all(|(_, _, st)| st == "UP")
-            && s.len() == 6
+            && s.len() == SERVERS
     });
     assert!(down, "HAProxy did not take node0 out: {:?}\n{}", cluster.haproxy.statuses(), cluster.dump());
     // New clients all reach node 1.
