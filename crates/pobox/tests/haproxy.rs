@@ -8,13 +8,15 @@
 //! line, a login-history record or a throttle key that says 127.0.0.2 can
 //! only have come from the header, never from the socket the node sees.
 //!
-//! The shared store is described by [`SharedStore`]: today one passwd-file
-//! and one Maildir location (the maildrop lock file lives beside the
-//! maildrops, so it holds across the two processes); another backend
-//! changes only that struct's keys.
+//! The shared store is described by [`SharedStore`]: one passwd-file and
+//! either one PostgreSQL database (the cluster tests: `[store] backend =
+//! "postgres"`, the maildrop lock a lease row) or one Maildir location (the
+//! lock file beside the maildrops; one cluster test and the header tests).
 //!
-//! Needs `haproxy` and `curl` (Debian packages; `.ci/run` installs them);
-//! without them the tests fail unless `POBOX_ALLOW_SKIP=1`. The last two
+//! Needs `haproxy` and `curl` (Debian packages; `.ci/run` installs them)
+//! and, for the PostgreSQL cluster, `postgresql-15` (the testkit's
+//! throwaway cluster); without them the tests fail unless
+//! `POBOX_ALLOW_SKIP=1`. The last two
 //! tests send headers by hand and need neither: LMTP and SMTP listeners
 //! behind the header, and a pending header during shutdown.
 
@@ -96,6 +98,21 @@ impl Client {
         self.r.get_mut().write_all(format!("{c}\r\n").as_bytes()).unwrap();
         self.line()
     }
+    /// A multi-line answer's lines (without the status line and the
+    /// final dot); panics on an `-ERR`. Bounded to 1000 lines.
+    fn listing(&mut self, c: &str) -> Vec<String> {
+        let status = self.cmd(c);
+        assert!(status.starts_with("+OK"), "{c}: {status}");
+        let mut lines = Vec::new();
+        for _ in 0..1000 {
+            let l = self.line();
+            if l == ".\r\n" || l.is_empty() {
+                return lines;
+            }
+            lines.push(l.trim_end().to_string());
+        }
+        panic!("{c}: listing longer than 1000 lines");
+    }
     fn login(&mut self, user: &str, pw: &str) -> String {
         let u = self.cmd(&format!("USER {user}"));
         assert!(u.starts_with("+OK"), "USER: {u}");
@@ -106,25 +123,83 @@ impl Client {
 /// What the nodes share: the users and the maildrops. The only place that
 /// names the backend.
 struct SharedStore {
+    /// Holds the passwd-file, and on Maildir the maildrops.
     dir: Dir,
+    /// The database URL on PostgreSQL; `None` on Maildir.
+    postgres: Option<String>,
 }
 
+/// The first message in alice's maildrop.
+const HELLO: &[u8] = b"Subject: hello\r\n\r\nthrough the balancer\r\n";
+
 impl SharedStore {
+    /// One Maildir location both nodes use.
     fn new() -> SharedStore {
+        let store = SharedStore::with_users(None);
+        store.deliver("alice", HELLO);
+        store
+    }
+
+    /// A fresh database, migrated, on the PostgreSQL cluster the tests
+    /// share; `None` when PostgreSQL is missing and skipping is allowed.
+    fn postgres(test: &str) -> Option<SharedStore> {
+        if !pobox_store_pg::testkit::require(test) {
+            return None;
+        }
+        let url = pobox_store_pg::testkit::TestPg::shared().create_database();
+        let store = SharedStore::with_users(Some(url));
+        let out = store.cli().args(["db", "migrate"]).assert_exit(0);
+        assert!(out.stdout().contains("applied migration"), "{}", out.dump());
+        store.deliver("alice", HELLO);
+        Some(store)
+    }
+
+    fn with_users(postgres: Option<String>) -> SharedStore {
         let dir = Dir::new();
         dir.add_user("alice", PW);
         dir.add_user("bob", PW);
-        dir.deliver("alice", b"Subject: hello\r\n\r\nthrough the balancer\r\n");
-        SharedStore { dir }
+        SharedStore { dir, postgres }
     }
 
-    /// Config keys (TOML values) that point a node at the shared store.
-    fn node_keys(&self) -> Vec<(&'static str, String)> {
-        let mail = self.dir.data().join("mail/{user}");
-        vec![
-            ("passwd_file", format!("{:?}", self.dir.users_file().display().to_string())),
-            ("mail_location", format!("{:?}", mail.display().to_string())),
-        ]
+    /// `pobox` with a config naming the shared store, for admin commands.
+    fn cli(&self) -> TestCommand {
+        let file = self.dir.scratch("cli.toml");
+        let keys: Vec<String> = self.node_keys("cli").iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+        std::fs::write(&file, keys.concat()).unwrap();
+        let mut c = self.dir.pobox();
+        c.arg("--config").arg(&file);
+        c
+    }
+
+    /// Delivers with `pobox deliver` into the shared store.
+    fn deliver(&self, user: &str, message: &[u8]) {
+        match self.postgres {
+            None => self.dir.deliver(user, message),
+            Some(_) => {
+                self.cli().args(["deliver", user]).stdin(message).assert_exit(0);
+            }
+        }
+    }
+
+    /// Config keys (TOML values) that point node `node` at the shared
+    /// store (on PostgreSQL the node name owns its leases).
+    fn node_keys(&self, node: &str) -> Vec<(&'static str, String)> {
+        let users = ("passwd_file", format!("{:?}", self.dir.users_file().display().to_string()));
+        match &self.postgres {
+            None => {
+                let mail = self.dir.data().join("mail/{user}");
+                vec![users, ("mail_location", format!("{:?}", mail.display().to_string()))]
+            }
+            Some(url) => vec![
+                users,
+                (
+                    "store",
+                    format!(
+                        "{{ backend = \"postgres\", postgres = {{ url = {url:?}, node = {node:?}, lease_secs = 3, pool_size = 4 }} }}"
+                    ),
+                ),
+            ],
+        }
     }
 }
 
@@ -140,6 +215,7 @@ struct NodePorts {
 /// the shared store, PROXY protocol on its POP3 and POP3S listeners (only
 /// 127.0.0.1, HAProxy, trusted) and the health endpoint.
 fn start_node<'d>(
+    name: &str,
     data: &'d Dir,
     store: &SharedStore,
     ports: NodePorts,
@@ -167,7 +243,7 @@ fn start_node<'d>(
         .config("auth_penalty_max_ms", "4000")
         .config("shutdown_grace_secs", &grace_secs.to_string())
         .log("info,pobox_server=debug");
-    for (k, v) in store.node_keys() {
+    for (k, v) in store.node_keys(name) {
         b = b.config(k, &v);
     }
     if let Some((cert, key)) = tls {
@@ -307,8 +383,17 @@ struct Dirs {
 }
 
 impl Dirs {
-    fn new() -> Dirs {
-        Dirs { store: SharedStore::new(), nodes: [Dir::new(), Dir::new()] }
+    fn new(store: SharedStore) -> Dirs {
+        Dirs { store, nodes: [Dir::new(), Dir::new()] }
+    }
+
+    /// On one PostgreSQL database, if `haproxy`, `curl` and PostgreSQL are
+    /// there (else the test fails, or skips with `POBOX_ALLOW_SKIP=1`).
+    fn postgres(test: &str) -> Option<Dirs> {
+        if !have_tools(test) {
+            return None;
+        }
+        SharedStore::postgres(test).map(Dirs::new)
     }
 }
 
@@ -321,9 +406,9 @@ impl<'d> Cluster<'d> {
     /// same one, so a client verifies either behind the balancer.
     fn start(dirs: &'d Dirs, grace_secs: [u32; 2], drain_delay_secs: [u32; 2]) -> Cluster<'d> {
         let ports = [ports(), ports()];
-        let a = start_node(&dirs.nodes[0], &dirs.store, ports[0], None, grace_secs[0], drain_delay_secs[0]);
+        let a = start_node("node0", &dirs.nodes[0], &dirs.store, ports[0], None, grace_secs[0], drain_delay_secs[0]);
         let pair = (dirs.nodes[0].cert(), dirs.nodes[0].data().join("tls/key.pem"));
-        let b = start_node(&dirs.nodes[1], &dirs.store, ports[1], Some(pair), grace_secs[1], drain_delay_secs[1]);
+        let b = start_node("node1", &dirs.nodes[1], &dirs.store, ports[1], Some(pair), grace_secs[1], drain_delay_secs[1]);
         let haproxy = Haproxy::start(&dirs.nodes[0], &ports);
         Cluster { nodes: [a, b], ports, haproxy }
     }
@@ -350,11 +435,21 @@ fn lines_with<'a>(logs: &'a str, needles: &[&str]) -> Vec<&'a str> {
 
 #[test]
 fn the_client_address_from_proxy_v1_and_v2_reaches_logs_and_login_history_on_both_nodes() {
-    if !have_tools("haproxy client address") {
+    let Some(dirs) = Dirs::postgres("haproxy client address") else { return };
+    client_address_reaches_logs_and_login_history(&dirs);
+}
+
+/// The same on a shared Maildir location.
+#[test]
+fn the_client_address_reaches_logs_and_login_history_on_maildir_nodes() {
+    if !have_tools("haproxy client address, Maildir") {
         return;
     }
-    let dirs = Dirs::new();
-    let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
+    client_address_reaches_logs_and_login_history(&Dirs::new(SharedStore::new()));
+}
+
+fn client_address_reaches_logs_and_login_history(dirs: &Dirs) {
+    let cluster = Cluster::start(dirs, [1, 1], [0, 0]);
     // Sessions through each frontend until both nodes have served one of
     // it. Round robin alone does not promise that a given session lands on
     // a given node (a node's check may fail for a moment on a loaded
@@ -405,10 +500,7 @@ fn the_client_address_from_proxy_v1_and_v2_reaches_logs_and_login_history_on_bot
 
 #[test]
 fn throttling_hits_the_abusive_address_while_another_address_still_logs_in() {
-    if !have_tools("haproxy throttling") {
-        return;
-    }
-    let dirs = Dirs::new();
+    let Some(dirs) = Dirs::postgres("haproxy throttling") else { return };
     let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
     // Wrong passwords from 127.0.0.2, each for a different name so only
     // the per-address penalty grows, sent to one node after the other
@@ -453,6 +545,52 @@ fn throttling_hits_the_abusive_address_while_another_address_still_logs_in() {
     assert!(failed.iter().all(|l| l.contains("ip=127.0.0.2 ")), "failure lines: {failed:#?}");
 }
 
+/// What needs the nodes to share one store, seen through HAProxy: a
+/// session held through node 0 makes a login on node 1 (pinned, and
+/// through the balanced frontend, whichever node that picks) answer
+/// `[IN-USE]`; both nodes list the same UIDLs; a DELE committed through one
+/// node is gone on the other.
+#[test]
+fn a_maildrop_held_through_one_node_is_in_use_on_the_other_and_both_list_the_same_uidls() {
+    let Some(dirs) = Dirs::postgres("haproxy shared store") else { return };
+    dirs.store.deliver("alice", b"Subject: second\r\n\r\nanother one\r\n");
+    let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
+    let [pin0, pin1] = cluster.haproxy.pinned;
+
+    let mut held = Client::from(CLIENT, pin0);
+    assert!(held.login("alice", PW).starts_with("+OK"), "{}", cluster.dump());
+    let uidls = held.listing("UIDL");
+    assert_eq!(uidls.len(), 2, "{uidls:?}");
+    let mut other = Client::from(OTHER, pin1);
+    let r = other.login("alice", PW);
+    assert!(r.starts_with("-ERR [IN-USE]"), "node 1 while node 0 holds the maildrop: {r}\n{}", cluster.dump());
+    for port in [cluster.haproxy.pop3_v2, cluster.haproxy.pop3_v1] {
+        let mut c = Client::from(OTHER, port);
+        let r = c.login("alice", PW);
+        assert!(r.starts_with("-ERR [IN-USE]"), "through the balancer while held: {r}\n{}", cluster.dump());
+    }
+    assert!(held.cmd("QUIT").starts_with("+OK"));
+
+    // Released at QUIT: node 1 serves the same maildrop, same UIDLs, and
+    // commits a deletion ...
+    let mut b = Client::from(OTHER, pin1);
+    assert!(b.login("alice", PW).starts_with("+OK"), "node 1 after the QUIT on node 0\n{}", cluster.dump());
+    assert_eq!(b.listing("UIDL"), uidls, "node 1 lists other UIDLs than node 0");
+    assert!(b.cmd("DELE 1").starts_with("+OK"));
+    assert!(b.cmd("QUIT").starts_with("+OK"));
+    // ... that node 0 sees.
+    let mut a = Client::from(CLIENT, pin0);
+    assert!(a.login("alice", PW).starts_with("+OK"), "{}", cluster.dump());
+    let first = uidls[0].split(' ').nth(1).unwrap();
+    let second = uidls[1].split(' ').nth(1).unwrap();
+    assert_eq!(a.listing("UIDL"), vec![format!("1 {second}")], "node 0 after node 1 deleted {first}");
+    assert!(a.cmd("QUIT").starts_with("+OK"));
+    // Both nodes logged the client's address for the refused logins.
+    for node in &cluster.nodes {
+        assert!(node.stderr_eventually_contains("peer=127.0.0.3:"), "{}", node.dump());
+    }
+}
+
 /// Connects straight to a node's PROXY listener from `src`, sends `bytes`,
 /// and returns what the node sent before closing.
 fn direct(src: Ipv4Addr, port: u16, bytes: &[u8]) -> Vec<u8> {
@@ -464,10 +602,7 @@ fn direct(src: Ipv4Addr, port: u16, bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn spoofed_missing_garbage_and_oversized_headers_are_refused_without_harm() {
-    if !have_tools("haproxy refusals") {
-        return;
-    }
-    let dirs = Dirs::new();
+    let Some(dirs) = Dirs::postgres("haproxy refusals") else { return };
     let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
     let node = &cluster.nodes[0];
     let pop3 = cluster.ports[0].pop3;
@@ -527,10 +662,7 @@ fn spoofed_missing_garbage_and_oversized_headers_are_refused_without_harm() {
 
 #[test]
 fn pop3s_through_haproxy_with_proxy_v2_header_before_tls() {
-    if !have_tools("haproxy pop3s") {
-        return;
-    }
-    let dirs = Dirs::new();
+    let Some(dirs) = Dirs::postgres("haproxy pop3s") else { return };
     let cluster = Cluster::start(&dirs, [1, 1], [0, 0]);
     let port = cluster.haproxy.pop3s_v2;
     // curl from 127.0.0.2, verifying the nodes' certificate; twice, so
@@ -569,10 +701,7 @@ fn health(port: u16) -> Option<u16> {
 
 #[test]
 fn a_draining_node_answers_503_and_goes_down_in_haproxy_while_the_other_serves() {
-    if !have_tools("haproxy draining") {
-        return;
-    }
-    let dirs = Dirs::new();
+    let Some(dirs) = Dirs::postgres("haproxy draining") else { return };
     // Node 0: after SIGTERM it keeps accepting for 10 s while /health says
     // 503, then drains for up to 60 s while a session is open.
     let mut cluster = Cluster::start(&dirs, [60, 1], [10, 0]);
@@ -677,7 +806,7 @@ fn lmtp_and_smtp_listeners_take_the_header_and_trace_the_client() {
                 "{{ listeners = [{lmtp:?}, {smtp:?}], trusted_proxies = [\"127.0.0.1\"], header_timeout_secs = 2 }}"
             ),
         );
-    for (k, v) in store.node_keys() {
+    for (k, v) in store.node_keys("solo") {
         b = b.config(k, &v);
     }
     let node = b.start();
@@ -713,7 +842,7 @@ fn a_pending_header_does_not_delay_shutdown() {
             "proxy_protocol",
             &format!("{{ listeners = [{pop3:?}], trusted_proxies = [\"127.0.0.1\"], header_timeout_secs = 30 }}"),
         );
-    for (k, v) in store.node_keys() {
+    for (k, v) in store.node_keys("solo") {
         b = b.config(k, &v);
     }
     let mut node = b.start();
