@@ -423,11 +423,16 @@ const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 impl Mailstore for PgStore {
     fn check(&self) -> Result<(), StoreError> {
         let db = &self.db;
-        let answered = db.run(tokio::time::timeout(CHECK_TIMEOUT, async {
-            let client = db.pool.get().await?;
-            client.simple_query("SELECT 1").await?;
-            Ok::<(), PgError>(())
-        }));
+        // The timer is made inside the future, so on the store's runtime
+        // (`run` enters it before the first poll), whatever thread calls.
+        let answered = db.run(async {
+            tokio::time::timeout(CHECK_TIMEOUT, async {
+                let client = db.pool.get().await?;
+                client.simple_query("SELECT 1").await?;
+                Ok::<(), PgError>(())
+            })
+            .await
+        });
         match answered {
             Ok(result) => Ok(result?),
             Err(_) => Err(crate::db_error(format!(
