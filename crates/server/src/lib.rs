@@ -133,6 +133,7 @@ impl Services {
         let outbox_wake = Arc::new(tokio::sync::Notify::new());
         let pipeline = delivery::Pipeline::new(store.clone(), config.sieve.clone())
             .with_outbound(delivery::Outbound::from_config(&config, Some(outbox_wake.clone())));
+        let health = Arc::new(health::Health::new(store.clone()));
         Services {
             pipeline,
             outbox_wake,
@@ -157,7 +158,7 @@ impl Services {
             tls,
             sessions: Arc::default(),
             auth_slots: Arc::new(Semaphore::new(cpus)),
-            health: Arc::default(),
+            health,
         }
     }
 

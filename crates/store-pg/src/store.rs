@@ -416,7 +416,32 @@ impl PgStore {
     }
 }
 
+/// How long the health check waits for a connection and `SELECT 1`: short,
+/// as a balancer's probe should learn soon that the database is gone.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Mailstore for PgStore {
+    fn check(&self) -> Result<(), StoreError> {
+        let db = &self.db;
+        // The timer is made inside the future, so on the store's runtime
+        // (`run` enters it before the first poll), whatever thread calls.
+        let answered = db.run(async {
+            tokio::time::timeout(CHECK_TIMEOUT, async {
+                let client = db.pool.get().await?;
+                client.simple_query("SELECT 1").await?;
+                Ok::<(), PgError>(())
+            })
+            .await
+        });
+        match answered {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(crate::db_error(format!(
+                "no answer to SELECT 1 within {} s",
+                CHECK_TIMEOUT.as_secs()
+            ))),
+        }
+    }
+
     fn open(&self, login: &Authenticated) -> Result<Box<dyn Mailbox>, StoreError> {
         let user = login.user();
         let policy = self.policies.load().retention.for_user(user);

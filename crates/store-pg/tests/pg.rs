@@ -341,7 +341,10 @@ fn a_database_restart_gives_temporary_errors_then_service_resumes() {
     let store = PgStore::connect(cfg).unwrap();
     deliver(&store, "alice", "before\n");
     let session = store.open(&Authenticated::for_tests("alice")).unwrap();
+    store.check().expect("the health check passes while the database runs");
     pg.stop();
+    let err = store.check().expect_err("the health check sees the database down");
+    assert!(err.is_temporary(), "{err}");
     let err = store.deliver("alice", &mut &b"during\n"[..]).unwrap_err();
     assert!(err.is_temporary(), "LMTP 4xx: {err}");
     let err = store
@@ -354,6 +357,7 @@ fn a_database_restart_gives_temporary_errors_then_service_resumes() {
         "a read fails, nothing panics"
     );
     pg.start();
+    store.check().expect("the health check passes again after the restart");
     deliver(&store, "alice", "after\n");
     // The session's lease survived the restart: its UPDATE goes through.
     assert_eq!(session.commit(&[0], &[]).unwrap().removed, 1);

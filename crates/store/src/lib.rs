@@ -216,6 +216,20 @@ pub trait Mailstore: Send + Sync + 'static {
     /// (a configuration reload). Operations under way are not affected:
     /// an open maildrop keeps the retention policy it was opened with.
     fn set_policies(&self, max_size: Option<u64>, retention: retention::RetentionConfig, quota: quota::QuotaConfig);
+
+    /// A cheap check that the store can be reached now, for the health
+    /// endpoint a load balancer probes. Blocking, like every method here;
+    /// a networked backend bounds it with a short timeout. The default is
+    /// `Ok(())`: a local store (Maildir, memory) has nothing to reach that
+    /// every session does not already touch.
+    ///
+    /// # Errors
+    ///
+    /// A temporary error when the backend cannot answer (a database that
+    /// is down or does not answer in time).
+    fn check(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }
 
 /// The operations `pobox mailbox` and `pobox user` run on a store while

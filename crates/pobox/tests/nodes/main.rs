@@ -11,6 +11,8 @@
 //! - `delivery`: LMTP through both nodes at once lands exactly once.
 //! - `copy`: Maildir → PostgreSQL (killed part-way, rerun) → Maildir, with
 //!   the same UIDLs and bytes over POP3.
+//! - `health`: `/health` answers 503 `store unavailable` while the
+//!   database is stopped, 200 again after it starts.
 //! - `reload`: SIGHUP brings new policies to the PostgreSQL store.
 //! - `outage`: a node SIGKILLed during deliveries and sessions and started
 //!   again; the database stopped and restarted under load.
@@ -26,6 +28,7 @@ mod util;
 
 mod copy;
 mod delivery;
+mod health;
 mod lock;
 mod outage;
 mod reload;
