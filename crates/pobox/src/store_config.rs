@@ -147,12 +147,40 @@ fn postgres(raw: RawPostgres, data_dir: &Path, hostname: &str) -> anyhow::Result
     })
 }
 
+/// Mail and password hashes cross this connection: to another host it
+/// must say what it wants. tokio-postgres's default, `sslmode=prefer`,
+/// falls back to plaintext when the server (or someone in the path)
+/// declines TLS, so it is refused unless the host is this machine.
+fn check_tls(authority: &str, query: &str) -> anyhow::Result<()> {
+    let hostport = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = match hostport.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => hostport.split(':').next().unwrap_or(""),
+    };
+    let local = host.is_empty()
+        || host.starts_with('%')
+        || host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    let mode = query
+        .split('&')
+        .find_map(|kv| kv.split_once('=').filter(|(k, _)| k.eq_ignore_ascii_case("sslmode")).map(|(_, v)| v))
+        .unwrap_or("prefer");
+    if !local && mode.eq_ignore_ascii_case("prefer") {
+        bail!(
+            "store.postgres.url: the database at {host} is reached without sslmode, which falls back to plaintext; \
+             add ?sslmode=require (TLS verified with ca_file or the Mozilla roots), or sslmode=disable on a network you trust"
+        );
+    }
+    Ok(())
+}
+
 /// A `postgres://` or `postgresql://` URL without a password: the URL is
 /// printed by `pobox check` and `pobox serve`, and may reach logs, so the
 /// secret belongs in `password_file` (mode 0600) instead.
 fn check_url(url: &str) -> anyhow::Result<()> {
     let Some(rest) = url.strip_prefix("postgres://").or_else(|| url.strip_prefix("postgresql://")) else {
-        bail!("store.postgres.url: {url:?} must start with postgres:// or postgresql://");
+        // Not echoed: a key=value connection string may carry a password.
+        bail!("store.postgres.url must be a URL starting with postgres:// or postgresql://");
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     if let Some((userinfo, _)) = authority.rsplit_once('@')
@@ -166,6 +194,7 @@ fn check_url(url: &str) -> anyhow::Result<()> {
     if query.split('&').any(|kv| kv.split('=').next().is_some_and(|k| k.eq_ignore_ascii_case("password"))) {
         bail!("store.postgres.url: contains a password parameter; put it in store.postgres.password_file instead");
     }
+    check_tls(authority, query)?;
     Ok(())
 }
 
@@ -212,7 +241,9 @@ mod tests {
         let err = |text: &str| format!("{:#}", parse(text).unwrap_err());
         assert!(err("backend = \"sqlite\"").contains("store.backend"));
         assert!(err("backend = \"postgres\"").contains("store.postgres.url: required"));
-        let pg = |extra: &str| format!("backend = \"postgres\"\n[postgres]\nurl = \"postgres://p@h/db\"\n{extra}");
+        let pg = |extra: &str| {
+            format!("backend = \"postgres\"\n[postgres]\nurl = \"postgres://p@h/db?sslmode=require\"\n{extra}")
+        };
         assert!(err(&pg("lease_secs = 1")).contains("store.postgres.lease_secs"));
         assert!(err(&pg("pool_size = 1")).contains("store.postgres.pool_size"));
         assert!(err(&pg("node = \"a b\"")).contains("store.postgres.node"));
@@ -233,5 +264,21 @@ mod tests {
                 .is_ok()
         );
         assert_eq!(display_url("postgres://p@h/db?sslmode=require"), "postgres://p@h/db");
+    }
+
+    #[test]
+    fn another_host_needs_an_explicit_sslmode() {
+        let url = |url: &str| parse(&format!("backend = \"postgres\"\n[postgres]\nurl = \"{url}\""));
+        let err = format!("{:#}", url("postgres://pobox@db.example.org/pobox").unwrap_err());
+        assert!(err.contains("sslmode=require"), "{err}");
+        assert!(url("postgres://pobox@db.example.org/pobox?sslmode=prefer").is_err());
+        assert!(url("postgres://pobox@db.example.org/pobox?sslmode=require").is_ok());
+        assert!(url("postgres://pobox@10.0.0.5:5432/pobox?sslmode=disable").is_ok());
+        for local in ["postgres://pobox@127.0.0.1/pobox", "postgres://pobox@localhost/pobox", "postgres://pobox@[::1]:5432/pobox"] {
+            assert!(url(local).is_ok(), "{local}");
+        }
+        // Not echoed: a connection string may carry a password.
+        let err = format!("{:#}", url("host=db password=hunter2").unwrap_err());
+        assert!(!err.contains("hunter2"), "{err}");
     }
 }

@@ -43,6 +43,20 @@ impl Drop for Db {
     }
 }
 
+/// Idle time before TCP keepalive probes start.
+const KEEPALIVE_IDLE: std::time::Duration = std::time::Duration::from_secs(15);
+/// How long written data may stay unacknowledged before the connection is
+/// given up (Linux `TCP_USER_TIMEOUT`).
+const TCP_USER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+/// The longest any one statement may run (PostgreSQL `statement_timeout`);
+/// bodies go in and out one chunk per statement, so this bounds a stuck
+/// statement, not a large message.
+const STATEMENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest a statement waits for a row lock (`lock_timeout`): a lease
+/// renewal or takeover that waits on a holder's fenced transaction fails
+/// and is retried, instead of queueing behind it.
+const LOCK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Db {
     pub(crate) fn open(cfg: &PgConfig) -> Result<Db, StoreError> {
         let mut pg: tokio_postgres::Config = cfg.url.parse().map_err(|e| {
@@ -63,6 +77,26 @@ impl Db {
             pg.connect_timeout(CONNECT_TIMEOUT);
         }
         pg.application_name(format!("pobox {}", cfg.node));
+        // Nothing may hang for ever on a database that stopped answering:
+        // a half-open connection after a failover is noticed by the kernel
+        // (keepalives, and unacknowledged writes give up after
+        // TCP_USER_TIMEOUT), a statement or a lock wait that runs away is
+        // cancelled by the server. Without them one stuck statement (the
+        // renewer's, say) could outlast every lease the node holds.
+        pg.keepalives(true);
+        pg.keepalives_idle(KEEPALIVE_IDLE);
+        pg.tcp_user_timeout(TCP_USER_TIMEOUT);
+        let limits = format!(
+            "-c statement_timeout={} -c lock_timeout={}",
+            STATEMENT_TIMEOUT.as_millis(),
+            LOCK_TIMEOUT.as_millis()
+        );
+        let options = match pg.get_options() {
+            // The admin's own options (from the URL) come last and win.
+            Some(own) if !own.is_empty() => format!("{limits} {own}"),
+            _ => limits,
+        };
+        pg.options(options);
         let tls = tls_connector(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)

@@ -423,6 +423,13 @@ const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 impl Mailstore for PgStore {
     fn check(&self) -> Result<(), StoreError> {
         let db = &self.db;
+        // Every connection at work means the database is answering them;
+        // a probe queued behind them would fail for a busy node, and a
+        // balancer would then take every node out at once under load.
+        let pool = db.pool.status();
+        if pool.size >= pool.max_size && pool.available == 0 {
+            return Ok(());
+        }
         // The timer is made inside the future, so on the store's runtime
         // (`run` enters it before the first poll), whatever thread calls.
         let answered = db.run(async {
