@@ -343,6 +343,18 @@ impl Body {
         }
     }
 
+    /// The reply to a chunk before `LAST` (RFC 3030): `250` with its size,
+    /// or the refusal once the message is known to be too big (`too_big`,
+    /// the dialect's own text) or to have no room. The transaction stays;
+    /// its further chunks are read and answered the same way.
+    pub(crate) fn chunk_reply(&self, too_big: &str) -> String {
+        match self.refused() {
+            Some(Refusal::TooBig) => format!("552 5.3.4 {too_big}\r\n"),
+            Some(Refusal::NoRoom) => "452 4.3.1 insufficient system storage, try again later\r\n".to_string(),
+            None => format!("250 2.0.0 {} octets received\r\n", self.chunk_size()),
+        }
+    }
+
     /// Why the message will not be kept, once known before its end.
     pub(crate) fn refused(&self) -> Option<Refusal> {
         self.sink.refused()

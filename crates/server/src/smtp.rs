@@ -341,12 +341,7 @@ impl Dialect for Session {
         if body.is_last() {
             return self.finish_data(svc, out).await;
         }
-        let line = match body.refused() {
-            Some(Refusal::TooBig) => "552 5.3.4 message size exceeds fixed maximum message size\r\n".to_string(),
-            Some(Refusal::NoRoom) => "452 4.3.1 insufficient system storage, try again later\r\n".to_string(),
-            None => format!("250 2.0.0 {} octets received\r\n", body.chunk_size()),
-        };
-        out.extend_from_slice(line.as_bytes());
+        out.extend_from_slice(body.chunk_reply("message size exceeds fixed maximum message size").as_bytes());
     }
 }
 

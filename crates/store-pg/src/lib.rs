@@ -52,7 +52,7 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
+use pobox_store::policies::PolicyCell;
 use pobox_store::StoreError;
 use pobox_store::quota::QuotaConfig;
 use pobox_store::retention::RetentionConfig;
@@ -127,7 +127,7 @@ impl fmt::Debug for PgConfig {
 /// share it by reference or in an `Arc`.
 pub struct PgStore {
     pub(crate) db: Arc<connect::Db>,
-    pub(crate) policies: ArcSwap<Policies>,
+    pub(crate) policies: PolicyCell,
 }
 
 impl fmt::Debug for PgStore {
@@ -136,14 +136,6 @@ impl fmt::Debug for PgStore {
             .field("node", &self.db.node)
             .finish_non_exhaustive()
     }
-}
-
-/// What [`PgStore::set_policies`] replaces at once.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Policies {
-    pub(crate) max_size: Option<u64>,
-    pub(crate) retention: Arc<RetentionConfig>,
-    pub(crate) quota: Arc<QuotaConfig>,
 }
 
 impl PgStore {
@@ -168,28 +160,28 @@ impl PgStore {
         lease::Renewer::start(&db);
         Ok(PgStore {
             db,
-            policies: ArcSwap::from_pointee(Policies::default()),
+            policies: PolicyCell::default(),
         })
     }
 
     /// Limits delivered messages to `max` POP3 octets.
     #[must_use]
     pub fn with_max_size(self, max: u64) -> Self {
-        self.update(|p| p.max_size = Some(max));
+        self.policies.set_max_size(max);
         self
     }
 
     /// Applies retention policies.
     #[must_use]
     pub fn with_retention(self, retention: RetentionConfig) -> Self {
-        self.update(|p| p.retention = Arc::new(retention));
+        self.policies.set_retention(retention);
         self
     }
 
     /// Applies quotas to deliveries.
     #[must_use]
     pub fn with_quota(self, quota: QuotaConfig) -> Self {
-        self.update(|p| p.quota = Arc::new(quota));
+        self.policies.set_quota(quota);
         self
     }
 
@@ -201,17 +193,7 @@ impl PgStore {
         retention: RetentionConfig,
         quota: QuotaConfig,
     ) {
-        self.policies.store(Arc::new(Policies {
-            max_size,
-            retention: Arc::new(retention),
-            quota: Arc::new(quota),
-        }));
-    }
-
-    fn update(&self, change: impl FnOnce(&mut Policies)) {
-        let mut p = Policies::clone(&self.policies.load());
-        change(&mut p);
-        self.policies.store(Arc::new(p));
+        self.policies.replace(max_size, retention, quota);
     }
 
     /// This node's name, as leases record it.

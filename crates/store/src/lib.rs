@@ -51,7 +51,9 @@
 //! * `lib.rs`: the port: the traits ([`Mailstore`], [`Mailbox`],
 //!   [`MailstoreAdmin`]), the neutral value types and [`StoreError`]. No
 //!   backend's shapes (paths, file names) appear here.
-//! * `retention.rs`, `quota.rs`: the backend-neutral policies.
+//! * `retention.rs`, `quota.rs`: the backend-neutral policies;
+//!   `policies.rs`: the one holder of them every backend uses (a reload
+//!   replaces all three at once).
 //! * `stamp.rs`: [`stamp::FileStamp`], "has this file changed" for caches.
 //! * `maildir/`: the Maildir backend (its `mod.rs` maps its files).
 //! * `memory.rs` (feature `memory`): [`MemoryStore`], the in-memory
@@ -73,6 +75,7 @@ pub mod history;
 pub mod maildir;
 #[cfg(feature = "memory")]
 mod memory;
+pub mod policies;
 pub mod quota;
 pub mod retention;
 pub mod stamp;

@@ -25,7 +25,7 @@ use std::io;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use crate::policies::PolicyCell;
 
 use crate::quota::{Quota, QuotaConfig, Usage};
 use crate::retention::{self, Policy, RetentionConfig};
@@ -41,7 +41,7 @@ use crate::{
 pub struct MemoryStore {
     shared: Arc<Shared>,
     /// Replaced whole by [`Mailstore::set_policies`], as Maildir's are.
-    policies: ArcSwap<Policies>,
+    policies: PolicyCell,
     clock: Clock,
 }
 
@@ -64,19 +64,11 @@ impl std::fmt::Debug for Clock {
     }
 }
 
-/// The policies a reload replaces together.
-#[derive(Debug, Clone, Default)]
-struct Policies {
-    max_size: Option<u64>,
-    retention: Arc<RetentionConfig>,
-    quota: Arc<QuotaConfig>,
-}
-
 /// A clone shares the maildrops and starts with the same policies, but
 /// replaces its own (as a cloned `MaildirStore` does).
 impl Clone for MemoryStore {
     fn clone(&self) -> Self {
-        MemoryStore { shared: Arc::clone(&self.shared), policies: ArcSwap::new(self.policies.load_full()), clock: self.clock.clone() }
+        MemoryStore { shared: Arc::clone(&self.shared), policies: self.policies.clone(), clock: self.clock.clone() }
     }
 }
 
@@ -134,21 +126,21 @@ impl MemoryStore {
     /// Limits delivered messages to `max` POP3 octets.
     #[must_use]
     pub fn with_max_size(self, max: u64) -> Self {
-        self.update(|p| p.max_size = Some(max));
+        self.policies.set_max_size(max);
         self
     }
 
     /// Applies retention policies.
     #[must_use]
     pub fn with_retention(self, retention: RetentionConfig) -> Self {
-        self.update(|p| p.retention = Arc::new(retention));
+        self.policies.set_retention(retention);
         self
     }
 
     /// Applies quotas to deliveries.
     #[must_use]
     pub fn with_quota(self, quota: QuotaConfig) -> Self {
-        self.update(|p| p.quota = Arc::new(quota));
+        self.policies.set_quota(quota);
         self
     }
 
@@ -159,12 +151,6 @@ impl MemoryStore {
     pub fn with_clock(mut self, clock: impl Fn() -> SystemTime + Send + Sync + 'static) -> Self {
         self.clock = Clock(Some(Arc::new(clock)));
         self
-    }
-
-    fn update(&self, change: impl FnOnce(&mut Policies)) {
-        let mut p = Policies::clone(&self.policies.load());
-        change(&mut p);
-        self.policies.store(Arc::new(p));
     }
 
     fn retention_for(&self, user: &str) -> Policy {
@@ -360,7 +346,7 @@ impl Mailstore for MemoryStore {
     }
 
     fn set_policies(&self, max_size: Option<u64>, retention: RetentionConfig, quota: QuotaConfig) {
-        self.policies.store(Arc::new(Policies { max_size, retention: Arc::new(retention), quota: Arc::new(quota) }));
+        self.policies.replace(max_size, retention, quota);
     }
 
     fn deliver_to_folder(&self, user: &str, folder: &str, message: &mut dyn io::Read) -> Result<Delivered, StoreError> {

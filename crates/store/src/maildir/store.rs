@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use arc_swap::ArcSwap;
+use crate::policies::PolicyCell;
 
 use super::mailbox::MaildirMailbox;
 use super::{ListingCacheStats, MailLocation, Maildir, cache, lock};
@@ -33,7 +33,7 @@ use crate::{Authenticated, Delivered, ExpireReport, Mailbox, Mailstore, StoreErr
 #[derive(Debug)]
 pub struct MaildirStore {
     pub(super) location: MailLocation,
-    pub(super) policies: ArcSwap<Policies>,
+    pub(super) policies: PolicyCell,
     pub(super) listings: Arc<cache::ListingCache>,
     pub(super) locks: Arc<lock::LockTable>,
 }
@@ -42,29 +42,20 @@ impl Clone for MaildirStore {
     fn clone(&self) -> Self {
         MaildirStore {
             location: self.location.clone(),
-            policies: ArcSwap::new(self.policies.load_full()),
+            policies: self.policies.clone(),
             listings: Arc::clone(&self.listings),
             locks: Arc::clone(&self.locks),
         }
     }
 }
 
-/// What [`MaildirStore::set_policies`] replaces at once: read together by
-/// one operation, so a delivery never sees one reload's size limit with
-/// another's quota.
-#[derive(Debug, Clone, Default)]
-pub(super) struct Policies {
-    pub(super) max_size: Option<u64>,
-    pub(super) retention: Arc<RetentionConfig>,
-    pub(super) quota: Arc<QuotaConfig>,
-}
 
 impl MaildirStore {
     /// A store with no message size limit.
     #[must_use]
     pub fn new(location: MailLocation) -> Self {
         MaildirStore {
-            policies: ArcSwap::from_pointee(Policies::default()),
+            policies: PolicyCell::default(),
             listings: Arc::new(cache::ListingCache::new(cache::MIN_MESSAGES, cache::DEFAULT_MAX_MESSAGES)),
             locks: Arc::new(lock::LockTable::new(location.lock_file())),
             location,
@@ -118,7 +109,7 @@ impl MaildirStore {
     /// larger ones fail with [`StoreError::TooLarge`].
     #[must_use]
     pub fn with_max_size(self, max: u64) -> Self {
-        self.update(|p| p.max_size = Some(max));
+        self.policies.set_max_size(max);
         self
     }
 
@@ -126,20 +117,14 @@ impl MaildirStore {
     /// Operations already under way (an open maildrop keeps the retention
     /// policy it was opened with) are not affected.
     pub fn set_policies(&self, max_size: Option<u64>, retention: RetentionConfig, quota: QuotaConfig) {
-        self.policies.store(Arc::new(Policies { max_size, retention: Arc::new(retention), quota: Arc::new(quota) }));
-    }
-
-    fn update(&self, change: impl FnOnce(&mut Policies)) {
-        let mut p = Policies::clone(&self.policies.load());
-        change(&mut p);
-        self.policies.store(Arc::new(p));
+        self.policies.replace(max_size, retention, quota);
     }
 
     /// Applies retention policies: whether removed messages go to the
     /// restore area, and what [`MaildirStore::expire`] removes.
     #[must_use]
     pub fn with_retention(self, retention: RetentionConfig) -> Self {
-        self.update(|p| p.retention = Arc::new(retention));
+        self.policies.set_retention(retention);
         self
     }
 
@@ -147,7 +132,7 @@ impl MaildirStore {
     /// Applies quotas to deliveries.
     #[must_use]
     pub fn with_quota(self, quota: QuotaConfig) -> Self {
-        self.update(|p| p.quota = Arc::new(quota));
+        self.policies.set_quota(quota);
         self
     }
 
