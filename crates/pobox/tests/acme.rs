@@ -176,6 +176,14 @@ fn start_pebble(dir: &Path, http_port: u16, tls_port: u16) -> Pebble {
         || proc.out().contains("ACME directory available") || proc.err().contains("ACME directory available"),
         || proc.dump(),
     );
+    // Pebble announces the ACME directory before its management listener
+    // is necessarily up (each runs on its own goroutine): wait for that too.
+    wait_for(
+        "Pebble's management listener",
+        Duration::from_secs(30),
+        || TcpStream::connect(("127.0.0.1", mgmt_port)).is_ok(),
+        || proc.dump(),
+    );
     let roots = https_get(mgmt_port, "/roots/0", &https_ca);
     let root = CertificateDer::from_pem_slice(roots.as_bytes()).unwrap_or_else(|e| panic!("/roots/0: {e}\n{roots}"));
     Pebble { proc, directory: format!("https://127.0.0.1:{acme_port}/dir"), https_ca, root }
